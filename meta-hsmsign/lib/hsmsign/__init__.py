@@ -1,0 +1,9 @@
+"""hsmsign: sign embedded Linux artifacts with keys that never leave a PKCS#11 token.
+
+This package is loaded two ways: by BitBake through ``addpylib`` (parse time, host
+Python, standard library only) and by pip from the repository's pyproject.toml
+(the ``hsmsign`` command). Modules imported at parse time (``uri``, ``errors``,
+``bitbake``, ``policy`` names) must not import third-party packages at module level.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,79 @@
+"""Atomic output: an artifact is either complete, signed and verified, or absent.
+
+``atomic_output(path)`` yields a temporary file in the destination's directory.
+The caller writes, then verifies the temporary file (its path is ``.tmp_path``);
+only when the ``with`` block ends without an exception is the file fsync'ed and
+renamed over ``path``. On any exception, including KeyboardInterrupt, the
+temporary file is removed and ``path`` is left untouched. A SIGKILL leaves at most
+a ``.hsmsign-tmp-*`` file next to the destination, never a half-written artifact
+under the real name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from .errors import ConfigError
+
+TMP_PREFIX = ".hsmsign-tmp-"
+
+
+class AtomicFile:
+    """The open temporary file and its path, handed to the ``with`` block."""
+
+    def __init__(self, fh: BinaryIO, tmp_path: str, final_path: str) -> None:
+        self.fh = fh
+        self.tmp_path = tmp_path
+        self.final_path = final_path
+
+    def write(self, data: bytes) -> int:
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], mode: int | None = None) -> Iterator[AtomicFile]:
+    """Write ``path`` atomically; see the module docstring."""
+    final = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(final))
+    if not os.path.isdir(directory):
+        raise ConfigError(
+            f"output directory {directory} does not exist",
+            "create it first, or choose another --output",
+        )
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
+    except OSError as exc:
+        raise ConfigError(f"cannot write in {directory}: {exc.strerror}", "check permissions and free space") from exc
+    fh = os.fdopen(fd, "w+b")
+    ok = False
+    try:
+        yield AtomicFile(fh, tmp, final)
+        fh.flush()
+        os.fsync(fh.fileno())
+        fh.close()
+        if mode is None and os.path.exists(final):
+            mode = os.stat(final).st_mode & 0o7777
+        os.chmod(tmp, mode if mode is not None else 0o644)
+        os.replace(tmp, final)
+        ok = True
+    except OSError as exc:
+        raise ConfigError(f"cannot write {final}: {exc.strerror}", "check permissions and free space") from exc
+    finally:
+        if not fh.closed:
+            fh.close()
+        if not ok:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_output(path, mode=mode) as out:
+        out.write(data)

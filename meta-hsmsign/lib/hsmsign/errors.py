@@ -1,0 +1,96 @@
+"""Errors that are part of hsmsign's contract.
+
+Every failure a user can cause or meet is an ``HsmsignError`` with a stable exit
+code per family, a one-line message saying what failed, and a hint saying what to
+do next. Messages never carry a PIN or key material: URIs are redacted before they
+reach a message (see ``hsmsign.uri.Pkcs11Uri.redacted``).
+
+Exit codes (documented in docs/reference/exit-codes.md):
+
+====  ==============================================================
+0     success
+1     internal error (a bug: please report it)
+2     configuration or usage error (bad URI, bad option, unreadable file)
+3     token error (module, slot, token, login, key lookup, session)
+4     policy refusal (development key in production, known-public key, ...)
+5     signing error (the token refused or returned an unusable signature)
+6     verification error (an artifact or signature does not verify)
+130   interrupted
+====  ==============================================================
+"""
+
+from __future__ import annotations
+
+
+class HsmsignError(Exception):
+    """Base class: a failure with a message for the user and a stable exit code."""
+
+    exit_code = 1
+    family = "internal"
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+
+class InternalError(HsmsignError):
+    exit_code = 1
+    family = "internal"
+
+
+class ConfigError(HsmsignError):
+    """Bad URI, option, input file or environment."""
+
+    exit_code = 2
+    family = "config"
+
+
+class TokenError(HsmsignError):
+    """The PKCS#11 module, slot, token, login, session or key lookup failed."""
+
+    exit_code = 3
+    family = "token"
+
+
+class PolicyError(HsmsignError):
+    """The configured policy refuses this key, token or operation."""
+
+    exit_code = 4
+    family = "policy"
+
+
+class SigningError(HsmsignError):
+    """The token refused to sign, or returned a signature that does not verify."""
+
+    exit_code = 5
+    family = "signing"
+
+
+class VerificationError(HsmsignError):
+    """An artifact or signature does not verify."""
+
+    exit_code = 6
+    family = "verification"
+
+
+class Interrupted(HsmsignError):
+    exit_code = 130
+    family = "interrupted"
+
+
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "internal error (a bug in hsmsign: please report it with -v output)",
+    2: "configuration or usage error (URI, option, input file, environment)",
+    3: "token error (module, slot, token, PIN/login, session, key lookup)",
+    4: "policy refusal (development or known-public key in production, pinning, key strength)",
+    5: "signing error (the token refused, or its signature did not verify)",
+    6: "verification error (an artifact or signature does not verify)",
+    130: "interrupted",
+}
