@@ -1,0 +1,154 @@
+"""The ``hsmsign`` command: argument parsing, error handling, output.
+
+``main(argv) -> int`` is what tests and the console script call. Verbs live in
+``hsmsign.commands.*``; each module registers its parsers. Errors print one line
+(and a hint) on stderr and return the family's exit code; ``-v`` adds the
+traceback. Machine-readable output only with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import __version__
+from .errors import EXIT_CODES, HsmsignError, Interrupted
+
+# Verb modules, in the order --help lists them. A module missing from the tree is skipped.
+COMMAND_MODULES: tuple[str, ...] = (
+    "hsmsign.commands.core",
+    "hsmsign.commands.fit",
+    "hsmsign.commands.mkimage",
+    "hsmsign.commands.swupdate",
+    "hsmsign.commands.cert",
+    "hsmsign.commands.verity",
+    "hsmsign.commands.manifest",
+    "hsmsign.commands.encrypt",
+    "hsmsign.commands.audit",
+    "hsmsign.commands.ledger",
+    "hsmsign.commands.remote",
+)
+
+DESCRIPTION = """\
+Sign U-Boot, kernel FIT, rootfs and swupdate artifacts with keys that never leave a
+PKCS#11 token. Keys are named by PKCS#11 URIs (RFC 7512); the PIN comes from a file
+(?pin-source=file:PATH), a program (?pin-source=|PROGRAM) or an environment variable
+named with --pin-env, never from the command line.
+"""
+
+
+def _exit_codes_epilog() -> str:
+    lines = ["exit codes:"] + [f"  {code:<4} {text}" for code, text in EXIT_CODES.items()]
+    lines += ["", "Run 'hsmsign VERB --help' for examples. Docs: docs/ in the meta-hsmsign repository."]
+    return "\n".join(lines)
+
+
+@dataclass
+class CommonParents:
+    """Parent parsers verbs share: token options and output options."""
+
+    token: argparse.ArgumentParser
+    output: argparse.ArgumentParser
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value else default
+
+
+def make_parents() -> CommonParents:
+    tok = argparse.ArgumentParser(add_help=False)
+    g = tok.add_argument_group("token")
+    g.add_argument(
+        "--uri", default=_env("HSM_PKCS11_URI"),
+        help="PKCS#11 URI of the key (default: $HSM_PKCS11_URI), e.g. "
+        "'pkcs11:token=acme-prod;object=fw-signing?pin-source=file:/run/secrets/hsm-pin'",
+    )
+    g.add_argument(
+        "--module", default=_env("HSM_PKCS11_MODULE"),
+        help="PKCS#11 module to load when the URI names none (default: $HSM_PKCS11_MODULE, then p11-kit-proxy)",
+    )
+    g.add_argument(
+        "--pin-env", metavar="NAME", default=_env("HSMSIGN_PIN_ENV"),
+        help="read the PIN from environment variable NAME at run time (default: $HSMSIGN_PIN_ENV)",
+    )
+    g.add_argument(
+        "--mode", choices=("development", "production"), default=_env("HSMSIGN_MODE", "production"),
+        help="policy: production refuses development/software/published keys (default: $HSMSIGN_MODE or "
+        "production)",
+    )
+    g.add_argument(
+        "--ledger", metavar="FILE", default=_env("HSMSIGN_LEDGER"),
+        help="append a hash-chained record of every signature to FILE (default: $HSMSIGN_LEDGER)",
+    )
+    out = argparse.ArgumentParser(add_help=False)
+    out.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    return CommonParents(token=tok, output=out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser (docs render it; tests check documented commands against it)."""
+    parser = argparse.ArgumentParser(
+        prog="hsmsign",
+        description=DESCRIPTION,
+        epilog=_exit_codes_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"hsmsign {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more detail; -v shows tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="VERB")
+    parents = make_parents()
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        module.register(sub, parents)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except HsmsignError as exc:
+        _report(exc, args.verbose)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _report(Interrupted("interrupted; no output was written"), args.verbose)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, not a traceback
+        if args.verbose:
+            traceback.print_exc()
+        print(f"hsmsign: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("  hint: this is a bug in hsmsign; run again with -v and report the output", file=sys.stderr)
+        return 1
+
+
+def _report(exc: HsmsignError, verbose: int) -> None:
+    if verbose:
+        traceback.print_exc()
+    print(f"hsmsign: error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"  hint: {exc.hint}", file=sys.stderr)
+
+
+def console_main() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

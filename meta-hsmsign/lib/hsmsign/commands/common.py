@@ -1,0 +1,135 @@
+"""What the verbs share: opening the key from options, policy, output, progress, ledger."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import ConfigError
+
+PROGRESS_MIN_BYTES = 100 << 20
+
+
+def require_uri(args: Any) -> str:
+    uri = getattr(args, "uri", None)
+    if not uri:
+        raise ConfigError(
+            "no key given",
+            "pass --uri 'pkcs11:token=TOKEN;object=KEY?pin-source=file:/path/to/pin' or set HSM_PKCS11_URI",
+        )
+    return str(uri)
+
+
+@contextlib.contextmanager
+def open_key_from_args(args: Any, uri: str | None = None, check_policy: bool = True) -> Iterator[Any]:
+    """Open the signing key the options name and apply the mode's policy."""
+    from .. import policy, token
+
+    with token.open_key(
+        uri or require_uri(args), mode=args.mode, module=args.module, pin_env=args.pin_env
+    ) as key:
+        if check_policy:
+            for warning in policy.check_signer(key, args.mode):
+                warn(warning)
+        yield key
+
+
+@contextlib.contextmanager
+def open_secret_key_from_args(args: Any, uri: str | None = None) -> Iterator[Any]:
+    from .. import token
+    from ..errors import PolicyError
+
+    with token.open_secret_key(
+        uri or require_uri(args), mode=args.mode, module=args.module, pin_env=args.pin_env
+    ) as key:
+        if args.mode == "production":
+            if key.is_development:
+                raise PolicyError(
+                    f"secret key '{key.label}' is a development key",
+                    "production builds must use the production encryption key",
+                )
+            if key.token_info.is_software and os.environ.get("HSMSIGN_ALLOW_SOFTWARE_TOKEN") != "1":
+                raise PolicyError(
+                    f"token '{key.token_info.label}' is a software token",
+                    "use a hardware token in production, or set HSMSIGN_ALLOW_SOFTWARE_TOKEN=1",
+                )
+        yield key
+
+
+def warn(message: str) -> None:
+    print(f"hsmsign: warning: {message}", file=sys.stderr)
+
+
+def emit(args: Any, text: str, data: dict[str, Any] | list[Any]) -> None:
+    """Human text by default, JSON with --json."""
+    if getattr(args, "json", False):
+        json.dump(data, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    elif text:
+        print(text)
+
+
+def check_readable(path: str) -> None:
+    if not os.path.exists(path):
+        raise ConfigError(f"{path}: no such file", "check the path")
+    if os.path.isdir(path):
+        raise ConfigError(f"{path} is a directory, not a file")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{path} is not readable", "check its permissions")
+
+
+class Progress:
+    """A one-line progress meter on stderr for long work, only when stderr is a terminal."""
+
+    def __init__(self, label: str, total: int, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.label = label
+        self.total = total
+        self.enabled = total >= PROGRESS_MIN_BYTES and bool(getattr(self.stream, "isatty", lambda: False)())
+        self.start = time.monotonic()
+        self._last = 0.0
+
+    def __call__(self, done: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < 0.2 and done < self.total:
+            return
+        self._last = now
+        pct = 100.0 * done / self.total if self.total else 100.0
+        rate = done / max(now - self.start, 1e-6) / (1 << 20)
+        self.stream.write(f"\r{self.label}: {pct:5.1f}% of {self.total >> 20} MiB, {rate:6.0f} MiB/s")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def file_progress(label: str, path: str) -> Progress:
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        size = 0
+    return Progress(label, size)
+
+
+def record(args: Any, *, artifact: str, sha256_hex: str, key: Any, mechanism: str, kind: str) -> None:
+    """One ledger entry for a signature just written (no-op without a ledger)."""
+    from .. import ledger
+
+    ledger.record(
+        artifact=os.path.abspath(artifact),
+        sha256_hex=sha256_hex,
+        key_fingerprint=key.fingerprint,
+        uri_redacted=key.uri.identity(),
+        mechanism=mechanism,
+        kind=kind,
+        ledger=getattr(args, "ledger", None),
+    )

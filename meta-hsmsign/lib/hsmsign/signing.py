@@ -1,0 +1,233 @@
+"""Digest signing: hash locally, ask the token for one signature, check it.
+
+The artifact is hashed here in a stream (large reads, hashlib releases the GIL and
+uses SHA-NI where the CPU has it); the token signs only the digest, so a 1 GiB
+rootfs costs one token operation. Mechanisms (PKCS#11 v2.40 section 2):
+
+* RSA PKCS#1 v1.5: ``CKM_RSA_PKCS`` over DigestInfo || digest (RFC 8017 9.2).
+* RSA-PSS: ``CKM_RSA_PKCS_PSS`` with explicit hash, MGF1 hash and salt length
+  equal to the digest length (python-pkcs11's defaults are SHA-1).
+* ECDSA P-256/P-384: ``CKM_ECDSA`` over the digest; the token returns raw r||s,
+  which we DER-encode unless raw is asked for.
+* Ed25519: ``CKM_EDDSA`` over the message (pure EdDSA cannot sign a digest).
+
+Every signature is verified against the key's public half with pyca/cryptography
+before anyone sees it: a token that returns garbage (or a key that is not the one
+we think) stops here with a SigningError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Protocol
+
+from .errors import ConfigError, SigningError
+
+HASHES = ("sha256", "sha384", "sha512")
+SCHEMES = ("pkcs1v15", "pss")
+CHUNK = 1 << 20
+
+# DER DigestInfo prefixes (RFC 8017 section 9.2, note 1)
+DIGEST_INFO_PREFIX: dict[str, bytes] = {
+    "sha256": bytes.fromhex("3031300d060960864801650304020105000420"),
+    "sha384": bytes.fromhex("3041300d060960864801650304020205000430"),
+    "sha512": bytes.fromhex("3051300d060960864801650304020305000440"),
+}
+DIGEST_SIZE = {"sha256": 32, "sha384": 48, "sha512": 64}
+
+
+class Signer(Protocol):
+    """A signing key; ``hsmsign.token.TokenKey`` is the real one."""
+
+    key_type: str
+    key_size: int
+    curve: str | None
+    fingerprint: str
+    label: str
+
+    def public_key(self) -> Any: ...
+
+    def sign_digest(self, digest: bytes, hash_alg: str, scheme: str | None = None) -> bytes: ...
+
+
+def check_hash(name: str) -> str:
+    name = name.lower().replace("-", "")
+    if name not in HASHES:
+        raise ConfigError(f"hash '{name}' is not supported", f"use one of {', '.join(HASHES)}")
+    return name
+
+
+def hash_file(path: str, hash_alg: str = "sha256", progress: Any = None) -> bytes:
+    """Stream a file through ``hash_alg``; ``progress(done_bytes)`` is called per chunk if given."""
+    h = hashlib.new(check_hash(hash_alg))
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            buf = bytearray(CHUNK * 4)
+            view = memoryview(buf)
+            done = 0
+            while True:
+                n = fh.readinto(buf)
+                if not n:
+                    break
+                h.update(view[:n])
+                done += n
+                if progress is not None:
+                    progress(done)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such file", "check the path of the artifact to sign") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{path} is a directory, not a file") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    return h.digest()
+
+
+def hash_bytes(data: bytes, hash_alg: str = "sha256") -> bytes:
+    return hashlib.new(check_hash(hash_alg), data).digest()
+
+
+def default_scheme(key_type: str) -> str | None:
+    return "pkcs1v15" if key_type == "rsa" else None
+
+
+def token_sign_digest(key: Any, digest: bytes, hash_alg: str, scheme: str | None) -> bytes:
+    """Sign a digest with a ``TokenKey`` (one C_Sign) and verify the result."""
+    from pkcs11 import MGF, Mechanism
+
+    hash_alg = check_hash(hash_alg)
+    if len(digest) != DIGEST_SIZE[hash_alg]:
+        raise SigningError(f"digest length {len(digest)} does not match {hash_alg}")
+    if key.key_type == "rsa":
+        scheme = scheme or "pkcs1v15"
+        if scheme == "pkcs1v15":
+            sig = key._sign_raw(DIGEST_INFO_PREFIX[hash_alg] + digest, Mechanism.RSA_PKCS)
+        elif scheme == "pss":
+            mech_hash = {"sha256": Mechanism.SHA256, "sha384": Mechanism.SHA384, "sha512": Mechanism.SHA512}
+            mgf = {"sha256": MGF.SHA256, "sha384": MGF.SHA384, "sha512": MGF.SHA512}
+            sig = key._sign_raw(
+                digest, Mechanism.RSA_PKCS_PSS, (mech_hash[hash_alg], mgf[hash_alg], DIGEST_SIZE[hash_alg])
+            )
+        else:
+            raise ConfigError(f"scheme '{scheme}' is not one of {', '.join(SCHEMES)}")
+    elif key.key_type == "ec":
+        if scheme not in (None, "ecdsa"):
+            raise ConfigError(f"scheme '{scheme}' does not apply to an EC key", "leave --scheme out for ECDSA")
+        sig = key._sign_raw(digest, Mechanism.ECDSA)
+        size = (key.key_size + 7) // 8
+        if len(sig) != 2 * size:
+            sig = _fix_raw_ecdsa(sig, size)
+    else:
+        raise ConfigError(
+            f"{key.key_type} keys sign whole messages, not digests",
+            "Ed25519 is supported by 'hsmsign sign' for small files only",
+        )
+    verify_digest(key.public_key(), sig, digest, hash_alg, scheme, raw_ecdsa=True)
+    return sig
+
+
+def _fix_raw_ecdsa(sig: bytes, size: int) -> bytes:
+    """Some modules return DER for CKM_ECDSA; normalise to r||s."""
+    try:
+        return ecdsa_der_to_raw(sig, size)
+    except Exception as exc:  # noqa: BLE001
+        raise SigningError(f"the token returned an ECDSA signature of unexpected length {len(sig)}") from exc
+
+
+def ecdsa_raw_to_der(raw: bytes) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    half = len(raw) // 2
+    return encode_dss_signature(int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
+
+
+def ecdsa_der_to_raw(der: bytes, size: int) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    r, s = decode_dss_signature(der)
+    return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+
+
+def _hash_obj(hash_alg: str) -> Any:
+    from cryptography.hazmat.primitives import hashes
+
+    return {"sha256": hashes.SHA256(), "sha384": hashes.SHA384(), "sha512": hashes.SHA512()}[hash_alg]
+
+
+def verify_digest(
+    public_key: Any,
+    signature: bytes,
+    digest: bytes,
+    hash_alg: str,
+    scheme: str | None = None,
+    raw_ecdsa: bool = False,
+) -> None:
+    """Check a signature over a digest with cryptography; raise SigningError if it fails."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+
+    algo = utils.Prehashed(_hash_obj(hash_alg))
+    try:
+        if isinstance(public_key, rsa.RSAPublicKey):
+            if (scheme or "pkcs1v15") == "pss":
+                pad: Any = padding.PSS(mgf=padding.MGF1(_hash_obj(hash_alg)), salt_length=DIGEST_SIZE[hash_alg])
+            else:
+                pad = padding.PKCS1v15()
+            public_key.verify(signature, digest, pad, algo)
+        elif isinstance(public_key, ec.EllipticCurvePublicKey):
+            der = ecdsa_raw_to_der(signature) if raw_ecdsa else signature
+            public_key.verify(der, digest, ec.ECDSA(algo))
+        else:
+            raise SigningError(f"cannot verify digest signatures for {type(public_key).__name__}")
+    except InvalidSignature as exc:
+        raise SigningError(
+            "the token's signature does not verify against the key's public half",
+            "the public key object may not belong to the private key (check ids on the token), or the "
+            "module is faulty; nothing was written",
+        ) from exc
+
+
+def sign_file(key: Any, path: str, hash_alg: str = "sha256", scheme: str | None = None,
+              fmt: str = "der", progress: Any = None) -> tuple[bytes, bytes]:
+    """Detached signature of a file: returns (signature, digest)."""
+    if key.key_type == "ed25519":
+        return _sign_file_ed25519(key, path), b""
+    digest = hash_file(path, hash_alg, progress)
+    sig = key.sign_digest(digest, hash_alg, scheme)
+    if key.key_type == "ec" and fmt == "der":
+        sig = ecdsa_raw_to_der(sig)
+    return sig, digest
+
+
+ED25519_MAX = 64 << 20
+
+
+def _sign_file_ed25519(key: Any, path: str) -> bytes:
+    import os
+
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    if size > ED25519_MAX:
+        raise ConfigError(
+            f"{path} is {size >> 20} MiB; pure Ed25519 sends the whole file to the token",
+            "use an ECDSA or RSA key for large artifacts, or sign a manifest of them",
+        )
+    with open(path, "rb") as fh:
+        data = fh.read()
+    sig = key.sign_message(data)
+    try:
+        key.public_key().verify(sig, data)
+    except InvalidSignature as exc:
+        raise SigningError("the token's Ed25519 signature does not verify") from exc
+    return sig
+
+
+def mechanism_name(key_type: str, hash_alg: str, scheme: str | None) -> str:
+    if key_type == "rsa":
+        return f"{hash_alg}-rsa-{'pss' if scheme == 'pss' else 'pkcs1v15'}"
+    if key_type == "ec":
+        return f"{hash_alg}-ecdsa"
+    return key_type

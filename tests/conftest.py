@@ -1,0 +1,143 @@
+"""Test fixtures: one real SoftHSMv2 token per test session.
+
+The token lives in a private temp directory with its own softhsm2.conf;
+SOFTHSM2_CONF is set before the module is first loaded in this process. Keys are
+generated inside the token at run time (sensitive, non-extractable) through the
+library's own keygen; no key file exists anywhere.
+
+Without SoftHSM the token tests skip with an install hint, unless
+HSMSIGN_REQUIRE_SOFTHSM=1 (CI sets it), where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LIB = ROOT / "meta-hsmsign" / "lib"
+if str(LIB) not in sys.path:
+    sys.path.insert(0, str(LIB))
+
+TOKEN_LABEL = "hsmsign-test"
+
+
+def _softhsm_module() -> str | None:
+    from hsmsign import token
+
+    return token.default_softhsm_module()
+
+
+def require(tool_ok: bool, what: str, hint: str, env: str = "HSMSIGN_REQUIRE_SOFTHSM") -> None:
+    """Skip with a hint, or fail when CI demands the tool."""
+    if tool_ok:
+        return
+    if os.environ.get(env) == "1" or os.environ.get("HSMSIGN_REQUIRE_TOOLS") == "1":
+        pytest.fail(f"{what} is required here ({env}=1) but missing: {hint}")
+    pytest.skip(f"{what} missing: {hint}")
+
+
+@dataclass
+class SoftHsm:
+    """A live SoftHSM token for the test session."""
+
+    dir: Path
+    conf: Path
+    module: str
+    token_label: str
+    pin_file: Path
+    so_pin_file: Path
+    env: dict[str, str]
+    _made: dict[str, str] = field(default_factory=dict)
+
+    def uri(self, label: str | None = None, *, with_query: bool = True, **extra: str) -> str:
+        text = f"pkcs11:token={self.token_label}"
+        if label:
+            text += f";object={label}"
+        for name, value in extra.items():
+            text += f";{name.replace('_', '-')}={value}"
+        if with_query:
+            text += f"?module-path={self.module}&pin-source=file:{self.pin_file}"
+        return text
+
+    def keygen(self, label: str, key_type: str = "rsa:2048", **kwargs: Any) -> str:
+        """Generate a key in the token once per session; return its URI."""
+        if label not in self._made:
+            from hsmsign import keys
+            from hsmsign.uri import Pkcs11Uri
+
+            keys.generate(Pkcs11Uri.parse(self.uri(label)), keys.parse_key_type(key_type),
+                          mode="development", **kwargs)
+            self._made[label] = key_type
+        elif self._made[label] != key_type:
+            raise AssertionError(f"key {label} exists with type {self._made[label]}, not {key_type}")
+        return self.uri(label)
+
+    def run_cli(self, *argv: str, env: dict[str, str] | None = None, input: bytes | None = None,
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run ``python -m hsmsign ARGV`` as a user would, in a subprocess."""
+        full_env = dict(self.env)
+        if env:
+            full_env.update(env)
+        return subprocess.run(
+            [sys.executable, "-m", "hsmsign", *argv],
+            capture_output=True, text=True, env=full_env, timeout=timeout, check=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def softhsm() -> Iterator[SoftHsm]:
+    module = _softhsm_module()
+    util = shutil.which("softhsm2-util")
+    require(bool(module and util), "SoftHSMv2", "apt-get install softhsm2 (or run ./scripts/test, which does)")
+    assert module is not None and util is not None
+    base = Path(tempfile.mkdtemp(prefix="hsmsign-test-token-"))
+    tokens = base / "tokens"
+    tokens.mkdir()
+    conf = base / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    pin_file = base / "user-pin"
+    so_pin_file = base / "so-pin"
+    pin_file.write_text("test-user-pin-1234\n")
+    so_pin_file.write_text("test-so-pin-5678\n")
+    os.chmod(pin_file, 0o600)
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    env = dict(os.environ)
+    env["SOFTHSM2_CONF"] = str(conf)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(LIB), env.get("PYTHONPATH", "")]))
+    env.pop("HSM_PKCS11_URI", None)
+    env.pop("HSMSIGN_MODE", None)
+    subprocess.run(
+        [util, "--init-token", "--free", "--label", TOKEN_LABEL, "--pin", "test-user-pin-1234",
+         "--so-pin", "test-so-pin-5678"],
+        check=True, capture_output=True, env=env,
+    )
+    yield SoftHsm(base, conf, module, TOKEN_LABEL, pin_file, so_pin_file, env)
+    from hsmsign import token
+
+    token.close_all()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def rsa2048(softhsm: SoftHsm) -> str:
+    return softhsm.keygen("rsa2048", "rsa:2048")
+
+
+@pytest.fixture(scope="session")
+def ec256(softhsm: SoftHsm) -> str:
+    return softhsm.keygen("ec256", "ec:secp256r1")
+
+
+@pytest.fixture(scope="session")
+def ec384(softhsm: SoftHsm) -> str:
+    return softhsm.keygen("ec384", "ec:secp384r1")
