@@ -75,22 +75,28 @@ class SoftHsm:
             from hsmsign import keys
             from hsmsign.uri import Pkcs11Uri
 
-            keys.generate(Pkcs11Uri.parse(self.uri(label)), keys.parse_key_type(key_type),
-                          mode="development", **kwargs)
+            keys.generate(
+                Pkcs11Uri.parse(self.uri(label)), keys.parse_key_type(key_type), mode="development", **kwargs
+            )
             self._made[label] = key_type
         elif self._made[label] != key_type:
             raise AssertionError(f"key {label} exists with type {self._made[label]}, not {key_type}")
         return self.uri(label)
 
-    def run_cli(self, *argv: str, env: dict[str, str] | None = None, input: bytes | None = None,
-                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run_cli(
+        self, *argv: str, env: dict[str, str] | None = None, input: bytes | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``python -m hsmsign ARGV`` as a user would, in a subprocess."""
         full_env = dict(self.env)
         if env:
             full_env.update(env)
         return subprocess.run(
             [sys.executable, "-m", "hsmsign", *argv],
-            capture_output=True, text=True, env=full_env, timeout=timeout, check=False,
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+            check=False,
         )
 
 
@@ -98,7 +104,9 @@ class SoftHsm:
 def softhsm() -> Iterator[SoftHsm]:
     module = _softhsm_module()
     util = shutil.which("softhsm2-util")
-    require(bool(module and util), "SoftHSMv2", "apt-get install softhsm2 (or run ./scripts/test, which does)")
+    require(
+        bool(module and util), "SoftHSMv2", "apt-get install softhsm2 (or run ./scripts/test, which does)"
+    )
     assert module is not None and util is not None
     base = Path(tempfile.mkdtemp(prefix="hsmsign-test-token-"))
     tokens = base / "tokens"
@@ -117,9 +125,20 @@ def softhsm() -> Iterator[SoftHsm]:
     env.pop("HSM_PKCS11_URI", None)
     env.pop("HSMSIGN_MODE", None)
     subprocess.run(
-        [util, "--init-token", "--free", "--label", TOKEN_LABEL, "--pin", "test-user-pin-1234",
-         "--so-pin", "test-so-pin-5678"],
-        check=True, capture_output=True, env=env,
+        [
+            util,
+            "--init-token",
+            "--free",
+            "--label",
+            TOKEN_LABEL,
+            "--pin",
+            "test-user-pin-1234",
+            "--so-pin",
+            "test-so-pin-5678",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
     )
     yield SoftHsm(base, conf, module, TOKEN_LABEL, pin_file, so_pin_file, env)
     from hsmsign import token

@@ -50,7 +50,9 @@ def atomic_output(path: str | os.PathLike[str], mode: int | None = None) -> Iter
     try:
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
     except OSError as exc:
-        raise ConfigError(f"cannot write in {directory}: {exc.strerror}", "check permissions and free space") from exc
+        raise ConfigError(
+            f"cannot write in {directory}: {exc.strerror}", "check permissions and free space"
+        ) from exc
     fh = os.fdopen(fd, "w+b")
     ok = False
     try:
@@ -64,7 +66,9 @@ def atomic_output(path: str | os.PathLike[str], mode: int | None = None) -> Iter
         os.replace(tmp, final)
         ok = True
     except OSError as exc:
-        raise ConfigError(f"cannot write {final}: {exc.strerror}", "check permissions and free space") from exc
+        raise ConfigError(
+            f"cannot write {final}: {exc.strerror}", "check permissions and free space"
+        ) from exc
     finally:
         if not fh.closed:
             fh.close()

@@ -65,25 +65,34 @@ def make_parents() -> CommonParents:
     tok = argparse.ArgumentParser(add_help=False)
     g = tok.add_argument_group("token")
     g.add_argument(
-        "--uri", default=_env("HSM_PKCS11_URI"),
+        "--uri",
+        default=_env("HSM_PKCS11_URI"),
         help="PKCS#11 URI of the key (default: $HSM_PKCS11_URI), e.g. "
         "'pkcs11:token=acme-prod;object=fw-signing?pin-source=file:/run/secrets/hsm-pin'",
     )
     g.add_argument(
-        "--module", default=_env("HSM_PKCS11_MODULE"),
-        help="PKCS#11 module to load when the URI names none (default: $HSM_PKCS11_MODULE, then p11-kit-proxy)",
+        "--module",
+        default=_env("HSM_PKCS11_MODULE"),
+        help="PKCS#11 module to load when the URI names none "
+        "(default: $HSM_PKCS11_MODULE, then p11-kit-proxy)",
     )
     g.add_argument(
-        "--pin-env", metavar="NAME", default=_env("HSMSIGN_PIN_ENV"),
+        "--pin-env",
+        metavar="NAME",
+        default=_env("HSMSIGN_PIN_ENV"),
         help="read the PIN from environment variable NAME at run time (default: $HSMSIGN_PIN_ENV)",
     )
     g.add_argument(
-        "--mode", choices=("development", "production"), default=_env("HSMSIGN_MODE", "production"),
+        "--mode",
+        choices=("development", "production"),
+        default=_env("HSMSIGN_MODE", "production"),
         help="policy: production refuses development/software/published keys (default: $HSMSIGN_MODE or "
         "production)",
     )
     g.add_argument(
-        "--ledger", metavar="FILE", default=_env("HSMSIGN_LEDGER"),
+        "--ledger",
+        metavar="FILE",
+        default=_env("HSMSIGN_LEDGER"),
         help="append a hash-chained record of every signature to FILE (default: $HSMSIGN_LEDGER)",
     )
     out = argparse.ArgumentParser(add_help=False)

@@ -20,7 +20,7 @@ from typing import Any
 
 from .errors import ConfigError, TokenError
 
-TOKEN_LABEL = "hsmsign-dev"
+TOKEN_LABEL = "hsmsign-dev"  # noqa: S105 - a token label, not a secret
 # role -> (key label, key type); "default" is what HSM_PKCS11_URI points at.
 ROLES: dict[str, tuple[str, str]] = {
     "default": ("dev-signing", "rsa:2048"),
@@ -90,7 +90,10 @@ def init(directory: str | None = None, module: str | None = None) -> dict[str, A
     env = dict(os.environ)
     created_token = False
     listing = subprocess.run([util, "--show-slots"], capture_output=True, text=True, env=env, check=False)
-    if f"Label:            {TOKEN_LABEL}" not in listing.stdout and f"Label: {TOKEN_LABEL}" not in listing.stdout:
+    if (
+        f"Label:            {TOKEN_LABEL}" not in listing.stdout
+        and f"Label: {TOKEN_LABEL}" not in listing.stdout
+    ):
         for path in (pin_file, so_pin_file):
             if os.path.exists(path):
                 os.unlink(path)
@@ -101,7 +104,10 @@ def init(directory: str | None = None, module: str | None = None) -> dict[str, A
         # softhsm2-util takes the PINs as arguments; this token holds development keys only.
         done = subprocess.run(
             [util, "--init-token", "--free", "--label", TOKEN_LABEL, "--pin", user_pin, "--so-pin", so_pin],
-            capture_output=True, text=True, env=env, check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
         )
         if done.returncode != 0:
             raise TokenError(f"softhsm2-util could not create the development token: {done.stderr.strip()}")
@@ -109,14 +115,24 @@ def init(directory: str | None = None, module: str | None = None) -> dict[str, A
     base = f"pkcs11:token={TOKEN_LABEL}"
     query = f"?module-path={module}&pin-source=file:{pin_file}"
     result: dict[str, Any] = {
-        "dir": directory, "conf": conf, "module": module, "token": TOKEN_LABEL, "pin_file": pin_file,
-        "created_token": created_token, "keys": {},
+        "dir": directory,
+        "conf": conf,
+        "module": module,
+        "token": TOKEN_LABEL,
+        "pin_file": pin_file,
+        "created_token": created_token,
+        "keys": {},
     }
     existing = {k["label"] for k in token.list_keys(Pkcs11Uri.parse(base + query), mode="development")}
     for role, (label, key_type) in ROLES.items():
         uri = Pkcs11Uri.parse(f"{base};object={label}{query}")
-        entry: dict[str, Any] = {"label": label, "type": key_type, "uri": uri.format(), "created": False,
-                                 "variable": ROLE_VARIABLES[role]}
+        entry: dict[str, Any] = {
+            "label": label,
+            "type": key_type,
+            "uri": uri.format(),
+            "created": False,
+            "variable": ROLE_VARIABLES[role],
+        }
         if label not in existing:
             made = keys.generate(uri, keys.parse_key_type(key_type), mode="development")
             entry["created"] = True
@@ -140,20 +156,26 @@ def env_lines(result: dict[str, Any]) -> str:
 
 def describe(result: dict[str, Any]) -> str:
     made = [e["label"] for e in result["keys"].values() if e["created"]]
-    head = (
-        f"development token '{result['token']}' in {result['dir']}"
-        + (" (created)" if result["created_token"] else " (already there)")
+    head = f"development token '{result['token']}' in {result['dir']}" + (
+        " (created)" if result["created_token"] else " (already there)"
     )
     lines = [head, "DEVELOPMENT KEYS ONLY: production policy refuses this token and these keys.", ""]
     for role, entry in result["keys"].items():
         fp = f"sha256:{entry['fingerprint'][:16]}..." if entry.get("fingerprint") else ""
-        lines.append(f"  {role:<9} {entry['label']:<13} {entry['type']:<9} {fp}"
-                     + ("  (new)" if entry["created"] else ""))
-    lines += ["", "Use it in this shell:", env_lines(result), "",
-              "or in local.conf (development builds):",
-              '  HSMSIGN_MODE = "development"',
-              f'  HSM_PKCS11_URI = "{result["keys"]["default"]["uri"]}"',
-              f"  and run BitBake with SOFTHSM2_CONF={result['conf']} in its environment"]
+        lines.append(
+            f"  {role:<9} {entry['label']:<13} {entry['type']:<9} {fp}"
+            + ("  (new)" if entry["created"] else "")
+        )
+    lines += [
+        "",
+        "Use it in this shell:",
+        env_lines(result),
+        "",
+        "or in local.conf (development builds):",
+        '  HSMSIGN_MODE = "development"',
+        f'  HSM_PKCS11_URI = "{result["keys"]["default"]["uri"]}"',
+        f"  and run BitBake with SOFTHSM2_CONF={result['conf']} in its environment",
+    ]
     if not made and not result["created_token"]:
         lines.insert(1, "nothing to do: the token and all development keys exist")
     return "\n".join(lines)

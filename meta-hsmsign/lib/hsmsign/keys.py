@@ -15,10 +15,24 @@ from typing import Any
 from .errors import ConfigError, PolicyError, TokenError
 from .uri import Pkcs11Uri
 
-KEY_TYPES = ("rsa:2048", "rsa:3072", "rsa:4096", "ec:secp256r1", "ec:secp384r1", "ed25519",
-             "aes:128", "aes:192", "aes:256")
-_CURVE_ALIASES = {"p256": "secp256r1", "prime256v1": "secp256r1", "p-256": "secp256r1",
-                  "p384": "secp384r1", "p-384": "secp384r1"}
+KEY_TYPES = (
+    "rsa:2048",
+    "rsa:3072",
+    "rsa:4096",
+    "ec:secp256r1",
+    "ec:secp384r1",
+    "ed25519",
+    "aes:128",
+    "aes:192",
+    "aes:256",
+)
+_CURVE_ALIASES = {
+    "p256": "secp256r1",
+    "prime256v1": "secp256r1",
+    "p-256": "secp256r1",
+    "p384": "secp384r1",
+    "p-384": "secp384r1",
+}
 
 
 @dataclass(frozen=True)
@@ -76,7 +90,9 @@ def generate(
     from . import token as tokmod
 
     if uri.object is None:
-        raise ConfigError("the URI must name the new key with object=LABEL", "e.g. pkcs11:token=acme;object=fw-signing")
+        raise ConfigError(
+            "the URI must name the new key with object=LABEL", "e.g. pkcs11:token=acme;object=fw-signing"
+        )
     if extractable and mode != "development":
         raise PolicyError(
             "an extractable key can be copied out of the token; refused outside development mode",
@@ -90,7 +106,8 @@ def generate(
     )
     if existing:
         raise TokenError(
-            f"token '{opened.info.label if opened.info else '?'}' already has an object labelled '{uri.object}'",
+            f"token '{opened.info.label if opened.info else '?'}' already has an object "
+            f"labelled '{uri.object}'",
             "pick another object= label, or delete the old key first with the token's tools",
         )
     if key_id is None:
@@ -113,7 +130,11 @@ def generate(
     def make() -> Any:
         if spec.kind == "rsa":
             return session.generate_keypair(
-                KeyType.RSA, spec.size, id=key_id, label=label, store=True,
+                KeyType.RSA,
+                spec.size,
+                id=key_id,
+                label=label,
+                store=True,
                 public_template={**public_template, Attribute.PUBLIC_EXPONENT: b"\x01\x00\x01"},
                 private_template=private_template,
                 capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
@@ -123,8 +144,11 @@ def generate(
                 KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(spec.curve)}, local=True
             )
             return params.generate_keypair(
-                id=key_id, label=label, store=True,
-                public_template=public_template, private_template=private_template,
+                id=key_id,
+                label=label,
+                store=True,
+                public_template=public_template,
+                private_template=private_template,
                 capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
             )
         if spec.kind == "ed25519":
@@ -134,16 +158,30 @@ def generate(
                 local=True,
             )
             return params.generate_keypair(
-                mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN, id=key_id, label=label, store=True,
-                public_template=public_template, private_template=private_template,
+                mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
+                id=key_id,
+                label=label,
+                store=True,
+                public_template=public_template,
+                private_template=private_template,
                 capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
             )
         return session.generate_key(
-            KeyType.AES, spec.size, id=key_id, label=label, store=True,
+            KeyType.AES,
+            spec.size,
+            id=key_id,
+            label=label,
+            store=True,
             template={
-                Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: not extractable,
-                Attribute.EXTRACTABLE: bool(extractable), Attribute.ENCRYPT: True, Attribute.DECRYPT: True,
-                Attribute.SIGN: False, Attribute.WRAP: False, Attribute.UNWRAP: False,
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: True,
+                Attribute.SENSITIVE: not extractable,
+                Attribute.EXTRACTABLE: bool(extractable),
+                Attribute.ENCRYPT: True,
+                Attribute.DECRYPT: True,
+                Attribute.SIGN: False,
+                Attribute.WRAP: False,
+                Attribute.UNWRAP: False,
             },
             capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
         )
@@ -154,8 +192,12 @@ def generate(
         raise
     except pkcs11.PKCS11Error as exc:  # pragma: no cover - call() converts
         raise tokmod.token_error(exc, f"generating a {spec} key", uri) from exc
-    result: dict[str, Any] = {"label": label, "id": key_id.hex(), "type": str(spec),
-                              "uri": uri.with_(id=None, type=None).identity()}
+    result: dict[str, Any] = {
+        "label": label,
+        "id": key_id.hex(),
+        "type": str(spec),
+        "uri": uri.with_(id=None, type=None).identity(),
+    }
     if spec.kind != "aes":
         with tokmod.open_key(uri, mode=mode, module=module, pin_env=pin_env) as key:
             result["fingerprint"] = key.fingerprint
@@ -166,9 +208,13 @@ def public_bytes(public_key: Any, fmt: str = "pem") -> bytes:
     from cryptography.hazmat.primitives import serialization
 
     if fmt == "pem":
-        return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     if fmt == "der":
-        return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     raise ConfigError(f"public key format '{fmt}' is not pem or der")
 
 

@@ -134,7 +134,9 @@ def _run_pin_program(command: str) -> str:
     try:
         done = subprocess.run(argv, capture_output=True, timeout=COMMAND_TIMEOUT_S, check=False)
     except FileNotFoundError as exc:
-        raise ConfigError(f"PIN program {argv[0]} not found", "give its absolute path in pin-source=|...") from exc
+        raise ConfigError(
+            f"PIN program {argv[0]} not found", "give its absolute path in pin-source=|..."
+        ) from exc
     except subprocess.TimeoutExpired as exc:
         raise ConfigError(f"PIN program {argv[0]} did not finish in {COMMAND_TIMEOUT_S} s") from exc
     except OSError as exc:

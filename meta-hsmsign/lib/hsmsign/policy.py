@@ -90,7 +90,9 @@ class StrongEnough:
     def check(self, key: Any) -> None:
         if key.key_type == "rsa":
             if key.key_size < MIN_RSA_BITS:
-                raise PolicyError(f"RSA key '{key.label}' has {key.key_size} bits; at least {MIN_RSA_BITS} needed")
+                raise PolicyError(
+                    f"RSA key '{key.label}' has {key.key_size} bits; at least {MIN_RSA_BITS} needed"
+                )
             exponent = key.public_key().public_numbers().e
             if exponent < MIN_RSA_EXPONENT:
                 raise PolicyError(f"RSA key '{key.label}' has public exponent {exponent}; use 65537")
@@ -141,9 +143,15 @@ def parse_pins(value: str | None) -> list[str]:
 def production_policy(pins: list[str] | None = None, allow_software: bool | None = None) -> AllOf:
     if allow_software is None:
         allow_software = os.environ.get(ALLOW_SOFTWARE_ENV, "") == "1"
-    return AllOf([
-        NotKnownPublic(), NotDevelopmentKey(), HardwareToken(allow_software), StrongEnough(), Pinned(pins or []),
-    ])
+    return AllOf(
+        [
+            NotKnownPublic(),
+            NotDevelopmentKey(),
+            HardwareToken(allow_software),
+            StrongEnough(),
+            Pinned(pins or []),
+        ]
+    )
 
 
 def check_signer(key: Any, mode: str, pins: list[str] | None = None, quiet: bool = False) -> list[str]:

@@ -111,7 +111,9 @@ def token_sign_digest(key: Any, digest: bytes, hash_alg: str, scheme: str | None
             raise ConfigError(f"scheme '{scheme}' is not one of {', '.join(SCHEMES)}")
     elif key.key_type == "ec":
         if scheme not in (None, "ecdsa"):
-            raise ConfigError(f"scheme '{scheme}' does not apply to an EC key", "leave --scheme out for ECDSA")
+            raise ConfigError(
+                f"scheme '{scheme}' does not apply to an EC key", "leave --scheme out for ECDSA"
+            )
         sig = key._sign_raw(digest, Mechanism.ECDSA)
         size = (key.key_size + 7) // 8
         if len(sig) != 2 * size:
@@ -169,7 +171,9 @@ def verify_digest(
     try:
         if isinstance(public_key, rsa.RSAPublicKey):
             if (scheme or "pkcs1v15") == "pss":
-                pad: Any = padding.PSS(mgf=padding.MGF1(_hash_obj(hash_alg)), salt_length=DIGEST_SIZE[hash_alg])
+                pad: Any = padding.PSS(
+                    mgf=padding.MGF1(_hash_obj(hash_alg)), salt_length=DIGEST_SIZE[hash_alg]
+                )
             else:
                 pad = padding.PKCS1v15()
             public_key.verify(signature, digest, pad, algo)
@@ -186,8 +190,14 @@ def verify_digest(
         ) from exc
 
 
-def sign_file(key: Any, path: str, hash_alg: str = "sha256", scheme: str | None = None,
-              fmt: str = "der", progress: Any = None) -> tuple[bytes, bytes]:
+def sign_file(
+    key: Any,
+    path: str,
+    hash_alg: str = "sha256",
+    scheme: str | None = None,
+    fmt: str = "der",
+    progress: Any = None,
+) -> tuple[bytes, bytes]:
     """Detached signature of a file: returns (signature, digest)."""
     if key.key_type == "ed25519":
         return _sign_file_ed25519(key, path), b""

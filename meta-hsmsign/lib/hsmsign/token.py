@@ -38,7 +38,7 @@ from .uri import Pkcs11Uri
 T = TypeVar("T")
 
 MODULE_ENV = "HSM_PKCS11_MODULE"
-DEV_TOKEN_PREFIX = "hsmsign-dev"
+DEV_TOKEN_PREFIX = "hsmsign-dev"  # noqa: S105 - a token label prefix, not a secret
 DEV_KEY_PREFIX = "dev-"
 RECONNECT_ATTEMPTS = 3
 RECONNECT_BACKOFF_S = 0.2
@@ -182,7 +182,8 @@ def token_error(exc: BaseException, what: str, uri: Pkcs11Uri | None) -> Hsmsign
         "PinInvalid": "the PIN has characters this token does not accept; check the PIN source",
         "DeviceRemoved": "the token was removed or the connection to it was lost; reconnect it and retry",
         "TokenNotPresent": "the token is not present; plug it in / check the HSM connection",
-        "DeviceError": "the token reported a device error; check its connection (p11-kit server, network HSM)",
+        "DeviceError": "the token reported a device error; check its connection "
+        "(p11-kit server, network HSM)",
         "GeneralError": "the module reported a general error; for a remote token check the p11-kit server "
         "or network connection",
         "MechanismInvalid": "the token does not support this mechanism for this key",
@@ -343,8 +344,7 @@ class _OpenToken:
             self.session = token.open(user_pin=user_pin, rw=self.rw)
         except pkcs11.PinIncorrect as exc:
             raise TokenError(
-                f"PIN rejected by token '{token.label}' (from {source.describe()})"
-                + _tries_left(token),
+                f"PIN rejected by token '{token.label}' (from {source.describe()})" + _tries_left(token),
                 "not retried: tokens lock after a few wrong tries; fix the PIN source before running again",
             ) from exc
         except pkcs11.UserAlreadyLoggedIn:
@@ -513,7 +513,9 @@ def _find_one(opened: _OpenToken, uri: Pkcs11Uri, classes: Iterable[Any], what: 
             template[Attribute.LABEL] = uri.object
         if uri.id is not None:
             template[Attribute.ID] = uri.id
-        found += opened.call(f"searching the token for {what}", lambda t=template: list(opened.session.get_objects(t)), uri)
+        found += opened.call(
+            f"searching the token for {what}", lambda t=template: list(opened.session.get_objects(t)), uri
+        )
     if not found:
         labels = _labels(opened, classes)
         raise TokenError(
@@ -567,10 +569,14 @@ class TokenKey:
             self.key_size = 256
             self.curve = "ed25519"
         else:
-            raise TokenError(f"key {uri.describe_key()} has type {key_type.name}, which hsmsign cannot sign with")
+            raise TokenError(
+                f"key {uri.describe_key()} has type {key_type.name}, which hsmsign cannot sign with"
+            )
         from cryptography.hazmat.primitives import serialization
 
-        spki = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        spki = public.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         self.fingerprint = hashlib.sha256(spki).hexdigest()
 
     @property
@@ -581,18 +587,16 @@ class TokenKey:
     @property
     def is_development(self) -> bool:
         label = self.label.lower()
-        return (
-            self.token_info.is_development
-            or label.startswith(DEV_KEY_PREFIX)
-            or "development" in label
-        )
+        return self.token_info.is_development or label.startswith(DEV_KEY_PREFIX) or "development" in label
 
     def public_key(self) -> Any:
         return self._public_key
 
     def _refresh(self) -> None:
         """After a reconnect, object handles are stale: look the key up again."""
-        self._key = _find_one(self._opened, self.uri.with_(type=None), [_pkcs11().ObjectClass.PRIVATE_KEY], "private key")
+        self._key = _find_one(
+            self._opened, self.uri.with_(type=None), [_pkcs11().ObjectClass.PRIVATE_KEY], "private key"
+        )
 
     def _sign_raw(self, data: bytes, mechanism: Any, param: Any = None) -> bytes:
         """One C_Sign call; a dropped session is reopened and the key looked up again."""
@@ -638,7 +642,9 @@ def _public_for(opened: _OpenToken, uri: Pkcs11Uri, key: Any) -> Any:
     ):
         if key_id in (None, b"") and Attribute.ID in template:
             continue
-        candidates = opened.call("finding the public key", lambda t=template: list(opened.session.get_objects(t)), uri)
+        candidates = opened.call(
+            "finding the public key", lambda t=template: list(opened.session.get_objects(t)), uri
+        )
         if len(candidates) == 1:
             break
     key_type = key.key_type
@@ -667,7 +673,9 @@ def _public_for(opened: _OpenToken, uri: Pkcs11Uri, key: Any) -> Any:
             return rsa.RSAPublicNumbers(e, n).public_key()
     certs = opened.call(
         "finding the certificate",
-        lambda: list(opened.session.get_objects({Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.ID: key_id})),
+        lambda: list(
+            opened.session.get_objects({Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.ID: key_id})
+        ),
         uri,
     )
     if len(certs) == 1:
@@ -686,7 +694,9 @@ def _ec_spki_attrs(pub: Any) -> Any:
     params = bytes(pub[Attribute.EC_PARAMS])
     if point and point[0] == 0x04 and len(point) in (65, 97, 133):
         # raw uncompressed point: wrap in an OCTET STRING
-        point = bytes([0x04, len(point)]) + point if len(point) < 128 else bytes([0x04, 0x81, len(point)]) + point
+        point = (
+            bytes([0x04, len(point)]) + point if len(point) < 128 else bytes([0x04, 0x81, len(point)]) + point
+        )
 
     class _View(dict):  # decode_ec_public_key indexes by Attribute
         pass
@@ -753,7 +763,9 @@ class TokenSecretKey:
         assert self._opened.info is not None  # noqa: S101
         return self._opened.info
 
-    def encrypt_stream(self, chunks: Iterable[bytes], iv: bytes, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    def encrypt_stream(
+        self, chunks: Iterable[bytes], iv: bytes, chunk_size: int = 1 << 20
+    ) -> Iterator[bytes]:
         """AES-CBC with PKCS#7 padding (CKM_AES_CBC_PAD), in bounded memory.
 
         The whole operation holds the module lock: one multi-part operation per
@@ -839,8 +851,13 @@ def list_tokens(module: str) -> list[TokenInfo]:
     return out
 
 
-def list_keys(uri_text: str | Pkcs11Uri, *, mode: str | None = None, module: str | None = None,
-              pin_env: str | None = None) -> list[dict[str, Any]]:
+def list_keys(
+    uri_text: str | Pkcs11Uri,
+    *,
+    mode: str | None = None,
+    module: str | None = None,
+    pin_env: str | None = None,
+) -> list[dict[str, Any]]:
     """Private and secret keys on the token a URI names (labels, ids, types)."""
     from pkcs11 import Attribute, ObjectClass
 
@@ -848,20 +865,28 @@ def list_keys(uri_text: str | Pkcs11Uri, *, mode: str | None = None, module: str
     opened = open_token(uri, module, pin_env, effective_mode(mode))
     out = []
     for cls, kind in ((ObjectClass.PRIVATE_KEY, "private"), (ObjectClass.SECRET_KEY, "secret-key")):
-        objs = opened.call("listing keys", lambda c=cls: list(opened.session.get_objects({Attribute.CLASS: c})), uri)
+        objs = opened.call(
+            "listing keys", lambda c=cls: list(opened.session.get_objects({Attribute.CLASS: c})), uri
+        )
         for obj in objs:
-            out.append({
-                "label": str(obj[Attribute.LABEL]),
-                "id": bytes(obj[Attribute.ID] or b"").hex(),
-                "class": kind,
-                "key_type": obj.key_type.name.lower(),
-            })
+            out.append(
+                {
+                    "label": str(obj[Attribute.LABEL]),
+                    "id": bytes(obj[Attribute.ID] or b"").hex(),
+                    "class": kind,
+                    "key_type": obj.key_type.name.lower(),
+                }
+            )
     return sorted(out, key=lambda k: (k["label"], k["id"]))
 
 
 def default_softhsm_module() -> str | None:
-    for pattern in ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/*/softhsm/libsofthsm2.so",
-                    "/usr/local/lib/softhsm/libsofthsm2.so", "/usr/lib64/pkcs11/libsofthsm2.so"):
+    for pattern in (
+        "/usr/lib/softhsm/libsofthsm2.so",
+        "/usr/lib/*/softhsm/libsofthsm2.so",
+        "/usr/local/lib/softhsm/libsofthsm2.so",
+        "/usr/lib64/pkcs11/libsofthsm2.so",
+    ):
         hits = sorted(glob.glob(pattern))
         if hits:
             return hits[0]

@@ -67,7 +67,7 @@ def _decode(raw: str, where: str) -> bytes:
     bad = _PCT.search(raw)
     if bad:
         raise ConfigError(
-            f"PKCS#11 URI: bad percent-encoding in {where} near '{raw[bad.start():bad.start() + 3]}'",
+            f"PKCS#11 URI: bad percent-encoding in {where} near '{raw[bad.start() : bad.start() + 3]}'",
             "a '%' must be followed by two hex digits; write a literal '%' as %25",
         )
     return unquote_to_bytes(raw)
@@ -113,7 +113,9 @@ class Pkcs11Uri:
     def parse(cls, text: str) -> Pkcs11Uri:
         """Parse ``text``; raise ConfigError naming the bad part."""
         if not isinstance(text, str) or not text.strip():
-            raise ConfigError("PKCS#11 URI is empty", 'set it, e.g. "pkcs11:token=acme-prod;object=fw-signing"')
+            raise ConfigError(
+                "PKCS#11 URI is empty", 'set it, e.g. "pkcs11:token=acme-prod;object=fw-signing"'
+            )
         text = text.strip()
         if text[: len(SCHEME)].lower() != SCHEME:
             raise ConfigError(

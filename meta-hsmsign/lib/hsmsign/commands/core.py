@@ -31,7 +31,10 @@ def register(sub: Any, parents: Any) -> None:
     raw = argparse.RawDescriptionHelpFormatter
 
     p = sub.add_parser(
-        "sign", parents=[parents.token, parents.output], formatter_class=raw, epilog=SIGN_EXAMPLE,
+        "sign",
+        parents=[parents.token, parents.output],
+        formatter_class=raw,
+        epilog=SIGN_EXAMPLE,
         help="detached signature of a file (hashed locally, one token operation)",
         description="Write a detached signature of FILE. The file is hashed locally in a stream; the token "
         "signs the digest once; the signature is verified against the key's public half before it is "
@@ -41,69 +44,100 @@ def register(sub: Any, parents: Any) -> None:
     p.add_argument("--output", "-o", required=True, metavar="SIG", help="signature file to write")
     p.add_argument("--hash", default="sha256", choices=("sha256", "sha384", "sha512"))
     p.add_argument("--scheme", choices=("pkcs1v15", "pss"), help="RSA padding (default pkcs1v15)")
-    p.add_argument("--format", choices=("der", "raw"), default="der",
-                   help="ECDSA encoding: DER (openssl) or raw r||s (default der)")
+    p.add_argument(
+        "--format",
+        choices=("der", "raw"),
+        default="der",
+        help="ECDSA encoding: DER (openssl) or raw r||s (default der)",
+    )
     p.set_defaults(func=run_sign)
 
     p = sub.add_parser(
-        "pubkey", parents=[parents.token], formatter_class=raw,
+        "pubkey",
+        parents=[parents.token],
+        formatter_class=raw,
         help="export the public key of a token key (PEM or DER)",
-        epilog="examples:\n  hsmsign pubkey --uri \"$HSM_PKCS11_URI\" --output signing-pub.pem\n"
-        "  hsmsign pubkey --uri \"$HSM_PKCS11_URI\" --format der | sha256sum",
+        epilog='examples:\n  hsmsign pubkey --uri "$HSM_PKCS11_URI" --output signing-pub.pem\n'
+        '  hsmsign pubkey --uri "$HSM_PKCS11_URI" --format der | sha256sum',
     )
     p.add_argument("--format", choices=("pem", "der"), default="pem")
     p.add_argument("--output", "-o", metavar="FILE", help="write here (default: stdout)")
     p.set_defaults(func=run_pubkey)
 
     p = sub.add_parser(
-        "info", parents=[parents.token, parents.output], formatter_class=raw,
+        "info",
+        parents=[parents.token, parents.output],
+        formatter_class=raw,
         help="token, key, type, size and public-key fingerprint",
-        epilog="examples:\n  hsmsign info --uri \"$HSM_PKCS11_URI\"\n"
+        epilog='examples:\n  hsmsign info --uri "$HSM_PKCS11_URI"\n'
         "  hsmsign info --uri 'pkcs11:token=acme-prod' --json   # lists the keys on a token",
     )
     p.set_defaults(func=run_info)
 
     p = sub.add_parser(
-        "doctor", parents=[parents.token, parents.output], formatter_class=raw,
+        "doctor",
+        parents=[parents.token, parents.output],
+        formatter_class=raw,
         help="check module, token, login, key and policy step by step",
-        epilog="examples:\n  hsmsign doctor --uri \"$HSM_PKCS11_URI\" --mode production",
+        epilog='examples:\n  hsmsign doctor --uri "$HSM_PKCS11_URI" --mode production',
     )
     p.set_defaults(func=run_doctor)
 
     p = sub.add_parser(
-        "keygen", parents=[parents.token, parents.output], formatter_class=raw,
+        "keygen",
+        parents=[parents.token, parents.output],
+        formatter_class=raw,
         help="generate a key inside the token (sensitive, non-extractable)",
-        epilog="examples:\n  hsmsign keygen --uri 'pkcs11:token=acme-prod;object=fw-signing?pin-source=file:/run/pin' "
-        "--type rsa:3072\n  hsmsign keygen --uri \"$URI_BASE;object=fw-encrypt\" --type aes:256",
+        epilog="examples:\n  hsmsign keygen "
+        "--uri 'pkcs11:token=acme-prod;object=fw-signing?pin-source=file:/run/pin' "
+        '--type rsa:3072\n  hsmsign keygen --uri "$URI_BASE;object=fw-encrypt" --type aes:256',
     )
-    p.add_argument("--type", required=True, metavar="TYPE",
-                   help="rsa:2048|rsa:3072|rsa:4096, ec:secp256r1|ec:secp384r1, ed25519, aes:128|aes:192|aes:256")
+    p.add_argument(
+        "--type",
+        required=True,
+        metavar="TYPE",
+        help="rsa:2048|rsa:3072|rsa:4096, ec:secp256r1|ec:secp384r1, ed25519, aes:128|aes:192|aes:256",
+    )
     p.add_argument("--id", metavar="HEX", help="CKA_ID in hex (default: random 8 bytes)")
-    p.add_argument("--extractable", action="store_true",
-                   help="development only: allow the key to leave the token (test fixtures)")
+    p.add_argument(
+        "--extractable",
+        action="store_true",
+        help="development only: allow the key to leave the token (test fixtures)",
+    )
     p.set_defaults(func=run_keygen)
 
     p = sub.add_parser(
-        "dev-init", parents=[parents.output], formatter_class=raw,
+        "dev-init",
+        parents=[parents.output],
+        formatter_class=raw,
         help="create a SoftHSM development token with one development key per role",
         description="Create (or complete) a SoftHSM token labelled hsmsign-dev in DIR with development keys "
         "for each role. Production policy refuses these keys. Idempotent.",
-        epilog="examples:\n  hsmsign dev-init\n  eval \"$(hsmsign dev-init --print-env)\"",
+        epilog='examples:\n  hsmsign dev-init\n  eval "$(hsmsign dev-init --print-env)"',
     )
-    p.add_argument("--dir", default=None, metavar="DIR",
-                   help="where the token lives (default: $HSMSIGN_DEV_HOME or ~/.local/share/hsmsign/dev-token)")
+    p.add_argument(
+        "--dir",
+        default=None,
+        metavar="DIR",
+        help="where the token lives (default: $HSMSIGN_DEV_HOME or ~/.local/share/hsmsign/dev-token)",
+    )
     p.add_argument("--module", default=os.environ.get("HSMSIGN_SOFTHSM_MODULE"), help="libsofthsm2.so path")
     p.add_argument("--print-env", action="store_true", help="print only the export lines for a shell")
     p.set_defaults(func=run_dev_init)
 
     p = sub.add_parser(
-        "uri", parents=[parents.output], formatter_class=raw,
+        "uri",
+        parents=[parents.output],
+        formatter_class=raw,
         help="parse and check a PKCS#11 URI (prints it redacted)",
         epilog="examples:\n  hsmsign uri 'pkcs11:token=acme%20prod;object=fw'",
     )
     p.add_argument("value", metavar="URI")
-    p.add_argument("--mode", choices=("development", "production"),
-                   default=os.environ.get("HSMSIGN_MODE") or "production")
+    p.add_argument(
+        "--mode",
+        choices=("development", "production"),
+        default=os.environ.get("HSMSIGN_MODE") or "production",
+    )
     p.set_defaults(func=run_uri)
 
 
@@ -129,9 +163,16 @@ def run_sign(args: Any) -> int:
         record(args, artifact=args.file, sha256_hex=sha256, key=key, mechanism=mechanism, kind="detached")
         emit(
             args,
-            f"signed {args.file} -> {args.output} ({mechanism}, key {key.label}, sha256:{key.fingerprint[:16]}...)",
-            {"file": args.file, "signature": args.output, "mechanism": mechanism, "key": key.label,
-             "fingerprint": key.fingerprint, "digest": digest.hex()},
+            f"signed {args.file} -> {args.output} "
+            f"({mechanism}, key {key.label}, sha256:{key.fingerprint[:16]}...)",
+            {
+                "file": args.file,
+                "signature": args.output,
+                "mechanism": mechanism,
+                "key": key.label,
+                "fingerprint": key.fingerprint,
+                "digest": digest.hex(),
+            },
         )
     return 0
 
@@ -163,8 +204,12 @@ def run_info(args: Any) -> int:
         keys_on = token.list_keys(uri, mode=args.mode, module=args.module, pin_env=args.pin_env)
         opened = token.open_token(uri, args.module, args.pin_env, token.effective_mode(args.mode))
         info = opened.info.as_dict() if opened.info else {}
-        lines = [f"token:   {info.get('label')} ({info.get('manufacturer')}, {info.get('model')}, "
-                 f"serial {info.get('serial')})", f"module:  {info.get('module')}", "keys:"]
+        lines = [
+            f"token:   {info.get('label')} ({info.get('manufacturer')}, {info.get('model')}, "
+            f"serial {info.get('serial')})",
+            f"module:  {info.get('module')}",
+            "keys:",
+        ]
         lines += [f"  {k['label']:<24} id={k['id']:<18} {k['class']:<10} {k['key_type']}" for k in keys_on]
         emit(args, "\n".join(lines), {"token": info, "keys": keys_on})
         return 0
@@ -174,22 +219,32 @@ def run_info(args: Any) -> int:
         info = key.token_info.as_dict()
         data = {
             "token": info,
-            "key": {"label": key.label, "id": key.key_id.hex(), "type": key.key_type, "size": key.key_size,
-                    "curve": key.curve, "description": keys.describe(key), "development": key.is_development},
+            "key": {
+                "label": key.label,
+                "id": key.key_id.hex(),
+                "type": key.key_type,
+                "size": key.key_size,
+                "curve": key.curve,
+                "description": keys.describe(key),
+                "development": key.is_development,
+            },
             "fingerprint": key.fingerprint,
             "uri": key.uri.identity(),
         }
-        text = "\n".join([
-            f"token:        {info['label']} ({info['manufacturer']}, {info['model']}, serial {info['serial']})"
-            + ("  [software token]" if info["software"] else ""),
-            f"module:       {info['module']}",
-            f"key:          {key.label} (id {key.key_id.hex() or '-'})"
-            + ("  [development key]" if key.is_development else ""),
-            f"type:         {keys.describe(key)}",
-            f"fingerprint:  sha256:{key.fingerprint}",
-            f"uri:          {key.uri.identity()}",
-            f"pin it with:  HSMSIGN_PUBKEY_SHA256 = \"{key.fingerprint}\"",
-        ])
+        text = "\n".join(
+            [
+                f"token:        {info['label']} ({info['manufacturer']}, {info['model']}, "
+                f"serial {info['serial']})"
+                + ("  [software token]" if info["software"] else ""),
+                f"module:       {info['module']}",
+                f"key:          {key.label} (id {key.key_id.hex() or '-'})"
+                + ("  [development key]" if key.is_development else ""),
+                f"type:         {keys.describe(key)}",
+                f"fingerprint:  sha256:{key.fingerprint}",
+                f"uri:          {key.uri.identity()}",
+                f'pin it with:  HSMSIGN_PUBKEY_SHA256 = "{key.fingerprint}"',
+            ]
+        )
         emit(args, text, data)
     return 0
 
@@ -237,13 +292,21 @@ def run_doctor(args: Any) -> int:
         opened = token.open_token(uri, args.module, args.pin_env, token.effective_mode(args.mode))
         info = opened.info
         assert info is not None  # noqa: S101
-        step("token", True, f"{info.label} ({info.manufacturer}, {info.model})"
-             + (" [software]" if info.is_software else ""))
+        step(
+            "token",
+            True,
+            f"{info.label} ({info.manufacturer}, {info.model})" + (" [software]" if info.is_software else ""),
+        )
         step("login", True, "session open" + (" (logged in)" if opened._pin_known_good else ""))
     except HsmsignError as exc:
         labels = ", ".join(t.label for t in present) if "present" in locals() else "?"
         name = "login" if "PIN" in exc.message else "token"
-        step(name, False, exc.message, (exc.hint or "") + (f" (tokens present: {labels})" if name == "token" else ""))
+        step(
+            name,
+            False,
+            exc.message,
+            (exc.hint or "") + (f" (tokens present: {labels})" if name == "token" else ""),
+        )
         return finish()
     if uri.object is None and uri.id is None:
         step("key", False, "the URI names no key", "add ;object=KEY-LABEL to the URI")
@@ -254,11 +317,23 @@ def run_doctor(args: Any) -> int:
             verdicts = policy.verdicts(key)
             refusals = [f"{name}: {why.splitlines()[0]}" for name, why in verdicts if why]
             if args.mode == "production":
-                step("policy", not refusals, "production policy passes" if not refusals else "; ".join(refusals),
-                     "see the messages; 'docs/policy.md' explains each rule" if refusals else "")
+                step(
+                    "policy",
+                    not refusals,
+                    "production policy passes" if not refusals else "; ".join(refusals),
+                    "see the messages; 'docs/policy.md' explains each rule" if refusals else "",
+                )
             else:
-                step("policy", True, "development mode" + (f" (production would refuse: {'; '.join(refusals)})"
-                                                           if refusals else " (production policy would pass)"))
+                step(
+                    "policy",
+                    True,
+                    "development mode"
+                    + (
+                        f" (production would refuse: {'; '.join(refusals)})"
+                        if refusals
+                        else " (production policy would pass)"
+                    ),
+                )
             import hashlib
 
             digest = hashlib.sha256(b"hsmsign doctor").digest()
@@ -286,8 +361,15 @@ def run_keygen(args: Any) -> int:
             key_id = bytes.fromhex(args.id)
         except ValueError as exc:
             raise ConfigError(f"--id {args.id} is not hex") from exc
-    made = keys.generate(uri, spec, mode=token.effective_mode(args.mode), module=args.module,
-                         pin_env=args.pin_env, key_id=key_id, extractable=args.extractable)
+    made = keys.generate(
+        uri,
+        spec,
+        mode=token.effective_mode(args.mode),
+        module=args.module,
+        pin_env=args.pin_env,
+        key_id=key_id,
+        extractable=args.extractable,
+    )
     text = f"generated {made['type']} key '{made['label']}' (id {made['id']}) in the token"
     if "fingerprint" in made:
         text += f"\nfingerprint: sha256:{made['fingerprint']}"
