@@ -1,0 +1,422 @@
+"""Detached CMS SignedData (RFC 5652) around one token signature.
+
+What ``openssl cms -sign -binary -outform DER -nosmimecap -signer CERT`` writes,
+built here with asn1crypto so the private key can stay in the token:
+
+* ContentInfo(signedData) with SignedData version 1, one digest algorithm,
+  ``encapContentInfo`` = id-data *without* eContent (detached),
+  the signer certificate (plus any chain certificates) in ``certificates``;
+* one SignerInfo identified by issuer and serial number, with the signed
+  attributes contentType (id-data), signingTime and messageDigest;
+* the token signs the digest of the DER ``SET OF`` signed attributes: one
+  token operation, whatever the size of the content.
+
+``signed_attrs=False`` gives the shape of ``openssl smime -sign -noattr``: the
+signature is over the content digest itself. The kernel's PKCS#7 parser
+(``crypto/asymmetric_keys/pkcs7_verify.c``, used by dm-verity's
+``root_hash_sig_key_desc`` and ``veritysetup open --root-hash-signature``)
+accepts both shapes; cryptsetup's documentation uses ``-noattr``.
+
+Signature algorithms, as OpenSSL writes them: RSA PKCS#1 v1.5 ->
+``rsaEncryption``, RSA-PSS -> ``rsassaPss`` with explicit parameters (salt =
+digest length), ECDSA -> ``ecdsa-with-SHA256/384/512``.
+
+The signed attributes are DER-sorted (X.690 11.6): OpenSSL re-encodes them
+before checking the signature, so an unsorted SET would not verify.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError, VerificationError
+
+HASH_OIDS = {
+    "sha256": "2.16.840.1.101.3.4.2.1",
+    "sha384": "2.16.840.1.101.3.4.2.2",
+    "sha512": "2.16.840.1.101.3.4.2.3",
+}
+DIGEST_SIZE = {"sha256": 32, "sha384": 48, "sha512": 64}
+
+
+def signing_time() -> datetime.datetime:
+    """Now, or ``SOURCE_DATE_EPOCH`` when set (reproducible builds)."""
+    sde = os.environ.get("SOURCE_DATE_EPOCH")
+    if sde:
+        try:
+            return datetime.datetime.fromtimestamp(int(sde), tz=datetime.timezone.utc)
+        except (ValueError, OverflowError, OSError) as exc:
+            raise ConfigError(
+                f"SOURCE_DATE_EPOCH '{sde}' is not a number of seconds", "unset it or give an integer"
+            ) from exc
+    return datetime.datetime.now(tz=datetime.timezone.utc).replace(microsecond=0)
+
+
+def load_certificate(data: bytes, what: str = "certificate") -> Any:
+    """A cryptography ``x509.Certificate`` from PEM or DER bytes."""
+    from cryptography import x509
+
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{what} is not a PEM or DER X.509 certificate",
+            "create one with 'hsmsign cert' or get it from your CA",
+        ) from exc
+
+
+def load_certificates(data: bytes, what: str = "certificate file") -> list[Any]:
+    """All certificates in a PEM bundle (or the one DER certificate)."""
+    from cryptography import x509
+
+    if b"-----BEGIN" not in data:
+        return [load_certificate(data, what)]
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise ConfigError(f"{what} holds no readable PEM certificate") from exc
+    return list(certs)
+
+
+def read_certificate_file(path: str) -> Any:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read certificate {path}: {exc.strerror}",
+            "create one with 'hsmsign cert --uri URI --subject CN=... --output CERT.pem'",
+        ) from exc
+    return load_certificate(data, f"{path}")
+
+
+def _spki(public_key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def check_cert_matches(cert: Any, signer: Any) -> None:
+    """The certificate must carry the token key's public half."""
+    if _spki(cert.public_key()) != _spki(signer.public_key()):
+        raise ConfigError(
+            "the certificate does not belong to the token key (public keys differ)",
+            "use the certificate made for this key ('hsmsign cert --uri ...'), or the key it names",
+        )
+
+
+def _signature_algorithm(signer: Any, hash_alg: str, scheme: str | None) -> Any:
+    from asn1crypto import algos
+
+    if signer.key_type == "rsa":
+        if scheme == "pss":
+            params = algos.RSASSAPSSParams(
+                {
+                    "hash_algorithm": {"algorithm": hash_alg},
+                    "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": hash_alg}},
+                    "salt_length": DIGEST_SIZE[hash_alg],
+                    "trailer_field": "trailer_field_bc",
+                }
+            )
+            return algos.SignedDigestAlgorithm({"algorithm": "rsassa_pss", "parameters": params})
+        return algos.SignedDigestAlgorithm({"algorithm": "rsassa_pkcs1v15", "parameters": None})
+    if signer.key_type == "ec":
+        return algos.SignedDigestAlgorithm({"algorithm": f"{hash_alg}_ecdsa"})
+    raise ConfigError(f"{signer.key_type} keys cannot sign CMS here", "use an RSA or ECDSA key")
+
+
+def _attr_set_der(attrs: list[Any]) -> bytes:
+    """DER of ``SET OF Attribute`` with members sorted by their encoding (X.690 11.6)."""
+    encoded = sorted(a.dump(force=True) for a in attrs)
+    body = b"".join(encoded)
+    return b"\x31" + _der_len(len(body)) + body
+
+
+def _der_len(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def sign_detached(
+    signer: Any,
+    *,
+    cert: Any,
+    content: bytes | None = None,
+    content_digest: bytes | None = None,
+    hash_alg: str = "sha256",
+    scheme: str | None = None,
+    signed_attrs: bool = True,
+    include_certs: bool = True,
+    extra_certs: Sequence[Any] = (),
+    when: datetime.datetime | None = None,
+) -> bytes:
+    """DER ContentInfo(SignedData), detached, signed with one token operation.
+
+    Give either ``content`` or its ``content_digest`` (streamed by the caller for
+    large files). ``cert`` is a cryptography certificate for the token key.
+    """
+    from asn1crypto import algos, cms, x509
+
+    from ..signing import ecdsa_raw_to_der
+
+    hash_alg = hash_alg.lower()
+    if hash_alg not in HASH_OIDS:
+        raise ConfigError(f"hash '{hash_alg}' is not supported for CMS", "use sha256, sha384 or sha512")
+    if signer.key_type != "rsa" and scheme not in (None, "ecdsa"):
+        raise ConfigError(f"scheme '{scheme}' does not apply to a {signer.key_type} key")
+    if (content is None) == (content_digest is None):
+        raise ConfigError("give the content or its digest, not both")  # programming error guard
+    if content_digest is None:
+        assert content is not None  # noqa: S101 - checked above
+        content_digest = hashlib.new(hash_alg, content).digest()
+    if len(content_digest) != DIGEST_SIZE[hash_alg]:
+        raise ConfigError(f"a {hash_alg} digest has {DIGEST_SIZE[hash_alg]} bytes, not {len(content_digest)}")
+    check_cert_matches(cert, signer)
+
+    from cryptography.hazmat.primitives import serialization
+
+    a_cert = x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
+    digest_algo = algos.DigestAlgorithm({"algorithm": hash_alg})
+    sid = cms.SignerIdentifier(
+        {
+            "issuer_and_serial_number": cms.IssuerAndSerialNumber(
+                {"issuer": a_cert.issuer, "serial_number": a_cert.serial_number}
+            )
+        }
+    )
+
+    if signed_attrs:
+        attrs = [
+            cms.CMSAttribute({"type": "content_type", "values": ["data"]}),
+            cms.CMSAttribute(
+                {"type": "signing_time", "values": [cms.Time({"utc_time": when or signing_time()})]}
+            ),
+            cms.CMSAttribute({"type": "message_digest", "values": [content_digest]}),
+        ]
+        attr_der = _attr_set_der(attrs)
+        to_sign = hashlib.new(hash_alg, attr_der).digest()
+        # the [0] IMPLICIT form in SignerInfo is the same bytes with tag 0xA0
+        signed = cms.CMSAttributes.load(attr_der)
+    else:
+        to_sign = content_digest
+        signed = None
+
+    raw = signer.sign_digest(to_sign, hash_alg, scheme if signer.key_type == "rsa" else None)
+    signature = ecdsa_raw_to_der(raw) if signer.key_type == "ec" else raw
+
+    info: dict[str, Any] = {
+        "version": "v1",
+        "sid": sid,
+        "digest_algorithm": digest_algo,
+        "signature_algorithm": _signature_algorithm(signer, hash_alg, scheme),
+        "signature": signature,
+    }
+    if signed is not None:
+        info["signed_attrs"] = signed
+    certs: list[Any] = []
+    if include_certs:
+        certs = [a_cert] + [
+            x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in extra_certs
+        ]
+    sd: dict[str, Any] = {
+        "version": "v1",
+        "digest_algorithms": [digest_algo],
+        "encap_content_info": {"content_type": "data"},
+        "signer_infos": [cms.SignerInfo(info)],
+    }
+    if certs:
+        sd["certificates"] = [cms.CertificateChoices({"certificate": c}) for c in certs]
+    ci = cms.ContentInfo({"content_type": "signed_data", "content": cms.SignedData(sd)})
+    der = ci.dump()
+    # Check what we wrote through an independent parse (and our verifier) before anyone sees it.
+    verify_detached(der, content_digest=content_digest, hash_alg=hash_alg, trusted=[cert])
+    return der
+
+
+@dataclass
+class CmsSignerResult:
+    """What ``verify_detached`` found: the signer certificate and the signing time (if signed)."""
+
+    certificate: Any
+    signing_time: datetime.datetime | None
+    hash_alg: str
+
+
+def parse(der: bytes) -> Any:
+    """asn1crypto SignedData from DER (or PEM); VerificationError if malformed."""
+    from asn1crypto import cms, pem
+
+    try:
+        if pem.detect(der):
+            _, _, der = pem.unarmor(der)
+        ci = cms.ContentInfo.load(der, strict=True)
+        if ci["content_type"].native != "signed_data":
+            raise VerificationError(f"the CMS object is {ci['content_type'].native}, not signed data")
+        sd = ci["content"]
+        sd.native  # noqa: B018 - forces a full parse now, so lazy parse errors surface here
+        return sd
+    except VerificationError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - asn1crypto raises ValueError, TypeError, KeyError, ...
+        raise VerificationError(
+            "the signature file is not a DER CMS/PKCS#7 SignedData",
+            "is it the .sig/.p7s file? DER, not PEM or base64",
+        ) from exc
+
+
+def verify_detached(
+    der: bytes,
+    *,
+    content: bytes | None = None,
+    content_digest: bytes | None = None,
+    content_path: str | None = None,
+    hash_alg: str | None = None,
+    trusted: Sequence[Any] = (),
+) -> CmsSignerResult:
+    """Check a detached SignedData against content and trusted certificates.
+
+    Trust: the signer certificate (from the message, or from ``trusted`` when the
+    message carries none) must be one of ``trusted`` (same DER) or be directly
+    issued by one of them. This is hsmsign's own check; tests also run
+    ``openssl cms -verify``.
+    """
+    from asn1crypto import x509 as ax509
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from ..signing import hash_file, verify_digest
+
+    sd = parse(der)
+    infos = sd["signer_infos"]
+    if len(infos) != 1:
+        raise VerificationError(f"the CMS signature has {len(infos)} signers; hsmsign expects exactly one")
+    si = infos[0]
+    h = si["digest_algorithm"]["algorithm"].native
+    if h not in HASH_OIDS:
+        raise VerificationError(f"the CMS digest algorithm {h} is not accepted", "sign with sha256/384/512")
+    if hash_alg is not None and h != hash_alg:
+        raise VerificationError(f"the CMS signature uses {h}, expected {hash_alg}")
+    if content_digest is None:
+        if content is not None:
+            content_digest = hashlib.new(h, content).digest()
+        elif content_path is not None:
+            content_digest = hash_file(content_path, h)
+        else:
+            raise ConfigError("nothing to verify the signature against")
+
+    candidates: list[Any] = []
+    for choice in sd["certificates"] or []:
+        if choice.name == "certificate":
+            candidates.append(x509.load_der_x509_certificate(choice.chosen.dump()))
+    candidates.extend(trusted)
+    sid = si["sid"]
+    signer_cert = None
+    for c in candidates:
+        ac = ax509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
+        if sid.name == "issuer_and_serial_number":
+            ias = sid.chosen
+            if ias["issuer"] == ac.issuer and ias["serial_number"].native == ac.serial_number:
+                signer_cert = c
+                break
+        elif sid.name == "subject_key_identifier" and ac.key_identifier == sid.chosen.native:
+            signer_cert = c
+            break
+    if signer_cert is None:
+        raise VerificationError(
+            "the signer's certificate is neither in the signature nor among the trusted ones",
+            "pass the signer certificate (--cert)",
+        )
+
+    when = None
+    sattrs = si["signed_attrs"]
+    if sattrs.native is not None and len(sattrs):
+        found: dict[str, Any] = {}
+        for attr in sattrs:
+            found[attr["type"].native] = attr["values"][0]
+        if found.get("content_type") is None or found["content_type"].native != "data":
+            raise VerificationError("the signed attributes lack contentType id-data")
+        md = found.get("message_digest")
+        if md is None or md.native != content_digest:
+            raise VerificationError(
+                "the content does not match the signature (messageDigest differs)",
+                "the file was changed after signing, or this is another file's signature",
+            )
+        if found.get("signing_time") is not None:
+            when = found["signing_time"].native
+        # the signature covers the original bytes re-tagged as SET (RFC 5652 5.4), never a re-encoding
+        attr_der = b"\x31" + _der_len(len(sattrs.contents)) + sattrs.contents
+        signed_digest = hashlib.new(h, attr_der).digest()
+    else:
+        signed_digest = content_digest
+
+    algo = si["signature_algorithm"]
+    name = algo["algorithm"].native
+    scheme: str | None = None
+    sig = si["signature"].native
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    pub = signer_cert.public_key()
+    if name in ("rsassa_pkcs1v15", f"{h}_rsa"):
+        scheme = "pkcs1v15"
+        ok_type = isinstance(pub, rsa.RSAPublicKey)
+    elif name == "rsassa_pss":
+        params = algo["parameters"]
+        if (
+            params["hash_algorithm"]["algorithm"].native != h
+            or params["salt_length"].native != DIGEST_SIZE[h]
+        ):
+            raise VerificationError(
+                "RSA-PSS parameters differ from the digest algorithm (hsmsign expects "
+                "hash = MGF1 hash = digest algorithm, salt = digest length)"
+            )
+        scheme = "pss"
+        ok_type = isinstance(pub, rsa.RSAPublicKey)
+    elif name == f"{h}_ecdsa":
+        ok_type = isinstance(pub, ec.EllipticCurvePublicKey)
+    else:
+        raise VerificationError(f"signature algorithm {name} is not accepted with {h}")
+    if not ok_type:
+        raise VerificationError(f"signature algorithm {name} does not match the certificate's key type")
+    from ..errors import SigningError
+
+    try:
+        verify_digest(pub, sig, signed_digest, h, scheme, raw_ecdsa=False)
+    except SigningError as exc:
+        raise VerificationError(
+            "the CMS signature does not verify with the signer certificate's key"
+        ) from exc
+
+    _check_trust(signer_cert, trusted)
+    return CmsSignerResult(signer_cert, when, h)
+
+
+def _check_trust(cert: Any, trusted: Sequence[Any]) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    if not trusted:
+        raise ConfigError("no trusted certificate given", "pass the certificate you trust (--cert CERT.pem)")
+    der = cert.public_bytes(serialization.Encoding.DER)
+    for anchor in trusted:
+        if anchor.public_bytes(serialization.Encoding.DER) == der:
+            return
+    for anchor in trusted:
+        try:
+            cert.verify_directly_issued_by(anchor)
+            return
+        except Exception:  # noqa: BLE001, S112 - ValueError/TypeError/InvalidSignature: try the next anchor
+            continue
+    raise VerificationError(
+        f"the signer certificate ({cert.subject.rfc4514_string()}) is not trusted",
+        "it is neither one of the trusted certificates nor issued by one of them",
+    )
