@@ -628,9 +628,8 @@ class TokenKey:
 def _public_for(opened: _OpenToken, uri: Pkcs11Uri, key: Any) -> Any:
     """The cryptography public key for a private key: public object, certificate, or RSA attributes."""
     from cryptography import x509
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
     from pkcs11 import Attribute, KeyType, ObjectClass
-    from pkcs11.util.ec import decode_ec_public_key
 
     key_id = key[Attribute.ID]
     label = key[Attribute.LABEL]
@@ -655,12 +654,7 @@ def _public_for(opened: _OpenToken, uri: Pkcs11Uri, key: Any) -> Any:
             e = int.from_bytes(pub[Attribute.PUBLIC_EXPONENT], "big")
             return rsa.RSAPublicNumbers(e, n).public_key()
         if key_type == KeyType.EC:
-            der = decode_ec_public_key(_ec_spki_attrs(pub))
-            from cryptography.hazmat.primitives.serialization import load_der_public_key
-
-            loaded = load_der_public_key(der)
-            assert isinstance(loaded, ec.EllipticCurvePublicKey)  # noqa: S101
-            return loaded
+            return _ec_public_key(bytes(pub[Attribute.EC_PARAMS]), bytes(pub[Attribute.EC_POINT]))
         if key_type == KeyType.EC_EDWARDS:
             point = bytes(pub[Attribute.EC_POINT])
             if len(point) == 34 and point[0] == 0x04:
@@ -686,22 +680,35 @@ def _public_for(opened: _OpenToken, uri: Pkcs11Uri, key: Any) -> Any:
     )
 
 
-def _ec_spki_attrs(pub: Any) -> Any:
-    """Some modules return CKA_EC_POINT raw (65/97 bytes) instead of DER-wrapped: accept both."""
-    from pkcs11 import Attribute
+_EC_CURVES = {
+    bytes.fromhex("06082a8648ce3d030107"): "secp256r1",
+    bytes.fromhex("06052b81040022"): "secp384r1",
+    bytes.fromhex("06052b81040023"): "secp521r1",
+}
 
-    point = bytes(pub[Attribute.EC_POINT])
-    params = bytes(pub[Attribute.EC_PARAMS])
-    if point and point[0] == 0x04 and len(point) in (65, 97, 133):
-        # raw uncompressed point: wrap in an OCTET STRING
-        point = (
-            bytes([0x04, len(point)]) + point if len(point) < 128 else bytes([0x04, 0x81, len(point)]) + point
-        )
 
-    class _View(dict):  # decode_ec_public_key indexes by Attribute
-        pass
+def _ec_public_key(params: bytes, point: bytes) -> Any:
+    """CKA_EC_PARAMS (named-curve OID) and CKA_EC_POINT to a cryptography key.
 
-    return _View({Attribute.EC_POINT: point, Attribute.EC_PARAMS: params})
+    Some modules return CKA_EC_POINT raw (65/97 bytes) instead of wrapped in a DER
+    OCTET STRING (67/99 bytes): accept both.
+    """
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    name = _EC_CURVES.get(params)
+    if name is None:
+        raise TokenError("the EC key uses a curve hsmsign does not support", "use secp256r1 or secp384r1")
+    curve = (
+        ec.SECP256R1() if name == "secp256r1" else ec.SECP384R1() if name == "secp384r1" else ec.SECP521R1()
+    )
+    size = (curve.key_size + 7) // 8
+    if len(point) != 1 + 2 * size and point[:1] == b"\x04":
+        # DER OCTET STRING: tag 0x04, length (short or 0x81 form), then the point
+        point = point[3:] if point[1] == 0x81 else point[2:]
+    try:
+        return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+    except ValueError as exc:
+        raise TokenError(f"the token returned an EC point that is not on {name}") from exc
 
 
 @contextlib.contextmanager
@@ -717,6 +724,7 @@ def open_key(
 
     uri = uri_text if isinstance(uri_text, Pkcs11Uri) else Pkcs11Uri.parse(uri_text)
     mode = effective_mode(mode)
+    _refuse_unknown(uri)
     if uri.type not in (None, "private"):
         raise ConfigError(
             f"the URI names a {uri.type} object; signing needs the private key",
@@ -811,6 +819,7 @@ def open_secret_key(
 
     uri = uri_text if isinstance(uri_text, Pkcs11Uri) else Pkcs11Uri.parse(uri_text)
     mode = effective_mode(mode)
+    _refuse_unknown(uri)
     if uri.type not in (None, "secret-key"):
         raise ConfigError(f"the URI names a {uri.type} object; encryption needs type=secret-key")
     if uri.object is None and uri.id is None:
