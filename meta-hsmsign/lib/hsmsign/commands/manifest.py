@@ -1,0 +1,112 @@
+"""``hsmsign manifest``: a CMS-signed list of files (size, SHA-256); ``hsmsign manifest verify``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from .common import check_readable, emit, open_key_from_args, record
+
+EXAMPLE = """\
+examples:
+  # sign a deploy directory in one step (writes MANIFEST and MANIFEST.p7s)
+  hsmsign manifest --uri "$HSM_PKCS11_URI_ROOTFS" --cert signer.pem --output deploy/MANIFEST deploy/*.img
+  # check it (signature first, then every file's size and sha256)
+  hsmsign manifest verify --cert signer.pem deploy/MANIFEST
+  # the same signature check without hsmsign
+  openssl cms -verify -binary -inform DER -in deploy/MANIFEST.p7s -content deploy/MANIFEST \\
+      -CAfile signer.pem -purpose any -out /dev/null
+"""
+
+
+def register(sub: Any, parents: Any) -> None:
+    p = sub.add_parser(
+        "manifest",
+        parents=[parents.token, parents.output],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLE,
+        usage="hsmsign manifest --uri URI --cert CERT --output MANIFEST FILE...\n"
+        "       hsmsign manifest verify --cert CERT [--signature SIG] [--base DIR] MANIFEST",
+        help="signed manifest of files (sha256 + size, CMS); 'manifest verify' checks one",
+        description="Write MANIFEST (JSON: path, size, sha256 of each FILE, paths relative to --base, "
+        "default the manifest's directory) and its detached CMS signature MANIFEST.p7s, with one token "
+        "operation. 'hsmsign manifest verify' checks the signature against --cert, then every file.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument(
+        "--cert", metavar="CERT.pem", help="signer certificate (sign) or trusted certificate (verify)"
+    )
+    p.add_argument("--output", "-o", metavar="MANIFEST", help="manifest to write")
+    p.add_argument("--signature", metavar="SIG", help="signature file (default: MANIFEST.p7s)")
+    p.add_argument("--base", metavar="DIR", help="directory paths are relative to (default: the manifest's)")
+    p.set_defaults(func=run_manifest)
+
+
+def run_manifest(args: Any) -> int:
+    if args.files and args.files[0] == "verify":
+        return run_verify(args)
+    return run_sign(args)
+
+
+def run_sign(args: Any) -> int:
+    from .. import atomic, signing
+    from ..errors import ConfigError
+    from ..formats import cms, manifest
+
+    if not args.output:
+        raise ConfigError("--output MANIFEST is required", "e.g. --output deploy/MANIFEST")
+    if not args.cert:
+        raise ConfigError(
+            "--cert is required (the CMS signature carries the signer certificate)",
+            "make one with 'hsmsign cert --uri URI --subject CN=... --output signer.pem'",
+        )
+    cert = cms.read_certificate_file(args.cert)
+    base = args.base or os.path.dirname(os.path.abspath(args.output))
+    sig_path = args.signature or args.output + ".p7s"
+    data, entries = manifest.build(args.files, base)
+    digest = signing.hash_bytes(data)
+    with open_key_from_args(args) as key:
+        sig = cms.sign_detached(key, cert=cert, content_digest=digest)
+        atomic.write_bytes_atomic(args.output, data)
+        atomic.write_bytes_atomic(sig_path, sig)
+        record(args, artifact=args.output, sha256_hex=digest.hex(), key=key, mechanism="cms", kind="manifest")
+        label = key.label
+    emit(
+        args,
+        f"wrote {args.output} ({len(entries)} files) and {sig_path} (key {label})",
+        {"manifest": args.output, "signature": sig_path, "files": [e.path for e in entries], "key": label},
+    )
+    return 0
+
+
+def run_verify(args: Any) -> int:
+    from ..errors import ConfigError
+    from ..formats import cms, manifest
+
+    rest = args.files[1:]
+    if len(rest) != 1:
+        raise ConfigError(
+            "manifest verify takes one MANIFEST", "hsmsign manifest verify --cert CERT MANIFEST"
+        )
+    if not args.cert:
+        raise ConfigError("manifest verify needs --cert (the certificate you trust)")
+    path = rest[0]
+    check_readable(path)
+    sig_path = args.signature or path + ".p7s"
+    check_readable(sig_path)
+    check_readable(args.cert)
+    with open(args.cert, "rb") as fh:
+        trusted = cms.load_certificates(fh.read(), args.cert)
+    with open(path, "rb") as fh:
+        data = fh.read(manifest.MAX_MANIFEST + 1)
+    with open(sig_path, "rb") as fh:
+        sig = fh.read(1 << 20)
+    base = args.base or os.path.dirname(os.path.abspath(path))
+    result = manifest.verify(data, sig, trusted, base)
+    emit(
+        args,
+        f"{path}: signature OK, {len(result.ok)} files match",
+        {"manifest": path, "ok": True, "files": result.ok},
+    )
+    return 0
