@@ -673,6 +673,8 @@ def _public_for(opened: _OpenToken, uri: Pkcs11Uri, key: Any) -> Any:
         uri,
     )
     if len(certs) == 1:
+        from cryptography import x509
+
         return x509.load_der_x509_certificate(bytes(certs[0][Attribute.VALUE])).public_key()
     raise TokenError(
         f"found the private key {uri.describe_key()} but no public key or certificate with the same id",
