@@ -1,0 +1,392 @@
+"""swupdate bundles signed through the token, checked by Debian's own swupdate binary."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SoftHsm, require
+
+DEV = ("--mode", "development")
+
+
+def _swupdate() -> str:
+    path = shutil.which("swupdate")
+    require(
+        bool(path),
+        "swupdate",
+        "apt-get install swupdate (scripts/deps/swupdate.apt)",
+        "HSMSIGN_REQUIRE_TOOLS",
+    )
+    assert path
+    return path
+
+
+def make_cert(softhsm: SoftHsm, uri: str, path: Path, *eku: str) -> Path:
+    argv = ["cert", *DEV, "--uri", uri, "--subject", "CN=hsmsign test signer,O=Acme", "--output", str(path)]
+    for e in eku:
+        argv += ["--eku", e]
+    done = softhsm.run_cli(*argv)
+    assert done.returncode == 0, done.stderr
+    return path
+
+
+def swupdate_check(
+    bundle: Path, cert: Path, *extra: str, hw: str = "board:1.0"
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [_swupdate(), "-H", hw, "-c", "-i", str(bundle), "-k", str(cert), *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> list[Path]:
+    a = tmp_path / "rootfs.ext4"
+    a.write_bytes(os.urandom(200_000) + b"rootfs")
+    b = tmp_path / "u-boot.img"
+    b.write_bytes(os.urandom(40_001))
+    return [a, b]
+
+
+def write_description(tmp_path: Path, images: list[Path], hardware: str = "1.0") -> Path:
+    from hsmsign.formats import swupdate as swu
+
+    desc = swu.render_description(
+        version="1.0.1",
+        hardware=[hardware],
+        images=[{"filename": p.name, "path": str(p), "type": "raw", "device": "/dev/null"} for p in images],
+    )
+    path = tmp_path / "sw-description"
+    path.write_bytes(desc)
+    return path
+
+
+def build_bundle(
+    softhsm: SoftHsm, uri: str, cert: Path, desc: Path, images: list[Path], out: Path, *extra: str
+) -> subprocess.CompletedProcess:
+    return softhsm.run_cli(
+        "swupdate",
+        "bundle",
+        *DEV,
+        "--uri",
+        uri,
+        "--cert",
+        str(cert),
+        "--sw-description",
+        str(desc),
+        "--output",
+        str(out),
+        *extra,
+        *map(str, images),
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "eku", "purpose"),
+    [
+        ("rsa2048", "emailProtection", ()),
+        ("rsa2048", "codeSigning", ("--cert-purpose", "codeSigning")),
+        ("ec256", "emailProtection", ()),
+    ],
+)
+def test_swupdate_accepts_signed_bundle(
+    softhsm: SoftHsm,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    images: list[Path],
+    key: str,
+    eku: str,
+    purpose: tuple[str, ...],
+) -> None:
+    uri = request.getfixturevalue(key)
+    cert = make_cert(softhsm, uri, tmp_path / "signer.pem", eku)
+    desc = write_description(tmp_path, images)
+    swu = tmp_path / "update.swu"
+    done = build_bundle(softhsm, uri, cert, desc, images, swu)
+    assert done.returncode == 0, done.stderr
+    check = swupdate_check(swu, cert, *purpose)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SWUPDATE successful" in check.stdout + check.stderr
+    # our own reader sees the layout swupdate needs
+    from hsmsign.formats import cpio
+
+    names = [e.name for e in cpio.read_entries(str(swu))]
+    assert names[:2] == ["sw-description", "sw-description.sig"]
+    assert sorted(names[2:]) == sorted(p.name for p in images)
+    # and 'hsmsign swupdate verify' agrees
+    v = softhsm.run_cli("swupdate", "verify", "--cert", str(cert), str(swu))
+    assert v.returncode == 0, v.stderr
+
+
+def test_swupdate_wrong_purpose_and_wrong_anchor_rejected(
+    softhsm: SoftHsm, rsa2048: str, ec256: str, tmp_path: Path, images: list[Path]
+) -> None:
+    cert = make_cert(softhsm, rsa2048, tmp_path / "signer.pem", "emailProtection")
+    other = make_cert(softhsm, ec256, tmp_path / "other.pem", "emailProtection")
+    desc = write_description(tmp_path, images)
+    swu = tmp_path / "update.swu"
+    assert build_bundle(softhsm, rsa2048, cert, desc, images, swu).returncode == 0
+    assert swupdate_check(swu, cert).returncode == 0
+    # the certificate lacks codeSigning: swupdate must refuse it for that purpose
+    assert swupdate_check(swu, cert, "--cert-purpose", "codeSigning").returncode == 1
+    # another trust anchor
+    assert swupdate_check(swu, other).returncode == 1
+    # the wrong board
+    assert swupdate_check(swu, cert, hw="board:9.9").returncode == 1
+
+
+def test_swupdate_ca_path(softhsm: SoftHsm, rsa2048: str, tmp_path: Path, images: list[Path]) -> None:
+    cert = make_cert(softhsm, rsa2048, tmp_path / "signer.pem")
+    desc = write_description(tmp_path, images)
+    swu = tmp_path / "update.swu"
+    assert build_bundle(softhsm, rsa2048, cert, desc, images, swu).returncode == 0
+    done = subprocess.run(
+        [_swupdate(), "-H", "board:1.0", "-c", "-i", str(swu), "--ca-path", str(cert)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _rebundle(
+    src: Path, out: Path, *, description: bytes | None = None, image_patch: str | None = None
+) -> None:
+    """Rebuild a bundle with valid cpio checksums but changed content (the signature is kept)."""
+    from hsmsign.formats import cpio
+    from hsmsign.formats import swupdate as swu
+
+    b = swu.read_bundle(str(src))
+    members = []
+    with open(src, "rb") as fh:
+        for e in b.entries[2:]:
+            data = bytearray(cpio.read_member(fh, e))
+            if e.name == image_patch:
+                data[len(data) // 2] ^= 0x01
+            members.append((e.name, bytes(data)))
+    tmpdir = out.parent / "re"
+    tmpdir.mkdir(exist_ok=True)
+    paths = []
+    for name, data in members:
+        (tmpdir / name).write_bytes(data)
+        paths.append((name, str(tmpdir / name)))
+    with open(out, "wb") as fh:
+        swu.write_bundle(fh, description if description is not None else b.description, b.signature, paths)
+
+
+def test_one_changed_byte_is_rejected(
+    softhsm: SoftHsm, rsa2048: str, tmp_path: Path, images: list[Path]
+) -> None:
+    cert = make_cert(softhsm, rsa2048, tmp_path / "signer.pem")
+    desc = write_description(tmp_path, images)
+    swu = tmp_path / "update.swu"
+    assert build_bundle(softhsm, rsa2048, cert, desc, images, swu).returncode == 0
+    assert swupdate_check(swu, cert).returncode == 0
+
+    # the untouched rebuild still passes: the tampering below is the only difference
+    same = tmp_path / "same.swu"
+    _rebundle(swu, same)
+    assert swupdate_check(same, cert).returncode == 0
+
+    text = desc.read_bytes()
+    changed = text.replace(b'version = "1.0.1"', b'version = "1.0.2"')
+    assert changed != text and len(changed) == len(text)
+    bad_desc = tmp_path / "bad-desc.swu"
+    _rebundle(swu, bad_desc, description=changed)
+    r = swupdate_check(bad_desc, cert)
+    assert r.returncode == 1
+    assert "signature" in (r.stdout + r.stderr).lower()
+
+    bad_img = tmp_path / "bad-img.swu"
+    _rebundle(swu, bad_img, image_patch="rootfs.ext4")
+    r = swupdate_check(bad_img, cert)
+    assert r.returncode == 1
+    assert "HASH mismatch" in r.stdout + r.stderr
+
+    # a raw flipped byte in the file: swupdate's cpio checksum or hash catches it, and so do we
+    raw = bytearray(swu.read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    flipped = tmp_path / "flipped.swu"
+    flipped.write_bytes(bytes(raw))
+    assert swupdate_check(flipped, cert).returncode == 1
+    for bad in (bad_desc, bad_img, flipped):
+        v = softhsm.run_cli("swupdate", "verify", "--cert", str(cert), str(bad))
+        assert v.returncode == 6, (bad, v.stderr)
+        assert "Traceback" not in v.stderr
+
+
+def test_sign_matches_openssl_cms_verify(
+    softhsm: SoftHsm, rsa2048: str, tmp_path: Path, images: list[Path]
+) -> None:
+    cert = make_cert(softhsm, rsa2048, tmp_path / "signer.pem")
+    desc = write_description(tmp_path, images)
+    sig = tmp_path / "sw-description.sig"
+    done = softhsm.run_cli(
+        "swupdate",
+        "sign",
+        *DEV,
+        "--uri",
+        rsa2048,
+        "--cert",
+        str(cert),
+        "--output",
+        str(sig),
+        "--images",
+        *map(str, images),
+        "--json",
+        str(desc),
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"images"' in done.stdout and "rootfs.ext4" in done.stdout
+    ok = subprocess.run(
+        [
+            "openssl",
+            "cms",
+            "-verify",
+            "-binary",
+            "-inform",
+            "DER",
+            "-in",
+            str(sig),
+            "-content",
+            str(desc),
+            "-CAfile",
+            str(cert),
+            "-purpose",
+            "smimesign",
+            "-out",
+            os.devnull,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+
+
+@pytest.mark.parametrize(
+    ("mode", "sigopts"),
+    [
+        ("rsa", ()),
+        ("rsa-pss", ("-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:-2")),
+    ],
+)
+def test_raw_rsa_modes_verify_like_swupdate(
+    softhsm: SoftHsm, rsa2048: str, tmp_path: Path, images: list[Path], mode: str, sigopts: tuple[str, ...]
+) -> None:
+    # Debian's swupdate is built for CMS only; its RSA modes call EVP_DigestVerify with sha256 (and, for PSS,
+    # saltlen -2 = auto): openssl dgst with the same options is that check.
+    desc = write_description(tmp_path, images)
+    sig = tmp_path / "sw-description.sig"
+    done = softhsm.run_cli(
+        "swupdate", "sign", *DEV, "--uri", rsa2048, "--signing-mode", mode, "--output", str(sig), str(desc)
+    )
+    assert done.returncode == 0, done.stderr
+    assert sig.stat().st_size == 256
+    pub = tmp_path / "pub.pem"
+    assert softhsm.run_cli("pubkey", *DEV, "--uri", rsa2048, "--output", str(pub)).returncode == 0
+    cmd = ["openssl", "dgst", "-sha256", "-verify", str(pub), *sigopts, "-signature", str(sig)]
+    assert subprocess.run([*cmd, str(desc)], capture_output=True, check=False).returncode == 0
+    tampered = tmp_path / "tampered"
+    tampered.write_bytes(desc.read_bytes().replace(b"1.0.1", b"1.0.9"))
+    assert subprocess.run([*cmd, str(tampered)], capture_output=True, check=False).returncode == 1
+    # the other padding must not verify: the modes really differ
+    other = ["openssl", "dgst", "-sha256", "-verify", str(pub), "-signature", str(sig)]
+    if not sigopts:
+        other[4:4] = ["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:-2"]
+    assert subprocess.run([*other, str(desc)], capture_output=True, check=False).returncode == 1
+
+
+def test_ec_key_refused_for_raw_rsa_mode(
+    softhsm: SoftHsm, ec256: str, tmp_path: Path, images: list[Path]
+) -> None:
+    desc = write_description(tmp_path, images)
+    sig = tmp_path / "sw-description.sig"
+    done = softhsm.run_cli(
+        "swupdate", "sign", *DEV, "--uri", ec256, "--signing-mode", "rsa", "--output", str(sig), str(desc)
+    )
+    assert done.returncode == 2
+    assert "RSA key" in done.stderr and "Traceback" not in done.stderr
+    assert not sig.exists()
+
+
+def test_unprotected_or_stale_descriptions_are_not_signed(
+    softhsm: SoftHsm, rsa2048: str, tmp_path: Path, images: list[Path]
+) -> None:
+    cert = make_cert(softhsm, rsa2048, tmp_path / "signer.pem")
+    sig = tmp_path / "sw-description.sig"
+    nohash = tmp_path / "nohash"
+    nohash.write_text(
+        'software = { version = "1"; hardware-compatibility: ["1.0"]; images: ( '
+        '{ filename = "rootfs.ext4"; type = "raw"; } ); };\n'
+    )
+    done = softhsm.run_cli(
+        "swupdate", "sign", *DEV, "--uri", rsa2048, "--cert", str(cert), "--output", str(sig), str(nohash)
+    )
+    assert done.returncode == 2
+    assert "no sha256" in done.stderr
+    assert not sig.exists()
+
+    desc = write_description(tmp_path, images)
+    images[0].write_bytes(b"changed after sw-description was written")
+    swu = tmp_path / "update.swu"
+    done = build_bundle(softhsm, rsa2048, cert, desc, images, swu)
+    assert done.returncode == 2
+    assert "sha256 of" in done.stderr
+    assert not swu.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hsmsign-tmp-")]
+
+    broken = tmp_path / "broken"
+    broken.write_text('software = { version = "1"; images: ( { filename = "x" ')
+    done = softhsm.run_cli(
+        "swupdate", "sign", *DEV, "--uri", rsa2048, "--cert", str(cert), "--output", str(sig), str(broken)
+    )
+    assert done.returncode == 6
+    assert "sw-description line" in done.stderr
+
+
+def test_cms_mode_needs_matching_cert(
+    softhsm: SoftHsm, rsa2048: str, ec256: str, tmp_path: Path, images: list[Path]
+) -> None:
+    other = make_cert(softhsm, ec256, tmp_path / "other.pem")
+    desc = write_description(tmp_path, images)
+    sig = tmp_path / "sw-description.sig"
+    done = softhsm.run_cli(
+        "swupdate", "sign", *DEV, "--uri", rsa2048, "--cert", str(other), "--output", str(sig), str(desc)
+    )
+    assert done.returncode == 2
+    assert "does not belong to the token key" in done.stderr
+    done = softhsm.run_cli("swupdate", "sign", *DEV, "--uri", rsa2048, "--output", str(sig), str(desc))
+    assert done.returncode == 2
+    assert "--cert" in done.stderr
+    assert not sig.exists()
+
+
+def test_bundle_hashes_are_over_stored_bytes(
+    softhsm: SoftHsm, rsa2048: str, tmp_path: Path, images: list[Path]
+) -> None:
+    from hsmsign.formats import cpio
+    from hsmsign.formats import swupdate as swu
+
+    cert = make_cert(softhsm, rsa2048, tmp_path / "signer.pem")
+    desc = write_description(tmp_path, images)
+    out = tmp_path / "update.swu"
+    assert build_bundle(softhsm, rsa2048, cert, desc, images, out, "--newc").returncode == 0
+    parsed = swu.parse_description(desc.read_bytes())
+    arts = {a.filename: a.sha256 for a in swu.artifacts(parsed)}
+    with open(out, "rb") as fh:
+        for e in cpio.read_entries(str(out))[2:]:
+            assert not e.crc_format
+            digest = hashlib.sha256(b"".join(cpio.iter_member(fh, e))).hexdigest()
+            assert digest == arts[e.name]
+    assert swupdate_check(out, cert).returncode == 0
