@@ -289,8 +289,30 @@ def verify_detached(
     Trust: the signer certificate (from the message, or from ``trusted`` when the
     message carries none) must be one of ``trusted`` (same DER) or be directly
     issued by one of them. This is hsmsign's own check; tests also run
-    ``openssl cms -verify``.
+    ``openssl cms -verify``. Malformed input raises ``VerificationError`` only.
     """
+    from ..errors import HsmsignError
+
+    try:
+        return _verify_detached(der, content, content_digest, content_path, hash_alg, trusted)
+    except HsmsignError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+        # asn1crypto parses lazily: a malformed inner field surfaces when it is first read
+        raise VerificationError(
+            f"the CMS signature is malformed ({type(exc).__name__})",
+            "is it the right .sig/.p7s file, complete and in DER?",
+        ) from exc
+
+
+def _verify_detached(
+    der: bytes,
+    content: bytes | None,
+    content_digest: bytes | None,
+    content_path: str | None,
+    hash_alg: str | None,
+    trusted: Sequence[Any],
+) -> CmsSignerResult:
     from asn1crypto import x509 as ax509
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
