@@ -53,7 +53,9 @@ def main() -> int:
     env["HSMSIGN_DEV_HOME"] = str(work / "dev")
     hsmsign = [sys.executable, "-m", "hsmsign"]
     try:
-        init = subprocess.run([*hsmsign, "dev-init", "--json"], env=env, capture_output=True, text=True, check=True)
+        init = subprocess.run(
+            [*hsmsign, "dev-init", "--json"], env=env, capture_output=True, text=True, check=True
+        )
         import json
 
         dev = json.loads(init.stdout)
@@ -70,21 +72,58 @@ def main() -> int:
         subprocess.run(["cat", str(data)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
 
         results: dict[str, float] = {}
-        results["openssl dgst -sha256 (hash only)"] = timed(["openssl", "dgst", "-sha256", str(data)], env, args.repeat)
-        results["hsmsign sign"] = timed([*hsmsign, "sign", "--uri", uri, "-o", str(work / "a.sig"), str(data)],
-                                        env, args.repeat)
+        results["openssl dgst -sha256 (hash only)"] = timed(
+            ["openssl", "dgst", "-sha256", str(data)], env, args.repeat
+        )
+        results["hsmsign sign"] = timed(
+            [*hsmsign, "sign", "--uri", uri, "-o", str(work / "a.sig"), str(data)], env, args.repeat
+        )
         engine_uri = f"pkcs11:token={dev['token']};object=dev-rootfs;type=private;{PIN_ATTR}={pin}"
         engine = subprocess.run(["openssl", "engine", "pkcs11"], capture_output=True, env=env, check=False)
         if engine.returncode == 0:
             results["openssl dgst -sign (pkcs11 engine)"] = timed(
-                ["openssl", "dgst", "-sha256", "-engine", "pkcs11", "-keyform", "engine", "-sign", engine_uri,
-                 "-out", str(work / "b.sig"), str(data)], env, args.repeat)
+                [
+                    "openssl",
+                    "dgst",
+                    "-sha256",
+                    "-engine",
+                    "pkcs11",
+                    "-keyform",
+                    "engine",
+                    "-sign",
+                    engine_uri,
+                    "-out",
+                    str(work / "b.sig"),
+                    str(data),
+                ],
+                env,
+                args.repeat,
+            )
         tool = shutil.which("pkcs11-tool")
         if tool:
             results["pkcs11-tool --sign (token hashes)"] = timed(
-                [tool, "--module", dev["module"], "--token-label", dev["token"], "--login", "--pin", pin,
-                 "--sign", "-m", "SHA256-RSA-PKCS", "--label", "dev-rootfs", "-i", str(data),
-                 "-o", str(work / "c.sig")], env, max(1, args.repeat - 2))
+                [
+                    tool,
+                    "--module",
+                    dev["module"],
+                    "--token-label",
+                    dev["token"],
+                    "--login",
+                    "--pin",
+                    pin,
+                    "--sign",
+                    "-m",
+                    "SHA256-RSA-PKCS",
+                    "--label",
+                    "dev-rootfs",
+                    "-i",
+                    str(data),
+                    "-o",
+                    str(work / "c.sig"),
+                ],
+                env,
+                max(1, args.repeat - 2),
+            )
         small = work / "one-byte"
         small.write_bytes(b"x")
         cold_version = timed([*hsmsign, "--version"], env, 5)
@@ -99,8 +138,10 @@ def main() -> int:
     for name, secs in results.items():
         print(f"{name:<40} {secs:8.3f} {args.size_mib / secs:8.0f} {secs / ours:16.2f}x")
     print(f"\nhsmsign sign / openssl dgst -sha256 = {ours / base:.3f}  (target <= 1.10)")
-    print(f"cold start: hsmsign --version {cold_version * 1000:.0f} ms; sign a 1-byte file {cold_sign * 1000:.0f} ms "
-          "(target < 150 ms)")
+    print(
+        f"cold start: hsmsign --version {cold_version * 1000:.0f} ms; sign a 1-byte file {cold_sign * 1000:.0f} ms "
+        "(target < 150 ms)"
+    )
     return 0
 
 

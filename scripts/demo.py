@@ -42,8 +42,14 @@ class Demo:
         self.deploy.mkdir(parents=True)
 
     # ---------------------------------------------------------------- helpers
-    def run(self, argv: Sequence[str], *, ok_codes: Sequence[int] = (0,), show: bool = True,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        ok_codes: Sequence[int] = (0,),
+        show: bool = True,
+        cwd: Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         shown = " ".join(_short(a, self.work) for a in argv)
         if show:
             print(textwrap.shorten("  $ " + shown, WIDTH, placeholder=" ..."))
@@ -56,8 +62,11 @@ class Demo:
         return done
 
     def hsmsign(self, *argv: str, ok_codes: Sequence[int] = (0,)) -> subprocess.CompletedProcess[str]:
-        print(textwrap.shorten("  $ hsmsign " + " ".join(_short(a, self.work) for a in argv), WIDTH,
-                               placeholder=" ..."))
+        print(
+            textwrap.shorten(
+                "  $ hsmsign " + " ".join(_short(a, self.work) for a in argv), WIDTH, placeholder=" ..."
+            )
+        )
         done = self.run([sys.executable, "-m", "hsmsign", *argv], ok_codes=ok_codes, show=False)
         return done
 
@@ -94,39 +103,92 @@ class Demo:
         self.hsmsign("sign", "--uri", self.uris["rootfs"], "--output", str(sig), str(image))
         pub = self.work / "rootfs-pub.pem"
         self.hsmsign("pubkey", "--uri", self.uris["rootfs"], "--output", str(pub))
-        done = self.run(["openssl", "dgst", "-sha256", "-verify", str(pub), "-signature", str(sig), str(image)],
-                        ok_codes=(0, 1))
+        done = self.run(
+            ["openssl", "dgst", "-sha256", "-verify", str(pub), "-signature", str(sig), str(image)],
+            ok_codes=(0, 1),
+        )
         self.result("rootfs image (detached)", "openssl dgst -verify", done.returncode == 0)
 
         cert = self.deploy / "rootfs-verity-signer.pem"
-        self.hsmsign("cert", "--uri", self.uris["rootfs"], "--subject", "CN=meta-hsmsign demo rootfs (DEVELOPMENT)",
-                     "--eku", "codeSigning", "--output", str(cert))
+        self.hsmsign(
+            "cert",
+            "--uri",
+            self.uris["rootfs"],
+            "--subject",
+            "CN=meta-hsmsign demo rootfs (DEVELOPMENT)",
+            "--eku",
+            "codeSigning",
+            "--output",
+            str(cert),
+        )
         tree = self.deploy / "core-image-demo.ext4.verity"
         roothash = self.deploy / "core-image-demo.ext4.roothash"
         p7s = self.deploy / "core-image-demo.ext4.roothash.p7s"
-        self.hsmsign("verity", "sign", "--uri", self.uris["rootfs"], "--cert", str(cert), "--image", str(image),
-                     "--hash-tree", str(tree), "--root-hash-output", str(roothash), "--output", str(p7s))
+        self.hsmsign(
+            "verity",
+            "sign",
+            "--uri",
+            self.uris["rootfs"],
+            "--cert",
+            str(cert),
+            "--image",
+            str(image),
+            "--hash-tree",
+            str(tree),
+            "--root-hash-output",
+            str(roothash),
+            "--output",
+            str(p7s),
+        )
         root_hex = roothash.read_text().strip()
         done = self.run(["veritysetup", "verify", str(image), str(tree), root_hex], ok_codes=(0, 1, 2))
         self.result("rootfs dm-verity hash tree", "veritysetup verify", done.returncode == 0)
-        done = self.run(["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", str(p7s), "-content",
-                         str(roothash), "-CAfile", str(cert), "-purpose", "any", "-out", os.devnull],
-                        ok_codes=(0, 4))
+        done = self.run(
+            [
+                "openssl",
+                "cms",
+                "-verify",
+                "-binary",
+                "-inform",
+                "DER",
+                "-in",
+                str(p7s),
+                "-content",
+                str(roothash),
+                "-CAfile",
+                str(cert),
+                "-purpose",
+                "any",
+                "-out",
+                os.devnull,
+            ],
+            ok_codes=(0, 4),
+        )
         self.result("dm-verity root hash (PKCS#7)", "openssl cms -verify", done.returncode == 0)
         self.image = image
 
     def swupdate(self) -> None:
         self.step("3. swupdate bundle: CMS signature over sw-description")
         cert = self.deploy / "swupdate-signer.pem"
-        self.hsmsign("cert", "--uri", self.uris["swupdate"], "--subject",
-                     "CN=meta-hsmsign demo swupdate (DEVELOPMENT)", "--eku", "emailProtection", "--output", str(cert))
+        self.hsmsign(
+            "cert",
+            "--uri",
+            self.uris["swupdate"],
+            "--subject",
+            "CN=meta-hsmsign demo swupdate (DEVELOPMENT)",
+            "--eku",
+            "emailProtection",
+            "--output",
+            str(cert),
+        )
         payload = self.work / "rootfs.ext4.gz"
         shutil.copyfile(self.image, payload)
         import hashlib
 
         digest = hashlib.sha256(payload.read_bytes()).hexdigest()
         desc = self.work / "sw-description"
-        desc.write_text(textwrap.dedent(f"""\
+        desc.write_text(
+            textwrap.dedent(f"""\
             software = {{
                 version = "1.0.0";
                 description = "meta-hsmsign demo update";
@@ -139,11 +201,25 @@ class Demo:
                     }}
                 );
             }}
-            """))
+            """)
+        )
         swu = self.deploy / "demo-update.swu"
-        self.hsmsign("swupdate", "bundle", "--uri", self.uris["swupdate"], "--cert", str(cert),
-                     "--sw-description", str(desc), "--output", str(swu), str(payload))
-        done = self.run(["swupdate", "-H", "demo-board:1.0", "-c", "-i", str(swu), "-k", str(cert)], ok_codes=(0, 1))
+        self.hsmsign(
+            "swupdate",
+            "bundle",
+            "--uri",
+            self.uris["swupdate"],
+            "--cert",
+            str(cert),
+            "--sw-description",
+            str(desc),
+            "--output",
+            str(swu),
+            str(payload),
+        )
+        done = self.run(
+            ["swupdate", "-H", "demo-board:1.0", "-c", "-i", str(swu), "-k", str(cert)], ok_codes=(0, 1)
+        )
         self.result("swupdate bundle (.swu)", "swupdate -c -k", done.returncode == 0)
         self.swu = swu
         self.swu_cert = cert
@@ -152,21 +228,57 @@ class Demo:
         self.step("4. Encrypted image: AES-256-CBC with a key that stays in the token")
         enc = self.deploy / "core-image-demo.ext4.enc"
         iv_file = self.work / "image.iv"
-        self.hsmsign("encrypt", "--uri", self.uris["encrypt"], "--in", str(self.image), "--out", str(enc),
-                     "--iv-output", str(iv_file))
+        self.hsmsign(
+            "encrypt",
+            "--uri",
+            self.uris["encrypt"],
+            "--in",
+            str(self.image),
+            "--out",
+            str(enc),
+            "--iv-output",
+            str(iv_file),
+        )
         iv = iv_file.read_text().strip()
         # the independent check: OpenSC's pkcs11-tool decrypts in the same token, we compare
         pin = Path(self.env["HSMSIGN_DEV_HOME"], "user-pin").read_text().strip()
         module = self.uris["encrypt"].split("module-path=")[1].split("&")[0]
         back = self.work / "decrypted.ext4"
         token_uri = "pkcs11:token=hsmsign-dev?" + self.uris["encrypt"].split("?", 1)[1]
-        listing = json.loads(self.run([sys.executable, "-m", "hsmsign", "info", "--uri", token_uri, "--json"],
-                                      show=False).stdout)
+        listing = json.loads(
+            self.run(
+                [sys.executable, "-m", "hsmsign", "info", "--uri", token_uri, "--json"], show=False
+            ).stdout
+        )
         key_id = next(k["id"] for k in listing["keys"] if k["label"] == "dev-encrypt")
-        done = self.run(["pkcs11-tool", "--module", module, "--token-label", "hsmsign-dev", "--login", "--pin", pin,
-                         "--decrypt", "-m", "AES-CBC-PAD", "--iv", iv, "--id", key_id,
-                         "-i", str(enc), "-o", str(back)], ok_codes=(0, 1), show=False)
-        print("  $ pkcs11-tool --decrypt -m AES-CBC-PAD --iv IV --id ID -i IMG.enc -o decrypted  (same token)")
+        done = self.run(
+            [
+                "pkcs11-tool",
+                "--module",
+                module,
+                "--token-label",
+                "hsmsign-dev",
+                "--login",
+                "--pin",
+                pin,
+                "--decrypt",
+                "-m",
+                "AES-CBC-PAD",
+                "--iv",
+                iv,
+                "--id",
+                key_id,
+                "-i",
+                str(enc),
+                "-o",
+                str(back),
+            ],
+            ok_codes=(0, 1),
+            show=False,
+        )
+        print(
+            "  $ pkcs11-tool --decrypt -m AES-CBC-PAD --iv IV --id ID -i IMG.enc -o decrypted  (same token)"
+        )
         same = done.returncode == 0 and back.read_bytes() == self.image.read_bytes()
         self.result("encrypted rootfs image", "pkcs11-tool --decrypt + cmp", same)
 
@@ -181,9 +293,12 @@ class Demo:
         kernel = self.work / "Image"
         kernel.write_bytes(os.urandom(2 << 20))
         fdt_src = self.work / "board.dts"
-        fdt_src.write_text('/dts-v1/;\n/ { model = "meta-hsmsign demo board"; compatible = "demo,board"; };\n')
+        fdt_src.write_text(
+            '/dts-v1/;\n/ { model = "meta-hsmsign demo board"; compatible = "demo,board"; };\n'
+        )
         self.run(["dtc", "-I", "dts", "-O", "dtb", "-o", str(self.work / "board.dtb"), str(fdt_src)])
-        its.write_text(textwrap.dedent("""\
+        its.write_text(
+            textwrap.dedent("""\
             /dts-v1/;
             / {
                 description = "meta-hsmsign demo kernel FIT";
@@ -210,23 +325,39 @@ class Demo:
                     };
                 };
             };
-            """))
+            """)
+        )
         del assets
         fit = self.deploy / "fitImage"
         self.run([str(tools / "mkimage"), "-f", str(its), str(fit)], cwd=self.work)
         self.hsmsign("fit", "sign", "--uri", self.uris["fitimage"], "--key-name", "dev-fitimage", str(fit))
         control = self.deploy / "u-boot.dtb"
         shutil.copyfile(self.work / "board.dtb", control)
-        self.hsmsign("fit", "add-key", "--uri", self.uris["fitimage"], "--key-name", "dev-fitimage",
-                     "--dtb", str(control), "--required", "conf")
-        done = self.run([str(tools / "fit_check_sign"), "-f", str(fit), "-k", str(control)], ok_codes=(0, 1, 255))
+        self.hsmsign(
+            "fit",
+            "add-key",
+            "--uri",
+            self.uris["fitimage"],
+            "--key-name",
+            "dev-fitimage",
+            "--dtb",
+            str(control),
+            "--required",
+            "conf",
+        )
+        done = self.run(
+            [str(tools / "fit_check_sign"), "-f", str(fit), "-k", str(control)], ok_codes=(0, 1, 255)
+        )
         self.result("kernel fitImage (RSA-2048)", "U-Boot fit_check_sign", done.returncode == 0)
         tampered = self.work / "fitImage.tampered"
         data = bytearray(fit.read_bytes())
         data[len(data) // 2] ^= 0x01
         tampered.write_bytes(bytes(data))
-        bad = self.run([str(tools / "fit_check_sign"), "-f", str(tampered), "-k", str(control)],
-                       ok_codes=(0, 1, 255), show=False)
+        bad = self.run(
+            [str(tools / "fit_check_sign"), "-f", str(tampered), "-k", str(control)],
+            ok_codes=(0, 1, 255),
+            show=False,
+        )
         print("  $ fit_check_sign -f fitImage.tampered -k u-boot.dtb   (one byte of the kernel flipped)")
         self.result("tampered fitImage", "fit_check_sign refuses it", bad.returncode != 0)
 
@@ -235,16 +366,33 @@ class Demo:
         files = sorted(p for p in self.deploy.iterdir() if p.is_file() and not p.name.startswith("hsmsign-"))
         cert = self.deploy / "rootfs-verity-signer.pem"
         manifest = self.deploy / "MANIFEST.json"
-        self.hsmsign("manifest", "--uri", self.uris["rootfs"], "--cert", str(cert), "--output", str(manifest),
-                     *[str(f) for f in files])
+        self.hsmsign(
+            "manifest",
+            "--uri",
+            self.uris["rootfs"],
+            "--cert",
+            str(cert),
+            "--output",
+            str(manifest),
+            *[str(f) for f in files],
+        )
         done = self.hsmsign("manifest", "verify", "--cert", str(cert), str(manifest), ok_codes=(0, 6))
         self.result(f"manifest of {len(files)} files", "hsmsign manifest verify", done.returncode == 0)
 
     def fail_closed(self) -> None:
         self.step("7. Fail closed: production policy refuses the development token")
         out = self.work / "should-not-exist.sig"
-        done = self.hsmsign("sign", "--mode", "production", "--uri", self.uris["rootfs"], "--output", str(out),
-                            str(self.image), ok_codes=(4,))
+        done = self.hsmsign(
+            "sign",
+            "--mode",
+            "production",
+            "--uri",
+            self.uris["rootfs"],
+            "--output",
+            str(out),
+            str(self.image),
+            ok_codes=(4,),
+        )
         print("    " + done.stderr.strip().splitlines()[0][: WIDTH - 4])
         self.result("production build, dev key", "policy refuses (exit 4), no output", not out.exists())
 
@@ -261,7 +409,9 @@ class Demo:
             print("    " + line[: WIDTH - 4])
         found = done.returncode not in (0, 2) and "setup-build.sh" in done.stdout
         leaked = "2b7e151628aed2a6abf7158809cf4f3c" in done.stdout + done.stderr
-        self.result("planted AES key in a setup script", "hsmsign audit finds it, redacted", found and not leaked)
+        self.result(
+            "planted AES key in a setup script", "hsmsign audit finds it, redacted", found and not leaked
+        )
 
     def ledger(self) -> None:
         self.step("9. The signing ledger: one hash-chained line per signature")
@@ -281,8 +431,10 @@ class Demo:
             print(f"{artifact[:38]:<38} {verifier[:40]:<40} {verdict:>10}")
         print("-" * WIDTH)
         ok = all(row[3] for row in self.rows)
-        print(f"{len(self.rows)} checks, {'all passed' if ok else 'SOME FAILED'} in {elapsed:.1f} s. "
-              "Keys never left the token; no PIN was printed or stored in any file but the dev token's own.")
+        print(
+            f"{len(self.rows)} checks, {'all passed' if ok else 'SOME FAILED'} in {elapsed:.1f} s. "
+            "Keys never left the token; no PIN was printed or stored in any file but the dev token's own."
+        )
         return ok
 
 
@@ -298,9 +450,10 @@ def _short(arg: str, work: Path) -> str:
 
 
 def _uboot_tools() -> Path | None:
-    candidates = [os.environ.get("HSMSIGN_UBOOT_TOOLS", ""),
-                  os.path.join(os.environ.get("HSMSIGN_CACHE", os.path.expanduser("~/.cache/hsmsign")),
-                               "uboot-tools")]
+    candidates = [
+        os.environ.get("HSMSIGN_UBOOT_TOOLS", ""),
+        os.path.join(os.environ.get("HSMSIGN_CACHE", os.path.expanduser("~/.cache/hsmsign")), "uboot-tools"),
+    ]
     for c in candidates:
         if c and os.path.exists(os.path.join(c, "fit_check_sign")):
             return Path(c)
@@ -318,8 +471,17 @@ def main() -> int:
     print(f"meta-hsmsign demo in {work}")
     ok = False
     try:
-        for step in (demo.dev_token, demo.rootfs, demo.swupdate, demo.encryption, demo.fit, demo.manifest,
-                     demo.fail_closed, demo.audit, demo.ledger):
+        for step in (
+            demo.dev_token,
+            demo.rootfs,
+            demo.swupdate,
+            demo.encryption,
+            demo.fit,
+            demo.manifest,
+            demo.fail_closed,
+            demo.audit,
+            demo.ledger,
+        ):
             try:
                 step()
             except DemoFailed as exc:
