@@ -11,7 +11,8 @@ What this module owns:
   produce: header, memory reservation block, structure block, strings block.
   A packed blob without NOP tags round-trips byte for byte: every property keeps
   its original string-table offset and the strings block is kept as it was.
-* New property names are looked up and appended the way libfdt's
+* New properties and subnodes go first in their node, and new names are
+  looked up and appended the way libfdt's
   ``fdt_find_add_string_`` does (any occurrence of ``name\\0``, suffixes
   included; otherwise appended at the end), at the moment the property is set.
   That keeps the strings block identical to what mkimage would have, which
@@ -194,12 +195,12 @@ class Fdt:
         return pos
 
     def setprop(self, node: Node, name: str, value: bytes) -> None:
-        """``fdt_setprop``: replace in place (same name offset), or append a new property."""
+        """``fdt_setprop``: replace in place, or add a new property *first* in the node, as libfdt does."""
         p = node.prop(name)
         if p is not None:
             p.value = bytes(value)
             return
-        node.props.append(Prop(name, bytes(value), self.string_offset(name)))
+        node.props.insert(0, Prop(name, bytes(value), self.string_offset(name)))
 
     def setprop_str(self, node: Node, name: str, value: str) -> None:
         self.setprop(node, name, value.encode() + b"\0")
@@ -217,7 +218,7 @@ class Fdt:
         if parent.child(name) is not None:
             raise FdtError(f"node '{name}' already exists")
         node = Node(name)
-        parent.children.append(node)
+        parent.children.insert(0, node)  # libfdt's fdt_add_subnode: right after the parent's properties
         return node
 
     def ensure_subnode(self, parent: Node, name: str) -> Node:
