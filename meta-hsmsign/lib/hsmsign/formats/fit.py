@@ -81,6 +81,7 @@ VERIFY_HASHES = ("sha1", *SIGN_HASHES)
 PADDINGS = {"pkcs-1.5": "pkcs1v15", "pss": "pss"}
 EC_CURVES = {"secp256r1": "prime256v1", "secp384r1": "secp384r1"}  # cryptography name -> U-Boot name
 DEFAULT_SIG_NAME = "signature-1"
+KEEP = "keep"  # add_key(required=KEEP): leave an existing required property as it is (mkimage without -r)
 
 
 def _align4(n: int) -> int:
@@ -661,7 +662,7 @@ def add_key(
         )
     if hash_alg not in SIGN_HASHES:
         raise ConfigError(f"hash '{hash_alg}' is not supported", f"use one of {', '.join(SIGN_HASHES)}")
-    if required not in (None, "conf", "image"):
+    if required not in (None, "conf", "image", KEEP):
         raise ConfigError(f"required must be conf, image or none, not {required!r}")
     if required_mode not in (None, "any", "all"):
         raise ConfigError(f"required-mode must be any or all, not {required_mode!r}")
@@ -693,7 +694,9 @@ def add_key(
             f"a {type(public_key).__name__} cannot verify FIT images", "use an RSA or ECDSA P-256/P-384 key"
         )
     fdt.setprop_str(node, "algo", f"{hash_alg},{crypto}")
-    if required:
+    if required == KEEP:
+        pass
+    elif required:
         fdt.setprop_str(node, "required", required)
     else:
         fdt.delprop(node, "required")

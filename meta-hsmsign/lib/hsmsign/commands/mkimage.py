@@ -1,0 +1,280 @@
+"""``hsmsign mkimage ARGS...``: a drop-in for U-Boot's mkimage whose ``-k`` may be a PKCS#11 URI.
+
+oe-core signs U-Boot, SPL payloads and the kernel fitImage by running
+``${UBOOT_MKIMAGE_SIGN} ... -F -k KEYDIR [-K DTB] -r FIT`` (uboot-sign.bbclass,
+kernel-fitimage.bbclass). Set ``UBOOT_MKIMAGE_SIGN = "hsmsign mkimage"`` and a
+URI as the key directory, and the same calls sign with a token key:
+
+* ``-k`` not a URI (and no ``-N pkcs11``): everything goes to the real mkimage
+  unchanged.
+* Otherwise the real mkimage does all the non-signing work (building the FIT
+  from the .its or ``-f auto``, image hashes, external data) on a temporary
+  copy, without ``-k``/``-K``/``-r``/``-N``/``-c``; then the library fills the
+  signature nodes, writes the public keys into the ``-K`` DTB (``required`` with
+  ``-r``, as mkimage does) and renames the results into place. A failure leaves
+  the original files untouched.
+* Like mkimage's pkcs11 engine, a URI without ``object=``/``id=`` names each
+  node's key by its ``key-name-hint``; both ``token=...`` (mkimage <= 2024.01)
+  and ``pkcs11:token=...`` (2024.04+) are accepted. The PIN comes from the URI's
+  ``pin-source``, ``HSMSIGN_PIN_ENV``, or ``MKIMAGE_SIGN_PIN`` (what mkimage
+  reads).
+
+Settings come from the environment only (mkimage owns the command line):
+``HSMSIGN_MODE``, ``HSM_PKCS11_MODULE``, ``HSMSIGN_PIN_ENV``, ``HSMSIGN_LEDGER``,
+and ``HSMSIGN_MKIMAGE`` (the real mkimage; default: the first ``mkimage`` in PATH).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getopt
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+# mkimage 2023.01-2026.x (tools/mkimage.c): short options and their long names
+OPTSTRING = "a:A:b:B:c:C:d:D:e:Ef:Fg:G:i:k:K:ln:N:o:O:p:qrR:stT:vVx"
+LONGOPTS = {
+    "load-address": "a",
+    "architecture": "A",
+    "device-tree": "b",
+    "alignment": "B",
+    "comment": "c",
+    "compression": "C",
+    "image": "d",
+    "dtcopts": "D",
+    "entry-point": "e",
+    "external": "E",
+    "fit": "f",
+    "update": "F",
+    "key-name-hint": "g",
+    "key-file": "G",
+    "help": "h",
+    "initramfs": "i",
+    "key-dir": "k",
+    "key-dest": "K",
+    "list": "l",
+    "config": "n",
+    "engine": "N",
+    "algo": "o",
+    "os": "O",
+    "position": "p",
+    "quiet": "q",
+    "key-required": "r",
+    "secondary-config": "R",
+    "no-copy": "s",
+    "touch": "t",
+    "type": "T",
+    "verbose": "v",
+    "version": "V",
+    "xip": "x",
+}
+SIGNING_ONLY = ("k", "K", "r", "N", "c")
+
+EPILOG = """\
+examples (oe-core, local.conf):
+  UBOOT_MKIMAGE_SIGN = "hsmsign mkimage"
+  UBOOT_SIGN_KEYDIR = "pkcs11:token=acme-prod"      # object= comes from each node's key-name-hint
+by hand:
+  HSMSIGN_MODE=development hsmsign mkimage -F -k 'pkcs11:token=dev;object=fit' -K u-boot.dtb -r fitImage
+"""
+
+
+def register(sub: Any, parents: Any) -> None:
+    # '+' as prefix: every '-x' belongs to mkimage, not to us
+    p = sub.add_parser(
+        "mkimage",
+        prefix_chars="+",
+        add_help=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+        help="drop-in for U-Boot's mkimage whose -k may be a PKCS#11 URI (for UBOOT_MKIMAGE_SIGN)",
+        description=__doc__,
+    )
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="MKIMAGE-ARGS")
+    p.set_defaults(func=run)
+
+
+@dataclass
+class Parsed:
+    opts: list[tuple[str, str]]  # (short letter, value) in order
+    args: list[str]
+    values: dict[str, str] = field(default_factory=dict)
+
+    def has(self, letter: str) -> bool:
+        return any(o == letter for o, _ in self.opts)
+
+
+def parse_mkimage_args(argv: list[str]) -> Parsed:
+    from ..errors import ConfigError
+
+    longs = [name + ("=" if LONGOPTS[name] + ":" in OPTSTRING else "") for name in LONGOPTS]
+    try:
+        raw_opts, args = getopt.gnu_getopt(argv, OPTSTRING + "h", longs)
+    except getopt.GetoptError as exc:
+        raise ConfigError(f"mkimage: {exc.msg}", "see 'mkimage -h'") from exc
+    opts = []
+    for opt, value in raw_opts:
+        letter = opt[1:] if not opt.startswith("--") else LONGOPTS[opt[2:]]
+        opts.append((letter, value))
+    parsed = Parsed(opts, args)
+    for letter, value in opts:
+        parsed.values[letter] = value
+    return parsed
+
+
+def is_uri_key(parsed: Parsed) -> bool:
+    keydir = parsed.values.get("k")
+    if keydir is None:
+        return False
+    if parsed.values.get("N") == "pkcs11" or keydir.startswith("pkcs11:"):
+        return True
+    return not os.path.isdir(keydir) and "=" in keydir
+
+
+def normalise_uri(keydir: str) -> str:
+    return keydir if keydir.startswith("pkcs11:") else "pkcs11:" + keydir
+
+
+def uri_for_hint(base: str, hint: str | None) -> str:
+    """mkimage's engine rule: a URI without object= (or id=) takes the node's key-name-hint as object."""
+    from urllib.parse import quote
+
+    from ..errors import ConfigError
+    from ..uri import Pkcs11Uri
+
+    uri = Pkcs11Uri.parse(base)
+    if uri.object is not None or uri.id is not None:
+        return base
+    if not hint:
+        raise ConfigError(
+            f"the key URI {uri.redacted()} names no object and the signature node has no key-name-hint",
+            "add ;object=LABEL to the URI or key-name-hint to the signature node",
+        )
+    path, sep, query = base.partition("?")
+    return f"{path};object={quote(hint, safe='')}{sep}{query}"
+
+
+def real_mkimage() -> str:
+    from ..errors import ConfigError
+
+    path = os.environ.get("HSMSIGN_MKIMAGE") or shutil.which("mkimage")
+    if not path:
+        raise ConfigError("mkimage not found", "apt-get install u-boot-tools, or set HSMSIGN_MKIMAGE")
+    return path
+
+
+def run_real(argv: list[str]) -> int:
+    return subprocess.run([real_mkimage(), *argv], check=False).returncode
+
+
+def _rebuild(parsed: Parsed, image: str) -> list[str]:
+    out: list[str] = []
+    for letter, value in parsed.opts:
+        if letter in SIGNING_ONLY:
+            continue
+        out.append("-" + letter)
+        if letter + ":" in OPTSTRING:
+            out.append(value)
+    return [*out, *parsed.args[:-1], image]
+
+
+def run(args: Any) -> int:
+    from ..errors import ConfigError
+
+    argv = list(args.argv)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    parsed = parse_mkimage_args(argv)
+    if not is_uri_key(parsed):
+        return run_real(argv)
+    if parsed.has("G"):
+        raise ConfigError("mkimage: -G KEYFILE and a PKCS#11 URI in -k cannot be combined", "drop -G")
+    engine = parsed.values.get("N")
+    if engine not in (None, "pkcs11"):
+        raise ConfigError(f"mkimage: engine '{engine}' with a URI key", "use -N pkcs11 or leave -N out")
+    if not parsed.args:
+        raise ConfigError("mkimage: no image file given", "mkimage [options] IMAGE")
+    image = parsed.args[-1]
+    directory = os.path.dirname(os.path.abspath(image))
+    fd, tmp = tempfile.mkstemp(prefix=".hsmsign-mkimage-", suffix=".itb", dir=directory)
+    os.close(fd)
+    try:
+        if parsed.has("F"):
+            shutil.copyfile(image, tmp)
+        rc = run_real(_rebuild(parsed, tmp))
+        if rc != 0:
+            return rc
+        _sign_and_keys(parsed, image, tmp)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return 0
+
+
+def _env_args() -> SimpleNamespace:
+    pin_env = os.environ.get("HSMSIGN_PIN_ENV") or (
+        "MKIMAGE_SIGN_PIN" if "MKIMAGE_SIGN_PIN" in os.environ else None
+    )
+    return SimpleNamespace(
+        mode=os.environ.get("HSMSIGN_MODE") or "production",
+        module=os.environ.get("HSM_PKCS11_MODULE") or None,
+        pin_env=pin_env,
+        ledger=os.environ.get("HSMSIGN_LEDGER") or None,
+        json=False,
+    )
+
+
+def _sign_and_keys(parsed: Parsed, image: str, tmp: str) -> None:
+    from ..atomic import write_bytes_atomic
+    from ..formats import fit
+    from .common import record, warn
+    from .fit import keys_by_hint, read_input
+
+    env_args = _env_args()
+    base = normalise_uri(parsed.values["k"])
+    options = fit.SignOptions(
+        algo=parsed.values.get("o"),
+        comment=parsed.values.get("c"),
+        add_missing=False,  # like mkimage: only the signature nodes the source declares
+    )
+    keydest = parsed.values.get("K")
+    dtb = read_input(keydest, "key destination DTB") if keydest else None
+    with keys_by_hint(env_args, lambda hint: uri_for_hint(base, hint)) as signer_for:
+        data = read_input(tmp, "FIT")
+        result = fit.sign_fit(data, signer_for, options, what=os.path.basename(image))
+        if dtb is not None:
+            for item in result.signed:
+                key = signer_for(item.key_name)
+                required = ("image" if item.kind == "image" else "conf") if parsed.has("r") else fit.KEEP
+                dtb, _ = fit.add_key(
+                    dtb,
+                    key.public_key(),
+                    item.key_name,
+                    item.algo.partition(",")[0],
+                    required,
+                    what=keydest or "",
+                )
+        write_bytes_atomic(image, result.data)
+        if keydest and dtb is not None:
+            write_bytes_atomic(keydest, dtb)
+        for item in result.signed:
+            record(
+                env_args,
+                artifact=image,
+                sha256_hex=hashlib.sha256(result.data).hexdigest(),
+                key=signer_for(item.key_name),
+                mechanism=f"fit:{item.algo}",
+                kind="fit",
+            )
+    for w in result.warnings:
+        warn(w)
+    for item in result.signed:
+        print(f"hsmsign mkimage: signed {item.path} ({item.algo}, key {item.key_name})", file=sys.stderr)
