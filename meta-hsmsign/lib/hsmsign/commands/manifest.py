@@ -41,6 +41,23 @@ def register(sub: Any, parents: Any) -> None:
     p.add_argument("--signature", metavar="SIG", help="signature file (default: MANIFEST.p7s)")
     p.add_argument("--base", metavar="DIR", help="directory paths are relative to (default: the manifest's)")
     p.set_defaults(func=run_manifest)
+    # 'manifest verify --cert C MANIFEST' puts options between positionals: parse them intermixed
+    p.__class__ = _IntermixedParser
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Positionals may come before and after options (argparse's parse_intermixed_args for a subparser)."""
+
+    _inner = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        if self._inner:
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return super().parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
 
 
 def run_manifest(args: Any) -> int:
