@@ -579,3 +579,62 @@ def test_in_process_session_is_reused(softhsm: SoftHsm, rsa2048: str) -> None:
         assert a._opened is b._opened
         sig = a.sign_digest(hashlib.sha256(b"x").digest(), "sha256")
         a.public_key().verify(sig, b"x", padding.PKCS1v15(), hashes.SHA256())
+
+
+def test_module_name_and_p11kit_proxy_resolve_like_p11kit(
+    softhsm: SoftHsm, rsa2048: str, artifact: Path, tmp_path: Path
+) -> None:
+    from hsmsign import token
+
+    require(
+        os.path.exists("/usr/share/p11-kit/modules/softhsm2.module"),
+        "p11-kit softhsm2 module config",
+        "apt-get install softhsm2 p11-kit",
+    )
+    require(token.p11kit_proxy_path() is not None, "p11-kit-proxy", "apt-get install p11-kit-modules")
+    q = f"?pin-source=file:{softhsm.pin_file}"
+    by_name = softhsm.run_cli(
+        "sign",
+        "--mode",
+        "development",
+        "--uri",
+        f"pkcs11:token={softhsm.token_label};object=rsa2048{q}&module-name=softhsm2",
+        "-o",
+        str(tmp_path / "a"),
+        str(artifact),
+    )
+    assert by_name.returncode == 0, by_name.stderr
+    # no module anywhere: the p11-kit proxy finds the token through p11-kit's module configs
+    env = {"HSM_PKCS11_MODULE": ""}
+    proxied = softhsm.run_cli(
+        "sign",
+        "--mode",
+        "development",
+        "--uri",
+        f"pkcs11:token={softhsm.token_label};object=rsa2048{q}",
+        "-o",
+        str(tmp_path / "b"),
+        str(artifact),
+        env=env,
+    )
+    assert proxied.returncode == 0, proxied.stderr
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()  # PKCS#1 v1.5 is deterministic
+    # HSM_PKCS11_MODULE is used when the URI names no module
+    via_env = softhsm.run_cli(
+        "info",
+        "--mode",
+        "development",
+        "--json",
+        "--uri",
+        f"pkcs11:token={softhsm.token_label};object=rsa2048{q}",
+        env={"HSM_PKCS11_MODULE": softhsm.module},
+    )
+    assert json.loads(via_env.stdout)["token"]["module"] == softhsm.module
+    unknown = softhsm.run_cli(
+        "info",
+        "--mode",
+        "development",
+        "--uri",
+        f"pkcs11:token={softhsm.token_label};object=rsa2048{q}&module-name=no-such-module",
+    )
+    assert unknown.returncode == 2 and "no-such-module" in unknown.stderr
