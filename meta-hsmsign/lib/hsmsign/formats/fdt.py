@@ -8,8 +8,9 @@ What this module owns:
   ``ConfigError``), never an IndexError or struct.error.
 * An editable tree (``Node`` with ordered ``Prop`` s and children) and
   ``Fdt.to_bytes()``, which writes the layout libfdt's ``fdt_pack`` and dtc
-  produce: header, memory reservation block, structure block, strings block.
-  A packed blob without NOP tags round-trips byte for byte: every property keeps
+  produce: header, memory reservation block, structure block, strings block,
+  then whatever free space the input had at its end (mkimage leaves some). A
+  blob laid out so, without NOP tags, round-trips byte for byte: every property keeps
   its original string-table offset and the strings block is kept as it was.
 * New properties and subnodes go first in their node, and new names are
   looked up and appended the way libfdt's
@@ -141,6 +142,7 @@ class Fdt:
     version: int = 17
     last_comp_version: int = 16
     boot_cpuid_phys: int = 0
+    free_space: bytes = b""  # bytes between the end of the strings block and totalsize (kept as they are)
 
     # -- reading ----------------------------------------------------------
     @classmethod
@@ -181,7 +183,9 @@ class Fdt:
                 stack[-1].props.append(Prop(_name(_string_at(strings, nameoff, what)), value or b"", nameoff))
         if root is None:
             raise FdtError(f"{what}: no root node", "the file is not a valid DTB")
-        return cls(root, bytearray(strings), reserve, version, last_comp, cpuid)
+        strings_end = off_strings + size_strings
+        free = data[strings_end:totalsize] if strings_end >= off_struct + hdr[8] else b""
+        return cls(root, bytearray(strings), reserve, version, last_comp, cpuid, free)
 
     # -- editing ----------------------------------------------------------
     def string_offset(self, name: str) -> int:
@@ -259,13 +263,16 @@ class Fdt:
         parts.append(_U32.pack(FDT_END_NODE))
 
     def to_bytes(self) -> bytes:
-        """A packed blob: header, reservations, structure, strings (like ``fdt_pack``)."""
+        """Header, reservations, structure, strings, then any free space the input had.
+
+        The blocks are written back to back, as dtc and ``fdt_pack`` lay them out.
+        """
         body = self.struct_bytes()  # first: it may append names to the strings block
         rsv = b"".join(struct.pack(">QQ", a, s) for a, s in self.reserve) + b"\0" * 16
         off_rsv = HEADER_SIZE
         off_struct = off_rsv + len(rsv)
         off_strings = off_struct + len(body)
-        total = off_strings + len(self.strings)
+        total = off_strings + len(self.strings) + len(self.free_space)
         header = _HEADER.pack(
             FDT_MAGIC,
             total,
@@ -278,7 +285,7 @@ class Fdt:
             len(self.strings),
             len(body),
         )
-        return header + rsv + body + bytes(self.strings)
+        return header + rsv + body + bytes(self.strings) + self.free_space
 
 
 Header = tuple[int, int, int, int, int, int, int, int, int]
