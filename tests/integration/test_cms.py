@@ -263,3 +263,42 @@ def test_fuzz_cms_parse_and_verify(
     # a mutation that still verifies touched only bytes outside what is signed (e.g. the time's encoding
     # in an unsigned place); the signer must still be the trusted certificate
     assert result.certificate == cert
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    content=st.binary(max_size=2000),
+    hash_alg=st.sampled_from(["sha256", "SHA384", "sha512", "md5", "sha1", ""]),
+    scheme=st.sampled_from([None, "pss", "pkcs1v15", "ecdsa", "bogus"]),
+    signed_attrs=st.booleans(),
+    digest_len=st.one_of(st.none(), st.integers(0, 70)),
+)
+def test_fuzz_cms_building(
+    softhsm: SoftHsm,
+    rsa2048: str,
+    tmp_path: Path,
+    content: bytes,
+    hash_alg: str,
+    scheme: str | None,
+    signed_attrs: bool,
+    digest_len: int | None,
+) -> None:
+    """Any option mix gives a signature that verifies, or an HsmsignError; never another exception."""
+    from hsmsign import token
+    from hsmsign.errors import HsmsignError
+    from hsmsign.formats import cms
+
+    if "cert" not in _FUZZ_SEED:
+        _FUZZ_SEED["cert"] = _cert(softhsm, rsa2048, tmp_path / "fuzz.pem").read_bytes()
+    cert = cms.load_certificate(_FUZZ_SEED["cert"])
+    kwargs: dict = {"content": content} if digest_len is None else {"content_digest": bytes(digest_len)}
+    try:
+        with token.open_key(rsa2048, mode="development") as signer:
+            der = cms.sign_detached(
+                signer, cert=cert, hash_alg=hash_alg, scheme=scheme, signed_attrs=signed_attrs, **kwargs
+            )
+    except HsmsignError as exc:
+        assert exc.message and "\n" not in exc.message
+        return
+    result = cms.verify_detached(der, trusted=[cert], **kwargs)
+    assert result.hash_alg == hash_alg.lower()
