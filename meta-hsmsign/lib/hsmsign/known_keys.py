@@ -1,0 +1,170 @@
+"""Known-public keys: keys whose private (or secret) half is published.
+
+The denylist lives in ``hsmsign/data/known_keys.json`` and is generated from
+public source trees by ``scripts/update-known-keys`` (no key material: only
+SHA-256 fingerprints of the DER SubjectPublicKeyInfo, symmetric example keys
+from published specifications and documentation, and where each comes from).
+
+Besides the list, :func:`lookup_symmetric` recognises patterned symmetric keys
+that nobody chose at random: all zero, one repeated byte, a short repeated
+pattern, ascending or descending bytes, and printable ASCII text.
+
+Standard library only: the layer's classes call this at BitBake parse time.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+DATA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "known_keys.json")
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class KnownKey:
+    """One published key, or a patterned symmetric key.
+
+    ``kind`` is ``"public-key"`` (a public key whose private half is published),
+    ``"symmetric"`` (a published example symmetric key) or ``"patterned"``
+    (a symmetric key with no randomness, such as all zero bytes).
+    """
+
+    kind: str
+    fingerprint: str
+    algo: str
+    bits: int
+    description: str
+    curve: str | None = None
+    sources: tuple[dict[str, str], ...] = field(default_factory=tuple)
+    source_count: int = 0
+
+    def where(self) -> str:
+        """A one-line provenance: the first source and how many more there are."""
+        if not self.sources:
+            return self.description
+        src = self.sources[0]
+        if "document" in src:
+            first = src["document"] + (f" ({src['name']})" if src.get("name") else "")
+        else:
+            first = f"{src.get('repo', '?')}: {src.get('path', '?')}"
+        more = max(self.source_count, len(self.sources)) - 1
+        return first + (f" (and {more} more)" if more > 0 else "")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "fingerprint": self.fingerprint,
+            "algo": self.algo,
+            "bits": self.bits,
+            "curve": self.curve,
+            "description": self.description,
+            "sources": list(self.sources),
+            "source_count": self.source_count,
+        }
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str = DATA_FILE) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except FileNotFoundError:
+        return {}, {}
+    pub = {e["spki_sha256"].lower(): e for e in doc.get("public_keys", [])}
+    sym = {e["hex"].lower(): e for e in doc.get("symmetric_keys", [])}
+    return pub, sym
+
+
+def normalise_fingerprint(text: str) -> str | None:
+    """Lower-case hex of a SHA-256 fingerprint given as hex, ``AA:BB:..`` or ``sha256:...``."""
+    t = text.strip().lower()
+    if t.startswith("sha256:") or t.startswith("sha256="):
+        t = t[7:]
+    t = t.replace(":", "").replace(" ", "")
+    return t if _HEX64.match(t) else None
+
+
+def lookup_spki_sha256(fingerprint_hex: str, *, data_file: str = DATA_FILE) -> KnownKey | None:
+    """The published key with this SPKI SHA-256 fingerprint, or None."""
+    fp = normalise_fingerprint(fingerprint_hex)
+    if fp is None:
+        return None
+    entry = _load(data_file)[0].get(fp)
+    if entry is None:
+        return None
+    algo = entry.get("algo", "?")
+    bits = int(entry.get("bits", 0))
+    label = f"{algo.upper()}-{bits}" if algo in ("rsa", "dsa") else (entry.get("curve") or algo)
+    return KnownKey(
+        kind="public-key",
+        fingerprint=fp,
+        algo=algo,
+        bits=bits,
+        curve=entry.get("curve"),
+        description=f"published {label} private key",
+        sources=tuple(entry.get("sources", ())),
+        source_count=int(entry.get("source_count", len(entry.get("sources", ())))),
+    )
+
+
+def lookup_spki_der(spki_der: bytes, *, data_file: str = DATA_FILE) -> KnownKey | None:
+    """Like :func:`lookup_spki_sha256` for a DER SubjectPublicKeyInfo."""
+    import hashlib
+
+    return lookup_spki_sha256(hashlib.sha256(spki_der).hexdigest(), data_file=data_file)
+
+
+def _pattern(key: bytes) -> str | None:
+    """Why ``key`` is a patterned (non-random) key, or None."""
+    if not key:
+        return "empty key"
+    if key.count(key[0]) == len(key):
+        return "all zero bytes" if key[0] == 0 else f"one repeated byte (0x{key[0]:02x})"
+    for period in (2, 3, 4, 8):
+        if len(key) >= 2 * period and all(key[i] == key[i % period] for i in range(len(key))):
+            return f"a {period}-byte pattern repeated"
+    if all((key[i + 1] - key[i]) % 256 == 1 for i in range(len(key) - 1)):
+        return "ascending bytes"
+    if all((key[i] - key[i + 1]) % 256 == 1 for i in range(len(key) - 1)):
+        return "descending bytes"
+    if len(key) >= 8 and all(0x20 <= b < 0x7F for b in key):
+        return "printable ASCII text (a password, not a random key)"
+    return None
+
+
+def lookup_symmetric(key: bytes, *, data_file: str = DATA_FILE) -> KnownKey | None:
+    """A published or patterned symmetric key (AES key, IV, HMAC key), or None."""
+    hexkey = key.hex()
+    entry = _load(data_file)[1].get(hexkey)
+    if entry is not None:
+        return KnownKey(
+            kind="symmetric",
+            fingerprint=hexkey[:8] + "…",
+            algo="aes" if len(key) in (16, 24, 32) else "symmetric",
+            bits=len(key) * 8,
+            description=entry.get("name", "published example key"),
+            sources=tuple(entry.get("sources", ())),
+            source_count=len(entry.get("sources", ())),
+        )
+    why = _pattern(key)
+    if why is not None:
+        return KnownKey(
+            kind="patterned",
+            fingerprint=hexkey[:4] + "…",
+            algo="aes" if len(key) in (16, 24, 32) else "symmetric",
+            bits=len(key) * 8,
+            description=f"patterned key: {why}",
+        )
+    return None
+
+
+def counts(*, data_file: str = DATA_FILE) -> dict[str, int]:
+    """How many entries the denylist holds (for ``--version``-style reports and docs)."""
+    pub, sym = _load(data_file)
+    return {"public_keys": len(pub), "symmetric_keys": len(sym)}
