@@ -50,7 +50,9 @@ def tools() -> Path:
     return d
 
 
-def build_fit(tools: Path, tmp: Path, its: str, name: str = "image.fit", kernel_size: int = 64 << 10) -> Path:
+def build_fit(
+    tools: Path, tmp: Path, its: str, name: str = "image.fit", kernel_size: int = 64 << 10, extra: tuple = ()
+) -> Path:
     """Payloads, a board DTB and the FIT (mkimage -f), all in ``tmp``."""
     work = tmp / "src"
     work.mkdir(exist_ok=True)
@@ -64,7 +66,7 @@ def build_fit(tools: Path, tmp: Path, its: str, name: str = "image.fit", kernel_
     out = tmp / name
     env = dict(os.environ, SOURCE_DATE_EPOCH=EPOCH)
     subprocess.run(
-        [tools / "mkimage", "-f", work / its, out], check=True, capture_output=True, env=env, cwd=work
+        [tools / "mkimage", *extra, "-f", work / its, out], check=True, capture_output=True, env=env, cwd=work
     )
     return out
 
@@ -531,3 +533,21 @@ def test_add_key_matches_mkimage_key_node(softhsm, tools, tmp_path):
     assert a is not None and b is not None
     assert {p.name: p.value for p in a.props} == {p.name: p.value for p in b.props}
     assert [p.name for p in a.props] == [p.name for p in b.props]
+
+
+def test_external_data_fit(softhsm, tools, tmp_path):
+    """mkimage -E puts image data after the device tree; signing grows the tree and must move it along."""
+    uri = softhsm.keygen("fit-rsa2048", "rsa:2048")
+    image = build_fit(tools, tmp_path, "kernel-fdt.its", extra=("-E",))
+    tree = Fdt.parse(image.read_bytes())
+    assert tree.node("/images/kernel-1").get("data-offset") is not None  # type: ignore[union-attr]
+    size_before = int.from_bytes(image.read_bytes()[4:8], "big")
+    ok(cli(softhsm, "fit", "sign", "--uri", uri, "--key-name", "fit-rsa2048", str(image)))
+    assert int.from_bytes(image.read_bytes()[4:8], "big") > size_before
+    dtb = control_dtb(tmp_path)
+    ok(cli(softhsm, "fit", "add-key", "--uri", uri, "--key-name", "fit-rsa2048", "--dtb", str(dtb)))
+    r = check_sign(tools, image, dtb)
+    assert r.returncode == 0 and "sha256+" in r.stdout, r.stdout + r.stderr
+    kernel = (tmp_path / "src" / "kernel.bin").read_bytes()
+    bad = flip_byte(image, kernel[5000:5064], tmp_path / "bad.fit")
+    assert check_sign(tools, bad, dtb).returncode != 0
