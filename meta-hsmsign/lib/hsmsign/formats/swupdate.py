@@ -117,7 +117,7 @@ class _Lexer:
                 yield ("punct", c, self.line)
             elif c == '"':
                 yield ("str", self._string(), self.line)
-            elif c.isalpha() or c == "*":
+            elif (c.isascii() and c.isalpha()) or c == "*":
                 m = re.compile(r"[A-Za-z*][-A-Za-z0-9_*]*").match(t, self.pos)
                 assert m is not None  # noqa: S101 - c matched the first class
                 self.pos = m.end()
