@@ -69,7 +69,7 @@ PUBLIC_BLOCK = re.compile(
     re.S,
 )
 PUTTY_HEADER = re.compile(rb"PuTTY-User-Key-File-[23]: ")
-PIN_VALUE = b"pin-value="
+PIN_VALUE = b"pin-value" + b"="
 
 # name = value, for BitBake, shell, kas/YAML, INI, JSON; and C's #define NAME value.
 ASSIGNMENT = re.compile(
@@ -549,15 +549,29 @@ def _is_reference(value: str) -> bool:
     return v.startswith(_REFERENCE_PREFIXES) or v.lower() in _PLACEHOLDER_VALUES
 
 
-def _strip_value(raw: str) -> str:
-    v = raw.strip()
-    # drop a trailing comment in shell/YAML style when the value is quoted
+_STRING_PREFIX = re.compile(r"^[bBrRuUfF]{1,2}(?=[\"'])")
+_CODE_CHARS = frozenset("()[]{}+*")
+
+
+def _strip_value(raw: str) -> tuple[str, bool]:
+    """The value without quotes or trailing comment, and whether it was a quoted literal."""
+    v = _STRING_PREFIX.sub("", raw.strip())
     if v[:1] in "\"'":
         q = v[0]
         end = v.find(q, 1)
-        return v[1:end] if end > 0 else v[1:]
+        return (v[1:end] if end > 0 else v[1:]), True
     v = v.split(" #", 1)[0].rstrip(";").strip()
-    return v
+    return v, False
+
+
+def _is_code(value: str, quoted: bool, name: str, op: str) -> bool:
+    """A program expression (``pin = read_pin(path)``, ``self._pin = pin``), not a literal secret."""
+    if quoted:
+        return False
+    if any(c in _CODE_CHARS for c in value):
+        return True
+    # a lower-case program variable assigned another variable: `pin = user_pin`
+    return op == "=" and name != name.upper() and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", value) is not None
 
 
 def _decode_symmetric(value: str) -> bytes | None:
@@ -574,17 +588,20 @@ def _decode_symmetric(value: str) -> bytes | None:
     return None
 
 
-def classify_assignment(name: str, raw_value: str, source: str, line: int) -> Finding | None:
+def classify_assignment(name: str, raw_value: str, source: str, line: int, op: str = "=") -> Finding | None:
     """The finding for ``name = value`` in any configuration syntax, or None."""
-    value = _strip_value(raw_value)
+    value, quoted = _strip_value(raw_value)
     toks = _tokens(name)
     if not toks:
         return None
     upper = name.upper()
-    if "pin-value=" in value:
+    if _PIN_IN_URI.search(value):
         return _finding(source, line, "pin-value", f"{name} = {_redact_uri(value)}", value)
+    if _is_code(value, quoted, name, op.strip()):
+        return None
     if _is_key_file_variable(name):
-        if not value or value.lower() in _PLACEHOLDER_VALUES:
+        # BitBake/shell variables are upper case; a lower-case name is a program's own variable
+        if name != upper or not value or value.lower() in _PLACEHOLDER_VALUES or value.startswith("pkcs11:"):
             return None
         return _finding(source, line, "key-file-variable", f"{name} = {value[:120]}", upper + "=" + value)
     tokset = set(toks)
@@ -624,7 +641,8 @@ def _symmetric_finding(raw: bytes, excerpt: str, source: str, line: int) -> Find
     return _finding(source, line, "symmetric-key", excerpt, raw)
 
 
-_PIN_IN_URI = re.compile(r"(pin-value=)([^;?&\s\"']*)")
+# RFC 7512: a pin-value is pchar / pct-encoded; anything else after "=" is not a URI
+_PIN_IN_URI = re.compile(r"(pin-value=)([A-Za-z0-9%._~!$'*+,:@-]+)")
 
 
 def _redact_uri(text: str) -> str:
@@ -648,7 +666,7 @@ def check_variable(name: str, value: object) -> Finding | None:
         return _finding(source, 0, "private-key", f"{name} holds a PEM private key", name + text)
     if "pin-value=" in text:
         return _finding(source, 0, "pin-value", f"{name} = {_redact_uri(text)[:160]}", name + text)
-    return classify_assignment(name, text, source, 0)
+    return classify_assignment(name, text, source, 0, "=")
 
 
 def scan_text(text: str, source: str = "<text>") -> list[Finding]:
@@ -806,7 +824,8 @@ def _scan_assignments(data: bytes, source: str) -> list[Finding]:
         am = ASSIGNMENT.match(line) or DEFINE.match(line)
         if am is None:
             continue
-        f = classify_assignment(am.group("name"), am.group("value"), source, line_no)
+        op = am.groupdict().get("op") or " "
+        f = classify_assignment(am.group("name"), am.group("value"), source, line_no, op)
         if f is not None and f.kind != "pin-value":  # pin-value is found by its own scan
             out.append(f)
     return out

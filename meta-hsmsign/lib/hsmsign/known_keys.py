@@ -56,6 +56,11 @@ class KnownKey:
         more = max(self.source_count, len(self.sources)) - 1
         return first + (f" (and {more} more)" if more > 0 else "")
 
+    @property
+    def source(self) -> str:
+        """What the key is and where it is published, for messages (``policy`` prints this)."""
+        return f"{self.description}: {self.where()}"
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
