@@ -285,7 +285,7 @@ class Fdt:
             len(self.strings),
             len(body),
         )
-        return header + rsv + body + bytes(self.strings) + self.free_space
+        return b"".join((header, rsv, body, self.strings, self.free_space))
 
 
 Header = tuple[int, int, int, int, int, int, int, int, int]
@@ -344,7 +344,9 @@ def _string_at(strings: bytes, off: int, what: str) -> bytes:
 Tag = tuple[int, int, int, "bytes | None", "int | None", "bytes | None"]
 
 
-def iter_tags(data: bytes, hdr: Header | None = None, what: str = "input") -> Iterator[Tag]:
+def iter_tags(
+    data: bytes, hdr: Header | None = None, what: str = "input", values: bool = True
+) -> Iterator[Tag]:
     """Walk the structure block: (tag, offset, next_offset, node_name, nameoff, value).
 
     Offsets are relative to the structure block, as in libfdt. The walk checks
@@ -366,11 +368,11 @@ def iter_tags(data: bytes, hdr: Header | None = None, what: str = "input") -> It
         if ended and tag != FDT_END:
             raise FdtError(f"{what}: data after the root node", "the file is corrupt")
         if tag == FDT_BEGIN_NODE:
-            end = bytes(block[nxt:]).find(b"\0") if nxt < size else -1
+            end = data.find(b"\0", base + nxt, base + size) - base if nxt < size else -1
             if end < 0:
                 raise FdtError(f"{what}: unterminated node name", "the file is corrupt")
-            name = bytes(block[nxt : nxt + end])
-            nxt = _align4(nxt + end + 1)
+            name = bytes(block[nxt:end])
+            nxt = _align4(end + 1)
             depth += 1
             if depth > MAX_DEPTH:
                 raise FdtError(f"{what}: tree deeper than {MAX_DEPTH} levels", "the file is corrupt")
@@ -391,7 +393,7 @@ def iter_tags(data: bytes, hdr: Header | None = None, what: str = "input") -> It
             start = nxt + 8
             if length > size - start:
                 raise FdtError(f"{what}: property at {off} runs past the structure block", "corrupt file")
-            value = bytes(block[start : start + length])
+            value = bytes(block[start : start + length]) if values else None
             nxt = _align4(start + length)
             yield tag, off, nxt, None, nameoff, value
         elif tag == FDT_NOP:
@@ -438,7 +440,7 @@ def find_regions(
     want = 0
     start = -1
     nextoffset = 0
-    for tag, offset, nxt, name, nameoff, _value in iter_tags(data, hdr):
+    for tag, offset, nxt, name, nameoff, _value in iter_tags(data, hdr, values=False):
         nextoffset = nxt
         stop_at = nxt
         include_it = 0
