@@ -112,6 +112,12 @@ def test_verity_sign_checked_by_veritysetup_and_openssl(
     )
     assert ok.returncode == 0, ok.stderr
     assert _cms_verify(sig, roothash, cert).returncode == 0
+    # the kernel's PKCS#7 parser (pkcs7_sig_note_pkey_algo) takes rsaEncryption and ecdsa-with-SHA*, not PSS
+    from asn1crypto import cms as acms
+
+    si = acms.ContentInfo.load(sig.read_bytes())["content"]["signer_infos"][0]
+    assert si["signature_algorithm"]["algorithm"].dotted == "1.2.840.113549.1.1.1"
+    assert (si["signed_attrs"].native is not None and len(si["signed_attrs"]) == 3) == signed_attrs
 
     # one changed byte in the image: veritysetup verify fails
     data = bytearray(rootfs.read_bytes())
