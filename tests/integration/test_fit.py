@@ -467,6 +467,7 @@ def test_mkimage_dropin_passes_plain_calls_through(softhsm, tools, tmp_path):
         ("no-configs", "no configurations"),
         ("missing-image", "not in /images"),
         ("wrong-key-type", "declares sha256,rsa2048, but the key is EC"),
+        ("sign-images-missing", "has no ramdisk image"),
         ("garbage", "not a device tree"),
     ],
 )
@@ -489,6 +490,12 @@ def test_bad_input_clear_error_nothing_written(softhsm, tools, tmp_path, setup, 
             confs = tree.node("/configurations")
             assert confs is not None
             confs.children.clear()
+        elif setup == "sign-images-missing":
+            conf = tree.node("/configurations/conf-1")
+            assert conf is not None
+            sig = tree.add_subnode(conf, "signature-1")
+            tree.setprop_str(sig, "algo", "sha256,rsa2048")
+            tree.setprop_strlist(sig, "sign-images", ["kernel", "ramdisk"])
         else:
             conf = tree.node("/configurations/conf-1")
             assert conf is not None
@@ -551,3 +558,13 @@ def test_external_data_fit(softhsm, tools, tmp_path):
     kernel = (tmp_path / "src" / "kernel.bin").read_bytes()
     bad = flip_byte(image, kernel[5000:5064], tmp_path / "bad.fit")
     assert check_sign(tools, bad, dtb).returncode != 0
+
+
+def test_add_key_refuses_what_is_not_a_dtb(softhsm, tmp_path):
+    uri = softhsm.keygen("fit-rsa2048", "rsa:2048")
+    target = tmp_path / "u-boot.dtb"
+    target.write_bytes(b"not a device tree at all" * 10)
+    before = target.read_bytes()
+    r = cli(softhsm, "fit", "add-key", "--uri", uri, "--key-name", "k", "--dtb", str(target))
+    assert r.returncode == 2 and "not a device tree" in r.stderr and "Traceback" not in r.stderr
+    assert target.read_bytes() == before

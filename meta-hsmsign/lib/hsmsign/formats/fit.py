@@ -576,9 +576,24 @@ def _write_sig(
 
 
 def _warn_sign_images(fit: Fit, conf: Node, node: Node, warnings: list[str]) -> None:
+    """sign-images must name images that exist; what it leaves out is covered anyway (with a warning)."""
     listed = node.get_strlist("sign-images")
     if listed is None:
         return
+    where = f"{fit.what}: signature node '{conf.name}/{node.name}'"
+    for prop in listed:
+        names = conf.get_strlist(prop)
+        if not names:
+            raise ConfigError(
+                f"{where} signs '{prop}', but configuration '{conf.name}' has no {prop} image",
+                f'fix sign-images, or add {prop} = "IMAGE"; to the configuration',
+            )
+        for name in names:
+            if fit.images.subnode(name) is None:
+                raise ConfigError(
+                    f"{where} signs {prop} image '{name}', which is not in /images",
+                    "fix the .its: every image a signature names must exist",
+                )
     refs = {p for p, _ in config_image_refs(fit, conf)}
     left_out = sorted(refs - set(listed))
     if left_out:
