@@ -95,12 +95,12 @@ def normalise_fingerprint(text: str) -> str | None:
     return t if _HEX64.match(t) else None
 
 
-def lookup_spki_sha256(fingerprint_hex: str, *, data_file: str = DATA_FILE) -> KnownKey | None:
+def lookup_spki_sha256(fingerprint_hex: str, *, data_file: str | None = None) -> KnownKey | None:
     """The published key with this SPKI SHA-256 fingerprint, or None."""
     fp = normalise_fingerprint(fingerprint_hex)
     if fp is None:
         return None
-    entry = _load(data_file)[0].get(fp)
+    entry = _load(data_file or DATA_FILE)[0].get(fp)
     if entry is None:
         return None
     algo = entry.get("algo", "?")
@@ -118,7 +118,7 @@ def lookup_spki_sha256(fingerprint_hex: str, *, data_file: str = DATA_FILE) -> K
     )
 
 
-def lookup_spki_der(spki_der: bytes, *, data_file: str = DATA_FILE) -> KnownKey | None:
+def lookup_spki_der(spki_der: bytes, *, data_file: str | None = None) -> KnownKey | None:
     """Like :func:`lookup_spki_sha256` for a DER SubjectPublicKeyInfo."""
     import hashlib
 
@@ -143,10 +143,10 @@ def _pattern(key: bytes) -> str | None:
     return None
 
 
-def lookup_symmetric(key: bytes, *, data_file: str = DATA_FILE) -> KnownKey | None:
+def lookup_symmetric(key: bytes, *, data_file: str | None = None) -> KnownKey | None:
     """A published or patterned symmetric key (AES key, IV, HMAC key), or None."""
     hexkey = key.hex()
-    entry = _load(data_file)[1].get(hexkey)
+    entry = _load(data_file or DATA_FILE)[1].get(hexkey)
     if entry is not None:
         return KnownKey(
             kind="symmetric",
@@ -169,7 +169,7 @@ def lookup_symmetric(key: bytes, *, data_file: str = DATA_FILE) -> KnownKey | No
     return None
 
 
-def counts(*, data_file: str = DATA_FILE) -> dict[str, int]:
+def counts(*, data_file: str | None = None) -> dict[str, int]:
     """How many entries the denylist holds (for ``--version``-style reports and docs)."""
-    pub, sym = _load(data_file)
+    pub, sym = _load(data_file or DATA_FILE)
     return {"public_keys": len(pub), "symmetric_keys": len(sym)}
