@@ -568,3 +568,27 @@ def test_add_key_refuses_what_is_not_a_dtb(softhsm, tmp_path):
     r = cli(softhsm, "fit", "add-key", "--uri", uri, "--key-name", "k", "--dtb", str(target))
     assert r.returncode == 2 and "not a device tree" in r.stderr and "Traceback" not in r.stderr
     assert target.read_bytes() == before
+
+
+def test_dual_signed_fit_for_key_rotation(softhsm, tools, tmp_path):
+    """Two signature nodes, one per key, signed in two runs: a DTB requiring both (all) accepts it."""
+    old = softhsm.keygen("fit-rsa2048", "rsa:2048")
+    new = softhsm.keygen("fit-rsa3072", "rsa:3072")
+    image = build_fit(tools, tmp_path, "kernel-fdt.its")
+    tree = Fdt.parse(image.read_bytes())
+    conf = tree.node("/configurations/conf-1")
+    assert conf is not None
+    for node_name, hint, algo in (("signature-old", "old", "rsa2048"), ("signature-new", "new", "rsa3072")):
+        sig = tree.add_subnode(conf, node_name)
+        tree.setprop_str(sig, "key-name-hint", hint)
+        tree.setprop_str(sig, "algo", f"sha256,{algo}")
+    image.write_bytes(tree.to_bytes())
+    ok(cli(softhsm, "fit", "sign", "--uri", old, "--key-name", "old", str(image)))
+    ok(cli(softhsm, "fit", "sign", "--uri", new, "--key-name", "new", str(image)))
+    dtb = control_dtb(tmp_path)
+    ok(cli(softhsm, "fit", "add-key", "--uri", old, "--key-name", "old", "--dtb", str(dtb)))
+    ok(cli(softhsm, "fit", "add-key", "--uri", new, "--key-name", "new", "--dtb", str(dtb)))
+    r = check_sign(tools, image, dtb)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "sha256,rsa2048:old+" in r.stdout and "sha256,rsa3072:new+" in r.stdout
+    ok(cli(softhsm, "fit", "verify", "--dtb", str(dtb), str(image)))
