@@ -48,6 +48,7 @@ def test_self_signed_cert_openssl_verifies(softhsm: SoftHsm, tmp_path: Path, key
     subj = _openssl("x509", "-in", str(cert), "-noout", "-subject", "-nameopt", "RFC2253").stdout
     assert subj.strip() == "subject=CN=Acme firmware (dev),O=Acme"
     assert "Subject Key Identifier" in text
+    assert "CA:FALSE" in text and "Digital Signature" in text and "Certificate Sign" not in text
     # the certificate carries exactly the token key's public half
     pub = tmp_path / "pub.pem"
     assert softhsm.run_cli("pubkey", *DEV, "--uri", uri, "--output", str(pub)).returncode == 0

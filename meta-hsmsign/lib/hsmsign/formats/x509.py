@@ -12,9 +12,9 @@ from a CA through ``csr``. What the verifiers need, and why each extension is se
 * swupdate (OpenSSL ``X509_PURPOSE_SMIME_SIGN`` by default, or ``codeSigning``
   with ``--cert-purpose codeSigning``): the extendedKeyUsage must name the
   purpose, keyUsage must allow digitalSignature.
-* OpenSSL treats a certificate as self-signed (its own issuer) only when its
-  keyUsage, if present, allows keyCertSign: a self-signed signer that is its own
-  trust anchor carries keyCertSign as well.
+* basicConstraints CA:FALSE and no keyCertSign (RFC 5280 4.2.1.3): OpenSSL 3.0
+  and swupdate accept such a self-signed leaf as its own trust anchor (checked),
+  and it cannot issue certificates that a verifier would take.
 * The kernel finds keys by issuer+serial or subjectKeyIdentifier: both are set.
 """
 
@@ -121,7 +121,7 @@ def self_signed(
                 key_encipherment=False,
                 data_encipherment=False,
                 key_agreement=False,
-                key_cert_sign=True,
+                key_cert_sign=False,
                 crl_sign=False,
                 encipher_only=False,
                 decipher_only=False,
