@@ -451,9 +451,8 @@ class Demo:
             print(f"{artifact[:38]:<38} {verifier[:42]:<42} {verdict:<10} {'yes' if good else 'NO':>7}")
         print("-" * WIDTH)
         ok = all(row[3] for row in self.rows)
-        print(
-            f"{len(self.rows)} checks, {'all as expected' if ok else 'SOME NOT AS EXPECTED'} in {elapsed:.1f} s."
-        )
+        summary = "all as expected" if ok else "SOME NOT AS EXPECTED"
+        print(f"{len(self.rows)} checks, {summary} in {elapsed:.1f} s.")
         print(
             "Keys never left the token; no PIN was printed or written anywhere but the dev token's own files."
         )
