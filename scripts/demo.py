@@ -445,7 +445,7 @@ class Demo:
 
     def table(self, elapsed: float) -> bool:
         print("\n" + "=" * WIDTH)
-        print(f"{'artifact':<38} {'checked by':<42} {'result':<10} {'expected':>7}")
+        print(f"{'artifact':<38} {'checked by':<42} {'result':<9} {'expected':>8}")
         print("-" * WIDTH)
         for artifact, verifier, verdict, good in self.rows:
             print(f"{artifact[:38]:<38} {verifier[:42]:<42} {verdict:<10} {'yes' if good else 'NO':>7}")
