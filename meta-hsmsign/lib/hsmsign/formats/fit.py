@@ -42,7 +42,7 @@ import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from .. import __version__
 from ..errors import ConfigError, SigningError, VerificationError
@@ -319,7 +319,7 @@ class SignResult:
     warnings: list[str]
 
 
-SignerFor = Callable[[str | None], Any]
+SignerFor = Callable[[Optional[str]], Any]
 
 
 def source_date(timestamp: int | None = None) -> int:
