@@ -302,3 +302,23 @@ def test_fuzz_cms_building(
         return
     result = cms.verify_detached(der, trusted=[cert], **kwargs)
     assert result.hash_alg == hash_alg.lower()
+
+
+@pytest.mark.parametrize("epoch", ["946684800", "4102444800"])  # 2000 (UTCTime) and 2100 (GeneralizedTime)
+def test_signing_time_encodings(
+    softhsm: SoftHsm, rsa2048: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epoch: str
+) -> None:
+    from hsmsign import token
+    from hsmsign.formats import cms
+
+    cert_path = _cert(softhsm, rsa2048, tmp_path / "c.pem")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)
+    content = tmp_path / "content"
+    content.write_bytes(b"time")
+    with token.open_key(rsa2048, mode="development") as signer:
+        der = cms.sign_detached(signer, cert=_load(cert_path), content=b"time")
+    sig = tmp_path / "t.p7s"
+    sig.write_bytes(der)
+    assert _openssl_verify(sig, content, cert_path).returncode == 0
+    res = cms.verify_detached(der, content=b"time", trusted=[_load(cert_path)])
+    assert int(res.signing_time.timestamp()) == int(epoch)

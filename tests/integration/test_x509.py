@@ -113,3 +113,25 @@ def test_bad_days(softhsm: SoftHsm, rsa2048: str, tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "--days" in done.stderr
     assert not out.exists()
+
+
+def test_old_source_date_epoch_does_not_backdate_certificates(
+    softhsm: SoftHsm, rsa2048: str, tmp_path: Path
+) -> None:
+    cert = tmp_path / "cert.pem"
+    done = softhsm.run_cli(
+        "cert",
+        *DEV,
+        "--uri",
+        rsa2048,
+        "--subject",
+        "CN=x",
+        "--days",
+        "10",
+        "--output",
+        str(cert),
+        env={"SOURCE_DATE_EPOCH": "1000000000"},
+    )  # 2001, as an old Yocto commit
+    assert done.returncode == 0, done.stderr
+    # valid now and for the next 9 days: validity starts at signing time, not at SOURCE_DATE_EPOCH
+    assert _openssl("x509", "-in", str(cert), "-noout", "-checkend", str(9 * 86400)).returncode == 0

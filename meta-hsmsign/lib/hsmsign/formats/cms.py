@@ -57,6 +57,15 @@ def signing_time() -> datetime.datetime:
     return datetime.datetime.now(tz=datetime.timezone.utc).replace(microsecond=0)
 
 
+def _cms_time(when: datetime.datetime) -> Any:
+    """RFC 5652 11.3: UTCTime for 1950..2049, GeneralizedTime otherwise."""
+    from asn1crypto import cms
+
+    if 1950 <= when.year <= 2049:
+        return cms.Time({"utc_time": when})
+    return cms.Time({"generalized_time": when})
+
+
 def load_certificate(data: bytes, what: str = "certificate") -> Any:
     """A cryptography ``x509.Certificate`` from PEM or DER bytes."""
     from cryptography import x509
@@ -199,9 +208,7 @@ def sign_detached(
     if signed_attrs:
         attrs = [
             cms.CMSAttribute({"type": "content_type", "values": ["data"]}),
-            cms.CMSAttribute(
-                {"type": "signing_time", "values": [cms.Time({"utc_time": when or signing_time()})]}
-            ),
+            cms.CMSAttribute({"type": "signing_time", "values": [_cms_time(when or signing_time())]}),
             cms.CMSAttribute({"type": "message_digest", "values": [content_digest]}),
         ]
         attr_der = _attr_set_der(attrs)

@@ -21,7 +21,6 @@ from a CA through ``csr``. What the verifiers need, and why each extension is se
 from __future__ import annotations
 
 import datetime
-import os
 from typing import Any
 
 from ..errors import ConfigError
@@ -80,9 +79,8 @@ def _hash_for(signer: Any) -> Any:
 
 
 def _now() -> datetime.datetime:
-    sde = os.environ.get("SOURCE_DATE_EPOCH")
-    if sde and sde.isdigit():
-        return datetime.datetime.fromtimestamp(int(sde), tz=datetime.timezone.utc)
+    # Not SOURCE_DATE_EPOCH: Yocto sets it to an old commit date, and a certificate whose validity
+    # starts there would already have expired on the devices that check it.
     return datetime.datetime.now(tz=datetime.timezone.utc).replace(microsecond=0)
 
 
