@@ -592,3 +592,46 @@ def test_dual_signed_fit_for_key_rotation(softhsm, tools, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "sha256,rsa2048:old+" in r.stdout and "sha256,rsa3072:new+" in r.stdout
     ok(cli(softhsm, "fit", "verify", "--dtb", str(dtb), str(image)))
+
+
+def test_required_image_key_agrees_with_fit_check_sign(softhsm, tools, tmp_path):
+    """required = "image": every loaded image needs its own signature; both verifiers agree."""
+    uri = softhsm.keygen("fit-rsa2048", "rsa:2048")
+    image = build_fit(tools, tmp_path, "kernel-fdt.its")
+    tree = Fdt.parse(image.read_bytes())
+    for name in ("kernel-1", "fdt-1"):
+        node = tree.node(f"/images/{name}")
+        assert node is not None
+        sig = tree.add_subnode(node, "signature-1")
+        tree.setprop_str(sig, "key-name-hint", "img")
+        tree.setprop_str(sig, "algo", "sha256,rsa2048")
+    image.write_bytes(tree.to_bytes())
+    only_kernel = tmp_path / "only-kernel.fit"
+    fdt_node = tree.node("/images/fdt-1")
+    assert fdt_node is not None
+    fdt_node.children = [c for c in fdt_node.children if not c.name.startswith("signature")]
+    only_kernel.write_bytes(tree.to_bytes())
+    for target in (image, only_kernel):
+        ok(cli(softhsm, "fit", "sign", "--uri", uri, "--key-name", "img", str(target)))
+    dtb = control_dtb(tmp_path)
+    ok(
+        cli(
+            softhsm,
+            "fit",
+            "add-key",
+            "--uri",
+            uri,
+            "--key-name",
+            "img",
+            "--dtb",
+            str(dtb),
+            "--required",
+            "image",
+        )
+    )
+    assert check_sign(tools, image, dtb).returncode == 0
+    ok(cli(softhsm, "fit", "verify", "--dtb", str(dtb), str(image)))
+    # the fdt image carries no signature: U-Boot refuses to load it, and so does hsmsign
+    assert check_sign(tools, only_kernel, dtb).returncode != 0
+    r = cli(softhsm, "fit", "verify", "--dtb", str(dtb), str(only_kernel))
+    assert r.returncode == 6 and "fdt-1" in r.stderr, r.stderr
