@@ -1,0 +1,136 @@
+"""The CLI experience: version, --json on every verb that reports, help and errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import hsmsign
+import pytest
+from hsmsign.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Leaf verbs without --json, each for a reason. Everything else that runs must offer it.
+NO_JSON_BY_DESIGN = {
+    ("pubkey",): "its output is the public key itself (PEM or DER), on stdout or --output",
+    ("mkimage",): "a drop-in for U-Boot's mkimage: mkimage owns the command line and the output",
+}
+
+
+def leaves(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs and path:
+        yield path, parser
+    for action in subs:
+        for name, child in action.choices.items():
+            yield from leaves(child, (*path, name))
+
+
+def options_of(parser: argparse.ArgumentParser) -> set[str]:
+    return {s for a in parser._actions for s in a.option_strings}
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hsmsign {hsmsign.__version__}"
+
+
+def test_version_from_a_fresh_process() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hsmsign", "--version"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"hsmsign {hsmsign.__version__}"
+    assert re.fullmatch(r"\d+\.\d+\.\d+([a-z0-9.+-]*)?", hsmsign.__version__)
+
+
+def test_changelog_has_a_section_for_this_version() -> None:
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert re.search(rf"^## \[{re.escape(hsmsign.__version__)}\]", changelog, re.M), (
+        f"CHANGELOG.md has no '## [{hsmsign.__version__}]' section"
+    )
+
+
+def test_every_verb_that_reports_has_json() -> None:
+    parser = build_parser()
+    all_leaves = dict(leaves(parser))
+    missing = [
+        "hsmsign " + " ".join(path)
+        for path, p in all_leaves.items()
+        if "--json" not in options_of(p) and path not in NO_JSON_BY_DESIGN
+    ]
+    assert not missing, "verbs that report but have no --json: " + ", ".join(missing)
+    stale = [path for path in NO_JSON_BY_DESIGN if path not in all_leaves]
+    assert not stale, f"exemptions for verbs that no longer exist: {stale}"
+
+
+def test_json_output_is_one_json_document(capsys: pytest.CaptureFixture[str]) -> None:
+    uri = "pkcs11:token=acme%20prod;object=fw?pin-source=file:/run/secrets/hsm-pin"
+    assert main(["uri", "--json", uri]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["identity"] == "pkcs11:token=acme%20prod;object=fw"
+    assert data["pin_source"].startswith("file")
+
+
+def test_every_verb_has_help_with_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    for path, _p in leaves(build_parser()):
+        if path == ("mkimage",):
+            continue  # '--help' goes to the real mkimage
+        with pytest.raises(SystemExit) as exc:
+            main([*path, "--help"])
+        assert exc.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: hsmsign {' '.join(path)}"), path
+
+
+def test_help_stays_light() -> None:
+    # --help must not load python-pkcs11 or cryptography: cold start, and no token needed to read help
+    code = (
+        "import sys, contextlib, io\n"
+        "from hsmsign.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        "        main(['sign', '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = [m for m in ('pkcs11', 'cryptography', 'asn1crypto') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == ""
+
+
+def test_an_error_is_one_line_with_a_hint_and_never_the_pin() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HSM")}
+    secret = "73915284"
+    uri = f"pkcs11:token=t?pin-value={secret}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "hsmsign", "uri", "--mode", "production", uri],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 4  # a policy refusal
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("hsmsign: error: ")
+    assert lines[1].startswith("  hint: ") and "pin-source=file:" in lines[1]
+    assert "Traceback" not in proc.stderr
+    assert secret not in proc.stderr + proc.stdout
+
+
+def test_no_verb_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "usage: hsmsign" in err and "exit codes:" in err
