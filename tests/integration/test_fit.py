@@ -635,3 +635,26 @@ def test_required_image_key_agrees_with_fit_check_sign(softhsm, tools, tmp_path)
     assert check_sign(tools, only_kernel, dtb).returncode != 0
     r = cli(softhsm, "fit", "verify", "--dtb", str(dtb), str(only_kernel))
     assert r.returncode == 6 and "fdt-1" in r.stderr, r.stderr
+
+
+def test_mkimage_dropin_auto_fit_puts_key_into_dtb(softhsm, tools, tmp_path):
+    """oe-core's concat_dtb call: '-f auto -g NAME -o ALGO -K u-boot.dtb -d /dev/null -r' fills the DTB."""
+    softhsm.keygen("dev", "rsa:2048")
+    dtb = control_dtb(tmp_path)
+    env = {
+        "HSMSIGN_MODE": "development",
+        "HSM_PKCS11_MODULE": softhsm.module,
+        "MKIMAGE_SIGN_PIN": softhsm.pin_file.read_text().strip(),
+        "HSMSIGN_MKIMAGE": str(tools / "mkimage"),
+    }
+    unused = tmp_path / "unused.itb"
+    r = softhsm.run_cli(
+        "mkimage", "-f", "auto", "-k", f"token={softhsm.token_label}", "-o", "sha256,rsa2048", "-g", "dev",
+        "-K", str(dtb), "-d", "/dev/null", "-r", str(unused), env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "Couldn't open RSA private key" not in r.stderr
+    key = Fdt.parse(dtb.read_bytes()).node("/signature/key-dev")
+    assert key is not None and key.get_str("required") == "image" and key.get_str("algo") == "sha256,rsa2048"
+    assert check_sign(tools, unused, dtb).returncode == 0
+    ok(cli(softhsm, "fit", "verify", "--dtb", str(dtb), str(unused)))
