@@ -275,23 +275,30 @@ def test_sign_matches_openssl_cms_verify(
 
 
 @pytest.mark.parametrize(
-    ("mode", "sigopts"),
+    ("flag", "mode", "sigopts"),
     [
-        ("rsa", ()),
-        ("rsa-pss", ("-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:-2")),
+        ("--signing-mode", "rsa", ()),
+        ("--mode", "rsa-pss", ("-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:-2")),
     ],
 )
 def test_raw_rsa_modes_verify_like_swupdate(
-    softhsm: SoftHsm, rsa2048: str, tmp_path: Path, images: list[Path], mode: str, sigopts: tuple[str, ...]
+    softhsm: SoftHsm,
+    rsa2048: str,
+    tmp_path: Path,
+    images: list[Path],
+    flag: str,
+    mode: str,
+    sigopts: tuple[str, ...],
 ) -> None:
     # Debian's swupdate is built for CMS only; its RSA modes call EVP_DigestVerify with sha256 (and, for PSS,
     # saltlen -2 = auto): openssl dgst with the same options is that check.
     desc = write_description(tmp_path, images)
     sig = tmp_path / "sw-description.sig"
     done = softhsm.run_cli(
-        "swupdate", "sign", *DEV, "--uri", rsa2048, "--signing-mode", mode, "--output", str(sig), str(desc)
+        "swupdate", "sign", *DEV, "--uri", rsa2048, flag, mode, "--output", str(sig), "--json", str(desc)
     )
     assert done.returncode == 0, done.stderr
+    assert f'"mode": "{mode}"' in done.stdout  # the '--mode rsa-pss' means the signature type
     assert sig.stat().st_size == 256
     pub = tmp_path / "pub.pem"
     assert softhsm.run_cli("pubkey", *DEV, "--uri", rsa2048, "--output", str(pub)).returncode == 0

@@ -7,6 +7,8 @@ from typing import Any
 
 from .common import check_readable, emit, open_key_from_args, record
 
+SIG_MODES = ("cms", "rsa", "rsa-pss")
+
 EXAMPLE = """\
 examples:
   # CMS (what Debian's swupdate and meta-swupdate's SWUPDATE_SIGNING = "CMS" verify)
@@ -50,7 +52,7 @@ def register(sub: Any, parents: Any) -> None:
         dest="sig_mode",
         choices=("cms", "rsa", "rsa-pss"),
         default=None,
-        help="signature type (default cms)",
+        help="signature type (default cms); '--mode cms|rsa|rsa-pss' is accepted too",
     )
     p.add_argument("--cert", metavar="CERT.pem", help="signer certificate (cms mode)")
     p.add_argument("--output", "-o", required=True, metavar="SIG", help="signature file (sw-description.sig)")
@@ -63,6 +65,7 @@ def register(sub: Any, parents: Any) -> None:
     )
     p.add_argument("--no-check", action="store_true", help="sign without parsing sw-description")
     p.set_defaults(func=run_sign)
+    p.__class__ = _SigModeParser
 
     p = verbs.add_parser(
         "bundle",
@@ -79,7 +82,7 @@ def register(sub: Any, parents: Any) -> None:
         dest="sig_mode",
         choices=("cms", "rsa", "rsa-pss"),
         default=None,
-        help="signature type (default cms)",
+        help="signature type (default cms); '--mode cms|rsa|rsa-pss' is accepted too",
     )
     p.add_argument("--cert", metavar="CERT.pem", help="signer certificate (cms mode)")
     p.add_argument(
@@ -91,6 +94,7 @@ def register(sub: Any, parents: Any) -> None:
     p.add_argument("--newc", action="store_true", help="cpio newc (070701) instead of crc (070702)")
     p.add_argument("--output", "-o", required=True, metavar="FILE.swu")
     p.set_defaults(func=run_bundle)
+    p.__class__ = _SigModeParser
 
     p = verbs.add_parser(
         "verify",
@@ -112,6 +116,36 @@ def register(sub: Any, parents: Any) -> None:
     p.set_defaults(func=run_verify)
 
     top.set_defaults(func=lambda args: _no_action(top))
+
+
+class _SigModeParser(argparse.ArgumentParser):
+    """Accept the issue's ``--mode cms|rsa|rsa-pss`` as ``--signing-mode``.
+
+    ``--mode`` is the policy option every verb shares (development|production); a value that is
+    a signature type can only mean --signing-mode, so it is rewritten for this parser alone.
+    """
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        if args is not None:
+            args = _rewrite_mode(list(args))
+        return super().parse_known_args(args, namespace)
+
+
+def _rewrite_mode(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--mode" and i + 1 < len(argv) and argv[i + 1] in SIG_MODES:
+            out += ["--signing-mode", argv[i + 1]]
+            i += 2
+            continue
+        if a.startswith("--mode=") and a[len("--mode=") :] in SIG_MODES:
+            out.append("--signing-mode=" + a[len("--mode=") :])
+        else:
+            out.append(a)
+        i += 1
+    return out
 
 
 def _no_action(parser: argparse.ArgumentParser) -> int:
