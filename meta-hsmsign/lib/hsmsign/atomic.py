@@ -71,7 +71,9 @@ def atomic_output(path: str | os.PathLike[str], mode: int | None = None) -> Iter
         ) from exc
     finally:
         if not fh.closed:
-            fh.close()
+            # closing flushes the buffer again: on a full disk that raises a second ENOSPC
+            with contextlib.suppress(OSError):
+                fh.close()
         if not ok:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

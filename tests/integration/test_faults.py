@@ -1,0 +1,305 @@
+"""Faults survived, with real components: a real SoftHSM token, real files systems, real signals.
+
+Each fault ends with a clear one-line error and the family's exit code, and never
+with a partial or unsigned artifact under the real name. Destructive cases (the
+token directory removed) run against a private token made for the test, never the
+session token other tests share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes.util
+import hashlib
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+from hsmsign import ledger
+
+from tests.conftest import LIB, SoftHsm
+
+TMP_PREFIX = ".hsmsign-tmp-"
+
+
+class PrivateToken:
+    """A throw-away SoftHSM token with one P-256 key, for tests that destroy it."""
+
+    def __init__(self, base: Path, module: str) -> None:
+        self.base = base
+        self.tokens = base / "tokens"
+        self.tokens.mkdir(parents=True)
+        self.conf = base / "softhsm2.conf"
+        self.conf.write_text(
+            f"directories.tokendir = {self.tokens}\nobjectstore.backend = file\nlog.level = ERROR\n"
+        )
+        self.pin = base / "pin"
+        self.pin.write_text("fault-pin-2468\n")
+        os.chmod(self.pin, 0o600)
+        self.module = module
+        self.env = {**os.environ, "SOFTHSM2_CONF": str(self.conf), "PYTHONPATH": str(LIB)}
+        self.env.pop("HSM_PKCS11_URI", None)
+        self.env.pop("HSMSIGN_LEDGER", None)
+        subprocess.run(
+            [
+                "softhsm2-util",
+                "--init-token",
+                "--free",
+                "--label",
+                "faults",
+                "--pin",
+                "fault-pin-2468",
+                "--so-pin",
+                "fault-so-1357",
+            ],
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
+        done = self.cli("keygen", "--uri", self.uri, "--type", "ec:secp256r1")
+        assert done.returncode == 0, done.stderr
+
+    @property
+    def uri(self) -> str:
+        return f"pkcs11:token=faults;object=fw?module-path={self.module}&pin-source=file:{self.pin}"
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "hsmsign", args[0], "--mode", "development", *args[1:]]
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(*args), env=self.env, capture_output=True, text=True, timeout=60, check=False
+        )
+
+
+@pytest.fixture
+def private_token(softhsm: SoftHsm, tmp_path: Path) -> PrivateToken:
+    return PrivateToken(tmp_path / "token", softhsm.module)
+
+
+def _assert_clean_failure(done: subprocess.CompletedProcess[str], code: int, out: Path) -> None:
+    assert done.returncode == code, (done.returncode, done.stderr)
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("hsmsign: error: ")]
+    assert len(errors) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(TMP_PREFIX)]
+
+
+def test_token_gone_before_signing(private_token: PrivateToken, tmp_path: Path) -> None:
+    data = tmp_path / "u-boot.bin"
+    data.write_bytes(os.urandom(4096))
+    shutil.rmtree(private_token.tokens)
+    out = tmp_path / "u-boot.sig"
+    done = private_token.cli("sign", "--uri", private_token.uri, "-o", str(out), str(data))
+    _assert_clean_failure(done, 3, out)
+    # SoftHSM refuses C_Initialize without its token directory: the message names the module and its config
+    assert "PKCS#11 module" in done.stderr and "SOFTHSM2_CONF" in done.stderr
+
+
+def test_token_gone_during_signing(private_token: PrivateToken, tmp_path: Path) -> None:
+    """The key is open and logged in; the token disappears while the artifact is being hashed."""
+    fifo = tmp_path / "artifact.fifo"
+    os.mkfifo(fifo)
+    out = tmp_path / "artifact.sig"
+    proc = subprocess.Popen(
+        private_token.argv("sign", "--uri", private_token.uri, "-o", str(out), str(fifo)),
+        env=private_token.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Opening a FIFO for writing blocks until the reader opens it: the signer has opened the key by then.
+        with open(fifo, "wb") as w:
+            shutil.rmtree(private_token.tokens)
+            w.write(os.urandom(1 << 20))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
+    _assert_clean_failure(done, 3, out)
+    assert "failed" in err
+
+
+def test_module_that_is_a_real_library_but_not_pkcs11(private_token: PrivateToken, tmp_path: Path) -> None:
+    libz = ctypes.util.find_library("z")
+    assert libz is not None
+    path = next(
+        (
+            p
+            for p in ("/lib/x86_64-linux-gnu/" + libz, "/usr/lib/x86_64-linux-gnu/" + libz)
+            if os.path.exists(p)
+        ),
+        None,
+    )
+    if path is None:
+        pytest.skip("libz shared object not found at a known path")
+    data = tmp_path / "a.bin"
+    data.write_bytes(b"x")
+    out = tmp_path / "a.sig"
+    uri = f"pkcs11:token=faults;object=fw?module-path={path}&pin-source=file:{private_token.pin}"
+    done = private_token.cli("sign", "--uri", uri, "-o", str(out), str(data))
+    _assert_clean_failure(done, 3, out)
+    assert "PKCS#11" in done.stderr
+
+
+@contextlib.contextmanager
+def _full_filesystem(where: Path, how: str) -> Iterator[Path]:
+    """A directory where writes fail: a 64 KiB tmpfs filled up, or (rlimit) any directory."""
+    where.mkdir()
+    if how == "rlimit":
+        yield where
+        return
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)], capture_output=True, check=False
+        ).returncode
+        != 0
+    ):
+        pytest.skip("cannot mount a tmpfs here (not root?); the rlimit case covers disk-full")
+    try:
+        with contextlib.suppress(OSError), open(where / "filler", "wb") as fh:
+            while True:
+                fh.write(b"\0" * 4096)
+                fh.flush()
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+def _limit_file_size() -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails with EFBIG instead of killing us
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
+
+
+@pytest.mark.parametrize("how", ["tmpfs", "rlimit"])
+def test_disk_full_while_writing(private_token: PrivateToken, tmp_path: Path, how: str) -> None:
+    data = tmp_path / "kernel.itb"
+    data.write_bytes(os.urandom(8192))
+    led = tmp_path / "ledger.jsonl"
+    with _full_filesystem(tmp_path / "full", how) as full:
+        out = full / "kernel.sig"
+        argv = private_token.argv(
+            "sign", "--uri", private_token.uri, "--ledger", str(led), "-o", str(out), str(data)
+        )
+        done = subprocess.run(
+            argv,
+            env=private_token.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            preexec_fn=_limit_file_size if how == "rlimit" else None,  # noqa: PLW1509 - no threads started here
+        )
+        _assert_clean_failure(done, 2, out)
+        assert "space" in done.stderr or "too large" in done.stderr
+    assert not led.exists()  # no ledger line for a signature that was never written
+
+
+def test_sigkill_mid_write_leaves_the_old_artifact(softhsm: SoftHsm, tmp_path: Path) -> None:
+    """SIGKILL while an encrypted image is being streamed out: the previous artifact stays whole."""
+    aes = softhsm.keygen("faults-aes", "aes:256")
+    out = tmp_path / "rootfs.enc"
+    out.write_bytes(b"previous good artifact")
+    fifo = tmp_path / "rootfs.fifo"
+    os.mkfifo(fifo)
+    argv = [
+        sys.executable,
+        "-m",
+        "hsmsign",
+        "encrypt",
+        "--mode",
+        "development",
+        "--uri",
+        aes,
+        "--in",
+        str(fifo),
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(argv, env=softhsm.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with open(fifo, "wb") as w:
+            w.write(os.urandom(6 << 20))  # several 1 MiB chunks: some ciphertext reaches the temp file
+            w.flush()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                tmps = [p for p in tmp_path.iterdir() if p.name.startswith(TMP_PREFIX)]
+                if tmps and tmps[0].stat().st_size > 0:
+                    break
+                time.sleep(0.02)
+            else:
+                pytest.fail("the encrypt command never started writing")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+    except BrokenPipeError:
+        pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert out.read_bytes() == b"previous good artifact"
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("rootfs.enc", "rootfs.fifo")]
+    assert all(name.startswith(TMP_PREFIX) for name in leftovers), leftovers
+
+
+def test_sixteen_processes_sign_at_once(softhsm: SoftHsm, rsa2048: str, tmp_path: Path) -> None:
+    """16 processes, one token, one ledger: every signature verifies, the ledger holds all 16 and verifies."""
+    pub_pem = tmp_path / "pub.pem"
+    done = softhsm.run_cli("pubkey", "--mode", "development", "--uri", rsa2048, "--output", str(pub_pem))
+    assert done.returncode == 0, done.stderr
+    public_key = serialization.load_pem_public_key(pub_pem.read_bytes())
+    led = tmp_path / "ledger.jsonl"
+    procs = []
+    for n in range(16):
+        art = tmp_path / f"artifact-{n:02d}.bin"
+        art.write_bytes(os.urandom(64 << 10) + bytes([n]))
+        argv = [
+            sys.executable,
+            "-m",
+            "hsmsign",
+            "sign",
+            "--mode",
+            "development",
+            "--uri",
+            rsa2048,
+            "--ledger",
+            str(led),
+            "-o",
+            str(art) + ".sig",
+            str(art),
+        ]
+        procs.append(
+            (
+                art,
+                subprocess.Popen(
+                    argv, env=softhsm.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                ),
+            )
+        )
+    for art, proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, (art, err)
+    for art, _ in procs:
+        sig = Path(str(art) + ".sig").read_bytes()
+        public_key.verify(sig, art.read_bytes(), padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr]
+    report = ledger.verify(str(led))
+    assert report.ok, report.problems
+    assert report.count == 16
+    entries = ledger.entries(str(led))
+    assert {e["artifact"] for e in entries} == {str(art) for art, _ in procs}
+    for e in entries:
+        assert e["sha256"] == hashlib.sha256(Path(e["artifact"]).read_bytes()).hexdigest()
+        assert "pin" not in e["uri"]
+    assert len({e["pid"] for e in entries}) == 16
