@@ -658,3 +658,32 @@ def test_mkimage_dropin_auto_fit_puts_key_into_dtb(softhsm, tools, tmp_path):
     assert key is not None and key.get_str("required") == "image" and key.get_str("algo") == "sha256,rsa2048"
     assert check_sign(tools, unused, dtb).returncode == 0
     ok(cli(softhsm, "fit", "verify", "--dtb", str(dtb), str(unused)))
+
+
+def test_mkimage_dropin_signs_ecdsa(softhsm, tools, tmp_path):
+    """What mkimage -N pkcs11 cannot do (it exits 0 with an unsigned FIT): ECDSA with a token key."""
+    softhsm.keygen("fit-ec256", "ec:secp256r1")
+    image = build_fit(tools, tmp_path, "declared.its")
+    dtb = control_dtb(tmp_path)
+    env = {
+        "HSMSIGN_MODE": "development",
+        "HSM_PKCS11_MODULE": softhsm.module,
+        "MKIMAGE_SIGN_PIN": softhsm.pin_file.read_text().strip(),
+        "HSMSIGN_MKIMAGE": str(tools / "mkimage"),
+    }
+    r = softhsm.run_cli(
+        "mkimage", "-F", "-k", f"pkcs11:token={softhsm.token_label};object=fit-ec256",
+        "-o", "sha256,ecdsa256", "-K", str(dtb), "-r", str(image), env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    tree = Fdt.parse(image.read_bytes())
+    for path in ("/images/kernel-1/signature-1", "/configurations/conf-2/signature-1"):
+        node = tree.node(path)
+        assert (
+            node is not None
+            and node.get_str("algo") == "sha256,ecdsa256"
+            and len(node.get("value") or b"") == 64
+        )
+    key = Fdt.parse(dtb.read_bytes()).node("/signature/dev")
+    assert key is not None and key.get_str("ecdsa,curve") == "prime256v1"
+    ok(cli(softhsm, "fit", "verify", "--dtb", str(dtb), str(image)))
