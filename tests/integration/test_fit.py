@@ -162,9 +162,9 @@ def test_cve_2026_46728_all_referenced_images_signed(softhsm, tools, tmp_path):
     uri = softhsm.keygen("fit-rsa2048", "rsa:2048")
     image = build_fit(tools, tmp_path, "declared.its")
     dtb = control_dtb(tmp_path)
-    r = ok(cli(softhsm, "fit", "sign", "--uri", uri, "--key-name", "dev", "--json", str(image)))
+    r = ok(cli(softhsm, "fit", "sign", "--uri", uri, "--key-name", "fit-dev", "--json", str(image)))
     assert "sign-images leaves out ramdisk" in r.stderr
-    ok(cli(softhsm, "fit", "add-key", "--uri", uri, "--key-name", "dev", "--dtb", str(dtb)))
+    ok(cli(softhsm, "fit", "add-key", "--uri", uri, "--key-name", "fit-dev", "--dtb", str(dtb)))
     for conf in ("conf-1", "conf-2"):
         r = check_sign(tools, image, dtb, conf)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -348,14 +348,14 @@ def test_rsa_pkcs1v15_signature_identical_to_mkimage_engine(softhsm, tools, tmp_
         "apt-get install libengine-pkcs11-openssl",
         env="HSMSIGN_REQUIRE_TOOLS",
     )
-    uri = softhsm.keygen("dev", "rsa:2048")
+    uri = softhsm.keygen("fit-dev", "rsa:2048")
     image = build_fit(tools, tmp_path, "declared.its")
     theirs = tmp_path / "mkimage.fit"
     ours = tmp_path / "hsmsign.fit"
     shutil.copy(image, theirs)
     shutil.copy(image, ours)
     # mkimage 2023.01 wants the URI without 'pkcs11:'; the module comes from p11-kit's registry
-    key_uri = f"token={softhsm.token_label};object=dev"
+    key_uri = f"token={softhsm.token_label};object=fit-dev"
     r = subprocess.run(
         [str(tools / "mkimage"), "-F", "-k", key_uri, "-N", "pkcs11", "-r", str(theirs)],
         capture_output=True,
@@ -364,7 +364,7 @@ def test_rsa_pkcs1v15_signature_identical_to_mkimage_engine(softhsm, tools, tmp_
         check=False,
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    ok(cli(softhsm, "fit", "sign", "--uri", uri, "--key-name", "dev", str(ours)))
+    ok(cli(softhsm, "fit", "sign", "--uri", uri, "--key-name", "fit-dev", str(ours)))
     a, b = Fdt.parse(theirs.read_bytes()), Fdt.parse(ours.read_bytes())
     for path in ("/images/kernel-1/signature-1", "/configurations/conf-1/signature-1"):
         va, vb = a.node(path).get("value"), b.node(path).get("value")  # type: ignore[union-attr]
@@ -378,7 +378,7 @@ def test_rsa_pkcs1v15_signature_identical_to_mkimage_engine(softhsm, tools, tmp_
 
 def test_mkimage_dropin_oe_core_calls(softhsm, tools, tmp_path):
     """The calls oe-core makes through UBOOT_MKIMAGE_SIGN, with a URI as the key directory."""
-    softhsm.keygen("dev", "rsa:2048")
+    softhsm.keygen("fit-dev", "rsa:2048")
     src = build_fit(tools, tmp_path, "declared.its").parent / "src"
     dtb = control_dtb(tmp_path)
     env = {
@@ -408,7 +408,7 @@ def test_mkimage_dropin_oe_core_calls(softhsm, tools, tmp_path):
     for conf in ("conf-1", "conf-2"):
         c = check_sign(tools, out, dtb, conf)
         assert c.returncode == 0, c.stdout + c.stderr
-    key = Fdt.parse(dtb.read_bytes()).node("/signature/key-dev")
+    key = Fdt.parse(dtb.read_bytes()).node("/signature/key-fit-dev")
     assert key is not None and key.get_str("required") == "conf"
 
     # uboot-sign: re-sign an existing FIT in place (-F), full pkcs11: URI, -N pkcs11
@@ -419,7 +419,7 @@ def test_mkimage_dropin_oe_core_calls(softhsm, tools, tmp_path):
         "mkimage",
         "-F",
         "-k",
-        f"pkcs11:token={softhsm.token_label};object=dev",
+        f"pkcs11:token={softhsm.token_label};object=fit-dev",
         "-N",
         "pkcs11",
         "-r",
@@ -512,7 +512,7 @@ def test_bad_input_clear_error_nothing_written(softhsm, tools, tmp_path, setup, 
 
 def test_add_key_matches_mkimage_key_node(softhsm, tools, tmp_path):
     """The RSA key node hsmsign writes has the properties and values mkimage -K writes for the same key."""
-    uri = softhsm.keygen("dev", "rsa:2048")
+    uri = softhsm.keygen("fit-dev", "rsa:2048")
     image = build_fit(tools, tmp_path, "declared.its")
     theirs, ours = control_dtb(tmp_path, "mk.dtb"), control_dtb(tmp_path, "hs.dtb")
     r = subprocess.run(
@@ -520,7 +520,7 @@ def test_add_key_matches_mkimage_key_node(softhsm, tools, tmp_path):
             str(tools / "mkimage"),
             "-F",
             "-k",
-            f"token={softhsm.token_label};object=dev",
+            f"token={softhsm.token_label};object=fit-dev",
             "-N",
             "pkcs11",
             "-K",
@@ -534,9 +534,9 @@ def test_add_key_matches_mkimage_key_node(softhsm, tools, tmp_path):
         check=False,
     )
     assert r.returncode == 0, r.stderr
-    ok(cli(softhsm, "fit", "add-key", "--uri", uri, "--key-name", "dev", "--dtb", str(ours)))
-    a = Fdt.parse(theirs.read_bytes()).node("/signature/key-dev")
-    b = Fdt.parse(ours.read_bytes()).node("/signature/key-dev")
+    ok(cli(softhsm, "fit", "add-key", "--uri", uri, "--key-name", "fit-dev", "--dtb", str(ours)))
+    a = Fdt.parse(theirs.read_bytes()).node("/signature/key-fit-dev")
+    b = Fdt.parse(ours.read_bytes()).node("/signature/key-fit-dev")
     assert a is not None and b is not None
     assert {p.name: p.value for p in a.props} == {p.name: p.value for p in b.props}
     assert [p.name for p in a.props] == [p.name for p in b.props]
@@ -639,7 +639,7 @@ def test_required_image_key_agrees_with_fit_check_sign(softhsm, tools, tmp_path)
 
 def test_mkimage_dropin_auto_fit_puts_key_into_dtb(softhsm, tools, tmp_path):
     """oe-core's concat_dtb call: '-f auto -g NAME -o ALGO -K u-boot.dtb -d /dev/null -r' fills the DTB."""
-    softhsm.keygen("dev", "rsa:2048")
+    softhsm.keygen("fit-dev", "rsa:2048")
     dtb = control_dtb(tmp_path)
     env = {
         "HSMSIGN_MODE": "development",
@@ -649,12 +649,12 @@ def test_mkimage_dropin_auto_fit_puts_key_into_dtb(softhsm, tools, tmp_path):
     }
     unused = tmp_path / "unused.itb"
     r = softhsm.run_cli(
-        "mkimage", "-f", "auto", "-k", f"token={softhsm.token_label}", "-o", "sha256,rsa2048", "-g", "dev",
-        "-K", str(dtb), "-d", "/dev/null", "-r", str(unused), env=env,
+        "mkimage", "-f", "auto", "-k", f"token={softhsm.token_label}", "-o", "sha256,rsa2048",
+        "-g", "fit-dev", "-K", str(dtb), "-d", "/dev/null", "-r", str(unused), env=env,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "Couldn't open RSA private key" not in r.stderr
-    key = Fdt.parse(dtb.read_bytes()).node("/signature/key-dev")
+    key = Fdt.parse(dtb.read_bytes()).node("/signature/key-fit-dev")
     assert key is not None and key.get_str("required") == "image" and key.get_str("algo") == "sha256,rsa2048"
     assert check_sign(tools, unused, dtb).returncode == 0
     ok(cli(softhsm, "fit", "verify", "--dtb", str(dtb), str(unused)))
@@ -684,6 +684,6 @@ def test_mkimage_dropin_signs_ecdsa(softhsm, tools, tmp_path):
             and node.get_str("algo") == "sha256,ecdsa256"
             and len(node.get("value") or b"") == 64
         )
-    key = Fdt.parse(dtb.read_bytes()).node("/signature/dev")
+    key = Fdt.parse(dtb.read_bytes()).node("/signature/fit-dev")
     assert key is not None and key.get_str("ecdsa,curve") == "prime256v1"
     ok(cli(softhsm, "fit", "verify", "--dtb", str(dtb), str(image)))
