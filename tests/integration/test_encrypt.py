@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SoftHsm, require
+from tests.conftest import SoftHsm
+from tests.integration.swupdate_run import run_swupdate, swupdate_path
 
 DEV = ("--mode", "development")
 
@@ -84,9 +84,7 @@ def test_swupdate_K_installs_decrypted_image(
 ) -> None:
     from hsmsign.formats import swupdate as swu
 
-    swupdate = shutil.which("swupdate")
-    require(bool(swupdate), "swupdate", "apt-get install swupdate", "HSMSIGN_REQUIRE_TOOLS")
-    assert swupdate
+    swupdate_path()  # skips (or fails in CI) without swupdate
     uri, key = aes_test_key
     plain = tmp_path / "rootfs.img"
     plain.write_bytes(os.urandom(300_000) + b"end of rootfs")
@@ -137,15 +135,15 @@ def test_swupdate_K_installs_decrypted_image(
     assert done.returncode == 0, done.stderr
     keyfile = tmp_path / "aes.key"  # the device's -K file: KEY IVT (the image's ivt takes precedence)
     keyfile.write_text(f"{key.hex()} {os.urandom(16).hex()}\n")
-    run = [swupdate, "-H", "board:1.0", "-i", str(bundle), "-k", str(cert), "-K", str(keyfile), "-m", "-M"]
-    inst = subprocess.run(run, capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
+    run = ["-H", "board:1.0", "-i", str(bundle), "-k", str(cert), "-K", str(keyfile), "-m", "-M"]
+    inst = run_swupdate(run, tmp_path)
     assert inst.returncode == 0, inst.stdout + inst.stderr
     assert target.read_bytes() == plain.read_bytes()
 
     # another key: swupdate must not install the plaintext
     target.write_bytes(b"")
     keyfile.write_text(f"{os.urandom(32).hex()} {os.urandom(16).hex()}\n")
-    inst = subprocess.run(run, capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
+    inst = run_swupdate(run, tmp_path)
     assert inst.returncode != 0
     assert target.read_bytes() != plain.read_bytes()
 

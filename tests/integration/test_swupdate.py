@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SoftHsm, require
+from tests.conftest import SoftHsm
+from tests.integration.swupdate_run import run_swupdate
 
 DEV = ("--mode", "development")
-
-
-def _swupdate() -> str:
-    path = shutil.which("swupdate")
-    require(
-        bool(path),
-        "swupdate",
-        "apt-get install swupdate (scripts/deps/swupdate.apt)",
-        "HSMSIGN_REQUIRE_TOOLS",
-    )
-    assert path
-    return path
 
 
 def make_cert(softhsm: SoftHsm, uri: str, path: Path, *eku: str) -> Path:
@@ -39,13 +27,7 @@ def make_cert(softhsm: SoftHsm, uri: str, path: Path, *eku: str) -> Path:
 def swupdate_check(
     bundle: Path, cert: Path, *extra: str, hw: str = "board:1.0"
 ) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [_swupdate(), "-H", hw, "-c", "-i", str(bundle), "-k", str(cert), *extra],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_swupdate(["-H", hw, "-c", "-i", str(bundle), "-k", str(cert), *extra], bundle.parent)
 
 
 @pytest.fixture
@@ -149,13 +131,7 @@ def test_swupdate_ca_path(softhsm: SoftHsm, rsa2048: str, tmp_path: Path, images
     desc = write_description(tmp_path, images)
     swu = tmp_path / "update.swu"
     assert build_bundle(softhsm, rsa2048, cert, desc, images, swu).returncode == 0
-    done = subprocess.run(
-        [_swupdate(), "-H", "board:1.0", "-c", "-i", str(swu), "--ca-path", str(cert)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_swupdate(["-H", "board:1.0", "-c", "-i", str(swu), "--ca-path", str(cert)], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -397,3 +373,64 @@ def test_bundle_hashes_are_over_stored_bytes(
             digest = hashlib.sha256(b"".join(cpio.iter_member(fh, e))).hexdigest()
             assert digest == arts[e.name]
     assert swupdate_check(out, cert).returncode == 0
+
+
+def test_bundle_from_existing_signature(
+    softhsm: SoftHsm, ec256: str, tmp_path: Path, images: list[Path]
+) -> None:
+    """sign and bundle as two steps (meta-swupdate's CUSTOM signing, then its own cpio step)."""
+    cert = make_cert(softhsm, ec256, tmp_path / "signer.pem")
+    desc = write_description(tmp_path, images)
+    sig = tmp_path / "sw-description.sig"
+    done = softhsm.run_cli(
+        "swupdate", "sign", *DEV, "--uri", ec256, "--cert", str(cert), "--output", str(sig), str(desc)
+    )
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "two-step.swu"
+    done = softhsm.run_cli(
+        "swupdate",
+        "bundle",
+        "--sw-description",
+        str(desc),
+        "--signature",
+        str(sig),
+        "--output",
+        str(out),
+        *map(str, images),
+    )
+    assert done.returncode == 0, done.stderr
+    assert swupdate_check(out, cert).returncode == 0
+    # a file that is not a CMS signature is refused before any bundle is written
+    junk = tmp_path / "junk.sig"
+    junk.write_bytes(b"not a signature")
+    bad = tmp_path / "bad.swu"
+    done = softhsm.run_cli(
+        "swupdate",
+        "bundle",
+        "--sw-description",
+        str(desc),
+        "--signature",
+        str(junk),
+        "--output",
+        str(bad),
+        *map(str, images),
+    )
+    assert done.returncode == 6 and "not a DER CMS" in done.stderr
+    assert not bad.exists()
+    # an image sw-description does not name is refused (it would ride along unprotected)
+    stray = tmp_path / "stray.bin"
+    stray.write_bytes(b"stray")
+    done = softhsm.run_cli(
+        "swupdate",
+        "bundle",
+        "--sw-description",
+        str(desc),
+        "--signature",
+        str(sig),
+        "--output",
+        str(bad),
+        *map(str, images),
+        str(stray),
+    )
+    assert done.returncode == 2 and "does not name stray.bin" in done.stderr
+    assert not bad.exists()
