@@ -336,6 +336,20 @@ def test_key_inside_a_binary_image(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -
     assert kinds(found) == ["private-key"]
 
 
+def test_big_files_are_scanned_through_mmap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    monkeypatch.setattr(audit, "MMAP_THRESHOLD", 1 << 16)
+    pem = ec_key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, NOENC)
+    img = tmp_path / "sdcard.wic"
+    img.write_bytes(b"\n" * 70_000 + pem + b"pkcs11:object=x?pin-value=777\n" + os.urandom(50_000))
+    found = audit.scan_file(str(img))
+    assert [(f.kind, f.line) for f in found] == [
+        ("private-key", 70_001),
+        ("pin-value", 70_001 + pem.count(b"\n")),
+    ]
+
+
 def test_allowlist(tmp_path: Path) -> None:
     text = 'HSM_PIN = "2468"\nDEV_PASSWORD = "letmein-99"\n'
     (tmp_path / "conf").mkdir()

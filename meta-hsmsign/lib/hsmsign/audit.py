@@ -519,7 +519,14 @@ def _redact_value(value: str) -> str:
 
 
 def _line_of(data: bytes, pos: int) -> int:
-    return data.count(b"\n", 0, pos) + 1
+    if isinstance(data, bytes):
+        return data.count(b"\n", 0, pos) + 1
+    # an mmap of a big image: count in slices rather than copying everything before pos
+    lines = 1
+    step = 16 << 20
+    for start in range(0, pos, step):
+        lines += data[start : min(pos, start + step)].count(b"\n")
+    return lines
 
 
 def _line_text(data: bytes, pos: int, limit: int = 160) -> str:

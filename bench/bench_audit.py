@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Benchmark: ``hsmsign audit`` against ``detect-secrets scan`` on the same tree.
+
+Builds a synthetic build tree in a temporary directory -- layer-like text (recipes,
+conf, Python), a ``bitbake -e`` style dump, task logs, binary images and a
+rootfs tarball -- with secrets planted at known places (keys generated now, never
+stored), then times both scanners on it and prints MB/s, the ratio, and which
+planted secrets each one found.
+
+    python3 bench/bench_audit.py [--text-mb 20] [--binary-mb 200] [--repeat 3]
+
+Needs: cryptography; detect-secrets (pip install detect-secrets) for the comparison.
+Not run by the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "meta-hsmsign" / "lib"))
+
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
+from hsmsign import audit  # noqa: E402
+
+WORDS = (
+    "do_compile do_install FILESEXTRAPATHS SRC_URI PACKAGECONFIG DEPENDS RDEPENDS inherit python "
+    "export CFLAGS LDFLAGS machine distro layer recipe append prepend override version license "
+    "checksum sstate deploy image rootfs kernel uboot fitimage swupdate verity token signature"
+).split()
+
+
+def _text_line(rng: random.Random) -> str:
+    kind = rng.random()
+    if kind < 0.35:
+        return f'{rng.choice(WORDS).upper()}_{rng.randint(0, 999)} = "{" ".join(rng.choices(WORDS, k=6))}"'
+    if kind < 0.5:
+        return f'SRC_URI[sha256sum] = "{rng.randbytes(32).hex()}"'
+    if kind < 0.8:
+        return "NOTE: " + " ".join(rng.choices(WORDS, k=12))
+    return "    " + " ".join(rng.choices(WORDS, k=8)) + "()"
+
+
+def build_tree(base: Path, text_mb: int, binary_mb: int, seed: int = 7) -> dict[str, str]:
+    """Write the tree; return {relative path: what was planted there}."""
+    rng = random.Random(seed)
+    planted: dict[str, str] = {}
+    nosec = serialization.NoEncryption()
+    layer = base / "layers" / "meta-acme"
+    for sub in ("recipes-bsp/u-boot", "recipes-kernel/linux", "conf", "classes", "lib/acme"):
+        (layer / sub).mkdir(parents=True, exist_ok=True)
+    per_file = 256 * 1024
+    nfiles = max(1, text_mb * 1024 * 1024 // per_file)
+    subs = ["recipes-bsp/u-boot", "recipes-kernel/linux", "classes", "lib/acme"]
+    for i in range(nfiles):
+        lines = []
+        size = 0
+        while size < per_file:
+            ln = _text_line(rng)
+            lines.append(ln)
+            size += len(ln) + 1
+        ext = (".bb", ".bbappend", ".bbclass", ".py")[i % 4]
+        (layer / subs[i % 4] / f"file{i:04d}{ext}").write_text("\n".join(lines) + "\n")
+    # planted secrets
+    rsa_pem = rsa.generate_private_key(65537, 2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, nosec
+    )
+    ec_pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, nosec
+    )
+    (layer / "recipes-bsp/u-boot/files").mkdir(exist_ok=True)
+    (layer / "recipes-bsp/u-boot/files/dev.key").write_bytes(rsa_pem)
+    planted["layers/meta-acme/recipes-bsp/u-boot/files/dev.key"] = "RSA private key (PEM)"
+    (layer / "conf" / "local.conf.sample").write_text(
+        'MACHINE ??= "acme-board"\n'
+        f'HSM_PKCS11_URI = "pkcs11:token=acme;object=fw?pin-value={rng.randint(10**5, 10**6)}"\n'
+        f'SWUPDATE_AES_KEY = "{rng.randbytes(32).hex()}"\n'
+        'UBOOT_SIGN_KEYDIR = "${TOPDIR}/keys"\n'
+    )
+    planted["layers/meta-acme/conf/local.conf.sample"] = "pin-value URI, AES key, key dir"
+    (base / "setup-env.sh").write_text(
+        f"#!/bin/sh\nexport MKIMAGE_SIGN_PIN={rng.randint(1000, 9999)}\n"
+        "export FW_KEY=2b7e151628aed2a6abf7158809cf4f3c\n"
+    )
+    planted["setup-env.sh"] = "PIN, NIST example AES key"
+    # bitbake -e dump and logs
+    (base / "tmp" / "log").mkdir(parents=True)
+    with open(base / "tmp" / "bitbake-e.txt", "w") as fh:
+        for _ in range(max(1, text_mb * 1024 * 1024 // 8 // 80)):
+            fh.write(f'{rng.choice(WORDS).upper()}="{" ".join(rng.choices(WORDS, k=8))}"\n')
+        fh.write(f'HSM_USER_PIN="{rng.randint(10**5, 10**6)}"\n')
+    planted["tmp/bitbake-e.txt"] = "PIN in the datastore dump"
+    # binary images with a key inside, and a rootfs tarball with a key
+    deploy = base / "tmp" / "deploy" / "images" / "acme-board"
+    deploy.mkdir(parents=True)
+    with open(deploy / "core-image.ext4", "wb") as fh:
+        remaining = binary_mb * 1024 * 1024
+        chunk = 4 << 20
+        while remaining > 0:
+            n = min(chunk, remaining)
+            fh.write(rng.randbytes(n // 2) + bytes(n - n // 2))
+            remaining -= n
+            if remaining < chunk <= remaining + n:
+                fh.write(ec_pem)
+    planted["tmp/deploy/images/acme-board/core-image.ext4"] = "EC private key inside an ext4 image"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in (("./etc/ssl/private/device.pem", rsa_pem), ("./etc/hostname", b"acme\n")):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    (deploy / "core-image.tar.gz").write_bytes(buf.getvalue())
+    planted["tmp/deploy/images/acme-board/core-image.tar.gz"] = "RSA private key inside a rootfs tarball"
+    return planted
+
+
+def tree_bytes(base: Path) -> int:
+    return sum(p.stat().st_size for p in base.rglob("*") if p.is_file())
+
+
+def run_hsmsign(base: Path) -> tuple[float, set[str]]:
+    t = time.perf_counter()
+    findings, _, _ = audit.scan_paths([str(base)])
+    dt = time.perf_counter() - t
+    return dt, {os.path.relpath(f.source.split("!", 1)[0], base) for f in findings}
+
+
+def run_detect_secrets(base: Path) -> tuple[float, set[str]] | None:
+    exe = shutil.which("detect-secrets")
+    if exe is None:
+        return None
+    t = time.perf_counter()
+    done = subprocess.run(
+        [exe, "scan", "--all-files", str(base)], capture_output=True, text=True, check=False, cwd=base
+    )
+    dt = time.perf_counter() - t
+    try:
+        results = json.loads(done.stdout).get("results", {})
+    except json.JSONDecodeError:
+        results = {}
+    return dt, {os.path.relpath(os.path.join(base, p), base) for p in results}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--text-mb", type=int, default=20)
+    ap.add_argument("--binary-mb", type=int, default=200)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-audit-") as tmp:
+        base = Path(tmp)
+        planted = build_tree(base, args.text_mb, args.binary_mb)
+        total = tree_bytes(base)
+        text_only = total - sum(p.stat().st_size for p in (base / "tmp" / "deploy").rglob("*") if p.is_file())
+        print(
+            f"tree: {total / 1e6:.1f} MB ({text_only / 1e6:.1f} MB text), {len(planted)} files with secrets"
+        )
+        have_ds = shutil.which("detect-secrets") is not None
+        layers = base / "layers"
+        layer_bytes = tree_bytes(layers)
+        rows = []
+        for label, where, size in (("whole tree", base, total), ("layers/ (text only)", layers, layer_bytes)):
+            ours = min((run_hsmsign(where) for _ in range(args.repeat)), key=lambda r: r[0])
+            theirs = run_detect_secrets(where) if have_ds else None
+            rows.append((label, where, size, ours, theirs))
+            print(f"{label}: {size / 1e6:.1f} MB")
+            print(f"  hsmsign audit  : {ours[0]:7.2f} s {size / ours[0] / 1e6:8.1f} MB/s")
+            if theirs is None:
+                print("  detect-secrets : not installed (pip install detect-secrets)")
+                continue
+            print(f"  detect-secrets : {theirs[0]:7.2f} s {size / theirs[0] / 1e6:8.1f} MB/s")
+            print(f"  ratio          : hsmsign {theirs[0] / ours[0]:.1f}x faster")
+        _, _, _, ours, theirs = rows[0]
+        print("planted secrets found (hsmsign, detect-secrets):")
+        for path, what in sorted(planted.items()):
+            ds = "-" if theirs is None else ("Y" if path in theirs[1] else "-")
+            print(f"  {'Y' if path in ours[1] else '-'} {ds}  {path}: {what}")
+        print(
+            f"files flagged without a planted secret: hsmsign {len(ours[1] - set(planted))}, "
+            f"detect-secrets {'n/a' if theirs is None else len(theirs[1] - set(planted))}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
