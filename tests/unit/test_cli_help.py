@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
@@ -134,3 +135,36 @@ def test_no_verb_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> 
     assert main([]) == 2
     err = capsys.readouterr().err
     assert "usage: hsmsign" in err and "exit codes:" in err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_only_on_a_terminal_and_only_for_big_files() -> None:
+    from hsmsign.commands.common import PROGRESS_MIN_BYTES, Progress
+
+    big = PROGRESS_MIN_BYTES
+    assert PROGRESS_MIN_BYTES == 100 << 20  # the threshold: files over 100 MiB
+
+    pipe = io.StringIO()  # not a terminal (CI logs, BitBake tasks): nothing at all
+    p = Progress("hashing rootfs.ext4", big, stream=pipe)
+    p(big // 2)
+    p(big)
+    p.done()
+    assert pipe.getvalue() == ""
+
+    small = _Terminal()  # a terminal, but a small file: nothing
+    p = Progress("hashing u-boot.itb", big - 1, stream=small)
+    p(big - 1)
+    p.done()
+    assert small.getvalue() == ""
+
+    tty = _Terminal()
+    p = Progress("hashing rootfs.ext4", big, stream=tty)
+    p(big)  # the final update is always drawn
+    p.done()
+    out = tty.getvalue()
+    assert out.startswith("\rhashing rootfs.ext4: 100.0% of 100 MiB")
+    assert out.endswith("\n") and out.count("\n") == 1
