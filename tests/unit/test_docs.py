@@ -401,3 +401,17 @@ def test_every_docs_page_is_reachable_from_the_index() -> None:
                 todo.append(page.parent / target)
     missing = sorted(str(p.relative_to(docs)) for p in pages - seen)
     assert not missing, "docs pages no link path from docs/index.md reaches: " + ", ".join(missing)
+
+
+def test_relative_links_in_readme_and_docs_resolve() -> None:
+    broken = []
+    for page in doc_files():
+        text = page.read_text(encoding="utf-8")
+        for number, line in enumerate(text.splitlines(), 1):
+            for target in re.findall(r"\]\(([^)\s]+)\)", line):
+                path = target.split("#", 1)[0]
+                if not path or "://" in path or path.startswith("mailto:"):
+                    continue
+                if not (page.parent / path).exists():
+                    broken.append(f"{page.relative_to(ROOT)}:{number}: {target}")
+    assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
