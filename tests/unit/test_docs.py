@@ -101,6 +101,9 @@ def hsmsign_invocations(command: str) -> list[list[str]]:
     except ValueError:  # unbalanced quotes: not a command we can check (prose, output)
         return []
     found, segment, skip_next = [], [], False
+    for token in tokens:  # command substitutions: eval "$(hsmsign dev-init --print-env)"
+        for inner in re.findall(r"\$\((hsmsign [^()]*)\)", token):
+            found += hsmsign_invocations(inner)
     for token in [*tokens, ";"]:
         if skip_next:
             skip_next = False
@@ -217,6 +220,7 @@ def test_extractor_handles_shell_syntax() -> None:
             "bitbake -e img > env.txt && hsmsign audit env.txt | tee out 2>/dev/null",
             "HSMSIGN_MODE=development hsmsign info --uri 'pkcs11:token=a;object=b#c'",
             "$ hsmsign doctor",
+            'eval "$(hsmsign dev-init --print-env)"',
             "```",
             "```",
             "hsmsign fit verify --dtb DTB [--config NAME] FIT",
@@ -236,7 +240,8 @@ def test_extractor_handles_shell_syntax() -> None:
         (6, ["audit", "env.txt"]),
         (7, ["info", "--uri", "pkcs11:token=a;object=b#c"]),
         (8, ["doctor"]),
-        (12, ["pubkey"]),
+        (9, ["dev-init", "--print-env"]),
+        (13, ["pubkey"]),
     ]
 
 
