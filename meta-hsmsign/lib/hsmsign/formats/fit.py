@@ -412,58 +412,56 @@ def sign_fit(
     update_image_hashes(fit)
     wanted = _wanted(opts)
 
-    # 1. image signatures (fit_image_add_verification_data), over the image data
+    # Check every node before the first token operation: a bad node later in the FIT must not cost
+    # signatures (or PIN prompts) for the ones before it.
+    jobs: list[tuple[str, Node, Node, tuple[str, Any, str, str, str | None, str | None]]] = []
     for image in fit.images.children:
         for node in _sig_nodes(image):
-            if not wanted(node):
-                continue
-            hint, signer, hash_alg, crypto, scheme, padding = _setup(fit, node, signer_for, opts, image.name)
-            digest = hashlib.new(hash_alg, fit.image_data(image)).digest()
-            value = _sign(signer, digest, hash_alg, crypto, scheme)
-            _write_sig(fit, node, value, stamp, opts, None, None)
-            signed.append(
-                SignedNode(
-                    f"{IMAGES_PATH}/{image.name}/{node.name}",
-                    "image",
-                    f"{hash_alg},{crypto}",
-                    padding,
-                    hint,
-                    signer.fingerprint,
-                    digest,
-                )
-            )
-
-    # 2. configuration signatures, each over the blob as it is now
+            if wanted(node):
+                jobs.append(("image", image, node, _setup(fit, node, signer_for, opts, image.name)))
     for conf in configs:
         for node in _sig_nodes(conf):
-            if not wanted(node):
-                continue
-            hint, signer, hash_alg, crypto, scheme, padding = _setup(fit, node, signer_for, opts, conf.name)
-            paths = config_hashed_nodes(fit, conf, strict=True)
-            _warn_sign_images(fit, conf, node, warnings)
-            blob = fit.fdt.to_bytes()
-            strings_size = int.from_bytes(blob[32:36], "big")
-            digest = hash_regions(blob, config_regions(blob, paths, None), hash_alg)
-            value = _sign(signer, digest, hash_alg, crypto, scheme)
-            _write_sig(fit, node, value, stamp, opts, paths, strings_size)
-            signed.append(
-                SignedNode(
-                    f"{CONFS_PATH}/{conf.name}/{node.name}",
-                    "conf",
-                    f"{hash_alg},{crypto}",
-                    padding,
-                    hint,
-                    signer.fingerprint,
-                    digest,
-                    paths,
-                )
-            )
-    if not signed:
+            if wanted(node):
+                setup = _setup(fit, node, signer_for, opts, conf.name)
+                config_hashed_nodes(fit, conf, strict=True)
+                _warn_sign_images(fit, conf, node, warnings)
+                jobs.append(("conf", conf, node, setup))
+    if not jobs:
         hint = f" with key-name-hint '{opts.key_name}'" if opts.key_name else ""
         raise ConfigError(
             f"{what} has no signature node{hint} to sign",
             'declare \'signature-1 { algo = "sha256,rsa2048"; key-name-hint = "NAME"; };\' in the '
             "configuration, or leave --key-name out",
+        )
+
+    # In mkimage's order: image signatures over the image data, then each configuration signature over
+    # the blob as it is at that moment (earlier signatures may have appended names to the strings block).
+    for kind, owner, node, (hint, signer, hash_alg, crypto, scheme, padding) in jobs:
+        paths: list[str] = []
+        if kind == "image":
+            digest = hashlib.new(hash_alg, fit.image_data(owner)).digest()
+            value = _sign(signer, digest, hash_alg, crypto, scheme)
+            _write_sig(fit, node, value, stamp, opts, None, None)
+            base = IMAGES_PATH
+        else:
+            paths = config_hashed_nodes(fit, owner, strict=True)
+            blob = fit.fdt.to_bytes()
+            strings_size = int.from_bytes(blob[32:36], "big")
+            digest = hash_regions(blob, config_regions(blob, paths, None), hash_alg)
+            value = _sign(signer, digest, hash_alg, crypto, scheme)
+            _write_sig(fit, node, value, stamp, opts, paths, strings_size)
+            base = CONFS_PATH
+        signed.append(
+            SignedNode(
+                f"{base}/{owner.name}/{node.name}",
+                kind,
+                f"{hash_alg},{crypto}",
+                padding,
+                hint,
+                signer.fingerprint,
+                digest,
+                paths,
+            )
         )
     out = fit.to_bytes()
     _self_check(out, signed, signer_for, what)
