@@ -217,6 +217,10 @@ def run(args: Any) -> int:
     if not parsed.args:
         raise ConfigError("mkimage: no image file given", "mkimage [options] IMAGE")
     image = parsed.args[-1]
+    if parsed.has("F"):
+        from .common import check_readable
+
+        check_readable(image)
     directory = os.path.dirname(os.path.abspath(image))
     fd, tmp = tempfile.mkstemp(prefix=".hsmsign-mkimage-", suffix=".itb", dir=directory)
     os.close(fd)
