@@ -420,3 +420,23 @@ def test_relative_links_in_readme_and_docs_resolve() -> None:
                 if not (page.parent / path).exists():
                     broken.append(f"{page.relative_to(ROOT)}:{number}: {target}")
     assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
+
+
+def test_no_pin_value_outside_tests() -> None:
+    # Team rule and the product's point: docs and examples show pin-source=file:... or --pin-env,
+    # never a PIN written into a URI. (tests/ may: they prove pin-value is refused.)
+    pattern = re.compile(r"pin-value=[A-Za-z0-9$%{]", re.IGNORECASE)
+    skip = {".git", ".venv", "tests", ".hypothesis", ".benchmarks", ".pytest_cache", ".ruff_cache", "build", "__pycache__"}
+    hits = []
+    for path in ROOT.rglob("*"):
+        rel = path.relative_to(ROOT)
+        if any(p in skip or p.endswith(".egg-info") for p in rel.parts) or not path.is_file():
+            continue
+        if path.suffix in {".so", ".dtb", ".bin", ".gz", ".pyc"} or path.stat().st_size > 5 << 20:
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for number, line in enumerate(text.splitlines(), 1):
+            if pattern.search(line):
+                hits.append(f"{rel}:{number}: {line.strip()[:100]}")
+    why = "pin-value with a value outside tests/ (use pin-source=file:... or --pin-env):\n"
+    assert not hits, why + "\n".join(hits)
