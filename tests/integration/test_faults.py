@@ -26,9 +26,62 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from hsmsign import ledger
 
-from tests.conftest import LIB, SoftHsm
+from tests.conftest import LIB, SoftHsm, require
 
 TMP_PREFIX = ".hsmsign-tmp-"
+
+# A fault-injecting PKCS#11 module, compiled at test time: it forwards every call to the
+# real module (FAULT_REAL_MODULE) and makes C_Login / C_Sign return the CK_RV given in
+# FAULT_LOGIN / FAULT_SIGN, logging each call to FAULT_LOG. SoftHSM itself never locks a
+# PIN and never disappears mid-call, so this is how those paths meet a real token.
+SHIM_C = r"""
+/* A fault-injecting PKCS#11 module: forwards to FAULT_REAL_MODULE, fails chosen calls. */
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <p11-kit/pkcs11.h>
+
+static CK_FUNCTION_LIST_PTR real;
+static CK_FUNCTION_LIST shim;
+
+static void note(const char *what) {
+    const char *log = getenv("FAULT_LOG");
+    if (log) { FILE *f = fopen(log, "a"); if (f) { fprintf(f, "%s\n", what); fclose(f); } }
+}
+static CK_RV fault(const char *name) {
+    const char *e = getenv(name);
+    return e ? (CK_RV)strtoul(e, NULL, 0) : CKR_OK;
+}
+static CK_RV shim_Login(CK_SESSION_HANDLE h, CK_USER_TYPE u, CK_UTF8CHAR_PTR pin, CK_ULONG len) {
+    note("C_Login");
+    CK_RV rv = fault("FAULT_LOGIN");
+    return rv ? rv : real->C_Login(h, u, pin, len);
+}
+static CK_RV shim_Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_PTR s, CK_ULONG_PTR sl) {
+    note("C_Sign");
+    CK_RV rv = fault("FAULT_SIGN");
+    return rv ? rv : real->C_Sign(h, d, dl, s, sl);
+}
+CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out) {
+    if (!real) {
+        const char *path = getenv("FAULT_REAL_MODULE");
+        void *lib = path ? dlopen(path, RTLD_NOW | RTLD_LOCAL) : NULL;
+        if (!lib) return CKR_GENERAL_ERROR;
+        CK_C_GetFunctionList get = (CK_C_GetFunctionList)dlsym(lib, "C_GetFunctionList");
+        if (!get || get(&real) != CKR_OK) return CKR_GENERAL_ERROR;
+        memcpy(&shim, real, sizeof shim);
+        shim.C_Login = shim_Login;
+        shim.C_Sign = shim_Sign;
+    }
+    *out = &shim;
+    return CKR_OK;
+}
+"""
+CKR_PIN_INCORRECT = 0xA0
+CKR_PIN_LOCKED = 0xA4
+CKR_DEVICE_ERROR = 0x30
+CKR_DEVICE_REMOVED = 0x32
 
 
 class PrivateToken:
@@ -303,3 +356,103 @@ def test_sixteen_processes_sign_at_once(softhsm: SoftHsm, rsa2048: str, tmp_path
         assert e["sha256"] == hashlib.sha256(Path(e["artifact"]).read_bytes()).hexdigest()
         assert "pin" not in e["uri"]
     assert len({e["pid"] for e in entries}) == 16
+
+
+@pytest.fixture(scope="module")
+def fault_module(tmp_path_factory: pytest.TempPathFactory) -> str:
+    header = Path("/usr/include/p11-kit-1/p11-kit/pkcs11.h")
+    require(
+        bool(shutil.which("gcc")) and header.exists(),
+        "gcc and p11-kit headers",
+        "apt-get install gcc libp11-kit-dev",
+        env="HSMSIGN_REQUIRE_TOOLS",
+    )
+    d = tmp_path_factory.mktemp("fault-module")
+    (d / "shim.c").write_text(SHIM_C)
+    lib = d / "libpkcs11-fault.so"
+    subprocess.run(
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-Wall",
+            "-Werror",
+            "-I/usr/include/p11-kit-1",
+            "-o",
+            str(lib),
+            str(d / "shim.c"),
+            "-ldl",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return str(lib)
+
+
+def _sign_through_fault_module(
+    softhsm: SoftHsm, fault_module: str, tmp_path: Path, **faults: int
+) -> tuple[subprocess.CompletedProcess[str], list[str], Path, Path]:
+    softhsm.keygen("rsa2048", "rsa:2048")
+    data = tmp_path / "fitImage"
+    data.write_bytes(os.urandom(16384))
+    out = tmp_path / "fitImage.sig"
+    log = tmp_path / "calls.log"
+    led = tmp_path / "ledger.jsonl"
+    uri = (
+        softhsm.uri("rsa2048", with_query=False)
+        + f"?module-path={fault_module}&pin-source=file:{softhsm.pin_file}"
+    )
+    env = {
+        "FAULT_REAL_MODULE": softhsm.module,
+        "FAULT_LOG": str(log),
+        **{k: hex(v) for k, v in faults.items()},
+    }
+    done = softhsm.run_cli(
+        "sign",
+        "--mode",
+        "development",
+        "--uri",
+        uri,
+        "--ledger",
+        str(led),
+        "-o",
+        str(out),
+        str(data),
+        env=env,
+    )
+    calls = log.read_text().split() if log.exists() else []
+    return done, calls, out, led
+
+
+def test_fault_module_passes_through_when_no_fault(
+    softhsm: SoftHsm, fault_module: str, tmp_path: Path
+) -> None:
+    done, calls, out, led = _sign_through_fault_module(softhsm, fault_module, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert out.stat().st_size == 256 and calls.count("C_Login") == 1 and "C_Sign" in calls
+    assert ledger.verify(str(led)).count == 1
+
+
+@pytest.mark.parametrize(("rv", "needle"), [(CKR_PIN_LOCKED, "locked"), (CKR_PIN_INCORRECT, "PIN")])
+def test_locked_or_wrong_pin_is_reported_once_never_retried(
+    softhsm: SoftHsm, fault_module: str, tmp_path: Path, rv: int, needle: str
+) -> None:
+    done, calls, out, led = _sign_through_fault_module(softhsm, fault_module, tmp_path, FAULT_LOGIN=rv)
+    _assert_clean_failure(done, 3, out)
+    assert needle in done.stderr
+    assert calls == ["C_Login"]  # one try: a retry would burn the token's remaining PIN tries
+    assert "C_Sign" not in calls and not led.exists()
+
+
+@pytest.mark.parametrize(
+    ("rv", "needle"), [(CKR_DEVICE_REMOVED, "removed"), (CKR_DEVICE_ERROR, "device error")]
+)
+def test_token_lost_during_the_sign_call(
+    softhsm: SoftHsm, fault_module: str, tmp_path: Path, rv: int, needle: str
+) -> None:
+    done, calls, out, led = _sign_through_fault_module(softhsm, fault_module, tmp_path, FAULT_SIGN=rv)
+    _assert_clean_failure(done, 3, out)
+    assert needle in done.stderr
+    assert 1 <= calls.count("C_Sign") <= 4  # reconnect attempts are bounded
+    assert not led.exists()
