@@ -563,7 +563,7 @@ _CODE_CHARS = frozenset("()[]{}+*")
 def _strip_value(raw: str) -> tuple[str, bool]:
     """The value without quotes or trailing comment, and whether it was a quoted literal."""
     v = _STRING_PREFIX.sub("", raw.strip())
-    if v[:1] in "\"'":
+    if v and v[0] in "\"'":
         q = v[0]
         end = v.find(q, 1)
         return (v[1:end] if end > 0 else v[1:]), True
