@@ -53,6 +53,8 @@ def kinds(findings: list[audit.Finding]) -> list[str]:
         (serialization.PrivateFormat.PKCS8, "ec"),
         (serialization.PrivateFormat.PKCS8, "ed25519"),
         (serialization.PrivateFormat.OpenSSH, "ed25519"),
+        (serialization.PrivateFormat.OpenSSH, "ec"),
+        (serialization.PrivateFormat.OpenSSH, "rsa"),
     ],
 )
 def test_pem_private_keys_found_with_line_and_fingerprint(
@@ -70,8 +72,17 @@ def test_pem_private_keys_found_with_line_and_fingerprint(
     assert f.line == 5 and f.source == "setup.sh" and f.severity == "error"
     body_line = pem.splitlines()[1].decode()
     assert body_line not in f.format() and body_line not in json.dumps(f.as_dict())
-    if fmt != serialization.PrivateFormat.OpenSSH:
-        assert hashlib.sha256(spki(key)).hexdigest() in f.detail
+    assert hashlib.sha256(spki(key)).hexdigest() in f.detail
+
+
+def test_encrypted_openssh_key_still_shows_its_public_key(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    pytest.importorskip("bcrypt", reason="cryptography needs bcrypt to write encrypted OpenSSH keys")
+    pem = ec_key.private_bytes(
+        PEM, serialization.PrivateFormat.OpenSSH, serialization.BestAvailableEncryption(b"pw")
+    )
+    found = audit.scan_bytes(pem, "id_ecdsa")
+    assert kinds(found) == ["private-key"]
+    assert hashlib.sha256(spki(ec_key)).hexdigest() in found[0].detail
 
 
 def test_encrypted_pem_and_pkcs12_and_der(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
