@@ -271,6 +271,9 @@ def test_secret_forms(name: str, text: str, kind: str) -> None:
         "The pin-value attribute (RFC 7512) must not be used.\n",
         'HSM_PIN = "${HSM_PIN_FROM_ENV}"\nPASSWORD = ""\n',
         'UBOOT_SIGN_KEYDIR = ""\nPWD=/home/user\n',
+        # seen in OE-Core: nsswitch.conf and busybox's kconfig
+        "passwd:         files systemd\nshadow: files\n",
+        "CONFIG_PASSWD=y\nCONFIG_PASSWORD_MINLEN=6\nCONFIG_PWD=y\n",
     ],
 )
 def test_no_false_positives(text: str) -> None:
