@@ -172,6 +172,15 @@ def test_known_public_keys_in_certs_and_pem(
     found = audit.scan_bytes(text, "deploy/trust.pem")
     assert kinds(found) == ["known-public-key", "known-public-key"]
     assert "demo/bsp: k0.pem" in found[0].detail and "demo/bsp: k1.pem" in found[1].detail
+    # OpenSSH public keys (authorized_keys, *.pub) of published keys, too
+    ssh_lines = b"".join(
+        k.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        + b" me@host\n"
+        for k in (ec_key, rsa_key, ed25519.Ed25519PrivateKey.generate())
+    )
+    ssh_found = audit.scan_bytes(ssh_lines, "root/.ssh/authorized_keys")
+    assert [(f.kind, f.line) for f in ssh_found] == [("known-public-key", 1), ("known-public-key", 2)]
+    assert ssh_found[0].excerpt.startswith("ecdsa-sha2-nistp256 key")
     # a private key that is published says so
     priv = audit.scan_bytes(rsa_key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, NOENC), "x")
     assert priv[0].kind == "private-key" and "PUBLISHED KEY" in priv[0].detail

@@ -767,6 +767,7 @@ def scan_bytes(data: bytes, source: str, *, depth: int = 0) -> list[Finding]:
         return findings
     findings.extend(_scan_pem(data, source))
     findings.extend(_scan_pin_value(data, source))
+    findings.extend(_scan_ssh_public(data, source))
     is_text = b"\0" not in data[:8192]
     if is_text:
         findings.extend(_scan_assignments(data, source))
@@ -779,7 +780,7 @@ def scan_bytes(data: bytes, source: str, *, depth: int = 0) -> list[Finding]:
 def _dedupe(findings: list[Finding]) -> list[Finding]:
     seen: set[tuple[str, int, str]] = set()
     out = []
-    for f in findings:
+    for f in sorted(findings, key=lambda f: f.line):
         k = (f.source, f.line, f.id)
         if k not in seen:
             seen.add(k)
@@ -833,6 +834,42 @@ def _scan_pem(data: bytes, source: str) -> list[Finding]:
                 data[m.start() : m.start() + 2048],
             )
         )
+    return out
+
+
+_SSH_PUBLIC_LINE = re.compile(
+    rb"(?:ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)) (AAAA[A-Za-z0-9+/]+=*)"
+)
+_SSH_PUBLIC_PREFIX = (b"ssh-ed25519 ", b"ssh-rsa ", b"ecdsa-sha2-nistp")
+
+
+def _scan_ssh_public(data: bytes, source: str) -> list[Finding]:
+    """OpenSSH public keys (authorized_keys, *.pub, known_hosts) whose private half is published."""
+    out: list[Finding] = []
+    for prefix in _SSH_PUBLIC_PREFIX:
+        pos = data.find(prefix)
+        while pos >= 0:
+            m = _SSH_PUBLIC_LINE.match(data, pos)
+            if m is not None:
+                try:
+                    blob = base64.b64decode(m.group(1))
+                except (binascii.Error, ValueError):
+                    blob = b""
+                spki = spki_from_ssh_public_blob(blob) if blob else None
+                known = known_keys.lookup_spki_der(spki) if spki else None
+                if known is not None and spki is not None:
+                    fp = hashlib.sha256(spki).hexdigest()
+                    out.append(
+                        _finding(
+                            source,
+                            _line_of(data, pos),
+                            "known-public-key",
+                            f"{m.group(0).split(b' ')[0].decode()} key with sha256 {fp[:16]}…",
+                            fp,
+                            detail=f"{known.description}, found in {known.where()}",
+                        )
+                    )
+            pos = data.find(prefix, pos + 1)
     return out
 
 
