@@ -23,6 +23,7 @@ from .errors import PolicyError
 MODES = ("development", "production")
 ALLOW_SOFTWARE_ENV = "HSMSIGN_ALLOW_SOFTWARE_TOKEN"
 PIN_ENV_FINGERPRINT = "HSMSIGN_PUBKEY_SHA256"
+DENYLIST_ENV = "HSMSIGN_DENYLIST"
 MIN_RSA_BITS = 2048
 MIN_RSA_EXPONENT = 65537
 
@@ -116,15 +117,49 @@ class Pinned:
 
 
 def lookup_known_key(fingerprint: str) -> str | None:
-    """Where a published key comes from, or None (uses hsmsign.known_keys when present)."""
+    """Why a key must not be used, or None.
+
+    Two lists: the published keys that ship with hsmsign (``hsmsign.known_keys``,
+    each with where it is published) and an optional site denylist named by
+    ``HSMSIGN_DENYLIST`` (a file of SHA-256 fingerprints, one per line, ``#`` comments:
+    keys your organisation has revoked or knows to be compromised).
+    """
+    fp = fingerprint.lower()
+    site = os.environ.get(DENYLIST_ENV)
+    if site:
+        reason = _site_denylist(site).get(fp)
+        if reason is not None:
+            return f"listed in {site}" + (f": {reason}" if reason else "")
     try:
         from . import known_keys
     except ImportError:  # pragma: no cover - known_keys ships with the package
         return None
-    hit = known_keys.lookup_spki_sha256(fingerprint)
+    hit = known_keys.lookup_spki_sha256(fp)
     if hit is None:
         return None
     return str(getattr(hit, "source", hit))
+
+
+def _site_denylist(path: str) -> dict[str, str]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError as exc:
+        raise PolicyError(
+            f"cannot read the site denylist {path} ({DENYLIST_ENV}): {exc.strerror}",
+            f"fix the path or unset {DENYLIST_ENV}; hsmsign will not sign without the list it was given",
+        ) from exc
+    out: dict[str, str] = {}
+    for line in lines:
+        text, _, comment = line.partition("#")
+        fp = text.strip().lower()
+        for prefix in ("sha256:", "sha256="):
+            if fp.startswith(prefix):
+                fp = fp[len(prefix) :]
+        fp = fp.replace(":", "")
+        if fp:
+            out[fp] = comment.strip()
+    return out
 
 
 def parse_pins(value: str | None) -> list[str]:
