@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -714,3 +715,74 @@ def test_token_and_signer_in_two_network_namespaces(
         subprocess.run(["ip", "netns", "exec", h.hsm, str(SCRIPT), "stop", "--socket", str(hsm_sock)],
                        capture_output=True, timeout=30, check=False)
     assert not (client_dir / "root_10.213.0.1.sock").exists()
+
+
+# --------------------------------------------------------------------------- every artifact kind
+
+
+def _openssl_cms_verify(sig: Path, content: Path, ca: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", str(sig), "-content", str(content),
+         "-CAfile", str(ca), "-purpose", "any", "-out", os.devnull],
+        capture_output=True, text=True, check=False)
+
+
+def test_every_artifact_kind_through_p11kit(
+    softhsm: SoftHsm, server: P11KitServer, remote_keys: dict[str, str], tmp_path: Path
+) -> None:
+    """Certificate, swupdate CMS signature, dm-verity root hash signature, signed manifest and a
+    U-Boot FIT, each made through p11-kit-client.so and each checked by the tool that trusts it."""
+    env = client_env(softhsm, server.address, HSMSIGN_MODE="development", SOURCE_DATE_EPOCH="1700000000")
+    uri = remote_uri(softhsm, remote_keys["rsa"])
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        done = hsmsign(env, *argv)
+        assert done.returncode == 0, f"hsmsign {argv[0]}: {done.stderr}"
+        return done
+
+    cert = tmp_path / "signer.pem"
+    run("cert", "--uri", uri, "--subject", "CN=hsmsign remote test,O=meta-hsmsign", "--days", "30",
+        "--output", str(cert))
+    pub = local_pubkey(softhsm, remote_keys["rsa"], tmp_path / "pub.pem")
+    cert_pub = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-pubkey"],
+                              capture_output=True, text=True, check=True).stdout
+    assert cert_pub.strip() == pub.read_text().strip()
+
+    swd = tmp_path / "sw-description"
+    swd.write_text('software = { version = "1.0"; hardware-compatibility = [ "1.0" ]; };\n')
+    swsig = tmp_path / "sw-description.sig"
+    run("swupdate", "sign", "--uri", uri, "--signing-mode", "cms", "--cert", str(cert), "--no-check",
+        "--output", str(swsig), str(swd))
+    ok = _openssl_cms_verify(swsig, swd, cert)
+    assert ok.returncode == 0, ok.stderr
+
+    root_hash = hashlib.sha256(b"rootfs").hexdigest()
+    roothash_file = tmp_path / "rootfs.roothash"
+    roothash_file.write_text(root_hash)
+    p7s = tmp_path / "rootfs.roothash.p7s"
+    run("verity", "sign", "--uri", uri, "--cert", str(cert), "--root-hash", root_hash, "--output", str(p7s))
+    ok = _openssl_cms_verify(p7s, roothash_file, cert)
+    assert ok.returncode == 0, ok.stderr
+
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    for name in ("a.img", "b.img"):
+        (deploy / name).write_bytes(os.urandom(8192))
+    manifest = deploy / "MANIFEST"
+    run("manifest", "--uri", uri, "--cert", str(cert), "--output", str(manifest),
+        str(deploy / "a.img"), str(deploy / "b.img"))
+    run("manifest", "verify", "--cert", str(cert), str(manifest))
+    ok = _openssl_cms_verify(Path(f"{manifest}.p7s"), manifest, cert)
+    assert ok.returncode == 0, ok.stderr
+
+    from tests.integration.test_fit import build_fit, check_sign, control_dtb, uboot_tools_dir
+
+    tools = uboot_tools_dir()
+    if tools is None or shutil.which("dtc") is None:
+        pytest.skip("FIT part skipped: U-Boot tools not built (scripts/deps/fit.setup); the rest passed")
+    fit = build_fit(tools, tmp_path, "declared.its")
+    dtb = control_dtb(tmp_path)
+    run("fit", "sign", "--uri", uri, "--key-name", "fit-dev", str(fit))
+    run("fit", "add-key", "--uri", uri, "--key-name", "fit-dev", "--dtb", str(dtb))
+    checked = check_sign(tools, fit, dtb)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
