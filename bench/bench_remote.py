@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-LIB = ROOT / "meta-hsmsign" / "lib"
+# --lib DIR benchmarks another copy of the library (e.g. a patched token.py); spawned workers
+# find it through the environment
+LIB = Path(os.environ.get("HSMSIGN_BENCH_LIB") or ROOT / "meta-hsmsign" / "lib")
 sys.path.insert(0, str(LIB))
 
 TOKEN = "bench-remote"  # noqa: S105 - a token label
@@ -125,7 +127,13 @@ def main() -> int:
     ap.add_argument("--keys", nargs="+", default=["rsa:2048", "ec:secp256r1"])
     ap.add_argument("--signers", nargs="+", type=int, default=[1, 4, 16])
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--lib", help="library tree to benchmark (default: meta-hsmsign/lib)")
     args = ap.parse_args()
+    global LIB
+    if args.lib:
+        LIB = Path(args.lib).resolve()
+        os.environ["HSMSIGN_BENCH_LIB"] = str(LIB)
+        sys.path.insert(0, str(LIB))
 
     softhsm = _find(["/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/*/softhsm/libsofthsm2.so"])
     client = _find(["/usr/lib/*/pkcs11/p11-kit-client.so", "/usr/lib*/pkcs11/p11-kit-client.so"])
@@ -164,7 +172,8 @@ def main() -> int:
         os.environ["P11_KIT_SERVER_ADDRESS"] = f"unix:path={sock}"
 
         ctx = mp.get_context("spawn")
-        print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; {args.seconds:g} s per round")
+        print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
+              f"{args.seconds:g} s per round; library {LIB}")
         verdicts = []
         for spec in args.keys:
             label = spec.replace(":", "-")
