@@ -40,7 +40,11 @@ def register(sub: Any, parents: Any) -> None:
     p.add_argument("--expect-count", type=int, metavar="N", help="the number of entries expected")
     p.set_defaults(func=run_verify)
     s = verbs.add_parser(
-        "show", parents=[common, parents.output], formatter_class=raw, help="list the entries"
+        "show",
+        parents=[common, parents.output],
+        formatter_class=raw,
+        epilog="examples:\n  hsmsign ledger show --ledger hsmsign-ledger.jsonl\n  hsmsign ledger show --json",
+        help="list the entries (seq, time, kind, key fingerprint, artifact)",
     )
     s.set_defaults(func=run_show)
     top.set_defaults(func=lambda args: _usage(top))
