@@ -351,6 +351,18 @@ def test_archives(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey) -> None:
         assert b"etc/ssl/private/fw.pem" in listing
 
 
+def test_zstd_sigdata(tmp_path: Path) -> None:
+    """BitBake writes sigdata/siginfo zstd-compressed: a PIN in a task's variables is found inside."""
+    if subprocess.run(["which", "zstd"], capture_output=True).returncode != 0:
+        pytest.skip("zstd missing: apt-get install zstd")
+    sig = json.dumps({"task": "do_sign", "varvals": {"HSM_PIN": "80604020", "PN": "u-boot"}}, indent=0)
+    raw = tmp_path / "u-boot.do_sign.sigdata"
+    raw.write_text(sig)
+    subprocess.run(["zstd", "-q", "--rm", str(raw), "-o", str(raw) + ".zst"], check=True)
+    found = audit.scan_file(str(raw) + ".zst")
+    assert [(f.kind, f.source.endswith(".zst!")) for f in found] == [("pin-assignment", True)]
+
+
 def test_key_inside_a_binary_image(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
     pem = rsa_key.private_bytes(PEM, serialization.PrivateFormat.TraditionalOpenSSL, NOENC)
     img = os.urandom(300_000) + b"\0" * 4096 + pem + os.urandom(100_000)

@@ -38,7 +38,9 @@ import io
 import lzma
 import os
 import re
+import shutil
 import stat
+import subprocess
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -760,6 +762,8 @@ def scan_text(text: str, source: str = "<text>") -> list[Finding]:
 def scan_bytes(data: bytes, source: str, *, depth: int = 0) -> list[Finding]:
     """Scan one blob: text or binary; archives are opened and their members scanned."""
     findings: list[Finding] = []
+    if data[:4] == ZSTD_MAGIC and not shutil.which("zstd"):
+        return [_finding(source, 0, "unreadable", "zstd stream not opened: install zstd", source)]
     members = _archive_members(data, source, depth)
     if members is not None:
         for member_source, member_data in members:
@@ -1022,6 +1026,8 @@ def _archive_members(data: bytes, source: str, depth: int) -> Iterator[tuple[str
         return _decompressed(bz2.decompress, data, source, depth)
     if head == b"\xfd7zXZ\x00":
         return _decompressed(lzma.decompress, data, source, depth)
+    if head[:4] == ZSTD_MAGIC and shutil.which("zstd"):
+        return _decompressed(_zstd_decompress, data, source, depth)
     if head in (b"070701", b"070702", b"070707"):
         return _cpio_members(data, source)
     if len(data) > 512 and data[257:262] == b"ustar":
@@ -1038,6 +1044,20 @@ def _decompressed(
     except (OSError, EOFError, ValueError, lzma.LZMAError):
         return None
     return iter([(source + "!", inner)])
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _zstd_decompress(data: bytes) -> bytes:
+    """zstd (BitBake's sigdata/siginfo, .tar.zst) through the zstd tool: no stdlib module before 3.14."""
+    try:
+        done = subprocess.run(["zstd", "-dcq"], input=data, capture_output=True, timeout=300, check=False)
+    except subprocess.SubprocessError as exc:
+        raise OSError(str(exc)) from exc
+    if done.returncode != 0:
+        raise OSError(done.stderr.decode("utf-8", "replace").strip() or "zstd failed")
+    return done.stdout
 
 
 def _tar_members(data: bytes, source: str) -> Iterator[tuple[str, bytes]]:
