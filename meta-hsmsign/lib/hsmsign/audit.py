@@ -1217,13 +1217,17 @@ def _looks_compressed_or_archive(path: str) -> bool:
     with open(path, "rb") as fh:
         head = fh.read(512)
     return (
-        head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head[:6] == b"\xfd7zXZ\x00" or head[:5] == b"07070"
+        head[:2] == b"\x1f\x8b"
+        or head[:3] == b"BZh"
+        or head[:6] == b"\xfd7zXZ\x00"
+        or head[:5] == b"07070"
+        or head[:4] == ZSTD_MAGIC
     )
 
 
 def _scan_large(mm: bytes, path: str) -> list[Finding]:
     """Big raw images (ext4, wic): only the byte-level scans, without copying the file."""
-    return _dedupe(_scan_pem(mm, path) + _scan_pin_value(mm, path))
+    return _dedupe(_scan_pem(mm, path) + _scan_pin_value(mm, path) + _scan_ssh_public(mm, path))
 
 
 def scan_paths(paths: Iterable[str], allowlist: Allowlist | None = None) -> tuple[list[Finding], int, int]:
