@@ -786,3 +786,50 @@ def test_every_artifact_kind_through_p11kit(
     run("fit", "add-key", "--uri", uri, "--key-name", "fit-dev", "--dtb", str(dtb))
     checked = check_sign(tools, fit, dtb)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_openssl_pkcs11_engine_through_p11kit(
+    softhsm: SoftHsm, server: P11KitServer, remote_keys: dict[str, str], tmp_path: Path
+) -> None:
+    """The OpenSSL engine (libp11) that NXP's CST and mkimage use reaches the same token through
+    p11-kit-client.so (docs/hsm/nxp-cst.md). libp11 keeps a PIN file's trailing newline."""
+    engine = _find_first(["/usr/lib/*/engines-3/pkcs11.so", "/usr/lib/*/engines-1.1/pkcs11.so"])
+    require(engine is not None, "libp11's OpenSSL engine", "apt-get install libengine-pkcs11-openssl",
+            env="HSMSIGN_REQUIRE_TOOLS")
+    conf = tmp_path / "engine.cnf"
+    conf.write_text(
+        "openssl_conf = openssl_init\n[openssl_init]\nengines = engine_section\n"
+        "[engine_section]\npkcs11 = pkcs11_section\n[pkcs11_section]\nengine_id = pkcs11\n"
+        f"dynamic_path = {engine}\nMODULE_PATH = {CLIENT}\ninit = 0\n")
+    pin = tmp_path / "pin-no-newline"
+    pin.write_text(softhsm.pin_file.read_text().rstrip("\n"))
+    pin.chmod(0o600)
+    data = tmp_path / "u-boot-spl.bin"
+    data.write_bytes(os.urandom(32768))
+    env = client_env(softhsm, server.address, OPENSSL_CONF=str(conf))
+
+    def engine_sign(pin_file: Path, sig: Path) -> subprocess.CompletedProcess[str]:
+        key = f"pkcs11:token={softhsm.token_label};object={remote_keys['rsa']};type=private" \
+              f"?pin-source=file:{pin_file}"
+        return subprocess.run(["openssl", "dgst", "-sha256", "-engine", "pkcs11", "-keyform", "engine",
+                               "-sign", key, "-out", str(sig), str(data)],
+                              capture_output=True, text=True, env=env, timeout=60, check=False)
+
+    sig = tmp_path / "spl.sig"
+    done = engine_sign(pin, sig)
+    assert done.returncode == 0, done.stderr
+    pub = local_pubkey(softhsm, remote_keys["rsa"], tmp_path / "pub.pem")
+    ok = openssl_verify(pub, sig, data)
+    assert ok.returncode == 0 and OPENSSL_VERIFY_OK in ok.stdout, ok.stdout + ok.stderr
+    # hsmsign strips one trailing newline from a PIN file; libp11 does not
+    refused = engine_sign(softhsm.pin_file, tmp_path / "spl2.sig")
+    assert refused.returncode != 0
+    assert "PIN incorrect" in refused.stderr
+
+
+def _find_first(patterns: list[str]) -> str | None:
+    for pattern in patterns:
+        hits = sorted(glob.glob(pattern))
+        if hits:
+            return hits[0]
+    return None
