@@ -262,6 +262,7 @@ def test_configuration_secrets(tmp_path: Path) -> None:
             "known-symmetric-key",
         ),
         ("run.do_sign", "mkimage -k 'pkcs11:object=k;pin-value=1234' -F x.itb\n", "pin-value"),
+        ("env.sh", "export FW_AES_KEY=q83vEjRWeJCrze8SNFZ4k+==\n", "symmetric-key"),
     ],
 )
 def test_secret_forms(name: str, text: str, kind: str) -> None:
@@ -283,6 +284,10 @@ def test_secret_forms(name: str, text: str, kind: str) -> None:
         # seen in OE-Core: nsswitch.conf and busybox's kconfig
         "passwd:         files systemd\nshadow: files\n",
         "CONFIG_PASSWD=y\nCONFIG_PASSWORD_MINLEN=6\nCONFIG_PWD=y\n",
+        # seen in this repository: the PEM header in a regex, a shell glob, a PIN file path, a constant's name
+        '_PRIVATE_KEY = re.compile(r"-----BEGIN OPENSSH PRIVATE' + ' KEY-----")\n',
+        '    *pin-value=*) die "no PIN in a URI" ;;\n',
+        'HSM_PIN_FILE = "/run/secrets/hsm-pin"\nPIN_ATTR = "pin-value"\n',
     ],
 )
 def test_no_false_positives(text: str) -> None:

@@ -70,8 +70,9 @@ PUBLIC_BLOCK = re.compile(
     + re.escape(_DASHES),
     re.S,
 )
+_B64_BODY = re.compile(rb"[A-Za-z0-9+/]{40}")
 PUTTY_HEADER = re.compile(rb"PuTTY-User-Key-File-[23]: ")
-PIN_VALUE = b"pin-value" + b"="
+URI_PIN_ATTR = b"pin-value" + b"="
 
 # name = value, for BitBake, shell, kas/YAML, INI, JSON; and C's #define NAME value.
 ASSIGNMENT = re.compile(
@@ -133,7 +134,6 @@ _KEY_FILE_SUFFIXES = (
     "_PRIVKEY",
     "_KEYDIR",
     "_PASSWORD_FILE",
-    "_PIN_FILE",
     "_AES_FILE",
     "_PRIVATE_KEY_FILE",
     "_SIGNING_KEY",
@@ -248,6 +248,11 @@ _PUBLIC_TOKENS = frozenset(
         "DEPENDS",
         "RDEPENDS",
         "MINLEN",
+        "ATTR",
+        "ATTRIBUTE",
+        "FIELD",
+        "OPTION",
+        "PARAM",
         "MAXLEN",
         "HISTORY",
         "EXPIRE",
@@ -635,7 +640,7 @@ def _is_reference(value: str) -> bool:
 
 
 _STRING_PREFIX = re.compile(r"^[bBrRuUfF]{1,2}(?=[\"'])")
-_CODE_CHARS = frozenset("()[]{}+*")
+_CODE_CHARS = frozenset("()[]{}")
 
 
 def _strip_value(raw: str) -> tuple[str, bool]:
@@ -727,7 +732,9 @@ def _symmetric_finding(raw: bytes, excerpt: str, source: str, line: int) -> Find
 
 
 # RFC 7512: a pin-value is pchar / pct-encoded; anything else after "=" is not a URI
-_PIN_IN_URI = re.compile(r"(pin-value" + "=" + r")([A-Za-z0-9%._~!$'*+,:@-]+)")
+_PIN_IN_URI = re.compile(
+    r"(pin-value" + "=" + r")([A-Za-z0-9%._~!$'*+,:@-]*[A-Za-z0-9%][A-Za-z0-9%._~!$'*+,:@-]*)"
+)
 
 
 def _redact_uri(text: str) -> str:
@@ -749,7 +756,7 @@ def check_variable(name: str, value: object) -> Finding | None:
     source = f"variable {name}"
     if PRIVATE_KEY_HEADER.search(text.encode("utf-8", "replace")):
         return _finding(source, 0, "private-key", f"{name} holds a PEM private key", name + text)
-    if PIN_VALUE.decode() in text:
+    if URI_PIN_ATTR.decode() in text:
         return _finding(source, 0, "pin-value", f"{name} = {_redact_uri(text)[:160]}", name + text)
     return classify_assignment(name, text, source, 0, "=")
 
@@ -797,6 +804,8 @@ def _scan_pem(data: bytes, source: str) -> list[Finding]:
     pos = data.find(PEM_BEGIN)
     while pos >= 0:
         m = PRIVATE_KEY_HEADER.match(data, pos)
+        if m is not None and _B64_BODY.search(data[m.end() : m.end() + 240]) is None:
+            m = None  # the header alone (a regex, a doc): no key follows it
         if m is not None:
             label = m.group(1).decode()
             end = data.find(_DASHES + b"END ", m.end())
@@ -917,13 +926,13 @@ def _public_block_finding(block: bytes, label: str, source: str, line: int) -> F
 
 def _scan_pin_value(data: bytes, source: str) -> list[Finding]:
     out = []
-    pos = data.find(PIN_VALUE)
+    pos = data.find(URI_PIN_ATTR)
     while pos >= 0:
         text = _line_text(data, pos)
         m = _PIN_IN_URI.search(text)
         if m is not None and m.group(2):
             out.append(_finding(source, _line_of(data, pos), "pin-value", _redact_uri(text), text))
-        pos = data.find(PIN_VALUE, pos + 1)
+        pos = data.find(URI_PIN_ATTR, pos + 1)
     return out
 
 
