@@ -14,6 +14,8 @@ import pytest
 from hsmsign import ledger
 from hsmsign.cli import main
 from hsmsign.errors import ConfigError, VerificationError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 
 def _record(path: Path, n: int, **extra: str) -> dict:
@@ -239,3 +241,18 @@ def test_cli_verify_and_show(five: tuple[Path, list[bytes]], capsys: pytest.Capt
     doc = json.loads(capsys.readouterr().out)
     assert doc["ok"] is False and doc["count"] == 4
     assert main(["ledger", "verify", "--ledger", str(path.parent / "none.jsonl")]) == 2
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.one_of(st.binary(max_size=80), st.sampled_from([b"{}", b"[]", b'{"seq":1}', b"null", b"\n"])),
+        max_size=8,
+    )
+)
+def test_verify_never_raises_on_garbage(tmp_path: Path, parts: list[bytes]) -> None:
+    path = tmp_path / "garbage.jsonl"
+    path.write_bytes(b"\n".join(parts))
+    report = ledger.verify(str(path))
+    assert report.count <= len(parts) + 1
+    assert report.ok == (report.problems == [])
