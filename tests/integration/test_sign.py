@@ -534,8 +534,11 @@ def test_doctor_reports_each_step(softhsm: SoftHsm, rsa2048: str) -> None:
         "sign": True,
     }
     bad = softhsm.run_cli("doctor", "--uri", softhsm.uri("nope"), "--mode", "development")
-    assert bad.returncode != 0
+    assert bad.returncode == 3
     assert "[FAIL] key" in bad.stdout and "->" in bad.stdout
+    prod = softhsm.run_cli("doctor", "--uri", rsa2048, "--mode", "production")
+    assert prod.returncode == 4
+    assert "[FAIL] policy" in prod.stdout and "software token" in prod.stdout
 
 
 def test_dev_init_is_idempotent_and_marked(softhsm: SoftHsm, tmp_path: Path, artifact: Path) -> None:

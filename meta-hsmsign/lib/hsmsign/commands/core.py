@@ -272,7 +272,10 @@ def run_doctor(args: Any) -> int:
                 lines.append(f"       {'':<14} -> {s['fix']}")
         failed = [s for s in steps if not s["ok"]]
         emit(args, "\n".join(lines), {"ok": not failed, "checks": steps})
-        return 0 if not failed else 3
+        if not failed:
+            return 0
+        # the exit code of the first failing step's family: uri 2, policy 4, the rest token 3
+        return {"uri": 2, "policy": 4}.get(failed[0]["check"], 3)
 
     try:
         uri = Pkcs11Uri.parse(require_uri(args))
