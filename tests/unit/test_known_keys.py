@@ -238,3 +238,21 @@ def test_generator_reproduces_fingerprints_from_a_tree(tmp_path: Path) -> None:
     assert sym["2b7e151628aed2a6abf7158809cf4f3c"]["sources"][0]["path"] == "test_keys.c"
     text = out.read_text()
     assert "PRIVATE" not in text and "BEGIN" not in text
+    # --merge onto its own output adds nothing and keeps the counts
+    again = tmp_path / "again.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(GENERATOR),
+            "--merge",
+            str(out),
+            "--output",
+            str(again),
+            f"acme/src={repo / '.git'}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(again.read_text())["public_keys"] == doc["public_keys"]
