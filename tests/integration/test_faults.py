@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes.util
 import hashlib
+import json
 import os
 import resource
 import shutil
@@ -356,6 +357,10 @@ def test_sixteen_processes_sign_at_once(softhsm: SoftHsm, rsa2048: str, tmp_path
         assert e["sha256"] == hashlib.sha256(Path(e["artifact"]).read_bytes()).hexdigest()
         assert "pin" not in e["uri"]
     assert len({e["pid"] for e in entries}) == 16
+    # and nothing secret reached the outputs: artifacts, signatures, public key, ledger
+    audit = softhsm.run_cli("audit", "--json", str(tmp_path))
+    assert audit.returncode == 0, audit.stdout
+    assert json.loads(audit.stdout)["files"] == 16 * 2 + 2
 
 
 @pytest.fixture(scope="module")
