@@ -427,6 +427,10 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (clean / "site.conf").write_text('UBOOT_SIGN_KEYDIR = "${TOPDIR}/keys"\n')
     assert main(["audit", "--fail-on", "error", str(clean)]) == 0
     assert main(["audit", str(clean)]) == 4
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert main(["audit", "--fail-on", "error", str(fifo)]) == 0  # a FIFO is reported, never read (no hang)
+    assert "not a regular file" in capsys.readouterr().out
     assert main(["audit", str(tmp_path / "nope")]) == 2
     assert "no such file" in capsys.readouterr().err
 

@@ -1207,9 +1207,12 @@ def iter_files(paths: Iterable[str]) -> Iterator[str]:
 
 
 def scan_file(path: str) -> list[Finding]:
-    """Scan one file (archives included)."""
+    """Scan one file (archives included). Devices, FIFOs and sockets are not read."""
     try:
-        size = os.path.getsize(path)
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return [_finding(path, 0, "unreadable", "not a regular file: not read", path)]
+        size = st.st_size
         if size >= MMAP_THRESHOLD and not _looks_compressed_or_archive(path):
             import mmap
 
