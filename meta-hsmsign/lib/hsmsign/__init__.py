@@ -7,3 +7,7 @@ Python, standard library only) and by pip from the repository's pyproject.toml
 """
 
 __version__ = "0.1.0"
+
+# Submodules BitBake imports with the package (addpylib in the layer's layer.conf);
+# the classes call them as hsmsign.bitbake.NAME(d). Standard library only.
+BBIMPORTS = ["bitbake"]

@@ -1,0 +1,106 @@
+# hsmsign-image.bbclass: the rootfs signed through the token.
+#
+# Inherited by hsmsign.bbclass (INHERIT += "hsmsign"); acts only in image
+# recipes. Key: HSM_PKCS11_URI_ROOTFS.
+#
+#   * dm-verity: with meta-oe's verity image type (IMAGE_CLASSES +=
+#     "image_types_verity", IMAGE_FSTYPES += "verity"), do_hsmsign_verity runs
+#     after do_image_verity and before do_image_complete. It reads the root
+#     hash from <image>.verity-params and writes <image>.verity.roothash and
+#     its detached PKCS#7 signature <image>.verity.roothash.p7s, the format
+#     the kernel checks (CONFIG_DM_VERITY_VERIFY_ROOTHASH_SIG;
+#     'veritysetup open --root-hash-signature', systemd root-hash-signature=).
+#   * every image file of the build (IMGDEPLOYDIR) gets a detached signature
+#     (<file>.sig, DER) and one signed manifest
+#     (<image>.hsmsign-manifest.json + .p7s: path, size, sha256 of each file),
+#     written at the start of do_image_complete, before the files are deployed.
+#
+# The signer certificate (in the PKCS#7 signatures) is HSMSIGN_ROOTFS_CERT; when
+# empty, a self-signed one is made from the token key (development).
+
+HSMSIGN_ROOTFS_CERT ??= ""
+HSMSIGN_ROOTFS_CERT[doc] = "PEM certificate of the rootfs key (the one the kernel keyring trusts); empty: a self-signed one from the token key, deployed as <image>.hsmsign-rootfs.pem."
+
+HSMSIGN_IMAGE_SIGN ??= "1"
+HSMSIGN_IMAGE_SIGN[doc] = "1: detached signature of every image file and the signed manifest. 0: only the dm-verity root hash."
+
+HSMSIGN_IMAGE_SKIP ??= "*.sig *.p7s *.verity-params *.verity-info *.manifest *.testdata.json *.qemuboot.conf *.spdx.* *.hsmsign-*"
+HSMSIGN_IMAGE_SKIP[doc] = "Glob patterns of IMGDEPLOYDIR files that get no detached signature (they are still listed in the manifest unless signatures)."
+
+def hsmsign_rootfs_cert(d):
+    cert = d.getVar("HSMSIGN_ROOTFS_CERT")
+    if cert:
+        return cert
+    cert = os.path.join(d.getVar("IMGDEPLOYDIR"), d.getVar("IMAGE_NAME") + ".hsmsign-rootfs.pem")
+    if not os.path.exists(cert):
+        hsmsign_run(d, ["cert", "--uri", hsmsign.bitbake.signing_uri(d, "ROOTFS"),
+                        "--subject", "CN=%s rootfs (meta-hsmsign)" % d.getVar("DISTRO"),
+                        "--eku", "codeSigning", "--output", cert], "ROOTFS")
+    return cert
+
+python do_hsmsign_verity() {
+    image = d.getVar("VERITY_INPUT_IMAGE")
+    params = {}
+    with open(image + ".verity-params") as fh:
+        for line in fh:
+            key, _, value = line.strip().partition("=")
+            params[key] = value
+    root_hash = params.get("VERITY_ROOT_HASH", "")
+    if not root_hash:
+        bb.fatal("meta-hsmsign: no VERITY_ROOT_HASH in %s.verity-params" % image)
+    real = os.path.realpath(image)
+    hsmsign_run(d, ["verity", "sign", "--uri", hsmsign.bitbake.signing_uri(d, "ROOTFS"),
+                    "--root-hash", root_hash, "--cert", hsmsign_rootfs_cert(d),
+                    "--root-hash-output", real + ".verity.roothash",
+                    "--output", real + ".verity.roothash.p7s"], "ROOTFS")
+    for suffix in (".verity.roothash", ".verity.roothash.p7s"):
+        link = image + suffix
+        if os.path.lexists(link):
+            os.remove(link)
+        os.symlink(os.path.basename(real) + suffix, link)
+}
+do_hsmsign_verity[vardeps] += "HSMSIGN_KEY_ID_ROOTFS HSMSIGN_CMD"
+
+python hsmsign_image_sign() {
+    import fnmatch
+    if d.getVar("HSMSIGN_IMAGE_SIGN") != "1":
+        return
+    deploy = d.getVar("IMGDEPLOYDIR")
+    skip = (d.getVar("HSMSIGN_IMAGE_SKIP") or "").split()
+    uri = hsmsign.bitbake.signing_uri(d, "ROOTFS")
+    files = []
+    for name in sorted(os.listdir(deploy)):
+        path = os.path.join(deploy, name)
+        if os.path.islink(path) or not os.path.isfile(path):
+            continue
+        files.append(path)
+        if not any(fnmatch.fnmatch(name, pattern) for pattern in skip):
+            hsmsign_run(d, ["sign", "--uri", uri, "--output", path + ".sig", path], "ROOTFS")
+    if not files:
+        return
+    manifest = os.path.join(deploy, d.getVar("IMAGE_NAME") + ".hsmsign-manifest.json")
+    hsmsign_run(d, ["manifest", "--uri", uri, "--cert", hsmsign_rootfs_cert(d),
+                    "--output", manifest] + files, "ROOTFS")
+    for target in (manifest, manifest + ".p7s"):
+        link = os.path.join(deploy, d.getVar("IMAGE_LINK_NAME") + ".hsmsign-manifest.json" + target[len(manifest):])
+        if d.getVar("IMAGE_LINK_NAME") and not os.path.lexists(link):
+            os.symlink(os.path.basename(target), link)
+}
+hsmsign_image_sign[vardeps] += "HSMSIGN_KEY_ID_ROOTFS HSMSIGN_CMD"
+
+# Task wiring after every class's anonymous Python has run (image.bbclass and
+# image_types_verity add their tasks there, after ours): RecipeTaskPreProcess.
+addhandler hsmsign_image_tasks
+hsmsign_image_tasks[eventmask] = "bb.event.RecipeTaskPreProcess"
+python hsmsign_image_tasks() {
+    d = e.data
+    if not hsmsign.bitbake.enabled(d) or not bb.data.inherits_class("image", d):
+        return
+    tasks = e.tasklist
+    if "do_image_verity" in tasks:
+        bb.build.addtask("do_hsmsign_verity", "do_image_complete", "do_image_verity", d)
+        hsmsign_hook_task(d, "do_hsmsign_verity", "ROOTFS")
+    if d.getVar("HSMSIGN_IMAGE_SIGN") == "1" and "do_image_complete" in tasks:
+        hsmsign_hook_task(d, "do_image_complete", "ROOTFS")
+        d.appendVarFlag("do_image_complete", "prefuncs", " hsmsign_image_sign")
+}

@@ -1,0 +1,44 @@
+# hsmsign-uboot.bbclass: U-Boot and SPL FITs signed through the token.
+#
+# Inherited by hsmsign.bbclass (INHERIT += "hsmsign"); acts only in recipes
+# that inherit oe-core's uboot-sign (u-boot). oe-core does all FIT work with
+# ${UBOOT_MKIMAGE_SIGN} ... -k KEYDIR [-K DTB -r] in do_uboot_assemble_fitimage;
+# this class points UBOOT_MKIMAGE_SIGN at 'hsmsign mkimage' (mkimage's own
+# command line, -k a PKCS#11 URI) and the key directories at the token, so:
+#
+#   * the kernel FIT key (HSM_PKCS11_URI_FITIMAGE) goes into U-Boot's control
+#     DTB, marked required ("conf");
+#   * the U-Boot FIT (UBOOT_FITIMAGE_ENABLE = "1") is signed with
+#     HSM_PKCS11_URI_SPL and that public key goes into SPL's DTB
+#     (SPL_SIGN_ENABLE = "1").
+#
+# You still choose what to sign with oe-core's switches, e.g. in local.conf:
+#
+#   UBOOT_SIGN_ENABLE = "1"          # kernel FIT key into u-boot.dtb
+#   UBOOT_FITIMAGE_ENABLE = "1"      # U-Boot proper as a FIT checked by SPL
+#   SPL_SIGN_ENABLE = "1"
+#   FIT_SIGN_ALG = "rsa3072"         # UBOOT_FIT_SIGN_ALG for the U-Boot FIT
+#
+# Works the same on scarthgap (U-Boot tools 2024.01, URI without 'pkcs11:')
+# and wrynose (2024.04+, full URI): the drop-in accepts both.
+
+HSMSIGN_UBOOT_TASKS ??= "do_uboot_assemble_fitimage do_deploy"
+HSMSIGN_UBOOT_TASKS[doc] = "Tasks of uboot-sign recipes that call UBOOT_MKIMAGE_SIGN and get the token environment, lock and key identity."
+
+python () {
+    if not hsmsign.bitbake.enabled(d) or not bb.data.inherits_class("uboot-sign", d):
+        return
+    d.setVar("UBOOT_MKIMAGE_SIGN", "${HSMSIGN_CMD} mkimage")
+    d.setVar("UBOOT_SIGN_KEYDIR", hsmsign.bitbake.signing_uri(d, "FITIMAGE"))
+    d.setVar("UBOOT_SIGN_KEYNAME", hsmsign.bitbake.key_name(d, "FITIMAGE"))
+    d.setVar("SPL_SIGN_KEYDIR", hsmsign.bitbake.signing_uri(d, "SPL"))
+    d.setVar("SPL_SIGN_KEYNAME", hsmsign.bitbake.key_name(d, "SPL"))
+    # keys are never generated into the build tree
+    d.setVar("UBOOT_FIT_GENERATE_KEYS", "0")
+    d.setVar("SPL_GENERATE_KEYS", "0")
+    d.setVar("FIT_GENERATE_KEYS", "0")
+    for task in (d.getVar("HSMSIGN_UBOOT_TASKS") or "").split():
+        if d.getVar(task, False) is not None:
+            hsmsign_hook_task(d, task, "SPL")
+            d.appendVarFlag(task, "vardeps", " HSMSIGN_KEY_ID_FITIMAGE")
+}

@@ -1,0 +1,199 @@
+# hsmsign.bbclass: sign U-Boot, SPL, the kernel fitImage, the rootfs and
+# swupdate bundles with keys that never leave a PKCS#11 token.
+#
+# Switch it on for the whole build in local.conf (or a kas file):
+#
+#   INHERIT += "hsmsign"
+#   HSM_PKCS11_URI = "pkcs11:token=acme-prod;object=fw-signing?pin-source=file:/run/secrets/hsm-pin"
+#
+# or, with the PIN in an environment variable of the shell that runs bitbake/kas
+# (read at task run time, never stored in a variable, sigdata or run script):
+#
+#   HSMSIGN_PIN_ENV = "HSM_PIN"
+#
+# Developer builds without an HSM (after 'hsmsign dev-init'):
+#
+#   INHERIT += "hsmsign"
+#   HSMSIGN_MODE = "development"
+#
+# One key per artifact when you want them apart (each defaults as shown):
+#
+#   HSM_PKCS11_URI_UBOOT    ??= "${HSM_PKCS11_URI}"        U-Boot DTB key of the kernel FIT
+#   HSM_PKCS11_URI_SPL      ??= "${HSM_PKCS11_URI_UBOOT}"  U-Boot proper FIT checked by SPL
+#   HSM_PKCS11_URI_FITIMAGE ??= "${HSM_PKCS11_URI}"        kernel fitImage
+#   HSM_PKCS11_URI_ROOTFS   ??= "${HSM_PKCS11_URI}"        dm-verity root hash, image signatures
+#   HSM_PKCS11_URI_SWUPDATE ??= "${HSM_PKCS11_URI}"        sw-description
+#   HSM_PKCS11_URI_ENCRYPT  ??= ""                         AES key (encryption only when set)
+#
+# Pin the public keys so a wrong token or key fails the build (and a key change
+# changes the task hashes):
+#
+#   HSMSIGN_PUBKEY_SHA256 = "<sha256 of the DER SubjectPublicKeyInfo>"   (hsmsign info)
+#   HSMSIGN_PUBKEY_SHA256_FITIMAGE = "..."
+#
+# This class holds the variables, the parse-time checks and the runner; it
+# inherits one class per artifact (HSMSIGN_CLASSES), each of which hooks only the
+# recipes that build that artifact. Adding the layer without INHERIT changes no
+# recipe. See docs/layer.md and docs/reference/variables.md.
+
+HSMSIGN_ENABLE ??= "1"
+HSMSIGN_ENABLE[doc] = "1: sign every artifact through the token. 0: build unsigned with a loud warning (development) or stop the parse (production)."
+
+HSMSIGN_MODE ??= "production"
+HSMSIGN_MODE[doc] = "production (default): refuse development tokens and keys, key-file variables and unsigned builds. development: SoftHSM development keys allowed, problems are warnings."
+
+HSM_PKCS11_URI ??= "${@hsmsign.bitbake.dev_default_uri(d)}"
+HSM_PKCS11_URI[doc] = "PKCS#11 URI (RFC 7512) of the default signing key, without PIN. In development mode it defaults to the token made by 'hsmsign dev-init'."
+
+HSM_PKCS11_URI_UBOOT ??= "${HSM_PKCS11_URI}"
+HSM_PKCS11_URI_UBOOT[doc] = "Key whose public half goes into U-Boot's control DTB and that signs the kernel fitImage configurations U-Boot checks (oe-core UBOOT_SIGN_KEYDIR)."
+
+HSM_PKCS11_URI_SPL ??= "${HSM_PKCS11_URI_UBOOT}"
+HSM_PKCS11_URI_SPL[doc] = "Key that signs the U-Boot proper FIT checked by SPL; its public half goes into SPL's DTB (oe-core SPL_SIGN_KEYDIR)."
+
+HSM_PKCS11_URI_FITIMAGE ??= "${HSM_PKCS11_URI_UBOOT}"
+HSM_PKCS11_URI_FITIMAGE[doc] = "Key that signs the kernel fitImage; must be the key U-Boot's DTB holds (defaults to HSM_PKCS11_URI_UBOOT)."
+
+HSM_PKCS11_URI_ROOTFS ??= "${HSM_PKCS11_URI}"
+HSM_PKCS11_URI_ROOTFS[doc] = "Key that signs the dm-verity root hash, the detached image signatures and the image manifest."
+
+HSM_PKCS11_URI_SWUPDATE ??= "${HSM_PKCS11_URI}"
+HSM_PKCS11_URI_SWUPDATE[doc] = "Key that signs sw-description of swupdate bundles."
+
+HSM_PKCS11_URI_ENCRYPT ??= ""
+HSM_PKCS11_URI_ENCRYPT[doc] = "AES key in the token for swupdate image encryption; empty (default): no encryption. Never defaults to a signing key."
+
+HSM_PKCS11_MODULE ??= ""
+HSM_PKCS11_MODULE[doc] = "PKCS#11 module (.so) to load when the URI names none (module-path/module-name); empty: p11-kit-proxy."
+
+HSMSIGN_PIN_ENV ??= ""
+HSMSIGN_PIN_ENV[doc] = "NAME of an environment variable of the shell that starts BitBake that holds the PIN; read at task run time from BB_ORIGENV, never stored. Empty: the URI's pin-source."
+
+HSMSIGN_PUBKEY_SHA256 ??= ""
+HSMSIGN_PUBKEY_SHA256[doc] = "Pinned SHA-256 of the signing key's DER SubjectPublicKeyInfo (hsmsign info prints it); HSMSIGN_PUBKEY_SHA256_<ROLE> pins one role. Part of the task hashes."
+
+HSMSIGN_CMD ??= "hsmsign"
+HSMSIGN_CMD[doc] = "Command that signs: 'hsmsign' from hsmsign-native (default), or a host command such as '/usr/bin/hsmsign' (then hsmsign-native is not built)."
+
+HSMSIGN_LOCK ??= "1"
+HSMSIGN_LOCK[doc] = "1: one signing task per token at a time (a lock file per token label). 0: no lock, for tokens that take parallel sessions."
+
+HSMSIGN_LOCK_DIR ??= "${TMPDIR}"
+HSMSIGN_LOCK_DIR[doc] = "Directory of the per-token lock files; share it between builds that share a token."
+
+HSMSIGN_LEDGER ??= ""
+HSMSIGN_LEDGER[doc] = "File the hash-chained signing ledger is appended to (outside TMPDIR to keep it); empty: no ledger."
+
+HSMSIGN_DEV_HOME ??= ""
+HSMSIGN_DEV_HOME[doc] = "Directory of the development token (hsmsign dev-init); empty: ~/.local/share/hsmsign/dev-token."
+
+HSMSIGN_DEV_MODULE ??= ""
+HSMSIGN_DEV_MODULE[doc] = "SoftHSM module of the development token; empty: the first libsofthsm2.so found."
+
+HSMSIGN_CLASSES ??= "hsmsign-uboot hsmsign-fitimage hsmsign-image hsmsign-swupdate"
+HSMSIGN_CLASSES[doc] = "Artifact classes INHERIT += 'hsmsign' brings in; each hooks only the recipes that build its artifact."
+
+# The key identity in task hashes: the URI without PIN source and module plus
+# the pinned fingerprint and mode. [vardepvalue] makes the hash use the
+# expanded identity, so a key change re-signs and a shared sstate mirror cannot
+# hand out an artifact signed by another key; moving the PIN file does not.
+HSMSIGN_KEY_ID_UBOOT = "${@hsmsign.bitbake.key_identity(d, 'UBOOT')}"
+HSMSIGN_KEY_ID_UBOOT[vardepvalue] = "${HSMSIGN_KEY_ID_UBOOT}"
+HSMSIGN_KEY_ID_SPL = "${@hsmsign.bitbake.key_identity(d, 'SPL')}"
+HSMSIGN_KEY_ID_SPL[vardepvalue] = "${HSMSIGN_KEY_ID_SPL}"
+HSMSIGN_KEY_ID_FITIMAGE = "${@hsmsign.bitbake.key_identity(d, 'FITIMAGE')}"
+HSMSIGN_KEY_ID_FITIMAGE[vardepvalue] = "${HSMSIGN_KEY_ID_FITIMAGE}"
+HSMSIGN_KEY_ID_ROOTFS = "${@hsmsign.bitbake.key_identity(d, 'ROOTFS')}"
+HSMSIGN_KEY_ID_ROOTFS[vardepvalue] = "${HSMSIGN_KEY_ID_ROOTFS}"
+HSMSIGN_KEY_ID_SWUPDATE = "${@hsmsign.bitbake.key_identity(d, 'SWUPDATE')}"
+HSMSIGN_KEY_ID_SWUPDATE[vardepvalue] = "${HSMSIGN_KEY_ID_SWUPDATE}"
+HSMSIGN_KEY_ID_ENCRYPT = "${@hsmsign.bitbake.key_identity(d, 'ENCRYPT')}"
+HSMSIGN_KEY_ID_ENCRYPT[vardepvalue] = "${HSMSIGN_KEY_ID_ENCRYPT}"
+
+# Parse-time checks of the base configuration (local.conf, kas, distro), once:
+# every variable is scanned for a pin-value or a private key; the hsmsign and
+# key-file variables are checked in detail. Fatal problems stop the parse.
+addhandler hsmsign_config_check
+hsmsign_config_check[eventmask] = "bb.event.ConfigParsed"
+python hsmsign_config_check() {
+    data = e.data
+    names = []
+    for name in data.keys():
+        if name.startswith("__") or name == "BB_ORIGENV" or data.getVarFlag(name, "func", False):
+            continue
+        raw = data.getVar(name, False)
+        if isinstance(raw, str) and ("pin-value=" in raw.lower() or "PRIVATE KEY-----" in raw):
+            names.append(name)
+    problems = hsmsign.bitbake.check_config(data, names)
+    fatal = [p for p in problems if p.fatal]
+    for problem in problems:
+        if not problem.fatal:
+            bb.warn(problem.format())
+    if fatal:
+        bb.fatal("\n".join(p.format() for p in fatal))
+}
+
+# Per recipe: key-file variables a recipe sets itself (an image recipe setting
+# SWUPDATE_PRIVATE_KEY); only fatal problems, the warnings came once above.
+def hsmsign_recipe_check(d):
+    if not hsmsign.bitbake.enabled(d):
+        return
+    fatal = [p for p in hsmsign.bitbake.check_key_files(d) if p.fatal]
+    for name in hsmsign.bitbake.KEYFILE_VARIABLES:
+        problem = hsmsign.bitbake.check_value(name, d.getVar(name) or "", True)
+        if problem is not None:
+            fatal.append(problem)
+    if fatal:
+        bb.fatal("%s: %s" % (d.getVar("PN"), "\n".join(p.format() for p in fatal)))
+
+# Hook a task of another class: the environment prefunc, the per-token lock,
+# the key identity in its hash and hsmsign-native in the sysroot.
+def hsmsign_hook_task(d, task, role):
+    d.appendVarFlag(task, "prefuncs", " hsmsign_prepare_env")
+    d.appendVarFlag(task, "vardeps", " HSMSIGN_KEY_ID_%s HSMSIGN_CMD" % role)
+    d.setVarFlag(task, "hsmsign_role", role)
+    lock = hsmsign.bitbake.lockfile(d, role)
+    if lock:
+        d.appendVarFlag(task, "lockfiles", " " + lock)
+    if d.getVar("HSMSIGN_CMD") == "hsmsign":
+        d.appendVar("DEPENDS", " hsmsign-native")
+
+# Task prefunc: put the signing environment (mode, module, SoftHSM config of the
+# development token, and the PIN read from the client environment) into this
+# task process's os.environ, where the shell or Python code of oe-core and
+# meta-swupdate runs its mkimage/sign tool. The PIN thus reaches the child
+# outside argv and is never written to the datastore or run.do_* scripts.
+# BB_ORIGENV is excluded from the hash: it is the whole client environment
+# (it changes with every shell and holds the PIN itself).
+python hsmsign_prepare_env() {
+    role = d.getVarFlag(d.getVar("BB_CURRENTTASK") and "do_" + d.getVar("BB_CURRENTTASK"), "hsmsign_role") or ""
+    try:
+        env = hsmsign.bitbake.child_env(d, d.getVar("BB_ORIGENV", False), role)
+    except hsmsign.bitbake.TaskError as exc:
+        bb.fatal(str(exc))
+    mkimage = d.getVar("UBOOT_MKIMAGE")
+    if mkimage:
+        env["HSMSIGN_MKIMAGE"] = mkimage
+    os.environ.update(env)
+}
+hsmsign_prepare_env[vardepsexclude] = "BB_ORIGENV BB_CURRENTTASK"
+
+# Run hsmsign from a Python task of this layer: HSMSIGN_CMD ARGS with the child
+# environment (PIN from BB_ORIGENV, outside argv); fails the task on error.
+def hsmsign_run(d, args, role, cwd=None):
+    try:
+        done = hsmsign.bitbake.run(d, args, role, d.getVar("BB_ORIGENV", False), cwd=cwd)
+    except hsmsign.bitbake.TaskError as exc:
+        bb.fatal(str(exc))
+    if done.stdout.strip():
+        bb.note(done.stdout.strip())
+    return done
+hsmsign_run[vardepsexclude] = "BB_ORIGENV"
+
+python () {
+    if not hsmsign.bitbake.enabled(d):
+        return
+    hsmsign_recipe_check(d)
+}
+
+inherit ${HSMSIGN_CLASSES}

@@ -1,0 +1,34 @@
+SUMMARY = "hsmsign: sign embedded Linux artifacts with keys that never leave a PKCS#11 token"
+DESCRIPTION = "The hsmsign command run by the meta-hsmsign classes, built from the \
+layer's own lib/hsmsign (the same sources addpylib loads at parse time)."
+HOMEPAGE = "https://github.com/meta-hsmsign/meta-hsmsign"
+SECTION = "devel"
+LICENSE = "MIT"
+LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
+
+# the library lives in the layer itself: meta-hsmsign/lib/hsmsign
+FILESEXTRAPATHS:prepend := "${THISDIR}/../../lib:"
+SRC_URI = "file://hsmsign;subdir=hsmsign-src"
+
+# scarthgap unpacks into WORKDIR, later releases into UNPACKDIR
+S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}/hsmsign-src"
+
+inherit python3native native
+
+# cryptography and asn1crypto from oe-core, python-pkcs11 from meta-python
+DEPENDS = "python3-native python3-cryptography-native python3-asn1crypto-native python3-pkcs11-native"
+
+do_configure[noexec] = "1"
+do_compile[noexec] = "1"
+
+do_install() {
+    install -d ${D}${PYTHON_SITEPACKAGES_DIR}
+    cp -R --no-preserve=ownership ${S}/hsmsign ${D}${PYTHON_SITEPACKAGES_DIR}/
+    find ${D}${PYTHON_SITEPACKAGES_DIR}/hsmsign -name __pycache__ -prune -exec rm -rf {} +
+    install -d ${D}${bindir}
+    # nativepython3 (python3-native) sees the native site-packages with
+    # python-pkcs11 and cryptography; the host python3 does not
+    printf '%s\n' '#!/usr/bin/env nativepython3' 'import sys' 'from hsmsign.cli import main' \
+        'sys.exit(main())' > ${D}${bindir}/hsmsign
+    chmod 0755 ${D}${bindir}/hsmsign
+}
