@@ -72,8 +72,9 @@ class P11KitServer:
     ``p11-kit remote`` child per connection; stopping the group ends those too)."""
 
     def __init__(self, softhsm: SoftHsm, sock: Path, provider: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, token: str | None = None) -> None:
         self.softhsm = softhsm
+        self.token = token or softhsm.token_label
         self.sock = sock
         self.provider = provider or softhsm.module
         self.env = {**softhsm.env, **(env or {})}
@@ -89,7 +90,7 @@ class P11KitServer:
             self.sock.unlink()
         self.proc = subprocess.Popen(
             ["p11-kit", "server", "-f", "--provider", self.provider, "-n", str(self.sock),
-             f"pkcs11:token={self.softhsm.token_label}"],
+             f"pkcs11:token={self.token}"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env,
             start_new_session=True,
         )
@@ -357,7 +358,7 @@ def test_server_not_running_is_a_token_error(
                    "--output", str(tmp_path / "fw.sig"), str(data))
     assert done.returncode == 3, done.stderr
     assert "Traceback" not in done.stderr
-    assert "p11-kit-client.so" in done.stderr
+    assert "p11-kit" in done.stderr
     assert not (tmp_path / "fw.sig").exists()
 
 
@@ -789,42 +790,80 @@ def test_every_artifact_kind_through_p11kit(
 
 
 def test_openssl_pkcs11_engine_through_p11kit(
-    softhsm: SoftHsm, server: P11KitServer, remote_keys: dict[str, str], tmp_path: Path
+    softhsm: SoftHsm, p11kit: str, short_dir: Path, tmp_path: Path
 ) -> None:
-    """The OpenSSL engine (libp11) that NXP's CST and mkimage use reaches the same token through
-    p11-kit-client.so (docs/hsm/nxp-cst.md). libp11 keeps a PIN file's trailing newline."""
+    """The OpenSSL engine (libp11) that NXP's CST and mkimage use reaches a token through
+    p11-kit-client.so (docs/hsm/nxp-cst.md). libp11 keeps a PIN file's trailing newline, and
+    one Ed25519 key on the token hides every private key from it."""
     engine = _find_first(["/usr/lib/*/engines-3/pkcs11.so", "/usr/lib/*/engines-1.1/pkcs11.so"])
     require(engine is not None, "libp11's OpenSSL engine", "apt-get install libengine-pkcs11-openssl",
             env="HSMSIGN_REQUIRE_TOOLS")
-    conf = tmp_path / "engine.cnf"
-    conf.write_text(
-        "openssl_conf = openssl_init\n[openssl_init]\nengines = engine_section\n"
-        "[engine_section]\npkcs11 = pkcs11_section\n[pkcs11_section]\nengine_id = pkcs11\n"
-        f"dynamic_path = {engine}\nMODULE_PATH = {CLIENT}\ninit = 0\n")
-    pin = tmp_path / "pin-no-newline"
-    pin.write_text(softhsm.pin_file.read_text().rstrip("\n"))
-    pin.chmod(0o600)
-    data = tmp_path / "u-boot-spl.bin"
-    data.write_bytes(os.urandom(32768))
-    env = client_env(softhsm, server.address, OPENSSL_CONF=str(conf))
+    # a token of its own (its own SoftHSM config): the session token holds Ed25519 keys
+    (tmp_path / "tokens").mkdir()
+    hsm_conf = tmp_path / "softhsm2.conf"
+    hsm_conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\nobjectstore.backend = file\n"
+                        "log.level = ERROR\n")
+    hsm_env = {**softhsm.env, "SOFTHSM2_CONF": str(hsm_conf)}
+    pin_text = softhsm.pin_file.read_text().rstrip("\n")
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "engine-test", "--pin", pin_text,
+                    "--so-pin", "engine-so-pin-5678"], check=True, capture_output=True, env=hsm_env)
+    local = (f"pkcs11:token=engine-test;object=spl?module-path={softhsm.module}"
+             f"&pin-source=file:{softhsm.pin_file}")
+    for argv in (("keygen", "--type", "rsa:2048", "--uri", local),
+                 ("pubkey", "--uri", local, "--output", str(tmp_path / "pub.pem"))):
+        made = subprocess.run([sys.executable, "-m", "hsmsign", *argv, "--mode", "development"],
+                              capture_output=True, text=True, env=hsm_env, timeout=60, check=False)
+        assert made.returncode == 0, made.stderr
+    srv = P11KitServer(softhsm, short_dir / "engine.sock", env={"SOFTHSM2_CONF": str(hsm_conf)},
+                       token="engine-test")
+    srv.start()
+    try:
+        conf = tmp_path / "engine.cnf"
+        conf.write_text(
+            "openssl_conf = openssl_init\n[openssl_init]\nengines = engine_section\n"
+            "[engine_section]\npkcs11 = pkcs11_section\n[pkcs11_section]\nengine_id = pkcs11\n"
+            f"dynamic_path = {engine}\nMODULE_PATH = {CLIENT}\ninit = 0\n")
+        pin = tmp_path / "pin-no-newline"
+        pin.write_text(pin_text)
+        pin.chmod(0o600)
+        data = tmp_path / "u-boot-spl.bin"
+        data.write_bytes(os.urandom(32768))
+        env = client_env(softhsm, srv.address, OPENSSL_CONF=str(conf))
 
-    def engine_sign(pin_file: Path, sig: Path) -> subprocess.CompletedProcess[str]:
-        key = f"pkcs11:token={softhsm.token_label};object={remote_keys['rsa']};type=private" \
-              f"?pin-source=file:{pin_file}"
-        return subprocess.run(["openssl", "dgst", "-sha256", "-engine", "pkcs11", "-keyform", "engine",
-                               "-sign", key, "-out", str(sig), str(data)],
-                              capture_output=True, text=True, env=env, timeout=60, check=False)
+        def engine_sign(pin_file: Path, sig: Path) -> subprocess.CompletedProcess[str]:
+            key = f"pkcs11:token=engine-test;object=spl;type=private?pin-source=file:{pin_file}"
+            return subprocess.run(["openssl", "dgst", "-sha256", "-engine", "pkcs11", "-keyform", "engine",
+                                   "-sign", key, "-out", str(sig), str(data)],
+                                  capture_output=True, text=True, env=env, timeout=60, check=False)
 
-    sig = tmp_path / "spl.sig"
-    done = engine_sign(pin, sig)
-    assert done.returncode == 0, done.stderr
-    pub = local_pubkey(softhsm, remote_keys["rsa"], tmp_path / "pub.pem")
-    ok = openssl_verify(pub, sig, data)
-    assert ok.returncode == 0 and OPENSSL_VERIFY_OK in ok.stdout, ok.stdout + ok.stderr
-    # hsmsign strips one trailing newline from a PIN file; libp11 does not
-    refused = engine_sign(softhsm.pin_file, tmp_path / "spl2.sig")
-    assert refused.returncode != 0
-    assert "PIN incorrect" in refused.stderr
+        sig = tmp_path / "spl.sig"
+        done = engine_sign(pin, sig)
+        assert done.returncode == 0, done.stderr
+        ok = openssl_verify(tmp_path / "pub.pem", sig, data)
+        assert ok.returncode == 0 and OPENSSL_VERIFY_OK in ok.stdout, ok.stdout + ok.stderr
+        # hsmsign strips one trailing newline from a PIN file; libp11 does not
+        refused = engine_sign(softhsm.pin_file, tmp_path / "spl2.sig")
+        assert refused.returncode != 0
+        assert "PIN incorrect" in refused.stderr
+
+        # an Ed25519 key on the same token: libp11 0.4.12 then finds no private key at all
+        ed = local.replace("object=spl", "object=other-ed25519")
+        made = subprocess.run([sys.executable, "-m", "hsmsign", "keygen", "--type", "ed25519", "--uri", ed,
+                               "--mode", "development"],
+                              capture_output=True, text=True, env=hsm_env, timeout=60, check=False)
+        assert made.returncode == 0, made.stderr
+        hidden = engine_sign(pin, tmp_path / "spl3.sig")
+        if hidden.returncode == 0:
+            pytest.fail("libp11 now copes with Ed25519 keys: drop the warning in docs/hsm/nxp-cst.md")
+        assert "not found" in hidden.stderr or "enumerate" in hidden.stderr, hidden.stderr
+        # ... while hsmsign signs with the RSA key on that token as before
+        signed = hsmsign(client_env(softhsm, srv.address), "sign", "--mode", "development", "--uri",
+                         f"pkcs11:token=engine-test;object=spl?module-path={CLIENT}"
+                         f"&pin-source=file:{softhsm.pin_file}", "--output", str(tmp_path / "spl4.sig"),
+                         str(data))
+        assert signed.returncode == 0, signed.stderr
+    finally:
+        srv.kill()
 
 
 def _find_first(patterns: list[str]) -> str | None:
