@@ -41,7 +41,8 @@ SET_BY_CLASSES = [
     ),
 ]
 TAIL = (
-    "\n## Set by the classes (do not set them yourself)\n\n| variable | set in | value |\n| --- | --- | --- |\n"
+    "\n## Set by the classes (do not set them yourself)\n\n"
+    "| variable | set in | value |\n| --- | --- | --- |\n"
     + "".join(f"| {a} | {b} | {c} |\n" for a, b, c in SET_BY_CLASSES)
 )
 
