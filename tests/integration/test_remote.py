@@ -348,6 +348,36 @@ def test_server_killed_mid_signature_then_restarted(
     assert ok.returncode == 0 and OPENSSL_VERIFY_OK in ok.stdout, ok.stdout + ok.stderr
 
 
+def test_server_back_within_the_retry_window_signature_succeeds(
+    softhsm: SoftHsm, server: P11KitServer, remote_keys: dict[str, str], tmp_path: Path
+) -> None:
+    """A p11-kit server restart during a build: the signer's session dies, the server is back
+    0.5 s later, and the bounded reconnect (with the PIN that worked) completes the signature."""
+    env = client_env(softhsm, server.address)
+    uri = remote_uri(softhsm, remote_keys["ec"])
+    sig = tmp_path / "kernel.sig"
+    fifo = tmp_path / "kernel.pipe"
+    os.mkfifo(fifo)
+    payload = os.urandom(1 << 20)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hsmsign", "sign", "--mode", "development", "--uri", uri,
+         "--output", str(sig), str(fifo)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    fd = _open_fifo_writer(fifo, proc)
+    server.kill()
+    with os.fdopen(fd, "wb") as pipe:
+        pipe.write(payload)
+    time.sleep(0.5)
+    server.start()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    data = tmp_path / "kernel.bin"
+    data.write_bytes(payload)
+    pub = local_pubkey(softhsm, remote_keys["ec"], tmp_path / "pub.pem")
+    ok = openssl_verify(pub, sig, data)
+    assert ok.returncode == 0 and OPENSSL_VERIFY_OK in ok.stdout, ok.stdout + ok.stderr
+
+
 def test_server_not_running_is_a_token_error(
     softhsm: SoftHsm, p11kit: str, remote_keys: dict[str, str], short_dir: Path, tmp_path: Path
 ) -> None:
