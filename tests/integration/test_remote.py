@@ -548,8 +548,8 @@ def _proc_state(pid: int) -> str:
 
 @pytest.mark.parametrize(
     "uri",
-    ["pkcs11:token=x?pin-value=1234", "pkcs11:token=x;object=fw-signing", "token=x"],
-    ids=["pin-value", "object", "not-a-uri"],
+    ["pkcs11:token=x?pin-value=1234", "pkcs11:token=x;object=fw-signing", "pkcs11:id=%01", "token=x"],
+    ids=["pin-value", "object", "id", "not-a-uri"],
 )
 def test_script_serve_refuses(uri: str, short_dir: Path) -> None:
     done = subprocess.run([str(SCRIPT), "serve", "--socket", str(short_dir / "p.sock"), uri],
