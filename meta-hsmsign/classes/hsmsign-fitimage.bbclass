@@ -1,3 +1,4 @@
+# nooelint: oelint.bbclass.underscores - names fixed by the design (hsmsign-<artifact>, like oe-core's uboot-sign)
 # hsmsign-fitimage.bbclass: the kernel fitImage signed through the token.
 #
 # Inherited by hsmsign.bbclass (INHERIT += "hsmsign"). Key:
@@ -28,6 +29,7 @@ HSMSIGN_FITIMAGE_FILE[doc] = "wrynose and later: the FIT do_hsmsign_fitimage sig
 HSMSIGN_FITIMAGE_ARGS ??= ""
 HSMSIGN_FITIMAGE_ARGS[doc] = "wrynose and later: extra arguments of 'hsmsign fit sign' (e.g. --comment TEXT)."
 
+do_hsmsign_fitimage[doc] = "Sign the kernel FIT (wrynose and later) with the token key HSM_PKCS11_URI_FITIMAGE."
 python do_hsmsign_fitimage() {
     import shlex
     fit = d.getVar("HSMSIGN_FITIMAGE_FILE")
@@ -41,6 +43,7 @@ python do_hsmsign_fitimage() {
 }
 do_hsmsign_fitimage[vardeps] += "HSMSIGN_KEY_ID_FITIMAGE HSMSIGN_CMD"
 
+# nooelint: oelint.task.noanonpython - the hooks depend on what the recipe inherits (inherits_class), known only after parsing
 python () {
     if not hsmsign.bitbake.enabled(d):
         return

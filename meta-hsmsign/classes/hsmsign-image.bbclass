@@ -1,3 +1,4 @@
+# nooelint: oelint.bbclass.underscores - names fixed by the design (hsmsign-<artifact>, like oe-core's uboot-sign)
 # hsmsign-image.bbclass: the rootfs signed through the token.
 #
 # Inherited by hsmsign.bbclass (INHERIT += "hsmsign"); acts only in image
@@ -38,6 +39,7 @@ def hsmsign_rootfs_cert(d):
                         "--eku", "codeSigning", "--output", cert], "ROOTFS")
     return cert
 
+do_hsmsign_verity[doc] = "Sign the dm-verity root hash (detached PKCS#7) with HSM_PKCS11_URI_ROOTFS."
 python do_hsmsign_verity() {
     image = d.getVar("VERITY_INPUT_IMAGE")
     params = {}
@@ -61,6 +63,7 @@ python do_hsmsign_verity() {
 }
 do_hsmsign_verity[vardeps] += "HSMSIGN_KEY_ID_ROOTFS HSMSIGN_CMD"
 
+hsmsign_image_sign[doc] = "Prefunc of do_image_complete: detached signature of every image file and the signed manifest."
 python hsmsign_image_sign() {
     import fnmatch
     if d.getVar("HSMSIGN_IMAGE_SIGN") != "1":
@@ -92,6 +95,7 @@ hsmsign_image_sign[vardeps] += "HSMSIGN_KEY_ID_ROOTFS HSMSIGN_CMD"
 # image_types_verity add their tasks there, after ours): RecipeTaskPreProcess.
 addhandler hsmsign_image_tasks
 hsmsign_image_tasks[eventmask] = "bb.event.RecipeTaskPreProcess"
+hsmsign_image_tasks[doc] = "Wire the image signing tasks once every class has added its own."
 python hsmsign_image_tasks() {
     d = e.data
     if not hsmsign.bitbake.enabled(d) or not bb.data.inherits_class("image", d):

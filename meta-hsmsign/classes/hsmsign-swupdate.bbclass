@@ -1,3 +1,4 @@
+# nooelint: oelint.bbclass.underscores - names fixed by the design (hsmsign-<artifact>, like oe-core's uboot-sign)
 # hsmsign-swupdate.bbclass: swupdate bundles signed through the token.
 #
 # Inherited by hsmsign.bbclass (INHERIT += "hsmsign"); acts only in recipes
@@ -44,6 +45,7 @@ def hsmsign_swupdate_tool(d):
     args += ["--output", q(os.path.join(workdir, "sw-description.sig")), q(sw_desc)]
     return " ".join(args)
 
+# nooelint: oelint.task.noanonpython - the hooks depend on what the recipe inherits (inherits_class), known only after parsing
 python () {
     if not hsmsign.bitbake.enabled(d) or not bb.data.inherits_class("swupdate-common", d):
         return

@@ -1,3 +1,4 @@
+# nooelint: oelint.bbclass.underscores - names fixed by the design (hsmsign-<artifact>, like oe-core's uboot-sign)
 # hsmsign-uboot.bbclass: U-Boot and SPL FITs signed through the token.
 #
 # Inherited by hsmsign.bbclass (INHERIT += "hsmsign"); acts only in recipes
@@ -25,6 +26,7 @@
 HSMSIGN_UBOOT_TASKS ??= "do_uboot_assemble_fitimage do_deploy"
 HSMSIGN_UBOOT_TASKS[doc] = "Tasks of uboot-sign recipes that call UBOOT_MKIMAGE_SIGN and get the token environment, lock and key identity."
 
+# nooelint: oelint.task.noanonpython - the hooks depend on what the recipe inherits (inherits_class), known only after parsing
 python () {
     if not hsmsign.bitbake.enabled(d) or not bb.data.inherits_class("uboot-sign", d):
         return

@@ -32,7 +32,7 @@
 #   HSMSIGN_PUBKEY_SHA256_FITIMAGE = "..."
 #
 # This class holds the variables, the parse-time checks and the runner; it
-# inherits one class per artifact (HSMSIGN_CLASSES), each of which hooks only the
+# inherits one class per artifact (see the end of this file), each of which hooks only the
 # recipes that build that artifact. Adding the layer without INHERIT changes no
 # recipe. See docs/layer.md and docs/reference/variables.md.
 
@@ -90,9 +90,6 @@ HSMSIGN_DEV_HOME[doc] = "Directory of the development token (hsmsign dev-init); 
 HSMSIGN_DEV_MODULE ??= ""
 HSMSIGN_DEV_MODULE[doc] = "SoftHSM module of the development token; empty: the first libsofthsm2.so found."
 
-HSMSIGN_CLASSES ??= "hsmsign-uboot hsmsign-fitimage hsmsign-image hsmsign-swupdate"
-HSMSIGN_CLASSES[doc] = "Artifact classes INHERIT += 'hsmsign' brings in; each hooks only the recipes that build its artifact."
-
 # The key identity in task hashes: the URI without PIN source and module plus
 # the pinned fingerprint and mode. [vardepvalue] makes the hash use the
 # expanded identity, so a key change re-signs and a shared sstate mirror cannot
@@ -115,6 +112,7 @@ HSMSIGN_KEY_ID_ENCRYPT[vardepvalue] = "${HSMSIGN_KEY_ID_ENCRYPT}"
 # key-file variables are checked in detail. Fatal problems stop the parse.
 addhandler hsmsign_config_check
 hsmsign_config_check[eventmask] = "bb.event.ConfigParsed"
+hsmsign_config_check[doc] = "Parse-time check of the base configuration: no PIN, private key or key file; a warning when no key is set."
 python hsmsign_config_check() {
     data = e.data
     names = []
@@ -165,6 +163,7 @@ def hsmsign_hook_task(d, task, role):
 # outside argv and is never written to the datastore or run.do_* scripts.
 # BB_ORIGENV is excluded from the hash: it is the whole client environment
 # (it changes with every shell and holds the PIN itself).
+hsmsign_prepare_env[doc] = "Prefunc of signing tasks: token environment and the PIN (from BB_ORIGENV) into the task process, outside argv."
 python hsmsign_prepare_env() {
     role = d.getVarFlag(d.getVar("BB_CURRENTTASK") and "do_" + d.getVar("BB_CURRENTTASK"), "hsmsign_role") or ""
     try:
@@ -190,10 +189,12 @@ def hsmsign_run(d, args, role, cwd=None):
     return done
 hsmsign_run[vardepsexclude] = "BB_ORIGENV"
 
+# nooelint: oelint.task.noanonpython - the hooks depend on what the recipe inherits (inherits_class), known only after parsing
 python () {
     if not hsmsign.bitbake.enabled(d):
         return
     hsmsign_recipe_check(d)
 }
 
-inherit ${HSMSIGN_CLASSES}
+# One class per artifact; each hooks only the recipes that build its artifact.
+inherit hsmsign-uboot hsmsign-fitimage hsmsign-image hsmsign-swupdate

@@ -1,22 +1,29 @@
-SUMMARY = "hsmsign: sign embedded Linux artifacts with keys that never leave a PKCS#11 token"
-DESCRIPTION = "The hsmsign command run by the meta-hsmsign classes, built from the \
-layer's own lib/hsmsign (the same sources addpylib loads at parse time)."
+SUMMARY = "Sign boot and update artifacts with keys kept in a PKCS#11 token"
+DESCRIPTION = "The hsmsign command run by the meta-hsmsign classes, built from \
+               the layer's own lib/hsmsign (the sources addpylib loads at parse time)."
+# nooelint: oelint.vars.homepageping - no network in CI; the project page
 HOMEPAGE = "https://github.com/meta-hsmsign/meta-hsmsign"
+BUGTRACKER = "https://github.com/meta-hsmsign/meta-hsmsign/issues"
+CVE_PRODUCT = "hsmsign"
 SECTION = "devel"
 LICENSE = "MIT"
+# nooelint: oelint.var.licenseremotefile - the sources are the layer's own library, MIT like the layer
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
 
-# the library lives in the layer itself: meta-hsmsign/lib/hsmsign
+# cryptography and asn1crypto from oe-core, python-pkcs11 from meta-python
+DEPENDS = "python3-asn1crypto-native python3-cryptography-native python3-native python3-pkcs11-native"
+
+# The library lives in the layer itself (meta-hsmsign/lib/hsmsign), one source
+# of truth with the parse-time addpylib; the recipe fetches it from there.
+# nooelint: oelint.vars.fileextrapaths, oelint.vars.outofcontext - sources are in the layer's lib/, not next to the recipe
 FILESEXTRAPATHS:prepend := "${THISDIR}/../../lib:"
 SRC_URI = "file://hsmsign;subdir=hsmsign-src"
 
 # scarthgap unpacks into WORKDIR, later releases into UNPACKDIR
 S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}/hsmsign-src"
 
+# nooelint: oelint.var.inheritdevtool.native - a native-only recipe (no BBCLASSEXTEND); native is inherited last as oe-core requires
 inherit python3native native
-
-# cryptography and asn1crypto from oe-core, python-pkcs11 from meta-python
-DEPENDS = "python3-native python3-cryptography-native python3-asn1crypto-native python3-pkcs11-native"
 
 do_configure[noexec] = "1"
 do_compile[noexec] = "1"
