@@ -1,0 +1,271 @@
+"""meta-hsmsign with real BitBake and OE-Core (skipped without their paths).
+
+Environment (scripts/run-layer-tests sets them and runs this as a plain user):
+  HSMSIGN_TEST_BITBAKE        BitBake checkout (2.8 for scarthgap, 2.18 for wrynose)
+  HSMSIGN_TEST_OECORE         openembedded-core checkout of the same release
+  HSMSIGN_TEST_METAOE         meta-openembedded checkout (meta-oe, meta-python)
+  HSMSIGN_TEST_METASWUPDATE   meta-swupdate checkout (optional)
+  HSMSIGN_TEST_PYTHON         a Python with python-pkcs11 and cryptography, for the
+                              signing task (optional: that test skips without it)
+  HSMSIGN_TEST_BUILDDIR       reuse this build directory (keeps the parse cache)
+
+A full parse of OE-Core + meta-oe + meta-swupdate takes minutes on 2 cores: all
+checks share one build directory; the parse-time refusals stop before any recipe
+is parsed and use their own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+LAYER = os.path.join(ROOT, "meta-hsmsign")
+TEST_LAYER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "meta-hsmsign-test")
+PIN_MARKER = "pin-marker-5d1c9e"  # an obviously fake value that must never show up
+
+BITBAKE = os.environ.get("HSMSIGN_TEST_BITBAKE", "")
+OECORE = os.environ.get("HSMSIGN_TEST_OECORE", "")
+METAOE = os.environ.get("HSMSIGN_TEST_METAOE", "")
+METASWUPDATE = os.environ.get("HSMSIGN_TEST_METASWUPDATE", "")
+
+pytestmark = [
+    pytest.mark.skipif(
+        not (BITBAKE and OECORE and METAOE),
+        reason="set HSMSIGN_TEST_BITBAKE, HSMSIGN_TEST_OECORE, HSMSIGN_TEST_METAOE (scripts/run-layer-tests)",
+    ),
+    pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="BitBake refuses to run as root"),
+]
+
+
+@dataclass
+class Build:
+    topdir: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def run(
+        self, *args: str, env: dict[str, str] | None = None, timeout: int = 3600
+    ) -> subprocess.CompletedProcess:
+        full_env = {
+            "PATH": os.path.join(BITBAKE, "bin") + ":/usr/bin:/bin",
+            "HOME": os.environ.get("HOME", self.topdir),
+            "LANG": "en_US.UTF-8",
+            "LC_ALL": "en_US.UTF-8",
+            "BBPATH": self.topdir,
+            "HSM_TEST_PIN": PIN_MARKER,
+        }
+        full_env.update(env or {})
+        start = time.monotonic()
+        done = subprocess.run(
+            ["bitbake", *args],
+            cwd=self.topdir,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        self.timings[" ".join(args)] = time.monotonic() - start
+        sys.stderr.write(
+            f"bitbake {' '.join(args)}: {time.monotonic() - start:.1f} s, exit {done.returncode}\n"
+        )
+        return done
+
+
+def layers(extra: tuple[str, ...] = ()) -> list[str]:
+    found = [
+        os.path.join(OECORE, "meta"),
+        os.path.join(METAOE, "meta-oe"),
+        os.path.join(METAOE, "meta-python"),
+    ]
+    if METASWUPDATE:
+        found.append(METASWUPDATE)
+    return [*found, LAYER, *extra]
+
+
+def write_conf(topdir: str, local: str, extra_layers: tuple[str, ...] = ()) -> None:
+    conf = os.path.join(topdir, "conf")
+    os.makedirs(conf, exist_ok=True)
+    with open(os.path.join(conf, "bblayers.conf"), "w", encoding="utf-8") as fh:
+        paths = " ".join(layers(extra_layers))
+        fh.write('BBPATH = "${TOPDIR}"\nBBFILES ?= ""\nBBLAYERS = "' + paths + '"\n')
+    base = (
+        'MACHINE = "qemuarm64"\nDISTRO = ""\nBB_NO_NETWORK = "1"\nCONNECTIVITY_CHECK_URIS = ""\n'
+        'BB_NUMBER_THREADS = "2"\nBB_NUMBER_PARSE_THREADS = "2"\n'
+    )
+    with open(os.path.join(conf, "local.conf"), "w", encoding="utf-8") as fh:
+        fh.write(base + local)
+
+
+def dev_token(python: str, home: str) -> str:
+    """Create the development token in ``home`` with ``python -m hsmsign dev-init``; return its PIN."""
+    env = {**os.environ, "PYTHONPATH": os.path.join(LAYER, "lib"), "HSMSIGN_DEV_HOME": home}
+    subprocess.run([python, "-m", "hsmsign", "dev-init"], env=env, check=True, capture_output=True)
+    with open(os.path.join(home, "user-pin"), encoding="utf-8") as fh:
+        return fh.read().strip()
+
+
+@pytest.fixture(scope="module")
+def main_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Build, str]]:
+    topdir = os.environ.get("HSMSIGN_TEST_BUILDDIR") or str(tmp_path_factory.mktemp("bb-main"))
+    python = os.environ.get("HSMSIGN_TEST_PYTHON", "")
+    devhome = os.path.join(topdir, "hsmsign-dev")
+    pin = dev_token(python, devhome) if python else ""
+    lib = os.path.join(LAYER, "lib")
+    local = f"""
+INHERIT += "hsmsign"
+HSMSIGN_MODE = "development"
+HSMSIGN_DEV_HOME = "{devhome}"
+# no pin-source: the PIN comes from HSM_TEST_PIN in BitBake's environment
+HSM_PKCS11_URI = "pkcs11:token=hsmsign-dev;object=dev-rootfs?module-path=/usr/lib/softhsm/libsofthsm2.so"
+HSMSIGN_PIN_ENV = "HSM_TEST_PIN"
+HSMSIGN_CMD:pn-hsmsign-test-sign = "env PYTHONPATH={lib} {python or "python3"} -m hsmsign"
+UBOOT_SIGN_ENABLE = "1"
+UBOOT_FITIMAGE_ENABLE = "1"
+SPL_SIGN_ENABLE = "1"
+KERNEL_CLASSES += "kernel-fitimage"
+KERNEL_IMAGETYPES += "fitImage"
+IMAGE_CLASSES += "image_types_verity"
+IMAGE_FSTYPES += "ext4 verity"
+"""
+    write_conf(topdir, local, (TEST_LAYER,))
+    yield Build(topdir), pin
+
+
+def test_parse_with_oecore(main_build: tuple[Build, str]) -> None:
+    build, _ = main_build
+    done = build.run("-p")
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    summary = re.search(r"Parsing of (\d+) \.bb files complete.*?(\d+) errors", out)
+    assert summary is not None and summary.group(2) == "0", out[-2000:]
+    assert PIN_MARKER not in out
+
+
+def task_edges(build: Build, target: str) -> set[tuple[str, str]]:
+    done = build.run("-g", target)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    with open(os.path.join(build.topdir, "task-depends.dot"), encoding="utf-8") as fh:
+        text = fh.read()
+    return set(re.findall(r'"([^"]+)" -> "([^"]+)"', text))
+
+
+def test_image_tasks_in_order(main_build: tuple[Build, str]) -> None:
+    build, _ = main_build
+    edges = task_edges(build, "core-image-minimal")
+    image = "core-image-minimal"
+    assert (f"{image}.do_hsmsign_verity", f"{image}.do_image_verity") in edges
+    assert (f"{image}.do_image_complete", f"{image}.do_hsmsign_verity") in edges
+    # hsmsign-native reaches the image's sysroot (default HSMSIGN_CMD)
+    assert any(a.startswith("hsmsign-native.") for a, _ in edges) or any(
+        b.startswith("hsmsign-native.") for _, b in edges
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "task", "needles"),
+    [
+        (
+            "u-boot",
+            "do_uboot_assemble_fitimage",
+            ['UBOOT_MKIMAGE_SIGN="hsmsign mkimage"', "hsmsign_prepare_env"],
+        ),
+        (
+            "virtual/kernel",
+            "do_assemble_fitimage",
+            ['UBOOT_MKIMAGE_SIGN="hsmsign mkimage"', "hsmsign_prepare_env"],
+        ),
+        ("core-image-minimal", "do_hsmsign_verity", ["do_hsmsign_verity()", "hsmsign_image_sign()"]),
+    ],
+)
+def test_bitbake_e_shows_hooks_and_no_pin(
+    main_build: tuple[Build, str], target: str, task: str, needles: list
+) -> None:
+    build, _ = main_build
+    done = build.run("-e", target)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    for needle in needles:
+        assert needle in out, f"{needle} missing from bitbake -e {target}"
+    assert 'UBOOT_SIGN_KEYDIR="pkcs11:' in out or target == "core-image-minimal"
+    assert 'HSMSIGN_KEY_ID_ROOTFS="pkcs11:token=hsmsign-dev;object=dev-rootfs pubkey-sha256' in out
+    assert PIN_MARKER not in out
+
+
+def test_sign_task_runs_and_verifies(main_build: tuple[Build, str], tmp_path: object) -> None:
+    build, pin = main_build
+    if not pin:
+        pytest.skip("set HSMSIGN_TEST_PYTHON to a Python with python-pkcs11 and cryptography")
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl missing")
+    done = build.run("-c", "hsmsign_test", "hsmsign-test-sign", env={"HSM_TEST_PIN": pin})
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    workdirs = []
+    for base, dirs, _files in os.walk(os.path.join(build.topdir, "tmp", "work")):
+        if "hsmsign-test" in dirs and "hsmsign-test-sign" in base:
+            workdirs.append(base)
+    assert workdirs, "no WORKDIR of hsmsign-test-sign"
+    outdir = os.path.join(workdirs[0], "hsmsign-test")
+    payload = os.path.join(outdir, "payload.bin")
+    verify = subprocess.run(
+        [
+            openssl,
+            "dgst",
+            "-sha256",
+            "-verify",
+            os.path.join(outdir, "pubkey.pem"),
+            "-signature",
+            payload + ".sig",
+            payload,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verify.returncode == 0 and "Verified OK" in verify.stdout, verify.stdout + verify.stderr
+    # the PIN is in no run script, log or sigdata of the build
+    for base, _dirs, files in os.walk(os.path.join(build.topdir, "tmp")):
+        for name in files:
+            if name.startswith(("run.", "log.")) or "sigdata" in name or "siginfo" in name:
+                with open(os.path.join(base, name), "rb") as fh:
+                    assert pin.encode() not in fh.read(), os.path.join(base, name)
+
+
+def test_pin_value_in_local_conf_stops_parse(tmp_path: object) -> None:
+    topdir = os.path.join(str(tmp_path), "bb-pin")
+    write_conf(
+        topdir,
+        'INHERIT += "hsmsign"\nHSM_PKCS11_URI = "pkcs11:token=t;object=k?pin-value=' + PIN_MARKER + '"\n',
+    )
+    done = Build(topdir).run("-p", timeout=900)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "HSM_PKCS11_URI" in out and "pin-value" in out and "what to do" in out
+    assert "Parsing of" not in out  # stopped before any recipe
+    assert PIN_MARKER not in out
+
+
+def test_private_key_and_key_file_stop_parse_in_production(tmp_path: object) -> None:
+    topdir = os.path.join(str(tmp_path), "bb-key")
+    header = "-----BEGIN " + "PRIVATE KEY-----"  # split so the file itself holds no key header
+    write_conf(
+        topdir,
+        'INHERIT += "hsmsign"\nHSM_PKCS11_URI = "pkcs11:token=t;object=k"\n'
+        f'ACME_SIGNING_BLOB = "{header} MIIEvAIBADANBg"\nSWUPDATE_PRIVATE_KEY = "/keys/swu.pem"\n',
+    )
+    done = Build(topdir).run("-p", timeout=900)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "ACME_SIGNING_BLOB" in out and "private key" in out
+    assert "SWUPDATE_PRIVATE_KEY" in out and "remove SWUPDATE_PRIVATE_KEY" in out
+    assert "MIIEvAIBADANBg" not in out
