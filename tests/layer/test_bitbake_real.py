@@ -74,6 +74,12 @@ class Build:
             check=False,
         )
         self.timings[" ".join(args)] = time.monotonic() - start
+        if not (done.stdout + done.stderr).strip():
+            # the UI printed nothing: the server's log says why
+            log = os.path.join(self.topdir, "bitbake-cookerdaemon.log")
+            if os.path.exists(log):
+                with open(log, encoding="utf-8", errors="replace") as fh:
+                    done.stderr = fh.read()[-6000:]
         sys.stderr.write(
             f"bitbake {' '.join(args)}: {time.monotonic() - start:.1f} s, exit {done.returncode}\n"
         )
