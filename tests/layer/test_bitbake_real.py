@@ -37,6 +37,33 @@ OECORE = os.environ.get("HSMSIGN_TEST_OECORE", "")
 METAOE = os.environ.get("HSMSIGN_TEST_METAOE", "")
 METASWUPDATE = os.environ.get("HSMSIGN_TEST_METASWUPDATE", "")
 
+
+def corenames() -> list[str]:
+    try:
+        with open(os.path.join(OECORE, "meta", "conf", "layer.conf"), encoding="utf-8") as fh:
+            found = re.search(r'^LAYERSERIES_CORENAMES = "([^"]*)"', fh.read(), re.M)
+    except OSError:
+        return []
+    return found.group(1).split() if found else []
+
+
+# scarthgap: kernel-fitimage in the kernel recipe; wrynose and later: linux-yocto-fitimage
+SCARTHGAP = corenames()[:1] == ["scarthgap"]
+KERNEL_CONF = 'KERNEL_CLASSES += "kernel-fitimage"\nKERNEL_IMAGETYPES += "fitImage"\n' if SCARTHGAP else ""
+KERNEL_CASE = (
+    (
+        "virtual/kernel",
+        "do_assemble_fitimage",
+        ['UBOOT_MKIMAGE_SIGN="hsmsign mkimage"', "hsmsign_prepare_env"],
+    )
+    if SCARTHGAP
+    else (
+        "linux-yocto-fitimage",
+        "do_hsmsign_fitimage",
+        ["do_hsmsign_fitimage()", 'FIT_KERNEL_SIGN_ENABLE="0"'],
+    )
+)
+
 pytestmark = [
     pytest.mark.skipif(
         not (BITBAKE and OECORE and METAOE),
@@ -137,9 +164,7 @@ HSMSIGN_CMD:pn-hsmsign-test-sign = "env PYTHONPATH={lib} {python or "python3"} -
 UBOOT_SIGN_ENABLE = "1"
 UBOOT_FITIMAGE_ENABLE = "1"
 SPL_SIGN_ENABLE = "1"
-KERNEL_CLASSES += "kernel-fitimage"
-KERNEL_IMAGETYPES += "fitImage"
-IMAGE_CLASSES += "image_types_verity"
+{KERNEL_CONF}IMAGE_CLASSES += "image_types_verity"
 IMAGE_FSTYPES += "ext4 verity"
 """
     write_conf(topdir, local, (TEST_LAYER,))
@@ -184,11 +209,7 @@ def test_image_tasks_in_order(main_build: tuple[Build, str]) -> None:
             "do_uboot_assemble_fitimage",
             ['UBOOT_MKIMAGE_SIGN="hsmsign mkimage"', "hsmsign_prepare_env"],
         ),
-        (
-            "virtual/kernel",
-            "do_assemble_fitimage",
-            ['UBOOT_MKIMAGE_SIGN="hsmsign mkimage"', "hsmsign_prepare_env"],
-        ),
+        KERNEL_CASE,
         ("core-image-minimal", "do_hsmsign_verity", ["do_hsmsign_verity()", "hsmsign_image_sign()"]),
     ],
 )
@@ -201,7 +222,7 @@ def test_bitbake_e_shows_hooks_and_no_pin(
     assert done.returncode == 0, out[-3000:]
     for needle in needles:
         assert needle in out, f"{needle} missing from bitbake -e {target}"
-    assert 'UBOOT_SIGN_KEYDIR="pkcs11:' in out or target == "core-image-minimal"
+    assert 'UBOOT_SIGN_KEYDIR="pkcs11:' in out or target in ("core-image-minimal", "linux-yocto-fitimage")
     assert 'HSMSIGN_KEY_ID_ROOTFS="pkcs11:token=hsmsign-dev;object=dev-rootfs pubkey-sha256' in out
     assert PIN_MARKER not in out
 
