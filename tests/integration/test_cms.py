@@ -322,3 +322,23 @@ def test_signing_time_encodings(
     assert _openssl_verify(sig, content, cert_path).returncode == 0
     res = cms.verify_detached(der, content=b"time", trusted=[_load(cert_path)])
     assert int(res.signing_time.timestamp()) == int(epoch)
+
+
+def test_embedded_certificate_with_invalid_version_is_a_verification_error(
+    softhsm: SoftHsm, rsa2048: str, tmp_path: Path
+) -> None:
+    """Found by the fuzz test above: cryptography raised InvalidVersion (not a ValueError)."""
+    from hsmsign import token
+    from hsmsign.errors import VerificationError
+    from hsmsign.formats import cms
+
+    path = _cert(softhsm, rsa2048, tmp_path / "v.pem")
+    with token.open_key(rsa2048, mode="development") as signer:
+        der = cms.sign_detached(signer, cert=cms.load_certificate(path.read_bytes()), content=b"x")
+    version_v3 = bytes.fromhex("a003020102")  # [0] EXPLICIT INTEGER 2 (X.509 v3) in the embedded cert
+    at = der.find(version_v3)
+    assert at > 0
+    broken = der[: at + 4] + b"\x03" + der[at + 5 :]
+    with pytest.raises(VerificationError) as info:
+        cms.verify_detached(broken, content=b"x", trusted=[cms.load_certificate(path.read_bytes())])
+    assert "malformed certificate" in info.value.message

@@ -347,7 +347,10 @@ def _verify_detached(
     candidates: list[Any] = []
     for choice in sd["certificates"] or []:
         if choice.name == "certificate":
-            candidates.append(x509.load_der_x509_certificate(choice.chosen.dump()))
+            try:
+                candidates.append(x509.load_der_x509_certificate(choice.chosen.dump()))
+            except (ValueError, x509.InvalidVersion) as exc:
+                raise VerificationError(f"the CMS signature carries a malformed certificate: {exc}") from exc
     candidates.extend(trusted)
     sid = si["sid"]
     signer_cert = None
