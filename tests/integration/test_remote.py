@@ -255,12 +255,6 @@ def test_module_from_hsm_pkcs11_module_and_token_info(
     assert not (tmp_path / "fw.sig").exists()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="SoftHSM's file store is rewritten by every C_Login (token flags); a p11-kit remote child "
-    "reading it at that moment gets CKR_TOKEN_NOT_RECOGNIZED/CKR_GENERAL_ERROR or no slot, and "
-    "hsmsign.token does not yet retry while opening a token (2-4 of 40 parallel signers failed)",
-)
 def test_parallel_signers_share_one_server(
     softhsm: SoftHsm, server: P11KitServer, remote_keys: dict[str, str], tmp_path: Path
 ) -> None:

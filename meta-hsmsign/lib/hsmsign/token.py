@@ -423,6 +423,14 @@ def _load_module(path: str) -> Any:
     try:
         lib = pkcs11.lib(path)
     except pkcs11.PKCS11Error as exc:
+        if os.path.basename(path) == "p11-kit-client.so":
+            raise TokenError(
+                "cannot reach the p11-kit server at "
+                f"{os.environ.get('P11_KIT_SERVER_ADDRESS', '(P11_KIT_SERVER_ADDRESS not set)')}: "
+                f"{type(exc).__name__}",
+                "start it on the HSM host (scripts/hsmsign-remote serve), forward its socket "
+                "(hsmsign-remote connect HOST) and export P11_KIT_SERVER_ADDRESS",
+            ) from exc
         raise TokenError(
             f"cannot load PKCS#11 module {path}: {str(exc).strip() or type(exc).__name__}",
             "check that it is a PKCS#11 library for this architecture (file, ldd) and that its "
@@ -445,9 +453,36 @@ def open_token(
         opened = _TOKENS.get(key)
         if opened is None:
             opened = _OpenToken(path, token_uri, pin_env, mode, rw)
-            opened.connect()
+            _connect_with_retry(opened)
             _TOKENS[key] = opened
         return opened
+
+
+# Transient while a token is being opened: SoftHSM's file store is rewritten by every C_Login
+# (token flags), and another process reading it then gets CKR_TOKEN_NOT_RECOGNIZED or
+# CKR_GENERAL_ERROR, or p11-kit server's filter hides the slot ("tokens present: none"); a
+# p11-kit server that is restarting refuses C_Initialize (CKR_DEVICE_ERROR). Never a PIN error.
+_CONNECT_TRANSIENT = ("TokenNotRecognised", "GeneralError", "DeviceError", "TokenNotPresent",
+                      "SessionHandleInvalid", "DeviceRemoved")
+
+
+def _connect_with_retry(opened: _OpenToken) -> None:
+    import random
+
+    for attempt in range(RECONNECT_ATTEMPTS + 1):
+        try:
+            opened.connect()
+            return
+        except TokenError as exc:
+            cause = exc.__cause__
+            transient = cause is not None and type(cause).__name__ in _CONNECT_TRANSIENT
+            transient = transient or getattr(exc, "no_token_present", False)
+            if not transient or attempt == RECONNECT_ATTEMPTS:
+                raise
+        time.sleep(RECONNECT_BACKOFF_S * (attempt + 1) * random.uniform(0.5, 1.5))  # noqa: S311
+        with contextlib.suppress(Exception):
+            if opened.lib is not None:
+                opened.lib.reinitialize()
 
 
 def close_all() -> None:
@@ -470,11 +505,15 @@ def _refuse_unknown(uri: Pkcs11Uri) -> None:
 
 def _no_token(uri: Pkcs11Uri, module: str, seen: list[str]) -> TokenError:
     have = ", ".join(f"'{label}'" for label in seen) if seen else "none"
-    return TokenError(
+    err = TokenError(
         f"no token matches {uri.redacted()} in module {module} (tokens present: {have})",
         "check token= in the URI, that the HSM is plugged in / reachable, and for SoftHSM that "
         "SOFTHSM2_CONF points at the right token directory ('hsmsign doctor' checks each step)",
     )
+    # retried while opening: a SoftHSM token being rewritten by another process's login reads
+    # as absent or with a garbled label for a moment (costs ~1 s before a real mismatch is reported)
+    err.no_token_present = True  # type: ignore[attr-defined]
+    return err
 
 
 def _tries_left(token: Any) -> str:
