@@ -31,7 +31,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hsmsign.commands.encrypt",
     "hsmsign.commands.audit",
     "hsmsign.commands.ledger",
-    "hsmsign.commands.remote",
 )
 
 DESCRIPTION = """\
