@@ -51,6 +51,9 @@ def main() -> int:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT / "meta-hsmsign" / "lib")
     env["HSMSIGN_DEV_HOME"] = str(work / "dev")
+    # measure the command as installed: with byte-code caches (a pip or hsmsign-native install has them)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
     hsmsign = [sys.executable, "-m", "hsmsign"]
     try:
         init = subprocess.run(
