@@ -91,20 +91,18 @@ python hsmsign_image_sign() {
 }
 hsmsign_image_sign[vardeps] += "HSMSIGN_KEY_ID_ROOTFS HSMSIGN_CMD"
 
-# Task wiring after every class's anonymous Python has run (image.bbclass and
-# image_types_verity add their tasks there, after ours): RecipeTaskPreProcess.
-addhandler hsmsign_image_tasks
-hsmsign_image_tasks[eventmask] = "bb.event.RecipeTaskPreProcess"
-hsmsign_image_tasks[doc] = "Wire the image signing tasks once every class has added its own."
-python hsmsign_image_tasks() {
-    d = e.data
+# Task wiring. do_image_verity is added by image_types_verity's anonymous
+# Python, which may run after ours: addtask only records the dependency names,
+# and BitBake resolves them once every anonymous function has run.
+# nooelint: oelint.task.noanonpython - whether the recipe is an image with a verity type is known only after parsing
+python () {
     if not hsmsign.bitbake.enabled(d) or not bb.data.inherits_class("image", d):
         return
-    tasks = e.tasklist
-    if "do_image_verity" in tasks:
+    fstypes = (d.getVar("IMAGE_FSTYPES") or "").split()
+    if "verity" in fstypes and bb.data.inherits_class("image_types_verity", d):
         bb.build.addtask("do_hsmsign_verity", "do_image_complete", "do_image_verity", d)
         hsmsign_hook_task(d, "do_hsmsign_verity", "ROOTFS")
-    if d.getVar("HSMSIGN_IMAGE_SIGN") == "1" and "do_image_complete" in tasks:
+    if d.getVar("HSMSIGN_IMAGE_SIGN") == "1":
         hsmsign_hook_task(d, "do_image_complete", "ROOTFS")
         d.appendVarFlag("do_image_complete", "prefuncs", " hsmsign_image_sign")
 }

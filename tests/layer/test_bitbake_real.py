@@ -60,7 +60,7 @@ KERNEL_CASE = (
     else (
         "linux-yocto-fitimage",
         "do_hsmsign_fitimage",
-        ["do_hsmsign_fitimage()", 'FIT_KERNEL_SIGN_ENABLE="0"'],
+        ["python do_hsmsign_fitimage () {", 'FIT_KERNEL_SIGN_ENABLE="0"'],
     )
 )
 
@@ -160,6 +160,7 @@ HSMSIGN_DEV_HOME = "{devhome}"
 # no pin-source: the PIN comes from HSM_TEST_PIN in BitBake's environment
 HSM_PKCS11_URI = "pkcs11:token=hsmsign-dev;object=dev-rootfs?module-path=/usr/lib/softhsm/libsofthsm2.so"
 HSMSIGN_PIN_ENV = "HSM_TEST_PIN"
+HSMSIGN_TEST_OUT:pn-hsmsign-test-sign = "{topdir}/hsmsign-test-out"
 HSMSIGN_CMD:pn-hsmsign-test-sign = "env PYTHONPATH={lib} {python or "python3"} -m hsmsign"
 UBOOT_SIGN_ENABLE = "1"
 UBOOT_FITIMAGE_ENABLE = "1"
@@ -210,7 +211,11 @@ def test_image_tasks_in_order(main_build: tuple[Build, str]) -> None:
             ['UBOOT_MKIMAGE_SIGN="hsmsign mkimage"', "hsmsign_prepare_env"],
         ),
         KERNEL_CASE,
-        ("core-image-minimal", "do_hsmsign_verity", ["do_hsmsign_verity()", "hsmsign_image_sign()"]),
+        (
+            "core-image-minimal",
+            "do_hsmsign_verity",
+            ["python do_hsmsign_verity () {", "python hsmsign_image_sign () {"],
+        ),
     ],
 )
 def test_bitbake_e_shows_hooks_and_no_pin(
@@ -237,12 +242,7 @@ def test_sign_task_runs_and_verifies(main_build: tuple[Build, str], tmp_path: ob
     done = build.run("-c", "hsmsign_test", "hsmsign-test-sign", env={"HSM_TEST_PIN": pin})
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
-    workdirs = []
-    for base, dirs, _files in os.walk(os.path.join(build.topdir, "tmp", "work")):
-        if "hsmsign-test" in dirs and "hsmsign-test-sign" in base:
-            workdirs.append(base)
-    assert workdirs, "no WORKDIR of hsmsign-test-sign"
-    outdir = os.path.join(workdirs[0], "hsmsign-test")
+    outdir = os.path.join(build.topdir, "hsmsign-test-out")
     payload = os.path.join(outdir, "payload.bin")
     verify = subprocess.run(
         [
@@ -261,7 +261,9 @@ def test_sign_task_runs_and_verifies(main_build: tuple[Build, str], tmp_path: ob
     )
     assert verify.returncode == 0 and "Verified OK" in verify.stdout, verify.stdout + verify.stderr
     # the PIN is in no run script, log or sigdata of the build
-    for base, _dirs, files in os.walk(os.path.join(build.topdir, "tmp")):
+    tmpdirs = [os.path.join(build.topdir, n) for n in os.listdir(build.topdir) if n.startswith("tmp")]
+    assert tmpdirs
+    for base, _dirs, files in (entry for tmp in tmpdirs for entry in os.walk(tmp)):
         for name in files:
             if name.startswith(("run.", "log.")) or "sigdata" in name or "siginfo" in name:
                 with open(os.path.join(base, name), "rb") as fh:
