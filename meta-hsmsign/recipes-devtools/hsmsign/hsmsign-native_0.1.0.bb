@@ -10,8 +10,8 @@ LICENSE = "MIT"
 # nooelint: oelint.var.licenseremotefile - the sources are the layer's own library, MIT like the layer
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
 
-# cryptography and asn1crypto from oe-core, python-pkcs11 from meta-python
-DEPENDS = "python3-asn1crypto-native python3-cryptography-native python3-native python3-pkcs11-native"
+# cryptography and asn1crypto from oe-core; python-pkcs11 (0.7, imports cached_property) from meta-python
+DEPENDS = "python3-asn1crypto-native python3-cached-property-native python3-cryptography-native python3-native python3-pkcs11-native"
 
 # The library lives in the layer itself (meta-hsmsign/lib/hsmsign), one source
 # of truth with the parse-time addpylib; the recipe fetches it from there.
