@@ -281,9 +281,9 @@ def redact(text: str) -> str:
     try:
         return Pkcs11Uri.parse(text).redacted()
     except ConfigError:
-        return re.sub(r"(pin-value=)[^&;?#\s\"']*", r"\1" + REDACTED, text, flags=re.IGNORECASE)
+        return re.sub(r"(pin-value)=[^&;?#\s\"']*", r"\1=" + REDACTED, text, flags=re.IGNORECASE)
 
 
 def _shorten(text: str, limit: int = 60) -> str:
-    text = re.sub(r"(pin-value=)[^&;?#\s]*", r"\1" + REDACTED, text, flags=re.IGNORECASE)
+    text = re.sub(r"(pin-value)=[^&;?#\s]*", r"\1=" + REDACTED, text, flags=re.IGNORECASE)
     return text if len(text) <= limit else text[: limit - 3] + "..."
