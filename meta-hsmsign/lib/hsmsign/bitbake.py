@@ -168,6 +168,23 @@ def key_identity(d: Datastore, role: str) -> str:
     return f"{ident} pubkey-sha256={pin or 'unpinned'} mode={mode(d)}"
 
 
+def key_name(d: Datastore, role: str) -> str:
+    """The FIT ``key-name-hint`` of a role: the URI's ``object=`` label, else ``hsmsign-<role>``."""
+    text = role_uri(d, role)
+    label = ""
+    if text:
+        try:
+            label = str(getattr(_parse_uri(text), "object", "") or "")
+        except Exception:  # noqa: BLE001 - reported by check_config
+            label = ""
+    return label or "hsmsign-" + role.lower()
+
+
+def signing_uri(d: Datastore, role: str) -> str:
+    """The URI handed to a signing child (pin-value is refused at parse time)."""
+    return role_uri(d, role)
+
+
 # --- development token ------------------------------------------------------------
 
 
