@@ -32,6 +32,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from . import audit
+
 ROLES: tuple[str, ...] = ("UBOOT", "SPL", "FITIMAGE", "ROOTFS", "SWUPDATE", "ENCRYPT")
 
 # Key-file variables of oe-core, meta-swupdate and friends: with meta-hsmsign the
@@ -49,8 +51,13 @@ KEYFILE_VARIABLES: tuple[str, ...] = (
 # Variables that generate private keys into the build tree.
 KEYGEN_VARIABLES: tuple[str, ...] = ("FIT_GENERATE_KEYS", "UBOOT_FIT_GENERATE_KEYS", "SPL_GENERATE_KEYS")
 
-_PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )?PRIVATE KEY-----|-----BEGIN OPENSSH PRIVATE KEY-----")
-_PIN_VALUE = re.compile(r"pin-value=", re.IGNORECASE)
+# The leak scanner's own patterns (hsmsign.audit, standard library only): one definition of a secret.
+_PIN_VALUE = re.compile(re.escape(audit.URI_PIN_ATTR.decode()), re.IGNORECASE)
+
+
+def _has_private_key(text: str) -> bool:
+    return audit.PRIVATE_KEY_HEADER.search(text.encode("utf-8", "replace")) is not None
+
 _SHA256 = re.compile(r"^(?:sha256:)?[0-9a-fA-F]{64}$")
 MODES = ("development", "production")
 SOFTHSM_MODULES = (
@@ -239,11 +246,7 @@ def dev_default_uri(d: Datastore, origenv: Any = None) -> str:
 
 def _audit_check(name: str, value: str) -> Any:
     try:
-        from .audit import check_variable
-    except ImportError:  # audit not there: the local checks below still run
-        return None
-    try:
-        return check_variable(name, value)
+        return audit.check_variable(name, value)
     except Exception:  # noqa: BLE001 - the scanner must never break a parse
         return None
 
@@ -260,7 +263,7 @@ def check_value(name: str, value: str, prod: bool) -> Problem | None:
             "remove pin-value and use ?pin-source=file:/run/secrets/hsm-pin (outside the build "
             'tree) or HSMSIGN_PIN_ENV = "NAME" with the PIN in environment variable NAME',
         )
-    if _PRIVATE_KEY.search(value):
+    if _has_private_key(value):
         return Problem(
             name,
             "holds a PEM private key",
@@ -289,7 +292,7 @@ def _private_keys_in(directory: str) -> list[str]:
                 head = fh.read(65536)
         except OSError:
             continue
-        if path.endswith(".key") or _PRIVATE_KEY.search(head.decode("latin-1")):
+        if path.endswith(".key") or audit.PRIVATE_KEY_HEADER.search(head):
             found.append(os.path.basename(path))
     return found
 
@@ -490,7 +493,7 @@ def lockfile(d: Datastore, role: str) -> str:
 
 
 def redact(text: str) -> str:
-    return re.sub(r"(pin-value=)[^&;\s'\"]*", r"\1***", text)
+    return audit._redact_uri(text)
 
 
 def run(
