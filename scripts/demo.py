@@ -56,7 +56,7 @@ class Demo:
         done = subprocess.run(list(argv), capture_output=True, text=True, env=self.env, cwd=cwd, check=False)
         if self.verbose or done.returncode not in ok_codes:
             for line in (done.stdout + done.stderr).strip().splitlines()[:25]:
-                print(textwrap.shorten("    " + line, WIDTH, placeholder=" ..."))
+                print("    " + textwrap.shorten(line, WIDTH - 4, placeholder=" ..."))
         if done.returncode not in ok_codes:
             raise DemoFailed(f"{argv[0]} exited with {done.returncode}")
         return done
@@ -422,7 +422,7 @@ class Demo:
         )
         done = self.hsmsign("audit", str(layer), ok_codes=(0, 1, 2, 3, 4, 5, 6, 7))
         for line in done.stdout.strip().splitlines()[:4]:
-            print(textwrap.shorten("    " + line, WIDTH, placeholder=" ..."))
+            print("    " + textwrap.shorten(line, WIDTH - 4, placeholder=" ..."))
         found = done.returncode not in (0, 2) and "setup-build.sh" in done.stdout
         leaked = "2b7e151628aed2a6abf7158809cf4f3c" in done.stdout + done.stderr
         # "refused" is the good outcome: the audit flags the tree (and never prints the key)
