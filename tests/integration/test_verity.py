@@ -254,3 +254,37 @@ def test_veritysetup_open_with_signature(
         assert "signature" in (opened.stderr + opened.stdout).lower() or "key" in opened.stderr.lower()
         pytest.skip(f"kernel refused (certificate not in its trusted keyring): {opened.stderr.strip()[:200]}")
     subprocess.run([vs, "close", name], check=False)
+
+
+def test_wrong_certificate_leaves_no_hash_tree(
+    softhsm: SoftHsm, rsa2048: str, ec256: str, tmp_path: Path
+) -> None:
+    """The tree is renamed into place only with its signature: a failed signature leaves neither."""
+    _veritysetup()
+    other = tmp_path / "other.pem"
+    made = softhsm.run_cli(
+        "cert", *DEV, "--uri", ec256, "--subject", "CN=another key", "--output", str(other)
+    )
+    assert made.returncode == 0, made.stderr
+    image = tmp_path / "rootfs.img"
+    image.write_bytes(os.urandom(1 << 20))
+    tree, sig = tmp_path / "rootfs.verity", tmp_path / "rootfs.p7s"
+    done = softhsm.run_cli(
+        "verity",
+        "sign",
+        *DEV,
+        "--uri",
+        rsa2048,
+        "--cert",
+        str(other),
+        "--image",
+        str(image),
+        "--hash-tree",
+        str(tree),
+        "--output",
+        str(sig),
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert not tree.exists() and not sig.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hsmsign-tmp-")]

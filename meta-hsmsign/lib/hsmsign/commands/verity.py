@@ -58,6 +58,7 @@ def register(sub: Any, parents: Any) -> None:
 
 
 def run_sign(args: Any) -> int:
+    import contextlib
     import hashlib
 
     from .. import atomic
@@ -73,11 +74,13 @@ def run_sign(args: Any) -> int:
     elif args.hash_tree:
         raise ConfigError("--hash-tree goes with --image", "with --root-hash no tree is built")
 
-    with open_key_from_args(args) as key:
+    with open_key_from_args(args) as key, contextlib.ExitStack() as outputs:
+        # the hash tree is renamed into place only after the signature is made and written:
+        # a failed signature (wrong --cert, token gone) leaves no tree behind
         if args.image:
-            with atomic.atomic_output(args.hash_tree) as tree:
-                params = verity.format_image(args.image, tree.tmp_path, args.veritysetup_arg)
-                verity.verify_tree(args.image, tree.tmp_path, params.root_hash)
+            tree = outputs.enter_context(atomic.atomic_output(args.hash_tree))
+            params = verity.format_image(args.image, tree.tmp_path, args.veritysetup_arg)
+            verity.verify_tree(args.image, tree.tmp_path, params.root_hash)
             root_hash = params.root_hash
         else:
             root_hash = verity.normalize_root_hash(args.root_hash)
