@@ -6,10 +6,13 @@
 #   INHERIT += "hsmsign"
 #   HSM_PKCS11_URI = "pkcs11:token=acme-prod;object=fw-signing?pin-source=file:/run/secrets/hsm-pin"
 #
-# or, with the PIN in an environment variable of the shell that runs bitbake/kas
+# or, with the PIN in an environment variable of the shell that runs bitbake
 # (read at task run time, never stored in a variable, sigdata or run script):
 #
 #   HSMSIGN_PIN_ENV = "HSM_PIN"
+#
+# Under kas prefer the PIN file: kas passes only the variables listed in its env:
+# section, and those become datastore variables (see docs/ci-kas.md).
 #
 # Developer builds without an HSM (after 'hsmsign dev-init'):
 #
