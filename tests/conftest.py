@@ -160,3 +160,32 @@ def ec256(softhsm: SoftHsm) -> str:
 @pytest.fixture(scope="session")
 def ec384(softhsm: SoftHsm) -> str:
     return softhsm.keygen("ec384", "ec:secp384r1")
+
+
+def openssl_cms_verify(
+    signature: Path | str, content: Path | str, ca: Path | str
+) -> subprocess.CompletedProcess[str]:
+    """The independent check of a detached DER CMS signature: ``openssl cms -verify -binary``."""
+    return subprocess.run(
+        [
+            "openssl",
+            "cms",
+            "-verify",
+            "-binary",
+            "-inform",
+            "DER",
+            "-in",
+            str(signature),
+            "-content",
+            str(content),
+            "-CAfile",
+            str(ca),
+            "-purpose",
+            "any",
+            "-out",
+            os.devnull,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import SoftHsm
+from tests.conftest import SoftHsm, openssl_cms_verify
 
 DEV = ("--mode", "development")
 
@@ -21,30 +21,7 @@ def _cert(softhsm: SoftHsm, uri: str, path: Path) -> Path:
     return path
 
 
-def _openssl_verify(sig: Path, content: Path, cert: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            "openssl",
-            "cms",
-            "-verify",
-            "-binary",
-            "-inform",
-            "DER",
-            "-in",
-            str(sig),
-            "-content",
-            str(content),
-            "-CAfile",
-            str(cert),
-            "-purpose",
-            "any",
-            "-out",
-            os.devnull,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+_openssl_verify = openssl_cms_verify
 
 
 def _load(path: Path) -> object:

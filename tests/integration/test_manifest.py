@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import SoftHsm
+from tests.conftest import SoftHsm, openssl_cms_verify
 
 DEV = ("--mode", "development")
 
@@ -54,29 +53,7 @@ def test_manifest_sign_and_verify(softhsm: SoftHsm, rsa2048: str, cert: Path, de
     assert [f["path"] for f in doc["files"]] == ["fitImage", "rootfs.ext4", "sub/u-boot.bin"]
     sizes = {f["path"]: f["size"] for f in doc["files"]}
     assert sizes == {"fitImage": 30_000, "rootfs.ext4": 100_000, "sub/u-boot.bin": 0}
-    ok = subprocess.run(
-        [
-            "openssl",
-            "cms",
-            "-verify",
-            "-binary",
-            "-inform",
-            "DER",
-            "-in",
-            f"{m}.p7s",
-            "-content",
-            str(m),
-            "-CAfile",
-            str(cert),
-            "-purpose",
-            "any",
-            "-out",
-            os.devnull,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    ok = openssl_cms_verify(f"{m}.p7s", m, cert)
     assert ok.returncode == 0, ok.stderr
     v = softhsm.run_cli("manifest", "verify", "--cert", str(cert), str(m), "--json")
     assert v.returncode == 0, v.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SoftHsm, require
+from tests.conftest import SoftHsm, openssl_cms_verify, require
 
 DEV = ("--mode", "development")
 
@@ -49,30 +49,7 @@ def cert(softhsm: SoftHsm, rsa2048: str, tmp_path: Path) -> Path:
     return path
 
 
-def _cms_verify(sig: Path, content: Path, cert: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            "openssl",
-            "cms",
-            "-verify",
-            "-binary",
-            "-inform",
-            "DER",
-            "-in",
-            str(sig),
-            "-content",
-            str(content),
-            "-CAfile",
-            str(cert),
-            "-purpose",
-            "any",
-            "-out",
-            os.devnull,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+_cms_verify = openssl_cms_verify
 
 
 @pytest.mark.parametrize("signed_attrs", [False, True])

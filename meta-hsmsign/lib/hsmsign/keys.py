@@ -251,9 +251,24 @@ def as_cryptography_key(signer: Any) -> Any:
         h.update(data)
         return h.finalize(), algorithm.name
 
+    class _StaysInToken:
+        """What both wrappers refuse: the private key cannot be read or serialised."""
+
+        def private_numbers(self) -> Any:
+            raise TokenError("the private key stays in the token")
+
+        def private_bytes(self, *args: Any, **kwargs: Any) -> bytes:
+            raise TokenError("the private key stays in the token")
+
+        def __copy__(self) -> Any:
+            return self
+
+        def __deepcopy__(self, memo: Any) -> Any:
+            return self
+
     if signer.key_type == "rsa":
 
-        class _TokenRSA(rsa.RSAPrivateKey):
+        class _TokenRSA(_StaysInToken, rsa.RSAPrivateKey):
             def sign(self, data: bytes, pad: Any, algorithm: Any) -> bytes:
                 digest, name = _prehash(data, algorithm)
                 scheme = "pss" if isinstance(pad, padding.PSS) else "pkcs1v15"
@@ -269,23 +284,12 @@ def as_cryptography_key(signer: Any) -> Any:
             def decrypt(self, ciphertext: bytes, pad: Any) -> bytes:
                 raise TokenError("hsmsign keys are sign-only")
 
-            def private_numbers(self) -> Any:
-                raise TokenError("the private key stays in the token")
-
-            def private_bytes(self, *args: Any, **kwargs: Any) -> bytes:
-                raise TokenError("the private key stays in the token")
-
-            def __copy__(self) -> Any:
-                return self
-
-            def __deepcopy__(self, memo: Any) -> Any:
-                return self
 
         return _TokenRSA()
 
     if signer.key_type == "ec":
 
-        class _TokenEC(ec.EllipticCurvePrivateKey):
+        class _TokenEC(_StaysInToken, ec.EllipticCurvePrivateKey):
             def sign(self, data: bytes, signature_algorithm: Any) -> bytes:
                 digest, name = _prehash(data, signature_algorithm.algorithm)
                 return signing.ecdsa_raw_to_der(signer.sign_digest(digest, name))
@@ -304,17 +308,6 @@ def as_cryptography_key(signer: Any) -> Any:
             def exchange(self, algorithm: Any, peer_public_key: Any) -> bytes:
                 raise TokenError("hsmsign keys are sign-only")
 
-            def private_numbers(self) -> Any:
-                raise TokenError("the private key stays in the token")
-
-            def private_bytes(self, *args: Any, **kwargs: Any) -> bytes:
-                raise TokenError("the private key stays in the token")
-
-            def __copy__(self) -> Any:
-                return self
-
-            def __deepcopy__(self, memo: Any) -> Any:
-                return self
 
         return _TokenEC()
     raise ConfigError(f"{signer.key_type} keys cannot be wrapped for certificate building")
