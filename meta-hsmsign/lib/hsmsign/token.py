@@ -666,7 +666,6 @@ class TokenKey:
 
 def _public_for(opened: _OpenToken, uri: Pkcs11Uri, key: Any) -> Any:
     """The cryptography public key for a private key: public object, certificate, or RSA attributes."""
-    from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
     from pkcs11 import Attribute, KeyType, ObjectClass
 
@@ -712,7 +711,7 @@ def _public_for(opened: _OpenToken, uri: Pkcs11Uri, key: Any) -> Any:
         uri,
     )
     if len(certs) == 1:
-        from cryptography import x509
+        from cryptography import x509  # only for keys known by their certificate
 
         return x509.load_der_x509_certificate(bytes(certs[0][Attribute.VALUE])).public_key()
     raise TokenError(
