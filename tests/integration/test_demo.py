@@ -1,0 +1,36 @@
+"""The README's first command, ./scripts/demo, run as a newcomer would: every check as expected."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def test_readme_demo_command_runs_clean() -> None:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("HSM_PKCS11", "HSMSIGN_MODE", "SOFTHSM2"))
+    }
+    env["HSMSIGN_SKIP_APT"] = "1"  # the test run has installed everything already
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "demo")], capture_output=True, text=True, env=env, timeout=600, check=False
+    )
+    out = done.stdout
+    assert done.returncode == 0, out[-3000:] + done.stderr[-2000:]
+    assert "all as expected" in out
+    for verifier in (
+        "openssl dgst -verify",
+        "veritysetup verify",
+        "openssl cms -verify",
+        "swupdate -c -k",
+        "U-Boot fit_check_sign",
+        "hsmsign audit",
+        "hsmsign ledger verify",
+    ):
+        assert verifier in out, verifier
+    assert "skipped" not in out.split("=" * 100)[-1]
+    # the demo reads well at 100 columns and never prints the development PIN
+    assert max(len(line) for line in out.splitlines()) <= 100
+    assert "pin-value" not in out
