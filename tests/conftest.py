@@ -83,6 +83,22 @@ class SoftHsm:
             raise AssertionError(f"key {label} exists with type {self._made[label]}, not {key_type}")
         return self.uri(label)
 
+    def pkcs11_tool(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """OpenSC's pkcs11-tool, logged in to this token: the independent PKCS#11 client."""
+        tool = shutil.which("pkcs11-tool")
+        require(tool is not None, "pkcs11-tool", "apt-get install opensc")
+        base = [
+            str(tool),
+            "--module",
+            self.module,
+            "--token-label",
+            self.token_label,
+            "--login",
+            "--pin",
+            self.pin_file.read_text().strip(),
+        ]
+        return subprocess.run([*base, *argv], capture_output=True, text=True, env=self.env, check=False)
+
     def run_cli(
         self, *argv: str, env: dict[str, str] | None = None, input: bytes | None = None, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:

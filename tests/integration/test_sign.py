@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -191,18 +190,9 @@ def test_token_listing_without_object(softhsm: SoftHsm, rsa2048: str) -> None:
 
 
 def test_interop_with_pkcs11_tool_both_ways(softhsm: SoftHsm, artifact: Path, tmp_path: Path) -> None:
-    tool = shutil.which("pkcs11-tool")
-    require(tool is not None, "pkcs11-tool", "apt-get install opensc")
-    assert tool is not None
-    pin = softhsm.pin_file.read_text().strip()
-    base = [tool, "--module", softhsm.module, "--token-label", softhsm.token_label, "--login", "--pin", pin]
     # a key made by pkcs11-tool, signed with by hsmsign
-    made = subprocess.run(
-        [*base, "--keypairgen", "--key-type", "EC:prime256v1", "--label", "p11tool-ec", "--id", "a1b2"],
-        capture_output=True,
-        text=True,
-        env=softhsm.env,
-        check=False,
+    made = softhsm.pkcs11_tool(
+        "--keypairgen", "--key-type", "EC:prime256v1", "--label", "p11tool-ec", "--id", "a1b2"
     )
     assert made.returncode == 0, made.stderr
     uri = softhsm.uri("p11tool-ec")
@@ -213,23 +203,16 @@ def test_interop_with_pkcs11_tool_both_ways(softhsm: SoftHsm, artifact: Path, tm
     # a key made by hsmsign, signed with by pkcs11-tool, verified with hsmsign's exported public key
     uri = softhsm.keygen("hsmsign-made", "rsa:2048", key_id=bytes.fromhex("c3d4"))
     p11sig = tmp_path / "b.sig"
-    done = subprocess.run(
-        [
-            *base,
-            "--sign",
-            "--mechanism",
-            "SHA256-RSA-PKCS",
-            "--id",
-            "c3d4",
-            "--input-file",
-            str(artifact),
-            "--output-file",
-            str(p11sig),
-        ],
-        capture_output=True,
-        text=True,
-        env=softhsm.env,
-        check=False,
+    done = softhsm.pkcs11_tool(
+        "--sign",
+        "--mechanism",
+        "SHA256-RSA-PKCS",
+        "--id",
+        "c3d4",
+        "--input-file",
+        str(artifact),
+        "--output-file",
+        str(p11sig),
     )
     assert done.returncode == 0, done.stderr
     assert _openssl_verify(_pubkey(softhsm, uri, tmp_path), p11sig, artifact, "sha256").returncode == 0
@@ -245,30 +228,7 @@ def test_interop_with_pkcs11_tool_both_ways(softhsm: SoftHsm, artifact: Path, tm
 
 
 def test_generated_keys_are_sensitive_and_never_extractable(softhsm: SoftHsm, rsa2048: str) -> None:
-    tool = shutil.which("pkcs11-tool")
-    require(tool is not None, "pkcs11-tool", "apt-get install opensc")
-    pin = softhsm.pin_file.read_text().strip()
-    out = subprocess.run(
-        [
-            str(tool),
-            "--module",
-            softhsm.module,
-            "--token-label",
-            softhsm.token_label,
-            "--login",
-            "--pin",
-            pin,
-            "--list-objects",
-            "--type",
-            "privkey",
-            "--label",
-            "rsa2048",
-        ],
-        capture_output=True,
-        text=True,
-        env=softhsm.env,
-        check=False,
-    )
+    out = softhsm.pkcs11_tool("--list-objects", "--type", "privkey", "--label", "rsa2048")
     assert out.returncode == 0, out.stderr
     # pkcs11-tool may list every private key; look at the block of ours
     blocks = [b for b in out.stdout.split("Private Key Object") if "label:      rsa2048\n" in b]
@@ -427,31 +387,7 @@ def test_bad_input_one_line_exit_code_no_output(
 def test_two_keys_with_one_label_are_refused(softhsm: SoftHsm, artifact: Path, tmp_path: Path) -> None:
     softhsm.keygen("twin", "ec:secp256r1", key_id=b"\x01")
     # hsmsign keygen refuses a duplicate label, so make the twin with pkcs11-tool
-    tool = shutil.which("pkcs11-tool")
-    require(tool is not None, "pkcs11-tool", "apt-get install opensc")
-    made = subprocess.run(
-        [
-            str(tool),
-            "--module",
-            softhsm.module,
-            "--token-label",
-            softhsm.token_label,
-            "--login",
-            "--pin",
-            softhsm.pin_file.read_text().strip(),
-            "--keypairgen",
-            "--key-type",
-            "EC:prime256v1",
-            "--label",
-            "twin",
-            "--id",
-            "02",
-        ],
-        capture_output=True,
-        text=True,
-        env=softhsm.env,
-        check=False,
-    )
+    made = softhsm.pkcs11_tool("--keypairgen", "--key-type", "EC:prime256v1", "--label", "twin", "--id", "02")
     assert made.returncode == 0, made.stderr
     done = softhsm.run_cli(
         "sign",
