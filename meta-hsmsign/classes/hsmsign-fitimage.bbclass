@@ -21,7 +21,10 @@
 # do_hsmsign_fitimage after do_compile, before do_install and do_deploy: it
 # adds a signature node to every configuration, covering every image each one
 # references, and signs with the token (RSA or ECDSA, FIT_SIGN_ALG,
-# FIT_PAD_ALG). Image signatures (FIT_SIGN_INDIVIDUAL) are not added there.
+# FIT_PAD_ALG). With FIT_SIGN_INDIVIDUAL = "1" the image signature nodes
+# oe-core declared (key UBOOT_SIGN_IMG_KEYNAME) are signed with the same key.
+# Before the FIT is written, U-Boot's fit_check_sign (HSMSIGN_FIT_CHECK_SIGN,
+# from u-boot-tools-native) must accept every configuration.
 
 HSMSIGN_FITIMAGE_FILE ??= "${B}/fitImage"
 HSMSIGN_FITIMAGE_FILE[doc] = "wrynose and later: the FIT do_hsmsign_fitimage signs in place."
@@ -38,10 +41,12 @@ python do_hsmsign_fitimage() {
             "--algo", "%s,%s" % (d.getVar("FIT_HASH_ALG"), d.getVar("FIT_SIGN_ALG"))]
     if (d.getVar("FIT_SIGN_ALG") or "").startswith("rsa"):
         args += ["--padding", d.getVar("FIT_PAD_ALG") or "pkcs-1.5"]
+    if bb.utils.to_boolean(d.getVar("FIT_SIGN_INDIVIDUAL")):
+        args += ["--image-key-name", d.getVar("UBOOT_SIGN_IMG_KEYNAME")]
     args += shlex.split(d.getVar("HSMSIGN_FITIMAGE_ARGS") or "") + [fit]
     hsmsign_run(d, args, "FITIMAGE")
 }
-do_hsmsign_fitimage[vardeps] += "HSMSIGN_KEY_ID_FITIMAGE HSMSIGN_CMD"
+do_hsmsign_fitimage[vardeps] += "HSMSIGN_KEY_ID_FITIMAGE HSMSIGN_CMD FIT_SIGN_INDIVIDUAL UBOOT_SIGN_IMG_KEYNAME"
 
 # nooelint: oelint.task.noanonpython - the hooks depend on what the recipe inherits (inherits_class), known only after parsing
 python () {
@@ -52,6 +57,7 @@ python () {
         d.setVar("UBOOT_MKIMAGE_SIGN", "${HSMSIGN_CMD} mkimage")
         d.setVar("UBOOT_SIGN_KEYDIR", hsmsign.bitbake.signing_uri(d, "FITIMAGE"))
         d.setVar("UBOOT_SIGN_KEYNAME", hsmsign.bitbake.key_name(d, "FITIMAGE"))
+        d.setVar("UBOOT_SIGN_IMG_KEYNAME", hsmsign.bitbake.img_key_name(d))
         d.setVar("FIT_GENERATE_KEYS", "0")
         for task in ("do_assemble_fitimage", "do_assemble_fitimage_initramfs"):
             if d.getVar(task, False) is not None:
@@ -61,6 +67,7 @@ python () {
         signing = bb.utils.to_boolean(d.getVar("FIT_KERNEL_SIGN_ENABLE") or d.getVar("UBOOT_SIGN_ENABLE"))
         d.setVar("FIT_KERNEL_SIGN_ENABLE", "0")
         d.setVar("FIT_GENERATE_KEYS", "0")
+        d.setVar("UBOOT_SIGN_IMG_KEYNAME", hsmsign.bitbake.img_key_name(d))
         if signing:
             bb.build.addtask("do_hsmsign_fitimage", "do_install do_deploy", "do_compile", d)
             hsmsign_hook_task(d, "do_hsmsign_fitimage", "FITIMAGE")

@@ -8,10 +8,14 @@
 # command line, -k a PKCS#11 URI) and the key directories at the token, so:
 #
 #   * the kernel FIT key (HSM_PKCS11_URI_FITIMAGE) goes into U-Boot's control
-#     DTB, marked required ("conf");
+#     DTB, marked required ("conf"; HSMSIGN_UBOOT_REQUIRED and
+#     HSMSIGN_UBOOT_REQUIRED_MODE change the policy);
 #   * the U-Boot FIT (UBOOT_FITIMAGE_ENABLE = "1") is signed with
 #     HSM_PKCS11_URI_SPL and that public key goes into SPL's DTB
-#     (SPL_SIGN_ENABLE = "1").
+#     (SPL_SIGN_ENABLE = "1");
+#   * every FIT the drop-in signs is checked with U-Boot's fit_check_sign
+#     (HSMSIGN_FIT_CHECK_SIGN) before it is written; oe-core then checks the
+#     U-Boot FIT against SPL's DTB and the kernel key against u-boot.dtb again.
 #
 # You still choose what to sign with oe-core's switches, e.g. in local.conf:
 #
@@ -35,6 +39,8 @@ python () {
     d.setVar("UBOOT_SIGN_KEYNAME", hsmsign.bitbake.key_name(d, "FITIMAGE"))
     d.setVar("SPL_SIGN_KEYDIR", hsmsign.bitbake.signing_uri(d, "SPL"))
     d.setVar("SPL_SIGN_KEYNAME", hsmsign.bitbake.key_name(d, "SPL"))
+    # FIT_SIGN_INDIVIDUAL: the image key node (required "image") next to the configuration key
+    d.setVar("UBOOT_SIGN_IMG_KEYNAME", hsmsign.bitbake.img_key_name(d))
     # keys are never generated into the build tree
     d.setVar("UBOOT_FIT_GENERATE_KEYS", "0")
     d.setVar("SPL_GENERATE_KEYS", "0")
@@ -42,5 +48,5 @@ python () {
     for task in (d.getVar("HSMSIGN_UBOOT_TASKS") or "").split():
         if d.getVar(task, False) is not None:
             hsmsign_hook_task(d, task, "SPL")
-            d.appendVarFlag(task, "vardeps", " HSMSIGN_KEY_ID_FITIMAGE")
+            d.appendVarFlag(task, "vardeps", " HSMSIGN_KEY_ID_FITIMAGE UBOOT_SIGN_IMG_KEYNAME")
 }

@@ -78,6 +78,15 @@ HSMSIGN_PUBKEY_SHA256[doc] = "Pinned SHA-256 of the signing key's DER SubjectPub
 HSMSIGN_CMD ??= "hsmsign"
 HSMSIGN_CMD[doc] = "Command that signs: 'hsmsign' from hsmsign-native (default), or a host command such as '/usr/bin/hsmsign' (then hsmsign-native is not built)."
 
+HSMSIGN_UBOOT_REQUIRED ??= ""
+HSMSIGN_UBOOT_REQUIRED[doc] = "required policy of the keys written into U-Boot's and SPL's DTBs: conf (U-Boot refuses configurations the key did not sign), image, none (development only: never enforced). Empty: as oe-core's mkimage -r (conf, image for FIT_SIGN_INDIVIDUAL image keys)."
+
+HSMSIGN_UBOOT_REQUIRED_MODE ??= ""
+HSMSIGN_UBOOT_REQUIRED_MODE[doc] = "required-mode of the DTBs' /signature node: all (every required key must verify; U-Boot's default when empty) or any (one is enough, e.g. during a key rotation)."
+
+HSMSIGN_FIT_CHECK_SIGN ??= "uboot-fit_check_sign"
+HSMSIGN_FIT_CHECK_SIGN[doc] = "U-Boot's fit_check_sign (from u-boot-tools-native): every FIT hsmsign signs is checked with it, configuration by configuration, before it is written. Empty: hsmsign's own check only."
+
 HSMSIGN_LOCK ??= "1"
 HSMSIGN_LOCK[doc] = "1: one signing task per token at a time (a lock file per token label). 0: no lock, for tokens that take parallel sessions."
 
@@ -152,6 +161,8 @@ def hsmsign_recipe_check(d):
 def hsmsign_hook_task(d, task, role):
     d.appendVarFlag(task, "prefuncs", " hsmsign_prepare_env")
     d.appendVarFlag(task, "vardeps", " HSMSIGN_KEY_ID_%s HSMSIGN_CMD" % role)
+    if role in hsmsign.bitbake.FIT_ROLES:
+        d.appendVarFlag(task, "vardeps", " " + hsmsign.bitbake.FIT_VARDEPS)
     d.setVarFlag(task, "hsmsign_role", role)
     lock = hsmsign.bitbake.lockfile(d, role)
     if lock:

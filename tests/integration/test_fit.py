@@ -9,6 +9,7 @@ absent, failed when HSMSIGN_REQUIRE_TOOLS=1).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -687,3 +688,126 @@ def test_mkimage_dropin_signs_ecdsa(softhsm, tools, tmp_path):
     key = Fdt.parse(dtb.read_bytes()).node("/signature/fit-dev")
     assert key is not None and key.get_str("ecdsa,curve") == "prime256v1"
     ok(cli(softhsm, "fit", "verify", "--dtb", str(dtb), str(image)))
+
+
+def dropin_env(softhsm, tools: Path, **extra: str) -> dict[str, str]:
+    return {
+        "HSMSIGN_MODE": "development",
+        "SOURCE_DATE_EPOCH": EPOCH,
+        "HSM_PKCS11_MODULE": softhsm.module,
+        "MKIMAGE_SIGN_PIN": softhsm.pin_file.read_text().strip(),
+        "HSMSIGN_MKIMAGE": str(tools / "mkimage"),
+        **extra,
+    }
+
+
+def test_fit_sign_checked_by_fit_check_sign_before_writing(softhsm, tools, tmp_path):
+    """--fit-check-sign: U-Boot's verifier accepts every configuration before the FIT is written."""
+    uri = softhsm.keygen("fit-dev", "rsa:2048")
+    image = build_fit(tools, tmp_path, "declared.its")
+    before = image.read_bytes()
+    checker = str(tools / "fit_check_sign")
+    r = ok(cli(softhsm, "fit", "sign", "--uri", uri, "--fit-check-sign", checker, "--json", str(image)))
+    assert json.loads(r.stdout)["fit_check_sign"] == ["conf-1", "conf-2"]
+    signed = image.read_bytes()
+    assert signed != before
+
+    # a verifier that refuses: exit 6, the file as it was, no temporary file left
+    image.write_bytes(before)
+    r = cli(softhsm, "fit", "sign", "--uri", uri, "--fit-check-sign", "false", str(image))
+    assert r.returncode == 6 and "fit_check_sign refuses configuration 'conf-1'" in r.stderr, r.stderr
+    assert "nothing was written" in r.stderr and "Traceback" not in r.stderr
+    assert image.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hsmsign-")]
+
+    # a verifier that is not there: a configuration error, not a silent skip
+    r = cli(softhsm, "fit", "sign", "--uri", uri, "--fit-check-sign", str(tmp_path / "nope"), str(image))
+    assert r.returncode == 2 and "is not found" in r.stderr, r.stderr
+    assert image.read_bytes() == before
+
+
+def test_fit_sign_individual_image_signatures(softhsm, tools, tmp_path):
+    """oe-core FIT_SIGN_INDIVIDUAL: image nodes name UBOOT_SIGN_IMG_KEYNAME, configurations get signed too."""
+    uri = softhsm.keygen("fit-dev", "rsa:2048")
+    image = build_fit(tools, tmp_path, "kernel-fdt.its")
+    tree = Fdt.parse(image.read_bytes())
+    for name in ("kernel-1", "fdt-1"):
+        node = tree.node(f"/images/{name}")
+        assert node is not None
+        sig = tree.add_subnode(node, "signature-1")
+        tree.setprop_str(sig, "key-name-hint", "fit-dev-img")
+        tree.setprop_str(sig, "algo", "sha256,rsa2048")
+    image.write_bytes(tree.to_bytes())
+    r = ok(
+        cli(
+            softhsm, "fit", "sign", "--uri", uri, "--key-name", "fit-dev", "--image-key-name", "fit-dev-img",
+            "--fit-check-sign", str(tools / "fit_check_sign"), "--json", str(image),
+        )
+    )  # fmt: skip
+    signed = {(s["path"], s["key_name"]) for s in json.loads(r.stdout)["signed"]}
+    assert ("/images/kernel-1/signature-1", "fit-dev-img") in signed
+    assert ("/images/fdt-1/signature-1", "fit-dev-img") in signed
+    confs = {p for p, k in signed if p.startswith("/configurations/") and k == "fit-dev"}
+    assert confs and all(p.endswith("/signature-1") for p in confs)
+    # the control DTB the u-boot recipe writes in that case: both names, image and conf required
+    dtb = control_dtb(tmp_path)
+    for name, required in (("fit-dev-img", "image"), ("fit-dev", "conf")):
+        ok(cli(softhsm, "fit", "add-key", "--uri", uri, "--key-name", name, "--dtb", str(dtb),
+               "--required", required))  # fmt: skip
+    assert check_sign(tools, image, dtb).returncode == 0
+    ok(cli(softhsm, "fit", "verify", "--dtb", str(dtb), str(image)))
+    # without --image-key-name the image nodes of another key name stay as they were
+    again = build_fit(tools, tmp_path, "kernel-fdt.its", name="again.fit")
+    again.write_bytes(tree.to_bytes())
+    r = ok(cli(softhsm, "fit", "sign", "--uri", uri, "--key-name", "fit-dev", "--json", str(again)))
+    assert all(s["kind"] == "conf" for s in json.loads(r.stdout)["signed"])
+
+
+def test_mkimage_dropin_required_policy_and_device_check(softhsm, tools, tmp_path):
+    """HSMSIGN_FIT_REQUIRED / _MODE set the key nodes oe-core's -r would write; fit_check_sign runs first."""
+    softhsm.keygen("fit-dev", "rsa:2048")
+    image = build_fit(tools, tmp_path, "declared.its")
+    original = image.read_bytes()
+
+    def dropin(dtb: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+        image.write_bytes(original)
+        return softhsm.run_cli(
+            "mkimage", "-F", "-k", f"pkcs11:token={softhsm.token_label};object=fit-dev",
+            "-K", str(dtb), "-r", str(image), env=dropin_env(softhsm, tools, **extra),
+        )  # fmt: skip
+
+    # default: as mkimage -r (the declared image signature makes the shared key node "image" last)
+    dtb = control_dtb(tmp_path, "default.dtb")
+    r = dropin(dtb, HSMSIGN_FIT_CHECK_SIGN=str(tools / "fit_check_sign"))
+    assert r.returncode == 0 and "fit_check_sign accepts conf-1, conf-2" in r.stderr, r.stderr
+    # mkimage's order: the image signature first, the configurations last
+    assert Fdt.parse(dtb.read_bytes()).node("/signature/key-fit-dev").get_str("required") == "conf"  # type: ignore[union-attr]
+
+    dtb = control_dtb(tmp_path, "conf-any.dtb")
+    r = dropin(dtb, HSMSIGN_FIT_REQUIRED="conf", HSMSIGN_FIT_REQUIRED_MODE="any")
+    assert r.returncode == 0, r.stderr
+    tree = Fdt.parse(dtb.read_bytes())
+    assert tree.node("/signature/key-fit-dev").get_str("required") == "conf"  # type: ignore[union-attr]
+    assert tree.node("/signature").get_str("required-mode") == "any"  # type: ignore[union-attr]
+    assert check_sign(tools, image, dtb).returncode == 0
+
+    dtb = control_dtb(tmp_path, "none.dtb")
+    r = dropin(dtb, HSMSIGN_FIT_REQUIRED="none")
+    assert r.returncode == 0, r.stderr
+    assert Fdt.parse(dtb.read_bytes()).node("/signature/key-fit-dev").get("required") is None  # type: ignore[union-attr]
+
+    # production refuses keys U-Boot never enforces, before any token work; nothing is written
+    dtb = control_dtb(tmp_path, "prod.dtb")
+    dtb_before = dtb.read_bytes()
+    r = dropin(dtb, HSMSIGN_FIT_REQUIRED="none", HSMSIGN_MODE="production")
+    assert r.returncode == 4 and "never enforces" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert dtb.read_bytes() == dtb_before and image.read_bytes() == original
+
+    r = dropin(dtb, HSMSIGN_FIT_REQUIRED="always")
+    assert r.returncode == 2 and "not a required policy" in r.stderr, r.stderr
+
+    # a device verifier that refuses: neither the FIT nor the DTB changes
+    r = dropin(dtb, HSMSIGN_FIT_CHECK_SIGN="false")
+    assert r.returncode == 6 and "fit_check_sign refuses" in r.stderr, r.stderr
+    assert dtb.read_bytes() == dtb_before and image.read_bytes() == original
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hsmsign-")]

@@ -115,6 +115,41 @@ def test_bad_uri_mode_and_fingerprint_reported() -> None:
     assert hb.mode(d) == "production"
 
 
+def test_uboot_required_policy_checked_and_handed_to_fit_tasks_only() -> None:
+    bad = hb.check_config(data(HSM_PKCS11_URI=URI, HSMSIGN_UBOOT_REQUIRED="always"))
+    assert [(p.variable, p.fatal) for p in bad] == [("HSMSIGN_UBOOT_REQUIRED", True)]
+    bad_mode = hb.check_config(data(HSM_PKCS11_URI=URI, HSMSIGN_UBOOT_REQUIRED_MODE="some"))
+    assert [(p.variable, p.fatal) for p in bad_mode] == [("HSMSIGN_UBOOT_REQUIRED_MODE", True)]
+    # keys U-Boot never enforces: refused in production, a warning in development
+    none_prod = hb.check_config(data(HSM_PKCS11_URI=URI, HSMSIGN_UBOOT_REQUIRED="none"))
+    assert [(p.variable, p.fatal) for p in none_prod] == [("HSMSIGN_UBOOT_REQUIRED", True)]
+    assert "never enforce" in none_prod[0].message
+    none_dev = hb.check_config(
+        data(HSM_PKCS11_URI=URI, HSMSIGN_UBOOT_REQUIRED="none", HSMSIGN_MODE="development")
+    )
+    assert [(p.variable, p.fatal) for p in none_dev] == [("HSMSIGN_UBOOT_REQUIRED", False)]
+    assert hb.check_config(data(HSM_PKCS11_URI=URI, HSMSIGN_UBOOT_REQUIRED="image")) == []
+
+    d = data(
+        HSM_PKCS11_URI=URI,
+        HSMSIGN_UBOOT_REQUIRED="conf",
+        HSMSIGN_UBOOT_REQUIRED_MODE="any",
+        HSMSIGN_FIT_CHECK_SIGN="uboot-fit_check_sign",
+    )
+    for role in ("UBOOT", "SPL", "FITIMAGE"):
+        env = hb.child_env(d, {}, role)
+        assert env["HSMSIGN_FIT_REQUIRED"] == "conf" and env["HSMSIGN_FIT_REQUIRED_MODE"] == "any"
+        assert env["HSMSIGN_FIT_CHECK_SIGN"] == "uboot-fit_check_sign"
+    assert not [k for k in hb.child_env(d, {}, "ROOTFS") if k.startswith("HSMSIGN_FIT_")]
+    # empty: nothing handed over, the drop-in then does what mkimage -r does
+    assert "HSMSIGN_FIT_REQUIRED" not in hb.child_env(data(HSM_PKCS11_URI=URI), {}, "SPL")
+
+
+def test_image_key_name_defaults_next_to_the_configuration_key() -> None:
+    assert hb.img_key_name(data(HSM_PKCS11_URI=URI)) == "fw-signing-img"
+    assert hb.img_key_name(data(HSM_PKCS11_URI=URI, UBOOT_SIGN_IMG_KEYNAME="img-2026")) == "img-2026"
+
+
 def test_child_env_reads_pin_from_origenv_only() -> None:
     d = data(HSM_PKCS11_URI=URI, HSMSIGN_PIN_ENV="CI_HSM_PIN", HSM_PKCS11_MODULE="/usr/lib/x.so")
     env = hb.child_env(d, {"CI_HSM_PIN": "fake-pin-0000", "HOME": "/home/u"}, "ROOTFS")

@@ -35,6 +35,9 @@ from typing import Any, Protocol
 from . import audit
 
 ROLES: tuple[str, ...] = ("UBOOT", "SPL", "FITIMAGE", "ROOTFS", "SWUPDATE", "ENCRYPT")
+FIT_ROLES: tuple[str, ...] = ("UBOOT", "SPL", "FITIMAGE")  # tasks that sign FITs for U-Boot and SPL
+# what a FIT signing task's output depends on besides the key (its [vardeps])
+FIT_VARDEPS = "HSMSIGN_UBOOT_REQUIRED HSMSIGN_UBOOT_REQUIRED_MODE HSMSIGN_FIT_CHECK_SIGN"
 
 # Key-file variables of oe-core, meta-swupdate and friends: with meta-hsmsign the
 # key is a PKCS#11 URI, so a path to a private key here means a key on disk.
@@ -397,6 +400,7 @@ def check_config(d: Datastore, names: Sequence[str] | None = None) -> list[Probl
                 else 'set HSM_PKCS11_URI = "pkcs11:token=...;object=..." in local.conf or your kas file'
             )
             problems.append(Problem("HSM_PKCS11_URI", "is empty: nothing can be signed", hint, fatal=False))
+        problems.extend(check_fit_policy(d, prod))
         pin_env = _get(d, "HSMSIGN_PIN_ENV")
         if pin_env and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", pin_env):
             problems.append(
@@ -412,6 +416,44 @@ def check_config(d: Datastore, names: Sequence[str] | None = None) -> list[Probl
             )
         )
     return problems
+
+
+def check_fit_policy(d: Datastore, prod: bool) -> list[Problem]:
+    """``HSMSIGN_UBOOT_REQUIRED`` / ``_MODE``: the ``required`` policy of keys in U-Boot's DTBs."""
+    problems: list[Problem] = []
+    required = _get(d, "HSMSIGN_UBOOT_REQUIRED")
+    if required and required not in ("conf", "image", "none"):
+        problems.append(
+            Problem(
+                "HSMSIGN_UBOOT_REQUIRED",
+                f"'{required}' is not a required policy",
+                'use "conf" (recommended), "image", "none" (development only), or leave it empty',
+            )
+        )
+    elif required == "none":
+        problems.append(
+            Problem(
+                "HSMSIGN_UBOOT_REQUIRED",
+                'is "none": U-Boot and SPL get keys they never enforce and boot unsigned FITs',
+                'use "conf" (or leave it empty) for production builds',
+                fatal=prod,
+            )
+        )
+    required_mode = _get(d, "HSMSIGN_UBOOT_REQUIRED_MODE")
+    if required_mode and required_mode not in ("all", "any"):
+        problems.append(
+            Problem(
+                "HSMSIGN_UBOOT_REQUIRED_MODE",
+                f"'{required_mode}' is not a required-mode",
+                'use "all" (every required key must verify; U-Boot\'s default) or "any"',
+            )
+        )
+    return problems
+
+
+def img_key_name(d: Datastore) -> str:
+    """Image signatures' ``key-name-hint`` (FIT_SIGN_INDIVIDUAL): UBOOT_SIGN_IMG_KEYNAME, else <conf>-img."""
+    return _get(d, "UBOOT_SIGN_IMG_KEYNAME") or key_name(d, "FITIMAGE") + "-img"
 
 
 # --- run time: environment, command, lock -----------------------------------------------
@@ -451,6 +493,16 @@ def child_env(d: Datastore, origenv: Any, role: str = "") -> dict[str, str]:
     elif _env_get(origenv, "SOFTHSM2_CONF"):
         # production refuses SoftHSM tokens anyway; pass it so the refusal is the policy's
         env["SOFTHSM2_CONF"] = str(_env_get(origenv, "SOFTHSM2_CONF"))
+    if role in FIT_ROLES:
+        # read by 'hsmsign mkimage' (oe-core owns its command line) and 'hsmsign fit sign'
+        for var, name in (
+            ("HSMSIGN_FIT_CHECK_SIGN", "HSMSIGN_FIT_CHECK_SIGN"),
+            ("HSMSIGN_UBOOT_REQUIRED", "HSMSIGN_FIT_REQUIRED"),
+            ("HSMSIGN_UBOOT_REQUIRED_MODE", "HSMSIGN_FIT_REQUIRED_MODE"),
+        ):
+            value = _get(d, var)
+            if value:
+                env[name] = value
     for name in ("P11_KIT_SERVER_ADDRESS",):
         value = _env_get(origenv, name)
         if value:

@@ -38,8 +38,8 @@ def register(sub: Any, parents: Any) -> None:
         formatter_class=raw,
         epilog=FIT_EPILOG,
         help="sign a FIT (atomically, in place or to --output)",
-        description="Fill the signature nodes the image source declared, as mkimage does; with none "
-        "declared, add one to each configuration covering all its images. Every image a configuration "
+        description="Fill the signature nodes the image source declared, as mkimage does; a "
+        "configuration with no signature node gets one covering all its images. Every image a configuration "
         "references is covered, whatever sign-images says (U-Boot's verifier covers them all since "
         "CVE-2026-46728). The timestamp honours SOURCE_DATE_EPOCH.",
     )
@@ -64,6 +64,20 @@ def register(sub: Any, parents: Any) -> None:
         "--config", action="append", metavar="NAME", help="sign only this configuration (repeatable)"
     )
     s.add_argument("--comment", help="comment property of the signature nodes")
+    s.add_argument(
+        "--image-key-name",
+        metavar="NAME",
+        help="also sign image signature nodes naming this key (oe-core FIT_SIGN_INDIVIDUAL: "
+        "UBOOT_SIGN_IMG_KEYNAME), with the same token key",
+    )
+    s.add_argument(
+        "--fit-check-sign",
+        metavar="TOOL",
+        default=os.environ.get("HSMSIGN_FIT_CHECK_SIGN") or None,
+        help="before writing, check every configuration with U-Boot's fit_check_sign (TOOL: its name "
+        "or path) against a control DTB holding the key as required; a refusal writes nothing "
+        "(default: $HSMSIGN_FIT_CHECK_SIGN, else hsmsign's own check only)",
+    )
     s.set_defaults(func=run_sign)
 
     a = verbs.add_parser(
@@ -150,8 +164,80 @@ def sign_file(
 
     data = read_input(path, "FIT")
     result = fit.sign_fit(data, signer_for, options, what=os.path.basename(path))
+    result.device_checked = device_check(
+        getattr(args, "fit_check_sign", None),
+        result,
+        lambda name: signer_for(name).public_key(),
+        os.path.basename(path),
+    )
     write_output(output, result.data)
     return result
+
+
+def device_check(tool: str | None, result: Any, public_key_for: Any, what: str) -> list[str]:
+    """Check a signed FIT with U-Boot's own ``fit_check_sign`` before it is written.
+
+    The control DTB is made here: every key that signed a configuration as
+    ``required = "conf"``, a key that signed only images as ``"image"``, so the
+    verifier the device runs must accept every configuration. Returns the
+    configurations checked (none when ``tool`` is empty).
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    from ..errors import ConfigError, VerificationError
+    from ..formats import fit
+    from ..formats.fdt import Fdt, Node
+
+    if not tool:
+        return []
+    exe = shutil.which(tool)
+    if exe is None:
+        raise ConfigError(
+            f"fit_check_sign '{tool}' is not found",
+            "install U-Boot's tools (Debian u-boot-tools, oe-core u-boot-tools-native) or give its path "
+            "(--fit-check-sign / HSMSIGN_FIT_CHECK_SIGN; empty: hsmsign's own check only)",
+        )
+    kinds: dict[str, tuple[set[str], str]] = {}
+    for item in result.signed:
+        seen, _ = kinds.setdefault(item.key_name, (set(), item.algo.partition(",")[0]))
+        seen.add(item.kind)
+    dtb = Fdt(root=Node(""), strings=bytearray()).to_bytes()
+    for name, (seen, hash_alg) in kinds.items():
+        required = "conf" if "conf" in seen else "image"
+        dtb, _ = fit.add_key(dtb, public_key_for(name), name, hash_alg, required, what="check DTB")
+    tree = Fdt.parse(result.data, what)
+    confs = tree.node(fit.CONFS_PATH)
+    names = [c.name for c in confs.children] if confs is not None else []
+    with tempfile.TemporaryDirectory(prefix="hsmsign-fitcheck-") as tmp:
+        fit_path = os.path.join(tmp, "signed.itb")
+        dtb_path = os.path.join(tmp, "keys.dtb")
+        with open(fit_path, "wb") as fh:
+            fh.write(result.data)
+        with open(dtb_path, "wb") as fh:
+            fh.write(dtb)
+        for conf in names:
+            try:
+                done = subprocess.run(
+                    [exe, "-f", fit_path, "-k", dtb_path, "-c", conf],
+                    capture_output=True,
+                    text=True,
+                    errors="replace",
+                    check=False,
+                    timeout=600,
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise ConfigError(f"cannot run {exe}: {exc}", "check HSMSIGN_FIT_CHECK_SIGN") from exc
+            if done.returncode != 0:
+                lines = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.strip()]
+                raise VerificationError(
+                    f"{what}: U-Boot's fit_check_sign refuses configuration '{conf}' "
+                    f"(exit {done.returncode}): {' / '.join(lines[-3:]) or 'no output'}",
+                    "nothing was written; the device would not boot this FIT. Check FIT_SIGN_ALG and "
+                    "FIT_PAD_ALG against the U-Boot build, and report it if they match",
+                )
+    return names
 
 
 def run_sign(args: Any) -> int:
@@ -165,6 +251,7 @@ def run_sign(args: Any) -> int:
         padding=args.padding,
         configs=args.config,
         comment=args.comment,
+        image_key_name=args.image_key_name,
     )
     with open_key_from_args(args) as key:
         result = sign_file(args, args.fit, output, lambda hint: key, options)
@@ -180,6 +267,8 @@ def run_sign(args: Any) -> int:
     for w in result.warnings:
         warn(w)
     lines = [f"signed {output}:"] + [f"  {s.path}  {s.algo}  key {s.key_name}" for s in result.signed]
+    if result.device_checked:
+        lines.append(f"fit_check_sign accepts: {', '.join(result.device_checked)}")
     emit(
         args,
         "\n".join(lines),
@@ -198,6 +287,7 @@ def run_sign(args: Any) -> int:
                 for s in result.signed
             ],
             "warnings": result.warnings,
+            "fit_check_sign": result.device_checked,
         },
     )
     return 0

@@ -21,7 +21,14 @@ URI as the key directory, and the same calls sign with a token key:
 
 Settings come from the environment only (mkimage owns the command line):
 ``HSMSIGN_MODE``, ``HSM_PKCS11_MODULE``, ``HSMSIGN_PIN_ENV``, ``HSMSIGN_LEDGER``,
-and ``HSMSIGN_MKIMAGE`` (the real mkimage; default: the first ``mkimage`` in PATH).
+``HSMSIGN_MKIMAGE`` (the real mkimage; default: the first ``mkimage`` in PATH), and
+
+* ``HSMSIGN_FIT_REQUIRED``: the ``required`` property of the keys written into the
+  ``-K`` DTB: ``conf``, ``image`` or ``none`` (development only); unset: as mkimage
+  (with ``-r``: ``conf`` for configuration signatures, ``image`` for image ones);
+* ``HSMSIGN_FIT_REQUIRED_MODE``: ``/signature`` ``required-mode`` (``all``, ``any``);
+* ``HSMSIGN_FIT_CHECK_SIGN``: U-Boot's ``fit_check_sign``; when set, every
+  configuration of the signed FIT is checked with it before anything is written.
 """
 
 from __future__ import annotations
@@ -254,9 +261,10 @@ def _sign_and_keys(parsed: Parsed, image: str, tmp: str) -> None:
     from ..atomic import write_bytes_atomic
     from ..formats import fit
     from .common import record, warn
-    from .fit import keys_by_hint, read_input
+    from .fit import device_check, keys_by_hint, read_input
 
     env_args = _env_args()
+    policy, policy_mode = required_policy(env_args.mode)
     base = normalise_uri(parsed.values["k"])
     options = fit.SignOptions(
         algo=parsed.values.get("o"),
@@ -268,16 +276,28 @@ def _sign_and_keys(parsed: Parsed, image: str, tmp: str) -> None:
     with keys_by_hint(env_args, lambda hint: uri_for_hint(base, hint)) as signer_for:
         data = read_input(tmp, "FIT")
         result = fit.sign_fit(data, signer_for, options, what=os.path.basename(image))
+        result.device_checked = device_check(
+            os.environ.get("HSMSIGN_FIT_CHECK_SIGN") or None,
+            result,
+            lambda name: signer_for(name).public_key(),
+            os.path.basename(image),
+        )
         if dtb is not None:
             for item in result.signed:
                 key = signer_for(item.key_name)
-                required = ("image" if item.kind == "image" else "conf") if parsed.has("r") else fit.KEEP
+                if policy == "none":
+                    required: str | None = None
+                elif policy:
+                    required = policy
+                else:
+                    required = ("image" if item.kind == "image" else "conf") if parsed.has("r") else fit.KEEP
                 dtb, _ = fit.add_key(
                     dtb,
                     key.public_key(),
                     item.key_name,
                     item.algo.partition(",")[0],
                     required,
+                    required_mode=policy_mode,
                     what=keydest or "",
                 )
         write_bytes_atomic(image, result.data)
@@ -296,3 +316,29 @@ def _sign_and_keys(parsed: Parsed, image: str, tmp: str) -> None:
         warn(w)
     for item in result.signed:
         print(f"hsmsign mkimage: signed {item.path} ({item.algo}, key {item.key_name})", file=sys.stderr)
+    if result.device_checked:
+        print(f"hsmsign mkimage: fit_check_sign accepts {', '.join(result.device_checked)}", file=sys.stderr)
+
+
+def required_policy(mode: str) -> tuple[str | None, str | None]:
+    """``HSMSIGN_FIT_REQUIRED`` and ``HSMSIGN_FIT_REQUIRED_MODE``, checked."""
+    from ..errors import ConfigError, PolicyError
+
+    policy = os.environ.get("HSMSIGN_FIT_REQUIRED") or None
+    if policy not in (None, "conf", "image", "none"):
+        raise ConfigError(
+            f"HSMSIGN_FIT_REQUIRED={policy!r} is not a required policy",
+            "use conf (U-Boot refuses configurations the key did not sign), image, or none",
+        )
+    if policy == "none" and mode != "development":
+        raise PolicyError(
+            "HSMSIGN_FIT_REQUIRED=none writes keys U-Boot never enforces: it would boot unsigned FITs",
+            "use conf (or image) in production; none is for development builds",
+        )
+    policy_mode = os.environ.get("HSMSIGN_FIT_REQUIRED_MODE") or None
+    if policy_mode not in (None, "all", "any"):
+        raise ConfigError(
+            f"HSMSIGN_FIT_REQUIRED_MODE={policy_mode!r} is not a required-mode",
+            "use all (every required key must verify, U-Boot's default) or any",
+        )
+    return policy, policy_mode

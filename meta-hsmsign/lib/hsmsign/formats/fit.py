@@ -297,7 +297,9 @@ class SignOptions:
     timestamp: int | None = None
     signer_name: str = "hsmsign"
     signer_version: str = __version__
-    add_missing: bool = True  # no signature node at all: add one per configuration
+    add_missing: bool = True  # a configuration without a signature node gets one (covering all its images)
+    # also sign image signature nodes naming this key (oe-core's FIT_SIGN_INDIVIDUAL, UBOOT_SIGN_IMG_KEYNAME)
+    image_key_name: str | None = None
 
 
 @dataclass
@@ -317,6 +319,7 @@ class SignResult:
     data: bytes
     signed: list[SignedNode]
     warnings: list[str]
+    device_checked: list[str] = field(default_factory=list)  # configurations fit_check_sign accepted
 
 
 SignerFor = Callable[[Optional[str]], Any]
@@ -403,11 +406,10 @@ def sign_fit(
             )
         configs = [c for c in configs if c.name in opts.configs]
 
-    declared = [s for img in fit.images.children for s in _sig_nodes(img)] + [
-        s for conf in configs for s in _sig_nodes(conf)
-    ]
-    if not declared and opts.add_missing:
-        _add_config_signature_nodes(fit, configs, signer_for, opts)
+    if opts.add_missing:
+        bare = [conf for conf in configs if not _sig_nodes(conf)]
+        if bare:
+            _add_config_signature_nodes(fit, bare, signer_for, opts)
 
     update_image_hashes(fit)
     wanted = _wanted(opts)
@@ -417,7 +419,7 @@ def sign_fit(
     jobs: list[tuple[str, Node, Node, tuple[str, Any, str, str, str | None, str | None]]] = []
     for image in fit.images.children:
         for node in _sig_nodes(image):
-            if wanted(node):
+            if wanted(node) or (opts.image_key_name and node.get_str("key-name-hint") == opts.image_key_name):
                 jobs.append(("image", image, node, _setup(fit, node, signer_for, opts, image.name)))
     for conf in configs:
         for node in _sig_nodes(conf):
@@ -481,7 +483,7 @@ def _wanted(opts: SignOptions) -> Callable[[Node], bool]:
 def _add_config_signature_nodes(
     fit: Fit, configs: list[Node], signer_for: SignerFor, opts: SignOptions
 ) -> None:
-    """No signature declared anywhere: one signature node per configuration, covering all its images."""
+    """One signature node for each of ``configs`` (those without one), covering all its images."""
     signer = signer_for(opts.key_name)
     crypto = crypto_for_key(signer.key_type, signer.key_size)
     hash_alg = (opts.algo or "sha256").partition(",")[0]
