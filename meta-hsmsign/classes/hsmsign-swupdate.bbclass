@@ -18,10 +18,17 @@
 # anything: this class sets CUSTOM. Do not set SWUPDATE_PRIVATE_KEY or
 # SWUPDATE_CMS_KEY: they name key files and stop the parse in production.
 #
-# Encrypted images (SWUPDATE_IMAGES_ENCRYPTED) with a token AES key
-# (HSM_PKCS11_URI_ENCRYPT): 'hsmsign encrypt' writes the encrypted file and
-# prints the IV and sha256 for sw-description (docs/encryption.md); meta-swupdate's
-# own encryption reads SWUPDATE_AES_FILE, a key file, which this layer refuses.
+# Encrypted images with the token's AES key: set HSM_PKCS11_URI_ENCRYPT and
+# use meta-swupdate's own switches (SWUPDATE_IMAGES_ENCRYPTED[<file>] = "1",
+# SWUPDATE_ENCRYPT_SWDESC). meta-swupdate would read the key from
+# SWUPDATE_AES_FILE and pass it to 'openssl enc -K' on the command line; it has
+# no hook for another encrypter. So, for the run of do_swuimage only, a prefunc
+# answers its three helpers instead (swupdate_extract_keys, swupdate_get_IV,
+# swupdate_encrypt_file): every file is encrypted by the token through
+# 'hsmsign encrypt' (AES-256-CBC, PKCS#7 padding, as swupdate decrypts), with a
+# fresh random IV per file that $swupdate_get_IV(<file>) puts into
+# sw-description. SWUPDATE_AES_FILE holds the key's URI (no file exists); if
+# anything else of meta-swupdate tries to open it, the build stops.
 
 HSMSIGN_SWUPDATE_MODE ??= "cms"
 HSMSIGN_SWUPDATE_MODE[doc] = "swupdate signature type: cms (default), rsa or rsa-pss; must match the swupdate build on the device (CONFIG_SIGALG_*)."
@@ -31,6 +38,77 @@ HSMSIGN_SWUPDATE_CERT[doc] = "Signer certificate (PEM) embedded in CMS signature
 
 HSMSIGN_SWUPDATE_DIR ??= "${@'${S}' if (d.getVar('LAYERSERIES_CORENAMES') or '').split()[:1] == ['scarthgap'] else '${WORKDIR}'}"
 HSMSIGN_SWUPDATE_DIR[doc] = "Where do_swuimage keeps sw-description and expects sw-description.sig: ${S} on scarthgap, ${WORKDIR} from wrynose on."
+
+HSMSIGN_SWUPDATE_IVT ??= ""
+HSMSIGN_SWUPDATE_IVT[doc] = "IV (32 hex digits, not secret) for token encryption where the device takes it from its AES key file: an encrypted sw-description (SWUPDATE_ENCRYPT_SWDESC needs it) and, on scarthgap, every image. Empty: a random IV per bundle, @@HSMSIGN_SWUPDATE_IVT@@ in sw-description."
+
+# Prefunc of do_swuimage when HSM_PKCS11_URI_ENCRYPT is set and the recipe
+# encrypts: meta-swupdate's key-file helpers answered by the token (see above).
+hsmsign_swupdate_token_aes[doc] = "Prefunc of do_swuimage: meta-swupdate's encryption helpers encrypt through the token key HSM_PKCS11_URI_ENCRYPT."
+python hsmsign_swupdate_token_aes() {
+    hsmsign_swupdate_use_token(d)
+}
+
+def hsmsign_swupdate_use_token(d):
+    import secrets
+    marker = d.getVar("SWUPDATE_AES_FILE")
+    uri = hsmsign.bitbake.signing_uri(d, "ENCRYPT")
+    bundle_iv = d.getVar("HSMSIGN_SWUPDATE_IVT") or secrets.token_hex(16)
+    d.setVar("HSMSIGN_SWUPDATE_IVT", bundle_iv)
+
+    def extract_keys(path):
+        # meta-swupdate's swupdate_extract_keys(SWUPDATE_AES_FILE): no key leaves the token
+        if path != marker:
+            bb.fatal("hsmsign: meta-swupdate asked for AES key file %s; with HSM_PKCS11_URI_ENCRYPT the key "
+                     "stays in the token (do not set SWUPDATE_AES_FILE)" % path)
+        return marker, bundle_iv
+
+    context = bb.utils.get_context()
+    # scarthgap's meta-swupdate has no swupdate_get_IV: every file gets the IV of
+    # swupdate_extract_keys there, so $swupdate_get_IV(<file>) must give that one too
+    per_file = "swupdate_get_IV" in context
+
+    def get_iv(data, s, filename):
+        # a fresh IV per file (what meta-swupdate's swupdate_get_unique_IV does), the
+        # device's IV for sw-description itself
+        if filename == "sw-description" or not per_file:
+            return bundle_iv
+        iv = data.getVarFlag("SWUPDATE_IV", filename)
+        if not iv:
+            iv = secrets.token_hex(16)
+            data.setVarFlag("SWUPDATE_IV", filename, iv)
+        return iv
+
+    def encrypt_file(src, out, key, ivt):
+        if key != marker:
+            bb.fatal("hsmsign: refusing to encrypt %s with a key that is not the token's" % src)
+        hsmsign_run(d, ["encrypt", "--uri", uri, "--in", src, "--out", out, "--iv", ivt], "ENCRYPT")
+
+    context["swupdate_extract_keys"] = extract_keys
+    context["swupdate_get_IV"] = get_iv
+    context["swupdate_encrypt_file"] = encrypt_file
+
+def hsmsign_swupdate_encryption(d):
+    """Hook token encryption into do_swuimage when the recipe asks meta-swupdate to encrypt."""
+    flags = d.getVarFlags("SWUPDATE_IMAGES_ENCRYPTED") or {}
+    files = sorted(f for f, v in flags.items() if v == "1" and not f.startswith("_"))
+    if not files and not d.getVar("SWUPDATE_ENCRYPT_SWDESC"):
+        return
+    if not hsmsign.bitbake.role_uri(d, "ENCRYPT"):
+        if not d.getVar("SWUPDATE_AES_FILE"):
+            bb.fatal("%s: SWUPDATE_IMAGES_ENCRYPTED / SWUPDATE_ENCRYPT_SWDESC ask for encryption, but no key "
+                     "is set. What to do: create an AES key in the token (hsmsign keygen --type aes:256 --uri ...) "
+                     "and set HSM_PKCS11_URI_ENCRYPT to its URI" % d.getVar("PN"))
+        return
+    if d.getVar("SWUPDATE_ENCRYPT_SWDESC") and not d.getVar("HSMSIGN_SWUPDATE_IVT"):
+        bb.fatal("%s: SWUPDATE_ENCRYPT_SWDESC with the token key needs HSMSIGN_SWUPDATE_IVT: the IV of the "
+                 "AES key file on the device (swupdate -K), which decrypts sw-description with it" % d.getVar("PN"))
+    d.setVar("SWUPDATE_AES_FILE", hsmsign.bitbake.uri_identity(hsmsign.bitbake.role_uri(d, "ENCRYPT")))
+    d.appendVarFlag("do_swuimage", "prefuncs", " hsmsign_swupdate_token_aes")
+    d.appendVarFlag("do_swuimage", "vardeps", " HSMSIGN_KEY_ID_ENCRYPT HSMSIGN_SWUPDATE_IVT")
+    lock = hsmsign.bitbake.lockfile(d, "ENCRYPT")
+    if lock and lock != hsmsign.bitbake.lockfile(d, "SWUPDATE"):
+        d.appendVarFlag("do_swuimage", "lockfiles", " " + lock)
 
 def hsmsign_swupdate_tool(d):
     q = hsmsign.bitbake.quote
@@ -53,4 +131,5 @@ python () {
     d.setVar("SWUPDATE_SIGN_TOOL", hsmsign_swupdate_tool(d))
     if d.getVar("do_swuimage", False) is not None:
         hsmsign_hook_task(d, "do_swuimage", "SWUPDATE")
+        hsmsign_swupdate_encryption(d)
 }

@@ -31,6 +31,10 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 LAYER = os.path.join(ROOT, "meta-hsmsign")
 TEST_LAYER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "meta-hsmsign-test")
 PIN_MARKER = "pin-marker-5d1c9e"  # an obviously fake value that must never show up
+SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
+SWU_FILES = os.path.join(
+    TEST_LAYER, "dynamic-layers", "swupdate", "recipes-test", "hsmsign-test-swu", "files"
+)
 
 BITBAKE = os.environ.get("HSMSIGN_TEST_BITBAKE", "")
 OECORE = os.environ.get("HSMSIGN_TEST_OECORE", "")
@@ -153,15 +157,29 @@ def main_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Build
     devhome = os.path.join(topdir, "hsmsign-dev")
     pin = dev_token(python, devhome) if python else ""
     lib = os.path.join(LAYER, "lib")
+    swu_cert = os.path.join(topdir, "hsmsign-swupdate.pem")
+    if pin:
+        env = {**os.environ, "PYTHONPATH": lib, "SOFTHSM2_CONF": os.path.join(devhome, "softhsm2.conf"),
+               "HSM_TEST_PIN": pin}  # fmt: skip
+        subprocess.run(
+            [python, "-m", "hsmsign", "cert", "--mode", "development", "--pin-env", "HSM_TEST_PIN",
+             "--uri", f"pkcs11:token=hsmsign-dev;object=dev-swupdate?module-path={SOFTHSM}",
+             "--subject", "CN=meta-hsmsign layer test", "--output", swu_cert],
+            env=env, check=True, capture_output=True,
+        )  # fmt: skip
     local = f"""
 INHERIT += "hsmsign"
 HSMSIGN_MODE = "development"
 HSMSIGN_DEV_HOME = "{devhome}"
 # no pin-source: the PIN comes from HSM_TEST_PIN in BitBake's environment
-HSM_PKCS11_URI = "pkcs11:token=hsmsign-dev;object=dev-rootfs?module-path=/usr/lib/softhsm/libsofthsm2.so"
+HSM_PKCS11_URI = "pkcs11:token=hsmsign-dev;object=dev-rootfs?module-path={SOFTHSM}"
 HSMSIGN_PIN_ENV = "HSM_TEST_PIN"
 HSMSIGN_TEST_OUT:pn-hsmsign-test-sign = "{topdir}/hsmsign-test-out"
 HSMSIGN_CMD:pn-hsmsign-test-sign = "env PYTHONPATH={lib} {python or "python3"} -m hsmsign"
+HSMSIGN_CMD:pn-hsmsign-test-swu = "env PYTHONPATH={lib} {python or "python3"} -m hsmsign"
+HSM_PKCS11_URI_SWUPDATE = "pkcs11:token=hsmsign-dev;object=dev-swupdate?module-path={SOFTHSM}"
+HSM_PKCS11_URI_ENCRYPT = "pkcs11:token=hsmsign-dev;object=dev-encrypt?module-path={SOFTHSM}"
+HSMSIGN_SWUPDATE_CERT:pn-hsmsign-test-swu = "{swu_cert}"
 UBOOT_SIGN_ENABLE = "1"
 UBOOT_FITIMAGE_ENABLE = "1"
 SPL_SIGN_ENABLE = "1"
@@ -260,7 +278,11 @@ def test_sign_task_runs_and_verifies(main_build: tuple[Build, str], tmp_path: ob
         check=False,
     )
     assert verify.returncode == 0 and "Verified OK" in verify.stdout, verify.stdout + verify.stderr
-    # the PIN is in no run script, log or sigdata of the build
+    assert_pin_nowhere(build, pin)
+
+
+def assert_pin_nowhere(build: Build, pin: str) -> None:
+    """The PIN is in no run script, log or sigdata of the build."""
     tmpdirs = [os.path.join(build.topdir, n) for n in os.listdir(build.topdir) if n.startswith("tmp")]
     assert tmpdirs
     for base, _dirs, files in (entry for tmp in tmpdirs for entry in os.walk(tmp)):
@@ -268,6 +290,82 @@ def test_sign_task_runs_and_verifies(main_build: tuple[Build, str], tmp_path: ob
             if name.startswith(("run.", "log.")) or "sigdata" in name or "siginfo" in name:
                 with open(os.path.join(base, name), "rb") as fh:
                     assert pin.encode() not in fh.read(), os.path.join(base, name)
+
+
+def test_swupdate_bundle_signed_and_encrypted_by_the_token(main_build: tuple[Build, str]) -> None:
+    """meta-swupdate's own do_swuimage: sw-description signed (CMS), payload.bin encrypted by the token."""
+    build, pin = main_build
+    if not METASWUPDATE:
+        pytest.skip("set HSMSIGN_TEST_METASWUPDATE")
+    if not pin:
+        pytest.skip("set HSMSIGN_TEST_PYTHON to a Python with python-pkcs11 and cryptography")
+    for tool in ("cpio", "openssl"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} missing (the test build uses the host's)")
+    done = build.run("-c", "swuimage", "hsmsign-test-swu", env={"HSM_TEST_PIN": pin})
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    bundles = [
+        os.path.join(base, name)
+        for tmp in os.listdir(build.topdir)
+        if tmp.startswith("tmp")
+        for base, _dirs, files in os.walk(os.path.join(build.topdir, tmp, "deploy", "images"))
+        for name in files
+        if name.startswith("hsmsign-test-swu")
+        and name.endswith(".swu")
+        and not os.path.islink(os.path.join(base, name))
+    ]
+    assert bundles, out[-2000:]
+    bundle = max(bundles, key=os.path.getmtime)
+    python = os.environ["HSMSIGN_TEST_PYTHON"]
+    lib = os.path.join(LAYER, "lib")
+    cert = os.path.join(build.topdir, "hsmsign-swupdate.pem")
+    verify = subprocess.run(
+        [python, "-m", "hsmsign", "swupdate", "verify", "--cert", cert, bundle],
+        env={**os.environ, "PYTHONPATH": lib}, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+    sys.path.insert(0, lib)
+    from hsmsign.formats import cpio
+
+    with open(bundle, "rb") as fh:
+        members = {e.name: cpio.read_member(fh, e) for e in cpio.read_entries(bundle)}
+    assert list(members)[:2] == ["sw-description", "sw-description.sig"]
+    workdir = os.path.join(build.topdir, "swu-check")
+    os.makedirs(workdir, exist_ok=True)
+    for name in ("sw-description", "sw-description.sig"):
+        with open(os.path.join(workdir, name), "wb") as fh:
+            fh.write(members[name])
+    from tests.conftest import openssl_cms_verify
+
+    cms = openssl_cms_verify(
+        os.path.join(workdir, "sw-description.sig"), os.path.join(workdir, "sw-description"), cert
+    )
+    assert cms.returncode == 0, cms.stderr
+
+    # payload.bin went through the token: decrypt it there with the IV sw-description names
+    with open(os.path.join(SWU_FILES, "payload.bin"), "rb") as fh:
+        original = fh.read()
+    encrypted = members["payload.bin"]
+    assert encrypted != original and len(encrypted) % 16 == 0
+    text = members["sw-description"].decode()
+    found = re.search(r'ivt = "([0-9a-f]{32})"', text)
+    assert found is not None, text
+    assert "$swupdate_get" not in text and 'sha256 = "' in text
+    os.environ["SOFTHSM2_CONF"] = os.path.join(build.topdir, "hsmsign-dev", "softhsm2.conf")
+    import pkcs11
+
+    token = pkcs11.lib(SOFTHSM).get_token(token_label="hsmsign-dev")
+    with token.open(user_pin=pin) as session:
+        key = session.get_key(label="dev-encrypt", key_type=pkcs11.KeyType.AES)
+        plain = key.decrypt(
+            encrypted, mechanism=pkcs11.Mechanism.AES_CBC_PAD, mechanism_param=bytes.fromhex(found.group(1))
+        )
+    assert plain == original
+    with open(os.path.join(SWU_FILES, "plain.txt"), "rb") as fh:
+        assert members["plain.txt"] == fh.read()  # not flagged: stays in clear
+    assert_pin_nowhere(build, pin)
 
 
 def test_pin_value_in_local_conf_stops_parse(tmp_path: object) -> None:
