@@ -11,6 +11,11 @@
 #     its detached PKCS#7 signature <image>.verity.roothash.p7s, the format
 #     the kernel checks (CONFIG_DM_VERITY_VERIFY_ROOTHASH_SIG;
 #     'veritysetup open --root-hash-signature', systemd root-hash-signature=).
+#   * dm-verity with meta-security's dm-verity-img (IMAGE_CLASSES +=
+#     "dm-verity-img", DM_VERITY_IMAGE, DM_VERITY_IMAGE_TYPE): do_hsmsign_dmverity
+#     runs after do_image_<DM_VERITY_IMAGE_TYPE> (which writes the .verity image
+#     and its .verity.env) and before do_image_complete; it signs ROOT_HASH the
+#     same way, next to the .verity image in IMGDEPLOYDIR.
 #   * every image file of the build (IMGDEPLOYDIR) gets a detached signature
 #     (<file>.sig, DER) and one signed manifest
 #     (<image>.hsmsign-manifest.json + .p7s: path, size, sha256 of each file),
@@ -39,29 +44,49 @@ def hsmsign_rootfs_cert(d):
                         "--eku", "codeSigning", "--output", cert], "ROOTFS")
     return cert
 
-do_hsmsign_verity[doc] = "Sign the dm-verity root hash (detached PKCS#7) with HSM_PKCS11_URI_ROOTFS."
-python do_hsmsign_verity() {
-    image = d.getVar("VERITY_INPUT_IMAGE")
-    params = {}
-    with open(image + ".verity-params") as fh:
-        for line in fh:
-            key, _, value = line.strip().partition("=")
-            params[key] = value
-    root_hash = params.get("VERITY_ROOT_HASH", "")
-    if not root_hash:
-        bb.fatal("meta-hsmsign: no VERITY_ROOT_HASH in %s.verity-params" % image)
-    real = os.path.realpath(image)
+# Sign a dm-verity root hash read from params (meta-oe .verity-params or
+# meta-security .verity.env); write <real>.roothash and <real>.roothash.p7s and,
+# when link is given, symlinks <link>.roothash[.p7s] to them.
+def hsmsign_sign_root_hash(d, params, real, link=None):
+    try:
+        root_hash = hsmsign.bitbake.verity_root_hash(params)
+    except hsmsign.bitbake.TaskError as exc:
+        bb.fatal("meta-hsmsign: %s" % exc)
     hsmsign_run(d, ["verity", "sign", "--uri", hsmsign.bitbake.signing_uri(d, "ROOTFS"),
                     "--root-hash", root_hash, "--cert", hsmsign_rootfs_cert(d),
-                    "--root-hash-output", real + ".verity.roothash",
-                    "--output", real + ".verity.roothash.p7s"], "ROOTFS")
-    for suffix in (".verity.roothash", ".verity.roothash.p7s"):
-        link = image + suffix
-        if os.path.lexists(link):
-            os.remove(link)
-        os.symlink(os.path.basename(real) + suffix, link)
+                    "--root-hash-output", real + ".roothash",
+                    "--output", real + ".roothash.p7s"], "ROOTFS")
+    if link:
+        for suffix in (".roothash", ".roothash.p7s"):
+            if os.path.lexists(link + suffix):
+                os.remove(link + suffix)
+            os.symlink(os.path.basename(real) + suffix, link + suffix)
+
+do_hsmsign_verity[doc] = "Sign the dm-verity root hash of meta-oe's verity image (detached PKCS#7) with HSM_PKCS11_URI_ROOTFS."
+python do_hsmsign_verity() {
+    image = d.getVar("VERITY_INPUT_IMAGE")
+    real = os.path.realpath(image)
+    hsmsign_sign_root_hash(d, image + ".verity-params", real + ".verity", image + ".verity")
 }
 do_hsmsign_verity[vardeps] += "HSMSIGN_KEY_ID_ROOTFS HSMSIGN_CMD"
+
+do_hsmsign_dmverity[doc] = "Sign the dm-verity root hash of meta-security's dm-verity-img image (detached PKCS#7) with HSM_PKCS11_URI_ROOTFS."
+python do_hsmsign_dmverity() {
+    import glob
+    fstype = d.getVar("DM_VERITY_IMAGE_TYPE")
+    deploy = d.getVar("IMGDEPLOYDIR")
+    # newer meta-security keeps the .env in STAGING_VERITY_DIR, older next to the image
+    candidates = [os.path.join(d.getVar("STAGING_VERITY_DIR") or deploy,
+                               "%s.%s.verity.env" % (d.getVar("DM_VERITY_IMAGE"), fstype))]
+    candidates += sorted(glob.glob(os.path.join(deploy, "*.%s.verity.env" % fstype)), key=os.path.getmtime)
+    params = next((p for p in candidates if os.path.isfile(p)), None)
+    images = [p for p in glob.glob(os.path.join(deploy, "*.%s.verity" % fstype)) if not os.path.islink(p)]
+    if params is None or not images:
+        bb.fatal("meta-hsmsign: dm-verity-img left no %s.verity image and .verity.env in %s" % (fstype, deploy))
+    real = max(images, key=os.path.getmtime)
+    hsmsign_sign_root_hash(d, params, real)
+}
+do_hsmsign_dmverity[vardeps] += "HSMSIGN_KEY_ID_ROOTFS HSMSIGN_CMD"
 
 hsmsign_image_sign[doc] = "Prefunc of do_image_complete: detached signature of every image file and the signed manifest."
 python hsmsign_image_sign() {
@@ -102,6 +127,13 @@ python () {
     if "verity" in fstypes and bb.data.inherits_class("image_types_verity", d):
         bb.build.addtask("do_hsmsign_verity", "do_image_complete", "do_image_verity", d)
         hsmsign_hook_task(d, "do_hsmsign_verity", "ROOTFS")
+    verity_image = d.getVar("DM_VERITY_IMAGE") or ""
+    verity_type = (d.getVar("DM_VERITY_IMAGE_TYPE") or "").strip()
+    if (bb.data.inherits_class("dm-verity-img", d) and verity_image and verity_type
+            and d.getVar("PN").endswith(verity_image)):
+        bb.build.addtask("do_hsmsign_dmverity", "do_image_complete",
+                         "do_image_%s" % verity_type.replace("-", "_"), d)
+        hsmsign_hook_task(d, "do_hsmsign_dmverity", "ROOTFS")
     if d.getVar("HSMSIGN_IMAGE_SIGN") == "1":
         hsmsign_hook_task(d, "do_image_complete", "ROOTFS")
         d.appendVarFlag("do_image_complete", "prefuncs", " hsmsign_image_sign")

@@ -223,3 +223,22 @@ def test_module_has_no_third_party_or_bb_imports() -> None:
     lib = os.path.join(os.path.dirname(__file__), "..", "..", "meta-hsmsign", "lib")
     done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": lib}, check=False)
     assert done.returncode == 0
+
+
+def test_verity_root_hash_from_meta_oe_and_meta_security(tmp_path: object) -> None:
+    root = "3f" * 32
+    params = os.path.join(str(tmp_path), "core.ext4.verity-params")
+    with open(params, "w") as fh:  # meta-oe image_types_verity
+        fh.write(f"VERITY_DATA_BLOCK_SIZE=4096\nVERITY_ROOT_HASH={root.upper()}\nVERITY_SALT=ab\n")
+    assert hb.verity_root_hash(params) == root
+    env = os.path.join(str(tmp_path), "core.ext4.verity.env")
+    with open(env, "w") as fh:  # meta-security dm-verity-img, from 'veritysetup format' output
+        fh.write(f"UUID=8a678132-d493-401d-a0f6-903006c0a5d8\nHASH_TYPE=1\nROOT_HASH={root}\nDATA_SIZE=8192\n")
+    assert hb.verity_root_hash(env) == root
+    broken = os.path.join(str(tmp_path), "broken.env")
+    with open(broken, "w") as fh:
+        fh.write("ROOT_HASH=not-a-hash\n")
+    with pytest.raises(hb.TaskError, match="no root hash"):
+        hb.verity_root_hash(broken)
+    with pytest.raises(hb.TaskError, match="cannot read"):
+        hb.verity_root_hash(os.path.join(str(tmp_path), "missing.env"))

@@ -456,6 +456,25 @@ def img_key_name(d: Datastore) -> str:
     return _get(d, "UBOOT_SIGN_IMG_KEYNAME") or key_name(d, "FITIMAGE") + "-img"
 
 
+def verity_root_hash(path: str) -> str:
+    """The root hash in meta-oe's ``.verity-params`` (VERITY_ROOT_HASH=) or meta-security's
+    ``.verity.env`` (ROOT_HASH=, from ``veritysetup format``); raises TaskError otherwise."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError as exc:
+        raise TaskError(f"cannot read the dm-verity parameters {path}: {exc.strerror}") from exc
+    for line in lines:
+        key, _, value = line.strip().partition("=")
+        value = value.strip().strip("'\"")
+        if key in ("VERITY_ROOT_HASH", "ROOT_HASH") and re.fullmatch(r"[0-9a-fA-F]{64,128}", value):
+            return value.lower()
+    raise TaskError(
+        f"no root hash (VERITY_ROOT_HASH= or ROOT_HASH=, 64+ hex digits) in {path}: "
+        "the verity image class changed its output; report it with the file attached"
+    )
+
+
 # --- run time: environment, command, lock -----------------------------------------------
 
 
