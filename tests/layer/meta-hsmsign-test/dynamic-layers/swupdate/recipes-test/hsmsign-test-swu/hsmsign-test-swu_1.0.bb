@@ -17,5 +17,8 @@ inherit swupdate
 
 SWUPDATE_IMAGES_ENCRYPTED[payload.bin] = "1"
 
-# The layer tests build offline from the host's cpio and openssl, not from natives.
-DEPENDS:remove = "cpio-native openssl-native"
+# The layer tests run offline and build no native recipe: the host's cpio and
+# openssl do the work, and meta-swupdate's python-magic and zstd are not used here.
+DEPENDS:remove = "cpio-native openssl-native python3-magic-native zstd-native"
+# (no sysroot either, which would pull pseudo-native and its build chain)
+deltask do_prepare_recipe_sysroot
