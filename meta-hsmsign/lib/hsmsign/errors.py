@@ -22,6 +22,16 @@ Exit codes (documented in docs/reference/exit-codes.md):
 from __future__ import annotations
 
 
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` safe for a one-line message: control characters escaped, at most ``limit`` characters.
+
+    Names inside artifacts (a certificate's subject, a FIT node) are attacker-controlled: a newline
+    there must not forge a second log line.
+    """
+    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
 class HsmsignError(Exception):
     """Base class: a failure with a message for the user and a stable exit code."""
 

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, VerificationError
+from ..errors import ConfigError, VerificationError, printable
 
 HASH_OIDS = {
     "sha256": "2.16.840.1.101.3.4.2.1",
@@ -449,6 +449,6 @@ def _check_trust(cert: Any, trusted: Sequence[Any]) -> None:
         except Exception:  # noqa: BLE001, S112 - ValueError/TypeError/InvalidSignature: try the next anchor
             continue
     raise VerificationError(
-        f"the signer certificate ({cert.subject.rfc4514_string()}) is not trusted",
+        f"the signer certificate ({printable(cert.subject.rfc4514_string())}) is not trusted",
         "it is neither one of the trusted certificates nor issued by one of them",
     )
