@@ -149,32 +149,40 @@ def test_swupdate_K_installs_decrypted_image(
 
 
 def test_bounded_memory(softhsm: SoftHsm, aes_test_key: tuple[str, bytes], tmp_path: Path) -> None:
-    """64 MiB through the token in a child process whose peak RSS stays far below the file size."""
+    """Peak RSS does not grow with the file: 64 MiB costs no more than 1 MiB, give or take a few chunks.
+
+    Compared with a 1 MiB run in the same setting, since the baseline (Python, cryptography, and SoftHSM,
+    which keeps every object of the shared test token in memory) depends on what ran before.
+    """
     uri, _ = aes_test_key
-    big = tmp_path / "big.img"
-    with open(big, "wb") as fh:
-        for _ in range(64):
-            fh.write(os.urandom(1 << 20))
-    code = (
-        "import resource, sys\n"
-        "from hsmsign.cli import main\n"
-        f"rc = main(['encrypt', '--mode', 'development', '--uri', {uri!r}, '--in', {str(big)!r}, "
-        f"'--out', {str(big) + '.enc'!r}])\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
-        "sys.exit(rc)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=softhsm.env,
-        check=False,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    peak_kib = int(done.stdout.strip().splitlines()[-1])
-    assert os.path.getsize(str(big) + ".enc") == (64 << 20) + 16
-    assert peak_kib < 96 * 1024, f"peak RSS {peak_kib} KiB for a 64 MiB image"
+
+    def peak_kib(mib: int) -> int:
+        path = tmp_path / f"in-{mib}.img"
+        with open(path, "wb") as fh:
+            for _ in range(mib):
+                fh.write(os.urandom(1 << 20))
+        code = (
+            "import resource, sys\n"
+            "from hsmsign.cli import main\n"
+            f"rc = main(['encrypt', '--mode', 'development', '--uri', {uri!r}, '--in', {str(path)!r}, "
+            f"'--out', {str(path) + '.enc'!r}])\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+            "sys.exit(rc)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env=softhsm.env,
+            check=False,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert os.path.getsize(str(path) + ".enc") == (mib << 20) + 16
+        return int(done.stdout.strip().splitlines()[-1])
+
+    small, big = peak_kib(1), peak_kib(64)
+    assert big - small < 24 * 1024, f"peak RSS {big} KiB for 64 MiB against {small} KiB for 1 MiB"
 
 
 @pytest.mark.parametrize(
