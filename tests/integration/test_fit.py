@@ -595,18 +595,24 @@ def test_dual_signed_fit_for_key_rotation(softhsm, tools, tmp_path):
     ok(cli(softhsm, "fit", "verify", "--dtb", str(dtb), str(image)))
 
 
-def test_required_image_key_agrees_with_fit_check_sign(softhsm, tools, tmp_path):
-    """required = "image": every loaded image needs its own signature; both verifiers agree."""
-    uri = softhsm.keygen("fit-rsa2048", "rsa:2048")
-    image = build_fit(tools, tmp_path, "kernel-fdt.its")
+def declare_image_signatures(image: Path, hint: str) -> Fdt:
+    """Declare an RSA-2048 image signature on kernel-1 and fdt-1 (FIT_SIGN_INDIVIDUAL); return the tree."""
     tree = Fdt.parse(image.read_bytes())
     for name in ("kernel-1", "fdt-1"):
         node = tree.node(f"/images/{name}")
         assert node is not None
         sig = tree.add_subnode(node, "signature-1")
-        tree.setprop_str(sig, "key-name-hint", "img")
+        tree.setprop_str(sig, "key-name-hint", hint)
         tree.setprop_str(sig, "algo", "sha256,rsa2048")
     image.write_bytes(tree.to_bytes())
+    return tree
+
+
+def test_required_image_key_agrees_with_fit_check_sign(softhsm, tools, tmp_path):
+    """required = "image": every loaded image needs its own signature; both verifiers agree."""
+    uri = softhsm.keygen("fit-rsa2048", "rsa:2048")
+    image = build_fit(tools, tmp_path, "kernel-fdt.its")
+    tree = declare_image_signatures(image, "img")
     only_kernel = tmp_path / "only-kernel.fit"
     fdt_node = tree.node("/images/fdt-1")
     assert fdt_node is not None
@@ -730,14 +736,7 @@ def test_fit_sign_individual_image_signatures(softhsm, tools, tmp_path):
     """oe-core FIT_SIGN_INDIVIDUAL: image nodes name UBOOT_SIGN_IMG_KEYNAME, configurations get signed too."""
     uri = softhsm.keygen("fit-dev", "rsa:2048")
     image = build_fit(tools, tmp_path, "kernel-fdt.its")
-    tree = Fdt.parse(image.read_bytes())
-    for name in ("kernel-1", "fdt-1"):
-        node = tree.node(f"/images/{name}")
-        assert node is not None
-        sig = tree.add_subnode(node, "signature-1")
-        tree.setprop_str(sig, "key-name-hint", "fit-dev-img")
-        tree.setprop_str(sig, "algo", "sha256,rsa2048")
-    image.write_bytes(tree.to_bytes())
+    tree = declare_image_signatures(image, "fit-dev-img")
     r = ok(
         cli(
             softhsm, "fit", "sign", "--uri", uri, "--key-name", "fit-dev", "--image-key-name", "fit-dev-img",
