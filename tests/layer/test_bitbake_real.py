@@ -7,11 +7,23 @@ Environment (scripts/run-layer-tests sets them and runs this as a plain user):
   HSMSIGN_TEST_METASWUPDATE   meta-swupdate checkout (optional)
   HSMSIGN_TEST_PYTHON         a Python with python-pkcs11 and cryptography, for the
                               signing task (optional: that test skips without it)
-  HSMSIGN_TEST_BUILDDIR       reuse this build directory (keeps the parse cache)
+  HSMSIGN_TEST_BUILDDIR       reuse this build directory for the main build (keeps the
+                              parse cache); else "main" under HSMSIGN_TEST_BUILDROOT
+                              (tests/layer/conftest.py)
 
 A full parse of OE-Core + meta-oe + meta-swupdate takes minutes on 2 cores: all
 checks share one build directory; the parse-time refusals stop before any recipe
 is parsed and use their own.
+
+The main build is a fresh build directory made by OE-Core's own
+``oe-init-build-env``, with the README's "In your build" snippet pasted as written
+(paths filled in) and the test's own lines appended after it (meta-swupdate, the
+test layer, development mode, offline settings). So its one full parse also proves
+that the snippet's layers and LAYERDEPENDS parse every recipe of OE-Core, meta-oe
+and meta-python. ``test_readme_snippet_as_written`` pastes the snippet alone, in
+production mode with the README's URI, and parses meta-hsmsign's recipes with the
+whole configuration (a BBMASK leaves the other layers' recipes out, to spare a
+second full parse).
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -128,6 +140,52 @@ def layers(extra: tuple[str, ...] = ()) -> list[str]:
     return [*found, LAYER, *extra]
 
 
+OFFLINE_CONF = (
+    'BB_NO_NETWORK = "1"\nCONNECTIVITY_CHECK_URIS = ""\n'
+    'BB_NUMBER_THREADS = "2"\nBB_NUMBER_PARSE_THREADS = "2"\n'
+)
+
+
+def readme_snippet() -> tuple[str, str]:
+    """The README's "In your build" block: (bblayers.conf lines, local.conf lines), paths filled in."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fh:
+        text = fh.read()
+    found = re.search(r"^## In your build\n.*?^```[a-z]*\n(.*?)^```", text, re.M | re.S)
+    assert found is not None, "README.md has no code block under '## In your build'"
+    block = found.group(1)
+    bblayers, sep, local = block.partition("# conf/local.conf")
+    assert sep and "# conf/bblayers.conf" in bblayers, block
+    paths = {
+        "/path/to/meta-openembedded": METAOE,
+        "/path/to/meta-hsmsign/meta-hsmsign": LAYER,
+        "/path/to/meta-swupdate": METASWUPDATE or "/nonexistent/meta-swupdate",
+    }
+    for placeholder, path in paths.items():
+        bblayers = bblayers.replace(placeholder, path)
+    live = [line for line in bblayers.splitlines() if not line.lstrip().startswith("#")]
+    assert not any("/path/to" in line for line in live), f"a placeholder the test does not know: {bblayers}"
+    return bblayers, sep + local
+
+
+def init_builddir(topdir: str) -> None:
+    """A fresh conf/ as OE-Core's oe-init-build-env makes it (its default templates)."""
+    shutil.rmtree(os.path.join(topdir, "conf"), ignore_errors=True)
+    done = subprocess.run(
+        ["bash", "-c", '. "$1/oe-init-build-env" "$2"', "init", OECORE, topdir],
+        env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", topdir), "BITBAKEDIR": BITBAKE},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0 and os.path.exists(os.path.join(topdir, "conf", "local.conf")), (
+        done.stdout + done.stderr
+    )
+
+
+def append_conf(topdir: str, bblayers: str, local: str) -> None:
+    for name, text in (("bblayers.conf", bblayers), ("local.conf", local)):
+        with open(os.path.join(topdir, "conf", name), "a", encoding="utf-8") as fh:
+            fh.write("\n" + text)
+
+
 def write_conf(topdir: str, local: str, extra_layers: tuple[str, ...] = ()) -> None:
     conf = os.path.join(topdir, "conf")
     os.makedirs(conf, exist_ok=True)
@@ -151,8 +209,9 @@ def dev_token(python: str, home: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def main_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Build, str]]:
-    topdir = os.environ.get("HSMSIGN_TEST_BUILDDIR") or str(tmp_path_factory.mktemp("bb-main"))
+def main_build(layer_builddir: Callable[[str], str], layer_cache_conf: str) -> Iterator[tuple[Build, str]]:
+    topdir = os.environ.get("HSMSIGN_TEST_BUILDDIR") or layer_builddir("main")
+    os.makedirs(topdir, exist_ok=True)
     python = os.environ.get("HSMSIGN_TEST_PYTHON", "")
     devhome = os.path.join(topdir, "hsmsign-dev")
     pin = dev_token(python, devhome) if python else ""
@@ -168,7 +227,10 @@ def main_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Build
             env=env, check=True, capture_output=True,
         )  # fmt: skip
     local = f"""
-INHERIT += "hsmsign"
+# the test's own lines, after the README's
+MACHINE = "qemuarm64"
+DISTRO = ""
+{OFFLINE_CONF}{layer_cache_conf}INHERIT += "hsmsign"
 HSMSIGN_MODE = "development"
 HSMSIGN_DEV_HOME = "{devhome}"
 # no pin-source: the PIN comes from HSM_TEST_PIN in BitBake's environment
@@ -186,7 +248,11 @@ SPL_SIGN_ENABLE = "1"
 {KERNEL_CONF}IMAGE_CLASSES += "image_types_verity"
 IMAGE_FSTYPES += "ext4 verity"
 """
-    write_conf(topdir, local, (TEST_LAYER,))
+    init_builddir(topdir)
+    bblayers, readme_local = readme_snippet()
+    extra = " ".join(x for x in (METASWUPDATE, TEST_LAYER) if x)
+    own_layers = f'# the test\'s own layers\nBBLAYERS += "{extra}"\n'
+    append_conf(topdir, bblayers + "\n" + own_layers, readme_local + local)
     yield Build(topdir), pin
 
 
@@ -198,6 +264,27 @@ def test_parse_with_oecore(main_build: tuple[Build, str]) -> None:
     summary = re.search(r"Parsing of (\d+) \.bb files complete.*?(\d+) errors", out)
     assert summary is not None and summary.group(2) == "0", out[-2000:]
     assert PIN_MARKER not in out
+
+
+def test_readme_snippet_as_written(layer_builddir: Callable[[str], str]) -> None:
+    """The README's snippet alone, in a fresh build directory: production mode, the README's URI.
+
+    Only the offline settings are added, and a BBMASK that leaves out every recipe
+    outside meta-hsmsign: the whole configuration (layers, LAYERDEPENDS,
+    LAYERSERIES_COMPAT, the class's parse-time checks) is parsed, and meta-hsmsign's
+    recipes; the main build's full parse covers the other layers' recipes with the
+    same snippet.
+    """
+    topdir = layer_builddir("readme-snippet")
+    init_builddir(topdir)
+    bblayers, local = readme_snippet()
+    append_conf(topdir, bblayers, local + "\n" + OFFLINE_CONF + f'BBMASK += "^(?!{re.escape(LAYER)}/)"\n')
+    done = Build(topdir).run("-p", timeout=1800)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    summary = re.search(r"Parsing of (\d+) \.bb files complete.*?(\d+) errors", out)
+    assert summary is not None and int(summary.group(1)) > 0 and summary.group(2) == "0", out[-2000:]
+    assert "depends on layer" not in out
 
 
 def task_edges(build: Build, target: str) -> set[tuple[str, str]]:
