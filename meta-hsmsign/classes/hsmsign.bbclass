@@ -19,20 +19,29 @@
 #   INHERIT += "hsmsign"
 #   HSMSIGN_MODE = "development"
 #
-# One key per artifact when you want them apart (each defaults as shown):
+# One key per artifact when you want them apart (each defaults as shown; the
+# table is hsmsign.roles, and a unit test holds these lines against it):
 #
-#   HSM_PKCS11_URI_UBOOT    ??= "${HSM_PKCS11_URI}"        U-Boot DTB key of the kernel FIT
+#   HSM_PKCS11_URI_UBOOT    ??= "${HSM_PKCS11_URI}"        the U-Boot side: default of _FITIMAGE and _SPL
 #   HSM_PKCS11_URI_SPL      ??= "${HSM_PKCS11_URI_UBOOT}"  U-Boot proper FIT checked by SPL
-#   HSM_PKCS11_URI_FITIMAGE ??= "${HSM_PKCS11_URI}"        kernel fitImage
-#   HSM_PKCS11_URI_ROOTFS   ??= "${HSM_PKCS11_URI}"        dm-verity root hash, image signatures
+#   HSM_PKCS11_URI_FITIMAGE ??= "${HSM_PKCS11_URI_UBOOT}"  kernel fitImage; its public half goes into U-Boot's DTB
+#   HSM_PKCS11_URI_ROOTFS   ??= "${HSM_PKCS11_URI}"        dm-verity root hash, image signatures, manifest
 #   HSM_PKCS11_URI_SWUPDATE ??= "${HSM_PKCS11_URI}"        sw-description
 #   HSM_PKCS11_URI_ENCRYPT  ??= ""                         AES key (encryption only when set)
 #
-# Pin the public keys so a wrong token or key fails the build (and a key change
-# changes the task hashes):
+# U-Boot's DTB always holds the key that signs the kernel FIT: set
+# HSM_PKCS11_URI_UBOOT to give the U-Boot side its own key, and
+# HSM_PKCS11_URI_FITIMAGE only to split the kernel FIT key from the SPL key.
+#
+# Pin the public keys so a wrong token or key fails the signing task (exit 4,
+# nothing written, in every mode) and a key change changes the task hashes:
 #
 #   HSMSIGN_PUBKEY_SHA256 = "<sha256 of the DER SubjectPublicKeyInfo>"   (hsmsign info)
 #   HSMSIGN_PUBKEY_SHA256_FITIMAGE = "..."
+#
+# A role's pin is HSMSIGN_PUBKEY_SHA256_<ROLE>, else that of the role it
+# defaults to (_SPL and _FITIMAGE: _UBOOT), else HSMSIGN_PUBKEY_SHA256; the AES
+# key (_ENCRYPT) only by its own (hsmsign info prints its check-value fingerprint).
 #
 # This class holds the variables, the parse-time checks and the runner; it
 # inherits one class per artifact (see the end of this file), each of which hooks only the
@@ -49,13 +58,13 @@ HSM_PKCS11_URI ??= "${@hsmsign.bitbake.dev_default_uri(d)}"
 HSM_PKCS11_URI[doc] = "PKCS#11 URI (RFC 7512) of the default signing key, without PIN. In development mode it defaults to the token made by 'hsmsign dev-init'."
 
 HSM_PKCS11_URI_UBOOT ??= "${HSM_PKCS11_URI}"
-HSM_PKCS11_URI_UBOOT[doc] = "Key whose public half goes into U-Boot's control DTB and that signs the kernel fitImage configurations U-Boot checks (oe-core UBOOT_SIGN_KEYDIR)."
+HSM_PKCS11_URI_UBOOT[doc] = "Key of the U-Boot side: the default of HSM_PKCS11_URI_FITIMAGE (the kernel FIT key, whose public half goes into U-Boot's control DTB) and of HSM_PKCS11_URI_SPL."
 
 HSM_PKCS11_URI_SPL ??= "${HSM_PKCS11_URI_UBOOT}"
 HSM_PKCS11_URI_SPL[doc] = "Key that signs the U-Boot proper FIT checked by SPL; its public half goes into SPL's DTB (oe-core SPL_SIGN_KEYDIR)."
 
 HSM_PKCS11_URI_FITIMAGE ??= "${HSM_PKCS11_URI_UBOOT}"
-HSM_PKCS11_URI_FITIMAGE[doc] = "Key that signs the kernel fitImage; must be the key U-Boot's DTB holds (defaults to HSM_PKCS11_URI_UBOOT)."
+HSM_PKCS11_URI_FITIMAGE[doc] = "Key that signs the kernel fitImage; its public half is the key U-Boot's control DTB holds (oe-core UBOOT_SIGN_KEYDIR). Defaults to HSM_PKCS11_URI_UBOOT."
 
 HSM_PKCS11_URI_ROOTFS ??= "${HSM_PKCS11_URI}"
 HSM_PKCS11_URI_ROOTFS[doc] = "Key that signs the dm-verity root hash, the detached image signatures and the image manifest."
@@ -73,7 +82,7 @@ HSMSIGN_PIN_ENV ??= ""
 HSMSIGN_PIN_ENV[doc] = "NAME of an environment variable of the shell that starts BitBake that holds the PIN; read at task run time from BB_ORIGENV, never stored. Empty: the URI's pin-source."
 
 HSMSIGN_PUBKEY_SHA256 ??= ""
-HSMSIGN_PUBKEY_SHA256[doc] = "Pinned SHA-256 of the signing key's DER SubjectPublicKeyInfo (hsmsign info prints it); HSMSIGN_PUBKEY_SHA256_<ROLE> pins one role. Part of the task hashes."
+HSMSIGN_PUBKEY_SHA256[doc] = "Pinned SHA-256 of the signing key's DER SubjectPublicKeyInfo (hsmsign info prints it); a wrong key stops the signing task in every mode. HSMSIGN_PUBKEY_SHA256_<ROLE> pins one role (and the roles that default to it). Part of the task hashes."
 
 HSMSIGN_CMD ??= "hsmsign"
 HSMSIGN_CMD[doc] = "Command that signs: 'hsmsign' from hsmsign-native (default), or a host command such as '/usr/bin/hsmsign' (then hsmsign-native is not built)."

@@ -62,8 +62,33 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def role_table() -> str:
+    """The key roles from the library's one table (hsmsign.roles)."""
+    sys.path.insert(0, os.path.join(ROOT, "meta-hsmsign", "lib"))
+    from hsmsign import roles
+
+    out = [
+        "## Key roles",
+        "",
+        "One table in the library (`hsmsign.roles`) gives each role its variable, the role it",
+        "defaults to, its pin and the key `hsmsign dev-init` makes for it. A role's pin is its",
+        "own variable, else that of the role it defaults to, else `HSMSIGN_PUBKEY_SHA256`; a",
+        "wrong key stops the signing task (exit 4, nothing written) in every mode.",
+        "",
+        "| role | key variable | defaults to | pin variable | development key | signs |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in roles.ROLE_TABLE:
+        fallback = f"`{roles.BY_NAME[r.fallback].variable}`" if r.fallback else "(nothing)"
+        out.append(
+            f"| {r.name} | `{r.variable}` | {fallback} | `{r.pin_variable}` | "
+            f"`{r.dev_label}` ({r.key_type}) | {_cell(r.signs)} |"
+        )
+    return "\n".join(out)
+
+
 def render() -> str:
-    out = [HEAD]
+    out = [HEAD, role_table()]
     current = None
     for cls, name, default, doc in class_variables():
         if cls != current:

@@ -32,10 +32,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import audit
+from . import audit, roles
+from .errors import HsmsignError
+from .settings import REQUIRED_MODES, REQUIRED_VALUES, Settings
 
-ROLES: tuple[str, ...] = ("UBOOT", "SPL", "FITIMAGE", "ROOTFS", "SWUPDATE", "ENCRYPT")
-FIT_ROLES: tuple[str, ...] = ("UBOOT", "SPL", "FITIMAGE")  # tasks that sign FITs for U-Boot and SPL
+# the key roles and their fallbacks: hsmsign.roles (one table for the library, classes and docs)
+ROLES: tuple[str, ...] = roles.ROLES
+FIT_ROLES: tuple[str, ...] = roles.FIT_ROLES  # tasks that sign FITs for U-Boot and SPL
 # what a FIT signing task's output depends on besides the key (its [vardeps])
 FIT_VARDEPS = "HSMSIGN_UBOOT_REQUIRED HSMSIGN_UBOOT_REQUIRED_MODE HSMSIGN_FIT_CHECK_SIGN"
 
@@ -128,19 +131,17 @@ def enabled(d: Datastore) -> bool:
 
 
 def role_uri(d: Datastore, role: str) -> str:
-    """The URI a role signs with: ``HSM_PKCS11_URI_<ROLE>``, else ``HSM_PKCS11_URI``.
+    """The URI a role signs with: ``HSM_PKCS11_URI_<ROLE>``, else its fallback's (``hsmsign.roles``).
 
-    The class defaults already chain the variables (``_SPL`` to ``_UBOOT`` and the
-    others to ``HSM_PKCS11_URI``); this fallback covers datastores without them.
-    ``ENCRYPT`` has no fallback: an AES key is never the signing key.
+    The class defaults chain the variables the same way (``??=``); this covers
+    datastores without them. ``ENCRYPT`` has no fallback: an AES key is never the
+    signing key.
     """
-    role = role.upper()
-    value = _get(d, "HSM_PKCS11_URI_" + role)
-    if value or role == "ENCRYPT":
-        return value
-    if role == "SPL":
-        value = _get(d, "HSM_PKCS11_URI_UBOOT")
-    return value or _get(d, "HSM_PKCS11_URI")
+    for r in roles.chain(role):
+        value = _get(d, r.variable)
+        if value:
+            return value
+    return ""
 
 
 def _parse_uri(text: str) -> Any:
@@ -160,10 +161,19 @@ def uri_identity(text: str) -> str:
         return "invalid-uri:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def pin_variable(d: Datastore, role: str) -> str:
+    """The pin variable that applies to a role: its own, else its fallback's, ..., or ""."""
+    for r in roles.chain(role):
+        if _get(d, r.pin_variable):
+            return r.pin_variable
+    return ""
+
+
 def pubkey_pin(d: Datastore, role: str) -> str:
-    """``HSMSIGN_PUBKEY_SHA256_<ROLE>``, else ``HSMSIGN_PUBKEY_SHA256`` (lower-case hex)."""
-    value = _get(d, "HSMSIGN_PUBKEY_SHA256_" + role.upper()) or _get(d, "HSMSIGN_PUBKEY_SHA256")
-    return value.lower().removeprefix("sha256:")
+    """The role's pinned fingerprint(s), lower-case hex: ``HSMSIGN_PUBKEY_SHA256_<ROLE>``, else the
+    fallback role's (``_SPL`` and ``_FITIMAGE`` fall back to ``_UBOOT``), else ``HSMSIGN_PUBKEY_SHA256``."""
+    name = pin_variable(d, role)
+    return _get(d, name).lower().replace("sha256:", "") if name else ""
 
 
 def key_identity(d: Datastore, role: str) -> str:
@@ -422,7 +432,7 @@ def check_fit_policy(d: Datastore, prod: bool) -> list[Problem]:
     """``HSMSIGN_UBOOT_REQUIRED`` / ``_MODE``: the ``required`` policy of keys in U-Boot's DTBs."""
     problems: list[Problem] = []
     required = _get(d, "HSMSIGN_UBOOT_REQUIRED")
-    if required and required not in ("conf", "image", "none"):
+    if required and required not in REQUIRED_VALUES:
         problems.append(
             Problem(
                 "HSMSIGN_UBOOT_REQUIRED",
@@ -440,7 +450,7 @@ def check_fit_policy(d: Datastore, prod: bool) -> list[Problem]:
             )
         )
     required_mode = _get(d, "HSMSIGN_UBOOT_REQUIRED_MODE")
-    if required_mode and required_mode not in ("all", "any"):
+    if required_mode and required_mode not in REQUIRED_MODES:
         problems.append(
             Problem(
                 "HSMSIGN_UBOOT_REQUIRED_MODE",
@@ -491,42 +501,19 @@ def child_env(d: Datastore, origenv: Any, role: str = "") -> dict[str, str]:
     the child's environment under the same name; ``hsmsign --pin-env NAME``
     (``HSMSIGN_PIN_ENV`` for the mkimage drop-in) reads it there. It never
     becomes a datastore variable, an argument or a line of a run script.
+
+    The settings the child reads (mode, role, pinned fingerprints, FIT policy,
+    ledger, module, PIN variable name) are a ``hsmsign.settings.Settings``: built
+    here, handed over with ``to_env()``, read back with ``Settings.from_env()``.
+    The pins go as the user wrote them (``HSMSIGN_PUBKEY_SHA256[_<ROLE>]``) with
+    the role (``HSMSIGN_ROLE``), so the child applies the role's pin, and a FIT task
+    also gets the FIT roles' URIs: one U-Boot task signs with two roles' keys.
     """
-    env: dict[str, str] = {"HSMSIGN_MODE": mode(d)}
-    module = _get(d, "HSM_PKCS11_MODULE")
-    if module:
-        env["HSM_PKCS11_MODULE"] = module
-    ledger = _get(d, "HSMSIGN_LEDGER")
-    if ledger:
-        env["HSMSIGN_LEDGER"] = ledger
     uri = role_uri(d, role) if role else _get(d, "HSM_PKCS11_URI")
-    if uri:
-        env["HSM_PKCS11_URI"] = uri
-    if mode(d) == "development":
-        conf = _get(d, "HSMSIGN_SOFTHSM2_CONF") or _env_get(origenv, "SOFTHSM2_CONF") or ""
-        if not conf:
-            candidate = os.path.join(dev_home(d, origenv), "softhsm2.conf")
-            conf = candidate if os.path.exists(candidate) else ""
-        if conf:
-            env["SOFTHSM2_CONF"] = conf
-    elif _env_get(origenv, "SOFTHSM2_CONF"):
-        # production refuses SoftHSM tokens anyway; pass it so the refusal is the policy's
-        env["SOFTHSM2_CONF"] = str(_env_get(origenv, "SOFTHSM2_CONF"))
-    if role in FIT_ROLES:
-        # read by 'hsmsign mkimage' (oe-core owns its command line) and 'hsmsign fit sign'
-        for var, name in (
-            ("HSMSIGN_FIT_CHECK_SIGN", "HSMSIGN_FIT_CHECK_SIGN"),
-            ("HSMSIGN_UBOOT_REQUIRED", "HSMSIGN_FIT_REQUIRED"),
-            ("HSMSIGN_UBOOT_REQUIRED_MODE", "HSMSIGN_FIT_REQUIRED_MODE"),
-        ):
-            value = _get(d, var)
-            if value:
-                env[name] = value
-    for name in ("P11_KIT_SERVER_ADDRESS",):
-        value = _env_get(origenv, name)
-        if value:
-            env[name] = value
+    fit = role in FIT_ROLES
+    env: dict[str, str] = {}
     pin_env = _get(d, "HSMSIGN_PIN_ENV")
+    handed_pin_env = ""
     if pin_env:
         pin = _env_get(origenv, pin_env)
         if pin is None:
@@ -538,7 +525,41 @@ def child_env(d: Datastore, origenv: Any, role: str = "") -> dict[str, str]:
                 )
         else:
             env[pin_env] = pin
-            env["HSMSIGN_PIN_ENV"] = pin_env
+            handed_pin_env = pin_env
+    try:
+        settings = Settings(
+            mode=mode(d),
+            role=role.upper(),
+            fingerprints={
+                r.pin_variable: _get(d, r.pin_variable) for r in roles.ROLE_TABLE if _get(d, r.pin_variable)
+            },
+            role_uris={r: role_uri(d, r) for r in FIT_ROLES if role_uri(d, r)} if fit else {},
+            uri=uri,
+            module=_get(d, "HSM_PKCS11_MODULE"),
+            pin_env=handed_pin_env,
+            ledger=_get(d, "HSMSIGN_LEDGER"),
+            # read by 'hsmsign mkimage' (oe-core owns its command line) and 'hsmsign fit sign'
+            fit_required=_get(d, "HSMSIGN_UBOOT_REQUIRED") if fit else "",
+            fit_required_mode=_get(d, "HSMSIGN_UBOOT_REQUIRED_MODE") if fit else "",
+            fit_check_sign=_get(d, "HSMSIGN_FIT_CHECK_SIGN") if fit else "",
+        )
+    except HsmsignError as exc:  # the parse-time checks name the variable; this is the last guard
+        raise TaskError(exc.message + (f"; {exc.hint}" if exc.hint else "")) from exc
+    env.update(settings.to_env())
+    if mode(d) == "development":
+        conf = _get(d, "HSMSIGN_SOFTHSM2_CONF") or _env_get(origenv, "SOFTHSM2_CONF") or ""
+        if not conf:
+            candidate = os.path.join(dev_home(d, origenv), "softhsm2.conf")
+            conf = candidate if os.path.exists(candidate) else ""
+        if conf:
+            env["SOFTHSM2_CONF"] = conf
+    elif _env_get(origenv, "SOFTHSM2_CONF"):
+        # production refuses SoftHSM tokens anyway; pass it so the refusal is the policy's
+        env["SOFTHSM2_CONF"] = str(_env_get(origenv, "SOFTHSM2_CONF"))
+    for name in ("P11_KIT_SERVER_ADDRESS",):
+        value = _env_get(origenv, name)
+        if value:
+            env[name] = value
     return env
 
 
@@ -575,23 +596,71 @@ def run(
     base_env: Mapping[str, str] | None = None,
     cwd: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``HSMSIGN_CMD ARGS`` with the child environment; raise TaskError on failure."""
+    """Run ``HSMSIGN_CMD ARGS`` with the child environment; raise TaskError on failure.
+
+    Every way the command can fail ends in one TaskError line naming what to fix
+    (``HSMSIGN_CMD`` when it cannot run), followed by the command's own error lines.
+    """
     env = dict(os.environ if base_env is None else base_env)
+    for name in Settings.names():  # the task's settings replace any inherited ones
+        env.pop(name, None)
     env.update(child_env(d, origenv, role))
     argv = command(d) + list(args)
+    if not argv:
+        raise TaskError('HSMSIGN_CMD is empty: leave it unset (hsmsign from hsmsign-native) or set a command')
+    shown = redact(shlex.join(argv))
     try:
-        done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)  # noqa: S603
+        done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
     except FileNotFoundError as exc:
         raise TaskError(
-            f"{argv[0]} not found: build hsmsign-native (the classes depend on it) or set "
-            "HSMSIGN_CMD to the host command"
+            f"HSMSIGN_CMD: {argv[0]} not found (PATH of the task, or a missing interpreter): build "
+            "hsmsign-native (the classes depend on it when HSMSIGN_CMD is 'hsmsign') or set HSMSIGN_CMD "
+            "to a command that exists"
         ) from exc
+    except PermissionError as exc:
+        raise TaskError(
+            f"HSMSIGN_CMD: {argv[0]} cannot be run by the build user ({exc.strerror}): make it and its "
+            "interpreter readable and executable, or set HSMSIGN_CMD to another command"
+        ) from exc
+    except OSError as exc:
+        raise TaskError(
+            f"HSMSIGN_CMD: {argv[0]} cannot be run ({exc.strerror or exc}): set HSMSIGN_CMD to a working "
+            "hsmsign command"
+        ) from exc
+    output = redact(done.stderr.strip() or done.stdout.strip())
+    if done.returncode < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:
+            name = f"signal {-done.returncode}"
+        raise TaskError(
+            f"'{shown}' was killed by {name}: nothing was signed; if the build was not being "
+            "stopped, check the machine's memory (OOM killer) and the token, then run the task again"
+            + (f"\n{output}" if output else "")
+        )
     if done.returncode != 0:
         raise TaskError(
-            f"'{redact(shlex.join(argv))}' failed with exit code {done.returncode}:\n"
-            f"{redact(done.stderr.strip() or done.stdout.strip())}"
+            f"'{shown}' failed with exit code {done.returncode} "
+            f"({_EXIT_FAMILY.get(done.returncode, 'see below')})"
+            + (f":\n{output}" if output else "")
         )
     return done
+
+
+# hsmsign's exit codes (hsmsign.errors.EXIT_CODES, docs/reference/exit-codes.md), named in task errors
+_EXIT_FAMILY = {
+    1: "internal error in hsmsign",
+    2: "configuration error",
+    3: "token error",
+    4: "policy refusal",
+    5: "signing error",
+    6: "verification error",
+    126: "HSMSIGN_CMD cannot be executed",
+    127: "HSMSIGN_CMD or its interpreter not found",
+    130: "interrupted",
+}
 
 
 def quote(text: str) -> str:

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import __version__
+from . import __version__, roles
 from .errors import EXIT_CODES, HsmsignError, Interrupted
 
 # Verb modules and the verbs each registers, in the order --help lists them. A module missing
@@ -90,6 +90,16 @@ def make_parents() -> CommonParents:
         default=_env("HSMSIGN_MODE", "production"),
         help="policy: production refuses development/software/published keys (default: $HSMSIGN_MODE or "
         "production)",
+    )
+    g.add_argument(
+        "--role",
+        type=str.upper,
+        choices=[r.name for r in roles.ROLE_TABLE],
+        default=(_env("HSMSIGN_ROLE") or "").upper() or None,
+        metavar="ROLE",
+        help="key role whose pinned fingerprint applies: HSMSIGN_PUBKEY_SHA256_<ROLE>, else its fallback "
+        "role's, else HSMSIGN_PUBKEY_SHA256 (" + ", ".join(r.name for r in roles.ROLE_TABLE) + "; "
+        "default: $HSMSIGN_ROLE, else DEFAULT)",
     )
     g.add_argument(
         "--ledger",

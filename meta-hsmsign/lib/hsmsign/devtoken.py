@@ -18,28 +18,14 @@ import shutil
 import subprocess
 from typing import Any
 
+from . import roles
 from .errors import ConfigError, TokenError
 
 TOKEN_LABEL = "hsmsign-dev"  # noqa: S105 - a token label, not a secret
-# role -> (key label, key type); "default" is what HSM_PKCS11_URI points at.
-ROLES: dict[str, tuple[str, str]] = {
-    "default": ("dev-signing", "rsa:2048"),
-    "uboot": ("dev-uboot", "rsa:2048"),
-    "spl": ("dev-spl", "rsa:2048"),
-    "fitimage": ("dev-fitimage", "rsa:2048"),
-    "rootfs": ("dev-rootfs", "rsa:2048"),
-    "swupdate": ("dev-swupdate", "rsa:2048"),
-    "encrypt": ("dev-encrypt", "aes:256"),
-}
-ROLE_VARIABLES = {
-    "default": "HSM_PKCS11_URI",
-    "uboot": "HSM_PKCS11_URI_UBOOT",
-    "spl": "HSM_PKCS11_URI_SPL",
-    "fitimage": "HSM_PKCS11_URI_FITIMAGE",
-    "rootfs": "HSM_PKCS11_URI_ROOTFS",
-    "swupdate": "HSM_PKCS11_URI_SWUPDATE",
-    "encrypt": "HSM_PKCS11_URI_ENCRYPT",
-}
+# role -> (key label, key type) and role -> variable, from the one role table (hsmsign.roles);
+# "default" is what HSM_PKCS11_URI points at.
+ROLES: dict[str, tuple[str, str]] = {r.name.lower(): (r.dev_label, r.key_type) for r in roles.ROLE_TABLE}
+ROLE_VARIABLES: dict[str, str] = {r.name.lower(): r.variable for r in roles.ROLE_TABLE}
 
 
 def default_dir() -> str:

@@ -8,6 +8,10 @@ Production policy = signing enabled AND a hardware token (unless
 ``HSMSIGN_ALLOW_SOFTWARE_TOKEN=1``) AND not a development key AND not a key whose
 private half is published AND strong enough AND (when pinned) the pinned key.
 
+A pin is the user's own statement of which key signs: it is enforced in every
+mode. Development relaxes only the development-key and software-token rules
+(and reports the published-key and key-strength ones as warnings).
+
 Standard library only at module level (the layer reads the names at parse time).
 """
 
@@ -101,19 +105,21 @@ class StrongEnough:
 
 @dataclass
 class Pinned:
-    fingerprints: list[str] = field(default_factory=list)
+    """The key is the one each applicable pin variable names (``hsmsign.settings.Pin``)."""
+
+    pins: list[Any] = field(default_factory=list)
     name: str = "pinned key"
 
     def check(self, key: Any) -> None:
-        if not self.fingerprints:
-            return
-        if key.fingerprint.lower() not in self.fingerprints:
-            raise PolicyError(
-                f"key '{key.label}' has fingerprint {key.fingerprint}, not the pinned "
-                f"{', '.join(self.fingerprints)}",
-                "the URI points at another key than the one pinned in HSMSIGN_PUBKEY_SHA256; fix the URI, "
-                "or update the pin after a planned key rotation",
-            )
+        have = key.fingerprint.lower()
+        for pin in self.pins:
+            if have not in pin.fingerprints:
+                raise PolicyError(
+                    f"{pin.variable} pins sha256:{' or sha256:'.join(pin.fingerprints)}, but key "
+                    f"'{key.label}' ({key.uri.identity()}) is sha256:{have}; nothing was signed",
+                    "the URI names another key than the pinned one: fix the key URI, or, after a planned "
+                    f'key rotation to this key, set {pin.variable} = "{have}"',
+                )
 
 
 def lookup_known_key(fingerprint: str) -> str | None:
@@ -162,20 +168,15 @@ def _site_denylist(path: str) -> dict[str, str]:
     return out
 
 
-def parse_pins(value: str | None) -> list[str]:
-    if not value:
-        return []
-    pins = [p.strip().lower().replace(":", "") for p in value.replace(",", " ").split()]
-    for pin in pins:
-        if len(pin) != 64 or any(c not in "0123456789abcdef" for c in pin):
-            raise PolicyError(
-                f"pinned fingerprint '{pin}' is not a SHA-256 hex digest",
-                "take it from 'hsmsign info --uri URI' (64 hex digits)",
-            )
-    return pins
+def role_pins(role: str | None = None) -> list[Any]:
+    """The pins of ``role`` (default: ``HSMSIGN_ROLE``) in this process's environment."""
+    from .settings import Settings
+
+    settings = Settings.from_env()
+    return settings.pins_for_role(role if role is not None else settings.role)
 
 
-def production_policy(pins: list[str] | None = None, allow_software: bool | None = None) -> AllOf:
+def production_policy(pins: list[Any] | None = None, allow_software: bool | None = None) -> AllOf:
     if allow_software is None:
         allow_software = os.environ.get(ALLOW_SOFTWARE_ENV, "") == "1"
     return AllOf(
@@ -189,38 +190,71 @@ def production_policy(pins: list[str] | None = None, allow_software: bool | None
     )
 
 
-def check_signer(key: Any, mode: str, pins: list[str] | None = None, quiet: bool = False) -> list[str]:
-    """Apply the policy for ``mode``. Production raises; development returns warnings."""
+# In development the published-key and key-strength rules warn, the development-key and
+# software-token rules are skipped; every other rule (the pin) refuses in every mode.
+_DEV_WARN = (NotKnownPublic, StrongEnough)
+_DEV_SKIP = (HardwareToken, NotDevelopmentKey)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One rule's result: ``refusal`` None (passes), else what ``mode`` does: refuse, warn or skip."""
+
+    rule: str
+    refusal: PolicyError | None
+    action: str = "pass"
+
+
+def evaluate(key: Any, mode: str, pins: list[Any]) -> list[Verdict]:
+    """Every production rule for ``key`` and what ``mode`` does with its refusal.
+
+    The one place that decides what refuses in which mode: ``check_signer`` (every signing
+    path) and ``hsmsign doctor`` both use it, so they agree.
+    """
+    out: list[Verdict] = []
+    for rule in production_policy(pins).rules:
+        try:
+            rule.check(key)
+            out.append(Verdict(rule.name, None))
+        except PolicyError as exc:
+            if mode == "production":
+                action = "refuse"
+            elif isinstance(rule, _DEV_SKIP):
+                action = "skip"
+            elif isinstance(rule, _DEV_WARN):
+                action = "warn"
+            else:
+                action = "refuse"
+            out.append(Verdict(rule.name, exc, action))
+    return out
+
+
+def check_signer(key: Any, mode: str, pins: list[Any] | None = None, quiet: bool = False) -> list[str]:
+    """Apply the policy for ``mode`` before the token signs: raise on a refusal, return warnings.
+
+    ``pins``: the ``hsmsign.settings.Pin`` list that applies (default: the role's, from the
+    environment). Production refuses on any rule; development only on the pin, and warns
+    about published or weak keys.
+    """
     if pins is None:
-        pins = parse_pins(os.environ.get(PIN_ENV_FINGERPRINT))
-    policy = production_policy(pins)
-    if mode == "production":
-        if os.environ.get(ALLOW_SOFTWARE_ENV, "") == "1" and key.token_info.is_software and not quiet:
+        pins = role_pins()
+    results = evaluate(key, mode, pins)
+    for verdict in results:
+        if verdict.refusal is not None and verdict.action == "refuse":
+            raise verdict.refusal
+    if mode == "production" and os.environ.get(ALLOW_SOFTWARE_ENV, "") == "1" and not quiet:
+        if key.token_info.is_software:
             print(
                 f"hsmsign: WARNING: production signing with a SOFTWARE token ({key.token_info.label}) "
                 f"because {ALLOW_SOFTWARE_ENV}=1",
                 file=sys.stderr,
             )
-        policy.check(key)
-        return []
-    warnings = []
-    for rule in policy.rules:
-        if isinstance(rule, (HardwareToken, NotDevelopmentKey)):
-            continue  # expected in development
-        try:
-            rule.check(key)
-        except PolicyError as exc:
-            warnings.append(exc.message)
-    return warnings
+    return [v.refusal.message for v in results if v.refusal is not None and v.action == "warn"]
 
 
-def verdicts(key: Any, pins: list[str] | None = None) -> list[tuple[str, str | None]]:
-    """Each production rule with None (passes) or its refusal: for ``hsmsign doctor``."""
-    out: list[tuple[str, str | None]] = []
-    for rule in production_policy(pins).rules:
-        try:
-            rule.check(key)
-            out.append((rule.name, None))
-        except PolicyError as exc:
-            out.append((rule.name, str(exc)))
-    return out
+def verdicts(key: Any, pins: list[Any] | None = None) -> list[tuple[str, str | None]]:
+    """Each production rule with None (passes) or its refusal."""
+    return [
+        (v.rule, None if v.refusal is None else str(v.refusal))
+        for v in evaluate(key, "production", role_pins() if pins is None else pins)
+    ]

@@ -800,6 +800,7 @@ class TokenSecretKey:
         self.label = str(key[Attribute.LABEL])
         self.key_id = bytes(key[Attribute.ID] or b"")
         self.key_size = int(key[Attribute.VALUE_LEN]) * 8
+        self._fingerprint: str | None = None
 
     @property
     def is_development(self) -> bool:
@@ -810,6 +811,27 @@ class TokenSecretKey:
     def token_info(self) -> TokenInfo:
         assert self._opened.info is not None  # noqa: S101
         return self._opened.info
+
+    @property
+    def fingerprint(self) -> str:
+        """What pins an AES key (``HSMSIGN_PUBKEY_SHA256_ENCRYPT``): SHA-256 of its check block.
+
+        The check block is AES_K(16 zero bytes), the full block of which PKCS#11's
+        CKA_CHECK_VALUE is the first 3 bytes, computed by the token with the key's own
+        mechanism (CBC with a zero IV: the first output block). It names the key without
+        revealing it; 'hsmsign info' prints it.
+        """
+        if self._fingerprint is None:
+            from pkcs11 import Mechanism
+
+            zero = bytes(16)
+            block = self._opened.call(
+                f"computing the check value of {self.uri.describe_key()}",
+                lambda: bytes(self._key.encrypt(zero, mechanism=Mechanism.AES_CBC_PAD, mechanism_param=zero)),
+                self.uri,
+            )[:16]
+            self._fingerprint = hashlib.sha256(block).hexdigest()
+        return self._fingerprint
 
     def encrypt_stream(
         self, chunks: Iterable[bytes], iv: bytes, chunk_size: int = 1 << 20

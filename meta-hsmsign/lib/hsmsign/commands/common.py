@@ -25,16 +25,33 @@ def require_uri(args: Any) -> str:
     return str(uri)
 
 
+def role_pins(args: Any) -> list[Any]:
+    """The pinned fingerprints for the key role of this call (``--role`` / ``HSMSIGN_ROLE``).
+
+    ``HSMSIGN_PUBKEY_SHA256_<ROLE>``, else its fallback role's, else ``HSMSIGN_PUBKEY_SHA256``
+    (see ``hsmsign.roles``).
+    """
+    from ..settings import Settings
+
+    settings = Settings.from_env()
+    return settings.pins_for_role(getattr(args, "role", None) or settings.role)
+
+
 @contextlib.contextmanager
-def open_key_from_args(args: Any, uri: str | None = None, check_policy: bool = True) -> Iterator[Any]:
-    """Open the signing key the options name and apply the mode's policy."""
+def open_key_from_args(
+    args: Any, uri: str | None = None, check_policy: bool = True, pins: list[Any] | None = None
+) -> Iterator[Any]:
+    """Open the signing key the options name and apply the mode's policy, pins included.
+
+    Every signing path comes through here, so the pin is checked before the token signs.
+    """
     from .. import policy, token
 
     with token.open_key(
         uri or require_uri(args), mode=args.mode, module=args.module, pin_env=args.pin_env
     ) as key:
         if check_policy:
-            for warning in policy.check_signer(key, args.mode):
+            for warning in policy.check_signer(key, args.mode, role_pins(args) if pins is None else pins):
                 warn(warning)
         yield key
 
@@ -47,6 +64,10 @@ def open_secret_key_from_args(args: Any, uri: str | None = None) -> Iterator[Any
     with token.open_secret_key(
         uri or require_uri(args), mode=args.mode, module=args.module, pin_env=args.pin_env
     ) as key:
+        from ..policy import Pinned
+
+        # the pin of the AES role (HSMSIGN_PUBKEY_SHA256_ENCRYPT) holds in every mode
+        Pinned(_encrypt_pins()).check(key)
         if args.mode == "production":
             if key.is_development:
                 raise PolicyError(
@@ -59,6 +80,12 @@ def open_secret_key_from_args(args: Any, uri: str | None = None) -> Iterator[Any
                     "use a hardware token in production, or set HSMSIGN_ALLOW_SOFTWARE_TOKEN=1",
                 )
         yield key
+
+
+def _encrypt_pins() -> list[Any]:
+    from ..settings import Settings
+
+    return Settings.from_env().pins_for_role("ENCRYPT")
 
 
 def warn(message: str) -> None:

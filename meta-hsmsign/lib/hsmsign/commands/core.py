@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from typing import Any
 
@@ -13,6 +14,7 @@ from .common import (
     open_key_from_args,
     record,
     require_uri,
+    role_pins,
 )
 
 SIGN_EXAMPLE = """\
@@ -213,9 +215,20 @@ def run_info(args: Any) -> int:
         lines += [f"  {k['label']:<24} id={k['id']:<18} {k['class']:<10} {k['key_type']}" for k in keys_on]
         emit(args, "\n".join(lines), {"token": info, "keys": keys_on})
         return 0
-    from .. import keys
+    from .. import keys, roles
+    from ..errors import TokenError
 
-    with open_key_from_args(args, check_policy=False) as key:
+    pin_variable = roles.get(args.role).pin_variable
+    with contextlib.ExitStack() as stack:
+        try:
+            key = stack.enter_context(open_key_from_args(args, check_policy=False))
+        except TokenError as exc:
+            if uri.type not in (None, "secret-key"):
+                raise
+            try:
+                return _info_secret_key(args, uri)
+            except TokenError:
+                raise exc from None
         info = key.token_info.as_dict()
         data = {
             "token": info,
@@ -242,7 +255,40 @@ def run_info(args: Any) -> int:
                 f"type:         {keys.describe(key)}",
                 f"fingerprint:  sha256:{key.fingerprint}",
                 f"uri:          {key.uri.identity()}",
-                f'pin it with:  HSMSIGN_PUBKEY_SHA256 = "{key.fingerprint}"',
+                f'pin it with:  {pin_variable} = "{key.fingerprint}"',
+            ]
+        )
+        emit(args, text, data)
+    return 0
+
+
+def _info_secret_key(args: Any, uri: Any) -> int:
+    """``info`` for an AES key: its check-value fingerprint pins it (HSMSIGN_PUBKEY_SHA256_ENCRYPT)."""
+    from .. import token
+
+    with token.open_secret_key(uri, mode=args.mode, module=args.module, pin_env=args.pin_env) as key:
+        info = key.token_info.as_dict()
+        data = {
+            "token": info,
+            "key": {
+                "label": key.label,
+                "id": key.key_id.hex(),
+                "type": "aes",
+                "size": key.key_size,
+                "development": key.is_development,
+            },
+            "fingerprint": key.fingerprint,
+            "uri": key.uri.identity(),
+        }
+        text = "\n".join(
+            [
+                f"token:        {info['label']} ({info['manufacturer']}, {info['model']}, "
+                f"serial {info['serial']})" + ("  [software token]" if info["software"] else ""),
+                f"key:          {key.label} (id {key.key_id.hex() or '-'}), AES-{key.key_size}"
+                + ("  [development key]" if key.is_development else ""),
+                f"fingerprint:  sha256:{key.fingerprint}  (SHA-256 of the key's check block)",
+                f"uri:          {key.uri.identity()}",
+                f'pin it with:  HSMSIGN_PUBKEY_SHA256_ENCRYPT = "{key.fingerprint}"',
             ]
         )
         emit(args, text, data)
@@ -317,23 +363,31 @@ def run_doctor(args: Any) -> int:
     try:
         with token.open_key(uri, mode=args.mode, module=args.module, pin_env=args.pin_env) as key:
             step("key", True, f"{key.label}: {key.key_type} {key.key_size}, sha256:{key.fingerprint}")
-            verdicts = policy.verdicts(key)
-            refusals = [f"{name}: {why.splitlines()[0]}" for name, why in verdicts if why]
-            if args.mode == "production":
+            # the same rules, pins and mode decisions as every signing path (policy.check_signer)
+            results = policy.evaluate(key, args.mode, role_pins(args))
+            refused = [v for v in results if v.refusal is not None]
+            refusals = [f"{v.rule}: {v.refusal.message}" for v in refused if v.action == "refuse"]
+            others = [f"{v.rule}: {v.refusal.message}" for v in refused if v.action != "refuse"]
+            pins = ", ".join(p.variable for p in role_pins(args))
+            pinned = f" (pinned by {pins})" if pins else ""
+            if refusals:
                 step(
                     "policy",
-                    not refusals,
-                    "production policy passes" if not refusals else "; ".join(refusals),
-                    "see the messages; 'docs/policy.md' explains each rule" if refusals else "",
+                    False,
+                    f"{args.mode} policy refuses: " + "; ".join(refusals),
+                    "see the messages; 'docs/policy.md' explains each rule",
                 )
+            elif args.mode == "production":
+                step("policy", True, "production policy passes" + pinned)
             else:
                 step(
                     "policy",
                     True,
                     "development mode"
+                    + pinned
                     + (
-                        f" (production would refuse: {'; '.join(refusals)})"
-                        if refusals
+                        f" (production would refuse: {'; '.join(others)})"
+                        if others
                         else " (production policy would pass)"
                     ),
                 )

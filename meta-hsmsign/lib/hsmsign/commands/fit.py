@@ -339,8 +339,8 @@ def run_verify(args: Any) -> int:
 
 
 @contextlib.contextmanager
-def keys_by_hint(args: Any, uri_for: Any) -> Any:
-    """A ``signer_for(hint)`` that opens (and caches) one token key per URI."""
+def keys_by_hint(args: Any, uri_for: Any, pins: list[Any] | None = None) -> Any:
+    """A ``signer_for(hint)`` that opens (and caches) one token key per URI, policy and pins checked."""
     from .common import open_key_from_args
 
     with contextlib.ExitStack() as stack:
@@ -349,7 +349,7 @@ def keys_by_hint(args: Any, uri_for: Any) -> Any:
         def signer_for(hint: str | None) -> Any:
             uri = uri_for(hint)
             if uri not in cache:
-                cache[uri] = stack.enter_context(open_key_from_args(args, uri=uri))
+                cache[uri] = stack.enter_context(open_key_from_args(args, uri=uri, pins=pins))
             return cache[uri]
 
         yield signer_for

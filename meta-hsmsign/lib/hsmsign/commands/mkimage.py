@@ -244,28 +244,57 @@ def run(args: Any) -> int:
     return 0
 
 
-def _env_args() -> SimpleNamespace:
-    pin_env = os.environ.get("HSMSIGN_PIN_ENV") or (
-        "MKIMAGE_SIGN_PIN" if "MKIMAGE_SIGN_PIN" in os.environ else None
-    )
+def _env_args(settings: Any) -> SimpleNamespace:
+    """The options the verbs take, from the drop-in's environment (``hsmsign.settings``)."""
     return SimpleNamespace(
-        mode=os.environ.get("HSMSIGN_MODE") or "production",
-        module=os.environ.get("HSM_PKCS11_MODULE") or None,
-        pin_env=pin_env,
-        ledger=os.environ.get("HSMSIGN_LEDGER") or None,
+        mode=settings.mode,
+        module=settings.module or None,
+        pin_env=settings.pin_env or None,
+        ledger=settings.ledger or None,
+        role=settings.role or None,
         json=False,
     )
+
+
+def key_pins(settings: Any, base: str) -> list[Any]:
+    """The pins for the ``-k`` URI: those of every FIT role whose URI names the same key.
+
+    One oe-core task signs with several roles' keys (U-Boot's task: the kernel FIT key
+    into u-boot.dtb, the SPL key over the U-Boot FIT), so the role is told by the URI
+    (identity: without PIN source and module); a URI of no known role takes the task's
+    role (``HSMSIGN_ROLE``), else the global pin.
+    """
+    from ..uri import Pkcs11Uri
+
+    want = Pkcs11Uri.parse(base).identity()
+    hits = []
+    for role, text in settings.role_uris.items():
+        try:
+            same = Pkcs11Uri.parse(normalise_uri(text)).identity() == want
+        except Exception:  # noqa: BLE001, S112 - a broken role URI names no key; parse time reported it
+            continue
+        if same:
+            hits.append(role)
+    if not hits:
+        return list(settings.pins_for_role())
+    pins: list[Any] = []
+    for role in hits:
+        pins += [p for p in settings.pins_for_role(role) if p not in pins]
+    return pins
 
 
 def _sign_and_keys(parsed: Parsed, image: str, tmp: str) -> None:
     from ..atomic import write_bytes_atomic
     from ..formats import fit
+    from ..settings import Settings
     from .common import record, warn
     from .fit import device_check, keys_by_hint, read_input
 
-    env_args = _env_args()
-    policy, policy_mode = required_policy(env_args.mode)
+    settings = Settings.from_env()
+    env_args = _env_args(settings)
+    policy, policy_mode = settings.required_policy()
     base = normalise_uri(parsed.values["k"])
+    pins = key_pins(settings, base)
     options = fit.SignOptions(
         algo=parsed.values.get("o"),
         comment=parsed.values.get("c"),
@@ -273,11 +302,11 @@ def _sign_and_keys(parsed: Parsed, image: str, tmp: str) -> None:
     )
     keydest = parsed.values.get("K")
     dtb = read_input(keydest, "key destination DTB") if keydest else None
-    with keys_by_hint(env_args, lambda hint: uri_for_hint(base, hint)) as signer_for:
+    with keys_by_hint(env_args, lambda hint: uri_for_hint(base, hint), pins) as signer_for:
         data = read_input(tmp, "FIT")
         result = fit.sign_fit(data, signer_for, options, what=os.path.basename(image))
         result.device_checked = device_check(
-            os.environ.get("HSMSIGN_FIT_CHECK_SIGN") or None,
+            settings.fit_check_sign or None,
             result,
             lambda name: signer_for(name).public_key(),
             os.path.basename(image),
@@ -318,27 +347,3 @@ def _sign_and_keys(parsed: Parsed, image: str, tmp: str) -> None:
         print(f"hsmsign mkimage: signed {item.path} ({item.algo}, key {item.key_name})", file=sys.stderr)
     if result.device_checked:
         print(f"hsmsign mkimage: fit_check_sign accepts {', '.join(result.device_checked)}", file=sys.stderr)
-
-
-def required_policy(mode: str) -> tuple[str | None, str | None]:
-    """``HSMSIGN_FIT_REQUIRED`` and ``HSMSIGN_FIT_REQUIRED_MODE``, checked."""
-    from ..errors import ConfigError, PolicyError
-
-    policy = os.environ.get("HSMSIGN_FIT_REQUIRED") or None
-    if policy not in (None, "conf", "image", "none"):
-        raise ConfigError(
-            f"HSMSIGN_FIT_REQUIRED={policy!r} is not a required policy",
-            "use conf (U-Boot refuses configurations the key did not sign), image, or none",
-        )
-    if policy == "none" and mode != "development":
-        raise PolicyError(
-            "HSMSIGN_FIT_REQUIRED=none writes keys U-Boot never enforces: it would boot unsigned FITs",
-            "use conf (or image) in production; none is for development builds",
-        )
-    policy_mode = os.environ.get("HSMSIGN_FIT_REQUIRED_MODE") or None
-    if policy_mode not in (None, "all", "any"):
-        raise ConfigError(
-            f"HSMSIGN_FIT_REQUIRED_MODE={policy_mode!r} is not a required-mode",
-            "use all (every required key must verify, U-Boot's default) or any",
-        )
-    return policy, policy_mode
