@@ -39,14 +39,48 @@ python () {
     d.setVar("UBOOT_SIGN_KEYNAME", hsmsign.bitbake.key_name(d, "FITIMAGE"))
     d.setVar("SPL_SIGN_KEYDIR", hsmsign.bitbake.signing_uri(d, "SPL"))
     d.setVar("SPL_SIGN_KEYNAME", hsmsign.bitbake.key_name(d, "SPL"))
+    # The key directories hold the whole URI (pin-source, module-path): hash the
+    # key's identity instead, so moving the PIN file re-signs nothing
+    d.setVarFlag("UBOOT_SIGN_KEYDIR", "vardepvalue", "${HSMSIGN_KEY_ID_FITIMAGE}")
+    d.setVarFlag("SPL_SIGN_KEYDIR", "vardepvalue", "${HSMSIGN_KEY_ID_SPL}")
     # FIT_SIGN_INDIVIDUAL: the image key node (required "image") next to the configuration key
     d.setVar("UBOOT_SIGN_IMG_KEYNAME", hsmsign.bitbake.img_key_name(d))
     # keys are never generated into the build tree
     d.setVar("UBOOT_FIT_GENERATE_KEYS", "0")
     d.setVar("SPL_GENERATE_KEYS", "0")
     d.setVar("FIT_GENERATE_KEYS", "0")
+    # concat_dtb and uboot_fitimage_assemble add keys to the DTBs do_compile
+    # made, in place: keep do_compile's copies and start every signing run from
+    # them, so a key rotation leaves exactly the configured keys in the DTBs
+    d.appendVarFlag("do_compile", "postfuncs", " hsmsign_uboot_keep_dtbs")
+    d.prependVarFlag("do_uboot_assemble_fitimage", "prefuncs", "hsmsign_uboot_restore_dtbs ")
     for task in (d.getVar("HSMSIGN_UBOOT_TASKS") or "").split():
         if d.getVar(task, False) is not None:
             hsmsign_hook_task(d, task, "SPL")
             d.appendVarFlag(task, "vardeps", " HSMSIGN_KEY_ID_FITIMAGE UBOOT_SIGN_IMG_KEYNAME")
+}
+
+# The control DTBs of U-Boot and SPL as do_compile left them (UBOOT_CONFIG builds: one per config)
+def hsmsign_uboot_dtbs(d):
+    b = d.getVar("B")
+    dirs = [os.path.join(b, c) for c in (d.getVar("UBOOT_MACHINE") or "").split()] if d.getVar("UBOOT_CONFIG") else [b]
+    names = [d.getVar("UBOOT_DTB_BINARY") or ""]
+    if d.getVar("SPL_DTB_BINARY"):
+        names.append(os.path.join(d.getVar("SPL_DIR") or "", d.getVar("SPL_DTB_BINARY")))
+    return [os.path.join(base, name) for base in dirs for name in names if name]
+
+hsmsign_uboot_keep_dtbs[doc] = "Postfunc of do_compile: keep the DTBs as built (<dtb>.hsmsign-orig) for the signing task to start from."
+python hsmsign_uboot_keep_dtbs() {
+    import shutil
+    for path in hsmsign_uboot_dtbs(d):
+        if os.path.exists(path):
+            shutil.copyfile(path, path + ".hsmsign-orig")
+}
+
+hsmsign_uboot_restore_dtbs[doc] = "Prefunc of do_uboot_assemble_fitimage: start from do_compile's DTBs, without keys of an earlier run."
+python hsmsign_uboot_restore_dtbs() {
+    import shutil
+    for path in hsmsign_uboot_dtbs(d):
+        if os.path.exists(path + ".hsmsign-orig"):
+            shutil.copyfile(path + ".hsmsign-orig", path)
 }
