@@ -89,7 +89,9 @@ class Build:
             if os.path.exists(log):
                 with open(log, encoding="utf-8", errors="replace") as fh:
                     done.stderr = fh.read()[-6000:]
-        sys.stderr.write(f"bitbake {' '.join(args)}: {time.monotonic() - start:.1f} s, exit {done.returncode}\n")
+        sys.stderr.write(
+            f"bitbake {' '.join(args)}: {time.monotonic() - start:.1f} s, exit {done.returncode}\n"
+        )
         return done
 
     def tmpdirs(self) -> list[str]:

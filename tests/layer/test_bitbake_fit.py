@@ -64,7 +64,9 @@ pytestmark = [
     pytest.mark.skipif(bbenv.IS_ROOT, reason="BitBake refuses to run as root"),
     pytest.mark.skipif(not bbenv.PYTHON, reason="set HSMSIGN_TEST_PYTHON (python-pkcs11, cryptography)"),
     pytest.mark.skipif(
-        not (bbenv.UBOOT_TOOLS and os.access(os.path.join(bbenv.UBOOT_TOOLS, "uboot-fit_check_sign"), os.X_OK)),
+        not (
+            bbenv.UBOOT_TOOLS and os.access(os.path.join(bbenv.UBOOT_TOOLS, "uboot-fit_check_sign"), os.X_OK)
+        ),
         reason="set HSMSIGN_TEST_UBOOT_TOOLS to U-Boot 2024.04+ tools (uboot-mkimage, uboot-fit_check_sign)",
     ),
     pytest.mark.skipif(shutil.which("dtc") is None or shutil.which("fdtget") is None, reason="dtc missing"),
