@@ -55,7 +55,7 @@ python () {
     if bb.data.inherits_class("kernel-fitimage", d):
         # scarthgap: oe-core calls ${UBOOT_MKIMAGE_SIGN} -k ${UBOOT_SIGN_KEYDIR}
         d.setVar("UBOOT_MKIMAGE_SIGN", "${HSMSIGN_CMD} mkimage")
-        d.setVar("UBOOT_SIGN_KEYDIR", hsmsign.bitbake.signing_uri(d, "FITIMAGE"))
+        hsmsign_set_keydir(d, "UBOOT_SIGN_KEYDIR", "FITIMAGE")
         d.setVar("UBOOT_SIGN_KEYNAME", hsmsign.bitbake.key_name(d, "FITIMAGE"))
         d.setVar("UBOOT_SIGN_IMG_KEYNAME", hsmsign.bitbake.img_key_name(d))
         d.setVar("FIT_GENERATE_KEYS", "0")

@@ -35,14 +35,10 @@ python () {
     if not hsmsign.bitbake.enabled(d) or not bb.data.inherits_class("uboot-sign", d):
         return
     d.setVar("UBOOT_MKIMAGE_SIGN", "${HSMSIGN_CMD} mkimage")
-    d.setVar("UBOOT_SIGN_KEYDIR", hsmsign.bitbake.signing_uri(d, "FITIMAGE"))
+    hsmsign_set_keydir(d, "UBOOT_SIGN_KEYDIR", "FITIMAGE")
     d.setVar("UBOOT_SIGN_KEYNAME", hsmsign.bitbake.key_name(d, "FITIMAGE"))
-    d.setVar("SPL_SIGN_KEYDIR", hsmsign.bitbake.signing_uri(d, "SPL"))
+    hsmsign_set_keydir(d, "SPL_SIGN_KEYDIR", "SPL")
     d.setVar("SPL_SIGN_KEYNAME", hsmsign.bitbake.key_name(d, "SPL"))
-    # The key directories hold the whole URI (pin-source, module-path): hash the
-    # key's identity instead, so moving the PIN file re-signs nothing
-    d.setVarFlag("UBOOT_SIGN_KEYDIR", "vardepvalue", "${HSMSIGN_KEY_ID_FITIMAGE}")
-    d.setVarFlag("SPL_SIGN_KEYDIR", "vardepvalue", "${HSMSIGN_KEY_ID_SPL}")
     # FIT_SIGN_INDIVIDUAL: the image key node (required "image") next to the configuration key
     d.setVar("UBOOT_SIGN_IMG_KEYNAME", hsmsign.bitbake.img_key_name(d))
     # keys are never generated into the build tree

@@ -165,6 +165,13 @@ def hsmsign_recipe_check(d):
     if fatal:
         bb.fatal("%s: %s" % (d.getVar("PN"), "\n".join(p.format() for p in fatal)))
 
+# Point a key-directory variable of oe-core (UBOOT_SIGN_KEYDIR, SPL_SIGN_KEYDIR)
+# at the role's URI. It holds the whole URI (pin-source, module-path), so its
+# hash is the key's identity instead: moving the PIN file re-signs nothing.
+def hsmsign_set_keydir(d, var, role):
+    d.setVar(var, hsmsign.bitbake.signing_uri(d, role))
+    d.setVarFlag(var, "vardepvalue", "${HSMSIGN_KEY_ID_%s}" % role)
+
 # Hook a task of another class: the environment prefunc, the per-token lock,
 # the key identity in its hash and hsmsign-native in the sysroot.
 def hsmsign_hook_task(d, task, role):
