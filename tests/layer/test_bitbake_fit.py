@@ -335,3 +335,96 @@ def test_key_rotation_resigns_and_leaves_only_the_new_key(built: FitBuild) -> No
             assert ok.returncode == 0, ok.stdout + ok.stderr
     finally:
         built.conf()
+
+
+def fingerprint(fit: FitBuild, label: str) -> str:
+    import json
+
+    info = bbenv.hsmsign(
+        "info", "--json", "--mode", "development", "--pin-env", "HSM_TEST_PIN",
+        "--uri", f"pkcs11:token=hsmsign-dev;object={label}?module-path={SOFTHSM}",
+        env={"SOFTHSM2_CONF": os.path.join(fit.devhome, "softhsm2.conf"), "HSM_TEST_PIN": fit.pin},
+    )  # fmt: skip
+    assert info.returncode == 0, info.stderr
+    return str(json.loads(info.stdout)["fingerprint"])
+
+
+WRONG = "0" * 64
+
+
+@pytest.mark.parametrize(
+    ("pins", "failing"),
+    [
+        # SPL's key signs the U-Boot FIT (U-Boot recipe); the kernel FIT key goes into
+        # u-boot.dtb (U-Boot recipe) and signs the kernel FIT (kernel FIT recipe)
+        ({"HSMSIGN_PUBKEY_SHA256_SPL": WRONG}, ("uboot",)),
+        ({"HSMSIGN_PUBKEY_SHA256_FITIMAGE": WRONG}, ("uboot", "fitimage")),
+        ({"HSMSIGN_PUBKEY_SHA256_UBOOT": WRONG}, ("uboot", "fitimage")),  # the chain: SPL and FITIMAGE
+        ({"HSMSIGN_PUBKEY_SHA256": WRONG}, ("uboot", "fitimage")),
+    ],
+)
+def test_a_wrong_pinned_key_stops_the_signing_task(
+    built: FitBuild, pins: dict[str, str], failing: tuple[str, ...]
+) -> None:
+    """A pin is the user's own statement: in development mode too, a mismatch fails the task
+    with exit 4, names the variable, and nothing is deployed. The PIN comes from the
+    environment here (HSMSIGN_PIN_ENV), and is in no log, run file or signature."""
+    variant = "separate"
+    recipes = [f"hsmsign-test-{kind}-{variant}" for kind in ("uboot", "fitimage")]
+    clean = built.bitbake("-c", "clean", *recipes)
+    assert clean.returncode == 0, (clean.stdout + clean.stderr)[-3000:]
+    env_pin = {"HSMSIGN_PIN_ENV": "HSM_TEST_PIN", "HSMSIGN_TEST_MODULE": f"?module-path={SOFTHSM}"}
+    built.conf(**env_pin, **pins)
+    try:
+        done = built.bitbake("-k", "-c", "deploy", *recipes)
+    finally:
+        built.conf()
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, out[-4000:]
+    name = next(iter(pins))
+    assert name in out and "exit code 4" in out, out[-6000:]
+    assert built.pin not in out
+    deploy = os.path.join(built.build.tmpdirs()[0], "deploy", "images", "qemuarm64", variant)
+    deployed = set(os.listdir(deploy)) if os.path.isdir(deploy) else set()
+    if "uboot" in failing:
+        assert not {"u-boot-fitImage", "u-boot.dtb", "u-boot-spl.dtb"} & deployed, sorted(deployed)
+    if "fitimage" in failing:
+        assert "fitImage" not in deployed, sorted(deployed)
+    assert_pin_nowhere(built)
+
+
+def test_the_right_pinned_keys_sign(built: FitBuild) -> None:
+    variant = "separate"
+    recipes = [f"hsmsign-test-{kind}-{variant}" for kind in ("uboot", "fitimage")]
+    pins = {
+        "HSMSIGN_PUBKEY_SHA256_SPL": fingerprint(built, "test-spl"),
+        # the U-Boot side's pin covers FITIMAGE too (its fallback role)
+        "HSMSIGN_PUBKEY_SHA256_UBOOT": fingerprint(built, "test-kernel"),
+        "HSMSIGN_PUBKEY_SHA256": WRONG,  # the roles' own pins apply, not the global one
+    }
+    built.conf(HSMSIGN_PIN_ENV="HSM_TEST_PIN", HSMSIGN_TEST_MODULE=f"?module-path={SOFTHSM}", **pins)
+    try:
+        done = built.bitbake("-c", "deploy", *recipes)
+    finally:
+        built.conf()
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    deploy = built.deploy_dir(variant)
+    ok = fit_check_sign(os.path.join(deploy, "fitImage"), os.path.join(deploy, "u-boot.dtb"))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert_pin_nowhere(built)
+
+
+def assert_pin_nowhere(fit: FitBuild) -> None:
+    """The PIN is in no run script, log, signature file or stamp of the build."""
+    pin = fit.pin.encode()
+    for tmp in fit.build.tmpdirs():
+        for base, _dirs, files in os.walk(tmp):
+            for name in files:
+                path = os.path.join(base, name)
+                if os.path.islink(path) or not (
+                    name.startswith(("run.", "log.")) or "sigdata" in name or "siginfo" in name
+                    or "/stamps/" in path or "/log/" in path
+                ):  # fmt: skip
+                    continue
+                with open(path, "rb") as fh:
+                    assert pin not in fh.read(), path
