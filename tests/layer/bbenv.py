@@ -10,7 +10,9 @@ tests as a plain user, since BitBake refuses root):
   HSMSIGN_TEST_PYTHON         a Python with python-pkcs11 and cryptography (signing tasks)
   HSMSIGN_TEST_UBOOT_TOOLS    U-Boot 2024.04+ tools (uboot-mkimage, uboot-fit_check_sign:
                               oe-core's uboot-sign runs 'mkimage -f auto-conf')
-  HSMSIGN_TEST_BUILDDIR       reuse this build directory (keeps the parse cache)
+  HSMSIGN_TEST_BUILDROOT      one directory for this run's build directories (reuse it to
+                              keep their parse caches)
+  HSMSIGN_TEST_BUILDDIR       the main build's directory (keeps its parse cache)
 """
 
 from __future__ import annotations
@@ -96,6 +98,16 @@ class Build:
 
     def tmpdirs(self) -> list[str]:
         return [os.path.join(self.topdir, n) for n in os.listdir(self.topdir) if n.startswith("tmp")]
+
+
+def build_dir(name: str) -> str:
+    """The directory of build ``name`` under HSMSIGN_TEST_BUILDROOT (or next to
+    HSMSIGN_TEST_BUILDDIR); "" when neither is set (the test makes a temporary one)."""
+    root = os.environ.get("HSMSIGN_TEST_BUILDROOT", "")
+    if root:
+        return os.path.join(root, name)
+    main = os.environ.get("HSMSIGN_TEST_BUILDDIR", "")
+    return f"{main}-{name}" if main else ""
 
 
 def layer_paths(*extra: str, swupdate: bool = True) -> list[str]:

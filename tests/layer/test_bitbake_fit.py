@@ -135,8 +135,7 @@ def fit_local_conf(devhome: str, pin_file: str, changes: dict[str, str]) -> str:
 
 @pytest.fixture(scope="module")
 def fit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FitBuild]:
-    base = os.environ.get("HSMSIGN_TEST_BUILDDIR")
-    topdir = base + "-fit" if base else str(tmp_path_factory.mktemp("bb-fit"))
+    topdir = bbenv.build_dir("fit") or str(tmp_path_factory.mktemp("bb-fit"))
     os.makedirs(topdir, exist_ok=True)
     devhome = os.path.join(topdir, "hsmsign-dev")
     pin = bbenv.dev_token(devhome)
