@@ -64,6 +64,39 @@ static CK_RV shim_Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_
     CK_RV rv = fault("FAULT_SIGN");
     return rv ? rv : real->C_Sign(h, d, dl, s, sl);
 }
+/* FAULT_TOKEN_NAME renames the token, its slot and the library (manufacturer, model,
+   descriptions); FAULT_HW_SLOT=1 sets CKF_HW_SLOT on the slot. */
+static void set_name(CK_UTF8CHAR *field, size_t size) {
+    const char *name = getenv("FAULT_TOKEN_NAME");
+    if (!name) return;
+    memset(field, ' ', size);
+    memcpy(field, name, strnlen(name, size));
+}
+static CK_RV shim_GetInfo(CK_INFO_PTR info) {
+    CK_RV rv = real->C_GetInfo(info);
+    if (rv == CKR_OK) {
+        set_name(info->manufacturerID, sizeof info->manufacturerID);
+        set_name(info->libraryDescription, sizeof info->libraryDescription);
+    }
+    return rv;
+}
+static CK_RV shim_GetSlotInfo(CK_SLOT_ID id, CK_SLOT_INFO_PTR info) {
+    CK_RV rv = real->C_GetSlotInfo(id, info);
+    if (rv == CKR_OK) {
+        set_name(info->manufacturerID, sizeof info->manufacturerID);
+        set_name(info->slotDescription, sizeof info->slotDescription);
+        if (getenv("FAULT_HW_SLOT")) info->flags |= CKF_HW_SLOT;
+    }
+    return rv;
+}
+static CK_RV shim_GetTokenInfo(CK_SLOT_ID id, CK_TOKEN_INFO_PTR info) {
+    CK_RV rv = real->C_GetTokenInfo(id, info);
+    if (rv == CKR_OK) {
+        set_name(info->manufacturerID, sizeof info->manufacturerID);
+        set_name(info->model, sizeof info->model);
+    }
+    return rv;
+}
 CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out) {
     if (!real) {
         const char *path = getenv("FAULT_REAL_MODULE");
@@ -74,6 +107,9 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out) {
         memcpy(&shim, real, sizeof shim);
         shim.C_Login = shim_Login;
         shim.C_Sign = shim_Sign;
+        shim.C_GetInfo = shim_GetInfo;
+        shim.C_GetSlotInfo = shim_GetSlotInfo;
+        shim.C_GetTokenInfo = shim_GetTokenInfo;
     }
     *out = &shim;
     return CKR_OK;
@@ -396,7 +432,7 @@ def fault_module(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _sign_through_fault_module(
-    softhsm: SoftHsm, fault_module: str, tmp_path: Path, **faults: int
+    softhsm: SoftHsm, fault_module: str, tmp_path: Path, mode: str = "development", **faults: int | str
 ) -> tuple[subprocess.CompletedProcess[str], list[str], Path, Path]:
     softhsm.keygen("rsa2048", "rsa:2048")
     data = tmp_path / "fitImage"
@@ -411,12 +447,12 @@ def _sign_through_fault_module(
     env = {
         "FAULT_REAL_MODULE": softhsm.module,
         "FAULT_LOG": str(log),
-        **{k: hex(v) for k, v in faults.items()},
+        **{k: hex(v) if isinstance(v, int) else v for k, v in faults.items()},
     }
     done = softhsm.run_cli(
         "sign",
         "--mode",
-        "development",
+        mode,
         "--uri",
         uri,
         "--ledger",
@@ -461,3 +497,37 @@ def test_token_lost_during_the_sign_call(
     assert needle in done.stderr
     assert 1 <= calls.count("C_Sign") <= 4  # reconnect attempts are bounded
     assert not led.exists()
+
+
+def test_a_software_token_is_known_by_its_slot_not_only_by_its_name(
+    softhsm: SoftHsm, fault_module: str, tmp_path: Path
+) -> None:
+    """SoftHSM renamed (no "softhsm"/"software" in any name) is still software: its slot lacks
+    CKF_HW_SLOT. Only a hardware slot and hardware names together pass production's rule."""
+    renamed = "Acme Secure Element"
+    info = softhsm.run_cli(
+        "info", "--mode", "development", "--json", "--uri",
+        softhsm.uri("rsa2048", with_query=False)
+        + f"?module-path={fault_module}&pin-source=file:{softhsm.pin_file}",
+        env={"FAULT_REAL_MODULE": softhsm.module, "FAULT_TOKEN_NAME": renamed},
+    )  # fmt: skip
+    token_info = json.loads(info.stdout)["token"]
+    assert token_info["manufacturer"] == renamed and token_info["software"] is True
+    assert "softhsm" not in info.stdout.lower()
+
+    done, _, out, _ = _sign_through_fault_module(
+        softhsm, fault_module, tmp_path, mode="production", FAULT_TOKEN_NAME=renamed
+    )
+    _assert_clean_failure(done, 4, out)
+    assert "software token" in done.stderr and "CKF_HW_SLOT" in done.stderr
+    # the flag alone does not make SoftHSM's own names pass
+    done, _, out, _ = _sign_through_fault_module(
+        softhsm, fault_module, tmp_path, mode="production", FAULT_HW_SLOT="1"
+    )
+    _assert_clean_failure(done, 4, out)
+    assert "says 'softhsm'" in done.stderr
+    # a hardware slot with a hardware name passes the rule (the rest of production policy too)
+    done, _, out, _ = _sign_through_fault_module(
+        softhsm, fault_module, tmp_path, mode="production", FAULT_TOKEN_NAME=renamed, FAULT_HW_SLOT="1"
+    )
+    assert done.returncode == 0, done.stderr

@@ -382,6 +382,7 @@ def test_shell_scripts_are_shellcheck_clean() -> None:
         ROOT / "contrib/bash-completion/hsmsign",
         ROOT / "contrib/buildroot/post-image-hsmsign.sh",
         ROOT / "contrib/openwrt/hsmsign-sign-image.sh",
+        ROOT / "scripts/test-yocto-pythons",
     ]
     present = [str(s) for s in scripts if s.exists()]
     assert len(present) == len(scripts), "missing contrib scripts"

@@ -51,3 +51,24 @@ def test_bad_mkimage_options_are_config_errors():
         mkimage.parse_mkimage_args(["-k"])
     with pytest.raises(ConfigError):
         mkimage.parse_mkimage_args(["--no-such-option", "x"])
+
+
+@pytest.mark.parametrize("setting", ["/nonexistent/uboot-mkimage", "uboot-mkimage-not-in-path", ""])
+def test_dropin_without_a_real_mkimage_is_a_configuration_error(
+    tmp_path, monkeypatch, capsys, setting: str
+) -> None:
+    from hsmsign.cli import main
+
+    image = tmp_path / "fitImage"
+    image.write_bytes(b"not read: the missing mkimage is found first")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no mkimage anywhere
+    if setting:
+        monkeypatch.setenv("HSMSIGN_MKIMAGE", setting)
+    else:
+        monkeypatch.delenv("HSMSIGN_MKIMAGE", raising=False)
+    rc = main(["mkimage", "-F", "-k", "pkcs11:token=t;object=k", "-r", str(image)])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "HSMSIGN_MKIMAGE" in err and "u-boot-tools-native" in err
+    assert "internal error" not in err and "Traceback" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["fitImage"]  # no temporary copy left

@@ -57,8 +57,8 @@ class HardwareToken:
         info = key.token_info
         if info.is_software and not self.allow_software:
             raise PolicyError(
-                f"token '{info.label}' is a software token ({info.manufacturer.strip()}): its keys are files "
-                "on this machine",
+                f"token '{info.label}' is a software token ({info.manufacturer.strip()}; "
+                f"{info.software_reason}): its keys are files on this machine",
                 f"use a hardware token in production, or set {ALLOW_SOFTWARE_ENV}=1 if you accept that risk",
             )
 

@@ -40,6 +40,7 @@ T = TypeVar("T")
 MODULE_ENV = "HSM_PKCS11_MODULE"
 DEV_TOKEN_PREFIX = "hsmsign-dev"  # noqa: S105 - a token label prefix, not a secret
 DEV_KEY_PREFIX = "dev-"
+CKF_HW_SLOT = 0x4  # CK_SLOT_INFO.flags: "the slot is a hardware slot, as opposed to a software slot"
 RECONNECT_ATTEMPTS = 3
 RECONNECT_BACKOFF_S = 0.2
 
@@ -146,7 +147,71 @@ def _pkcs11() -> Any:
         raise ConfigError(
             "python-pkcs11 is not installed", "pip install python-pkcs11 (or use the hsmsign-native recipe)"
         ) from exc
+    _quiet_dealloc()
     return pkcs11
+
+
+# python-pkcs11 releases differ in how they report a few failures (0.7.0 is what meta-python
+# ships on scarthgap and wrynose): 0.7.0 raises a plain RuntimeError, not a PKCS11Error, for a
+# file that is not a PKCS#11 library (dlopen/dlsym failures) and for CKR_CRYPTOKI_NOT_INITIALIZED
+# (a token or p11-kit server gone between C_Finalize and C_Initialize). PKCS11Error is itself a
+# RuntimeError, so token calls catch RuntimeError and name the plain ones here.
+PKCS11_FAILURES = (RuntimeError,)
+
+
+def _error_name(exc: BaseException) -> str:
+    """python-pkcs11's exception class name, or the name its 0.7.0 plain RuntimeError stands for."""
+    name = type(exc).__name__
+    if name != "RuntimeError":
+        return name
+    text = str(exc).lower()
+    if "not initialized" in text:
+        return "CryptokiNotInitialized"
+    if "already initialized" in text:
+        return "CryptokiAlreadyInitialized"
+    return "RuntimeError"
+
+
+def _quiet_dealloc() -> None:
+    """Silence python-pkcs11's ``lib.__dealloc__`` after a failed ``C_Initialize``.
+
+    When ``C_Initialize`` fails (token gone, remote HSM stopped, broken SoftHSM config) or a
+    reconnect's ``C_Initialize`` fails, the ``lib`` object later calls ``C_Finalize`` on a
+    module that is not initialized. Cython then prints that RuntimeError's traceback
+    (through ``sys.excepthook``) and "Exception ignored in: 'pkcs11._pkcs11.lib.__dealloc__'"
+    (through ``sys.unraisablehook``), after hsmsign's own one-line error. That cleanup error
+    carries no information, so only it is dropped; everything else reaches the previous hooks.
+    """
+    import sys
+
+    if getattr(sys.unraisablehook, "_hsmsign", False):
+        return
+    previous_unraisable = sys.unraisablehook
+    previous_except = sys.excepthook
+
+    def from_finalize(exc: BaseException | None, tb: Any) -> bool:
+        if not isinstance(exc, RuntimeError) or "not initialized" not in str(exc):
+            return False
+        while tb is not None:
+            if "pkcs11" in tb.tb_frame.f_code.co_filename:
+                return True
+            tb = tb.tb_next
+        return False
+
+    def unraisable(info: Any) -> None:
+        where = str(getattr(info, "object", "") or "")
+        if "lib.__dealloc__" in where and isinstance(info.exc_value, RuntimeError):
+            return
+        previous_unraisable(info)
+
+    def excepthook(kind: Any, exc: BaseException, tb: Any) -> None:
+        if from_finalize(exc, tb or exc.__traceback__):
+            return
+        previous_except(kind, exc, tb)
+
+    unraisable._hsmsign = True  # type: ignore[attr-defined]
+    sys.unraisablehook = unraisable
+    sys.excepthook = excepthook
 
 
 _RECONNECTABLE = (
@@ -162,7 +227,7 @@ _RECONNECTABLE = (
 
 
 def _is_reconnectable(exc: BaseException) -> bool:
-    name = type(exc).__name__
+    name = _error_name(exc)
     if name in _RECONNECTABLE:
         return True
     # p11-kit-client reports a dead server socket as CKR_GENERAL_ERROR / DEVICE_ERROR
@@ -171,7 +236,7 @@ def _is_reconnectable(exc: BaseException) -> bool:
 
 def token_error(exc: BaseException, what: str, uri: Pkcs11Uri | None) -> HsmsignError:
     """Turn a python-pkcs11 exception into a TokenError with a hint."""
-    name = type(exc).__name__
+    name = _error_name(exc)
     where = f" ({uri.redacted()})" if uri is not None else ""
     hints = {
         "PinIncorrect": "the PIN was rejected and was NOT retried (tokens lock after a few wrong tries); "
@@ -192,9 +257,13 @@ def token_error(exc: BaseException, what: str, uri: Pkcs11Uri | None) -> Hsmsign
         "UserNotLoggedIn": "the token needs a login; give a PIN source",
         "FunctionNotSupported": "the module does not implement this function",
         "TokenWriteProtected": "the token is write-protected",
+        "CryptokiNotInitialized": "the PKCS#11 module lost its state (token removed, p11-kit server or "
+        "network HSM restarted); reconnect the token and run again",
     }
     hint = hints.get(name, "run 'hsmsign doctor --uri URI' for a step-by-step check")
-    text = str(exc).strip()
+    text = _text(exc.args[0]) if len(exc.args) == 1 else str(exc).strip()
+    if name == "CryptokiNotInitialized":
+        text = "the module is not initialized"
     detail = f": {text}" if text and name not in ("PinIncorrect",) else ""
     return TokenError(f"{what}{where} failed: {name}{detail}", hint)
 
@@ -213,12 +282,30 @@ class TokenInfo:
     module: str
     library_description: str
     flags: int
+    slot_flags: int = 0
 
     @property
     def is_software(self) -> bool:
-        """SoftHSM and other software tokens (key material in files on the build host)."""
+        """SoftHSM and other software tokens (key material in files on the build host).
+
+        Software when PKCS#11 itself says the slot is not a hardware slot (no
+        CKF_HW_SLOT in CK_SLOT_INFO.flags: SoftHSM, and any module that emulates its
+        slots), or when the token's manufacturer, model or library description says
+        "softhsm" or "software". The token flags (CK_TOKEN_INFO.flags) carry no
+        hardware bit in PKCS#11 2.40 or 3.x, so they cannot tell.
+        """
+        return bool(self.software_reason)
+
+    @property
+    def software_reason(self) -> str:
+        """Why the token counts as software ("" for a hardware token)."""
+        if not self.slot_flags & CKF_HW_SLOT:
+            return "its slot does not report CKF_HW_SLOT"
         text = f"{self.manufacturer} {self.model} {self.library_description}".lower()
-        return "softhsm" in text or "software" in text
+        for word in ("softhsm", "software"):
+            if word in text:
+                return f"its manufacturer, model or library says '{word}'"
+        return ""
 
     @property
     def is_development(self) -> bool:
@@ -233,6 +320,8 @@ class TokenInfo:
             "slot_id": self.slot_id,
             "module": self.module,
             "software": self.is_software,
+            "software_reason": self.software_reason,
+            "hw_slot": bool(self.slot_flags & CKF_HW_SLOT),
             "development": self.is_development,
         }
 
@@ -270,6 +359,7 @@ class _OpenToken:
                 module=self.module,
                 library_description=self.lib.library_description,
                 flags=int(token.flags),
+                slot_flags=int(slot.flags),
             )
             self._login(pkcs11, token)
 
@@ -286,7 +376,7 @@ class _OpenToken:
                 raise _no_token(uri, self.module, [])
         try:
             slots = self.lib.get_slots(token_present=True)
-        except pkcs11.PKCS11Error as exc:
+        except PKCS11_FAILURES as exc:
             raise token_error(exc, "listing slots", uri) from exc
         matches = []
         seen = []
@@ -295,7 +385,7 @@ class _OpenToken:
                 token = slot.get_token()
             except (pkcs11.TokenNotPresent, pkcs11.TokenNotRecognised):
                 continue
-            except pkcs11.PKCS11Error as exc:
+            except PKCS11_FAILURES as exc:
                 raise token_error(exc, f"reading slot {slot.slot_id}", uri) from exc
             seen.append(token.label)
             checks = (
@@ -349,7 +439,7 @@ class _OpenToken:
             ) from exc
         except pkcs11.UserAlreadyLoggedIn:
             self.session = token.open(rw=self.rw)
-        except pkcs11.PKCS11Error as exc:
+        except PKCS11_FAILURES as exc:
             raise token_error(exc, f"opening a session on token '{token.label}'", None) from exc
         if user_pin is not None and user_pin is not pkcs11.PROTECTED_AUTH:
             self._pin = user_pin
@@ -382,7 +472,7 @@ class _OpenToken:
                     return fn()
             except HsmsignError:
                 raise
-            except pkcs11.PKCS11Error as exc:
+            except PKCS11_FAILURES as exc:
                 if isinstance(exc, (pkcs11.PinIncorrect, pkcs11.PinLocked)):
                     raise token_error(exc, what, uri or self.uri) from exc
                 if not _is_reconnectable(exc) or attempt == RECONNECT_ATTEMPTS:
@@ -401,7 +491,7 @@ class _OpenToken:
                             f"be reached again after {attempt + 1} attempts: {again.message}",
                             again.hint or "check the token, the p11-kit server or the network HSM",
                         ) from exc
-                except pkcs11.PKCS11Error:
+                except PKCS11_FAILURES:
                     continue
         assert last is not None  # noqa: S101 - loop always sets it before breaking
         raise token_error(last, what, uri or self.uri) from last
@@ -422,8 +512,8 @@ def _load_module(path: str) -> Any:
         )
     try:
         lib = pkcs11.lib(path)
-    except pkcs11.PKCS11Error as exc:
-        if os.path.basename(path) == "p11-kit-client.so":
+    except PKCS11_FAILURES as exc:
+        if os.path.basename(path) == "p11-kit-client.so" and isinstance(exc, pkcs11.PKCS11Error):
             raise TokenError(
                 "cannot reach the p11-kit server at "
                 f"{os.environ.get('P11_KIT_SERVER_ADDRESS', '(P11_KIT_SERVER_ADDRESS not set)')}: "
@@ -431,8 +521,9 @@ def _load_module(path: str) -> Any:
                 "start it on the HSM host (scripts/hsmsign-remote serve), forward its socket "
                 "(hsmsign-remote connect HOST) and export P11_KIT_SERVER_ADDRESS",
             ) from exc
+        detail = _text(exc.args[0]) if exc.args else ""
         raise TokenError(
-            f"cannot load PKCS#11 module {path}: {str(exc).strip() or type(exc).__name__}",
+            f"cannot load PKCS#11 module {path}: {detail or _error_name(exc)}",
             "check that it is a PKCS#11 library for this architecture (file, ldd) and that its "
             "configuration (e.g. SOFTHSM2_CONF) is readable",
         ) from exc
@@ -463,7 +554,7 @@ def open_token(
 # CKR_GENERAL_ERROR, or p11-kit server's filter hides the slot ("tokens present: none"); a
 # p11-kit server that is restarting refuses C_Initialize (CKR_DEVICE_ERROR). Never a PIN error.
 _CONNECT_TRANSIENT = ("TokenNotRecognised", "GeneralError", "DeviceError", "TokenNotPresent",
-                      "SessionHandleInvalid", "DeviceRemoved")
+                      "SessionHandleInvalid", "DeviceRemoved", "CryptokiNotInitialized")
 
 
 def _connect_with_retry(opened: _OpenToken) -> None:
@@ -475,7 +566,7 @@ def _connect_with_retry(opened: _OpenToken) -> None:
             return
         except TokenError as exc:
             cause = exc.__cause__
-            transient = cause is not None and type(cause).__name__ in _CONNECT_TRANSIENT
+            transient = cause is not None and _error_name(cause) in _CONNECT_TRANSIENT
             transient = transient or getattr(exc, "no_token_present", False)
             if not transient or attempt == RECONNECT_ATTEMPTS:
                 raise
@@ -853,7 +944,7 @@ class TokenSecretKey:
                     mechanism_param=iv,
                     buffer_size=chunk_size + 32,
                 )
-            except _pkcs11().PKCS11Error as exc:
+            except PKCS11_FAILURES as exc:
                 raise token_error(exc, f"encrypting with {self.uri.describe_key()}", self.uri) from exc
 
 
@@ -893,18 +984,18 @@ def open_secret_key(
 
 def list_tokens(module: str) -> list[TokenInfo]:
     """Every token present in a module (for doctor and dev-init)."""
-    pkcs11 = _pkcs11()
+    _pkcs11()
     lib = _load_module(module)
     out = []
     with _LOCK:
         try:
             slots = lib.get_slots(token_present=True)
-        except pkcs11.PKCS11Error as exc:
+        except PKCS11_FAILURES as exc:
             raise token_error(exc, "listing slots", None) from exc
         for slot in slots:
             try:
                 tok = slot.get_token()
-            except pkcs11.PKCS11Error:
+            except PKCS11_FAILURES:
                 continue
             out.append(
                 TokenInfo(
@@ -917,6 +1008,7 @@ def list_tokens(module: str) -> list[TokenInfo]:
                     module=module,
                     library_description=lib.library_description,
                     flags=int(tok.flags),
+                    slot_flags=int(slot.flags),
                 )
             )
     return out

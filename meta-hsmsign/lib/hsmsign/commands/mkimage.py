@@ -21,7 +21,8 @@ URI as the key directory, and the same calls sign with a token key:
 
 Settings come from the environment only (mkimage owns the command line):
 ``HSMSIGN_MODE``, ``HSM_PKCS11_MODULE``, ``HSMSIGN_PIN_ENV``, ``HSMSIGN_LEDGER``,
-``HSMSIGN_MKIMAGE`` (the real mkimage; default: the first ``mkimage`` in PATH), and
+``HSMSIGN_MKIMAGE`` (the real mkimage: a path or a command in PATH, the layer sets it to
+``UBOOT_MKIMAGE`` from u-boot-tools-native; default: the first ``mkimage`` in PATH), and
 
 * ``HSMSIGN_FIT_REQUIRED``: the ``required`` property of the keys written into the
   ``-K`` DTB: ``conf``, ``image`` or ``none`` (development only); unset: as mkimage
@@ -169,17 +170,46 @@ def uri_for_hint(base: str, hint: str | None) -> str:
     return f"{path};object={quote(hint, safe='')}{sep}{query}"
 
 
+_NO_MKIMAGE_HINT = (
+    "in a BitBake task the layer sets HSMSIGN_MKIMAGE from UBOOT_MKIMAGE (uboot-mkimage from "
+    "u-boot-tools-native: make sure the recipe depends on u-boot-tools-native); by hand, install "
+    "u-boot-tools or set HSMSIGN_MKIMAGE to the real mkimage"
+)
+
+
 def real_mkimage() -> str:
+    """U-Boot's own mkimage: ``HSMSIGN_MKIMAGE`` (a path or a command in PATH), else ``mkimage``."""
     from ..errors import ConfigError
 
-    path = os.environ.get("HSMSIGN_MKIMAGE") or shutil.which("mkimage")
+    wanted = os.environ.get("HSMSIGN_MKIMAGE") or ""
+    if wanted:
+        path = wanted if os.sep in wanted else shutil.which(wanted)
+        if not path or not os.path.isfile(path):
+            raise ConfigError(f"HSMSIGN_MKIMAGE={wanted}: no such mkimage", _NO_MKIMAGE_HINT)
+        if not os.access(path, os.X_OK):
+            raise ConfigError(f"HSMSIGN_MKIMAGE={wanted} is not executable", _NO_MKIMAGE_HINT)
+        return path
+    path = shutil.which("mkimage")
     if not path:
-        raise ConfigError("mkimage not found", "apt-get install u-boot-tools, or set HSMSIGN_MKIMAGE")
+        raise ConfigError(
+            "U-Boot's mkimage not found (HSMSIGN_MKIMAGE is not set and no mkimage is in PATH)",
+            _NO_MKIMAGE_HINT,
+        )
     return path
 
 
+def _run_mkimage(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    from ..errors import ConfigError
+
+    exe = real_mkimage()
+    try:
+        return subprocess.run([exe, *argv], check=False, **kwargs)
+    except OSError as exc:  # an interpreter or loader it needs is missing, or no permission
+        raise ConfigError(f"cannot run mkimage {exe}: {exc.strerror or exc}", _NO_MKIMAGE_HINT) from exc
+
+
 def run_real(argv: list[str]) -> int:
-    return subprocess.run([real_mkimage(), *argv], check=False).returncode
+    return _run_mkimage(argv).returncode
 
 
 # With -g/-o but without -k, mkimage still tries to sign the nodes it generates (-f auto), fails to
@@ -189,7 +219,7 @@ _EXPECTED_NOISE = ("Couldn't open RSA private key", "Couldn't open ECDSA private
 
 def run_real_unsigned(argv: list[str]) -> int:
     """The real mkimage for the non-signing work, its stderr passed on without the noise above."""
-    r = subprocess.run([real_mkimage(), *argv], check=False, stderr=subprocess.PIPE, text=True)
+    r = _run_mkimage(argv, stderr=subprocess.PIPE, text=True)
     for line in r.stderr.splitlines(keepends=True):
         if not line.startswith(_EXPECTED_NOISE):
             sys.stderr.write(line)
