@@ -42,7 +42,6 @@ VARIANTS = ("rsa2048", "pss3072", "ecdsa256", "individual", "separate")
 # test keys made in the development token: label -> hsmsign keygen --type
 KEYS = {
     "test-rsa2048": "rsa:2048",
-    "test-rsa2048b": "rsa:2048",
     "test-rsa3072": "rsa:3072",
     "test-p256": "ec:secp256r1",
     "test-spl": "rsa:2048",
@@ -98,7 +97,9 @@ def fit_layers() -> list[str]:
     return bbenv.layer_paths(TEST_LAYER, swupdate=False)
 
 
-def fit_local_conf(devhome: str, pin_file: str, changes: dict[str, str]) -> str:
+def offline_conf() -> list[str]:
+    """local.conf lines of the FIT build that do not concern signing: what is parsed,
+    and host tools standing in for native recipes (no toolchain, no network)."""
     masks = [
         # oe-core: only linux-yocto-fitimage (wrynose and later) is parsed
         os.path.join(bbenv.OECORE, "meta", "recipes-") + r"(?!kernel/linux/linux-yocto-fitimage\.bb)",
@@ -108,21 +109,9 @@ def fit_local_conf(devhome: str, pin_file: str, changes: dict[str, str]) -> str:
         os.path.join(TEST_LAYER, "recipes-test", "hsmsign-test", ""),
         os.path.join(TEST_LAYER, "dynamic-layers", ""),
     ]
-    # pycodestyle: the conf file is BitBake syntax, not Python
-    settings = {
-        "HSMSIGN_MODE": "development",
-        "HSMSIGN_DEV_HOME": devhome,
-        "HSM_PKCS11_URI": f"pkcs11:token=hsmsign-dev;object=dev-signing?module-path={SOFTHSM}",
-        "HSMSIGN_TEST_MODULE": f"?module-path={SOFTHSM}&pin-source=file:{pin_file}",
-        "HSMSIGN_CMD": f"env PYTHONPATH={LIB} {bbenv.PYTHON} -m hsmsign",
-        "PREFERRED_PROVIDER_virtual/kernel": "hsmsign-test-kernel",
-        "KERNEL_DEVICETREE": "hsmsign/test-board.dtb",
-        **changes,
-    }
-    lines = ['INHERIT += "hsmsign"']
-    lines += [f'{name} = "{value}"' for name, value in settings.items()]
-    lines += [
-        # host tools stand in for the native recipes (no toolchain, no network)
+    return [
+        'PREFERRED_PROVIDER_virtual/kernel = "hsmsign-test-kernel"',
+        'KERNEL_DEVICETREE = "hsmsign/test-board.dtb"',
         'ASSUME_PROVIDED += "u-boot-tools-native dtc-native"',
         # what oe-core's global classes (patch, fakeroot tasks, SPDX) add to every recipe's task graph
         'ASSUME_PROVIDED += "quilt-native patch-replacement-native virtual/fakeroot-native"',
@@ -130,7 +119,19 @@ def fit_local_conf(devhome: str, pin_file: str, changes: dict[str, str]) -> str:
         'BBMASK += "' + " ".join(masks) + '"',
         *(f'BBFILE_PATTERN_IGNORE_EMPTY_{c} = "1"' for c in ("hsmsign", "meta-python", "openembedded-layer")),
     ]
-    return "\n".join(lines) + "\n"
+
+
+def fit_local_conf(devhome: str, pin_file: str, changes: dict[str, str]) -> str:
+    settings = {
+        "HSMSIGN_MODE": "development",
+        "HSMSIGN_DEV_HOME": devhome,
+        "HSM_PKCS11_URI": f"pkcs11:token=hsmsign-dev;object=dev-signing?module-path={SOFTHSM}",
+        "HSMSIGN_TEST_MODULE": f"?module-path={SOFTHSM}&pin-source=file:{pin_file}",
+        "HSMSIGN_CMD": f"env PYTHONPATH={LIB} {bbenv.PYTHON} -m hsmsign",
+        **changes,
+    }
+    lines = ['INHERIT += "hsmsign"', *(f'{name} = "{value}"' for name, value in settings.items())]
+    return "\n".join([*lines, *offline_conf()]) + "\n"
 
 
 @pytest.fixture(scope="module")
@@ -318,7 +319,15 @@ def test_mode_flip_changes_the_signing_tasks_only(built: FitBuild) -> None:
 
 
 def test_key_rotation_resigns_and_leaves_only_the_new_key(built: FitBuild) -> None:
-    built.conf(HSMSIGN_TEST_RSA2048_KEY="test-rsa2048b")
+    # a key no earlier run used (a reused build directory's sstate would hold its artifacts)
+    new_key = "test-rotated-" + os.urandom(4).hex()
+    made = bbenv.hsmsign(
+        "keygen", "--uri", f"pkcs11:token=hsmsign-dev;object={new_key}?module-path={SOFTHSM}",
+        "--type", "rsa:2048", "--mode", "development", "--pin-env", "HSM_TEST_PIN",
+        env={"SOFTHSM2_CONF": os.path.join(built.devhome, "softhsm2.conf"), "HSM_TEST_PIN": built.pin},
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    built.conf(HSMSIGN_TEST_RSA2048_KEY=new_key)
     try:
         started = rebuild(built)
         uboot, fitimage = "hsmsign-test-uboot-rsa2048", "hsmsign-test-fitimage-rsa2048"
@@ -327,8 +336,8 @@ def test_key_rotation_resigns_and_leaves_only_the_new_key(built: FitBuild) -> No
         assert signing_started(started) >= {f"{fitimage}:{t}" for t in SIGNING_TASKS if "uboot" not in t}
         assert f"{uboot}:do_compile" not in started  # the DTBs are those of the first build
         deploy = built.deploy_dir("rsa2048")
-        assert key_nodes(os.path.join(deploy, "u-boot.dtb")) == {"test-rsa2048b": "conf"}
-        assert key_nodes(os.path.join(deploy, "u-boot-spl.dtb")) == {"test-rsa2048b": "image"}
+        assert key_nodes(os.path.join(deploy, "u-boot.dtb")) == {new_key: "conf"}
+        assert key_nodes(os.path.join(deploy, "u-boot-spl.dtb")) == {new_key: "image"}
         for fit_file, dtb in (("fitImage", "u-boot.dtb"), ("u-boot-fitImage", "u-boot-spl.dtb")):
             ok = fit_check_sign(os.path.join(deploy, fit_file), os.path.join(deploy, dtb))
             assert ok.returncode == 0, ok.stdout + ok.stderr
