@@ -47,6 +47,7 @@ KEYS = {
     "test-spl": "rsa:2048",
     "test-kernel": "rsa:2048",
     "test-other": "rsa:2048",
+    "test-p256-other": "ec:secp256r1",
 }
 # the kernel FIT key of each variant (u-boot.dtb) and the SPL key (u-boot-spl.dtb)
 KERNEL_KEY = {"pss3072": "test-rsa3072", "ecdsa256": "test-p256", "separate": "test-kernel"}
@@ -239,9 +240,13 @@ def test_kernel_fit_accepted_by_uboot_dtb(built: FitBuild, variant: str, tmp_pat
     assert refused.returncode != 0, refused.stdout + refused.stderr
     # the same FIT signed by another token key: u-boot.dtb's key refuses it
     other = os.path.join(str(tmp_path), "fitImage.other-key")
+    # (same algorithm: U-Boot v2024.04+ tools load ECDSA keys from the DTB and verify them)
+    other_key, algo = (
+        ("test-p256-other", "sha256,ecdsa256") if variant == "ecdsa256" else ("test-other", "sha256,rsa2048")
+    )
     resigned = bbenv.hsmsign(
-        "fit", "sign", "--uri", f"pkcs11:token=hsmsign-dev;object=test-other?module-path={SOFTHSM}",
-        "--key-name", key, "--algo", "sha256,rsa2048", "--mode", "development", "--pin-env", "HSM_TEST_PIN",
+        "fit", "sign", "--uri", f"pkcs11:token=hsmsign-dev;object={other_key}?module-path={SOFTHSM}",
+        "--key-name", key, "--algo", algo, "--mode", "development", "--pin-env", "HSM_TEST_PIN",
         "--output", other, kernel_fit,
         env={"SOFTHSM2_CONF": os.path.join(built.devhome, "softhsm2.conf"), "HSM_TEST_PIN": built.pin},
     )  # fmt: skip
