@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import __version__, roles
-from .errors import EXIT_CODES, HsmsignError, Interrupted
+from .errors import EXIT_CODES, ConfigError, HsmsignError, Interrupted
 
 # Verb modules and the verbs each registers, in the order --help lists them. A module missing
 # from the tree is skipped. Knowing the verbs up front lets `hsmsign VERB ...` build only its
@@ -157,11 +157,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:  # noqa: BLE001 - last line of defence: one line, not a traceback
+        missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+        if missing in _RUNTIME_PACKAGES:
+            package = _RUNTIME_PACKAGES[str(missing)]
+            _report(
+                ConfigError(
+                    f"the Python package {package} is missing from {sys.executable}",
+                    f"pip install {package} (or pip install hsmsign); in a Yocto build "
+                    'hsmsign-native brings it (HSMSIGN_CMD = "hsmsign")',
+                ),
+                args.verbose,
+            )
+            return ConfigError.exit_code
         if args.verbose:
             traceback.print_exc()
         print(f"hsmsign: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         print("  hint: this is a bug in hsmsign; run again with -v and report the output", file=sys.stderr)
         return 1
+
+
+# import name -> PyPI name of what signing needs at run time (pyproject.toml)
+_RUNTIME_PACKAGES = {
+    "pkcs11": "python-pkcs11",
+    "cryptography": "cryptography",
+    "asn1crypto": "asn1crypto",
+    "cached_property": "cached-property",
+}
 
 
 def _first_verb(argv: Sequence[str]) -> str | None:
