@@ -25,9 +25,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize(
-    ("module", "package"), [("pkcs11", "python-pkcs11"), ("cryptography", "cryptography")]
-)
+@pytest.mark.parametrize(("module", "package"), [("pkcs11", "python-pkcs11")])
 def test_missing_runtime_package_is_a_configuration_error(tmp_path: Path, module: str, package: str) -> None:
     payload = tmp_path / "payload"
     payload.write_bytes(b"x")
