@@ -9,8 +9,8 @@ two configurations of one build directory:
 * key files: no meta-hsmsign, oe-core signing with an RSA-2048 key file and
   certificate written to a throw-away directory (what the layer replaces).
 
-Each run removes the recipes' output and sstate (cleansstate) and builds them to do_deploy; BitBake's buildstats
-give every task's time. Prints, per recipe, the median of N runs of: the
+Each run removes the recipes' output and sstate (cleansstate) and builds them
+to do_deploy; BitBake's buildstats give every task's time. Prints, per recipe, the median of N runs of: the
 signing tasks' time, their share of the recipe's task time, and the ratio
 hsmsign / key files.
 
