@@ -10,9 +10,9 @@ two configurations of one build directory:
   certificate written to a throw-away directory (what the layer replaces).
 
 Each run removes the recipes' output and sstate (cleansstate) and builds them
-to do_deploy; BitBake's buildstats give every task's time. Prints, per recipe, the median of N runs of: the
-signing tasks' time, their share of the recipe's task time, and the ratio
-hsmsign / key files.
+to do_deploy; BitBake's buildstats give every task's time. Prints, per recipe,
+the median of N runs of: the signing tasks' time, their share of the recipe's
+task time, and the ratio hsmsign / key files.
 
     # as a plain user (BitBake refuses root), with the layer tests' environment:
     HSMSIGN_TEST_BITBAKE=... HSMSIGN_TEST_OECORE=... HSMSIGN_TEST_METAOE=... \\
