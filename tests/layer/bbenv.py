@@ -10,6 +10,8 @@ tests as a plain user, since BitBake refuses root):
   HSMSIGN_TEST_PYTHON         a Python with python-pkcs11 and cryptography (signing tasks)
   HSMSIGN_TEST_UBOOT_TOOLS    U-Boot 2024.04+ tools (uboot-mkimage, uboot-fit_check_sign:
                               oe-core's uboot-sign runs 'mkimage -f auto-conf')
+  HSMSIGN_TEST_UBOOT_SANDBOX  U-Boot sandbox (u-boot and its u-boot.dtb, built from Debian's
+                              u-boot source): boots the signed kernel FIT with bootm
   HSMSIGN_TEST_BUILDROOT      one directory for this run's build directories (reuse it to
                               keep their parse caches)
   HSMSIGN_TEST_BUILDDIR       the main build's directory (keeps its parse cache)
@@ -36,6 +38,7 @@ METAOE = os.environ.get("HSMSIGN_TEST_METAOE", "")
 METASWUPDATE = os.environ.get("HSMSIGN_TEST_METASWUPDATE", "")
 PYTHON = os.environ.get("HSMSIGN_TEST_PYTHON", "")
 UBOOT_TOOLS = os.environ.get("HSMSIGN_TEST_UBOOT_TOOLS", "")
+UBOOT_SANDBOX = os.environ.get("HSMSIGN_TEST_UBOOT_SANDBOX", "")
 HAVE_BITBAKE = bool(BITBAKE and OECORE and METAOE)
 SKIP_REASON = "set HSMSIGN_TEST_BITBAKE, HSMSIGN_TEST_OECORE, HSMSIGN_TEST_METAOE (scripts/run-layer-tests)"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

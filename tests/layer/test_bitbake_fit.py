@@ -129,6 +129,10 @@ def fit_local_conf(devhome: str, pin_file: str, changes: dict[str, str]) -> str:
         "HSM_PKCS11_URI": f"pkcs11:token=hsmsign-dev;object=dev-signing?module-path={SOFTHSM}",
         "HSMSIGN_TEST_MODULE": f"?module-path={SOFTHSM}&pin-source=file:{pin_file}",
         "HSMSIGN_CMD": f"env PYTHONPATH={LIB} {bbenv.PYTHON} -m hsmsign",
+        # the U-Boot recipes' control DTB: U-Boot sandbox's, when there is one to boot
+        "HSMSIGN_TEST_CONTROL_DTB": os.path.join(bbenv.UBOOT_SANDBOX, "u-boot.dtb")
+        if bbenv.UBOOT_SANDBOX
+        else "",
         **changes,
     }
     lines = ['INHERIT += "hsmsign"', *(f'{name} = "{value}"' for name, value in settings.items())]
@@ -193,12 +197,16 @@ def key_nodes(dtb: str) -> dict[str, str]:
     }
 
 
-def flipped_copy(src: str, dst: str, offset_of: bytes) -> None:
+FDT_MAGIC = b"\xd0\x0d\xfe\xed"
+
+
+def flipped_copy(src: str, dst: str, offset_of: bytes, after: int = 0) -> None:
+    """Copy ``src`` with one bit flipped, 0x40 bytes into the first ``offset_of`` after ``after``."""
     with open(src, "rb") as fh:
         data = bytearray(fh.read())
-    at = data.find(offset_of)
+    at = data.find(offset_of, after)
     assert at > 0, f"{offset_of!r} not in {src}"
-    data[at + 3] ^= 0x01
+    data[at + 0x40] ^= 0x01
     with open(dst, "wb") as fh:
         fh.write(bytes(data))
 
@@ -217,7 +225,7 @@ def test_uboot_fit_accepted_by_spl_dtb(built: FitBuild, variant: str, tmp_path: 
     # fit_check_sign checks a configuration's kernel, fdt and ramdisk (SPL checks each
     # loadable as it loads it): flip a byte of U-Boot's own DTB inside the FIT
     bad = os.path.join(str(tmp_path), "u-boot-fitImage.flipped")
-    flipped_copy(uboot_fit, bad, b"meta-hsmsign test board")
+    flipped_copy(uboot_fit, bad, FDT_MAGIC, after=1)
     refused = fit_check_sign(bad, spl_dtb)
     assert refused.returncode != 0, refused.stdout + refused.stderr
 
@@ -348,6 +356,7 @@ def test_key_rotation_resigns_and_leaves_only_the_new_key(built: FitBuild) -> No
             assert ok.returncode == 0, ok.stdout + ok.stderr
     finally:
         built.conf()
+        rebuild(built)  # the first key's artifacts back (from sstate), for the tests below
 
 
 def fingerprint(fit: FitBuild, label: str) -> str:
@@ -441,3 +450,49 @@ def assert_pin_nowhere(fit: FitBuild) -> None:
                     continue
                 with open(path, "rb") as fh:
                     assert pin not in fh.read(), path
+
+
+def sandbox_bootm(dtb: str, fit_file: str) -> str:
+    """U-Boot sandbox with ``dtb`` as its control DTB loads ``fit_file`` and runs bootm on it."""
+    cmd = f"host load hostfs - 0x1000000 {fit_file} && bootm 0x1000000"
+    done = subprocess.run(
+        [os.path.join(bbenv.UBOOT_SANDBOX, "u-boot"), "-d", dtb, "-c", cmd],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    return done.stdout + done.stderr
+
+
+@pytest.mark.skipif(not bbenv.UBOOT_SANDBOX, reason="set HSMSIGN_TEST_UBOOT_SANDBOX (U-Boot sandbox)")
+@pytest.mark.parametrize("variant", ("rsa2048", "pss3072"))
+def test_sandbox_uboot_boots_only_the_signed_kernel_fit(
+    built: FitBuild, variant: str, tmp_path: object
+) -> None:
+    """The device's own check: U-Boot (sandbox) with the u-boot.dtb oe-core deployed verifies
+    the deployed kernel FIT in bootm, and refuses a flipped byte and an unsigned FIT."""
+    deploy = built.deploy_dir(variant)
+    dtb, kernel_fit = os.path.join(deploy, "u-boot.dtb"), os.path.join(deploy, "fitImage")
+    key = KERNEL_KEY.get(variant, "test-rsa2048")
+    algo = "sha256,rsa3072" if variant == "pss3072" else "sha256,rsa2048"
+    good = sandbox_bootm(dtb, kernel_fit)
+    assert f"{algo}:{key}+" in good, good[-3000:]  # '+': the configuration signature verified
+    assert "Bad" not in good and "can't get kernel image" not in good, good[-3000:]
+    bad = os.path.join(str(tmp_path), "fitImage.flipped")
+    flipped_copy(kernel_fit, bad, b"meta-hsmsign stand-in kernel Image")
+    refused = sandbox_bootm(dtb, bad)
+    # the configuration signature covers the images' hashes; the flipped data fails its hash
+    assert "Bad Data Hash" in refused and "can't get kernel image" in refused, refused[-3000:]
+    # the same kernel in a FIT nobody signed
+    unsigned = os.path.join(str(tmp_path), "fitImage.unsigned")
+    kernel = os.path.join(str(tmp_path), "linux.bin")
+    with open(kernel, "wb") as fh:
+        fh.write(b"meta-hsmsign stand-in kernel Image\n" * 4096)
+    made = subprocess.run(
+        [os.path.join(bbenv.UBOOT_TOOLS, "uboot-mkimage"), "-f", "auto", "-A", "arm64", "-O", "linux",
+         "-T", "kernel", "-C", "none", "-a", "0x80080000", "-e", "0x80080000", "-d", kernel, unsigned],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    refused = sandbox_bootm(dtb, unsigned)
+    assert "Failed to verify required signature" in refused or "Verification failed" in refused, refused[
+        -3000:
+    ]
