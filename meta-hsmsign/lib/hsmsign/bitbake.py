@@ -34,13 +34,13 @@ from typing import Any, Protocol
 
 from . import audit, roles
 from .errors import HsmsignError
-from .settings import REQUIRED_MODES, REQUIRED_VALUES, Settings
+from .settings import ENV_NAME, LAYER_VARIABLES, MODES, Settings, required_problems
 
 # the key roles and their fallbacks: hsmsign.roles (one table for the library, classes and docs)
 ROLES: tuple[str, ...] = roles.ROLES
 FIT_ROLES: tuple[str, ...] = roles.FIT_ROLES  # tasks that sign FITs for U-Boot and SPL
 # what a FIT signing task's output depends on besides the key (its [vardeps])
-FIT_VARDEPS = "HSMSIGN_UBOOT_REQUIRED HSMSIGN_UBOOT_REQUIRED_MODE HSMSIGN_FIT_CHECK_SIGN"
+FIT_VARDEPS = " ".join([*LAYER_VARIABLES.values(), "HSMSIGN_FIT_CHECK_SIGN"])
 
 # Key-file variables of oe-core, meta-swupdate and friends: with meta-hsmsign the
 # key is a PKCS#11 URI, so a path to a private key here means a key on disk.
@@ -65,7 +65,6 @@ def _has_private_key(text: str) -> bool:
     return audit.PRIVATE_KEY_HEADER.search(text.encode("utf-8", "replace")) is not None
 
 _SHA256 = re.compile(r"^(?:sha256:)?[0-9a-fA-F]{64}$")
-MODES = ("development", "production")
 SOFTHSM_MODULES = (
     "/usr/lib/softhsm/libsofthsm2.so",
     "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
@@ -412,7 +411,7 @@ def check_config(d: Datastore, names: Sequence[str] | None = None) -> list[Probl
             problems.append(Problem("HSM_PKCS11_URI", "is empty: nothing can be signed", hint, fatal=False))
         problems.extend(check_fit_policy(d, prod))
         pin_env = _get(d, "HSMSIGN_PIN_ENV")
-        if pin_env and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", pin_env):
+        if pin_env and not ENV_NAME.match(pin_env):
             problems.append(
                 Problem("HSMSIGN_PIN_ENV", "must be the NAME of an environment variable", "e.g. HSM_PIN")
             )
@@ -430,35 +429,14 @@ def check_config(d: Datastore, names: Sequence[str] | None = None) -> list[Probl
 
 def check_fit_policy(d: Datastore, prod: bool) -> list[Problem]:
     """``HSMSIGN_UBOOT_REQUIRED`` / ``_MODE``: the ``required`` policy of keys in U-Boot's DTBs."""
-    problems: list[Problem] = []
-    required = _get(d, "HSMSIGN_UBOOT_REQUIRED")
-    if required and required not in REQUIRED_VALUES:
-        problems.append(
-            Problem(
-                "HSMSIGN_UBOOT_REQUIRED",
-                f"'{required}' is not a required policy",
-                'use "conf" (recommended), "image", "none" (development only), or leave it empty',
-            )
-        )
-    elif required == "none":
-        problems.append(
-            Problem(
-                "HSMSIGN_UBOOT_REQUIRED",
-                'is "none": U-Boot and SPL get keys they never enforce and boot unsigned FITs',
-                'use "conf" (or leave it empty) for production builds',
-                fatal=prod,
-            )
-        )
-    required_mode = _get(d, "HSMSIGN_UBOOT_REQUIRED_MODE")
-    if required_mode and required_mode not in REQUIRED_MODES:
-        problems.append(
-            Problem(
-                "HSMSIGN_UBOOT_REQUIRED_MODE",
-                f"'{required_mode}' is not a required-mode",
-                'use "all" (every required key must verify; U-Boot\'s default) or "any"',
-            )
-        )
-    return problems
+    variables = {
+        "required": LAYER_VARIABLES["fit_required"],
+        "required-mode": LAYER_VARIABLES["fit_required_mode"],
+    }
+    return [
+        Problem(variables[p.setting], p.message, p.fix, fatal=prod or not p.production_only)
+        for p in required_problems(_get(d, variables["required"]), _get(d, variables["required-mode"]))
+    ]
 
 
 def img_key_name(d: Datastore) -> str:
@@ -539,8 +517,8 @@ def child_env(d: Datastore, origenv: Any, role: str = "") -> dict[str, str]:
             pin_env=handed_pin_env,
             ledger=_get(d, "HSMSIGN_LEDGER"),
             # read by 'hsmsign mkimage' (oe-core owns its command line) and 'hsmsign fit sign'
-            fit_required=_get(d, "HSMSIGN_UBOOT_REQUIRED") if fit else "",
-            fit_required_mode=_get(d, "HSMSIGN_UBOOT_REQUIRED_MODE") if fit else "",
+            fit_required=_get(d, LAYER_VARIABLES["fit_required"]) if fit else "",
+            fit_required_mode=_get(d, LAYER_VARIABLES["fit_required_mode"]) if fit else "",
             fit_check_sign=_get(d, "HSMSIGN_FIT_CHECK_SIGN") if fit else "",
         )
     except HsmsignError as exc:  # the parse-time checks name the variable; this is the last guard

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 
 from . import __version__, roles
 from .errors import EXIT_CODES, ConfigError, HsmsignError, Interrupted
+from .settings import Settings
 
 # Verb modules and the verbs each registers, in the order --help lists them. A module missing
 # from the tree is skipped. Knowing the verbs up front lets `hsmsign VERB ...` build only its
@@ -58,36 +58,32 @@ class CommonParents:
     output: argparse.ArgumentParser
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return value if value else default
-
-
 def make_parents() -> CommonParents:
+    env = Settings.from_env(check=False)  # defaults only: each is checked where it is used
     tok = argparse.ArgumentParser(add_help=False)
     g = tok.add_argument_group("token")
     g.add_argument(
         "--uri",
-        default=_env("HSM_PKCS11_URI"),
+        default=env.default_uri or None,
         help="PKCS#11 URI of the key (default: $HSM_PKCS11_URI), e.g. "
         "'pkcs11:token=acme-prod;object=fw-signing?pin-source=file:/run/secrets/hsm-pin'",
     )
     g.add_argument(
         "--module",
-        default=_env("HSM_PKCS11_MODULE"),
+        default=env.module or None,
         help="PKCS#11 module to load when the URI names none "
         "(default: $HSM_PKCS11_MODULE, then p11-kit-proxy)",
     )
     g.add_argument(
         "--pin-env",
         metavar="NAME",
-        default=_env("HSMSIGN_PIN_ENV"),
+        default=env.pin_env or None,
         help="read the PIN from environment variable NAME at run time (default: $HSMSIGN_PIN_ENV)",
     )
     g.add_argument(
         "--mode",
         choices=("development", "production"),
-        default=_env("HSMSIGN_MODE", "production"),
+        default=env.mode,
         help="policy: production refuses development/software/published keys (default: $HSMSIGN_MODE or "
         "production)",
     )
@@ -95,7 +91,7 @@ def make_parents() -> CommonParents:
         "--role",
         type=str.upper,
         choices=[r.name for r in roles.ROLE_TABLE],
-        default=(_env("HSMSIGN_ROLE") or "").upper() or None,
+        default=env.role or None,
         metavar="ROLE",
         help="key role whose pinned fingerprint applies: HSMSIGN_PUBKEY_SHA256_<ROLE>, else its fallback "
         "role's, else HSMSIGN_PUBKEY_SHA256 (" + ", ".join(r.name for r in roles.ROLE_TABLE) + "; "
@@ -104,7 +100,7 @@ def make_parents() -> CommonParents:
     g.add_argument(
         "--ledger",
         metavar="FILE",
-        default=_env("HSMSIGN_LEDGER"),
+        default=env.ledger or None,
         help="append a hash-chained record of every signature to FILE (default: $HSMSIGN_LEDGER)",
     )
     out = argparse.ArgumentParser(add_help=False)

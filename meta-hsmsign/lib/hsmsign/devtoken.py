@@ -29,7 +29,9 @@ ROLE_VARIABLES: dict[str, str] = {r.name.lower(): r.variable for r in roles.ROLE
 
 
 def default_dir() -> str:
-    explicit = os.environ.get("HSMSIGN_DEV_HOME")
+    from .settings import Settings
+
+    explicit = Settings.from_env(check=False).dev_home
     if explicit:
         return explicit
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")

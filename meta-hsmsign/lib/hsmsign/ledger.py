@@ -45,7 +45,9 @@ _THREAD_LOCK = threading.Lock()  # flock is per open file; this keeps threads of
 
 def ledger_path(explicit: str | None = None) -> str | None:
     """The ledger file to append to, or None when no ledger is configured."""
-    return explicit or os.environ.get("HSMSIGN_LEDGER") or None
+    from .settings import Settings
+
+    return explicit or Settings.from_env(check=False).ledger or None
 
 
 def line_hash(line: bytes) -> str:
@@ -91,7 +93,9 @@ def _locked(path: str) -> Iterator[int]:
 
 
 def _now() -> str:
-    epoch = os.environ.get("HSMSIGN_LEDGER_TIME")  # tests and reproducible replays
+    from .settings import Settings
+
+    epoch = Settings.from_env(check=False).ledger_time  # tests and reproducible replays
     if epoch:
         t = datetime.datetime.fromtimestamp(int(epoch), tz=datetime.timezone.utc)
     else:

@@ -78,7 +78,9 @@ def pin_source_for(uri: Pkcs11Uri, pin_env: str | None, mode: str) -> PinSource:
             f"pin-source '{src}' is neither file:/ABSOLUTE/PATH nor |PROGRAM",
             "write ?pin-source=file:/run/secrets/hsm-pin",
         )
-    env_name = pin_env or os.environ.get(PIN_ENV_DEFAULT_VAR) or None
+    from .settings import Settings
+
+    env_name = pin_env or Settings.from_env(check=False).pin_env or None
     if env_name:
         return PinSource("env", env_name)
     return PinSource("none")

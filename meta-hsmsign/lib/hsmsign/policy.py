@@ -17,17 +17,13 @@ Standard library only at module level (the layer reads the names at parse time).
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .errors import PolicyError
+from .settings import ALLOW_SOFTWARE_ENV, DENYLIST_ENV, Settings, strip_fingerprint
 
-MODES = ("development", "production")
-ALLOW_SOFTWARE_ENV = "HSMSIGN_ALLOW_SOFTWARE_TOKEN"
-PIN_ENV_FINGERPRINT = "HSMSIGN_PUBKEY_SHA256"
-DENYLIST_ENV = "HSMSIGN_DENYLIST"
 MIN_RSA_BITS = 2048
 MIN_RSA_EXPONENT = 65537
 
@@ -131,7 +127,7 @@ def lookup_known_key(fingerprint: str) -> str | None:
     keys your organisation has revoked or knows to be compromised).
     """
     fp = fingerprint.lower()
-    site = os.environ.get(DENYLIST_ENV)
+    site = Settings.from_env(check=False).denylist
     if site:
         reason = _site_denylist(site).get(fp)
         if reason is not None:
@@ -158,11 +154,7 @@ def _site_denylist(path: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for line in lines:
         text, _, comment = line.partition("#")
-        fp = text.strip().lower()
-        for prefix in ("sha256:", "sha256="):
-            if fp.startswith(prefix):
-                fp = fp[len(prefix) :]
-        fp = fp.replace(":", "")
+        fp = strip_fingerprint(text)
         if fp:
             out[fp] = comment.strip()
     return out
@@ -170,15 +162,13 @@ def _site_denylist(path: str) -> dict[str, str]:
 
 def role_pins(role: str | None = None) -> list[Any]:
     """The pins of ``role`` (default: ``HSMSIGN_ROLE``) in this process's environment."""
-    from .settings import Settings
-
     settings = Settings.from_env()
     return settings.pins_for_role(role if role is not None else settings.role)
 
 
 def production_policy(pins: list[Any] | None = None, allow_software: bool | None = None) -> AllOf:
     if allow_software is None:
-        allow_software = os.environ.get(ALLOW_SOFTWARE_ENV, "") == "1"
+        allow_software = Settings.from_env(check=False).allow_software_token
     return AllOf(
         [
             NotKnownPublic(),
@@ -242,7 +232,7 @@ def check_signer(key: Any, mode: str, pins: list[Any] | None = None, quiet: bool
     for verdict in results:
         if verdict.refusal is not None and verdict.action == "refuse":
             raise verdict.refusal
-    if mode == "production" and os.environ.get(ALLOW_SOFTWARE_ENV, "") == "1" and not quiet:
+    if mode == "production" and Settings.from_env(check=False).allow_software_token and not quiet:
         if key.token_info.is_software:
             print(
                 f"hsmsign: WARNING: production signing with a SOFTWARE token ({key.token_info.label}) "

@@ -19,6 +19,12 @@ drop-in (whose command line belongs to mkimage) read it back with
   ``HSMSIGN_PIN_ENV`` (the NAME of the variable holding the PIN; the PIN itself
   is never part of the settings).
 
+The defaults of the CLI's options come from here too (``HSM_PKCS11_URI``,
+``HSMSIGN_DENYLIST``, ``HSMSIGN_ALLOW_SOFTWARE_TOKEN``, ``HSMSIGN_FIT_KEY_NAME``,
+``HSMSIGN_MKIMAGE``, ``HSMSIGN_AUDIT_ALLOWLIST``, ``HSMSIGN_SOFTHSM_MODULE``,
+``HSMSIGN_DEV_HOME``): no other module reads an ``HSMSIGN_*`` variable from the
+environment. Those are the user's, not the task's, so ``names()`` leaves them out.
+
 Standard library only (BitBake imports it at parse time).
 """
 
@@ -27,19 +33,34 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 from . import roles
 from .errors import ConfigError, PolicyError
 
 MODES: tuple[str, ...] = ("development", "production")
+MODE_ENV = "HSMSIGN_MODE"
+MODULE_ENV = "HSM_PKCS11_MODULE"
+LEDGER_ENV = "HSMSIGN_LEDGER"
+DENYLIST_ENV = "HSMSIGN_DENYLIST"
+ALLOW_SOFTWARE_ENV = "HSMSIGN_ALLOW_SOFTWARE_TOKEN"
+FIT_REQUIRED_ENV = "HSMSIGN_FIT_REQUIRED"
+FIT_REQUIRED_MODE_ENV = "HSMSIGN_FIT_REQUIRED_MODE"
+FIT_CHECK_SIGN_ENV = "HSMSIGN_FIT_CHECK_SIGN"
 REQUIRED_VALUES: tuple[str, ...] = ("conf", "image", "none")
 REQUIRED_MODES: tuple[str, ...] = ("all", "any")
 ROLE_ENV = "HSMSIGN_ROLE"
 PIN_ENV = "HSMSIGN_PIN_ENV"
+# The layer's variable for each setting a task hands over, where its name differs from the
+# child's (the layer's HSMSIGN_UBOOT_REQUIRED* keeps oe-core's UBOOT_ vocabulary; the child's
+# HSMSIGN_FIT_REQUIRED* says what it applies to: every FIT the drop-in or 'fit sign' writes).
+LAYER_VARIABLES: dict[str, str] = {
+    "fit_required": "HSMSIGN_UBOOT_REQUIRED",
+    "fit_required_mode": "HSMSIGN_UBOOT_REQUIRED_MODE",
+}
 # mkimage's own PIN variable (tools/image-host.c); the drop-in honours it like mkimage does
 MKIMAGE_PIN_ENV = "MKIMAGE_SIGN_PIN"
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -49,11 +70,7 @@ def parse_fingerprints(variable: str, value: str | None) -> tuple[str, ...]:
         return ()
     out = []
     for word in value.replace(",", " ").split():
-        fp = word.strip().lower()
-        for prefix in ("sha256:", "sha256="):
-            if fp.startswith(prefix):
-                fp = fp[len(prefix) :]
-        fp = fp.replace(":", "")
+        fp = strip_fingerprint(word)
         if not _FINGERPRINT.match(fp):
             raise ConfigError(
                 f"{variable}: '{word[:80]}' is not a SHA-256 fingerprint (64 hex digits)",
@@ -61,6 +78,66 @@ def parse_fingerprints(variable: str, value: str | None) -> tuple[str, ...]:
             )
         out.append(fp)
     return tuple(out)
+
+
+def strip_fingerprint(text: str) -> str:
+    """One fingerprint as written (``sha256:``/``sha256=`` prefix, colons) as lower-case hex."""
+    fp = text.strip().lower()
+    for prefix in ("sha256:", "sha256="):
+        if fp.startswith(prefix):
+            fp = fp[len(prefix) :]
+    return fp.replace(":", "")
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if it is one of ``MODES``; a ConfigError otherwise."""
+    if mode not in MODES:
+        raise ConfigError(f"mode '{mode}' is neither 'development' nor 'production'")
+    return mode
+
+
+def effective_mode(mode: str | None) -> str:
+    """The mode asked for, else ``HSMSIGN_MODE``, else production; checked."""
+    return check_mode(mode or Settings.from_env(check=False).mode)
+
+
+@dataclass(frozen=True)
+class RequiredProblem:
+    """A bad ``required``/``required-mode`` value: which setting, what is wrong, what to do."""
+
+    setting: str  # "required" or "required-mode"
+    value: str
+    message: str
+    fix: str
+    production_only: bool = False  # a refusal in production, allowed (with a warning) in development
+
+
+def required_problems(required: str, required_mode: str) -> list[RequiredProblem]:
+    """What is wrong with a FIT ``required`` policy: the one definition of its allowed values.
+
+    ``Settings`` (the child) raises on the first; the parse-time check
+    (``hsmsign.bitbake``) reports each against the user's variable.
+    """
+    out: list[RequiredProblem] = []
+    if required and required not in REQUIRED_VALUES:
+        out.append(RequiredProblem(
+            "required", required, f"'{required}' is not a required policy",
+            'use "conf" (U-Boot refuses configurations the key did not sign; recommended), "image", '
+            '"none" (development only), or leave it empty',
+        ))
+    elif required == "none":
+        out.append(RequiredProblem(
+            "required", required,
+            'is "none": U-Boot and SPL get keys they never enforce and boot unsigned FITs',
+            'use "conf" (or leave it empty) for production builds; none is for development builds',
+            production_only=True,
+        ))
+    if required_mode and required_mode not in REQUIRED_MODES:
+        out.append(RequiredProblem(
+            "required-mode", required_mode, f"'{required_mode}' is not a required-mode",
+            'use "all" (every required key must verify; U-Boot\'s default) or "any"',
+        ))
+    return out
 
 
 @dataclass(frozen=True)
@@ -86,8 +163,23 @@ class Settings:
     fit_required: str = ""
     fit_required_mode: str = ""
     fit_check_sign: str = ""
+    # the user's defaults for options (not handed over by a task: see names())
+    default_uri: str = ""
+    denylist: str = ""
+    allow_software_token: bool = False
+    fit_key_name: str = ""
+    mkimage: str = ""
+    audit_allowlist: str = ""
+    softhsm_module: str = ""
+    dev_home: str = ""
+    ledger_time: str = ""  # HSMSIGN_LEDGER_TIME: the ledger's clock (tests, reproducible replays)
+    mkimage_pin: bool = False  # MKIMAGE_SIGN_PIN is set (the drop-in takes it like mkimage does)
+    # check=False: the CLI's defaults, checked where each is used (as the options given on the command line)
+    check: InitVar[bool] = True
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, check: bool = True) -> None:
+        if not check:
+            return
         if self.mode not in MODES:
             raise ConfigError(
                 f"HSMSIGN_MODE={self.mode!r} is neither 'development' nor 'production'",
@@ -95,29 +187,23 @@ class Settings:
             )
         if self.role:
             roles.get(self.role)
-        if self.pin_env and not _ENV_NAME.match(self.pin_env):
+        if self.pin_env and not ENV_NAME.match(self.pin_env):
             raise ConfigError(
                 f"{PIN_ENV} must be the NAME of an environment variable, not {self.pin_env[:3]}...",
                 f"e.g. {PIN_ENV}=HSM_PIN with the PIN in HSM_PIN",
             )
-        if self.fit_required not in ("", *REQUIRED_VALUES):
-            raise ConfigError(
-                f"HSMSIGN_FIT_REQUIRED={self.fit_required!r} is not a required policy",
-                "use conf (U-Boot refuses configurations the key did not sign), image, or none",
-            )
-        if self.fit_required_mode not in ("", *REQUIRED_MODES):
-            raise ConfigError(
-                f"HSMSIGN_FIT_REQUIRED_MODE={self.fit_required_mode!r} is not a required-mode",
-                "use all (every required key must verify, U-Boot's default) or any",
-            )
+        for problem in required_problems(self.fit_required, self.fit_required_mode):
+            if not problem.production_only:
+                name = FIT_REQUIRED_ENV if problem.setting == "required" else FIT_REQUIRED_MODE_ENV
+                raise ConfigError(f"{name}={problem.value!r}: {problem.message}", problem.fix)
         for variable, value in self.fingerprints.items():
             parse_fingerprints(variable, value)
 
     # -- the boundary
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """The settings in an environment (default: this process's)."""
+    def from_env(cls, env: Mapping[str, str] | None = None, *, check: bool = True) -> Settings:
+        """The settings in an environment (default: this process's); ``check=False``: unchecked."""
         env = os.environ if env is None else env
 
         def get(name: str) -> str:
@@ -125,33 +211,43 @@ class Settings:
 
         pins = {r.pin_variable: get(r.pin_variable) for r in roles.ROLE_TABLE if get(r.pin_variable)}
         uris = {name: get(roles.BY_NAME[name].variable) for name in roles.FIT_ROLES}
-        pin_env = get(PIN_ENV) or (MKIMAGE_PIN_ENV if MKIMAGE_PIN_ENV in env else "")
         return cls(
-            mode=get("HSMSIGN_MODE") or "production",
+            mode=get(MODE_ENV) or "production",
             role=get(ROLE_ENV).upper(),
             fingerprints=pins,
             role_uris={k: v for k, v in uris.items() if v},
             uri=get(roles.URI_VARIABLE),
-            module=get("HSM_PKCS11_MODULE"),
-            pin_env=pin_env,
-            ledger=get("HSMSIGN_LEDGER"),
-            fit_required=get("HSMSIGN_FIT_REQUIRED"),
-            fit_required_mode=get("HSMSIGN_FIT_REQUIRED_MODE"),
-            fit_check_sign=get("HSMSIGN_FIT_CHECK_SIGN"),
+            module=get(MODULE_ENV),
+            pin_env=get(PIN_ENV),
+            ledger=get(LEDGER_ENV),
+            fit_required=get(FIT_REQUIRED_ENV),
+            fit_required_mode=get(FIT_REQUIRED_MODE_ENV),
+            fit_check_sign=get(FIT_CHECK_SIGN_ENV),
+            default_uri=get(roles.URI_VARIABLE),
+            denylist=get(DENYLIST_ENV),
+            allow_software_token=get(ALLOW_SOFTWARE_ENV) == "1",
+            fit_key_name=get("HSMSIGN_FIT_KEY_NAME"),
+            mkimage=get("HSMSIGN_MKIMAGE"),
+            audit_allowlist=get("HSMSIGN_AUDIT_ALLOWLIST"),
+            softhsm_module=get("HSMSIGN_SOFTHSM_MODULE"),
+            dev_home=get("HSMSIGN_DEV_HOME"),
+            ledger_time=get("HSMSIGN_LEDGER_TIME"),
+            mkimage_pin=MKIMAGE_PIN_ENV in env,
+            check=check,
         )
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that carry these settings (only the set ones)."""
         env = {
-            "HSMSIGN_MODE": self.mode,
+            MODE_ENV: self.mode,
             ROLE_ENV: self.role,
             roles.URI_VARIABLE: self.uri,
-            "HSM_PKCS11_MODULE": self.module,
+            MODULE_ENV: self.module,
             PIN_ENV: self.pin_env,
-            "HSMSIGN_LEDGER": self.ledger,
-            "HSMSIGN_FIT_REQUIRED": self.fit_required,
-            "HSMSIGN_FIT_REQUIRED_MODE": self.fit_required_mode,
-            "HSMSIGN_FIT_CHECK_SIGN": self.fit_check_sign,
+            LEDGER_ENV: self.ledger,
+            FIT_REQUIRED_ENV: self.fit_required,
+            FIT_REQUIRED_MODE_ENV: self.fit_required_mode,
+            FIT_CHECK_SIGN_ENV: self.fit_check_sign,
         }
         env.update(self.fingerprints)
         env.update({roles.BY_NAME[name].variable: uri for name, uri in self.role_uris.items()})
@@ -161,8 +257,8 @@ class Settings:
     def names() -> list[str]:
         """Every variable ``to_env`` may set: a child's inherited copies are replaced, not mixed."""
         names = [
-            "HSMSIGN_MODE", ROLE_ENV, "HSM_PKCS11_MODULE", "HSMSIGN_LEDGER", "HSMSIGN_FIT_REQUIRED",
-            "HSMSIGN_FIT_REQUIRED_MODE", "HSMSIGN_FIT_CHECK_SIGN",
+            MODE_ENV, ROLE_ENV, MODULE_ENV, LEDGER_ENV,
+            FIT_REQUIRED_ENV, FIT_REQUIRED_MODE_ENV, FIT_CHECK_SIGN_ENV,
         ]
         names += [r.pin_variable for r in roles.ROLE_TABLE]
         names += [roles.BY_NAME[name].variable for name in roles.FIT_ROLES]
@@ -182,6 +278,11 @@ class Settings:
                 return [Pin(r.pin_variable, parse_fingerprints(r.pin_variable, value))]
         return []
 
+    @property
+    def drop_in_pin_env(self) -> str:
+        """The drop-in's PIN variable: ``HSMSIGN_PIN_ENV``, else mkimage's ``MKIMAGE_SIGN_PIN``."""
+        return self.pin_env or (MKIMAGE_PIN_ENV if self.mkimage_pin else "")
+
     def required_policy(self) -> tuple[str | None, str | None]:
         """``required`` and ``required-mode`` of keys written into U-Boot's DTBs (None: as mkimage)."""
         if self.fit_required == "none" and self.mode != "development":
@@ -190,3 +291,19 @@ class Settings:
                 "use conf (or image) in production; none is for development builds",
             )
         return self.fit_required or None, self.fit_required_mode or None
+
+    def required_for(self, kind: str, mkimage_r: bool) -> str | None:
+        """The ``required`` of the key node for a signature of ``kind`` ("conf"/"image").
+
+        ``HSMSIGN_FIT_REQUIRED`` decides ("none": not required); unset, it is what
+        mkimage does: ``-r`` marks the key required for what it signed, else the node
+        keeps what it had (``formats.fit.KEEP``, returned as "keep").
+        """
+        policy, _ = self.required_policy()
+        if policy == "none":
+            return None
+        if policy:
+            return policy
+        if mkimage_r:
+            return "image" if kind == "image" else "conf"
+        return "keep"

@@ -33,11 +33,11 @@ from typing import Any, Callable, TypeVar
 
 from . import pin as pinmod
 from .errors import ConfigError, HsmsignError, SigningError, TokenError
+from .settings import MODULE_ENV, Settings, effective_mode
 from .uri import Pkcs11Uri
 
 T = TypeVar("T")
 
-MODULE_ENV = "HSM_PKCS11_MODULE"
 DEV_TOKEN_PREFIX = "hsmsign-dev"  # noqa: S105 - a token label prefix, not a secret
 DEV_KEY_PREFIX = "dev-"
 CKF_HW_SLOT = 0x4  # CK_SLOT_INFO.flags: "the slot is a hardware slot, as opposed to a software slot"
@@ -123,7 +123,7 @@ def resolve_module(uri: Pkcs11Uri, module: str | None = None) -> str:
         return uri.module_path
     if uri.module_name:
         return resolve_module_name(uri.module_name)
-    module = module or os.environ.get(MODULE_ENV) or None
+    module = module or Settings.from_env(check=False).module or None
     if module:
         if not os.path.isabs(module):
             return resolve_module_name(module)
@@ -870,13 +870,6 @@ def open_key(
     key = _find_one(opened, uri.with_(type=None), [ObjectClass.PRIVATE_KEY], "private key")
     public = _public_for(opened, uri, key)
     yield TokenKey(opened, uri, key, public)
-
-
-def effective_mode(mode: str | None) -> str:
-    mode = mode or os.environ.get("HSMSIGN_MODE") or "production"
-    if mode not in ("development", "production"):
-        raise ConfigError(f"mode '{mode}' is neither 'development' nor 'production'")
-    return mode
 
 
 class TokenSecretKey:

@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+from ..settings import Settings
+
 EXAMPLE = """\
 examples:
   hsmsign audit meta-mylayer/ kas/ setup-env.sh
@@ -41,7 +43,7 @@ def register(sub: Any, parents: Any) -> None:
     p.add_argument(
         "--allowlist",
         metavar="FILE",
-        default=os.environ.get("HSMSIGN_AUDIT_ALLOWLIST") or None,
+        default=Settings.from_env(check=False).audit_allowlist or None,
         help="reviewed findings not to report (default: $HSMSIGN_AUDIT_ALLOWLIST)",
     )
     p.add_argument(

@@ -60,6 +60,7 @@ def open_key_from_args(
 def open_secret_key_from_args(args: Any, uri: str | None = None) -> Iterator[Any]:
     from .. import token
     from ..errors import PolicyError
+    from ..settings import Settings
 
     with token.open_secret_key(
         uri or require_uri(args), mode=args.mode, module=args.module, pin_env=args.pin_env
@@ -74,7 +75,7 @@ def open_secret_key_from_args(args: Any, uri: str | None = None) -> Iterator[Any
                     f"secret key '{key.label}' is a development key",
                     "production builds must use the production encryption key",
                 )
-            if key.token_info.is_software and os.environ.get("HSMSIGN_ALLOW_SOFTWARE_TOKEN") != "1":
+            if key.token_info.is_software and not Settings.from_env(check=False).allow_software_token:
                 raise PolicyError(
                     f"token '{key.token_info.label}' is a software token",
                     "use a hardware token in production, or set HSMSIGN_ALLOW_SOFTWARE_TOKEN=1",

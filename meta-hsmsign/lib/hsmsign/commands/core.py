@@ -7,6 +7,7 @@ import contextlib
 import os
 from typing import Any
 
+from ..settings import Settings, effective_mode
 from .common import (
     check_readable,
     emit,
@@ -30,6 +31,7 @@ examples:
 
 
 def register(sub: Any, parents: Any) -> None:
+    env = Settings.from_env(check=False)
     raw = argparse.RawDescriptionHelpFormatter
 
     p = sub.add_parser(
@@ -123,7 +125,7 @@ def register(sub: Any, parents: Any) -> None:
         metavar="DIR",
         help="where the token lives (default: $HSMSIGN_DEV_HOME or ~/.local/share/hsmsign/dev-token)",
     )
-    p.add_argument("--module", default=os.environ.get("HSMSIGN_SOFTHSM_MODULE"), help="libsofthsm2.so path")
+    p.add_argument("--module", default=env.softhsm_module or None, help="libsofthsm2.so path")
     p.add_argument("--print-env", action="store_true", help="print only the export lines for a shell")
     p.set_defaults(func=run_dev_init)
 
@@ -138,7 +140,7 @@ def register(sub: Any, parents: Any) -> None:
     p.add_argument(
         "--mode",
         choices=("development", "production"),
-        default=os.environ.get("HSMSIGN_MODE") or "production",
+        default=env.mode,
     )
     p.set_defaults(func=run_uri)
 
@@ -204,7 +206,7 @@ def run_info(args: Any) -> int:
     uri = Pkcs11Uri.parse(require_uri(args))
     if uri.object is None and uri.id is None:
         keys_on = token.list_keys(uri, mode=args.mode, module=args.module, pin_env=args.pin_env)
-        opened = token.open_token(uri, args.module, args.pin_env, token.effective_mode(args.mode))
+        opened = token.open_token(uri, args.module, args.pin_env, effective_mode(args.mode))
         info = opened.info.as_dict() if opened.info else {}
         lines = [
             f"token:   {info.get('label')} ({info.get('manufacturer')}, {info.get('model')}, "
@@ -338,7 +340,7 @@ def run_doctor(args: Any) -> int:
         return finish()
     try:
         present = token.list_tokens(module)
-        opened = token.open_token(uri, args.module, args.pin_env, token.effective_mode(args.mode))
+        opened = token.open_token(uri, args.module, args.pin_env, effective_mode(args.mode))
         info = opened.info
         assert info is not None  # noqa: S101
         step(
@@ -406,7 +408,7 @@ def run_doctor(args: Any) -> int:
 
 
 def run_keygen(args: Any) -> int:
-    from .. import keys, token
+    from .. import keys
     from ..errors import ConfigError
     from ..uri import Pkcs11Uri
 
@@ -421,7 +423,7 @@ def run_keygen(args: Any) -> int:
     made = keys.generate(
         uri,
         spec,
-        mode=token.effective_mode(args.mode),
+        mode=effective_mode(args.mode),
         module=args.module,
         pin_env=args.pin_env,
         key_id=key_id,

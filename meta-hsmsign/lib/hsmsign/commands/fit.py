@@ -21,6 +21,9 @@ examples:
 
 
 def register(sub: Any, parents: Any) -> None:
+    from ..settings import Settings
+
+    env = Settings.from_env(check=False)
     raw = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser(
         "fit",
@@ -48,7 +51,7 @@ def register(sub: Any, parents: Any) -> None:
     s.add_argument(
         "--key-name",
         metavar="NAME",
-        default=os.environ.get("HSMSIGN_FIT_KEY_NAME") or None,
+        default=env.fit_key_name or None,
         help="key-name-hint: sign only the signature nodes naming this key, and name added nodes so "
         "(default: every node; added nodes get the key's label)",
     )
@@ -73,7 +76,7 @@ def register(sub: Any, parents: Any) -> None:
     s.add_argument(
         "--fit-check-sign",
         metavar="TOOL",
-        default=os.environ.get("HSMSIGN_FIT_CHECK_SIGN") or None,
+        default=env.fit_check_sign or None,
         help="before writing, check every configuration with U-Boot's fit_check_sign (TOOL: its name "
         "or path) against a control DTB holding the key as required; a refusal writes nothing "
         "(default: $HSMSIGN_FIT_CHECK_SIGN, else hsmsign's own check only)",

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
+
+from ..settings import Settings
 
 EXAMPLE = """\
 examples:
@@ -24,7 +25,7 @@ def register(sub: Any, parents: Any) -> None:
     common.add_argument(
         "--ledger",
         metavar="FILE",
-        default=os.environ.get("HSMSIGN_LEDGER") or None,
+        default=Settings.from_env(check=False).ledger or None,
         help="ledger file (default: $HSMSIGN_LEDGER)",
     )
     p = verbs.add_parser(

@@ -180,8 +180,9 @@ _NO_MKIMAGE_HINT = (
 def real_mkimage() -> str:
     """U-Boot's own mkimage: ``HSMSIGN_MKIMAGE`` (a path or a command in PATH), else ``mkimage``."""
     from ..errors import ConfigError
+    from ..settings import Settings
 
-    wanted = os.environ.get("HSMSIGN_MKIMAGE") or ""
+    wanted = Settings.from_env(check=False).mkimage
     if wanted:
         path = wanted if os.sep in wanted else shutil.which(wanted)
         if not path or not os.path.isfile(path):
@@ -279,7 +280,7 @@ def _env_args(settings: Any) -> SimpleNamespace:
     return SimpleNamespace(
         mode=settings.mode,
         module=settings.module or None,
-        pin_env=settings.pin_env or None,
+        pin_env=settings.drop_in_pin_env or None,
         ledger=settings.ledger or None,
         role=settings.role or None,
         json=False,
@@ -322,7 +323,7 @@ def _sign_and_keys(parsed: Parsed, image: str, tmp: str) -> None:
 
     settings = Settings.from_env()
     env_args = _env_args(settings)
-    policy, policy_mode = settings.required_policy()
+    _, policy_mode = settings.required_policy()
     base = normalise_uri(parsed.values["k"])
     pins = key_pins(settings, base)
     options = fit.SignOptions(
@@ -343,19 +344,12 @@ def _sign_and_keys(parsed: Parsed, image: str, tmp: str) -> None:
         )
         if dtb is not None:
             for item in result.signed:
-                key = signer_for(item.key_name)
-                if policy == "none":
-                    required: str | None = None
-                elif policy:
-                    required = policy
-                else:
-                    required = ("image" if item.kind == "image" else "conf") if parsed.has("r") else fit.KEEP
                 dtb, _ = fit.add_key(
                     dtb,
-                    key.public_key(),
+                    signer_for(item.key_name).public_key(),
                     item.key_name,
                     item.algo.partition(",")[0],
-                    required,
+                    settings.required_for(item.kind, parsed.has("r")),
                     required_mode=policy_mode,
                     what=keydest or "",
                 )
