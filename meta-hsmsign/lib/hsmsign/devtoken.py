@@ -72,7 +72,7 @@ def init(directory: str | None = None, module: str | None = None) -> dict[str, A
                 f"directories.tokendir = {tokens_dir}\nobjectstore.backend = file\nlog.level = ERROR\n"
             )
     loaded_conf = os.environ.get("SOFTHSM2_CONF")
-    if module in token._MODULES and loaded_conf != conf:
+    if token.is_loaded(module) and loaded_conf != conf:
         raise ConfigError("SoftHSM is already loaded with another configuration in this process")
     os.environ["SOFTHSM2_CONF"] = conf
     env = dict(os.environ)

@@ -1,15 +1,11 @@
-"""Digest signing: hash locally, ask the token for one signature, check it.
+"""Digest signing: hash locally, have the key sign the digest once, check it.
 
 The artifact is hashed here in a stream (large reads, hashlib releases the GIL and
 uses SHA-NI where the CPU has it); the token signs only the digest, so a 1 GiB
-rootfs costs one token operation. Mechanisms (PKCS#11 v2.40 section 2):
-
-* RSA PKCS#1 v1.5: ``CKM_RSA_PKCS`` over DigestInfo || digest (RFC 8017 9.2).
-* RSA-PSS: ``CKM_RSA_PKCS_PSS`` with explicit hash, MGF1 hash and salt length
-  equal to the digest length (python-pkcs11's defaults are SHA-1).
-* ECDSA P-256/P-384: ``CKM_ECDSA`` over the digest; the token returns raw r||s,
-  which we DER-encode unless raw is asked for.
-* Ed25519: ``CKM_EDDSA`` over the message (pure EdDSA cannot sign a digest).
+rootfs costs one token operation. The PKCS#11 mechanism for each key type is the
+key's business (``hsmsign.token.keys.TokenKey.sign_digest``); this module keeps the
+hashes, the DigestInfo prefixes, local verification and the signature encodings
+(ECDSA raw r||s <-> DER; Ed25519 signs the whole message).
 
 Every signature is verified against the key's public half with pyca/cryptography
 before anyone sees it: a token that returns garbage (or a key that is not the one
@@ -105,55 +101,6 @@ def hash_file(path: str, hash_alg: str = "sha256", progress: Any = None) -> byte
 
 def hash_bytes(data: bytes, hash_alg: str = "sha256") -> bytes:
     return hashlib.new(check_hash(hash_alg), data).digest()
-
-
-def default_scheme(key_type: str) -> str | None:
-    return "pkcs1v15" if key_type == "rsa" else None
-
-
-def token_sign_digest(key: Any, digest: bytes, hash_alg: str, scheme: str | None) -> bytes:
-    """Sign a digest with a ``TokenKey`` (one C_Sign) and verify the result."""
-    from pkcs11 import MGF, Mechanism
-
-    hash_alg = check_hash(hash_alg)
-    if len(digest) != DIGEST_SIZE[hash_alg]:
-        raise SigningError(f"digest length {len(digest)} does not match {hash_alg}")
-    if key.key_type == "rsa":
-        scheme = scheme or "pkcs1v15"
-        if scheme == "pkcs1v15":
-            sig = key._sign_raw(DIGEST_INFO_PREFIX[hash_alg] + digest, Mechanism.RSA_PKCS)
-        elif scheme == "pss":
-            mech_hash = {"sha256": Mechanism.SHA256, "sha384": Mechanism.SHA384, "sha512": Mechanism.SHA512}
-            mgf = {"sha256": MGF.SHA256, "sha384": MGF.SHA384, "sha512": MGF.SHA512}
-            sig = key._sign_raw(
-                digest, Mechanism.RSA_PKCS_PSS, (mech_hash[hash_alg], mgf[hash_alg], DIGEST_SIZE[hash_alg])
-            )
-        else:
-            raise ConfigError(f"scheme '{scheme}' is not one of {', '.join(SCHEMES)}")
-    elif key.key_type == "ec":
-        if scheme not in (None, "ecdsa"):
-            raise ConfigError(
-                f"scheme '{scheme}' does not apply to an EC key", "leave --scheme out for ECDSA"
-            )
-        sig = key._sign_raw(digest, Mechanism.ECDSA)
-        size = (key.key_size + 7) // 8
-        if len(sig) != 2 * size:
-            sig = _fix_raw_ecdsa(sig, size)
-    else:
-        raise ConfigError(
-            f"{key.key_type} keys sign whole messages, not digests",
-            "Ed25519 is supported by 'hsmsign sign' for small files only",
-        )
-    verify_digest(key.public_key(), sig, digest, hash_alg, scheme, raw_ecdsa=True)
-    return sig
-
-
-def _fix_raw_ecdsa(sig: bytes, size: int) -> bytes:
-    """Some modules return DER for CKM_ECDSA; normalise to r||s."""
-    try:
-        return ecdsa_der_to_raw(sig, size)
-    except Exception as exc:  # noqa: BLE001
-        raise SigningError(f"the token returned an ECDSA signature of unexpected length {len(sig)}") from exc
 
 
 def ecdsa_raw_to_der(raw: bytes) -> bytes:

@@ -333,7 +333,7 @@ def run_doctor(args: Any) -> int:
     step("uri", True, uri.redacted())
     try:
         module = token.resolve_module(uri, args.module)
-        token._load_module(module)
+        token.load_module(module)
         step("module", True, module)
     except HsmsignError as exc:
         step("module", False, exc.message, exc.hint or "")
