@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import audit, roles
+from . import roles, secrets
 from .errors import HsmsignError
 from .settings import ENV_NAME, LAYER_VARIABLES, MODES, Settings, required_problems
 
@@ -42,27 +42,17 @@ FIT_ROLES: tuple[str, ...] = roles.FIT_ROLES  # tasks that sign FITs for U-Boot 
 # what a FIT signing task's output depends on besides the key (its [vardeps])
 FIT_VARDEPS = " ".join([*LAYER_VARIABLES.values(), "HSMSIGN_FIT_CHECK_SIGN"])
 
-# Key-file variables of oe-core, meta-swupdate and friends: with meta-hsmsign the
-# key is a PKCS#11 URI, so a path to a private key here means a key on disk.
-KEYDIR_VARIABLES: tuple[str, ...] = ("UBOOT_SIGN_KEYDIR", "SPL_SIGN_KEYDIR", "FIT_SIGN_KEYDIR")
-KEYFILE_VARIABLES: tuple[str, ...] = (
-    "SWUPDATE_PRIVATE_KEY",
-    "SWUPDATE_CMS_KEY",
-    "SWUPDATE_PASSWORD_FILE",
-    "SWUPDATE_AES_FILE",
-    "UBOOT_SIGN_KEYFILE",
-    "RAUC_KEY_FILE",
-    "IMA_EVM_PRIVKEY",
-)
+KEYDIR_VARIABLES = secrets.KEYDIR_VARIABLES
+KEYFILE_VARIABLES = secrets.KEYFILE_VARIABLES
 # Variables that generate private keys into the build tree.
 KEYGEN_VARIABLES: tuple[str, ...] = ("FIT_GENERATE_KEYS", "UBOOT_FIT_GENERATE_KEYS", "SPL_GENERATE_KEYS")
 
-# The leak scanner's own patterns (hsmsign.audit, standard library only): one definition of a secret.
-_PIN_VALUE = re.compile(re.escape(audit.URI_PIN_ATTR.decode()), re.IGNORECASE)
+# The leak scanner's own patterns (hsmsign.secrets, standard library only): one definition of a secret.
+_PIN_VALUE = re.compile(re.escape(secrets.URI_PIN_ATTR.decode()), re.IGNORECASE)
 
 
 def _has_private_key(text: str) -> bool:
-    return audit.PRIVATE_KEY_HEADER.search(text.encode("utf-8", "replace")) is not None
+    return secrets.PRIVATE_KEY_HEADER.search(text.encode("utf-8", "replace")) is not None
 
 _SHA256 = re.compile(r"^(?:sha256:)?[0-9a-fA-F]{64}$")
 SOFTHSM_MODULES = (
@@ -256,13 +246,6 @@ def dev_default_uri(d: Datastore, origenv: Any = None) -> str:
 # --- parse-time checks ------------------------------------------------------------------
 
 
-def _audit_check(name: str, value: str) -> Any:
-    try:
-        return audit.check_variable(name, value)
-    except Exception:  # noqa: BLE001 - the scanner must never break a parse
-        return None
-
-
 def check_value(name: str, value: str, prod: bool) -> Problem | None:
     """Secrets in one variable's value: a PIN in a URI, a private key, a symmetric key."""
     if not value:
@@ -282,14 +265,10 @@ def check_value(name: str, value: str, prod: bool) -> Problem | None:
             "delete it from the configuration, treat the key as leaked (rotate it) and generate "
             "the new key inside the token: hsmsign keygen",
         )
-    finding = _audit_check(name, value)
-    if finding is not None and getattr(finding, "kind", "") not in ("key-file-variable",):
-        return Problem(
-            name,
-            f"{getattr(finding, 'kind', 'secret')}: {getattr(finding, 'excerpt', '')}",
-            str(getattr(finding, "advice", "")) or "remove the secret from the configuration",
-            fatal=prod,
-        )
+    # no guard around the scanner: a bug in it stops the parse instead of skipping the check
+    finding = secrets.check_variable(name, value)
+    if finding is not None and finding.kind != "key-file-variable":
+        return Problem(name, f"{finding.kind}: {finding.excerpt}", finding.advice, fatal=prod)
     return None
 
 
@@ -304,7 +283,7 @@ def _private_keys_in(directory: str) -> list[str]:
                 head = fh.read(65536)
         except OSError:
             continue
-        if path.endswith(".key") or audit.PRIVATE_KEY_HEADER.search(head):
+        if path.endswith(".key") or secrets.PRIVATE_KEY_HEADER.search(head):
             found.append(os.path.basename(path))
     return found
 
@@ -563,7 +542,8 @@ def lockfile(d: Datastore, role: str) -> str:
 
 
 def redact(text: str) -> str:
-    return audit._redact_uri(text)
+    """Command lines and output as a task shows them: ``hsmsign.secrets.redact``."""
+    return secrets.redact(text)
 
 
 def run(

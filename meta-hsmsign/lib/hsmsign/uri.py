@@ -27,6 +27,7 @@ import re
 from urllib.parse import quote, unquote_to_bytes
 
 from .errors import ConfigError
+from .secrets import REDACTED, redact
 
 SCHEME = "pkcs11:"
 
@@ -60,7 +61,6 @@ _ATTR_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 _PCT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _LIB_VERSION = re.compile(r"^\d+(\.\d+)?$")
 
-REDACTED = "REDACTED"
 
 
 def _decode(raw: str, where: str) -> bytes:
@@ -276,14 +276,6 @@ def parse(text: str) -> Pkcs11Uri:
     return Pkcs11Uri.parse(text)
 
 
-def redact(text: str) -> str:
-    """Redact a URI given as text, even a malformed one: for error messages and logs."""
-    try:
-        return Pkcs11Uri.parse(text).redacted()
-    except ConfigError:
-        return re.sub(r"(pin-value)=[^&;?#\s\"']*", r"\1=" + REDACTED, text, flags=re.IGNORECASE)
-
-
 def _shorten(text: str, limit: int = 60) -> str:
-    text = re.sub(r"(pin-value)=[^&;?#\s]*", r"\1=" + REDACTED, text, flags=re.IGNORECASE)
+    text = redact(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."

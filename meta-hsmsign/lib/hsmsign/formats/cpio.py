@@ -10,7 +10,10 @@ ignores it for ``070701`` (``core/cpio_utils.c``). meta-swupdate builds bundles
 with ``cpio -ov -H crc``; so does this writer by default.
 
 The writer streams files (two passes for crc: checksum, then copy); the reader
-checks every field and raises ``VerificationError`` on anything malformed.
+checks every field and raises ``VerificationError`` on anything malformed. The
+leak scanner (``hsmsign.audit``) reads with ``lenient=True``: also the old
+portable format (``070707``, odc: 76-byte header of octal fields, no padding) that
+``cpio -H odc`` writes, and member names that are not UTF-8.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from ..errors import ConfigError, VerificationError
 
 MAGIC_NEWC = b"070701"
 MAGIC_CRC = b"070702"
+MAGIC_ODC = b"070707"
 HEADER_LEN = 110
+ODC_HEADER_LEN = 76
 TRAILER = "TRAILER!!!"
 MAX_NAME = 4096
 CHUNK = 1 << 20
@@ -143,6 +148,22 @@ def _copy(out: BinaryIO, src: Source) -> int:
     return n
 
 
+def _odc_entry(fh: BinaryIO, head: bytes, pos: int) -> tuple[str, int, int, int, int]:
+    """An odc header (``head`` holds its first ``HEADER_LEN`` bytes): name, size, mode, mtime, data offset."""
+    if len(head) < ODC_HEADER_LEN:
+        raise VerificationError(f"the archive ends inside a cpio header at offset {pos}")
+    try:
+        mode, mtime = int(head[18:24], 8), int(head[48:59], 8)
+        namesize, size = int(head[59:65], 8), int(head[65:76], 8)
+    except ValueError as exc:
+        raise VerificationError(f"cpio odc header at offset {pos}: a field is not octal") from exc
+    fh.seek(pos + ODC_HEADER_LEN)
+    raw = fh.read(namesize)
+    if not 1 <= namesize <= MAX_NAME or len(raw) != namesize:
+        raise VerificationError(f"cpio odc header at offset {pos}: bad name size {namesize}")
+    return raw[:-1].decode("utf-8", "replace"), size, mode, mtime, pos + ODC_HEADER_LEN + namesize
+
+
 def _hex(field: bytes, what: str, at: int) -> int:
     try:
         text = field.decode("ascii")
@@ -156,8 +177,11 @@ def _hex(field: bytes, what: str, at: int) -> int:
     return int(text, 16)
 
 
-def iter_entries(fh: BinaryIO, total_size: int | None = None) -> Iterator[Entry]:
-    """Walk an archive (seekable file); yield each member before the trailer."""
+def iter_entries(fh: BinaryIO, total_size: int | None = None, *, lenient: bool = False) -> Iterator[Entry]:
+    """Walk an archive (seekable file); yield each member before the trailer.
+
+    ``lenient``: also odc archives and names that are not UTF-8 (the leak scanner).
+    """
     if total_size is None:
         pos0 = fh.tell()
         fh.seek(0, os.SEEK_END)
@@ -166,12 +190,20 @@ def iter_entries(fh: BinaryIO, total_size: int | None = None) -> Iterator[Entry]
     pos = fh.tell()
     while True:
         head = fh.read(HEADER_LEN)
-        if len(head) < HEADER_LEN:
+        if len(head) < HEADER_LEN and not (lenient and head[:6] == MAGIC_ODC):
             raise VerificationError(
                 f"the archive ends inside a cpio header at offset {pos} (no TRAILER!!!)",
                 "the .swu is truncated",
             )
         magic = head[:6]
+        if lenient and magic == MAGIC_ODC:
+            name, size, mode, mtime, data_off = _odc_entry(fh, head, pos)
+            if name == TRAILER:
+                return
+            yield Entry(name, size, mode, mtime, 0, data_off, False)
+            pos = data_off + size
+            fh.seek(pos)
+            continue
         if magic not in (MAGIC_NEWC, MAGIC_CRC):
             raise VerificationError(
                 f"no cpio newc magic at offset {pos} (found {magic!r})",
@@ -200,7 +232,7 @@ def iter_entries(fh: BinaryIO, total_size: int | None = None) -> Iterator[Entry]
         if len(raw) != namesize or raw[-1:] != b"\0" or b"\0" in raw[:-1]:
             raise VerificationError(f"cpio header at offset {pos}: the member name is not NUL-terminated")
         try:
-            name = raw[:-1].decode("utf-8")
+            name = raw[:-1].decode("utf-8", "replace" if lenient else "strict")
         except UnicodeDecodeError as exc:
             raise VerificationError(f"cpio header at offset {pos}: the member name is not UTF-8") from exc
         data_off = pos + HEADER_LEN + namesize + _pad4(HEADER_LEN + namesize)
