@@ -95,7 +95,7 @@ class FitBuild:
 
 
 def fit_layers() -> list[str]:
-    return bbenv.layer_paths(TEST_LAYER, swupdate=False)
+    return bbenv.layer_paths(TEST_LAYER)
 
 
 def offline_conf() -> list[str]:
@@ -107,8 +107,7 @@ def offline_conf() -> list[str]:
         os.path.join(bbenv.METAOE, "meta-oe", ""),
         os.path.join(bbenv.METAOE, "meta-python", "recipes-"),
         os.path.join(LAYER, "recipes-"),
-        os.path.join(TEST_LAYER, "recipes-test", "hsmsign-test", ""),
-        os.path.join(TEST_LAYER, "dynamic-layers", ""),
+        *([os.path.join(bbenv.METASWUPDATE, "recipes-")] if bbenv.METASWUPDATE else []),
     ]
     return [
         'PREFERRED_PROVIDER_virtual/kernel = "hsmsign-test-kernel"',
@@ -118,7 +117,10 @@ def offline_conf() -> list[str]:
         'ASSUME_PROVIDED += "quilt-native patch-replacement-native virtual/fakeroot-native"',
         'HOSTTOOLS += "dtc uboot-mkimage uboot-fit_check_sign"',
         'BBMASK += "' + " ".join(masks) + '"',
-        *(f'BBFILE_PATTERN_IGNORE_EMPTY_{c} = "1"' for c in ("hsmsign", "meta-python", "openembedded-layer")),
+        *(
+            f'BBFILE_PATTERN_IGNORE_EMPTY_{c} = "1"'
+            for c in ("hsmsign", "meta-python", "openembedded-layer", "swupdate")
+        ),
     ]
 
 
@@ -129,6 +131,11 @@ def fit_local_conf(devhome: str, pin_file: str, changes: dict[str, str]) -> str:
         "HSM_PKCS11_URI": f"pkcs11:token=hsmsign-dev;object=dev-signing?module-path={SOFTHSM}",
         "HSMSIGN_TEST_MODULE": f"?module-path={SOFTHSM}&pin-source=file:{pin_file}",
         "HSMSIGN_CMD": f"env PYTHONPATH={LIB} {bbenv.PYTHON} -m hsmsign",
+        # the other roles' test recipes: a detached signature (ROOTFS), a swupdate bundle
+        "HSM_PKCS11_URI_SWUPDATE": f"pkcs11:token=hsmsign-dev;object=dev-swupdate?module-path={SOFTHSM}",
+        "HSM_PKCS11_URI_ENCRYPT": f"pkcs11:token=hsmsign-dev;object=dev-encrypt?module-path={SOFTHSM}",
+        "HSMSIGN_SWUPDATE_CERT:pn-hsmsign-test-swu": os.path.join(devhome, "..", "hsmsign-swupdate.pem"),
+        "HSMSIGN_TEST_OUT:pn-hsmsign-test-sign": os.path.join(devhome, "..", "hsmsign-test-out"),
         # the U-Boot recipes' control DTB: U-Boot sandbox's, when there is one to boot
         "HSMSIGN_TEST_CONTROL_DTB": os.path.join(bbenv.UBOOT_SANDBOX, "u-boot.dtb")
         if bbenv.UBOOT_SANDBOX
@@ -153,6 +160,13 @@ def fit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FitBuild]:
             continue  # a reused build directory keeps its token
         made = bbenv.hsmsign("keygen", *common, "--type", key_type, env=env)
         assert made.returncode == 0, made.stderr
+    cert = bbenv.hsmsign(
+        "cert", "--mode", "development", "--pin-env", "HSM_TEST_PIN",
+        "--subject", "CN=meta-hsmsign layer test",
+        "--uri", f"pkcs11:token=hsmsign-dev;object=dev-swupdate?module-path={SOFTHSM}",
+        "--output", os.path.join(topdir, "hsmsign-swupdate.pem"), env=env,
+    )  # fmt: skip
+    assert cert.returncode == 0, cert.stderr
     # the PIN file the URIs name (pin-source=file:), outside the build's TMPDIR
     pin_dir = os.path.join(topdir, "secrets-a")
     os.makedirs(pin_dir, exist_ok=True)
@@ -496,3 +510,41 @@ def test_sandbox_uboot_boots_only_the_signed_kernel_fit(
     assert "Failed to verify required signature" in refused or "Verification failed" in refused, refused[
         -3000:
     ]
+
+
+@pytest.mark.parametrize(
+    ("recipe", "task", "variable", "label"),
+    [
+        ("hsmsign-test-sign", "hsmsign_test", "HSMSIGN_PUBKEY_SHA256_ROOTFS", "dev-signing"),
+        ("hsmsign-test-swu", "swuimage", "HSMSIGN_PUBKEY_SHA256_SWUPDATE", "dev-swupdate"),
+        ("hsmsign-test-swu", "swuimage", "HSMSIGN_PUBKEY_SHA256_ENCRYPT", "dev-encrypt"),
+    ],
+)
+def test_rootfs_and_swupdate_tasks_enforce_their_pins(
+    built: FitBuild, recipe: str, task: str, variable: str, label: str
+) -> None:
+    """The other roles' tasks (hsmsign_run from a class, meta-swupdate's sign tool and its
+    encryption hook) stop with exit 4 on a wrong pin, and sign with the right one."""
+    if recipe == "hsmsign-test-swu" and not bbenv.METASWUPDATE:
+        pytest.skip("set HSMSIGN_TEST_METASWUPDATE")
+    pin_env = {"HSMSIGN_PIN_ENV": "HSM_TEST_PIN"}
+    built.conf(**pin_env, **{variable: WRONG})
+    try:
+        done = built.bitbake("-c", task, recipe)
+        out = done.stdout + done.stderr
+        assert done.returncode != 0, out[-4000:]
+        # hsmsign's one-line error names the variable (in the task log BitBake names; meta-swupdate
+        # runs its sign tool from Python and reports the exit status as a CalledProcessError)
+        logs = re.findall(r"Logfile of failure stored in: (\S+)", out)
+        assert logs, out[-4000:]
+        with open(logs[0], encoding="utf-8", errors="replace") as fh:
+            log = fh.read()
+        assert f"hsmsign: error: {variable} pins" in log, log[-4000:]
+        assert "exit code 4" in out or "exit status 4" in out, out[-6000:]
+        assert built.pin not in out
+        built.conf(**pin_env, **{variable: fingerprint(built, label)})
+        done = built.bitbake("-c", task, recipe)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    finally:
+        built.conf()
+    assert_pin_nowhere(built)

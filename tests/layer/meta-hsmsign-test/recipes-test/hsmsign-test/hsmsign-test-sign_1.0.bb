@@ -9,6 +9,11 @@ LICENSE = "MIT"
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
 
 INHIBIT_DEFAULT_DEPS = "1"
+# offline: no sysroot, no packages (no cross binutils, no rpm-native)
+deltask do_prepare_recipe_sysroot
+do_patch[depends] = ""
+POPULATESYSROOTDEPS:class-target = ""
+inherit nopackages
 
 HSMSIGN_TEST_OUT ?= "${WORKDIR}/hsmsign-test"
 

@@ -22,3 +22,7 @@ SWUPDATE_IMAGES_ENCRYPTED[payload.bin] = "1"
 DEPENDS:remove = "cpio-native openssl-native python3-magic-native zstd-native"
 # (no sysroot either, which would pull pseudo-native and its build chain)
 deltask do_prepare_recipe_sysroot
+do_patch[depends] = ""
+POPULATESYSROOTDEPS:class-target = ""
+# the bundle is the output: no packages (no rpm-native)
+inherit nopackages
