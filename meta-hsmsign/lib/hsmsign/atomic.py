@@ -1,4 +1,8 @@
-"""Atomic output: an artifact is either complete, signed and verified, or absent.
+"""Artifact files: checked input, and atomic output (an artifact is either complete,
+signed and verified, or absent).
+
+``read_input(path, what)`` reads an input with one-line errors (missing, a
+directory, unreadable: ``ConfigError``, exit 2).
 
 ``atomic_output(path)`` yields a temporary file in the destination's directory.
 The caller writes, then verifies the temporary file (its path is ``.tmp_path``);
@@ -13,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -48,6 +51,8 @@ def atomic_output(path: str | os.PathLike[str], mode: int | None = None) -> Iter
             "create it first, or choose another --output",
         )
     try:
+        import tempfile  # here, not at import: the verbs import this module for read_input
+
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
     except OSError as exc:
         raise ConfigError(
@@ -83,3 +88,23 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, mode: int | No
     """Write ``data`` to ``path`` atomically."""
     with atomic_output(path, mode=mode) as out:
         out.write(data)
+
+
+def check_readable(path: str) -> None:
+    """A ConfigError (exit 2) unless ``path`` is a readable file."""
+    if not os.path.exists(path):
+        raise ConfigError(f"{path}: no such file", "check the path")
+    if os.path.isdir(path):
+        raise ConfigError(f"{path} is a directory, not a file")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{path} is not readable", "check its permissions")
+
+
+def read_input(path: str, what: str) -> bytes:
+    """An input file's bytes (``what`` names it in errors)."""
+    check_readable(path)
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc

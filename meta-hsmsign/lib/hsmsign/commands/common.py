@@ -102,15 +102,6 @@ def emit(args: Any, text: str, data: dict[str, Any] | list[Any]) -> None:
         print(text)
 
 
-def check_readable(path: str) -> None:
-    if not os.path.exists(path):
-        raise ConfigError(f"{path}: no such file", "check the path")
-    if os.path.isdir(path):
-        raise ConfigError(f"{path} is a directory, not a file")
-    if not os.access(path, os.R_OK):
-        raise ConfigError(f"{path} is not readable", "check its permissions")
-
-
 class Progress:
     """A one-line progress meter on stderr for long work, only when stderr is a terminal."""
 
@@ -161,3 +152,18 @@ def record(args: Any, *, artifact: str, sha256_hex: str, key: Any, mechanism: st
         kind=kind,
         ledger=getattr(args, "ledger", None),
     )
+
+
+@contextlib.contextmanager
+def keys_by_hint(args: Any, uri_for: Any, pins: list[Any] | None = None) -> Iterator[Any]:
+    """A ``signer_for(hint)`` that opens (and caches) one token key per URI, policy and pins checked."""
+    with contextlib.ExitStack() as stack:
+        cache: dict[str, Any] = {}
+
+        def signer_for(hint: str | None) -> Any:
+            uri = uri_for(hint)
+            if uri not in cache:
+                cache[uri] = stack.enter_context(open_key_from_args(args, uri=uri, pins=pins))
+            return cache[uri]
+
+        yield signer_for

@@ -7,9 +7,9 @@ import contextlib
 import os
 from typing import Any
 
+from ..atomic import check_readable
 from ..settings import Settings, effective_mode
 from .common import (
-    check_readable,
     emit,
     file_progress,
     open_key_from_args,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import check_readable, emit, file_progress, open_secret_key_from_args, warn
+from ..atomic import check_readable
+from .common import emit, file_progress, open_secret_key_from_args, warn
 
 EXAMPLE = """\
 examples:

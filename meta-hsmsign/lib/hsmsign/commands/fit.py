@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import os
 from typing import Any
 
@@ -137,115 +135,9 @@ def _help(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def read_input(path: str, what: str) -> bytes:
-    from ..errors import ConfigError
-    from .common import check_readable
-
-    check_readable(path)
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
-
-
-def write_output(path: str, data: bytes) -> None:
-    from ..atomic import write_bytes_atomic
-
-    write_bytes_atomic(path, data)
-
-
-def sign_file(
-    args: Any,
-    path: str,
-    output: str,
-    signer_for: Any,
-    options: Any,
-) -> Any:
-    """Sign the FIT at ``path`` into ``output`` (atomically); returns the SignResult."""
-    from ..formats import fit
-
-    data = read_input(path, "FIT")
-    result = fit.sign_fit(data, signer_for, options, what=os.path.basename(path))
-    result.device_checked = device_check(
-        getattr(args, "fit_check_sign", None),
-        result,
-        lambda name: signer_for(name).public_key(),
-        os.path.basename(path),
-    )
-    write_output(output, result.data)
-    return result
-
-
-def device_check(tool: str | None, result: Any, public_key_for: Any, what: str) -> list[str]:
-    """Check a signed FIT with U-Boot's own ``fit_check_sign`` before it is written.
-
-    The control DTB is made here: every key that signed a configuration as
-    ``required = "conf"``, a key that signed only images as ``"image"``, so the
-    verifier the device runs must accept every configuration. Returns the
-    configurations checked (none when ``tool`` is empty).
-    """
-    import shutil
-    import subprocess
-    import tempfile
-
-    from ..errors import ConfigError, VerificationError
-    from ..formats import fit
-    from ..formats.fdt import Fdt, Node
-
-    if not tool:
-        return []
-    exe = shutil.which(tool)
-    if exe is None:
-        raise ConfigError(
-            f"fit_check_sign '{tool}' is not found",
-            "install U-Boot's tools (Debian u-boot-tools, oe-core u-boot-tools-native) or give its path "
-            "(--fit-check-sign / HSMSIGN_FIT_CHECK_SIGN; empty: hsmsign's own check only)",
-        )
-    kinds: dict[str, tuple[set[str], str]] = {}
-    for item in result.signed:
-        seen, _ = kinds.setdefault(item.key_name, (set(), item.algo.partition(",")[0]))
-        seen.add(item.kind)
-    dtb = Fdt(root=Node(""), strings=bytearray()).to_bytes()
-    for name, (seen, hash_alg) in kinds.items():
-        required = "conf" if "conf" in seen else "image"
-        dtb, _ = fit.add_key(dtb, public_key_for(name), name, hash_alg, required, what="check DTB")
-    tree = Fdt.parse(result.data, what)
-    confs = tree.node(fit.CONFS_PATH)
-    names = [c.name for c in confs.children] if confs is not None else []
-    with tempfile.TemporaryDirectory(prefix="hsmsign-fitcheck-") as tmp:
-        fit_path = os.path.join(tmp, "signed.itb")
-        dtb_path = os.path.join(tmp, "keys.dtb")
-        with open(fit_path, "wb") as fh:
-            fh.write(result.data)
-        with open(dtb_path, "wb") as fh:
-            fh.write(dtb)
-        for conf in names:
-            try:
-                done = subprocess.run(
-                    [exe, "-f", fit_path, "-k", dtb_path, "-c", conf],
-                    capture_output=True,
-                    text=True,
-                    errors="replace",
-                    check=False,
-                    timeout=600,
-                )
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                raise ConfigError(f"cannot run {exe}: {exc}", "check HSMSIGN_FIT_CHECK_SIGN") from exc
-            if done.returncode != 0:
-                lines = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.strip()]
-                raise VerificationError(
-                    f"{what}: U-Boot's fit_check_sign refuses configuration '{conf}' "
-                    f"(exit {done.returncode}): {' / '.join(lines[-3:]) or 'no output'}",
-                    "nothing was written; the device would not boot this FIT. Check FIT_SIGN_ALG and "
-                    "FIT_PAD_ALG against the U-Boot build, and report it if they match",
-                )
-    return names
-
-
 def run_sign(args: Any) -> int:
     from ..formats import fit
-    from .common import emit, open_key_from_args, record, warn
+    from .common import emit, open_key_from_args, warn
 
     output = args.output or args.fit
     options = fit.SignOptions(
@@ -257,16 +149,14 @@ def run_sign(args: Any) -> int:
         image_key_name=args.image_key_name,
     )
     with open_key_from_args(args) as key:
-        result = sign_file(args, args.fit, output, lambda hint: key, options)
-        for item in result.signed:
-            record(
-                args,
-                artifact=output,
-                sha256_hex=hashlib.sha256(result.data).hexdigest(),
-                key=key,
-                mechanism=f"fit:{item.algo}" + (f":{item.padding}" if item.padding else ""),
-                kind="fit",
-            )
+        result = fit.sign_file(
+            args.fit,
+            output,
+            lambda hint: key,
+            options,
+            fit_check_sign=args.fit_check_sign,
+            ledger=args.ledger,
+        )
     for w in result.warnings:
         warn(w)
     lines = [f"signed {output}:"] + [f"  {s.path}  {s.algo}  key {s.key_name}" for s in result.signed]
@@ -297,6 +187,7 @@ def run_sign(args: Any) -> int:
 
 
 def run_add_key(args: Any) -> int:
+    from ..atomic import read_input, write_bytes_atomic
     from ..formats import fit
     from .common import emit, open_key_from_args
 
@@ -314,7 +205,7 @@ def run_add_key(args: Any) -> int:
         required_mode=args.required_mode,
         what=os.path.basename(args.dtb),
     )
-    write_output(output, new)
+    write_bytes_atomic(output, new)
     emit(
         args,
         f"wrote {path} (required: {args.required}) into {output}; key sha256 {fingerprint}",
@@ -324,6 +215,7 @@ def run_add_key(args: Any) -> int:
 
 
 def run_verify(args: Any) -> int:
+    from ..atomic import read_input
     from ..formats import fit
     from .common import emit
 
@@ -339,20 +231,3 @@ def run_verify(args: Any) -> int:
         {"ok": True, "configs": report.configs, "required_keys": report.keys, "checked": report.checked},
     )
     return 0
-
-
-@contextlib.contextmanager
-def keys_by_hint(args: Any, uri_for: Any, pins: list[Any] | None = None) -> Any:
-    """A ``signer_for(hint)`` that opens (and caches) one token key per URI, policy and pins checked."""
-    from .common import open_key_from_args
-
-    with contextlib.ExitStack() as stack:
-        cache: dict[str, Any] = {}
-
-        def signer_for(hint: str | None) -> Any:
-            uri = uri_for(hint)
-            if uri not in cache:
-                cache[uri] = stack.enter_context(open_key_from_args(args, uri=uri, pins=pins))
-            return cache[uri]
-
-        yield signer_for

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getopt
-import hashlib
 import os
 import shutil
 import subprocess
@@ -256,7 +255,7 @@ def run(args: Any) -> int:
         raise ConfigError("mkimage: no image file given", "mkimage [options] IMAGE")
     image = parsed.args[-1]
     if parsed.has("F"):
-        from .common import check_readable
+        from ..atomic import check_readable
 
         check_readable(image)
     directory = os.path.dirname(os.path.abspath(image))
@@ -315,56 +314,36 @@ def key_pins(settings: Any, base: str) -> list[Any]:
 
 
 def _sign_and_keys(parsed: Parsed, image: str, tmp: str) -> None:
-    from ..atomic import write_bytes_atomic
     from ..formats import fit
     from ..settings import Settings
-    from .common import record, warn
-    from .fit import device_check, keys_by_hint, read_input
+    from .common import keys_by_hint, warn
 
     settings = Settings.from_env()
     env_args = _env_args(settings)
-    _, policy_mode = settings.required_policy()
+    _, required_mode = settings.required_policy()
     base = normalise_uri(parsed.values["k"])
-    pins = key_pins(settings, base)
     options = fit.SignOptions(
         algo=parsed.values.get("o"),
         comment=parsed.values.get("c"),
         add_missing=False,  # like mkimage: only the signature nodes the source declares
     )
     keydest = parsed.values.get("K")
-    dtb = read_input(keydest, "key destination DTB") if keydest else None
+    key_dtb = None
+    if keydest:
+        with_r = parsed.has("r")
+        key_dtb = fit.KeyDestination(keydest, lambda kind: settings.required_for(kind, with_r), required_mode)
+    pins = key_pins(settings, base)
     with keys_by_hint(env_args, lambda hint: uri_for_hint(base, hint), pins) as signer_for:
-        data = read_input(tmp, "FIT")
-        result = fit.sign_fit(data, signer_for, options, what=os.path.basename(image))
-        result.device_checked = device_check(
-            settings.fit_check_sign or None,
-            result,
-            lambda name: signer_for(name).public_key(),
-            os.path.basename(image),
+        result = fit.sign_file(
+            tmp,
+            image,
+            signer_for,
+            options,
+            fit_check_sign=settings.fit_check_sign or None,
+            ledger=env_args.ledger,
+            key_dtb=key_dtb,
+            what=os.path.basename(image),
         )
-        if dtb is not None:
-            for item in result.signed:
-                dtb, _ = fit.add_key(
-                    dtb,
-                    signer_for(item.key_name).public_key(),
-                    item.key_name,
-                    item.algo.partition(",")[0],
-                    settings.required_for(item.kind, parsed.has("r")),
-                    required_mode=policy_mode,
-                    what=keydest or "",
-                )
-        write_bytes_atomic(image, result.data)
-        if keydest and dtb is not None:
-            write_bytes_atomic(keydest, dtb)
-        for item in result.signed:
-            record(
-                env_args,
-                artifact=image,
-                sha256_hex=hashlib.sha256(result.data).hexdigest(),
-                key=signer_for(item.key_name),
-                mechanism=f"fit:{item.algo}",
-                kind="fit",
-            )
     for w in result.warnings:
         warn(w)
     for item in result.signed:

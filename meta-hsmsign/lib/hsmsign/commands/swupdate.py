@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import check_readable, emit, open_key_from_args, record
+from ..atomic import check_readable
+from .common import emit, open_key_from_args, record
 
 SIG_MODES = ("cms", "rsa", "rsa-pss")
 

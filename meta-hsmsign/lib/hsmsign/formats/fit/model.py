@@ -1,0 +1,305 @@
+"""The FIT container and what U-Boot hashes in it: images, configurations, regions, algorithms.
+
+What U-Boot checks, and therefore what this package reproduces (U-Boot
+``tools/image-host.c`` for signing, ``boot/image-fit-sig.c`` and
+``boot/fdt_region.c`` for verification, ``doc/usage/fit/signature.rst``):
+
+* Image signature (``/images/<img>/signature*``): the signature is over the
+  image data itself.
+* Configuration signature (``/configurations/<conf>/signature*``): over the
+  regions of the FIT that ``fdt_find_regions`` selects for the node list
+  ``/``, ``/configurations/<conf>``, and for every image the configuration
+  references, the image node and its ``hash*``, ``cipher`` and ``dm-verity``
+  subnodes; properties ``data``, ``data-size``, ``data-position`` and
+  ``data-offset`` are left out; then the strings block, of which the verifier
+  hashes the first ``hashed-strings[1]`` bytes.
+* Which images: since the fix for CVE-2026-46728 the verifier ignores
+  ``hashed-nodes`` and rebuilds the list from *every* property of the
+  configuration except ``description``, ``compatible`` and ``default``,
+  resolving each string to an image. So the signer covers all of them too,
+  whatever ``sign-images`` says (mkimage still covers only ``sign-images``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ...errors import ConfigError
+from ..fdt import Fdt, Node, find_regions, region_bytes
+
+IMAGES_PATH = "/images"
+CONFS_PATH = "/configurations"
+SIG_NODE = "signature"
+HASH_NODE = "hash"
+CIPHER_NODE = "cipher"
+VERITY_NODE = "dm-verity"
+EXCLUDED_PROPS = ("data", "data-size", "data-position", "data-offset")
+NOT_IMAGE_REFS = ("description", "compatible", "default")
+
+
+WELL_KNOWN_IMAGE_PROPS = (
+    "kernel",
+    "fdt",
+    "ramdisk",
+    "firmware",
+    "loadables",
+    "fpga",
+    "setup",
+    "standalone",
+    "script",
+    "tee",
+)
+
+
+# crypto part of 'algo' -> (key type, size in bits, signature length in bytes)
+CRYPTO: dict[str, tuple[str, int, int]] = {
+    "rsa2048": ("rsa", 2048, 256),
+    "rsa3072": ("rsa", 3072, 384),
+    "rsa4096": ("rsa", 4096, 512),
+    "ecdsa256": ("ec", 256, 64),
+    "ecdsa384": ("ec", 384, 96),
+}
+
+
+SIGN_HASHES = ("sha256", "sha384", "sha512")
+VERIFY_HASHES = ("sha1", *SIGN_HASHES)
+PADDINGS = {"pkcs-1.5": "pkcs1v15", "pss": "pss"}
+EC_CURVES = {"secp256r1": "prime256v1", "secp384r1": "secp384r1"}  # cryptography name -> U-Boot name
+DEFAULT_SIG_NAME = "signature-1"
+KEEP = "keep"  # add_key(required=KEEP): leave an existing required property as it is (mkimage without -r)
+
+
+def _align4(n: int) -> int:
+    return (n + 3) & ~3
+
+
+@dataclass
+class Fit:
+    fdt: Fdt
+    raw: bytes
+    totalsize: int
+    what: str = "FIT"
+
+    @classmethod
+    def parse(cls, data: bytes, what: str = "FIT") -> Fit:
+        fdt = Fdt.parse(data, what)
+        total = int.from_bytes(data[4:8], "big")
+        fit = cls(fdt, data, total, what)
+        if fdt.node(IMAGES_PATH) is None:
+            raise ConfigError(
+                f"{what} is a device tree but not a FIT image (no /images node)",
+                "give a FIT built by mkimage -f, or use --dtb for a control DTB",
+            )
+        confs = fdt.node(CONFS_PATH)
+        if confs is None or not confs.children:
+            raise ConfigError(
+                f"{what} has no configurations",
+                "U-Boot verified boot signs configurations: add a /configurations node to the .its",
+            )
+        return fit
+
+    @property
+    def images(self) -> Node:
+        node = self.fdt.node(IMAGES_PATH)
+        if node is None:
+            raise ConfigError(f"{self.what} has no /images node")
+        return node
+
+    @property
+    def configs(self) -> Node:
+        node = self.fdt.node(CONFS_PATH)
+        if node is None:
+            raise ConfigError(f"{self.what} has no /configurations node")
+        return node
+
+    def image_data(self, image: Node) -> bytes:
+        """The data of an image, embedded (``data``) or external (``data-offset``/``data-position``)."""
+        data = image.get("data")
+        if data is not None:
+            return data
+        size = image.get_u32("data-size")
+        offset = image.get_u32("data-offset")
+        position = image.get_u32("data-position")
+        if size is None or (offset is None and position is None):
+            raise ConfigError(
+                f"{self.what}: image '{image.name}' has no data",
+                "an image needs 'data', or 'data-size' with 'data-offset' or 'data-position'",
+            )
+        start = _align4(self.totalsize) + offset if offset is not None else int(position or 0)
+        if start + size > len(self.raw):
+            raise ConfigError(
+                f"{self.what}: external data of image '{image.name}' lies beyond the end of the file",
+                "the FIT is truncated",
+            )
+        return self.raw[start : start + size]
+
+    def to_bytes(self) -> bytes:
+        """The FIT with its (possibly grown) FDT; external data kept where U-Boot will look for it."""
+        blob = self.fdt.to_bytes()
+        positions = [p for _, n in self.images.walk() for p in [n.get_u32("data-position")] if p is not None]
+        tail_start = _align4(self.totalsize)
+        if positions:
+            first = min(positions)
+            if len(blob) > first:
+                raise ConfigError(
+                    f"{self.what}: the signed device tree would overlap the external data at {first}",
+                    "build the FIT with 'mkimage -E' (relative data-offset) instead of '-p', or a larger -p",
+                )
+            return blob + b"\0" * (first - len(blob)) + self.raw[first:]
+        if len(self.raw) > tail_start:
+            return blob + b"\0" * (_align4(len(blob)) - len(blob)) + self.raw[tail_start:]
+        return blob
+
+
+def config_image_refs(fit: Fit, conf: Node, strict: bool = False) -> list[tuple[str, Node]]:
+    """(property, image node) for every image the configuration references, as the verifier finds them.
+
+    U-Boot walks the configuration's properties in order, skips description,
+    compatible and default, reads each as a string list, and resolves each string
+    to a subnode of /images with libfdt's name matching; strings that resolve to
+    nothing are skipped. With ``strict`` (signing), a well-known image property
+    naming a missing image is an error instead.
+    """
+    refs: list[tuple[str, Node]] = []
+    images = fit.images
+    for prop in conf.props:
+        if prop.name in NOT_IMAGE_REFS:
+            continue
+        names = conf.get_strlist(prop.name)
+        if names is None:
+            continue
+        for name in names:
+            image = images.subnode(name)
+            if image is None:
+                if strict and prop.name in WELL_KNOWN_IMAGE_PROPS:
+                    raise ConfigError(
+                        f"{fit.what}: configuration '{conf.name}' names image '{name}' ({prop.name}), "
+                        "which is not in /images",
+                        "fix the .its: every image a configuration names must exist",
+                    )
+                continue
+            refs.append((prop.name, image))
+    return refs
+
+
+def config_hashed_nodes(fit: Fit, conf: Node, strict: bool = False) -> list[str]:
+    """The node list of ``fit_config_get_signed_nodes`` (root, config, images with hash/cipher/verity)."""
+    paths = ["/", f"{CONFS_PATH}/{conf.name}"]
+    refs = config_image_refs(fit, conf, strict)
+    if not refs:
+        raise ConfigError(
+            f"{fit.what}: configuration '{conf.name}' references no image",
+            "a configuration needs at least a kernel or firmware image",
+        )
+    for _prop, image in refs:
+        base = f"{IMAGES_PATH}/{image.name}"
+        paths.append(base)
+        hashes = [c for c in image.children if c.name.startswith(HASH_NODE)]
+        if not hashes:
+            raise ConfigError(
+                f"{fit.what}: image '{image.name}' has no hash node",
+                "add 'hash-1 { algo = \"sha256\"; };' to the image in the .its: a configuration "
+                "signature protects images through their hashes",
+            )
+        paths += [f"{base}/{h.name}" for h in hashes]
+        for special in (CIPHER_NODE, VERITY_NODE):
+            if image.subnode(special) is not None:
+                sub = image.subnode(special)
+                assert sub is not None  # noqa: S101 - checked just above
+                paths.append(f"{base}/{sub.name}")
+    return paths
+
+
+def config_regions(blob: bytes, paths: Iterable[str], strings_size: int | None) -> list[tuple[int, int]]:
+    """Regions to hash for a configuration signature.
+
+    Signing (``strings_size`` None) hashes the whole strings block, like
+    mkimage's ``fdt_find_regions(..., add_string_tab=1)``; verifying hashes the
+    first ``strings_size`` bytes of it, like ``fit_config_check_sig``.
+    """
+    if strings_size is None:
+        return find_regions(blob, paths, EXCLUDED_PROPS, True)
+    regions = find_regions(blob, paths, EXCLUDED_PROPS, False)
+    off_strings = int.from_bytes(blob[12:16], "big")
+    return [*regions, (off_strings, strings_size)]
+
+
+def hash_regions(blob: bytes, regions: Iterable[tuple[int, int]], hash_alg: str) -> bytes:
+    h = hashlib.new(hash_alg)
+    for chunk in region_bytes(blob, regions):
+        h.update(chunk)
+    return h.digest()
+
+
+def parse_algo(text: str, what: str) -> tuple[str, str]:
+    """'sha256,rsa2048' -> ('sha256', 'rsa2048')."""
+    hash_alg, _, crypto = text.partition(",")
+    if hash_alg not in VERIFY_HASHES or crypto not in CRYPTO:
+        raise ConfigError(
+            f"{what}: unsupported algo '{text}'",
+            "use sha256|sha384|sha512 with rsa2048|rsa3072|rsa4096|ecdsa256|ecdsa384, e.g. 'sha256,rsa2048'",
+        )
+    return hash_alg, crypto
+
+
+def crypto_for_key(key_type: str, key_size: int) -> str:
+    name = f"rsa{key_size}" if key_type == "rsa" else f"ecdsa{key_size}" if key_type == "ec" else ""
+    if name not in CRYPTO:
+        raise ConfigError(
+            f"a {key_type.upper()}-{key_size} key cannot sign FIT images",
+            "U-Boot verifies RSA 2048/3072/4096 and ECDSA P-256/P-384",
+        )
+    return name
+
+
+def source_date(timestamp: int | None = None) -> int:
+    """mkimage's ``imagetool_get_source_date``: SOURCE_DATE_EPOCH if set, else now."""
+    if timestamp is not None:
+        return timestamp
+    env = os.environ.get("SOURCE_DATE_EPOCH")
+    if env:
+        try:
+            return int(env)
+        except ValueError as exc:
+            raise ConfigError(
+                f"SOURCE_DATE_EPOCH={env!r} is not a number", "set it to seconds since 1970"
+            ) from exc
+    return int(time.time())
+
+
+def compute_hash_value(algo: str, data: bytes, what: str) -> bytes:
+    if algo == "crc32":
+        return (zlib.crc32(data) & 0xFFFFFFFF).to_bytes(4, "big")
+    if algo in ("md5", "sha1", "sha256", "sha384", "sha512"):
+        return hashlib.new(algo, data).digest()
+    raise ConfigError(
+        f"{what}: hash algo '{algo}' is not supported", "use sha256 (or crc32/md5/sha1/sha384/sha512)"
+    )
+
+
+def update_image_hashes(fit: Fit) -> None:
+    """Recompute every image's hash nodes, as mkimage does before signing."""
+    for image in fit.images.children:
+        if image.subnode(CIPHER_NODE) is not None:
+            continue  # hashes of encrypted images are made by the encryption step
+        data: bytes | None = None
+        for sub in image.children:
+            if not sub.name.startswith(HASH_NODE):
+                continue
+            algo = sub.get_str("algo")
+            if not algo:
+                raise ConfigError(
+                    f"{fit.what}: {IMAGES_PATH}/{image.name}/{sub.name} has no algo", 'add algo = "sha256"'
+                )
+            if data is None:
+                data = fit.image_data(image)
+            fit.fdt.setprop(sub, "value", compute_hash_value(algo, data, f"{fit.what}: image '{image.name}'"))
+
+
+def sig_nodes(node: Node) -> list[Node]:
+    return [c for c in node.children if c.name.startswith(SIG_NODE)]
