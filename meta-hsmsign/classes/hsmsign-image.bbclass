@@ -72,18 +72,13 @@ do_hsmsign_verity[vardeps] += "HSMSIGN_KEY_ID_ROOTFS HSMSIGN_CMD"
 
 do_hsmsign_dmverity[doc] = "Sign the dm-verity root hash of meta-security's dm-verity-img image (detached PKCS#7) with HSM_PKCS11_URI_ROOTFS."
 python do_hsmsign_dmverity() {
-    import glob
-    fstype = d.getVar("DM_VERITY_IMAGE_TYPE")
-    deploy = d.getVar("IMGDEPLOYDIR")
-    # newer meta-security keeps the .env in STAGING_VERITY_DIR, older next to the image
-    candidates = [os.path.join(d.getVar("STAGING_VERITY_DIR") or deploy,
-                               "%s.%s.verity.env" % (d.getVar("DM_VERITY_IMAGE"), fstype))]
-    candidates += sorted(glob.glob(os.path.join(deploy, "*.%s.verity.env" % fstype)), key=os.path.getmtime)
-    params = next((p for p in candidates if os.path.isfile(p)), None)
-    images = [p for p in glob.glob(os.path.join(deploy, "*.%s.verity" % fstype)) if not os.path.islink(p)]
-    if params is None or not images:
-        bb.fatal("meta-hsmsign: dm-verity-img left no %s.verity image and .verity.env in %s" % (fstype, deploy))
-    real = max(images, key=os.path.getmtime)
+    # which .verity.env and .verity image: hsmsign.bitbake.dmverity_inputs (unit-tested)
+    try:
+        params, real = hsmsign.bitbake.dmverity_inputs(
+            d.getVar("IMGDEPLOYDIR"), d.getVar("STAGING_VERITY_DIR") or "",
+            d.getVar("DM_VERITY_IMAGE"), d.getVar("DM_VERITY_IMAGE_TYPE"))
+    except hsmsign.bitbake.TaskError as exc:
+        bb.fatal("meta-hsmsign: %s" % exc)
     hsmsign_sign_root_hash(d, params, real)
 }
 do_hsmsign_dmverity[vardeps] += "HSMSIGN_KEY_ID_ROOTFS HSMSIGN_CMD"

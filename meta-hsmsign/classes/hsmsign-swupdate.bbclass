@@ -49,44 +49,21 @@ python hsmsign_swupdate_token_aes() {
     hsmsign_swupdate_use_token(d)
 }
 
+# The helpers themselves (key-file refusal, IVs, encryption) are hsmsign.bitbake.SwupdateTokenAes,
+# unit-tested; a layer test fails when meta-swupdate renames the functions they replace. They stay
+# an override of BitBake's function context: a bbappend cannot reach every swupdate image recipe.
 def hsmsign_swupdate_use_token(d):
-    import secrets
-    marker = d.getVar("SWUPDATE_AES_FILE")
     uri = hsmsign.bitbake.signing_uri(d, "ENCRYPT")
-    bundle_iv = d.getVar("HSMSIGN_SWUPDATE_IVT") or secrets.token_hex(16)
-    d.setVar("HSMSIGN_SWUPDATE_IVT", bundle_iv)
-
-    def extract_keys(path):
-        # meta-swupdate's swupdate_extract_keys(SWUPDATE_AES_FILE): no key leaves the token
-        if path != marker:
-            bb.fatal("hsmsign: meta-swupdate asked for AES key file %s; with HSM_PKCS11_URI_ENCRYPT the key "
-                     "stays in the token (do not set SWUPDATE_AES_FILE)" % path)
-        return marker, bundle_iv
-
     context = bb.utils.get_context()
-    # scarthgap's meta-swupdate has no swupdate_get_IV: every file gets the IV of
-    # swupdate_extract_keys there, so $swupdate_get_IV(<file>) must give that one too
-    per_file = "swupdate_get_IV" in context
-
-    def get_iv(data, s, filename):
-        # a fresh IV per file (what meta-swupdate's swupdate_get_unique_IV does), the
-        # device's IV for sw-description itself
-        if filename == "sw-description" or not per_file:
-            return bundle_iv
-        iv = data.getVarFlag("SWUPDATE_IV", filename)
-        if not iv:
-            iv = secrets.token_hex(16)
-            data.setVarFlag("SWUPDATE_IV", filename, iv)
-        return iv
-
-    def encrypt_file(src, out, key, ivt):
-        if key != marker:
-            bb.fatal("hsmsign: refusing to encrypt %s with a key that is not the token's" % src)
-        hsmsign_run(d, ["encrypt", "--uri", uri, "--in", src, "--out", out, "--iv", ivt], "ENCRYPT")
-
-    context["swupdate_extract_keys"] = extract_keys
-    context["swupdate_get_IV"] = get_iv
-    context["swupdate_encrypt_file"] = encrypt_file
+    helpers = hsmsign.bitbake.SwupdateTokenAes(
+        d.getVar("SWUPDATE_AES_FILE"), d.getVar("HSMSIGN_SWUPDATE_IVT") or "",
+        # scarthgap's meta-swupdate has no swupdate_get_IV: every file gets the bundle IV there
+        "swupdate_get_IV" in context,
+        lambda src, out, iv: hsmsign_run(d, ["encrypt", "--uri", uri, "--in", src, "--out", out, "--iv", iv],
+                                         "ENCRYPT"),
+        bb.fatal)
+    d.setVar("HSMSIGN_SWUPDATE_IVT", helpers.bundle_iv)
+    context.update(helpers.overrides())
 
 def hsmsign_swupdate_encryption(d):
     """Hook token encryption into do_swuimage when the recipe asks meta-swupdate to encrypt."""
@@ -110,25 +87,12 @@ def hsmsign_swupdate_encryption(d):
     if lock and lock != hsmsign.bitbake.lockfile(d, "SWUPDATE"):
         d.appendVarFlag("do_swuimage", "lockfiles", " " + lock)
 
-def hsmsign_swupdate_tool(d):
-    q = hsmsign.bitbake.quote
-    workdir = d.getVar("HSMSIGN_SWUPDATE_DIR")
-    sw_desc = os.path.join(workdir, "sw-description.plain" if d.getVar("SWUPDATE_ENCRYPT_SWDESC") else "sw-description")
-    args = [d.getVar("HSMSIGN_CMD"), "swupdate", "sign",
-            "--uri", q(hsmsign.bitbake.signing_uri(d, "SWUPDATE")),
-            "--signing-mode", q(d.getVar("HSMSIGN_SWUPDATE_MODE"))]
-    cert = d.getVar("HSMSIGN_SWUPDATE_CERT")
-    if cert and d.getVar("HSMSIGN_SWUPDATE_MODE") == "cms":
-        args += ["--cert", q(cert)]
-    args += ["--output", q(os.path.join(workdir, "sw-description.sig")), q(sw_desc)]
-    return " ".join(args)
-
 # nooelint: oelint.task.noanonpython - the hooks depend on what the recipe inherits (inherits_class), known only after parsing
 python () {
     if not hsmsign.bitbake.enabled(d) or not bb.data.inherits_class("swupdate-common", d):
         return
     d.setVar("SWUPDATE_SIGNING", "CUSTOM")
-    d.setVar("SWUPDATE_SIGN_TOOL", hsmsign_swupdate_tool(d))
+    d.setVar("SWUPDATE_SIGN_TOOL", hsmsign.bitbake.swupdate_sign_tool(d))
     if d.getVar("do_swuimage", False) is not None:
         hsmsign_hook_task(d, "do_swuimage", "SWUPDATE")
         hsmsign_swupdate_encryption(d)

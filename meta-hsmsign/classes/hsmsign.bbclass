@@ -200,9 +200,6 @@ python hsmsign_prepare_env() {
         env = hsmsign.bitbake.child_env(d, d.getVar("BB_ORIGENV", False), role)
     except hsmsign.bitbake.TaskError as exc:
         bb.fatal(str(exc))
-    mkimage = d.getVar("UBOOT_MKIMAGE")
-    if mkimage:
-        env["HSMSIGN_MKIMAGE"] = mkimage
     os.environ.update(env)
 }
 hsmsign_prepare_env[vardepsexclude] = "BB_ORIGENV BB_CURRENTTASK"

@@ -12,11 +12,12 @@ development keys only, and the URIs point at the PIN file with pin-source.
 
 from __future__ import annotations
 
+import glob
 import os
 import secrets
 import shutil
 import subprocess
-from typing import Any
+from typing import Any, Callable
 
 from . import roles
 from .errors import ConfigError, TokenError
@@ -28,14 +29,43 @@ ROLES: dict[str, tuple[str, str]] = {r.name.lower(): (r.dev_label, r.key_type) f
 ROLE_VARIABLES: dict[str, str] = {r.name.lower(): r.variable for r in roles.ROLE_TABLE}
 
 
+# Where SoftHSM's module is installed (Debian/Ubuntu, multiarch, /usr/local builds, Fedora), in order.
+SOFTHSM_MODULES: tuple[str, ...] = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/*/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+    "/usr/lib64/pkcs11/libsofthsm2.so",
+)
+
+
+def softhsm_module() -> str | None:
+    """The first SoftHSM module installed, or None."""
+    for pattern in SOFTHSM_MODULES:
+        hits = sorted(glob.glob(pattern))
+        if hits:
+            return hits[0]
+    return None
+
+
+def dev_home(explicit: str, getenv: Callable[[str], str | None]) -> str:
+    """Where the development token lives: ``explicit`` (``HSMSIGN_DEV_HOME``), else
+    ``$XDG_DATA_HOME/hsmsign/dev-token``, else ``~/.local/share/hsmsign/dev-token``.
+
+    ``getenv`` reads the environment that counts: this process's for ``hsmsign dev-init``,
+    BitBake's client environment (``BB_ORIGENV``) for the layer's default URI.
+    """
+    if explicit:
+        return explicit
+    base = getenv("XDG_DATA_HOME") or ""
+    if not base:
+        base = os.path.join(getenv("HOME") or os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "hsmsign", "dev-token")
+
+
 def default_dir() -> str:
     from .settings import Settings
 
-    explicit = Settings.from_env(check=False).dev_home
-    if explicit:
-        return explicit
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "hsmsign", "dev-token")
+    return dev_home(Settings.from_env(check=False).dev_home, os.environ.get)
 
 
 def _write_secret(path: str, value: str) -> None:
@@ -50,7 +80,7 @@ def init(directory: str | None = None, module: str | None = None) -> dict[str, A
     from .uri import Pkcs11Uri
 
     directory = os.path.abspath(directory or default_dir())
-    module = module or token.default_softhsm_module()
+    module = module or softhsm_module()
     if not module or not os.path.exists(module):
         raise ConfigError(
             "SoftHSMv2 is not installed (libsofthsm2.so not found)",

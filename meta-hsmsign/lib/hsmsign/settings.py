@@ -17,11 +17,13 @@ drop-in (whose command line belongs to mkimage) read it back with
   ``HSMSIGN_FIT_REQUIRED_MODE`` (``all``, ``any``);
 * ``HSMSIGN_FIT_CHECK_SIGN``, ``HSMSIGN_LEDGER``, ``HSM_PKCS11_MODULE`` and
   ``HSMSIGN_PIN_ENV`` (the NAME of the variable holding the PIN; the PIN itself
-  is never part of the settings).
+  is never part of the settings);
+* ``HSMSIGN_MKIMAGE``: U-Boot's own mkimage behind the drop-in (the task's
+  ``UBOOT_MKIMAGE``, oe-core's uboot-mkimage).
 
 The defaults of the CLI's options come from here too (``HSM_PKCS11_URI``,
 ``HSMSIGN_DENYLIST``, ``HSMSIGN_ALLOW_SOFTWARE_TOKEN``, ``HSMSIGN_FIT_KEY_NAME``,
-``HSMSIGN_MKIMAGE``, ``HSMSIGN_AUDIT_ALLOWLIST``, ``HSMSIGN_SOFTHSM_MODULE``,
+``HSMSIGN_AUDIT_ALLOWLIST``, ``HSMSIGN_SOFTHSM_MODULE``,
 ``HSMSIGN_DEV_HOME``): no other module reads an ``HSMSIGN_*`` variable from the
 environment. Those are the user's, not the task's, so ``names()`` leaves them out.
 
@@ -47,6 +49,7 @@ ALLOW_SOFTWARE_ENV = "HSMSIGN_ALLOW_SOFTWARE_TOKEN"
 FIT_REQUIRED_ENV = "HSMSIGN_FIT_REQUIRED"
 FIT_REQUIRED_MODE_ENV = "HSMSIGN_FIT_REQUIRED_MODE"
 FIT_CHECK_SIGN_ENV = "HSMSIGN_FIT_CHECK_SIGN"
+MKIMAGE_ENV = "HSMSIGN_MKIMAGE"  # U-Boot's mkimage behind the drop-in (the task's UBOOT_MKIMAGE)
 REQUIRED_VALUES: tuple[str, ...] = ("conf", "image", "none")
 REQUIRED_MODES: tuple[str, ...] = ("all", "any")
 ROLE_ENV = "HSMSIGN_ROLE"
@@ -227,7 +230,7 @@ class Settings:
             denylist=get(DENYLIST_ENV),
             allow_software_token=get(ALLOW_SOFTWARE_ENV) == "1",
             fit_key_name=get("HSMSIGN_FIT_KEY_NAME"),
-            mkimage=get("HSMSIGN_MKIMAGE"),
+            mkimage=get(MKIMAGE_ENV),
             audit_allowlist=get("HSMSIGN_AUDIT_ALLOWLIST"),
             softhsm_module=get("HSMSIGN_SOFTHSM_MODULE"),
             dev_home=get("HSMSIGN_DEV_HOME"),
@@ -248,6 +251,7 @@ class Settings:
             FIT_REQUIRED_ENV: self.fit_required,
             FIT_REQUIRED_MODE_ENV: self.fit_required_mode,
             FIT_CHECK_SIGN_ENV: self.fit_check_sign,
+            MKIMAGE_ENV: self.mkimage,
         }
         env.update(self.fingerprints)
         env.update({roles.BY_NAME[name].variable: uri for name, uri in self.role_uris.items()})

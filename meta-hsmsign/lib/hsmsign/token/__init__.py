@@ -13,11 +13,11 @@ Standard library only at import: python-pkcs11 and cryptography load on first us
 
 from __future__ import annotations
 
+from ..devtoken import softhsm_module as default_softhsm_module  # the development token owns it
 from .keys import DEV_KEY_PREFIX, TokenKey, TokenSecretKey, open_key, open_secret_key
 from .listing import list_keys, list_tokens
 from .modules import (
     PKCS11_FAILURES,
-    default_softhsm_module,
     is_loaded,
     load_module,
     p11kit_config_dirs,

@@ -8,7 +8,6 @@ itself (its import, its error names across releases, its cleanup noise).
 
 from __future__ import annotations
 
-import glob
 import os
 import platform
 from typing import Any
@@ -106,19 +105,6 @@ def resolve_module(uri: Pkcs11Uri, module: str | None = None) -> str:
         "no PKCS#11 module given and p11-kit-proxy is not installed",
         f"set {MODULE_ENV}=/path/to/module.so, add ?module-path=... to the URI, or install p11-kit-modules",
     )
-
-
-def default_softhsm_module() -> str | None:
-    for pattern in (
-        "/usr/lib/softhsm/libsofthsm2.so",
-        "/usr/lib/*/softhsm/libsofthsm2.so",
-        "/usr/local/lib/softhsm/libsofthsm2.so",
-        "/usr/lib64/pkcs11/libsofthsm2.so",
-    ):
-        hits = sorted(glob.glob(pattern))
-        if hits:
-            return hits[0]
-    return None
 
 
 def _pkcs11() -> Any:

@@ -1,23 +1,18 @@
-"""The BitBake side of meta-hsmsign: the only module that knows BitBake datastores.
+"""Parse time: what the classes ask while BitBake parses, and the checks that stop a bad configuration.
 
-Standard library only: BitBake imports it at parse time (``addpylib``) with the
-host Python, where python-pkcs11 and cryptography are absent. The classes call
-these functions as ``hsmsign.bitbake.NAME(d, ...)``. A datastore here is anything
-with ``getVar(name, expand=True)`` (BitBake's ``d``, or the dict-backed one the
-unit tests use); nothing here imports ``bb``: what to do with a problem (fatal,
+Standard library only (BitBake imports it with the host Python, where python-pkcs11
+and cryptography are absent; ``tests/unit/test_parse_time.py`` holds it to that).
+A datastore here is anything with ``getVar(name, expand=True)`` (BitBake's ``d``,
+or ``DictData``); nothing here imports ``bb``: what to do with a problem (fatal,
 warn) is the class's decision.
-
-What this module owns:
 
 * the role URIs (``HSM_PKCS11_URI_<ROLE>``) and the key identity that goes into
   task hashes: the URI without PIN source or module (``Pkcs11Uri.identity``)
   and the pinned public-key fingerprint (``HSMSIGN_PUBKEY_SHA256[_<ROLE>]``);
 * the parse-time checks: no ``pin-value``, no private key, no key-file
-  variable, a well-formed URI, a sane mode;
-* the child environment of a signing step: the PIN is read at task run time
-  from the client's environment (``BB_ORIGENV``) and handed to the child in its
-  environment, never in argv, a variable, a ``run.do_*`` script or sigdata;
-* the signing command (``HSMSIGN_CMD``) and the per-token lock file.
+  variable, a well-formed URI, a sane mode (``hsmsign.secrets`` defines a secret);
+* the FIT key names, the per-token lock file, the development token's default URI;
+* the command line meta-swupdate runs as ``SWUPDATE_SIGN_TOOL``.
 """
 
 from __future__ import annotations
@@ -27,25 +22,31 @@ import hashlib
 import os
 import re
 import shlex
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import roles, secrets
-from .errors import HsmsignError
-from .settings import ENV_NAME, LAYER_VARIABLES, MODES, Settings, required_problems
+from .. import devtoken, roles, secrets
+from ..errors import HsmsignError
+from ..settings import ENV_NAME, LAYER_VARIABLES, MODES, required_problems
+from ..uri import Pkcs11Uri
 
 # the key roles and their fallbacks: hsmsign.roles (one table for the library, classes and docs)
 ROLES: tuple[str, ...] = roles.ROLES
+
+
 FIT_ROLES: tuple[str, ...] = roles.FIT_ROLES  # tasks that sign FITs for U-Boot and SPL
+
+
 # what a FIT signing task's output depends on besides the key (its [vardeps])
 FIT_VARDEPS = " ".join([*LAYER_VARIABLES.values(), "HSMSIGN_FIT_CHECK_SIGN"])
+
 
 KEYDIR_VARIABLES = secrets.KEYDIR_VARIABLES
 KEYFILE_VARIABLES = secrets.KEYFILE_VARIABLES
 # Variables that generate private keys into the build tree.
 KEYGEN_VARIABLES: tuple[str, ...] = ("FIT_GENERATE_KEYS", "UBOOT_FIT_GENERATE_KEYS", "SPL_GENERATE_KEYS")
+
 
 # The leak scanner's own patterns (hsmsign.secrets, standard library only): one definition of a secret.
 _PIN_VALUE = re.compile(re.escape(secrets.URI_PIN_ATTR.decode()), re.IGNORECASE)
@@ -54,14 +55,10 @@ _PIN_VALUE = re.compile(re.escape(secrets.URI_PIN_ATTR.decode()), re.IGNORECASE)
 def _has_private_key(text: str) -> bool:
     return secrets.PRIVATE_KEY_HEADER.search(text.encode("utf-8", "replace")) is not None
 
+
 _SHA256 = re.compile(r"^(?:sha256:)?[0-9a-fA-F]{64}$")
-SOFTHSM_MODULES = (
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/lib64/pkcs11/libsofthsm2.so",
-    "/usr/local/lib/softhsm/libsofthsm2.so",
-)
+
+
 
 
 class Datastore(Protocol):
@@ -79,10 +76,6 @@ class Problem:
 
     def format(self) -> str:
         return f"meta-hsmsign: {self.variable}: {self.message}\n  what to do: {self.fix}"
-
-
-class TaskError(Exception):
-    """A signing step failed; the message is safe to print (no PIN)."""
 
 
 class DictData:
@@ -104,9 +97,6 @@ class DictData:
 def _get(d: Datastore, name: str) -> str:
     value = d.getVar(name)
     return "" if value is None else str(value).strip()
-
-
-# --- mode, enable, role URIs --------------------------------------------------
 
 
 def mode(d: Datastore) -> str:
@@ -134,8 +124,6 @@ def role_uri(d: Datastore, role: str) -> str:
 
 
 def _parse_uri(text: str) -> Any:
-    from .uri import Pkcs11Uri
-
     return Pkcs11Uri.parse(text)
 
 
@@ -145,7 +133,7 @@ def uri_identity(text: str) -> str:
         return ""
     try:
         return str(_parse_uri(text).identity())
-    except Exception:  # noqa: BLE001 - a broken URI is reported by check_config
+    except HsmsignError:  # a broken URI is reported by check_config
         # never fall back to the raw text: it may hold a pin-value
         return "invalid-uri:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -184,7 +172,7 @@ def key_name(d: Datastore, role: str) -> str:
     if text:
         try:
             label = str(getattr(_parse_uri(text), "object", "") or "")
-        except Exception:  # noqa: BLE001 - reported by check_config
+        except HsmsignError:  # reported by check_config
             label = ""
     return label or "hsmsign-" + role.lower()
 
@@ -194,7 +182,9 @@ def signing_uri(d: Datastore, role: str) -> str:
     return role_uri(d, role)
 
 
-# --- development token ------------------------------------------------------------
+def img_key_name(d: Datastore) -> str:
+    """Image signatures' ``key-name-hint`` (FIT_SIGN_INDIVIDUAL): UBOOT_SIGN_IMG_KEYNAME, else <conf>-img."""
+    return _get(d, "UBOOT_SIGN_IMG_KEYNAME") or key_name(d, "FITIMAGE") + "-img"
 
 
 def _env_get(env: Any, name: str) -> str | None:
@@ -208,23 +198,9 @@ def _env_get(env: Any, name: str) -> str | None:
 
 
 def dev_home(d: Datastore, origenv: Any = None) -> str:
-    """Where ``hsmsign dev-init`` keeps the development token (outside TMPDIR)."""
+    """Where ``hsmsign dev-init`` keeps the development token (outside TMPDIR): ``devtoken.dev_home``."""
     explicit = _get(d, "HSMSIGN_DEV_HOME") or (_env_get(origenv, "HSMSIGN_DEV_HOME") or "")
-    if explicit:
-        return explicit
-    base = _env_get(origenv, "XDG_DATA_HOME") or ""
-    if not base:
-        home = _env_get(origenv, "HOME") or os.path.expanduser("~")
-        base = os.path.join(home, ".local", "share")
-    return os.path.join(base, "hsmsign", "dev-token")
-
-
-def softhsm_module() -> str:
-    for path in SOFTHSM_MODULES:
-        if os.path.exists(path):
-            return path
-    found = sorted(glob.glob("/usr/lib/*/softhsm/libsofthsm2.so"))
-    return found[0] if found else SOFTHSM_MODULES[0]
+    return devtoken.dev_home(explicit, lambda name: _env_get(origenv, name))
 
 
 def dev_default_uri(d: Datastore, origenv: Any = None) -> str:
@@ -236,14 +212,11 @@ def dev_default_uri(d: Datastore, origenv: Any = None) -> str:
     if _get(d, "HSMSIGN_MODE") != "development":
         return ""
     home = dev_home(d, origenv)
-    module = _get(d, "HSMSIGN_DEV_MODULE") or softhsm_module()
+    module = _get(d, "HSMSIGN_DEV_MODULE") or devtoken.softhsm_module() or devtoken.SOFTHSM_MODULES[0]
     return (
         "pkcs11:token=hsmsign-dev;object=dev-signing"
         f"?module-path={module}&pin-source=file:{os.path.join(home, 'user-pin')}"
     )
-
-
-# --- parse-time checks ------------------------------------------------------------------
 
 
 def check_value(name: str, value: str, prod: bool) -> Problem | None:
@@ -351,8 +324,8 @@ def check_config(d: Datastore, names: Sequence[str] | None = None) -> list[Probl
     for name in scan:
         try:
             value = _get(d, name)
-        except Exception:  # noqa: BLE001, S112 - a variable that does not expand is not ours to judge
-            continue
+        except Exception:  # noqa: BLE001, S112 - BitBake's ExpansionError (no bb import here): a
+            continue  # variable that does not expand is reported by BitBake itself, not ours to judge
         problem = check_value(name, value, prod)
         if problem is not None:
             problems.append(problem)
@@ -362,7 +335,7 @@ def check_config(d: Datastore, names: Sequence[str] | None = None) -> list[Probl
         if text and not _PIN_VALUE.search(text):
             try:
                 _parse_uri(text)
-            except Exception as exc:  # noqa: BLE001
+            except HsmsignError as exc:
                 problems.append(
                     Problem(
                         name,
@@ -418,112 +391,10 @@ def check_fit_policy(d: Datastore, prod: bool) -> list[Problem]:
     ]
 
 
-def img_key_name(d: Datastore) -> str:
-    """Image signatures' ``key-name-hint`` (FIT_SIGN_INDIVIDUAL): UBOOT_SIGN_IMG_KEYNAME, else <conf>-img."""
-    return _get(d, "UBOOT_SIGN_IMG_KEYNAME") or key_name(d, "FITIMAGE") + "-img"
-
-
-def verity_root_hash(path: str) -> str:
-    """The root hash in meta-oe's ``.verity-params`` (VERITY_ROOT_HASH=) or meta-security's
-    ``.verity.env`` (ROOT_HASH=, from ``veritysetup format``); raises TaskError otherwise."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            lines = fh.read().splitlines()
-    except OSError as exc:
-        raise TaskError(f"cannot read the dm-verity parameters {path}: {exc.strerror}") from exc
-    for line in lines:
-        key, _, value = line.strip().partition("=")
-        value = value.strip().strip("'\"")
-        if key in ("VERITY_ROOT_HASH", "ROOT_HASH") and re.fullmatch(r"[0-9a-fA-F]{64,128}", value):
-            return value.lower()
-    raise TaskError(
-        f"no root hash (VERITY_ROOT_HASH= or ROOT_HASH=, 64+ hex digits) in {path}: "
-        "the verity image class changed its output; report it with the file attached"
-    )
-
-
-# --- run time: environment, command, lock -----------------------------------------------
-
-
-def command(d: Datastore) -> list[str]:
-    """``HSMSIGN_CMD`` split like a shell would (default: hsmsign from hsmsign-native)."""
-    return shlex.split(_get(d, "HSMSIGN_CMD") or "hsmsign")
-
-
-def child_env(d: Datastore, origenv: Any, role: str = "") -> dict[str, str]:
-    """Variables to add to a signing child's environment.
-
-    The PIN: when ``HSMSIGN_PIN_ENV`` names a variable, its value is read from
-    the client's environment (``BB_ORIGENV``) here, at task run time, and put in
-    the child's environment under the same name; ``hsmsign --pin-env NAME``
-    (``HSMSIGN_PIN_ENV`` for the mkimage drop-in) reads it there. It never
-    becomes a datastore variable, an argument or a line of a run script.
-
-    The settings the child reads (mode, role, pinned fingerprints, FIT policy,
-    ledger, module, PIN variable name) are a ``hsmsign.settings.Settings``: built
-    here, handed over with ``to_env()``, read back with ``Settings.from_env()``.
-    The pins go as the user wrote them (``HSMSIGN_PUBKEY_SHA256[_<ROLE>]``) with
-    the role (``HSMSIGN_ROLE``), so the child applies the role's pin, and a FIT task
-    also gets the FIT roles' URIs: one U-Boot task signs with two roles' keys.
-    """
-    uri = role_uri(d, role) if role else _get(d, "HSM_PKCS11_URI")
-    fit = role in FIT_ROLES
-    env: dict[str, str] = {}
-    pin_env = _get(d, "HSMSIGN_PIN_ENV")
-    handed_pin_env = ""
-    if pin_env:
-        pin = _env_get(origenv, pin_env)
-        if pin is None:
-            if "pin-source=" not in uri:
-                raise TaskError(
-                    f"HSMSIGN_PIN_ENV = {pin_env}, but {pin_env} is not set in the environment "
-                    "BitBake was started from: export it (from the CI secret store) before "
-                    "running bitbake/kas, or use ?pin-source=file:PATH in the URI"
-                )
-        else:
-            env[pin_env] = pin
-            handed_pin_env = pin_env
-    try:
-        settings = Settings(
-            mode=mode(d),
-            role=role.upper(),
-            fingerprints={
-                r.pin_variable: _get(d, r.pin_variable) for r in roles.ROLE_TABLE if _get(d, r.pin_variable)
-            },
-            role_uris={r: role_uri(d, r) for r in FIT_ROLES if role_uri(d, r)} if fit else {},
-            uri=uri,
-            module=_get(d, "HSM_PKCS11_MODULE"),
-            pin_env=handed_pin_env,
-            ledger=_get(d, "HSMSIGN_LEDGER"),
-            # read by 'hsmsign mkimage' (oe-core owns its command line) and 'hsmsign fit sign'
-            fit_required=_get(d, LAYER_VARIABLES["fit_required"]) if fit else "",
-            fit_required_mode=_get(d, LAYER_VARIABLES["fit_required_mode"]) if fit else "",
-            fit_check_sign=_get(d, "HSMSIGN_FIT_CHECK_SIGN") if fit else "",
-        )
-    except HsmsignError as exc:  # the parse-time checks name the variable; this is the last guard
-        raise TaskError(exc.message + (f"; {exc.hint}" if exc.hint else "")) from exc
-    env.update(settings.to_env())
-    if mode(d) == "development":
-        conf = _get(d, "HSMSIGN_SOFTHSM2_CONF") or _env_get(origenv, "SOFTHSM2_CONF") or ""
-        if not conf:
-            candidate = os.path.join(dev_home(d, origenv), "softhsm2.conf")
-            conf = candidate if os.path.exists(candidate) else ""
-        if conf:
-            env["SOFTHSM2_CONF"] = conf
-    elif _env_get(origenv, "SOFTHSM2_CONF"):
-        # production refuses SoftHSM tokens anyway; pass it so the refusal is the policy's
-        env["SOFTHSM2_CONF"] = str(_env_get(origenv, "SOFTHSM2_CONF"))
-    for name in ("P11_KIT_SERVER_ADDRESS",):
-        value = _env_get(origenv, name)
-        if value:
-            env[name] = value
-    return env
-
-
 def token_label(uri: str) -> str:
     try:
         parsed = _parse_uri(uri)
-    except Exception:  # noqa: BLE001
+    except HsmsignError:  # reported by check_config
         return ""
     return str(getattr(parsed, "token", "") or getattr(parsed, "serial", "") or "")
 
@@ -541,86 +412,26 @@ def lockfile(d: Datastore, role: str) -> str:
     return os.path.join(lockdir, f"hsmsign-token-{safe}.lock") if lockdir else ""
 
 
-def redact(text: str) -> str:
-    """Command lines and output as a task shows them: ``hsmsign.secrets.redact``."""
-    return secrets.redact(text)
-
-
-def run(
-    d: Datastore,
-    args: Sequence[str],
-    role: str = "",
-    origenv: Any = None,
-    base_env: Mapping[str, str] | None = None,
-    cwd: str | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``HSMSIGN_CMD ARGS`` with the child environment; raise TaskError on failure.
-
-    Every way the command can fail ends in one TaskError line naming what to fix
-    (``HSMSIGN_CMD`` when it cannot run), followed by the command's own error lines.
-    """
-    env = dict(os.environ if base_env is None else base_env)
-    for name in Settings.names():  # the task's settings replace any inherited ones
-        env.pop(name, None)
-    env.update(child_env(d, origenv, role))
-    argv = command(d) + list(args)
-    if not argv:
-        raise TaskError('HSMSIGN_CMD is empty: leave it unset (hsmsign from hsmsign-native) or set a command')
-    shown = redact(shlex.join(argv))
-    try:
-        done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
-    except FileNotFoundError as exc:
-        raise TaskError(
-            f"HSMSIGN_CMD: {argv[0]} not found (PATH of the task, or a missing interpreter): build "
-            "hsmsign-native (the classes depend on it when HSMSIGN_CMD is 'hsmsign') or set HSMSIGN_CMD "
-            "to a command that exists"
-        ) from exc
-    except PermissionError as exc:
-        raise TaskError(
-            f"HSMSIGN_CMD: {argv[0]} cannot be run by the build user ({exc.strerror}): make it and its "
-            "interpreter readable and executable, or set HSMSIGN_CMD to another command"
-        ) from exc
-    except OSError as exc:
-        raise TaskError(
-            f"HSMSIGN_CMD: {argv[0]} cannot be run ({exc.strerror or exc}): set HSMSIGN_CMD to a working "
-            "hsmsign command"
-        ) from exc
-    output = redact(done.stderr.strip() or done.stdout.strip())
-    if done.returncode < 0:
-        import signal
-
-        try:
-            name = signal.Signals(-done.returncode).name
-        except ValueError:
-            name = f"signal {-done.returncode}"
-        raise TaskError(
-            f"'{shown}' was killed by {name}: nothing was signed; if the build was not being "
-            "stopped, check the machine's memory (OOM killer) and the token, then run the task again"
-            + (f"\n{output}" if output else "")
-        )
-    if done.returncode != 0:
-        raise TaskError(
-            f"'{shown}' failed with exit code {done.returncode} "
-            f"({_EXIT_FAMILY.get(done.returncode, 'see below')})"
-            + (f":\n{output}" if output else "")
-        )
-    return done
-
-
-# hsmsign's exit codes (hsmsign.errors.EXIT_CODES, docs/reference/exit-codes.md), named in task errors
-_EXIT_FAMILY = {
-    1: "internal error in hsmsign",
-    2: "configuration error",
-    3: "token error",
-    4: "policy refusal",
-    5: "signing error",
-    6: "verification error",
-    126: "HSMSIGN_CMD cannot be executed",
-    127: "HSMSIGN_CMD or its interpreter not found",
-    130: "interrupted",
-}
-
-
 def quote(text: str) -> str:
     """Shell-quote a value for the command strings other layers run with a shell."""
     return shlex.quote(text)
+
+
+def swupdate_sign_tool(d: Datastore) -> str:
+    """``SWUPDATE_SIGN_TOOL``: the command meta-swupdate runs (through a shell) to sign sw-description.
+
+    ``HSMSIGN_SWUPDATE_DIR`` is where do_swuimage keeps sw-description and expects
+    sw-description.sig (``${S}`` on scarthgap, ``${WORKDIR}`` from wrynose on); with an
+    encrypted sw-description the plain one is signed. Every value is shell-quoted.
+    """
+    workdir = _get(d, "HSMSIGN_SWUPDATE_DIR")
+    plain = "sw-description.plain" if _get(d, "SWUPDATE_ENCRYPT_SWDESC") else "sw-description"
+    signing_mode = _get(d, "HSMSIGN_SWUPDATE_MODE")
+    args = [_get(d, "HSMSIGN_CMD"), "swupdate", "sign", "--uri", quote(signing_uri(d, "SWUPDATE")),
+            "--signing-mode", quote(signing_mode)]
+    cert = _get(d, "HSMSIGN_SWUPDATE_CERT")
+    if cert and signing_mode == "cms":
+        args += ["--cert", quote(cert)]
+    args += ["--output", quote(os.path.join(workdir, "sw-description.sig"))]
+    args += [quote(os.path.join(workdir, plain))]
+    return " ".join(args)

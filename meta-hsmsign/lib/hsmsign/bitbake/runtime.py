@@ -1,0 +1,290 @@
+"""Task time: the signing child's environment and command, and what tasks read from other layers' output.
+
+Standard library only, like the parse-time half (BitBake imports both with the
+package). The PIN is read at task run time from the client's environment
+(``BB_ORIGENV``) and handed to the child in its environment, never in argv, a
+variable, a ``run.do_*`` script or sigdata.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
+
+from .. import roles, secrets
+from ..errors import HsmsignError
+from ..settings import LAYER_VARIABLES, Settings
+from .checks import FIT_ROLES, Datastore, _env_get, _get, dev_home, mode, role_uri
+
+
+class TaskError(Exception):
+    """A signing step failed; the message is safe to print (no PIN)."""
+
+
+def verity_root_hash(path: str) -> str:
+    """The root hash in meta-oe's ``.verity-params`` (VERITY_ROOT_HASH=) or meta-security's
+    ``.verity.env`` (ROOT_HASH=, from ``veritysetup format``); raises TaskError otherwise."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError as exc:
+        raise TaskError(f"cannot read the dm-verity parameters {path}: {exc.strerror}") from exc
+    for line in lines:
+        key, _, value = line.strip().partition("=")
+        value = value.strip().strip("'\"")
+        if key in ("VERITY_ROOT_HASH", "ROOT_HASH") and re.fullmatch(r"[0-9a-fA-F]{64,128}", value):
+            return value.lower()
+    raise TaskError(
+        f"no root hash (VERITY_ROOT_HASH= or ROOT_HASH=, 64+ hex digits) in {path}: "
+        "the verity image class changed its output; report it with the file attached"
+    )
+
+
+def command(d: Datastore) -> list[str]:
+    """``HSMSIGN_CMD`` split like a shell would (default: hsmsign from hsmsign-native)."""
+    return shlex.split(_get(d, "HSMSIGN_CMD") or "hsmsign")
+
+
+def child_env(d: Datastore, origenv: Any, role: str = "") -> dict[str, str]:
+    """Variables to add to a signing child's environment.
+
+    The PIN: when ``HSMSIGN_PIN_ENV`` names a variable, its value is read from
+    the client's environment (``BB_ORIGENV``) here, at task run time, and put in
+    the child's environment under the same name; ``hsmsign --pin-env NAME``
+    (``HSMSIGN_PIN_ENV`` for the mkimage drop-in) reads it there. It never
+    becomes a datastore variable, an argument or a line of a run script.
+
+    The settings the child reads (mode, role, pinned fingerprints, FIT policy,
+    ledger, module, PIN variable name) are a ``hsmsign.settings.Settings``: built
+    here, handed over with ``to_env()``, read back with ``Settings.from_env()``.
+    The pins go as the user wrote them (``HSMSIGN_PUBKEY_SHA256[_<ROLE>]``) with
+    the role (``HSMSIGN_ROLE``), so the child applies the role's pin, and a FIT task
+    also gets the FIT roles' URIs: one U-Boot task signs with two roles' keys.
+    """
+    uri = role_uri(d, role) if role else _get(d, "HSM_PKCS11_URI")
+    fit = role in FIT_ROLES
+    env: dict[str, str] = {}
+    pin_env = _get(d, "HSMSIGN_PIN_ENV")
+    handed_pin_env = ""
+    if pin_env:
+        pin = _env_get(origenv, pin_env)
+        if pin is None:
+            if "pin-source=" not in uri:
+                raise TaskError(
+                    f"HSMSIGN_PIN_ENV = {pin_env}, but {pin_env} is not set in the environment "
+                    "BitBake was started from: export it (from the CI secret store) before "
+                    "running bitbake/kas, or use ?pin-source=file:PATH in the URI"
+                )
+        else:
+            env[pin_env] = pin
+            handed_pin_env = pin_env
+    try:
+        settings = Settings(
+            mode=mode(d),
+            role=role.upper(),
+            fingerprints={
+                r.pin_variable: _get(d, r.pin_variable) for r in roles.ROLE_TABLE if _get(d, r.pin_variable)
+            },
+            role_uris={r: role_uri(d, r) for r in FIT_ROLES if role_uri(d, r)} if fit else {},
+            uri=uri,
+            module=_get(d, "HSM_PKCS11_MODULE"),
+            pin_env=handed_pin_env,
+            ledger=_get(d, "HSMSIGN_LEDGER"),
+            # read by 'hsmsign mkimage' (oe-core owns its command line) and 'hsmsign fit sign'
+            fit_required=_get(d, LAYER_VARIABLES["fit_required"]) if fit else "",
+            fit_required_mode=_get(d, LAYER_VARIABLES["fit_required_mode"]) if fit else "",
+            fit_check_sign=_get(d, "HSMSIGN_FIT_CHECK_SIGN") if fit else "",
+            # the real mkimage behind the drop-in: oe-core's own (uboot-mkimage from u-boot-tools-native)
+            mkimage=_get(d, "UBOOT_MKIMAGE"),
+        )
+    except HsmsignError as exc:  # the parse-time checks name the variable; this is the last guard
+        raise TaskError(exc.message + (f"; {exc.hint}" if exc.hint else "")) from exc
+    env.update(settings.to_env())
+    if mode(d) == "development":
+        conf = _get(d, "HSMSIGN_SOFTHSM2_CONF") or _env_get(origenv, "SOFTHSM2_CONF") or ""
+        if not conf:
+            candidate = os.path.join(dev_home(d, origenv), "softhsm2.conf")
+            conf = candidate if os.path.exists(candidate) else ""
+        if conf:
+            env["SOFTHSM2_CONF"] = conf
+    elif _env_get(origenv, "SOFTHSM2_CONF"):
+        # production refuses SoftHSM tokens anyway; pass it so the refusal is the policy's
+        env["SOFTHSM2_CONF"] = str(_env_get(origenv, "SOFTHSM2_CONF"))
+    for name in ("P11_KIT_SERVER_ADDRESS",):
+        value = _env_get(origenv, name)
+        if value:
+            env[name] = value
+    return env
+
+
+def redact(text: str) -> str:
+    """Command lines and output as a task shows them: ``hsmsign.secrets.redact``."""
+    return secrets.redact(text)
+
+
+def run(
+    d: Datastore,
+    args: Sequence[str],
+    role: str = "",
+    origenv: Any = None,
+    base_env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``HSMSIGN_CMD ARGS`` with the child environment; raise TaskError on failure.
+
+    Every way the command can fail ends in one TaskError line naming what to fix
+    (``HSMSIGN_CMD`` when it cannot run), followed by the command's own error lines.
+    """
+    env = dict(os.environ if base_env is None else base_env)
+    for name in Settings.names():  # the task's settings replace any inherited ones
+        env.pop(name, None)
+    env.update(child_env(d, origenv, role))
+    argv = command(d) + list(args)
+    if not argv:
+        raise TaskError('HSMSIGN_CMD is empty: leave it unset (hsmsign from hsmsign-native) or set a command')
+    shown = redact(shlex.join(argv))
+    try:
+        done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:
+        raise TaskError(
+            f"HSMSIGN_CMD: {argv[0]} not found (PATH of the task, or a missing interpreter): build "
+            "hsmsign-native (the classes depend on it when HSMSIGN_CMD is 'hsmsign') or set HSMSIGN_CMD "
+            "to a command that exists"
+        ) from exc
+    except PermissionError as exc:
+        raise TaskError(
+            f"HSMSIGN_CMD: {argv[0]} cannot be run by the build user ({exc.strerror}): make it and its "
+            "interpreter readable and executable, or set HSMSIGN_CMD to another command"
+        ) from exc
+    except OSError as exc:
+        raise TaskError(
+            f"HSMSIGN_CMD: {argv[0]} cannot be run ({exc.strerror or exc}): set HSMSIGN_CMD to a working "
+            "hsmsign command"
+        ) from exc
+    output = redact(done.stderr.strip() or done.stdout.strip())
+    if done.returncode < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:
+            name = f"signal {-done.returncode}"
+        raise TaskError(
+            f"'{shown}' was killed by {name}: nothing was signed; if the build was not being "
+            "stopped, check the machine's memory (OOM killer) and the token, then run the task again"
+            + (f"\n{output}" if output else "")
+        )
+    if done.returncode != 0:
+        raise TaskError(
+            f"'{shown}' failed with exit code {done.returncode} "
+            f"({_EXIT_FAMILY.get(done.returncode, 'see below')})"
+            + (f":\n{output}" if output else "")
+        )
+    return done
+
+
+# hsmsign's exit codes (hsmsign.errors.EXIT_CODES, docs/reference/exit-codes.md), named in task errors
+_EXIT_FAMILY = {
+    1: "internal error in hsmsign",
+    2: "configuration error",
+    3: "token error",
+    4: "policy refusal",
+    5: "signing error",
+    6: "verification error",
+    126: "HSMSIGN_CMD cannot be executed",
+    127: "HSMSIGN_CMD or its interpreter not found",
+    130: "interrupted",
+}
+
+
+# --- what tasks read from other layers' output ---------------------------------------------
+
+
+def dmverity_inputs(deploy: str, staging: str, image: str, fstype: str) -> tuple[str, str]:
+    """meta-security's dm-verity-img output: its ``.verity.env`` and the newest ``.verity`` image.
+
+    Newer meta-security keeps the ``.env`` in ``STAGING_VERITY_DIR`` (``staging``), older
+    next to the image in ``IMGDEPLOYDIR`` (``deploy``, the newest of them). Returns
+    (params, image); raises TaskError when either is missing.
+    """
+    candidates = [os.path.join(staging or deploy, f"{image}.{fstype}.verity.env")]
+    candidates += sorted(glob.glob(os.path.join(deploy, f"*.{fstype}.verity.env")), key=os.path.getmtime)
+    params = next((p for p in candidates if os.path.isfile(p)), None)
+    images = [p for p in glob.glob(os.path.join(deploy, f"*.{fstype}.verity")) if not os.path.islink(p)]
+    if params is None or not images:
+        raise TaskError(f"dm-verity-img left no {fstype}.verity image and .verity.env in {deploy}")
+    return params, max(images, key=os.path.getmtime)
+
+
+class SwupdateTokenAes:
+    """meta-swupdate's three encryption helpers, answered by the token key (``do_swuimage`` prefunc).
+
+    meta-swupdate reads the AES key from ``SWUPDATE_AES_FILE`` and passes it to
+    ``openssl enc -K``; it has no hook for another encrypter, so for the run of
+    ``do_swuimage`` the class puts these methods in place of
+    ``swupdate_extract_keys``, ``swupdate_get_IV`` and ``swupdate_encrypt_file``
+    (``overrides``; ``tests/layer/test_swupdate_helpers.py`` fails when meta-swupdate
+    renames them). ``marker`` is what ``SWUPDATE_AES_FILE`` holds (the key's URI
+    identity): no key file exists, and anything that asks for another is refused.
+    """
+
+    def __init__(
+        self,
+        marker: str,
+        bundle_iv: str,
+        per_file: bool,
+        encrypt: Callable[[str, str, str], None],
+        fail: Callable[[str], Any],
+    ) -> None:
+        self.marker = marker
+        # the IV of sw-description and, where meta-swupdate has no per-file IV, of every file
+        self.bundle_iv = bundle_iv or random_iv()
+        self.per_file = per_file  # scarthgap's meta-swupdate has no swupdate_get_IV
+        self._encrypt = encrypt  # (src, out, iv): 'hsmsign encrypt' with HSM_PKCS11_URI_ENCRYPT
+        self._fail = fail  # bb.fatal
+
+    def extract_keys(self, path: str) -> tuple[str, str]:
+        """``swupdate_extract_keys(SWUPDATE_AES_FILE)``: no key leaves the token."""
+        if path != self.marker:
+            self._fail(
+                f"hsmsign: meta-swupdate asked for AES key file {path}; with HSM_PKCS11_URI_ENCRYPT the key "
+                "stays in the token (do not set SWUPDATE_AES_FILE)"
+            )
+        return self.marker, self.bundle_iv
+
+    def get_iv(self, data: Any, s: Any, filename: str) -> str:
+        """``swupdate_get_IV``: a fresh IV per file (as ``swupdate_get_unique_IV``), the device's
+        IV for sw-description itself, and the bundle IV everywhere on scarthgap."""
+        if filename == "sw-description" or not self.per_file:
+            return self.bundle_iv
+        iv = data.getVarFlag("SWUPDATE_IV", filename)
+        if not iv:
+            iv = random_iv()
+            data.setVarFlag("SWUPDATE_IV", filename, iv)
+        return str(iv)
+
+    def encrypt_file(self, src: str, out: str, key: str, ivt: str) -> None:
+        """``swupdate_encrypt_file``: the token encrypts (AES-CBC, PKCS#7 padding)."""
+        if key != self.marker:
+            self._fail(f"hsmsign: refusing to encrypt {src} with a key that is not the token's")
+        self._encrypt(src, out, ivt)
+
+    def overrides(self) -> dict[str, Callable[..., Any]]:
+        """The names in BitBake's function context this replaces (for ``do_swuimage`` only)."""
+        return {
+            "swupdate_extract_keys": self.extract_keys,
+            "swupdate_get_IV": self.get_iv,
+            "swupdate_encrypt_file": self.encrypt_file,
+        }
+
+
+def random_iv() -> str:
+    """A random AES-CBC IV as 32 hex digits (not secret; swupdate reads it from sw-description)."""
+    import secrets as random_source  # the standard library's, not hsmsign.secrets
+
+    return random_source.token_hex(16)
