@@ -2,8 +2,9 @@
 
 This package is loaded two ways: by BitBake through ``addpylib`` (parse time, host
 Python, standard library only) and by pip from the repository's pyproject.toml
-(the ``hsmsign`` command). Modules imported at parse time (``uri``, ``errors``,
-``bitbake``, ``policy`` names) must not import third-party packages at module level.
+(the ``hsmsign`` command). What parse time loads (``bitbake``, ``settings``,
+``roles``, ``secrets``, ``known_keys``, ``uri``, ``errors``, ``devtoken``) imports
+no third-party package at module level: docs/dev/internals.md, tests/unit/test_parse_time.py.
 """
 
 __version__ = "0.1.0"

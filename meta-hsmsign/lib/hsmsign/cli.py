@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import __version__, roles
-from .errors import EXIT_CODES, ConfigError, HsmsignError, Interrupted
+from .errors import EXIT_CODES, ConfigError, HsmsignError, InternalError, Interrupted
 from .settings import Settings
 
 # Verb modules and the verbs each registers, in the order --help lists them. A module missing
@@ -125,13 +125,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     parents = make_parents()
     wanted = [m for m, verbs in COMMAND_VERBS.items() if verb in verbs] if verb else []
     for name in wanted or COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        module.register(sub, parents)
+        importlib.import_module(name).register(sub, parents)
     return parser
 
 
@@ -165,11 +159,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.verbose,
             )
             return ConfigError.exit_code
+        internal = InternalError(
+            f"{type(exc).__name__}: {exc}",
+            "this is a bug in hsmsign; run again with -v and report the output",
+        )
         if args.verbose:
             traceback.print_exc()
-        print(f"hsmsign: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print("  hint: this is a bug in hsmsign; run again with -v and report the output", file=sys.stderr)
-        return 1
+        print(f"hsmsign: internal error: {internal.message}", file=sys.stderr)
+        print(f"  hint: {internal.hint}", file=sys.stderr)
+        return internal.exit_code
 
 
 # import name -> PyPI name of what signing needs at run time (pyproject.toml)

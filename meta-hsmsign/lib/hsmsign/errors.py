@@ -50,6 +50,8 @@ class HsmsignError(Exception):
 
 
 class InternalError(HsmsignError):
+    """A bug in hsmsign: the CLI turns any exception it did not expect into one (exit 1)."""
+
     exit_code = 1
     family = "internal"
 

@@ -127,30 +127,28 @@ def generate(
     public_template = {**common, Attribute.VERIFY: True, Attribute.ENCRYPT: False, Attribute.WRAP: False}
     session = opened.session
 
+    # what every key pair gets: a token object with this id and label, sign/verify only
+    pair: dict[str, Any] = {
+        "id": key_id,
+        "label": label,
+        "store": True,
+        "private_template": private_template,
+        "capabilities": MechanismFlag.SIGN | MechanismFlag.VERIFY,
+    }
+
     def make() -> Any:
         if spec.kind == "rsa":
             return session.generate_keypair(
                 KeyType.RSA,
                 spec.size,
-                id=key_id,
-                label=label,
-                store=True,
                 public_template={**public_template, Attribute.PUBLIC_EXPONENT: b"\x01\x00\x01"},
-                private_template=private_template,
-                capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
+                **pair,
             )
         if spec.kind == "ec":
             params = session.create_domain_parameters(
                 KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(spec.curve)}, local=True
             )
-            return params.generate_keypair(
-                id=key_id,
-                label=label,
-                store=True,
-                public_template=public_template,
-                private_template=private_template,
-                capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
-            )
+            return params.generate_keypair(public_template=public_template, **pair)
         if spec.kind == "ed25519":
             params = session.create_domain_parameters(
                 KeyType.EC_EDWARDS,
@@ -158,13 +156,7 @@ def generate(
                 local=True,
             )
             return params.generate_keypair(
-                mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
-                id=key_id,
-                label=label,
-                store=True,
-                public_template=public_template,
-                private_template=private_template,
-                capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
+                mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN, public_template=public_template, **pair
             )
         return session.generate_key(
             KeyType.AES,
@@ -252,7 +244,7 @@ def as_cryptography_key(signer: Any) -> Any:
         return h.finalize(), algorithm.name
 
     class _StaysInToken:
-        """What both wrappers refuse: the private key cannot be read or serialised."""
+        """What both wrappers share: size and public half; the private key cannot be read or serialised."""
 
         def private_numbers(self) -> Any:
             raise TokenError("the private key stays in the token")
@@ -266,6 +258,13 @@ def as_cryptography_key(signer: Any) -> Any:
         def __deepcopy__(self, memo: Any) -> Any:
             return self
 
+        @property
+        def key_size(self) -> int:
+            return int(signer.key_size)
+
+        def public_key(self) -> Any:
+            return signer.public_key()
+
     if signer.key_type == "rsa":
 
         class _TokenRSA(_StaysInToken, rsa.RSAPrivateKey):
@@ -274,16 +273,8 @@ def as_cryptography_key(signer: Any) -> Any:
                 scheme = "pss" if isinstance(pad, padding.PSS) else "pkcs1v15"
                 return signer.sign_digest(digest, name, scheme)
 
-            @property
-            def key_size(self) -> int:
-                return int(signer.key_size)
-
-            def public_key(self) -> Any:
-                return signer.public_key()
-
             def decrypt(self, ciphertext: bytes, pad: Any) -> bytes:
                 raise TokenError("hsmsign keys are sign-only")
-
 
         return _TokenRSA()
 
@@ -298,16 +289,8 @@ def as_cryptography_key(signer: Any) -> Any:
             def curve(self) -> Any:
                 return signer.public_key().curve
 
-            @property
-            def key_size(self) -> int:
-                return int(signer.key_size)
-
-            def public_key(self) -> Any:
-                return signer.public_key()
-
             def exchange(self, algorithm: Any, peer_public_key: Any) -> bytes:
                 raise TokenError("hsmsign keys are sign-only")
-
 
         return _TokenEC()
     raise ConfigError(f"{signer.key_type} keys cannot be wrapped for certificate building")

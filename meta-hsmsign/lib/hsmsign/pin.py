@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from .errors import ConfigError, PolicyError
 from .uri import Pkcs11Uri
 
-PIN_ENV_DEFAULT_VAR = "HSMSIGN_PIN_ENV"
 COMMAND_TIMEOUT_S = 60
 
 

@@ -19,19 +19,13 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from .errors import PolicyError
 from .settings import ALLOW_SOFTWARE_ENV, DENYLIST_ENV, Settings, strip_fingerprint
 
 MIN_RSA_BITS = 2048
 MIN_RSA_EXPONENT = 65537
-
-
-class Rule(Protocol):
-    name: str
-
-    def check(self, key: Any) -> None: ...
 
 
 @dataclass

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 URI_VARIABLE = "HSM_PKCS11_URI"
-PIN_VARIABLE = "HSMSIGN_PUBKEY_SHA256"
+FINGERPRINT_VARIABLE = "HSMSIGN_PUBKEY_SHA256"  # the pinned public-key fingerprint (not a PIN)
 DEFAULT = "DEFAULT"
 
 
@@ -49,7 +49,7 @@ class Role:
     @property
     def pin_variable(self) -> str:
         """``HSMSIGN_PUBKEY_SHA256`` or ``HSMSIGN_PUBKEY_SHA256_<ROLE>``."""
-        return PIN_VARIABLE if self.name == DEFAULT else f"{PIN_VARIABLE}_{self.name}"
+        return FINGERPRINT_VARIABLE if self.name == DEFAULT else f"{FINGERPRINT_VARIABLE}_{self.name}"
 
     @property
     def is_secret_key(self) -> bool:

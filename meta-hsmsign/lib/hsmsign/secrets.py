@@ -1,8 +1,9 @@
-"""What a secret looks like, defined once: the patterns, the one-variable check, the redaction.
+"""What a secret looks like, defined once: the patterns and the one-variable check.
 
 Standard library only, and all that BitBake's parse time needs: the layer calls
 :func:`check_variable` for the variables of the datastore (``hsmsign.bitbake.checks``)
-and :func:`redact` on every command line and output it shows. The leak scanner
+and ``redact`` (``hsmsign.uri.redact``, handed on here) on every command line and
+output it shows. The leak scanner
 (``hsmsign.audit``) builds on the same patterns for files, trees and archives.
 
 Kinds of finding (``KINDS``, each with its ``ADVICE``):
@@ -33,6 +34,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from . import known_keys
+from .uri import redact  # the one pin-value redaction, for the layer and the scanner
 
 # --- the patterns ---------------------------------------------------------
 
@@ -338,16 +340,6 @@ def _symmetric_finding(raw: bytes, excerpt: str, source: str, line: int) -> Find
 _PIN_IN_URI = re.compile(
     r"(pin-value" + "=" + r")([A-Za-z0-9%._~!$'*+,:@-]*[A-Za-z0-9%][A-Za-z0-9%._~!$'*+,:@-]*)"
 )
-# what redact() removes: any pin-value, up to the next URI delimiter, quote or space
-_PIN_ANYWHERE = re.compile(r"(pin-value" + "=" + r")[^&;?#\s\"']*", re.IGNORECASE)
-REDACTED = "REDACTED"
-
-
-def redact(text: str) -> str:
-    """Text (a URI, even a malformed one, a command line, a log) with every pin-value removed."""
-    return _PIN_ANYWHERE.sub(lambda m: m.group(1) + REDACTED, text)
-
-
 def check_variable(name: str, value: object) -> Finding | None:
     """Check one BitBake datastore variable; the finding names the variable, never its value.
 

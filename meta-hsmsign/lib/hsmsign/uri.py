@@ -27,9 +27,20 @@ import re
 from urllib.parse import quote, unquote_to_bytes
 
 from .errors import ConfigError
-from .secrets import REDACTED, redact
 
 SCHEME = "pkcs11:"
+REDACTED = "REDACTED"
+# what redact() removes: any pin-value, up to the next URI delimiter, quote or space
+_PIN_ANYWHERE = re.compile(r"(pin-value" + "=" + r")[^&;?#\s\"']*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Text (a URI, even a malformed one, a command line, a log) with every pin-value removed.
+
+    The one redaction of a PIN in text: the layer's task output (``hsmsign.bitbake``),
+    the leak scanner's excerpts (``hsmsign.secrets``) and this module's own messages.
+    """
+    return _PIN_ANYWHERE.sub(lambda m: m.group(1) + REDACTED, text)
 
 # RFC 7512 section 2.3; printing follows this order (token first, then the object).
 PATH_ATTRIBUTES: tuple[str, ...] = (

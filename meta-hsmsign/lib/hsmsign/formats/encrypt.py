@@ -91,8 +91,3 @@ def encrypt_file(aes: Any, in_path: str, out: Any, iv: bytes, progress: Any = No
             "the input changed while it was read, or the token's AES-CBC-PAD is faulty; nothing was written",
         )
     return EncryptResult(iv, counter[0], written, h.hexdigest())
-
-
-def swupdate_key_line(key: bytes, iv: bytes) -> str:
-    """The ``-K`` key file line swupdate reads (``KEY IVT`` in hex); test keys only."""
-    return f"{key.hex()} {iv.hex()}\n"

@@ -113,17 +113,7 @@ def self_signed(
         .not_valid_after(start + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _signing_key_usage(),
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage(_eku(eku or ["codeSigning", "emailProtection"])), critical=False)
@@ -133,6 +123,23 @@ def self_signed(
     cert = builder.sign(as_cryptography_key(signer), _hash_for(signer))
     _check_self_signature(cert)
     return cert
+
+
+def _signing_key_usage() -> Any:
+    """keyUsage of a signing-only key: digitalSignature, nothing else (critical where used)."""
+    from cryptography import x509
+
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def csr(signer: Any, subject: str, *, eku: list[str] | None = None) -> Any:
@@ -145,17 +152,7 @@ def csr(signer: Any, subject: str, *, eku: list[str] | None = None) -> Any:
     if eku:
         builder = builder.add_extension(x509.ExtendedKeyUsage(_eku(eku)), critical=False)
     builder = builder.add_extension(
-        x509.KeyUsage(
-            digital_signature=True,
-            content_commitment=False,
-            key_encipherment=False,
-            data_encipherment=False,
-            key_agreement=False,
-            key_cert_sign=False,
-            crl_sign=False,
-            encipher_only=False,
-            decipher_only=False,
-        ),
+        _signing_key_usage(),
         critical=True,
     )
     req = builder.sign(as_cryptography_key(signer), _hash_for(signer))

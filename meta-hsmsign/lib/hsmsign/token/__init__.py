@@ -13,7 +13,6 @@ Standard library only at import: python-pkcs11 and cryptography load on first us
 
 from __future__ import annotations
 
-from ..devtoken import softhsm_module as default_softhsm_module  # the development token owns it
 from .keys import DEV_KEY_PREFIX, TokenKey, TokenSecretKey, open_key, open_secret_key
 from .listing import list_keys, list_tokens
 from .modules import (
@@ -26,6 +25,14 @@ from .modules import (
     resolve_module_name,
 )
 from .session import DEV_TOKEN_PREFIX, TokenInfo, close_all, open_token, token_error
+
+
+def default_softhsm_module() -> str | None:
+    """The first SoftHSM module installed (``hsmsign.devtoken.softhsm_module``; imported on use)."""
+    from ..devtoken import softhsm_module
+
+    return softhsm_module()
+
 
 __all__ = [
     "DEV_KEY_PREFIX",

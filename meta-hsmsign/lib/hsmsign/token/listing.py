@@ -6,7 +6,7 @@ from typing import Any
 
 from ..settings import effective_mode
 from ..uri import Pkcs11Uri
-from .modules import PKCS11_FAILURES, _pkcs11, _text, load_module
+from .modules import PKCS11_FAILURES, _pkcs11, load_module
 from .session import _LOCK, TokenInfo, open_token, token_error
 
 
@@ -25,20 +25,7 @@ def list_tokens(module: str) -> list[TokenInfo]:
                 tok = slot.get_token()
             except PKCS11_FAILURES:
                 continue
-            out.append(
-                TokenInfo(
-                    label=tok.label,
-                    manufacturer=tok.manufacturer_id,
-                    model=tok.model,
-                    serial=_text(tok.serial),
-                    slot_id=slot.slot_id,
-                    slot_description=slot.slot_description,
-                    module=module,
-                    library_description=lib.library_description,
-                    flags=int(tok.flags),
-                    slot_flags=int(slot.flags),
-                )
-            )
+            out.append(TokenInfo.read(module, lib, slot, tok))
     return out
 
 

@@ -103,6 +103,22 @@ class TokenInfo:
     flags: int
     slot_flags: int = 0
 
+    @classmethod
+    def read(cls, module: str, lib: Any, slot: Any, token: Any) -> TokenInfo:
+        """What python-pkcs11's lib, slot and token objects say (CK_SLOT_INFO, CK_TOKEN_INFO)."""
+        return cls(
+            label=token.label,
+            manufacturer=token.manufacturer_id,
+            model=token.model,
+            serial=_text(token.serial),
+            slot_id=slot.slot_id,
+            slot_description=slot.slot_description,
+            module=module,
+            library_description=lib.library_description,
+            flags=int(token.flags),
+            slot_flags=int(slot.flags),
+        )
+
     @property
     def is_software(self) -> bool:
         """SoftHSM and other software tokens (key material in files on the build host).
@@ -168,18 +184,7 @@ class _OpenToken:
             self.lib = load_module(self.module)
             slot, token = self._select_token(pkcs11)
             self.token = token
-            self.info = TokenInfo(
-                label=token.label,
-                manufacturer=token.manufacturer_id,
-                model=token.model,
-                serial=_text(token.serial),
-                slot_id=slot.slot_id,
-                slot_description=slot.slot_description,
-                module=self.module,
-                library_description=self.lib.library_description,
-                flags=int(token.flags),
-                slot_flags=int(slot.flags),
-            )
+            self.info = TokenInfo.read(self.module, self.lib, slot, token)
             self._login(pkcs11, token)
 
     def _select_token(self, pkcs11: Any) -> tuple[Any, Any]:

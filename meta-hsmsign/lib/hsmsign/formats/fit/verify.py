@@ -70,7 +70,10 @@ def _verify_value(
         raise VerificationError("signature does not match") from exc
 
 
-def _sig_params(fit: Fit, node: Node, where: str) -> tuple[str, str, bytes, str | None]:
+def _sig_params(
+    fit: Fit, node: Node, where: str, key_algo: str | None = None
+) -> tuple[str, str, bytes, str | None]:
+    """A signature node's hash, crypto, value and padding; an RSA key's algo must be the node's."""
     algo = node.get_str("algo")
     value = node.get("value")
     if not algo:
@@ -81,6 +84,8 @@ def _sig_params(fit: Fit, node: Node, where: str) -> tuple[str, str, bytes, str 
         hash_alg, crypto = parse_algo(algo, where)
     except ConfigError as exc:
         raise VerificationError(exc.message, exc.hint) from exc
+    if key_algo is not None and CRYPTO[crypto][0] == "rsa" and key_algo != algo:
+        raise VerificationError(f"{where}: algo {algo} differs from the key's {key_algo}")
     return hash_alg, crypto, value, node.get_str("padding")
 
 
@@ -89,9 +94,7 @@ def check_config_signature(
 ) -> None:
     """``fit_config_check_sig``: rebuild the node list, hash the regions and hashed-strings, check."""
     where = f"{CONFS_PATH}/{conf.name}/{node.name}"
-    hash_alg, crypto, value, padding = _sig_params(fit, node, where)
-    if key_algo is not None and CRYPTO[crypto][0] == "rsa" and key_algo != node.get_str("algo"):
-        raise VerificationError(f"{where}: algo {node.get_str('algo')} differs from the key's {key_algo}")
+    hash_alg, crypto, value, padding = _sig_params(fit, node, where, key_algo)
     strings = node.get("hashed-strings")
     blob = fit.raw[: fit.totalsize]  # the regions are over the bytes as they are, not as we would write them
     size_strings = int.from_bytes(blob[32:36], "big")
@@ -115,9 +118,7 @@ def check_image_signature(
     fit: Fit, image: Node, node: Node, public_key: Any, key_algo: str | None = None
 ) -> None:
     where = f"{IMAGES_PATH}/{image.name}/{node.name}"
-    hash_alg, crypto, value, padding = _sig_params(fit, node, where)
-    if key_algo is not None and CRYPTO[crypto][0] == "rsa" and key_algo != node.get_str("algo"):
-        raise VerificationError(f"{where}: algo {node.get_str('algo')} differs from the key's {key_algo}")
+    hash_alg, crypto, value, padding = _sig_params(fit, node, where, key_algo)
     digest = hashlib.new(hash_alg, fit.image_data(image)).digest()
     try:
         _verify_value(public_key, value, digest, hash_alg, crypto, padding)
