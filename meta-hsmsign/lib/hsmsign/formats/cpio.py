@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Union
 
-from ..errors import ConfigError, VerificationError
+from ..errors import ConfigError, VerificationError, printable
 
 MAGIC_NEWC = b"070701"
 MAGIC_CRC = b"070702"
@@ -87,7 +87,9 @@ def _checksum_and_size(src: Source) -> tuple[int, int]:
 def _check_name(name: str) -> bytes:
     raw = name.encode("utf-8")
     if not raw or b"\0" in raw or len(raw) >= MAX_NAME or name.startswith("/") or ".." in name.split("/"):
-        raise ConfigError(f"'{name}' cannot be a member name in a .swu", "use a plain relative file name")
+        raise ConfigError(
+            f"'{printable(name)}' cannot be a member name in a .swu", "use a plain relative file name"
+        )
     return raw
 
 
@@ -103,7 +105,7 @@ def write(
     for ino, (name, src) in enumerate(members, start=1):
         raw = _check_name(name)
         if name in seen:
-            raise ConfigError(f"'{name}' appears twice in the bundle")
+            raise ConfigError(f"'{printable(name)}' appears twice in the bundle")
         seen.add(name)
         try:
             check, size = _checksum_and_size(src) if crc else (0, _size(src))
@@ -116,7 +118,7 @@ def write(
         written += len(head)
         copied = _copy(out, src)
         if copied != size:
-            raise ConfigError(f"{name} changed size while the bundle was written")
+            raise ConfigError(f"{printable(name)} changed size while the bundle was written")
         pad = _pad4(size)
         out.write(b"\0" * pad)
         written += size + pad
@@ -241,7 +243,8 @@ def iter_entries(fh: BinaryIO, total_size: int | None = None, *, lenient: bool =
             return
         if data_off + size > total_size:
             raise VerificationError(
-                f"member '{name}' claims {size} bytes but the archive ends first", "the .swu is truncated"
+                f"member '{printable(name)}' claims {size} bytes but the archive ends first",
+                "the .swu is truncated",
             )
         yield Entry(name, size, vals["mode"], vals["mtime"], vals["check"], data_off, magic == MAGIC_CRC)
         pos = data_off + size + _pad4(size)
@@ -260,12 +263,12 @@ def read_member(fh: BinaryIO, entry: Entry, limit: int = 16 << 20) -> bytes:
     """A small member's bytes (sw-description, its signature)."""
     if entry.size > limit:
         raise VerificationError(
-            f"member '{entry.name}' is {entry.size} bytes, more than the {limit} expected"
+            f"member '{printable(entry.name)}' is {entry.size} bytes, more than the {limit} expected"
         )
     fh.seek(entry.offset)
     data = fh.read(entry.size)
     if len(data) != entry.size:
-        raise VerificationError(f"member '{entry.name}' is truncated")
+        raise VerificationError(f"member '{printable(entry.name)}' is truncated")
     return data
 
 
@@ -276,7 +279,7 @@ def iter_member(fh: BinaryIO, entry: Entry) -> Iterator[bytes]:
     while left:
         chunk = fh.read(min(CHUNK, left))
         if not chunk:
-            raise VerificationError(f"member '{entry.name}' is truncated")
+            raise VerificationError(f"member '{printable(entry.name)}' is truncated")
         left -= len(chunk)
         yield chunk
 
@@ -290,5 +293,5 @@ def check_sums(fh: BinaryIO, entry: Entry) -> None:
         total = (total + sum(chunk)) & 0xFFFFFFFF
     if total != entry.check:
         raise VerificationError(
-            f"member '{entry.name}': cpio checksum {total:08x} != header {entry.check:08x}"
+            f"member '{printable(entry.name)}': cpio checksum {total:08x} != header {entry.check:08x}"
         )
