@@ -29,6 +29,7 @@ COMMAND_VERBS: dict[str, tuple[str, ...]] = {
     "hsmsign.commands.swupdate": ("swupdate",),
     "hsmsign.commands.cert": ("cert", "csr"),
     "hsmsign.commands.verity": ("verity",),
+    "hsmsign.commands.pe": ("pe",),
     "hsmsign.commands.manifest": ("manifest",),
     "hsmsign.commands.encrypt": ("encrypt",),
     "hsmsign.commands.audit": ("audit",),

@@ -1,0 +1,283 @@
+"""``hsmsign pe``: Authenticode signatures on PE/COFF images for UEFI Secure Boot."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from .common import check_readable, emit, open_key_from_args, record, warn
+
+EXAMPLE = """\
+examples:
+  # the db certificate of the token key (DER for enrolment, PEM for the tools)
+  hsmsign cert --uri "$HSM_PKCS11_URI_UEFI" --subject "CN=Acme Secure Boot db" --eku codeSigning \\
+      --days 3650 --output db.pem
+  hsmsign pe esl --cert db.pem --output db.esl          # EFI_SIGNATURE_LIST for enrolment
+  # sign systemd-boot, a UKI, GRUB (one token operation each)
+  hsmsign pe sign --uri "$HSM_PKCS11_URI_UEFI" --cert db.pem --output systemd-bootx64.signed.efi \\
+      systemd-bootx64.efi
+  # key rotation: add a second signature, keep the first
+  hsmsign pe sign --uri "$NEW_KEY_URI" --cert db-2027.pem --append --output uki.efi uki.efi
+  hsmsign pe verify --cert db.pem systemd-bootx64.signed.efi
+  # independent checks
+  sbverify --cert db.pem systemd-bootx64.signed.efi
+  osslsigncode verify -CAfile db.pem -in systemd-bootx64.signed.efi
+"""
+DIGEST_EXAMPLE = """\
+examples:
+  hsmsign pe digest systemd-bootx64.efi     # the same as osslsigncode's "Calculated message digest"
+  virt-fw-vars -i OVMF_VARS.fd -o vars.fd --add-db-hash "$OWNER" "$(hsmsign pe digest grubx64.efi)"
+"""
+
+
+def register(sub: Any, parents: Any) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    top = sub.add_parser(
+        "pe",
+        formatter_class=raw,
+        epilog=EXAMPLE,
+        help="UEFI Secure Boot: Authenticode for PE/COFF (.efi, UKI)",
+    )
+    verbs = top.add_subparsers(dest="pe_verb", metavar="ACTION")
+    p = verbs.add_parser(
+        "sign",
+        parents=[parents.token, parents.output],
+        formatter_class=raw,
+        epilog=EXAMPLE,
+        help="Authenticode-sign a PE/COFF image with one token operation (role UEFI)",
+    )
+    p.add_argument("input", metavar="IN.efi", help="PE/COFF image (an existing signature is replaced)")
+    p.add_argument(
+        "--cert", required=True, metavar="CERT.pem", help="certificate of the token key (db entry)"
+    )
+    p.add_argument(
+        "--output", "-o", required=True, metavar="OUT.efi", help="signed image (may be IN.efi itself)"
+    )
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the signatures already present and add this one (key rotation); default: replace",
+    )
+    p.set_defaults(func=run_sign)
+
+    p = verbs.add_parser(
+        "verify",
+        parents=[parents.output],
+        formatter_class=raw,
+        epilog=EXAMPLE,
+        help="check an image's Authenticode signatures against trusted certificates",
+    )
+    p.add_argument("image", metavar="FILE.efi")
+    p.add_argument(
+        "--cert",
+        required=True,
+        action="append",
+        metavar="CERT.pem",
+        help="trusted certificate (repeatable; a signature by one of them, or issued by one, passes)",
+    )
+    p.set_defaults(func=run_verify)
+
+    p = verbs.add_parser(
+        "digest",
+        parents=[parents.output],
+        formatter_class=raw,
+        help="print the Authenticode SHA-256 digest of an image (what a db hash entry holds)",
+        epilog=DIGEST_EXAMPLE,
+    )
+    p.add_argument("image", metavar="FILE.efi")
+    p.set_defaults(func=run_digest)
+
+    p = verbs.add_parser(
+        "esl",
+        parents=[parents.output],
+        formatter_class=raw,
+        epilog=EXAMPLE,
+        help="EFI_SIGNATURE_LIST of certificates, for db/KEK enrolment (as efitools' cert-to-efi-sig-list)",
+    )
+    p.add_argument(
+        "--cert", required=True, action="append", metavar="CERT.pem", help="certificate (repeatable)"
+    )
+    p.add_argument(
+        "--owner",
+        default=os.environ.get("HSMSIGN_UEFI_OWNER_GUID") or None,
+        metavar="GUID",
+        help="SignatureOwner GUID (default: $HSMSIGN_UEFI_OWNER_GUID, else one derived from the first "
+        "certificate)",
+    )
+    p.add_argument("--output", "-o", required=True, metavar="db.esl")
+    p.set_defaults(func=run_esl)
+    top.set_defaults(func=lambda args: (top.print_help(), 2)[1])
+
+
+def _read(path: str) -> bytes:
+    from ..errors import ConfigError
+
+    check_readable(path)
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _trusted(paths: list[str]) -> list[Any]:
+    from ..formats import cms
+
+    return [cms.read_certificate_file(p) for p in paths]
+
+
+def verify_image(data: bytes, trusted: list[Any], what: str) -> list[Any]:
+    """Every signature in the image parses; at least one verifies against ``trusted``.
+
+    Like EDK2: an entry that is not a PKCS#7 WIN_CERTIFICATE fails the image; a
+    signature by an untrusted key is skipped when another one is trusted.
+    """
+    from ..errors import VerificationError
+    from ..formats import authenticode, pe
+
+    layout = pe.parse(data, what)
+    entries = pe.certificates(data, layout)
+    if not entries:
+        raise VerificationError(
+            f"{what} is not signed (no certificate table)", "sign it with 'hsmsign pe sign'"
+        )
+    image_digest = pe.digest(data, "sha256", layout)
+    good: list[Any] = []
+    reasons: list[str] = []
+    for i, entry in enumerate(entries, 1):
+        if entry.revision != pe.WIN_CERT_REVISION_2_0 or entry.cert_type != pe.WIN_CERT_TYPE_PKCS_SIGNED_DATA:
+            raise VerificationError(
+                f"{what}: certificate {i} has revision {entry.revision:#x} type {entry.cert_type:#x}, "
+                "not a PKCS#7 WIN_CERTIFICATE"
+            )
+        try:
+            good.append(authenticode.verify(entry.data, image_digest=image_digest, trusted=trusted))
+        except VerificationError as exc:
+            if "digest differs" in exc.message or "malformed" in exc.message:
+                raise VerificationError(f"{what}: signature {i}: {exc.message}", exc.hint) from exc
+            reasons.append(f"signature {i}: {exc.message}")
+    if not good:
+        raise VerificationError(f"{what}: no signature by a trusted certificate ({'; '.join(reasons)})")
+    return good
+
+
+def run_sign(args: Any) -> int:
+    from .. import atomic
+    from ..errors import ConfigError
+    from ..formats import authenticode, cms, pe
+
+    data = _read(args.input)
+    layout = pe.parse(data, args.input)
+    cert = cms.read_certificate_file(args.cert)
+    if args.append and layout.signed and layout.cert_table_offset % 8:
+        raise ConfigError(
+            f"{args.input}: its certificate table is not 8-byte aligned; a signature appended to it "
+            "would break the ones there",
+            "sign without --append (replaces them)",
+        )
+    if layout.signed and not args.append:
+        warn(f"{args.input} was signed: its {len(pe.certificates(data, layout))} signature(s) are replaced")
+    image_digest = pe.digest(data, "sha256", layout, pad=True)
+    args.role = args.role or "UEFI"
+    with open_key_from_args(args) as key:
+        authenticode.check_signer(key)
+        blob = authenticode.sign(key, cert=cert, image_digest=image_digest)
+        signed = pe.assemble(data, layout, [pe.win_certificate(blob)], keep_existing=args.append)
+        # check the file as firmware will read it, before it gets its name
+        out_layout = pe.parse(signed, args.output)
+        if pe.digest(signed, "sha256", out_layout) != image_digest:
+            from ..errors import SigningError
+
+            raise SigningError("internal: the signed image's digest differs from the one signed")
+        verify_image(bytes(signed), [cert], args.output)
+        atomic.write_bytes_atomic(args.output, bytes(signed), mode=_mode_of(args.input))
+        record(
+            args,
+            artifact=args.output,
+            sha256_hex=image_digest.hex(),
+            key=key,
+            mechanism="authenticode-rsa-pkcs1v15-sha256",
+            kind="pe",
+        )
+    count = len(pe.certificates(signed, out_layout))
+    emit(
+        args,
+        f"signed {args.output} ({layout.machine}, authenticode sha256 {image_digest.hex()}, key {key.label}, "
+        f"{count} signature{'s' if count > 1 else ''})",
+        {
+            "output": args.output,
+            "authenticode_sha256": image_digest.hex(),
+            "key": key.label,
+            "key_fingerprint": key.fingerprint,
+            "signatures": count,
+            "machine": layout.machine,
+        },
+    )
+    return 0
+
+
+def _mode_of(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return None
+
+
+def run_verify(args: Any) -> int:
+    data = _read(args.image)
+    good = verify_image(data, _trusted(args.cert), args.image)
+    from ..formats import authenticode
+
+    subjects = [authenticode.describe(g.certificate) for g in good]
+    emit(
+        args,
+        f"OK: {args.image} is signed by {', '.join(subjects)} "
+        f"(authenticode sha256 {good[0].image_digest.hex()})",
+        {
+            "image": args.image,
+            "ok": True,
+            "signers": subjects,
+            "authenticode_sha256": good[0].image_digest.hex(),
+        },
+    )
+    return 0
+
+
+def run_digest(args: Any) -> int:
+    from ..formats import pe
+
+    data = _read(args.image)
+    layout = pe.parse(data, args.image)
+    d = pe.digest(data, "sha256", layout).hex()
+    emit(args, d, {"image": args.image, "authenticode_sha256": d, "signed": layout.signed})
+    return 0
+
+
+def run_esl(args: Any) -> int:
+    import hashlib
+    import uuid
+
+    from cryptography.hazmat.primitives import serialization
+
+    from .. import atomic
+    from ..errors import ConfigError
+    from ..formats import authenticode
+
+    certs = _trusted(args.cert)
+    if args.owner:
+        try:
+            owner = uuid.UUID(args.owner)
+        except ValueError as exc:
+            raise ConfigError(f"--owner {args.owner!r} is not a GUID", "e.g. $(uuidgen)") from exc
+    else:
+        # stable across runs: the same certificate always gets the same owner
+        der = certs[0].public_bytes(serialization.Encoding.DER)
+        owner = uuid.UUID(bytes=hashlib.sha256(der).digest()[:16], version=4)
+    atomic.write_bytes_atomic(args.output, authenticode.signature_list(certs, owner))
+    emit(
+        args,
+        f"wrote {args.output}: {len(certs)} X.509 signature list(s), owner {owner}",
+        {"output": args.output, "owner": str(owner), "certificates": len(certs)},
+    )
+    return 0

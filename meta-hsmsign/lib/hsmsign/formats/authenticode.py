@@ -1,0 +1,354 @@
+"""Authenticode signatures for UEFI Secure Boot: SpcIndirectDataContent in CMS SignedData.
+
+The SignedData (PKCS#7, RFC 2315 shape as Windows and sbsign write it):
+
+* ``contentInfo`` = SPC_INDIRECT_DATA_OBJID (1.3.6.1.4.1.311.2.1.4) carrying
+  ``SpcIndirectDataContent`` = { SpcAttributeTypeAndOptionalValue
+  { SPC_PE_IMAGE_DATAOBJ, SpcPeImageData { flags '', file <<<Obsolete>>> } },
+  DigestInfo { sha256, Authenticode digest } } (bytes as sbsign and osslsigncode
+  write them);
+* one SignerInfo (issuer and serial), RSA PKCS#1 v1.5 with SHA-256, signed
+  attributes contentType (the SPC OID), signingTime (``SOURCE_DATE_EPOCH``),
+  SpcSpOpusInfo (empty) and messageDigest;
+* messageDigest is the hash of the SpcIndirectDataContent's *value* octets,
+  without its SEQUENCE tag and length (Authenticode's quirk; EDK2's
+  ``Pkcs7Verify`` hands OpenSSL exactly those bytes as the content);
+* the token signs the digest of the DER ``SET OF`` signed attributes: one token
+  operation per image.
+
+RSA only: UEFI firmware (EDK2 and what is derived from it) verifies RSA-2048 and
+larger with SHA-256; ECDSA db entries are not portable.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError, HsmsignError, SigningError, VerificationError, printable
+from . import cms
+
+SPC_INDIRECT_DATA = "1.3.6.1.4.1.311.2.1.4"
+SPC_PE_IMAGE_DATA = "1.3.6.1.4.1.311.2.1.15"
+SPC_SP_OPUS_INFO = "1.3.6.1.4.1.311.2.1.12"
+SHA256_OID_DER = bytes.fromhex("0609608648016503040201")
+# SpcPeImageData { flags BIT STRING '', file [0] { [2] { [0] BMPString "<<<Obsolete>>>" } } }
+_OBSOLETE = "<<<Obsolete>>>".encode("utf-16-be")
+_PE_IMAGE_DATA = (
+    b"\x30"
+    + bytes([3 + 4 + 2 + len(_OBSOLETE)])
+    + b"\x03\x01\x00"
+    + b"\xa0"
+    + bytes([4 + len(_OBSOLETE)])
+    + b"\xa2"
+    + bytes([2 + len(_OBSOLETE)])
+    + b"\x80"
+    + bytes([len(_OBSOLETE)])
+    + _OBSOLETE
+)
+HASHES = ("sha256",)
+MIN_RSA_BITS = 2048
+
+# EFI_CERT_X509_GUID (UEFI spec, "EFI_SIGNATURE_DATA")
+EFI_CERT_X509_GUID = uuid.UUID("a5c059a1-94e4-4aa7-87b5-ab155c2bf072")
+
+
+def _tlv(tag: int, body: bytes) -> bytes:
+    return bytes([tag]) + cms._der_len(len(body)) + body
+
+
+def _oid_der(dotted: str) -> bytes:
+    from asn1crypto import core
+
+    return bytes(core.ObjectIdentifier(dotted).dump())
+
+
+def indirect_data_value(image_digest: bytes) -> bytes:
+    """The value octets of SpcIndirectDataContent (what messageDigest hashes)."""
+    if len(image_digest) != 32:
+        raise ConfigError(f"a sha256 Authenticode digest has 32 bytes, not {len(image_digest)}")
+    attr = _tlv(0x30, _oid_der(SPC_PE_IMAGE_DATA) + _PE_IMAGE_DATA)
+    digest_info = _tlv(0x30, _tlv(0x30, SHA256_OID_DER + b"\x05\x00") + _tlv(0x04, image_digest))
+    return attr + digest_info
+
+
+def check_signer(signer: Any) -> None:
+    """Firmware takes RSA-2048 and larger (SHA-256, PKCS#1 v1.5)."""
+    if signer.key_type != "rsa":
+        raise ConfigError(
+            f"UEFI Secure Boot needs an RSA key; {signer.label} is {signer.key_type}",
+            "use an RSA-2048/3072/4096 key for HSM_PKCS11_URI_UEFI",
+        )
+    if signer.key_size < MIN_RSA_BITS:
+        raise ConfigError(f"RSA-{signer.key_size} is too small for Secure Boot", "use RSA-2048 or larger")
+
+
+def sign(
+    signer: Any,
+    *,
+    cert: Any,
+    image_digest: bytes,
+    extra_certs: Sequence[Any] = (),
+    when: datetime.datetime | None = None,
+) -> bytes:
+    """DER ContentInfo(SignedData) over an Authenticode digest, one token operation."""
+    from asn1crypto import algos, core, x509
+    from asn1crypto import cms as acms
+    from cryptography.hazmat.primitives import serialization
+
+    from ..signing import verify_digest
+
+    check_signer(signer)
+    cms.check_cert_matches(cert, signer)
+    value = indirect_data_value(image_digest)
+    content_digest = hashlib.sha256(value).digest()
+
+    a_cert = x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
+    digest_algo = algos.DigestAlgorithm({"algorithm": "sha256", "parameters": core.Null()})
+    sid = acms.SignerIdentifier(
+        {
+            "issuer_and_serial_number": acms.IssuerAndSerialNumber(
+                {"issuer": a_cert.issuer, "serial_number": a_cert.serial_number}
+            )
+        }
+    )
+    attrs = [
+        _attribute(SPC_INDIRECT_DATA_ATTR_TYPE, _oid_der(SPC_INDIRECT_DATA)),
+        _attribute(_oid_der("1.2.840.113549.1.9.5"), cms._cms_time(when or cms.signing_time()).dump()),
+        _attribute(_oid_der(SPC_SP_OPUS_INFO), b"\x30\x00"),
+        _attribute(_oid_der("1.2.840.113549.1.9.4"), _tlv(0x04, content_digest)),
+    ]
+    body = b"".join(sorted(attrs))
+    attr_der = _tlv(0x31, body)
+    to_sign = hashlib.sha256(attr_der).digest()
+    signature = signer.sign_digest(to_sign, "sha256", None)
+    verify_digest(signer.public_key(), signature, to_sign, "sha256", None)
+
+    info = acms.SignerInfo(
+        {
+            "version": "v1",
+            "sid": sid,
+            "digest_algorithm": digest_algo,
+            "signed_attrs": acms.CMSAttributes.load(attr_der),
+            "signature_algorithm": algos.SignedDigestAlgorithm(
+                {"algorithm": "rsassa_pkcs1v15", "parameters": core.Null()}
+            ),
+            "signature": signature,
+        }
+    )
+    certs = [a_cert] + [
+        x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in extra_certs
+    ]
+    # SignedData by hand around asn1crypto's parts: the encapsulated content is the SPC
+    # structure (not id-data), [0] EXPLICIT around the SEQUENCE.
+    content_info = _tlv(0x30, _oid_der(SPC_INDIRECT_DATA) + _tlv(0xA0, _tlv(0x30, value)))
+    signed_data = _tlv(
+        0x30,
+        _tlv(0x02, b"\x01")
+        + _tlv(0x31, digest_algo.dump())
+        + content_info
+        + _tlv(0xA0, b"".join(c.dump() for c in certs))
+        + _tlv(0x31, info.dump()),
+    )
+    der = _tlv(0x30, _oid_der("1.2.840.113549.1.7.2") + _tlv(0xA0, signed_data))
+    # read back what we wrote, with the verifier, before anyone sees it
+    verify(der, image_digest=image_digest, trusted=[cert])
+    return der
+
+
+SPC_INDIRECT_DATA_ATTR_TYPE = bytes.fromhex("06092a864886f70d010903")  # contentType (1.2.840.113549.1.9.3)
+
+
+def _attribute(type_der: bytes, value_der: bytes) -> bytes:
+    return _tlv(0x30, type_der + _tlv(0x31, value_der))
+
+
+@dataclass
+class AuthenticodeSignature:
+    """What ``verify`` found in one SignedData."""
+
+    certificate: Any
+    signing_time: datetime.datetime | None
+    image_digest: bytes
+
+
+def signed_digest(der: bytes) -> bytes:
+    """The Authenticode digest a SignedData claims (its DigestInfo), without checking anything."""
+    return _parse(der)[1]
+
+
+def _tlv_at(buf: bytes, off: int) -> tuple[int, int, int]:
+    """(tag, start of contents, end) of the DER TLV at ``off`` (definite lengths only)."""
+    tag = buf[off]
+    first = buf[off + 1]
+    if first < 0x80:
+        return tag, off + 2, off + 2 + first
+    n = first & 0x7F
+    if n == 0 or n > 4:
+        raise ValueError("indefinite or oversized DER length")
+    length = int.from_bytes(buf[off + 2 : off + 2 + n], "big")
+    start = off + 2 + n
+    if start + length > len(buf):
+        raise ValueError("DER length past the end")
+    return tag, start, start + length
+
+
+def _children(buf: bytes, start: int, end: int) -> list[tuple[int, int, int, int]]:
+    """(tag, tlv start, contents start, end) of each TLV between ``start`` and ``end``."""
+    out = []
+    off = start
+    while off < end:
+        tag, c, e = _tlv_at(buf, off)
+        out.append((tag, off, c, e))
+        off = e
+    return out
+
+
+def _parse(der: bytes) -> tuple[Any, bytes, bytes]:
+    """(SignedData, claimed image digest, SpcIndirectDataContent value octets)."""
+    from asn1crypto import cms as acms
+
+    try:
+        ci = acms.ContentInfo.load(der)
+        if ci["content_type"].native != "signed_data":
+            raise VerificationError("the Authenticode blob is not a PKCS#7 SignedData")
+        sd = ci["content"]
+        eci = sd["encap_content_info"].dump()
+        # ContentInfo { OID, [0] EXPLICIT SpcIndirectDataContent }, read from the original bytes
+        tag, c, e = _tlv_at(eci, 0)
+        parts = _children(eci, c, e)
+        if tag != 0x30 or len(parts) != 2 or parts[0][0] != 0x06 or parts[1][0] != 0xA0:
+            raise VerificationError("the signed content is not a ContentInfo with SpcIndirectDataContent")
+        if eci[parts[0][1] : parts[0][3]] != _oid_der(SPC_INDIRECT_DATA):
+            raise VerificationError("the signed content is not SpcIndirectDataContent")
+        tag, vc, ve = _tlv_at(eci, parts[1][2])
+        if tag != 0x30:
+            raise VerificationError("SpcIndirectDataContent is not a SEQUENCE")
+        value = eci[vc:ve]
+        spc = _children(eci, vc, ve)
+        if len(spc) != 2:
+            raise VerificationError("SpcIndirectDataContent does not have two fields")
+        digest_info = _children(eci, spc[1][2], spc[1][3])
+        algo = _children(eci, digest_info[0][2], digest_info[0][3])
+        if eci[algo[0][1] : algo[0][3]] != SHA256_OID_DER:
+            raise VerificationError("the Authenticode digest is not sha256", "sign with sha256")
+        if digest_info[1][0] != 0x04:
+            raise VerificationError("the Authenticode DigestInfo holds no OCTET STRING")
+        claimed = eci[digest_info[1][2] : digest_info[1][3]]
+        return sd, claimed, value
+    except HsmsignError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - asn1crypto raises ValueError, TypeError, KeyError, ...
+        raise VerificationError(
+            f"the Authenticode signature is malformed ({type(exc).__name__})",
+            "the image's certificate table holds something that is not an Authenticode SignedData",
+        ) from exc
+
+
+def verify(der: bytes, *, image_digest: bytes, trusted: Sequence[Any]) -> AuthenticodeSignature:
+    """Check one SignedData against the image's digest and the trusted certificates."""
+    try:
+        return _verify(der, image_digest, trusted)
+    except HsmsignError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+        raise VerificationError(
+            f"the Authenticode signature is malformed ({type(exc).__name__})",
+            "is the image's certificate table intact?",
+        ) from exc
+
+
+def _verify(der: bytes, image_digest: bytes, trusted: Sequence[Any]) -> AuthenticodeSignature:
+    from asn1crypto import x509 as ax509
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from ..signing import verify_digest
+
+    sd, claimed, value = _parse(der)
+    if claimed != image_digest:
+        raise VerificationError(
+            "the image does not match its signature (Authenticode digest differs)",
+            "the file was changed after signing",
+        )
+    infos = sd["signer_infos"]
+    if len(infos) != 1:
+        raise VerificationError(f"the Authenticode signature has {len(infos)} signers, expected one")
+    si = infos[0]
+    if si["digest_algorithm"]["algorithm"].native != "sha256":
+        raise VerificationError(
+            f"digest algorithm {si['digest_algorithm']['algorithm'].native} is not sha256"
+        )
+    candidates: list[Any] = []
+    for choice in sd["certificates"] or []:
+        if choice.name == "certificate":
+            candidates.append(x509.load_der_x509_certificate(choice.chosen.dump()))
+    candidates.extend(trusted)
+    sid = si["sid"]
+    signer_cert = None
+    for c in candidates:
+        ac = ax509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
+        if sid.name == "issuer_and_serial_number":
+            if sid.chosen["issuer"] == ac.issuer and sid.chosen["serial_number"].native == ac.serial_number:
+                signer_cert = c
+                break
+        elif sid.name == "subject_key_identifier" and ac.key_identifier == sid.chosen.native:
+            signer_cert = c
+            break
+    if signer_cert is None:
+        raise VerificationError(
+            "the signer's certificate is neither in the signature nor among the trusted ones",
+            "pass the signer certificate (--cert)",
+        )
+    sattrs = si["signed_attrs"]
+    if not len(sattrs):
+        raise VerificationError("the Authenticode signature has no signed attributes")
+    found = {a["type"].dotted: a["values"][0] for a in sattrs}
+    ctype = found.get("1.2.840.113549.1.9.3")
+    if ctype is None or ctype.dotted != SPC_INDIRECT_DATA:
+        raise VerificationError("the signed attributes lack contentType SpcIndirectDataContent")
+    md = found.get("1.2.840.113549.1.9.4")
+    if md is None or md.native != hashlib.sha256(value).digest():
+        raise VerificationError("messageDigest does not match the SpcIndirectDataContent")
+    when = found["1.2.840.113549.1.9.5"].native if "1.2.840.113549.1.9.5" in found else None
+    attr_der = b"\x31" + cms._der_len(len(sattrs.contents)) + sattrs.contents
+    algo = si["signature_algorithm"]["algorithm"].native
+    if algo not in ("rsassa_pkcs1v15", "sha256_rsa"):
+        raise VerificationError(f"signature algorithm {algo} is not RSA PKCS#1 v1.5 (what firmware checks)")
+    pub = signer_cert.public_key()
+    if not isinstance(pub, rsa.RSAPublicKey):
+        raise VerificationError("the signer certificate does not hold an RSA key")
+    try:
+        verify_digest(pub, si["signature"].native, hashlib.sha256(attr_der).digest(), "sha256", "pkcs1v15")
+    except SigningError as exc:
+        raise VerificationError("the Authenticode signature does not verify with the signer's key") from exc
+    cms._check_trust(signer_cert, trusted)
+    return AuthenticodeSignature(signer_cert, when, claimed)
+
+
+def signature_list(certs: Sequence[Any], owner: uuid.UUID) -> bytes:
+    """An EFI_SIGNATURE_LIST per certificate (EFI_CERT_X509_GUID), as efitools' cert-to-efi-sig-list.
+
+    The input of db/KEK enrolment (``efi-updatevar -f``, KeyTool, virt-fw-vars); a
+    platform owner signs it into an authenticated variable update with the KEK.
+    """
+    import struct
+
+    from cryptography.hazmat.primitives import serialization
+
+    out = b""
+    for cert in certs:
+        der = cert.public_bytes(serialization.Encoding.DER)
+        sig_size = 16 + len(der)
+        out += EFI_CERT_X509_GUID.bytes_le + struct.pack("<III", 28 + sig_size, 0, sig_size)
+        out += owner.bytes_le + der
+    return out
+
+
+def describe(cert: Any) -> str:
+    return printable(cert.subject.rfc4514_string())

@@ -1,0 +1,311 @@
+"""UEFI Secure Boot: ``hsmsign pe`` against sbverify, osslsigncode, sbsign, efitools and OVMF.
+
+The input is Debian's systemd-boot (``systemd-boot-efi``), a real x86-64 EFI
+application whose length is not a multiple of 8 (so the padding rule is
+exercised). Every key lives in the session's SoftHSM token.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SoftHsm, require
+from tests.integration import ovmf
+
+DEV = ("--mode", "development")
+SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+SYSTEMD_STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+
+
+def _tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    require(path is not None, name, f"apt-get install {package}", env="HSMSIGN_REQUIRE_TOOLS")
+    assert path is not None
+    return path
+
+
+@pytest.fixture(scope="module")
+def efi() -> Path:
+    require(
+        SYSTEMD_BOOT.exists(), "systemd-boot", "apt-get install systemd-boot-efi", env="HSMSIGN_REQUIRE_TOOLS"
+    )
+    return SYSTEMD_BOOT
+
+
+@pytest.fixture(scope="module")
+def uefi_key(softhsm: SoftHsm, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    uri = softhsm.keygen("uefi-db", "rsa:2048")
+    cert = tmp_path_factory.mktemp("uefi") / "db.pem"
+    done = softhsm.run_cli(
+        "cert",
+        *DEV,
+        "--uri",
+        uri,
+        "--subject",
+        "CN=hsmsign test db",
+        "--eku",
+        "codeSigning",
+        "--output",
+        str(cert),
+    )
+    assert done.returncode == 0, done.stderr
+    return uri, cert
+
+
+@pytest.fixture(scope="module")
+def other_key(softhsm: SoftHsm, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    uri = softhsm.keygen("uefi-other", "rsa:3072")
+    cert = tmp_path_factory.mktemp("uefi-other") / "other.pem"
+    done = softhsm.run_cli("cert", *DEV, "--uri", uri, "--subject", "CN=not in db", "--output", str(cert))
+    assert done.returncode == 0, done.stderr
+    return uri, cert
+
+
+def _sign(softhsm: SoftHsm, key: tuple[str, Path], src: Path, out: Path, *extra: str) -> None:
+    done = softhsm.run_cli(
+        "pe", "sign", *DEV, "--uri", key[0], "--cert", str(key[1]), "--output", str(out), *extra, str(src)
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _flip(src: Path, out: Path) -> Path:
+    """A copy with one byte changed in the middle of the first section's data."""
+    from hsmsign.formats import pe
+
+    data = bytearray(src.read_bytes())
+    sec = pe.parse(data).sections[0]
+    data[sec.offset + sec.size // 2] ^= 0x01
+    out.write_bytes(bytes(data))
+    return out
+
+
+def _sbverify(cert: Path, image: Path) -> subprocess.CompletedProcess[str]:
+    tool = _tool("sbverify", "sbsigntool")
+    return subprocess.run(
+        [tool, "--cert", str(cert), str(image)], capture_output=True, text=True, check=False
+    )
+
+
+def _osslsigncode(cert: Path, image: Path) -> subprocess.CompletedProcess[str]:
+    tool = _tool("osslsigncode", "osslsigncode")
+    return subprocess.run(
+        [tool, "verify", "-CAfile", str(cert), "-in", str(image)], capture_output=True, text=True, check=False
+    )
+
+
+def _digest(softhsm: SoftHsm, image: Path) -> str:
+    done = softhsm.run_cli("pe", "digest", str(image))
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_stock_verifiers_accept_and_reject(
+    softhsm: SoftHsm, efi: Path, uefi_key: tuple[str, Path], other_key: tuple[str, Path], tmp_path: Path
+) -> None:
+    signed = tmp_path / "sd.efi"
+    _sign(softhsm, uefi_key, efi, signed)
+    cert = uefi_key[1]
+    ok = _sbverify(cert, signed)
+    assert ok.returncode == 0 and "Signature verification OK" in ok.stdout, ok.stdout + ok.stderr
+    ok2 = _osslsigncode(cert, signed)
+    assert ok2.returncode == 0 and "Succeeded" in ok2.stdout, ok2.stdout + ok2.stderr
+    ours = softhsm.run_cli("pe", "verify", "--cert", str(cert), str(signed))
+    assert ours.returncode == 0, ours.stderr
+
+    tampered = _flip(signed, tmp_path / "tampered.efi")
+    assert _sbverify(cert, tampered).returncode != 0
+    assert _osslsigncode(cert, tampered).returncode != 0
+    bad = softhsm.run_cli("pe", "verify", "--cert", str(cert), str(tampered))
+    assert bad.returncode == 6 and "digest differs" in bad.stderr and "Traceback" not in bad.stderr
+
+    assert _sbverify(cert, efi).returncode != 0
+    unsigned = softhsm.run_cli("pe", "verify", "--cert", str(cert), str(efi))
+    assert unsigned.returncode == 6 and "not signed" in unsigned.stderr
+
+    # a signature by another key is not one by the db key
+    others = tmp_path / "other.efi"
+    _sign(softhsm, other_key, efi, others)
+    assert _sbverify(cert, others).returncode != 0
+    assert _osslsigncode(cert, others).returncode != 0
+    assert softhsm.run_cli("pe", "verify", "--cert", str(cert), str(others)).returncode == 6
+    assert _sbverify(other_key[1], others).returncode == 0
+
+
+def test_digest_is_the_one_sbsign_and_osslsigncode_compute(
+    softhsm: SoftHsm, efi: Path, uefi_key: tuple[str, Path], tmp_path: Path
+) -> None:
+    """sbsign (libp11, the same token key) and osslsigncode agree with our digest, byte for byte."""
+    sbsign = _tool("sbsign", "sbsigntool")
+    ours = tmp_path / "ours.efi"
+    _sign(softhsm, uefi_key, efi, ours)
+    ours_digest = _digest(softhsm, ours)
+
+    theirs = tmp_path / "sbsign.efi"
+    key_uri = uefi_key[0].split("?")[0] + ";type=private?pin-value=" + softhsm.pin_file.read_text().strip()
+    env = dict(softhsm.env, PKCS11_MODULE_PATH=softhsm.module)
+    done = subprocess.run(
+        [
+            sbsign,
+            "--engine",
+            "pkcs11",
+            "--key",
+            key_uri,
+            "--cert",
+            str(uefi_key[1]),
+            "--output",
+            str(theirs),
+            str(efi),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(
+            "sbsign --engine pkcs11 failed: "
+            + done.stderr.replace(softhsm.pin_file.read_text().strip(), "***")
+        )
+    assert _digest(softhsm, theirs) == ours_digest
+    from hsmsign.formats import authenticode, pe
+
+    data = theirs.read_bytes()
+    (entry,) = pe.certificates(data)
+    assert authenticode.signed_digest(entry.data).hex() == ours_digest
+
+    for image in (ours, theirs):
+        out = _osslsigncode(uefi_key[1], image).stdout
+        current = re.search(r"Current message digest\s*:\s*([0-9A-F]+)", out)
+        calculated = re.search(r"Calculated message digest\s*:\s*([0-9A-F]+)", out)
+        assert current and calculated, out
+        assert current.group(1).lower() == calculated.group(1).lower() == ours_digest
+
+
+def test_append_keeps_the_first_signature(
+    softhsm: SoftHsm, efi: Path, uefi_key: tuple[str, Path], other_key: tuple[str, Path], tmp_path: Path
+) -> None:
+    first = tmp_path / "first.efi"
+    _sign(softhsm, other_key, efi, first)
+    both = tmp_path / "both.efi"
+    _sign(softhsm, uefi_key, first, both, "--append")
+    from hsmsign.formats import pe
+
+    assert len(pe.certificates(both.read_bytes())) == 2
+    for cert in (uefi_key[1], other_key[1]):
+        done = softhsm.run_cli("pe", "verify", "--cert", str(cert), str(both))
+        assert done.returncode == 0, done.stderr
+        assert _sbverify(cert, both).returncode == 0
+    # re-signing without --append replaces both
+    again = tmp_path / "again.efi"
+    _sign(softhsm, uefi_key, both, again)
+    assert len(pe.certificates(again.read_bytes())) == 1
+    assert _digest(softhsm, again) == _digest(softhsm, both)
+
+
+def test_esl_is_what_efitools_writes(uefi_key: tuple[str, Path], softhsm: SoftHsm, tmp_path: Path) -> None:
+    tool = _tool("cert-to-efi-sig-list", "efitools")
+    owner = str(uuid.uuid4())
+    theirs = tmp_path / "theirs.esl"
+    subprocess.run([tool, "-g", owner, str(uefi_key[1]), str(theirs)], check=True, capture_output=True)
+    ours = tmp_path / "ours.esl"
+    done = softhsm.run_cli("pe", "esl", "--cert", str(uefi_key[1]), "--owner", owner, "--output", str(ours))
+    assert done.returncode == 0, done.stderr
+    assert ours.read_bytes() == theirs.read_bytes()
+
+
+def test_errors_are_one_line_and_write_nothing(
+    softhsm: SoftHsm, efi: Path, uefi_key: tuple[str, Path], other_key: tuple[str, Path], tmp_path: Path
+) -> None:
+    not_pe = tmp_path / "notpe.efi"
+    not_pe.write_bytes(b"\x7fELF" + os.urandom(4000))
+    out = tmp_path / "out.efi"
+    done = softhsm.run_cli(
+        "pe", "sign", *DEV, "--uri", uefi_key[0], "--cert", str(uefi_key[1]), "-o", str(out), str(not_pe)
+    )
+    assert done.returncode == 2 and "not a PE/COFF image" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()
+    # a certificate of another key: refused before anything is written
+    done = softhsm.run_cli(
+        "pe", "sign", *DEV, "--uri", uefi_key[0], "--cert", str(other_key[1]), "-o", str(out), str(efi)
+    )
+    assert done.returncode == 2 and "does not belong to the token key" in done.stderr
+    assert not out.exists()
+    # ECDSA: not what firmware checks
+    ec = softhsm.keygen("uefi-ec", "ec:secp256r1")
+    ec_cert = tmp_path / "ec.pem"
+    assert (
+        softhsm.run_cli("cert", *DEV, "--uri", ec, "--subject", "CN=ec", "--output", str(ec_cert)).returncode
+        == 0
+    )
+    done = softhsm.run_cli("pe", "sign", *DEV, "--uri", ec, "--cert", str(ec_cert), "-o", str(out), str(efi))
+    assert done.returncode == 2 and "needs an RSA key" in done.stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hsmsign-tmp-")]
+
+
+def test_pin_and_role(softhsm: SoftHsm, efi: Path, uefi_key: tuple[str, Path], tmp_path: Path) -> None:
+    """The UEFI role's pin applies to pe sign (HSMSIGN_PUBKEY_SHA256_UEFI), and a wrong pin is exit 4."""
+    out = tmp_path / "pinned.efi"
+    args = ("pe", "sign", *DEV, "--uri", uefi_key[0], "--cert", str(uefi_key[1]), "-o", str(out), str(efi))
+    done = softhsm.run_cli(*args, env={"HSMSIGN_PUBKEY_SHA256_UEFI": "00" * 32})
+    assert done.returncode == 4, done.stderr
+    assert not out.exists()
+    # the global pin does not apply when the role has its own
+    done = softhsm.run_cli(
+        *args,
+        env={"HSMSIGN_PUBKEY_SHA256": "00" * 32, "HSMSIGN_PUBKEY_SHA256_UEFI": _fp(softhsm, uefi_key[0])},
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _fp(softhsm: SoftHsm, uri: str) -> str:
+    done = softhsm.run_cli("info", *DEV, "--uri", uri, "--json")
+    assert done.returncode == 0, done.stderr
+    import json
+
+    info = json.loads(done.stdout)
+    return str(info.get("fingerprint") or info["key"]["fingerprint"]).removeprefix("sha256:")
+
+
+@pytest.fixture(scope="module")
+def db_vars(uefi_key: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    why = ovmf.missing()
+    require(why is None, "OVMF/QEMU/virt-fw-vars", why or "", env="HSMSIGN_REQUIRE_TOOLS")
+    return ovmf.enrolled_vars(uefi_key[1], tmp_path_factory.mktemp("ovmf") / "vars.fd")
+
+
+def test_ovmf_secure_boot(
+    softhsm: SoftHsm,
+    efi: Path,
+    uefi_key: tuple[str, Path],
+    other_key: tuple[str, Path],
+    db_vars: Path,
+    tmp_path: Path,
+) -> None:
+    """OVMF, Secure Boot, db = the token's certificate: boots the signed systemd-boot, refuses the rest."""
+    signed = tmp_path / "signed.efi"
+    _sign(softhsm, uefi_key, efi, signed)
+    others = tmp_path / "others.efi"
+    _sign(softhsm, other_key, efi, others)
+    rotated = tmp_path / "rotated.efi"
+    _sign(softhsm, uefi_key, others, rotated, "--append")
+    cases = {
+        "signed": (signed, "accepted"),
+        "one byte changed": (_flip(signed, tmp_path / "flipped.efi"), "refused"),
+        "unsigned": (efi, "refused"),
+        "another key": (others, "refused"),
+        "another key + db key appended": (rotated, "accepted"),
+    }
+    seen = {}
+    for name, (image, want) in cases.items():
+        result = ovmf.boot(image, db_vars)
+        seen[name] = f"{result.verdict} in {result.seconds:.1f} s"
+        assert result.verdict == want, f"{name}: {result.verdict}\n{result.console[-2000:]}"
+    print("OVMF:", seen)
