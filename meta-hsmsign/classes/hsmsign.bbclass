@@ -1,5 +1,5 @@
-# hsmsign.bbclass: sign U-Boot, SPL, the kernel fitImage, the rootfs and
-# swupdate bundles with keys that never leave a PKCS#11 token.
+# hsmsign.bbclass: sign U-Boot, SPL, the kernel fitImage, the rootfs,
+# swupdate bundles and UEFI binaries with keys that never leave a PKCS#11 token.
 #
 # Switch it on for the whole build in local.conf (or a kas file):
 #
@@ -27,6 +27,7 @@
 #   HSM_PKCS11_URI_FITIMAGE ??= "${HSM_PKCS11_URI_UBOOT}"  kernel fitImage; its public half goes into U-Boot's DTB
 #   HSM_PKCS11_URI_ROOTFS   ??= "${HSM_PKCS11_URI}"        dm-verity root hash, image signatures, manifest
 #   HSM_PKCS11_URI_SWUPDATE ??= "${HSM_PKCS11_URI}"        sw-description
+#   HSM_PKCS11_URI_UEFI     ??= "${HSM_PKCS11_URI}"        UEFI Secure Boot: UKIs, systemd-boot, GRUB
 #   HSM_PKCS11_URI_ENCRYPT  ??= ""                         AES key (encryption only when set)
 #
 # U-Boot's DTB always holds the key that signs the kernel FIT: set
@@ -71,6 +72,9 @@ HSM_PKCS11_URI_ROOTFS[doc] = "Key that signs the dm-verity root hash, the detach
 
 HSM_PKCS11_URI_SWUPDATE ??= "${HSM_PKCS11_URI}"
 HSM_PKCS11_URI_SWUPDATE[doc] = "Key that signs sw-description of swupdate bundles."
+
+HSM_PKCS11_URI_UEFI ??= "${HSM_PKCS11_URI}"
+HSM_PKCS11_URI_UEFI[doc] = "RSA key that Authenticode-signs UEFI binaries (UKIs, systemd-boot, GRUB) for Secure Boot; its certificate is the db entry (HSMSIGN_UEFI_CERT)."
 
 HSM_PKCS11_URI_ENCRYPT ??= ""
 HSM_PKCS11_URI_ENCRYPT[doc] = "AES key in the token for swupdate image encryption; empty (default): no encryption. Never defaults to a signing key."
@@ -125,6 +129,8 @@ HSMSIGN_KEY_ID_ROOTFS = "${@hsmsign.bitbake.key_identity(d, 'ROOTFS')}"
 HSMSIGN_KEY_ID_ROOTFS[vardepvalue] = "${HSMSIGN_KEY_ID_ROOTFS}"
 HSMSIGN_KEY_ID_SWUPDATE = "${@hsmsign.bitbake.key_identity(d, 'SWUPDATE')}"
 HSMSIGN_KEY_ID_SWUPDATE[vardepvalue] = "${HSMSIGN_KEY_ID_SWUPDATE}"
+HSMSIGN_KEY_ID_UEFI = "${@hsmsign.bitbake.key_identity(d, 'UEFI')}"
+HSMSIGN_KEY_ID_UEFI[vardepvalue] = "${HSMSIGN_KEY_ID_UEFI}"
 HSMSIGN_KEY_ID_ENCRYPT = "${@hsmsign.bitbake.key_identity(d, 'ENCRYPT')}"
 HSMSIGN_KEY_ID_ENCRYPT[vardepvalue] = "${HSMSIGN_KEY_ID_ENCRYPT}"
 
@@ -224,4 +230,4 @@ python () {
 }
 
 # One class per artifact; each hooks only the recipes that build its artifact.
-inherit hsmsign-uboot hsmsign-fitimage hsmsign-image hsmsign-swupdate
+inherit hsmsign-uboot hsmsign-fitimage hsmsign-image hsmsign-swupdate hsmsign-uefi
