@@ -71,9 +71,14 @@ class UefiBuild:
             # offline: no cross binutils for the db recipe's (empty) sysroot
             'POPULATESYSROOTDEPS:class-target:pn-hsmsign-uefi-db = ""',
             'BBMASK += "' + " ".join(masks) + '"',
-            *(f'BBFILE_PATTERN_IGNORE_EMPTY_{c} = "1"' for c in ("core", "meta-python", "openembedded-layer")),
+            *(
+                f'BBFILE_PATTERN_IGNORE_EMPTY_{c} = "1"'
+                for c in ("core", "meta-python", "openembedded-layer")
+            ),
         ]
-        bbenv.write_conf(self.build.topdir, "\n".join(lines) + "\n", bbenv.layer_paths(TEST_LAYER, swupdate=False))
+        bbenv.write_conf(
+            self.build.topdir, "\n".join(lines) + "\n", bbenv.layer_paths(TEST_LAYER, swupdate=False)
+        )
 
     def bitbake(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.build.run(*args)
@@ -131,9 +136,10 @@ def test_systemd_boot_signed_and_db_deployed(uefi: UefiBuild) -> None:
     built = glob.glob(os.path.join(pattern, "systemd-bootx64.efi"), recursive=True)
     assert built and all(sbverify(cert, p).returncode == 0 for p in built), built
     # the stub stays as it was (ukify's input)
-    with open(os.path.join(deploy, "linuxx64.efi.stub"), "rb") as a, open(
-        "/usr/lib/systemd/boot/efi/linuxx64.efi.stub", "rb"
-    ) as b:
+    with (
+        open(os.path.join(deploy, "linuxx64.efi.stub"), "rb") as a,
+        open("/usr/lib/systemd/boot/efi/linuxx64.efi.stub", "rb") as b,
+    ):
         assert a.read() == b.read()
     # no PIN, no private key anywhere in TMPDIR (logs, run files, sigdata, deploy)
     pin = uefi.pin.encode()
@@ -159,7 +165,9 @@ def test_key_change_re_signs(uefi: UefiBuild) -> None:
         started = bbenv.started_tasks(out)
         assert "systemd-boot:do_hsmsign_uefi" in started and "hsmsign-uefi-db:do_compile" in started, started
         deploy = uefi.deploy_dir()
-        ok = sbverify(os.path.join(deploy, "hsmsign-uefi-db.pem"), os.path.join(deploy, "systemd-bootx64.efi"))
+        ok = sbverify(
+            os.path.join(deploy, "hsmsign-uefi-db.pem"), os.path.join(deploy, "systemd-bootx64.efi")
+        )
         assert ok.returncode == 0, ok.stdout + ok.stderr
     finally:
         uefi.conf()

@@ -162,14 +162,31 @@ def verify_image(data: bytes, trusted: list[Any], what: str) -> list[Any]:
     return good
 
 
-def run_sign(args: Any) -> int:
-    from .. import atomic
+def _map(path: str) -> Any:
+    """The file's bytes without a copy (mmap; the page cache serves hashing and writing)."""
+    import mmap
+
     from ..errors import ConfigError
+
+    check_readable(path)
+    try:
+        with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size == 0:
+                return b""
+            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+
+
+def run_sign(args: Any) -> int:
+    import threading
+
+    from .. import atomic
+    from ..errors import ConfigError, SigningError
     from ..formats import authenticode, cms, pe
 
-    data = _read(args.input)
+    data = _map(args.input)
     layout = pe.parse(data, args.input)
-    cert = cms.read_certificate_file(args.cert)
     if args.append and layout.signed and layout.cert_table_offset % 8:
         raise ConfigError(
             f"{args.input}: its certificate table is not 8-byte aligned; a signature appended to it "
@@ -178,29 +195,49 @@ def run_sign(args: Any) -> int:
         )
     if layout.signed and not args.append:
         warn(f"{args.input} was signed: its {len(pe.certificates(data, layout))} signature(s) are replaced")
-    image_digest = pe.digest(data, "sha256", layout, pad=True)
-    args.role = args.role or "UEFI"
-    with open_key_from_args(args) as key:
-        authenticode.check_signer(key)
-        blob = authenticode.sign(key, cert=cert, image_digest=image_digest)
-        signed = pe.assemble(data, layout, [pe.win_certificate(blob)], keep_existing=args.append)
-        # check the file as firmware will read it, before it gets its name
-        out_layout = pe.parse(signed, args.output)
-        if pe.digest(signed, "sha256", out_layout) != image_digest:
-            from ..errors import SigningError
-
-            raise SigningError("internal: the signed image's digest differs from the one signed")
-        verify_image(bytes(signed), [cert], args.output)
-        atomic.write_bytes_atomic(args.output, bytes(signed), mode=_mode_of(args.input))
-        record(
-            args,
-            artifact=args.output,
-            sha256_hex=image_digest.hex(),
-            key=key,
-            mechanism="authenticode-rsa-pkcs1v15-sha256",
-            kind="pe",
-        )
-    count = len(pe.certificates(signed, out_layout))
+    # hash while the crypto libraries load and the token logs in (hashlib releases the GIL)
+    digest_box: list[bytes] = []
+    hasher = threading.Thread(target=lambda: digest_box.append(pe.digest(data, "sha256", layout, pad=True)))
+    hasher.start()
+    try:
+        cert = cms.read_certificate_file(args.cert)
+        args.role = args.role or "UEFI"
+        with open_key_from_args(args) as key:
+            authenticode.check_signer(key)
+            hasher.join()
+            image_digest = digest_box[0]
+            blob = authenticode.sign(key, cert=cert, image_digest=image_digest)
+            entry = pe.win_certificate(blob)
+            with atomic.atomic_output(args.output, mode=_mode_of(args.input)) as out:
+                size = pe.write_signed(out.fh, data, layout, [entry], keep_existing=args.append)
+                out.flush()
+                # read the file back as firmware will: same hashed ranges (so the same digest), a
+                # certificate table at the end whose last entry is this signature, and it verifies
+                written = _map(out.tmp_path)
+                new = pe.parse(written, args.output)
+                want, got = pe.hashed_ranges(layout), pe.hashed_ranges(new)
+                pad = new.content_end - layout.content_end
+                if (
+                    new.size != size
+                    or got[: len(want) - 1] != want[:-1]
+                    or sum(b - a for a, b in got) != sum(b - a for a, b in want) + pad
+                ):
+                    raise SigningError("internal: the signed image's layout differs from the one hashed")
+                entries = pe.certificates(written, new)
+                if not entries or entries[-1].data != blob:
+                    raise SigningError("internal: the signature read back differs from the one written")
+                authenticode.verify(entries[-1].data, image_digest=image_digest, trusted=[cert])
+                count = len(entries)
+            record(
+                args,
+                artifact=args.output,
+                sha256_hex=image_digest.hex(),
+                key=key,
+                mechanism="authenticode-rsa-pkcs1v15-sha256",
+                kind="pe",
+            )
+    finally:
+        hasher.join()
     emit(
         args,
         f"signed {args.output} ({layout.machine}, authenticode sha256 {image_digest.hex()}, key {key.label}, "

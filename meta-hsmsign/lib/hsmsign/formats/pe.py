@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from ..errors import ConfigError, VerificationError
 
@@ -208,7 +209,7 @@ def digest(
     """The Authenticode digest of an image (signed or not: the table is left out).
 
     ``pad``: the digest of the image as it will be once signed, with the zero bytes that
-    align an unsigned image's end to 8 before the table (``assemble`` writes them).
+    align an unsigned image's end to 8 before the table (``write_signed`` writes them).
     """
     layout = layout or parse(data)
     view = memoryview(data)
@@ -244,38 +245,31 @@ def win_certificate(pkcs7_der: bytes) -> bytes:
     return entry + b"\0" * (-len(entry) % 8)
 
 
-def pe_checksum(buf: bytearray, checksum_offset: int) -> int:
-    """The optional header's CheckSum (imagehlp's algorithm): folded 16-bit word sum + file size.
+def write_signed(
+    out: BinaryIO, data: bytes | memoryview, layout: PeLayout, entries: list[bytes], keep_existing: bool
+) -> int:
+    """Write the image with a new certificate table to ``out``; return the number of bytes.
 
-    The folded sum of little-endian 16-bit words is the buffer read as one
-    little-endian integer modulo 0xFFFF (2^16 = 1 mod 0xFFFF), which Python's big
-    integers compute in one pass. The CheckSum field counts as zero (it is zeroed here).
-    """
-    struct.pack_into("<I", buf, checksum_offset, 0)
-    value = int.from_bytes(buf, "little")
-    folded = value % 0xFFFF
-    if folded == 0 and value:
-        folded = 0xFFFF
-    return (folded + len(buf)) & 0xFFFFFFFF
+    The table holds the old entries (``keep_existing``) and then ``entries``. Unsigned
+    input is zero-padded to 8 bytes first; the padding is part of the digest (it comes
+    before the table), so sign ``digest(..., pad=True)``. Only the header is copied (to
+    patch the certificate-table entry); the rest is written from ``data`` as it is.
 
-
-def assemble(
-    data: bytes | memoryview, layout: PeLayout, entries: list[bytes], keep_existing: bool
-) -> bytearray:
-    """The image with a new certificate table: the old entries (``keep_existing``) and ``entries``.
-
-    Unsigned input is zero-padded to 8 bytes first; the padding is part of the digest
-    (it comes before the table), so compute the digest on ``pad(data)``.
+    The optional header's CheckSum is left as it was, as sbsign does: UEFI firmware
+    (EDK2 ``DxeImageVerificationLib``) and shim neither check nor hash it.
     """
     view = memoryview(data)
-    out = bytearray(view[: layout.content_end])
-    out += b"\0" * (-len(out) % 8)
-    table_start = len(out)
-    if keep_existing and layout.signed:
-        out += view[layout.cert_table_offset : layout.size]
+    end = layout.content_end
+    pad = -end % 8
+    table_start = end + pad
+    old = view[layout.cert_table_offset : layout.size] if keep_existing and layout.signed else view[0:0]
+    table_size = len(old) + sum(len(e) for e in entries)
+    head = bytearray(view[: layout.size_of_headers])
+    struct.pack_into("<II", head, layout.cert_dir_offset, table_start if table_size else 0, table_size)
+    out.write(head)
+    out.write(view[layout.size_of_headers : end])
+    out.write(b"\0" * pad)
+    out.write(old)
     for entry in entries:
-        out += entry
-    table_size = len(out) - table_start
-    struct.pack_into("<II", out, layout.cert_dir_offset, table_start if table_size else 0, table_size)
-    struct.pack_into("<I", out, layout.checksum_offset, pe_checksum(out, layout.checksum_offset))
-    return out
+        out.write(entry)
+    return table_start + table_size

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Benchmark: `hsmsign pe sign` against `sbsign --engine pkcs11` (libp11) on a 50 MiB UKI.
+
+The UKI is made the way it was before ukify: objcopy adds .cmdline, .linux
+(40 MiB) and .initrd (10 MiB) of random bytes to Debian's systemd-boot stub
+(``linuxx64.efi.stub``). Both tools sign with the same RSA-2048 key in a SoftHSM
+development token (``hsmsign dev-init``) and the same certificate; each run is a
+cold process (start, module load, login, hash, one signature, write). The
+Authenticode digests of both outputs are compared too.
+
+Target (issue 16): hsmsign / sbsign wall time <= 1.0. Usage:
+bench/bench_pe.py [--size-mib 50] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+PIN_ATTR = "pin-value"  # libp11 wants the run-time PIN of a throw-away bench token in its URI
+
+
+def timed_pair(cmds: dict[str, list[str]], env: dict[str, str], repeat: int) -> dict[str, float]:
+    """Median wall time of each command, the commands interleaved (a busy machine hits both alike)."""
+    times: dict[str, list[float]] = {name: [] for name in cmds}
+    for _ in range(repeat):
+        for name, cmd in cmds.items():
+            start = time.perf_counter()
+            done = subprocess.run(cmd, env=env, capture_output=True, check=False)
+            elapsed = time.perf_counter() - start
+            if done.returncode != 0:
+                raise SystemExit(f"failed: {name}: {done.stderr.decode()[-400:]}")
+            times[name].append(elapsed)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def make_uki(work: Path, size_mib: int) -> Path:
+    linux, initrd, cmdline = work / "linux", work / "initrd", work / "cmdline"
+    linux_mib = max(1, size_mib * 4 // 5)
+    linux.write_bytes(os.urandom(linux_mib << 20))
+    initrd.write_bytes(os.urandom(max(1, size_mib - linux_mib) << 20))
+    cmdline.write_text("console=ttyS0 root=LABEL=root\n")
+    uki = work / "uki.efi"
+    subprocess.run(
+        [
+            "objcopy",
+            "--add-section", f".cmdline={cmdline}", "--change-section-vma", ".cmdline=0x30000",
+            "--add-section", f".linux={linux}", "--change-section-vma", ".linux=0x2000000",
+            "--add-section", f".initrd={initrd}", "--change-section-vma", ".initrd=0x8000000",
+            str(STUB), str(uki),
+        ],
+        check=True,
+    )  # fmt: skip
+    return uki
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mib", type=int, default=50)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    for tool, package in (("sbsign", "sbsigntool"), ("objcopy", "binutils")):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} missing: apt-get install {package}")
+    if not STUB.exists():
+        raise SystemExit("systemd-boot stub missing: apt-get install systemd-boot-efi")
+
+    work = Path(tempfile.mkdtemp(prefix="hsmsign-bench-pe-"))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "meta-hsmsign" / "lib")
+    env["HSMSIGN_DEV_HOME"] = str(work / "dev")
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    hsmsign = [sys.executable, "-m", "hsmsign"]
+    try:
+        init = subprocess.run(
+            [*hsmsign, "dev-init", "--json"], env=env, capture_output=True, text=True, check=True
+        )
+        dev = json.loads(init.stdout)
+        env["SOFTHSM2_CONF"] = dev["conf"]
+        env["HSMSIGN_MODE"] = "development"
+        env["PKCS11_MODULE_PATH"] = dev["module"]
+        uri = dev["keys"]["uefi"]["uri"]
+        pin = Path(dev["pin_file"]).read_text().strip()
+        cert = work / "db.pem"
+        subprocess.run(
+            [*hsmsign, "cert", "--uri", uri, "--subject", "CN=bench db", "--output", str(cert)],
+            env=env, check=True, capture_output=True,
+        )  # fmt: skip
+        print(f"making a {args.size_mib} MiB UKI ...", file=sys.stderr)
+        uki = make_uki(work, args.size_mib)
+        subprocess.run(["cat", str(uki)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
+        ours_out, theirs_out = work / "ours.efi", work / "sbsign.efi"
+        engine_uri = f"pkcs11:token={dev['token']};object={dev['keys']['uefi']['label']};type=private"
+        results = timed_pair(
+            {
+                "hsmsign pe sign": [
+                    *hsmsign, "pe", "sign", "--uri", uri, "--cert", str(cert), "-o", str(ours_out), str(uki)
+                ],
+                "sbsign --engine pkcs11": [
+                    "sbsign", "--engine", "pkcs11", "--key", f"{engine_uri}?{PIN_ATTR}={pin}",
+                    "--cert", str(cert), "--output", str(theirs_out), str(uki),
+                ],
+            },
+            env,
+            args.repeat,
+        )  # fmt: skip
+        digests = {
+            name: subprocess.run(
+                [*hsmsign, "pe", "digest", str(path)], env=env, capture_output=True, text=True, check=True
+            ).stdout.strip()
+            for name, path in (("hsmsign", ours_out), ("sbsign", theirs_out))
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    ours, theirs = results["hsmsign pe sign"], results["sbsign --engine pkcs11"]
+    print(f"\nsigning a {args.size_mib} MiB UKI, median of {args.repeat} cold runs each, interleaved (RSA-2048 on SoftHSM)")
+    for name, secs in results.items():
+        print(f"{name:<28} {secs:8.3f} s")
+    print(f"\nhsmsign / sbsign = {ours / theirs:.3f}  (target <= 1.0)")
+    same = digests["hsmsign"] == digests["sbsign"]
+    print(f"Authenticode digests {'identical' if same else 'DIFFER'}: {digests['hsmsign']}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
