@@ -1,3 +1,4 @@
+# nooelint: oelint.var.mandatoryvar.SRC_URI, oelint.var.bbclassextend - nothing is fetched (the certificate comes from the token or HSMSIGN_UEFI_CERT); target only
 SUMMARY = "UEFI Secure Boot db certificate of the meta-hsmsign UEFI key"
 DESCRIPTION = "Deploys the certificate that every Authenticode signature of the build carries \
                (HSMSIGN_UEFI_CERT, or a self-signed one made from HSM_PKCS11_URI_UEFI in \
@@ -5,6 +6,8 @@ DESCRIPTION = "Deploys the certificate that every Authenticode signature of the 
                for enrolment in db."
 # nooelint: oelint.vars.homepageping - no network in CI; the project page
 HOMEPAGE = "https://github.com/meta-hsmsign/meta-hsmsign"
+BUGTRACKER = "https://github.com/meta-hsmsign/meta-hsmsign/issues"
+CVE_PRODUCT = "hsmsign"
 SECTION = "bootloaders"
 LICENSE = "MIT"
 # nooelint: oelint.var.licenseremotefile - generated files only, MIT like the layer
@@ -54,7 +57,7 @@ do_compile[vardeps] += "HSMSIGN_UEFI_CERT_ID HSMSIGN_UEFI_CERT_SUBJECT HSMSIGN_U
 do_compile[cleandirs] = "${B}"
 
 do_deploy() {
-	install -m 0644 ${B}/hsmsign-uefi-db.pem ${B}/hsmsign-uefi-db.der ${B}/hsmsign-uefi-db.esl ${DEPLOYDIR}/
+    install -m 0644 ${B}/hsmsign-uefi-db.pem ${B}/hsmsign-uefi-db.der ${B}/hsmsign-uefi-db.esl ${DEPLOYDIR}/
 }
 addtask deploy after do_compile before do_build
 
