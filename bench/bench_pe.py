@@ -125,7 +125,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     ours, theirs = results["hsmsign pe sign"], results["sbsign --engine pkcs11"]
-    print(f"\nsigning a {args.size_mib} MiB UKI, median of {args.repeat} cold runs each, interleaved (RSA-2048 on SoftHSM)")
+    print(f"\nsigning a {args.size_mib} MiB UKI, median of {args.repeat} cold runs each, interleaved")
+    print("(RSA-2048 on SoftHSM)")
     for name, secs in results.items():
         print(f"{name:<28} {secs:8.3f} s")
     print(f"\nhsmsign / sbsign = {ours / theirs:.3f}  (target <= 1.0)")
