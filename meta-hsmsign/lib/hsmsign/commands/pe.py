@@ -209,7 +209,10 @@ def run_sign(args: Any) -> int:
             blob = authenticode.sign(key, cert=cert, image_digest=image_digest)
             entry = pe.win_certificate(blob)
             with atomic.atomic_output(args.output, mode=_mode_of(args.input)) as out:
-                size = pe.write_signed(out.fh, data, layout, [entry], keep_existing=args.append)
+                with open(args.input, "rb") as src:
+                    size = pe.write_signed(
+                        out.fh, data, layout, [entry], keep_existing=args.append, src_fd=src.fileno()
+                    )
                 out.flush()
                 # read the file back as firmware will: same hashed ranges (so the same digest), a
                 # certificate table at the end whose last entry is this signature, and it verifies
