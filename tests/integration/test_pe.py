@@ -7,6 +7,7 @@ exercised). Every key lives in the session's SoftHSM token.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -257,6 +258,13 @@ def test_pin_and_role(softhsm: SoftHsm, efi: Path, uefi_key: tuple[str, Path], t
     done = softhsm.run_cli(*args, env={"HSMSIGN_PUBKEY_SHA256_UEFI": "00" * 32})
     assert done.returncode == 4, done.stderr
     assert not out.exists()
+    # the ledger records the Authenticode digest and the key
+    ledger = tmp_path / "ledger.jsonl"
+    done = softhsm.run_cli(*args, "--ledger", str(ledger))
+    assert done.returncode == 0, done.stderr
+    entry = json.loads(ledger.read_text().splitlines()[-1])
+    assert entry["kind"] == "pe" and entry["sha256"] == _digest(softhsm, out)
+    assert softhsm.run_cli("ledger", "verify", "--ledger", str(ledger)).returncode == 0
     # the global pin does not apply when the role has its own
     done = softhsm.run_cli(
         *args,
@@ -268,8 +276,6 @@ def test_pin_and_role(softhsm: SoftHsm, efi: Path, uefi_key: tuple[str, Path], t
 def _fp(softhsm: SoftHsm, uri: str) -> str:
     done = softhsm.run_cli("info", *DEV, "--uri", uri, "--json")
     assert done.returncode == 0, done.stderr
-    import json
-
     info = json.loads(done.stdout)
     return str(info.get("fingerprint") or info["key"]["fingerprint"]).removeprefix("sha256:")
 
