@@ -6,7 +6,8 @@ import argparse
 import os
 from typing import Any
 
-from .common import check_readable, emit, open_key_from_args, record, warn
+from ..atomic import check_readable
+from .common import emit, open_key_from_args, record, warn
 
 EXAMPLE = """\
 examples:
