@@ -36,6 +36,7 @@ SPC_INDIRECT_DATA = "1.3.6.1.4.1.311.2.1.4"
 SPC_PE_IMAGE_DATA = "1.3.6.1.4.1.311.2.1.15"
 SPC_SP_OPUS_INFO = "1.3.6.1.4.1.311.2.1.12"
 SHA256_OID_DER = bytes.fromhex("0609608648016503040201")
+CONTENT_TYPE_OID_DER = bytes.fromhex("06092a864886f70d010903")  # PKCS#9 contentType, 1.2.840.113549.1.9.3
 # SpcPeImageData { flags BIT STRING '', file [0] { [2] { [0] BMPString "<<<Obsolete>>>" } } }
 _OBSOLETE = "<<<Obsolete>>>".encode("utf-16-be")
 _PE_IMAGE_DATA = (
@@ -117,7 +118,7 @@ def sign(
         }
     )
     attrs = [
-        _attribute(SPC_INDIRECT_DATA_ATTR_TYPE, _oid_der(SPC_INDIRECT_DATA)),
+        _attribute(CONTENT_TYPE_OID_DER, _oid_der(SPC_INDIRECT_DATA)),
         _attribute(_oid_der("1.2.840.113549.1.9.5"), cms._cms_time(when or cms.signing_time()).dump()),
         _attribute(_oid_der(SPC_SP_OPUS_INFO), b"\x30\x00"),
         _attribute(_oid_der("1.2.840.113549.1.9.4"), _tlv(0x04, content_digest)),
@@ -158,9 +159,6 @@ def sign(
     # read back what we wrote, with the verifier, before anyone sees it
     verify(der, image_digest=image_digest, trusted=[cert])
     return der
-
-
-SPC_INDIRECT_DATA_ATTR_TYPE = bytes.fromhex("06092a864886f70d010903")  # contentType (1.2.840.113549.1.9.3)
 
 
 def _attribute(type_der: bytes, value_der: bytes) -> bytes:
