@@ -173,6 +173,8 @@ class Settings:
     fit_key_name: str = ""
     mkimage: str = ""
     audit_allowlist: str = ""
+    # hsmsign pe esl: the EFI signature list's SignatureOwner GUID
+    uefi_owner: str = ""
     softhsm_module: str = ""
     dev_home: str = ""
     ledger_time: str = ""  # HSMSIGN_LEDGER_TIME: the ledger's clock (tests, reproducible replays)
@@ -232,6 +234,7 @@ class Settings:
             fit_key_name=get("HSMSIGN_FIT_KEY_NAME"),
             mkimage=get(MKIMAGE_ENV),
             audit_allowlist=get("HSMSIGN_AUDIT_ALLOWLIST"),
+            uefi_owner=get("HSMSIGN_UEFI_OWNER_GUID"),
             softhsm_module=get("HSMSIGN_SOFTHSM_MODULE"),
             dev_home=get("HSMSIGN_DEV_HOME"),
             ledger_time=get("HSMSIGN_LEDGER_TIME"),

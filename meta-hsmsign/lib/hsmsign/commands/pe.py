@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from ..atomic import check_readable
+from ..settings import Settings
 from .common import emit, open_key_from_args, record, warn
 
 EXAMPLE = """\
@@ -101,7 +102,7 @@ def register(sub: Any, parents: Any) -> None:
     )
     p.add_argument(
         "--owner",
-        default=os.environ.get("HSMSIGN_UEFI_OWNER_GUID") or None,
+        default=Settings.from_env(check=False).uefi_owner or None,
         metavar="GUID",
         help="SignatureOwner GUID (default: $HSMSIGN_UEFI_OWNER_GUID, else one derived from the first "
         "certificate)",
