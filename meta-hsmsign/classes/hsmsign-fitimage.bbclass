@@ -36,7 +36,7 @@ do_hsmsign_fitimage[doc] = "Sign the kernel FIT (wrynose and later) with the tok
 python do_hsmsign_fitimage() {
     import shlex
     fit = d.getVar("HSMSIGN_FITIMAGE_FILE")
-    args = ["fit", "sign", "--uri", hsmsign.bitbake.signing_uri(d, "FITIMAGE"),
+    args = ["fit", "sign", "--uri", hsmsign.bitbake.role_uri(d, "FITIMAGE"),
             "--key-name", hsmsign.bitbake.key_name(d, "FITIMAGE"),
             "--algo", "%s,%s" % (d.getVar("FIT_HASH_ALG"), d.getVar("FIT_SIGN_ALG"))]
     if (d.getVar("FIT_SIGN_ALG") or "").startswith("rsa"):

@@ -39,7 +39,7 @@ def hsmsign_rootfs_cert(d):
         return cert
     cert = os.path.join(d.getVar("IMGDEPLOYDIR"), d.getVar("IMAGE_NAME") + ".hsmsign-rootfs.pem")
     if not os.path.exists(cert):
-        hsmsign_run(d, ["cert", "--uri", hsmsign.bitbake.signing_uri(d, "ROOTFS"),
+        hsmsign_run(d, ["cert", "--uri", hsmsign.bitbake.role_uri(d, "ROOTFS"),
                         "--subject", "CN=%s rootfs (meta-hsmsign)" % d.getVar("DISTRO"),
                         "--eku", "codeSigning", "--output", cert], "ROOTFS")
     return cert
@@ -52,7 +52,7 @@ def hsmsign_sign_root_hash(d, params, real, link=None):
         root_hash = hsmsign.bitbake.verity_root_hash(params)
     except hsmsign.bitbake.TaskError as exc:
         bb.fatal("meta-hsmsign: %s" % exc)
-    hsmsign_run(d, ["verity", "sign", "--uri", hsmsign.bitbake.signing_uri(d, "ROOTFS"),
+    hsmsign_run(d, ["verity", "sign", "--uri", hsmsign.bitbake.role_uri(d, "ROOTFS"),
                     "--root-hash", root_hash, "--cert", hsmsign_rootfs_cert(d),
                     "--root-hash-output", real + ".roothash",
                     "--output", real + ".roothash.p7s"], "ROOTFS")
@@ -90,7 +90,7 @@ python hsmsign_image_sign() {
         return
     deploy = d.getVar("IMGDEPLOYDIR")
     skip = (d.getVar("HSMSIGN_IMAGE_SKIP") or "").split()
-    uri = hsmsign.bitbake.signing_uri(d, "ROOTFS")
+    uri = hsmsign.bitbake.role_uri(d, "ROOTFS")
     files = []
     for name in sorted(os.listdir(deploy)):
         path = os.path.join(deploy, name)

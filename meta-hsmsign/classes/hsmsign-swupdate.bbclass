@@ -53,7 +53,7 @@ python hsmsign_swupdate_token_aes() {
 # unit-tested; a layer test fails when meta-swupdate renames the functions they replace. They stay
 # an override of BitBake's function context: a bbappend cannot reach every swupdate image recipe.
 def hsmsign_swupdate_use_token(d):
-    uri = hsmsign.bitbake.signing_uri(d, "ENCRYPT")
+    uri = hsmsign.bitbake.role_uri(d, "ENCRYPT")
     context = bb.utils.get_context()
     helpers = hsmsign.bitbake.SwupdateTokenAes(
         d.getVar("SWUPDATE_AES_FILE"), d.getVar("HSMSIGN_SWUPDATE_IVT") or "",

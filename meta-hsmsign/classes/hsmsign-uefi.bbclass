@@ -56,7 +56,7 @@ def hsmsign_uefi_targets(d):
     return [p for p in found if os.path.isfile(p) and not os.path.islink(p)]
 
 def hsmsign_uefi_sign(d, path):
-    hsmsign_run(d, ["pe", "sign", "--uri", hsmsign.bitbake.signing_uri(d, "UEFI"),
+    hsmsign_run(d, ["pe", "sign", "--uri", hsmsign.bitbake.role_uri(d, "UEFI"),
                     "--cert", d.getVar("HSMSIGN_UEFI_DB"), "--output", path, path], "UEFI")
 
 do_hsmsign_uefi[doc] = "Authenticode-sign the recipe's EFI binaries (systemd-boot, GRUB) with HSM_PKCS11_URI_UEFI before they are installed and deployed."

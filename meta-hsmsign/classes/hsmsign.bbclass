@@ -175,7 +175,7 @@ def hsmsign_recipe_check(d):
 # at the role's URI. It holds the whole URI (pin-source, module-path), so its
 # hash is the key's identity instead: moving the PIN file re-signs nothing.
 def hsmsign_set_keydir(d, var, role):
-    d.setVar(var, hsmsign.bitbake.signing_uri(d, role))
+    d.setVar(var, hsmsign.bitbake.role_uri(d, role))
     d.setVarFlag(var, "vardepvalue", "${HSMSIGN_KEY_ID_%s}" % role)
 
 # Hook a task of another class: the environment prefunc, the per-token lock,

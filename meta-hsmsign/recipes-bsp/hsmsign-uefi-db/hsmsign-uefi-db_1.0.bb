@@ -41,7 +41,7 @@ python do_compile() {
             bb.fatal("meta-hsmsign: set HSMSIGN_UEFI_CERT to the db certificate of HSM_PKCS11_URI_UEFI "
                      "(a self-signed one is made in development mode only): hsmsign cert --uri URI "
                      "--subject 'CN=... Secure Boot db' --eku codeSigning --days 3650 --output db.pem")
-        hsmsign_run(d, ["cert", "--uri", hsmsign.bitbake.signing_uri(d, "UEFI"),
+        hsmsign_run(d, ["cert", "--uri", hsmsign.bitbake.role_uri(d, "UEFI"),
                         "--subject", d.getVar("HSMSIGN_UEFI_CERT_SUBJECT"),
                         "--eku", "codeSigning", "--days", "3650", "--output", pem], "UEFI")
     with open(pem, encoding="ascii") as fh:

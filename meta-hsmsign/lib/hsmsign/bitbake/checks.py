@@ -177,11 +177,6 @@ def key_name(d: Datastore, role: str) -> str:
     return label or "hsmsign-" + role.lower()
 
 
-def signing_uri(d: Datastore, role: str) -> str:
-    """The URI handed to a signing child (pin-value is refused at parse time)."""
-    return role_uri(d, role)
-
-
 def img_key_name(d: Datastore) -> str:
     """Image signatures' ``key-name-hint`` (FIT_SIGN_INDIVIDUAL): UBOOT_SIGN_IMG_KEYNAME, else <conf>-img."""
     return _get(d, "UBOOT_SIGN_IMG_KEYNAME") or key_name(d, "FITIMAGE") + "-img"
@@ -427,7 +422,7 @@ def swupdate_sign_tool(d: Datastore) -> str:
     workdir = _get(d, "HSMSIGN_SWUPDATE_DIR")
     plain = "sw-description.plain" if _get(d, "SWUPDATE_ENCRYPT_SWDESC") else "sw-description"
     signing_mode = _get(d, "HSMSIGN_SWUPDATE_MODE")
-    args = [_get(d, "HSMSIGN_CMD"), "swupdate", "sign", "--uri", quote(signing_uri(d, "SWUPDATE")),
+    args = [_get(d, "HSMSIGN_CMD"), "swupdate", "sign", "--uri", quote(role_uri(d, "SWUPDATE")),
             "--signing-mode", quote(signing_mode)]
     cert = _get(d, "HSMSIGN_SWUPDATE_CERT")
     if cert and signing_mode == "cms":

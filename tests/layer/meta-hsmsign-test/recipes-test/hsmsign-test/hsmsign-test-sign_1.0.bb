@@ -24,7 +24,7 @@ python do_hsmsign_test() {
     payload = os.path.join(out, "payload.bin")
     with open(payload, "wb") as fh:
         fh.write(b"meta-hsmsign layer test payload\n" * 64)
-    uri = hsmsign.bitbake.signing_uri(d, "ROOTFS")
+    uri = hsmsign.bitbake.role_uri(d, "ROOTFS")
     hsmsign_run(d, ["sign", "--uri", uri, "--output", payload + ".sig", payload], "ROOTFS")
     hsmsign_run(d, ["pubkey", "--uri", uri, "--output", os.path.join(out, "pubkey.pem")], "ROOTFS")
 }
