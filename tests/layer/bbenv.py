@@ -59,8 +59,11 @@ SCARTHGAP = corenames()[:1] == ["scarthgap"]
 
 @dataclass
 class Build:
+    """One build directory; ``env``: what every bitbake run of it gets on top of the basics."""
+
     topdir: str
     path_first: str = ""
+    env: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     def run(
@@ -76,17 +79,24 @@ class Build:
             "LC_ALL": "en_US.UTF-8",
             "BBPATH": self.topdir,
         }
+        full_env.update(self.env)
         full_env.update(env or {})
         start = time.monotonic()
-        done = subprocess.run(
-            ["bitbake", *args],
-            cwd=self.topdir,
-            env=full_env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        for attempt in (1, 2):
+            done = subprocess.run(
+                ["bitbake", *args],
+                cwd=self.topdir,
+                env=full_env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+            # Seen once at a load of 8 (master): bitbake exited 1 and printed nothing, nor
+            # did the server log. That is no answer to what a test asks: once more.
+            if done.returncode == 0 or (done.stdout + done.stderr).strip() or attempt == 2:
+                break
+            sys.stderr.write(f"bitbake {' '.join(args)}: exit {done.returncode}, no output: once more\n")
         self.timings[" ".join(args)] = time.monotonic() - start
         if not (done.stdout + done.stderr).strip():
             # the UI printed nothing: the server's log says why
@@ -158,6 +168,24 @@ def dev_token(home: str) -> str:
         raise RuntimeError(f"hsmsign dev-init failed: {done.stderr}")
     with open(os.path.join(home, "user-pin"), encoding="utf-8") as fh:
         return fh.read().strip()
+
+
+def assert_pin_nowhere(build: Build, pin: str) -> None:
+    """The PIN is in no run script, log, signature file or stamp of the build."""
+    tmpdirs = build.tmpdirs()
+    assert tmpdirs, f"no TMPDIR in {build.topdir}"
+    secret = pin.encode()
+    for tmp in tmpdirs:
+        for base, _dirs, files in os.walk(tmp):
+            for name in files:
+                path = os.path.join(base, name)
+                if os.path.islink(path) or not (
+                    name.startswith(("run.", "log.")) or "sigdata" in name or "siginfo" in name
+                    or "/stamps/" in path or "/log/" in path
+                ):  # fmt: skip
+                    continue
+                with open(path, "rb") as fh:
+                    assert secret not in fh.read(), path
 
 
 def started_tasks(output: str) -> set[str]:

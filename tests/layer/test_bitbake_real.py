@@ -34,38 +34,31 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 import pytest
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-LAYER = os.path.join(ROOT, "meta-hsmsign")
-TEST_LAYER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "meta-hsmsign-test")
+from tests.layer import bbenv
+from tests.layer.bbenv import (
+    BITBAKE,
+    LAYER,
+    METAOE,
+    METASWUPDATE,
+    OECORE,
+    ROOT,
+    SCARTHGAP,
+    SOFTHSM,
+    TEST_LAYER,
+    Build,
+    assert_pin_nowhere,
+)
+
 PIN_MARKER = "pin-marker-5d1c9e"  # an obviously fake value that must never show up
-SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
 SWU_FILES = os.path.join(
     TEST_LAYER, "dynamic-layers", "swupdate", "recipes-test", "hsmsign-test-swu", "files"
 )
 
-BITBAKE = os.environ.get("HSMSIGN_TEST_BITBAKE", "")
-OECORE = os.environ.get("HSMSIGN_TEST_OECORE", "")
-METAOE = os.environ.get("HSMSIGN_TEST_METAOE", "")
-METASWUPDATE = os.environ.get("HSMSIGN_TEST_METASWUPDATE", "")
-
-
-def corenames() -> list[str]:
-    try:
-        with open(os.path.join(OECORE, "meta", "conf", "layer.conf"), encoding="utf-8") as fh:
-            found = re.search(r'^LAYERSERIES_CORENAMES = "([^"]*)"', fh.read(), re.M)
-    except OSError:
-        return []
-    return found.group(1).split() if found else []
-
-
 # scarthgap: kernel-fitimage in the kernel recipe; wrynose and later: linux-yocto-fitimage
-SCARTHGAP = corenames()[:1] == ["scarthgap"]
 KERNEL_CONF = 'KERNEL_CLASSES += "kernel-fitimage"\nKERNEL_IMAGETYPES += "fitImage"\n' if SCARTHGAP else ""
 KERNEL_CASE = (
     (
@@ -82,69 +75,14 @@ KERNEL_CASE = (
 )
 
 pytestmark = [
-    pytest.mark.skipif(
-        not (BITBAKE and OECORE and METAOE),
-        reason="set HSMSIGN_TEST_BITBAKE, HSMSIGN_TEST_OECORE, HSMSIGN_TEST_METAOE (scripts/run-layer-tests)",
-    ),
-    pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="BitBake refuses to run as root"),
+    pytest.mark.skipif(not bbenv.HAVE_BITBAKE, reason=bbenv.SKIP_REASON),
+    pytest.mark.skipif(bbenv.IS_ROOT, reason="BitBake refuses to run as root"),
 ]
 
 
-@dataclass
-class Build:
-    topdir: str
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def run(
-        self, *args: str, env: dict[str, str] | None = None, timeout: int = 3600
-    ) -> subprocess.CompletedProcess:
-        full_env = {
-            "PATH": os.path.join(BITBAKE, "bin") + ":/usr/bin:/bin",
-            "HOME": os.environ.get("HOME", self.topdir),
-            "LANG": "en_US.UTF-8",
-            "LC_ALL": "en_US.UTF-8",
-            "BBPATH": self.topdir,
-            "HSM_TEST_PIN": PIN_MARKER,
-        }
-        full_env.update(env or {})
-        start = time.monotonic()
-        for attempt in (1, 2):
-            done = subprocess.run(
-                ["bitbake", *args],
-                cwd=self.topdir,
-                env=full_env,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-            # Seen once at a load of 8 (master): bitbake exited 1 and printed nothing, nor
-            # did the server log. That is no answer to what a test asks: once more.
-            if done.returncode == 0 or (done.stdout + done.stderr).strip() or attempt == 2:
-                break
-            sys.stderr.write(f"bitbake {' '.join(args)}: exit {done.returncode}, no output: once more\n")
-        self.timings[" ".join(args)] = time.monotonic() - start
-        if not (done.stdout + done.stderr).strip():
-            # the UI printed nothing: the server's log says why
-            log = os.path.join(self.topdir, "bitbake-cookerdaemon.log")
-            if os.path.exists(log):
-                with open(log, encoding="utf-8", errors="replace") as fh:
-                    done.stderr = fh.read()[-6000:]
-        sys.stderr.write(
-            f"bitbake {' '.join(args)}: {time.monotonic() - start:.1f} s, exit {done.returncode}\n"
-        )
-        return done
-
-
-def layers(extra: tuple[str, ...] = ()) -> list[str]:
-    found = [
-        os.path.join(OECORE, "meta"),
-        os.path.join(METAOE, "meta-oe"),
-        os.path.join(METAOE, "meta-python"),
-    ]
-    if METASWUPDATE:
-        found.append(METASWUPDATE)
-    return [*found, LAYER, *extra]
+def build_at(topdir: str) -> Build:
+    """A build directory whose bitbake runs all carry the PIN marker as HSM_TEST_PIN."""
+    return Build(topdir, env={"HSM_TEST_PIN": PIN_MARKER})
 
 
 OFFLINE_CONF = (
@@ -221,7 +159,7 @@ def write_conf(topdir: str, local: str, extra_layers: tuple[str, ...] = ()) -> N
     conf = os.path.join(topdir, "conf")
     os.makedirs(conf, exist_ok=True)
     with open(os.path.join(conf, "bblayers.conf"), "w", encoding="utf-8") as fh:
-        paths = " ".join(layers(extra_layers))
+        paths = " ".join(bbenv.layer_paths(*extra_layers))
         fh.write('BBPATH = "${TOPDIR}"\nBBFILES ?= ""\nBBLAYERS = "' + paths + '"\n')
     base = (
         'MACHINE = "qemuarm64"\nDISTRO = ""\nBB_NO_NETWORK = "1"\nCONNECTIVITY_CHECK_URIS = ""\n'
@@ -231,21 +169,13 @@ def write_conf(topdir: str, local: str, extra_layers: tuple[str, ...] = ()) -> N
         fh.write(base + local)
 
 
-def dev_token(python: str, home: str) -> str:
-    """Create the development token in ``home`` with ``python -m hsmsign dev-init``; return its PIN."""
-    env = {**os.environ, "PYTHONPATH": os.path.join(LAYER, "lib"), "HSMSIGN_DEV_HOME": home}
-    subprocess.run([python, "-m", "hsmsign", "dev-init"], env=env, check=True, capture_output=True)
-    with open(os.path.join(home, "user-pin"), encoding="utf-8") as fh:
-        return fh.read().strip()
-
-
 @pytest.fixture(scope="module")
 def main_build(layer_builddir: Callable[[str], str], layer_cache_conf: str) -> Iterator[tuple[Build, str]]:
     topdir = os.environ.get("HSMSIGN_TEST_BUILDDIR") or layer_builddir("main")
     os.makedirs(topdir, exist_ok=True)
     python = os.environ.get("HSMSIGN_TEST_PYTHON", "")
     devhome = os.path.join(topdir, "hsmsign-dev")
-    pin = dev_token(python, devhome) if python else ""
+    pin = bbenv.dev_token(devhome) if python else ""
     lib = os.path.join(LAYER, "lib")
     swu_cert = os.path.join(topdir, "hsmsign-swupdate.pem")
     if pin:
@@ -284,7 +214,7 @@ IMAGE_FSTYPES += "ext4 verity"
     extra = " ".join(x for x in (METASWUPDATE, TEST_LAYER) if x)
     own_layers = f'# the test\'s own layers\nBBLAYERS += "{extra}"\n'
     append_conf(topdir, bblayers + "\n" + own_layers, readme_local + local)
-    build = Build(topdir)
+    build = build_at(topdir)
     warm_up(build)
     yield build, pin
 
@@ -312,7 +242,7 @@ def test_readme_snippet_as_written(layer_builddir: Callable[[str], str]) -> None
     init_builddir(topdir)
     bblayers, local = readme_snippet()
     append_conf(topdir, bblayers, local + "\n" + OFFLINE_CONF + f'BBMASK += "^(?!{re.escape(LAYER)}/)"\n')
-    done = Build(topdir).run("-p", timeout=1800)
+    done = build_at(topdir).run("-p", timeout=1800)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
     summary = re.search(r"Parsing of (\d+) \.bb files complete.*?(\d+) errors", out)
@@ -401,17 +331,6 @@ def test_sign_task_runs_and_verifies(main_build: tuple[Build, str], tmp_path: ob
     assert_pin_nowhere(build, pin)
 
 
-def assert_pin_nowhere(build: Build, pin: str) -> None:
-    """The PIN is in no run script, log or sigdata of the build."""
-    tmpdirs = [os.path.join(build.topdir, n) for n in os.listdir(build.topdir) if n.startswith("tmp")]
-    assert tmpdirs
-    for base, _dirs, files in (entry for tmp in tmpdirs for entry in os.walk(tmp)):
-        for name in files:
-            if name.startswith(("run.", "log.")) or "sigdata" in name or "siginfo" in name:
-                with open(os.path.join(base, name), "rb") as fh:
-                    assert pin.encode() not in fh.read(), os.path.join(base, name)
-
-
 def test_swupdate_bundle_signed_and_encrypted_by_the_token(main_build: tuple[Build, str]) -> None:
     """meta-swupdate's own do_swuimage: sw-description signed (CMS), payload.bin encrypted by the token."""
     build, pin = main_build
@@ -494,7 +413,7 @@ def test_pin_value_in_local_conf_stops_parse(tmp_path: object) -> None:
         topdir,
         'INHERIT += "hsmsign"\nHSM_PKCS11_URI = "pkcs11:token=t;object=k?pin-value=' + PIN_MARKER + '"\n',
     )
-    done = Build(topdir).run("-p", timeout=900)
+    done = build_at(topdir).run("-p", timeout=900)
     out = done.stdout + done.stderr
     assert done.returncode != 0
     assert "HSM_PKCS11_URI" in out and "pin-value" in out and "what to do" in out
@@ -510,7 +429,7 @@ def test_private_key_and_key_file_stop_parse_in_production(tmp_path: object) -> 
         'INHERIT += "hsmsign"\nHSM_PKCS11_URI = "pkcs11:token=t;object=k"\n'
         f'ACME_SIGNING_BLOB = "{header} MIIEvAIBADANBg"\nSWUPDATE_PRIVATE_KEY = "/keys/swu.pem"\n',
     )
-    done = Build(topdir).run("-p", timeout=900)
+    done = build_at(topdir).run("-p", timeout=900)
     out = done.stdout + done.stderr
     assert done.returncode != 0
     assert "ACME_SIGNING_BLOB" in out and "private key" in out
