@@ -261,9 +261,7 @@ def verify(der: bytes, *, image_digest: bytes, trusted: Sequence[Any]) -> Authen
 
 
 def _verify(der: bytes, image_digest: bytes, trusted: Sequence[Any]) -> AuthenticodeSignature:
-    from asn1crypto import x509 as ax509
     from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     from ..signing import verify_digest
@@ -288,21 +286,7 @@ def _verify(der: bytes, image_digest: bytes, trusted: Sequence[Any]) -> Authenti
             candidates.append(x509.load_der_x509_certificate(choice.chosen.dump()))
     candidates.extend(trusted)
     sid = si["sid"]
-    signer_cert = None
-    for c in candidates:
-        ac = ax509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
-        if sid.name == "issuer_and_serial_number":
-            if sid.chosen["issuer"] == ac.issuer and sid.chosen["serial_number"].native == ac.serial_number:
-                signer_cert = c
-                break
-        elif sid.name == "subject_key_identifier" and ac.key_identifier == sid.chosen.native:
-            signer_cert = c
-            break
-    if signer_cert is None:
-        raise VerificationError(
-            "the signer's certificate is neither in the signature nor among the trusted ones",
-            "pass the signer certificate (--cert)",
-        )
+    signer_cert = cms.find_signer(sid, candidates)
     sattrs = si["signed_attrs"]
     if not len(sattrs):
         raise VerificationError("the Authenticode signature has no signed attributes")

@@ -320,9 +320,7 @@ def _verify_detached(
     hash_alg: str | None,
     trusted: Sequence[Any],
 ) -> CmsSignerResult:
-    from asn1crypto import x509 as ax509
     from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
 
     from ..signing import hash_file, verify_digest
 
@@ -353,22 +351,7 @@ def _verify_detached(
                 raise VerificationError(f"the CMS signature carries a malformed certificate: {exc}") from exc
     candidates.extend(trusted)
     sid = si["sid"]
-    signer_cert = None
-    for c in candidates:
-        ac = ax509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
-        if sid.name == "issuer_and_serial_number":
-            ias = sid.chosen
-            if ias["issuer"] == ac.issuer and ias["serial_number"].native == ac.serial_number:
-                signer_cert = c
-                break
-        elif sid.name == "subject_key_identifier" and ac.key_identifier == sid.chosen.native:
-            signer_cert = c
-            break
-    if signer_cert is None:
-        raise VerificationError(
-            "the signer's certificate is neither in the signature nor among the trusted ones",
-            "pass the signer certificate (--cert)",
-        )
+    signer_cert = find_signer(sid, candidates)
 
     when = None
     sattrs = si["signed_attrs"]
@@ -451,4 +434,24 @@ def _check_trust(cert: Any, trusted: Sequence[Any]) -> None:
     raise VerificationError(
         f"the signer certificate ({printable(cert.subject.rfc4514_string())}) is not trusted",
         "it is neither one of the trusted certificates nor issued by one of them",
+    )
+
+
+def find_signer(sid: Any, candidates: Any) -> Any:
+    """The certificate among ``candidates`` that a SignerInfo's ``sid`` names (issuer and
+    serial, or subject key identifier); VerificationError when none does."""
+    from asn1crypto import x509 as ax509
+    from cryptography.hazmat.primitives import serialization
+
+    for c in candidates:
+        ac = ax509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
+        if sid.name == "issuer_and_serial_number":
+            ias = sid.chosen
+            if ias["issuer"] == ac.issuer and ias["serial_number"].native == ac.serial_number:
+                return c
+        elif sid.name == "subject_key_identifier" and ac.key_identifier == sid.chosen.native:
+            return c
+    raise VerificationError(
+        "the signer's certificate is neither in the signature nor among the trusted ones",
+        "pass the signer certificate (--cert)",
     )
