@@ -314,3 +314,20 @@ class Settings:
         if mkimage_r:
             return "image" if kind == "image" else "conf"
         return "keep"
+
+
+def source_date_epoch() -> int | None:
+    """``SOURCE_DATE_EPOCH`` (reproducible builds) as seconds, or None when unset or empty.
+
+    The one parser for it: FIT timestamps, CMS and Authenticode signing times and cpio
+    mtimes all read it here, so a bad value is the same clear error everywhere.
+    """
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or len(raw) > 12:
+        raise ConfigError(
+            f"SOURCE_DATE_EPOCH={raw[:40]!r} is not a number of seconds since 1970",
+            "unset it or give a non-negative integer (Yocto sets it from the source's date)",
+        )
+    return int(raw)

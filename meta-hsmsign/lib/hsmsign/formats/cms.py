@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError, VerificationError, printable
+from ..settings import source_date_epoch
 
 HASH_OIDS = {
     "sha256": "2.16.840.1.101.3.4.2.1",
@@ -46,13 +46,13 @@ DIGEST_SIZE = {"sha256": 32, "sha384": 48, "sha512": 64}
 
 def signing_time() -> datetime.datetime:
     """Now, or ``SOURCE_DATE_EPOCH`` when set (reproducible builds)."""
-    sde = os.environ.get("SOURCE_DATE_EPOCH")
-    if sde:
+    sde = source_date_epoch()
+    if sde is not None:
         try:
-            return datetime.datetime.fromtimestamp(int(sde), tz=datetime.timezone.utc)
-        except (ValueError, OverflowError, OSError) as exc:
+            return datetime.datetime.fromtimestamp(sde, tz=datetime.timezone.utc)
+        except (OverflowError, OSError, ValueError) as exc:
             raise ConfigError(
-                f"SOURCE_DATE_EPOCH '{sde}' is not a number of seconds", "unset it or give an integer"
+                f"SOURCE_DATE_EPOCH={sde} is out of range", "unset it or give seconds since 1970"
             ) from exc
     return datetime.datetime.now(tz=datetime.timezone.utc).replace(microsecond=0)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Union
 
 from ..errors import ConfigError, VerificationError, printable
+from ..settings import source_date_epoch
 
 MAGIC_NEWC = b"070701"
 MAGIC_CRC = b"070702"
@@ -98,8 +99,7 @@ def write(
 ) -> int:
     """Write members ``(name, path-or-bytes)`` in order, then the trailer; return bytes written."""
     if mtime is None:
-        sde = os.environ.get("SOURCE_DATE_EPOCH", "")
-        mtime = int(sde) if sde.isdigit() else 0
+        mtime = source_date_epoch() or 0
     written = 0
     seen: set[str] = set()
     for ino, (name, src) in enumerate(members, start=1):

@@ -23,13 +23,13 @@ What U-Boot checks, and therefore what this package reproduces (U-Boot
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ...errors import ConfigError
+from ...settings import source_date_epoch
 from ..fdt import Fdt, Node, find_regions, region_bytes
 
 IMAGES_PATH = "/images"
@@ -261,14 +261,9 @@ def source_date(timestamp: int | None = None) -> int:
     """mkimage's ``imagetool_get_source_date``: SOURCE_DATE_EPOCH if set, else now."""
     if timestamp is not None:
         return timestamp
-    env = os.environ.get("SOURCE_DATE_EPOCH")
-    if env:
-        try:
-            return int(env)
-        except ValueError as exc:
-            raise ConfigError(
-                f"SOURCE_DATE_EPOCH={env!r} is not a number", "set it to seconds since 1970"
-            ) from exc
+    sde = source_date_epoch()
+    if sde is not None:
+        return sde
     return int(time.time())
 
 
