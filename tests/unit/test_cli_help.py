@@ -168,3 +168,28 @@ def test_progress_only_on_a_terminal_and_only_for_big_files() -> None:
     out = tty.getvalue()
     assert out.startswith("\rhashing rootfs.ext4: 100.0% of 100 MiB")
     assert out.endswith("\n") and out.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "policy", "signature"),
+    [
+        (["--mode", "rsa-pss"], "production", "rsa-pss"),
+        (["--mode=rsa"], "production", "rsa"),
+        (["--mode", "development", "--mode", "cms"], "development", "cms"),
+        (["--mode", "rsa-pss", "--mode=production"], "production", "rsa-pss"),
+        (["--signing-mode", "rsa", "--mode", "development"], "development", "rsa"),
+    ],
+)
+def test_swupdate_mode_names_the_policy_or_the_signature_type(
+    argv: list[str], policy: str, signature: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HSMSIGN_MODE", raising=False)
+    args = build_parser("swupdate").parse_args(["swupdate", "sign", *argv, "-o", "s.sig", "sw-description"])
+    assert (args.mode, args.sig_mode) == (policy, signature)
+
+
+def test_a_signature_type_is_not_a_policy_elsewhere(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        build_parser("sign").parse_args(["sign", "--mode", "rsa-pss", "file"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'rsa-pss' (choose from 'development', 'production')" in capsys.readouterr().err

@@ -51,6 +51,36 @@ def _exit_codes_epilog() -> str:
     return "\n".join(lines)
 
 
+POLICY_MODES = ("development", "production")
+
+
+class ModeAction(argparse.Action):
+    """``--mode``: the policy (development|production) on every verb that opens a token.
+
+    A verb whose own option has other values under the same first spelling (``swupdate sign
+    --mode rsa-pss``: the signature type) names them with ``set_defaults(mode_aliases=
+    {"rsa-pss": "sig_mode", ...})``; such a value goes to that option's destination, and the
+    policy keeps its default. Any other value is refused with the choices listed.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: object = None,
+    ) -> None:
+        value = str(values)
+        aliases = parser.get_default("mode_aliases") or {}
+        if value in aliases:
+            setattr(namespace, aliases[value], value)
+        elif value in POLICY_MODES:
+            setattr(namespace, self.dest, value)
+        else:
+            accepted = ", ".join(repr(v) for v in (*POLICY_MODES, *aliases))
+            parser.error(f"argument --mode: invalid choice: {value!r} (choose from {accepted})")
+
+
 @dataclass
 class CommonParents:
     """Parent parsers verbs share: token options and output options."""
@@ -83,7 +113,8 @@ def make_parents() -> CommonParents:
     )
     g.add_argument(
         "--mode",
-        choices=("development", "production"),
+        action=ModeAction,
+        metavar="{development,production}",
         default=env.mode,
         help="policy: production refuses development/software/published keys (default: $HSMSIGN_MODE or "
         "production)",

@@ -9,6 +9,9 @@ from ..atomic import check_readable
 from .common import emit, open_key_from_args, record
 
 SIG_MODES = ("cms", "rsa", "rsa-pss")
+# '--mode cms|rsa|rsa-pss' (the first spelling of --signing-mode) still names the signature type:
+# hsmsign.cli.ModeAction sends these values to sig_mode, the policy values to the policy
+SIG_MODE_ALIASES = {m: "sig_mode" for m in SIG_MODES}
 
 EXAMPLE = """\
 examples:
@@ -57,8 +60,7 @@ def register(sub: Any, parents: Any) -> None:
         help="also check these files against the sha256 values in sw-description",
     )
     p.add_argument("--no-check", action="store_true", help="sign without parsing sw-description")
-    p.set_defaults(func=run_sign)
-    p.__class__ = _SigModeParser
+    p.set_defaults(func=run_sign, mode_aliases=SIG_MODE_ALIASES)
 
     p = verbs.add_parser(
         "bundle",
@@ -78,8 +80,7 @@ def register(sub: Any, parents: Any) -> None:
     )
     p.add_argument("--newc", action="store_true", help="cpio newc (070701) instead of crc (070702)")
     p.add_argument("--output", "-o", required=True, metavar="FILE.swu")
-    p.set_defaults(func=run_bundle)
-    p.__class__ = _SigModeParser
+    p.set_defaults(func=run_bundle, mode_aliases=SIG_MODE_ALIASES)
 
     p = verbs.add_parser(
         "verify",
@@ -116,36 +117,6 @@ def _signature_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cert", metavar="CERT.pem", help="signer certificate (cms mode)")
 
 
-class _SigModeParser(argparse.ArgumentParser):
-    """Accept ``--mode cms|rsa|rsa-pss`` (the first spelling of this option) as ``--signing-mode``.
-
-    ``--mode`` is the policy option every verb shares (development|production); a value that is
-    a signature type can only mean --signing-mode, so it is rewritten for this parser alone.
-    """
-
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
-        if args is not None:
-            args = _rewrite_mode(list(args))
-        return super().parse_known_args(args, namespace)
-
-
-def _rewrite_mode(argv: list[str]) -> list[str]:
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a == "--mode" and i + 1 < len(argv) and argv[i + 1] in SIG_MODES:
-            out += ["--signing-mode", argv[i + 1]]
-            i += 2
-            continue
-        if a.startswith("--mode=") and a[len("--mode=") :] in SIG_MODES:
-            out.append("--signing-mode=" + a[len("--mode=") :])
-        else:
-            out.append(a)
-        i += 1
-    return out
-
-
 def _no_action(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return 2
@@ -153,7 +124,7 @@ def _no_action(parser: argparse.ArgumentParser) -> int:
 
 def _sig_mode(args: Any) -> str:
     # '--mode' is the policy option every verb shares (development|production), so the signature type
-    # is --signing-mode here; '--mode cms|rsa|rsa-pss' still works (_SigModeParser).
+    # is --signing-mode here; '--mode cms|rsa|rsa-pss' still works (SIG_MODE_ALIASES).
     return str(getattr(args, "sig_mode", None) or "cms")
 
 
