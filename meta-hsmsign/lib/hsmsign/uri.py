@@ -56,7 +56,8 @@ _PIN_EQ_TEXT = re.compile(
 _PIN_PROGRAM_TEXT = re.compile(
     r"(pin(?:[-_]|%2d|%5f)?source\s*(?:=|%3d)\s*(?:\||%7c))((?:'[^'\n]*'|[^&#'\n])*)", re.IGNORECASE
 )
-_URI_IN_TEXT = re.compile(r"pkcs11:[^\s'\"]*", re.IGNORECASE)
+# a URI in free text ends at a quote or a space, except a space next to '=' or ':' (pin-code =1234)
+_URI_IN_TEXT = re.compile(r"pkcs11:(?:[^\s'\"]|[ \t]+(?=[=:])|(?<=[=:])[ \t]+)*", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
@@ -70,10 +71,10 @@ def redact(text: str) -> str:
     The one redaction of a PIN in text: the layer's task output (``hsmsign.bitbake``),
     the leak scanner's excerpts (``hsmsign.secrets``) and this module's own messages.
     """
-    text = _URI_IN_TEXT.sub(lambda m: redact_uri(m.group(0)), text)
     text = _PIN_PROGRAM_TEXT.sub(lambda m: m.group(1) + _program_shown(unquote(m.group(2))), text)
     text = _PIN_VALUE_TEXT.sub(_keep_empty, text)
-    return _PIN_EQ_TEXT.sub(_keep_empty, text)
+    text = _PIN_EQ_TEXT.sub(_keep_empty, text)
+    return _URI_IN_TEXT.sub(lambda m: redact_uri(m.group(0)), text)
 
 
 def _keep_empty(m: re.Match[str]) -> str:
@@ -273,13 +274,17 @@ def _segment_problem(
 
 
 def _value_hides_pin(raw: str) -> bool:
-    """A value that, decoded, holds ``NAME=...`` with a PIN-like NAME, or starts with pin-value/pin-source."""
+    """A value that, decoded, holds an attribute that looks like a PIN: ``NAME=...`` with a PIN-like
+    NAME, or after a delimiter a word that holds a PIN word (``k&userpinSECRET``). A value's first
+    word without '=' is a label (``object=pinned-key``)."""
     value = unquote(raw, errors="replace")
-    for piece in re.split(r"[;?&#]", value):
+    for n, piece in enumerate(re.split(r"[;?&#]", value)):
         name, eq, _ = piece.partition("=")
-        if eq and looks_like_pin_name(name):
-            return True
-        if not eq and _normal_name(piece).startswith(("pinvalue", "pinsource")):
+        if eq:
+            if looks_like_pin_name(name):
+                return True
+            continue
+        if _normal_name(piece).startswith(("pinvalue", "pinsource")) or (n and looks_like_pin_name(piece)):
             return True
     return False
 
@@ -563,6 +568,9 @@ class Pkcs11Uri:
 
     def __str__(self) -> str:
         return self.redacted()
+
+    def __repr__(self) -> str:  # the redacted form: a repr ends up in logs and tracebacks too
+        return f"Pkcs11Uri({self.redacted()!r})"
 
     def identity(self) -> str:
         """What names the key, without how to reach it: for task hashes and ledgers.

@@ -35,14 +35,15 @@ def checked_uri(args: Any, uri: str) -> str:
     from ..policy import check_uri
     from ..settings import effective_mode
 
+    warned = getattr(args, "uri_warnings", None)
+    if warned is None:  # a verb may check one URI more than once: each warning once per command
+        warned = set()
+        setattr(args, "uri_warnings", warned)  # noqa: B010 - args is any namespace
     for warning in check_uri(uri, effective_mode(getattr(args, "mode", None))):
-        if warning not in _WARNED:  # a verb may check one URI more than once
-            _WARNED.add(warning)
+        if warning not in warned:
+            warned.add(warning)
             warn(warning)
     return uri
-
-
-_WARNED: set[str] = set()
 
 
 def role_pins(args: Any) -> list[Any]:
