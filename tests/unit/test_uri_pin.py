@@ -100,6 +100,7 @@ def test_rfc_pin_value_refused_in_production_redacted_in_development(uri: str) -
 def test_names_that_are_not_pins_still_parse() -> None:
     uri = parse("pkcs11:token=spin;object=pinned-key;slot-description=Opinion?module-name=opensc")
     assert uri.object == "pinned-key" and not pin_problems(uri)
+    assert parse("pkcs11:token=R%26D%20pins;object=secret-signing;type=secret-key").token == "R&D pins"
     assert pin_problems("pkcs11:token=t;object=k?pin-source=file:/run/pin") == []
 
 

@@ -275,8 +275,8 @@ def _segment_problem(
 
 def _value_hides_pin(raw: str) -> bool:
     """A value that, decoded, holds an attribute that looks like a PIN: ``NAME=...`` with a PIN-like
-    NAME, or after a delimiter a word that holds a PIN word (``k&userpinSECRET``). A value's first
-    word without '=' is a label (``object=pinned-key``)."""
+    NAME, or after a delimiter a first word that holds a PIN word (``k&userpinSECRET``, not
+    ``R&D pins``). A value's start without '=' is a label (``object=pinned-key``)."""
     value = unquote(raw, errors="replace")
     for n, piece in enumerate(re.split(r"[;?&#]", value)):
         name, eq, _ = piece.partition("=")
@@ -284,7 +284,9 @@ def _value_hides_pin(raw: str) -> bool:
             if looks_like_pin_name(name):
                 return True
             continue
-        if _normal_name(piece).startswith(("pinvalue", "pinsource")) or (n and looks_like_pin_name(piece)):
+        if _normal_name(piece).startswith(("pinvalue", "pinsource")):
+            return True
+        if n and looks_like_pin_name((piece.split() or [""])[0]):
             return True
     return False
 
