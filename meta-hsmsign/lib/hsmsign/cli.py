@@ -9,6 +9,7 @@ traceback. Machine-readable output only with ``--json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 import traceback
@@ -169,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _pin_variables_withheld(args):
+            return int(args.func(args) or 0)
     except HsmsignError as exc:
         _report(exc, args.verbose)
         return exc.exit_code
@@ -209,6 +211,19 @@ _RUNTIME_PACKAGES = {
     "asn1crypto": "asn1crypto",
     "cached_property": "cached-property",
 }
+
+
+def _pin_variables_withheld(args: argparse.Namespace) -> contextlib.AbstractContextManager[list[str]]:
+    """The verb runs without the PIN variables in its environment: no child process inherits them.
+
+    ``--pin-env``'s variable, ``HSMSIGN_PIN_ENV``'s, mkimage's ``MKIMAGE_SIGN_PIN``, and every
+    variable whose name says PIN (``hsmsign.pin.env_withheld``); hsmsign still reads them.
+    """
+    from . import pin
+    from .settings import MKIMAGE_PIN_ENV
+
+    env = Settings.from_env(check=False)
+    return pin.env_withheld([getattr(args, "pin_env", None), env.pin_env, MKIMAGE_PIN_ENV])
 
 
 def _first_verb(argv: Sequence[str]) -> str | None:

@@ -12,7 +12,7 @@ Exit codes (documented in docs/reference/exit-codes.md):
 1     internal error (a bug: please report it)
 2     configuration or usage error (bad URI, bad option, unreadable file)
 3     token error (module, slot, token, login, key lookup, session)
-4     policy refusal (development key in production, known-public key, ...)
+4     policy refusal (development key in production, known-public key, a PIN in the URI, ...)
 5     signing error (the token refused or returned an unusable signature)
 6     verification error (an artifact or signature does not verify)
 130   interrupted
@@ -101,7 +101,8 @@ EXIT_CODES: dict[int, str] = {
     1: "internal error (a bug in hsmsign: please report it with -v output)",
     2: "configuration or usage error (URI, option, input file, environment)",
     3: "token error (module, slot, token, PIN/login, session, key lookup)",
-    4: "policy refusal (development or known-public key in production, pinning, key strength)",
+    4: "policy refusal (development or known-public key in production, pinning, key strength, a PIN in "
+    "the URI or in a file others can read)",
     5: "signing error (the token refused, or its signature did not verify)",
     6: "verification error (an artifact or signature does not verify)",
     130: "interrupted",

@@ -7,6 +7,8 @@ but their refusals become warnings, so a developer sees what production would sa
 Production policy = signing enabled AND a hardware token (unless
 ``HSMSIGN_ALLOW_SOFTWARE_TOKEN=1``) AND not a development key AND not a key whose
 private half is published AND strong enough AND (when pinned) the pinned key.
+Before any of it, the key's URI itself (``check_uri``): no PIN written into it, and a
+pin-source program without arguments that could carry one.
 
 A pin is the user's own statement of which key signs: it is enforced in every
 mode. Development relaxes only the development-key and software-token rules
@@ -21,8 +23,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import PolicyError
+from .errors import ConfigError, PolicyError
 from .settings import ALLOW_SOFTWARE_ENV, DENYLIST_ENV, Settings, strip_fingerprint
+from .uri import Pkcs11Uri, pin_problems
 
 MIN_RSA_BITS = 2048
 MIN_RSA_EXPONENT = 65537
@@ -110,6 +113,30 @@ class Pinned:
                     "the URI names another key than the pinned one: fix the key URI, or, after a planned "
                     f'key rotation to this key, set {pin.variable} = "{have}"',
                 )
+
+
+def check_uri(uri: str | Pkcs11Uri, mode: str) -> list[str]:
+    """The PIN rules for a key URI (text, even malformed, or parsed): raise on a refusal, return warnings.
+
+    Production refuses (PolicyError, exit 4) a pin-value, anything that looks like a PIN
+    attribute (``pin_value=``, ``?pin-valueSECRET``, ``pin=`` ...) and a pin-source program
+    with arguments (unless on ``hsmsign.uri.PIN_PROGRAM_ALLOWLIST``). Development accepts a
+    pin-value, warns about program arguments, and refuses a PIN-like attribute as a bad URI
+    (ConfigError, exit 2). A program line that cannot be split is a ConfigError in both.
+    Messages never hold the secret (``hsmsign.uri.pin_problems``).
+    """
+    problems = pin_problems(uri)
+    # a PIN in the URI is the graver problem: in production it is reported before a bad program line
+    problems.sort(key=lambda p: p.kind == "program-unsplittable")
+    warnings: list[str] = []
+    for problem in problems:
+        if mode == "production" and problem.kind != "program-unsplittable":
+            raise PolicyError(problem.message, problem.hint)
+        if problem.refused_in_development:
+            raise ConfigError(problem.message, problem.hint)
+        if problem.warned_in_development:
+            warnings.append(problem.message)
+    return warnings
 
 
 def lookup_known_key(fingerprint: str) -> str | None:

@@ -17,30 +17,332 @@ error instead of matching too much. ``x-`` vendor attributes are kept but ignore
 ``pin-value`` is parsed (so we can refuse it with a helpful message) but never
 printed: :meth:`Pkcs11Uri.redacted` replaces it, and ``__str__`` is the redacted
 form too. Use :meth:`Pkcs11Uri.format` with ``keep_secrets=True`` only to hand a
-URI to a child process that needs it.
+URI to a child process that needs it. A ``pin-source`` program is printed without
+its arguments (``|/bin/echo 1234`` is a pin-value in disguise). An attribute that
+only looks like a PIN (``pin_value=``, ``?pin-valueSECRET``, ``pin=``,
+``password=``) is refused by the parser without showing its name or value;
+:func:`pin_problems` lists every such problem of a URI's text for the policy
+(``hsmsign.policy.check_uri``) and the layer's parse-time check.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from urllib.parse import quote, unquote_to_bytes
+import shlex
+import unicodedata
+from urllib.parse import quote, unquote, unquote_to_bytes
 
-from .errors import ConfigError
+from .errors import ConfigError, printable
 
 SCHEME = "pkcs11:"
 REDACTED = "REDACTED"
-# what redact() removes: any pin-value, up to the next URI delimiter, quote or space
-_PIN_ANYWHERE = re.compile(r"(pin-value" + "=" + r")[^&;?#\s\"']*", re.IGNORECASE)
+ARGUMENTS_REDACTED = "[arguments redacted]"
+HIDDEN_ATTRIBUTE = "[PIN-like attribute not shown]"
+
+# Free text (command lines, logs, excerpts): what redact() removes. Every pattern runs in linear
+# time (no nested quantifiers over the same characters).
+_VALUE_CHARS = r"[^&;?#\s\"']*"
+# pin-value in any spelling: PIN-VALUE, pin_value, pinvalue, pin%2Dvalue, "pin value", and with
+# "=", "%3D" or nothing (pin-valueSECRET) before the value
+_PIN_VALUE_TEXT = re.compile(
+    r"(pin(?:[-_.]|%2d|%5f|%2e|\s)*value(?:\s*(?:=|%3d)\s*)?)(" + _VALUE_CHARS + ")", re.IGNORECASE
+)
+# pin=, --pin=, user-pin=, so_pin=, MKIMAGE_SIGN_PIN= ...
+_PIN_EQ_TEXT = re.compile(
+    r"((?<![a-z0-9])(?:user|so)?[-_]?pin\s*(?:=|%3d)\s*)(" + _VALUE_CHARS + ")", re.IGNORECASE
+)
+# pin-source=|PROGRAM ARGUMENTS: the arguments (up to the next '&', '#', newline or unquoted ')
+_PIN_PROGRAM_TEXT = re.compile(
+    r"(pin(?:[-_]|%2d|%5f)?source\s*(?:=|%3d)\s*(?:\||%7c))((?:'[^'\n]*'|[^&#'\n])*)", re.IGNORECASE
+)
+# a URI in free text ends at a quote or a space, except a space next to '=' or ':' (pin-code =1234)
+_URI_IN_TEXT = re.compile(r"pkcs11:(?:[^\s'\"]|[ \t]+(?=[=:])|(?<=[=:])[ \t]+)*", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """Text (a URI, even a malformed one, a command line, a log) with every pin-value removed.
+    """Text (a URI, even a malformed one, a command line, a log) with every PIN removed.
+
+    Removes the value of ``pin-value`` in any spelling (``PIN-VALUE``, ``pin_value``,
+    ``pin%2Dvalue``, ``pin-valueSECRET``), of ``pin=``/``--pin=``/``so-pin=``, the
+    arguments of a ``pin-source=|PROGRAM`` and, inside every ``pkcs11:`` URI in the text,
+    each attribute that looks like a PIN (:func:`redact_uri`).
 
     The one redaction of a PIN in text: the layer's task output (``hsmsign.bitbake``),
     the leak scanner's excerpts (``hsmsign.secrets``) and this module's own messages.
     """
-    return _PIN_ANYWHERE.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _PIN_PROGRAM_TEXT.sub(lambda m: m.group(1) + _program_shown(unquote(m.group(2))), text)
+    text = _PIN_VALUE_TEXT.sub(_keep_empty, text)
+    text = _PIN_EQ_TEXT.sub(_keep_empty, text)
+    return _URI_IN_TEXT.sub(lambda m: redact_uri(m.group(0)), text)
+
+
+def _keep_empty(m: re.Match[str]) -> str:
+    return m.group(0) if not m.group(2) else m.group(1) + REDACTED
+
+
+# ---------------------------------------------------------------------------- PIN-like attributes
+
+# An attribute name that holds one of these (after decoding, case folding and dropping everything
+# but letters and digits) names a PIN, a password or a secret: pin, PIN-VALUE, pin_value, pinvalue,
+# pin%2Dvalue, "pin value", user-pin, so_pin, pincode, password, passphrase, pwd, secret ...
+PIN_WORDS: tuple[str, ...] = ("pin", "pass", "pwd", "secret")
+
+# pin-source programs whose arguments name where the PIN is kept instead of holding it; production
+# accepts them with arguments (every other program: a path and nothing else). Matched by the
+# program's file name and its first argument; docs/policy.md says why each is here.
+PIN_PROGRAM_ALLOWLIST: dict[str, str] = {
+    "hsmsign-remote": "pin",  # hsmsign-remote pin [SSH OPTIONS] [USER@]HOST: the PIN kept on the HSM host
+    "systemd-creds": "cat",  # systemd-creds cat NAME: a credential of the running systemd unit
+    "secret-tool": "lookup",  # secret-tool lookup ATTRIBUTE VALUE...: the libsecret keyring
+}
+
+
+def _normal_name(name: str) -> str:
+    """``name`` as compared with PIN_WORDS: percent-decoded, NFKC, case-folded, letters and digits only."""
+    for _ in range(3):  # pin%252Dvalue: encoded twice
+        if "%" not in name:
+            break
+        name = unquote(name, errors="replace")
+    name = unicodedata.normalize("NFKC", name).casefold()
+    return "".join(c for c in name if c.isalnum())
+
+
+def looks_like_pin_name(name: str) -> bool:
+    """True for an attribute name that names a PIN or password, in any spelling or encoding."""
+    normal = _normal_name(name)
+    return any(word in normal for word in PIN_WORDS)
+
+
+def pin_program_argv(source: str) -> list[str] | None:
+    """The argv of a ``pin-source`` value ``|PROGRAM ARGS`` (split as a shell would, without running
+    one); None if it cannot be split."""
+    try:
+        return shlex.split(source[1:] if source.startswith("|") else source)
+    except ValueError:  # an unbalanced quote, a trailing backslash
+        return None
+
+
+def pin_program_allowed(argv: list[str]) -> bool:
+    """A program with no arguments, or one on PIN_PROGRAM_ALLOWLIST with its subcommand and a name."""
+    if len(argv) <= 1:
+        return True
+    sub = PIN_PROGRAM_ALLOWLIST.get(argv[0].rsplit("/", 1)[-1])
+    return sub is not None and argv[1] == sub and len(argv) >= 3
+
+
+def _program_shown(source: str) -> str:
+    """A pin-source program (the text after ``|``) as messages show it: its path, never its arguments."""
+    argv = pin_program_argv("|" + source)
+    if argv is None:
+        return "[program not shown: unbalanced quote]"
+    if len(argv) <= 1:
+        return source
+    return f"{printable(argv[0], 120)} {ARGUMENTS_REDACTED}"
+
+
+@dataclasses.dataclass(frozen=True)
+class PinProblem:
+    """A PIN in a URI, or a way to get one that policy refuses. ``message`` never holds the secret.
+
+    ``kind``:
+
+    * ``pin-value``: RFC 7512's pin-value; production refuses it, development accepts it;
+    * ``pin-like``: an attribute that looks like a PIN but is not RFC 7512's (``pin_value=``,
+      ``?pin-valueSECRET``, ``pin=``, ``password=``, a PIN attribute inside another value):
+      production refuses it (policy), development as a bad URI (configuration);
+    * ``program-arguments``: ``pin-source=|PROGRAM ARGS`` with arguments, the program not on
+      PIN_PROGRAM_ALLOWLIST: the PIN may be in the arguments (``|/bin/echo 1234``); production
+      refuses it, development warns;
+    * ``program-unsplittable``: a ``pin-source`` program line that cannot be split (an unbalanced
+      quote): a configuration error in every mode.
+    """
+
+    kind: str
+    message: str
+    hint: str
+
+    @property
+    def refused_in_development(self) -> bool:
+        return self.kind in ("pin-like", "program-unsplittable")
+
+    @property
+    def warned_in_development(self) -> bool:
+        return self.kind == "program-arguments"
+
+
+_PIN_VALUE_HINT = (
+    "put the PIN in a file readable only by the build user and use '?pin-source=file:/path/to/pin', or "
+    "export it in an environment variable and pass --pin-env NAME (HSMSIGN_PIN_ENV=NAME); pin-value is "
+    "accepted only with --mode development"
+)
+_PIN_LIKE_HINT = (
+    "remove it: RFC 7512 names the PIN only with pin-source (and pin-value, development only); use "
+    "'?pin-source=file:/path/to/pin' (mode 0600) or --pin-env NAME"
+)
+
+
+def _segments(text: str) -> list[tuple[int, int, str, bool]]:
+    """(start, end, component, standard) of each attribute of a URI's text, even a malformed one.
+
+    ``standard``: where RFC 7512 puts an attribute (after ';' in the path, '&' in the query); a
+    ``NAME=VALUE`` after '&' in the path is inside the previous value (a forgotten '?').
+    """
+    start = len(SCHEME) if text[: len(SCHEME)].lower() == SCHEME else 0
+    out: list[tuple[int, int, str, bool]] = []
+    component, standard = "path", True
+    i = start
+    for j, c in enumerate(text[start:], start):
+        if c in ";?&#":
+            out.append((i, j, component, standard))
+            if c in "?#" and component == "path":
+                component = "query"
+            standard = component == "query" or c != "&"
+            i = j + 1
+    out.append((i, len(text), component, standard))
+    return [s for s in out if s[1] > s[0]]
+
+
+def _segment_problem(
+    part: str, component: str, index: int, standard: bool
+) -> tuple[PinProblem | None, str] | None:
+    """The PIN problem of one ``name=value`` (None: none) and how messages show it; None: nothing to hide."""
+    name, eq, raw = part.partition("=")
+    where = f"{component} attribute {index}"
+    if standard and eq and name.lower() == "pin-value":
+        message = (
+            "the PKCS#11 URI carries a pin-value; a PIN written into a URI leaks into config, logs and "
+            "`bitbake -e`"
+        )
+        return PinProblem("pin-value", message, _PIN_VALUE_HINT), f"{name}={REDACTED}"
+    if standard and eq and name.lower() == "pin-source":
+        value = unquote(raw, errors="replace").strip()
+        if not value.startswith("|"):
+            return None
+        argv = pin_program_argv(value)
+        if argv is None:
+            return (
+                PinProblem(
+                    "program-unsplittable",
+                    "PKCS#11 URI: the pin-source program line cannot be split into words (an unbalanced "
+                    "quote or a trailing backslash); its text is not shown",
+                    "write ?pin-source=|/path/to/program (percent-encode a space as %20, and close every "
+                    "quote)",
+                ),
+                f"{name}=|[program not shown: unbalanced quote]",
+            )
+        if not argv:
+            return (
+                PinProblem(
+                    "program-unsplittable",
+                    "PKCS#11 URI: pin-source=| names no program",
+                    "write ?pin-source=|/usr/local/bin/get-hsm-pin",
+                ),
+                part,
+            )
+        if len(argv) == 1:
+            return None
+        if pin_program_allowed(argv):  # allowed, but its arguments are still not shown
+            return None, f"{name}=|{printable(argv[0], 120)} {ARGUMENTS_REDACTED}"
+        program = printable(argv[0], 120)
+        return (
+            PinProblem(
+                "program-arguments",
+                f"pin-source=|{program} has arguments (not shown), which can carry the PIN itself and "
+                "which every user of the host sees in ps: production runs a PIN program only as a path "
+                "without arguments",
+                "put the command into a script only you can change (chmod 700) and name it: "
+                "?pin-source=|/usr/local/bin/get-hsm-pin; 'hsmsign-remote pin', 'systemd-creds cat' and "
+                "'secret-tool lookup' may keep their arguments (docs/policy.md)",
+            ),
+            f"{name}=|{program} {ARGUMENTS_REDACTED}",
+        )
+    if looks_like_pin_name(name if eq else part):
+        message = (
+            f"the PKCS#11 URI has an attribute that looks like a PIN ({where}; its name and value are not "
+            "shown): RFC 7512 knows no such attribute, and a PIN written into a URI leaks into config, "
+            "logs and `bitbake -e`"
+        )
+        return PinProblem("pin-like", message, _PIN_LIKE_HINT), HIDDEN_ATTRIBUTE
+    if eq and _value_hides_pin(raw):
+        message = (
+            f"the PKCS#11 URI hides a PIN-like attribute inside the value of '{printable(name.strip(), 40)}' "
+            f"({where}; not shown), e.g. a missing '?' before the query"
+        )
+        return PinProblem("pin-like", message, _PIN_LIKE_HINT), f"{name}={REDACTED}"
+    return None
+
+
+def _value_hides_pin(raw: str) -> bool:
+    """A value that, decoded, holds an attribute that looks like a PIN: ``NAME=...`` with a PIN-like
+    NAME, or after a delimiter a first word that holds a PIN word (``k&userpinSECRET``, not
+    ``R&D pins``). A value's start without '=' is a label (``object=pinned-key``)."""
+    value = unquote(raw, errors="replace")
+    for n, piece in enumerate(re.split(r"[;?&#]", value)):
+        name, eq, _ = piece.partition("=")
+        if eq:
+            if looks_like_pin_name(name):
+                return True
+            continue
+        if _normal_name(piece).startswith(("pinvalue", "pinsource")):
+            return True
+        if n and looks_like_pin_name((piece.split() or [""])[0]):
+            return True
+    return False
+
+
+def _scan(text: str) -> tuple[list[PinProblem], str]:
+    """Every PIN problem of a URI's text, and the text as messages may show it."""
+    problems: list[PinProblem] = []
+    shown: list[str] = []
+    last = 0
+    counts = {"path": 0, "query": 0}
+    for start, end, component, standard in _segments(text):
+        counts[component] += 1
+        found = _segment_problem(text[start:end], component, counts[component], standard)
+        if found is None:
+            continue
+        problem, replacement = found
+        if problem is not None:
+            problems.append(problem)
+        shown.append(text[last:start] + replacement)
+        last = end
+    shown.append(text[last:])
+    return problems, "".join(shown)
+
+
+def pin_problems(uri: str | Pkcs11Uri) -> list[PinProblem]:
+    """Problems with the PIN a URI (text, even malformed, or parsed) carries or how it gets one.
+
+    Never raises. What each ``kind`` means in which mode: :class:`PinProblem`;
+    ``hsmsign.policy.check_uri`` applies them (the CLI, ``doctor``, ``uri``, every token
+    opening), and the layer's parse-time check calls this for every key URI variable.
+    """
+    if isinstance(uri, Pkcs11Uri):
+        problems = _scan(uri.format(keep_secrets=True))[0]
+        extra = (*uri.unknown, *uri.vendor)
+        if any(looks_like_pin_name(name) for _, name, _ in extra) and not any(
+            p.kind == "pin-like" for p in problems
+        ):
+            problems.append(
+                PinProblem(
+                    "pin-like", "the PKCS#11 URI has an attribute that looks like a PIN", _PIN_LIKE_HINT
+                )
+            )
+        return problems
+    if not isinstance(uri, str):
+        return []
+    return _scan(uri.strip())[0]
+
+
+def redact_uri(text: str) -> str:
+    """A URI's text (even a malformed one) as a message may show it.
+
+    pin-value's value is REDACTED, a pin-source program keeps its path but not its arguments,
+    and an attribute that looks like a PIN is replaced whole (its name may hold the PIN:
+    ``?pin-valueSECRET``).
+    """
+    return _scan(text)[1]
 
 # RFC 7512 section 2.3; printing follows this order (token first, then the object).
 PATH_ATTRIBUTES: tuple[str, ...] = (
@@ -74,11 +376,12 @@ _LIB_VERSION = re.compile(r"^\d+(\.\d+)?$")
 
 
 
-def _decode(raw: str, where: str) -> bytes:
+def _decode(raw: str, where: str, secret: bool = False) -> bytes:
     bad = _PCT.search(raw)
     if bad:
+        near = "" if secret else f" near '{printable(raw[bad.start() : bad.start() + 3])}'"
         raise ConfigError(
-            f"PKCS#11 URI: bad percent-encoding in {where} near '{raw[bad.start() : bad.start() + 3]}'",
+            f"PKCS#11 URI: bad percent-encoding in {where}{near}",
             "a '%' must be followed by two hex digits; write a literal '%' as %25",
         )
     return unquote_to_bytes(raw)
@@ -133,6 +436,11 @@ class Pkcs11Uri:
                 f"not a PKCS#11 URI (must start with 'pkcs11:'): {_shorten(text)}",
                 'write it as "pkcs11:token=TOKEN;object=KEY-LABEL" (RFC 7512)',
             )
+        # a PIN where RFC 7512 has none (pin_value=, ?pin-valueSECRET, ...) or a pin-source program
+        # line that cannot be split: refused before any message could show a part of it
+        for problem in pin_problems(text):
+            if problem.refused_in_development:
+                raise ConfigError(problem.message, problem.hint)
         body = text[len(SCHEME) :]
         if "#" in body:
             raise ConfigError("PKCS#11 URI: '#' (a fragment) is not allowed", "percent-encode it as %23")
@@ -183,7 +491,7 @@ class Pkcs11Uri:
                         f"PKCS#11 URI: '{name}' is a path attribute and belongs before '?'",
                         f"write pkcs11:{name}=...;... (RFC 7512 section 2.3)",
                     )
-                decoded = _decode(raw, f"'{name}'")
+                decoded = _decode(raw, f"'{name}'", secret=name in SECRET_QUERY_ATTRIBUTES)
                 if name in QUERY_ATTRIBUTES:
                     if name in values:
                         raise ConfigError(f"PKCS#11 URI: query attribute '{name}' appears twice")
@@ -237,19 +545,34 @@ class Pkcs11Uri:
                 continue
             if name in SECRET_QUERY_ATTRIBUTES and not keep_secrets:
                 value = REDACTED
+            elif name == "pin-source" and not keep_secrets and str(value).startswith("|"):
+                argv = pin_program_argv(str(value))
+                if argv is None or len(argv) > 1:  # the path of the program, never its arguments
+                    query.append(f"{name}=|{_program_shown(str(value)[1:])}")
+                    continue
             query.append(f"{name}={quote(str(value), safe=_QUERY_SAFE)}")
         query.extend(f"{n}={quote(v, safe=_QUERY_SAFE)}" for where, n, v in extra if where == "query")
+        if not keep_secrets:  # never built by parse(), which refuses them; a constructed URI may hold them
+            path = [HIDDEN_ATTRIBUTE if looks_like_pin_name(a.partition("=")[0]) else a for a in path]
+            query = [
+                a if a.partition("=")[0] in QUERY_ATTRIBUTES or not looks_like_pin_name(a.partition("=")[0])
+                else HIDDEN_ATTRIBUTE
+                for a in query
+            ]
         out = SCHEME + ";".join(path)
         if query:
             out += "?" + "&".join(query)
         return out
 
     def redacted(self) -> str:
-        """The URI with any ``pin-value`` replaced; safe for messages and logs."""
+        """The URI for messages and logs: ``pin-value`` REDACTED, a pin-source program without arguments."""
         return self.format(keep_secrets=False)
 
     def __str__(self) -> str:
         return self.redacted()
+
+    def __repr__(self) -> str:  # the redacted form: a repr ends up in logs and tracebacks too
+        return f"Pkcs11Uri({self.redacted()!r})"
 
     def identity(self) -> str:
         """What names the key, without how to reach it: for task hashes and ledgers.
@@ -288,5 +611,5 @@ def parse(text: str) -> Pkcs11Uri:
 
 
 def _shorten(text: str, limit: int = 60) -> str:
-    text = redact(text)
+    text = printable(redact(redact_uri(text)), 10 * limit)
     return text if len(text) <= limit else text[: limit - 3] + "..."

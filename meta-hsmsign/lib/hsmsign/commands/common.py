@@ -16,13 +16,34 @@ PROGRESS_MIN_BYTES = 100 << 20
 
 
 def require_uri(args: Any) -> str:
+    """The key URI of the options, its PIN rules checked for the mode (``checked_uri``)."""
     uri = getattr(args, "uri", None)
     if not uri:
         raise ConfigError(
             "no key given",
             "pass --uri 'pkcs11:token=TOKEN;object=KEY?pin-source=file:/path/to/pin' or set HSM_PKCS11_URI",
         )
-    return str(uri)
+    return checked_uri(args, str(uri))
+
+
+def checked_uri(args: Any, uri: str) -> str:
+    """``uri`` once its PIN rules pass for the mode (``hsmsign.policy.check_uri``); warnings printed.
+
+    Runs on the text, before it is parsed: production refuses a PIN in any spelling, even in
+    a URI that does not parse, with the policy exit code, and no message shows it.
+    """
+    from ..policy import check_uri
+    from ..settings import effective_mode
+
+    warned = getattr(args, "uri_warnings", None)
+    if warned is None:  # a verb may check one URI more than once: each warning once per command
+        warned = set()
+        setattr(args, "uri_warnings", warned)  # noqa: B010 - args is any namespace
+    for warning in check_uri(uri, effective_mode(getattr(args, "mode", None))):
+        if warning not in warned:
+            warned.add(warning)
+            warn(warning)
+    return uri
 
 
 def role_pins(args: Any) -> list[Any]:
@@ -47,9 +68,8 @@ def open_key_from_args(
     """
     from .. import policy, token
 
-    with token.open_key(
-        uri or require_uri(args), mode=args.mode, module=args.module, pin_env=args.pin_env
-    ) as key:
+    text = checked_uri(args, uri) if uri else require_uri(args)
+    with token.open_key(text, mode=args.mode, module=args.module, pin_env=args.pin_env) as key:
         if check_policy:
             for warning in policy.check_signer(key, args.mode, role_pins(args) if pins is None else pins):
                 warn(warning)
@@ -62,9 +82,8 @@ def open_secret_key_from_args(args: Any, uri: str | None = None) -> Iterator[Any
     from ..errors import PolicyError
     from ..settings import Settings
 
-    with token.open_secret_key(
-        uri or require_uri(args), mode=args.mode, module=args.module, pin_env=args.pin_env
-    ) as key:
+    text = checked_uri(args, uri) if uri else require_uri(args)
+    with token.open_secret_key(text, mode=args.mode, module=args.module, pin_env=args.pin_env) as key:
         from ..policy import Pinned
 
         # the pin of the AES role (HSMSIGN_PUBKEY_SHA256_ENCRYPT) holds in every mode

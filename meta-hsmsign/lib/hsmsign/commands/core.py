@@ -302,7 +302,7 @@ def _info_secret_key(args: Any, uri: Any) -> int:
 
 def run_doctor(args: Any) -> int:
     from .. import policy, token
-    from ..errors import HsmsignError
+    from ..errors import ConfigError, HsmsignError, PolicyError
     from ..uri import Pkcs11Uri
 
     steps: list[dict[str, Any]] = []
@@ -322,13 +322,29 @@ def run_doctor(args: Any) -> int:
         emit(args, "\n".join(lines), {"ok": not failed, "checks": steps})
         if not failed:
             return 0
-        # the exit code of the first failing step's family: uri 2, policy 4, the rest token 3
-        return {"uri": 2, "policy": 4}.get(failed[0]["check"], 3)
+        # the exit code of the first failing step's error family (a policy refusal of the PIN 4, a
+        # bad URI 2); by step when it has none: uri 2, policy 4, the rest token 3
+        first = failed[0]
+        return codes.get(id(first)) or {"uri": 2, "policy": 4}.get(first["check"], 3)
+
+    codes: dict[int, int] = {}
+
+    def failed_step(name: str, exc: HsmsignError) -> None:
+        step(name, False, exc.message, exc.hint or "")
+        codes[id(steps[-1])] = exc.exit_code
 
     try:
-        uri = Pkcs11Uri.parse(require_uri(args))
+        text = require_uri(args)  # the PIN rules of the mode first: production refuses a PIN in the URI
+    except PolicyError as exc:
+        failed_step("pin", exc)
+        return finish()
     except HsmsignError as exc:
-        step("uri", False, exc.message, exc.hint or "")
+        failed_step("uri", exc)
+        return finish()
+    try:
+        uri = Pkcs11Uri.parse(text)
+    except HsmsignError as exc:
+        failed_step("uri", exc)
         return finish()
     step("uri", True, uri.redacted())
     try:
@@ -358,6 +374,8 @@ def run_doctor(args: Any) -> int:
             exc.message,
             (exc.hint or "") + (f" (tokens present: {labels})" if name == "token" else ""),
         )
+        if isinstance(exc, (PolicyError, ConfigError)):  # a PIN file others can read: 4, not 3
+            codes[id(steps[-1])] = exc.exit_code
         return finish()
     if uri.object is None and uri.id is None:
         step("key", False, "the URI names no key", "add ;object=KEY-LABEL to the URI")
@@ -457,8 +475,11 @@ def run_dev_init(args: Any) -> int:
 def run_uri(args: Any) -> int:
     from .. import pin
     from ..uri import Pkcs11Uri
+    from .common import checked_uri
 
-    uri = Pkcs11Uri.parse(args.value)
+    # the PIN rules on the text first: production refuses a PIN in any spelling (exit 4), even
+    # in a URI that does not parse, and never shows it
+    uri = Pkcs11Uri.parse(checked_uri(args, args.value))
     source = pin.pin_source_for(uri, None, args.mode)
     data: dict[str, Any] = {
         "uri": uri.redacted(),

@@ -276,10 +276,16 @@ def run(args: Any) -> int:
 
 def _env_args(settings: Any) -> SimpleNamespace:
     """The options the verbs take, from the drop-in's environment (``hsmsign.settings``)."""
+    from .. import pin
+    from ..settings import MKIMAGE_PIN_ENV
+
+    pin_env = settings.drop_in_pin_env
+    if not pin_env and pin.is_withheld(MKIMAGE_PIN_ENV):  # the CLI took it out of the environment
+        pin_env = MKIMAGE_PIN_ENV
     return SimpleNamespace(
         mode=settings.mode,
         module=settings.module or None,
-        pin_env=settings.drop_in_pin_env or None,
+        pin_env=pin_env or None,
         ledger=settings.ledger or None,
         role=settings.role or None,
         json=False,

@@ -327,7 +327,12 @@ _TOKENS: dict[tuple[str, str, str, bool], _OpenToken] = {}
 def open_token(
     uri: Pkcs11Uri, module: str | None, pin_env: str | None, mode: str, rw: bool = False
 ) -> _OpenToken:
-    """The shared open token for this URI (connect on first use)."""
+    """The shared open token for this URI (connect on first use).
+
+    The URI's PIN rules for ``mode`` are checked first (``hsmsign.pin.pin_source_for``): a
+    URI that production refuses never loads a module or reaches a token.
+    """
+    pinmod.pin_source_for(uri, pin_env, mode)
     path = resolve_module(uri, module)
     token_uri = uri.with_(object=None, id=None, type=None)
     key = (path, token_uri.format(keep_secrets=True), pin_env or "", rw)
