@@ -64,6 +64,8 @@ class ModeAction(argparse.Action):
     policy keeps its default. Any other value is refused with the choices listed.
     """
 
+    CHOICES = POLICY_MODES  # for the generated reference and shell completion
+
     def __call__(
         self,
         parser: argparse.ArgumentParser,
