@@ -179,9 +179,12 @@ def ec384(softhsm: SoftHsm) -> str:
 
 
 def openssl_cms_verify(
-    signature: Path | str, content: Path | str, ca: Path | str
+    signature: Path | str, content: Path | str, ca: Path | str, certfile: Path | str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """The independent check of a detached DER CMS signature: ``openssl cms -verify -binary``."""
+    """The independent check of a detached DER CMS signature: ``openssl cms -verify -binary``.
+
+    ``certfile``: the signer certificate when the signature carries none (kernel module signatures).
+    """
     return subprocess.run(
         [
             "openssl",
@@ -200,6 +203,7 @@ def openssl_cms_verify(
             "any",
             "-out",
             os.devnull,
+            *(["-certfile", str(certfile)] if certfile else []),
         ],
         capture_output=True,
         text=True,

@@ -17,8 +17,9 @@ signature is over the content digest itself. The kernel's PKCS#7 parser
 ``root_hash_sig_key_desc`` and ``veritysetup open --root-hash-signature``)
 accepts both shapes; cryptsetup's documentation uses ``-noattr``.
 
-Signature algorithms, as OpenSSL writes them: RSA PKCS#1 v1.5 ->
-``rsaEncryption``, RSA-PSS -> ``rsassaPss`` with explicit parameters (salt =
+Algorithm identifiers as OpenSSL writes them (so an RSA PKCS#1 v1.5 signature is
+byte-identical to OpenSSL's): SHA-2 digest algorithms without parameters, RSA PKCS#1 v1.5 ->
+``rsaEncryption`` with NULL parameters, RSA-PSS -> ``rsassaPss`` with explicit parameters (salt =
 digest length), ECDSA -> ``ecdsa-with-SHA256/384/512``.
 
 The signed attributes are DER-sorted (X.690 11.6): OpenSSL re-encodes them
@@ -124,7 +125,7 @@ def check_cert_matches(cert: Any, signer: Any) -> None:
 
 
 def _signature_algorithm(signer: Any, hash_alg: str, scheme: str | None) -> Any:
-    from asn1crypto import algos
+    from asn1crypto import algos, core
 
     if signer.key_type == "rsa":
         if scheme == "pss":
@@ -137,7 +138,8 @@ def _signature_algorithm(signer: Any, hash_alg: str, scheme: str | None) -> Any:
                 }
             )
             return algos.SignedDigestAlgorithm({"algorithm": "rsassa_pss", "parameters": params})
-        return algos.SignedDigestAlgorithm({"algorithm": "rsassa_pkcs1v15", "parameters": None})
+        # rsaEncryption with NULL parameters (RFC 8017 A.1), as OpenSSL writes it
+        return algos.SignedDigestAlgorithm({"algorithm": "rsassa_pkcs1v15", "parameters": core.Null()})
     if signer.key_type == "ec":
         return algos.SignedDigestAlgorithm({"algorithm": f"{hash_alg}_ecdsa"})
     raise ConfigError(f"{signer.key_type} keys cannot sign CMS here", "use an RSA or ECDSA key")
@@ -196,7 +198,8 @@ def sign_detached(
     from cryptography.hazmat.primitives import serialization
 
     a_cert = x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
-    digest_algo = algos.DigestAlgorithm({"algorithm": hash_alg})
+    # SHA-2 identifiers without parameters (RFC 5754 2), as OpenSSL writes them
+    digest_algo = algos.DigestAlgorithm({"algorithm": hash_alg, "parameters": None})
     sid = cms.SignerIdentifier(
         {
             "issuer_and_serial_number": cms.IssuerAndSerialNumber(
