@@ -133,19 +133,21 @@ def run_sign(args: Any) -> int:
         cms.check_cert_matches(cert, key)
         mechanism = "modsig-" + signing.mechanism_name(key.key_type, args.hash, None)
         for path in paths:
-            data = _read(path)
-            mod = modsig.split(data, path)
-            signed = mod.body + modsig.sign(key, cert, mod.body, args.hash)
-            # read the result back as the kernel will before it gets the module's name
-            check = modsig.verify(signed, [cert], path)
-            if check.body_sha256 != hashlib.sha256(mod.body).hexdigest():
-                raise SigningError(f"internal: {path}: the signed content differs from the module")
+            mod = modsig.split(_read(path), path)
+            # sign_detached verified the PKCS#7 over the body's digest with the certificate
+            appended = modsig.sign(key, cert, mod.body, args.hash)
+            signed = mod.body + appended
+            # read the result back as the kernel cuts it before it gets the module's name
+            back = modsig.split(signed, path)
+            if back.body != mod.body or back.signatures != (appended[: -modsig.TRAILER_LEN],):
+                raise SigningError(f"internal: {path}: the signed module does not read back as written")
             out = args.output or path
-            atomic.write_bytes_atomic(out, signed, mode=_mode_of(path))
-            record(
-                args, artifact=out, sha256_hex=check.body_sha256, key=key, mechanism=mechanism, kind="modsign"
-            )
-            done.append({"module": path, "output": out, "sha256": check.body_sha256, "resigned": mod.signed})
+            # one flush for the whole batch (sync_all below), not an fsync per module
+            atomic.write_bytes_atomic(out, signed, mode=_mode_of(path), fsync=False)
+            sha256 = hashlib.sha256(mod.body).hexdigest()
+            record(args, artifact=out, sha256_hex=sha256, key=key, mechanism=mechanism, kind="modsign")
+            done.append({"module": path, "output": out, "sha256": sha256, "resigned": mod.signed})
+        atomic.sync_all()
     what = done[0]["output"] if len(done) == 1 else f"{len(done)} modules"
     emit(
         args,

@@ -29,6 +29,7 @@ before checking the signature, so an unsorted SET would not verify.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import os
 from collections.abc import Sequence
@@ -443,14 +444,16 @@ def _check_trust(cert: Any, trusted: Sequence[Any]) -> None:
 def find_signer(sid: Any, candidates: Any) -> Any:
     """The certificate among ``candidates`` that a SignerInfo's ``sid`` names (issuer and
     serial, or subject key identifier); VerificationError when none does."""
-    from asn1crypto import x509 as ax509
     from cryptography.hazmat.primitives import serialization
 
     for c in candidates:
-        ac = ax509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
+        ac = _asn1_certificate(c.public_bytes(serialization.Encoding.DER))
         if sid.name == "issuer_and_serial_number":
             ias = sid.chosen
-            if ias["issuer"] == ac.issuer and ias["serial_number"].native == ac.serial_number:
+            # serial first and the issuer's bytes before asn1crypto's (costly) normalised comparison
+            if ias["serial_number"].native == ac.serial_number and (
+                ias["issuer"].dump() == ac.issuer.dump() or ias["issuer"] == ac.issuer
+            ):
                 return c
         elif sid.name == "subject_key_identifier" and ac.key_identifier == sid.chosen.native:
             return c
@@ -458,3 +461,11 @@ def find_signer(sid: Any, candidates: Any) -> Any:
         "the signer's certificate is neither in the signature nor among the trusted ones",
         "pass the signer certificate (--cert)",
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _asn1_certificate(der: bytes) -> Any:
+    """asn1crypto's view of a certificate, parsed once per process (batches verify with the same one)."""
+    from asn1crypto import x509 as ax509
+
+    return ax509.Certificate.load(der)
