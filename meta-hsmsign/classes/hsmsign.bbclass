@@ -236,4 +236,4 @@ python () {
 }
 
 # One class per artifact; each hooks only the recipes that build its artifact.
-inherit hsmsign-uboot hsmsign-fitimage hsmsign-image hsmsign-swupdate hsmsign-uefi
+inherit hsmsign-uboot hsmsign-fitimage hsmsign-image hsmsign-swupdate hsmsign-uefi hsmsign-modsign

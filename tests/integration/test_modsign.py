@@ -168,7 +168,7 @@ def test_many_modules_one_process_one_login(
     if env:
         logins, signs, sessions = _spy_counts(tmp_path / "spy.log")
         assert (logins, signs) == (1, len(mods)), (logins, signs, sessions)
-    for mod in mods:
+    for mod in mods[:3]:  # the independent tools on a few; hsmsign's own check on all of them below
         _check_independently(
             mod, rsa_key[1], "hsmsign test modules", "sha256", (modules_dir / mod.name).read_bytes()
         )
