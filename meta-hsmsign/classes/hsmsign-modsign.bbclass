@@ -1,3 +1,4 @@
+# nooelint: oelint.bbclass.underscores - names fixed by the design (hsmsign-<artifact>, like oe-core's uboot-sign)
 # hsmsign-modsign.bbclass: Linux kernel modules signed through the token.
 #
 # Inherited by hsmsign.bbclass (INHERIT += "hsmsign"). Key: HSM_PKCS11_URI_MODULES
@@ -98,7 +99,7 @@ python hsmsign_modsign_kconfig() {
 hsmsign_modsign_kconfig[vardeps] += "HSMSIGN_MODULES_CERT_ID HSMSIGN_MODULES_HASH HSMSIGN_MODULES_SIG_FORCE"
 
 hsmsign_modsign_olddefconfig() {
-	oe_runmake -C ${S} O=${B} olddefconfig
+    oe_runmake -C ${S} O=${B} olddefconfig
 }
 
 # kernel do_shared_workdir prefunc: oe-core copies certs/signing_key.* into the shared
