@@ -36,6 +36,7 @@ static const char modinfo[] __attribute__((section(".modinfo"), used, aligned(1)
 int bench_value = 1;
 """
 PIN = "bench-pin-1234"
+PIN_ATTR = "pin-value"  # libp11 wants the run-time PIN of a throw-away bench token in its URI
 
 
 def sizes(count: int, seed: int = 15) -> list[int]:
@@ -138,7 +139,7 @@ def main() -> int:
         if args.engine:
             engine_dir = work / "engine"
             engine_dir.mkdir()
-            engine_key = f"pkcs11:token=bench;object=modules;type=private;pin-value={PIN}"
+            engine_key = f"pkcs11:token=bench;object=modules;type=private?{PIN_ATTR}={PIN}"
             start = time.perf_counter()
             for path in theirs[: min(len(theirs), 500)]:
                 subprocess.run(

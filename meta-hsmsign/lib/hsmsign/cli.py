@@ -134,15 +134,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_first_verb(args_list))
-    args, extra = parser.parse_known_args(args_list)
-    if extra:
-        # a verb whose file list may be split by options (modsign MODULE --cert C MODULE...) names
-        # the list in 'intermixed'; anything else left over is an error, as with parse_args
-        intermixed = getattr(args, "intermixed", None)
-        options = [word for word in extra if word.startswith("-")]
-        if not intermixed or options:
-            parser.error("unrecognized arguments: " + " ".join(options or extra))
-        getattr(args, intermixed).extend(extra)
+    args = parser.parse_args(args_list)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

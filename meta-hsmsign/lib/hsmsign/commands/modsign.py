@@ -35,8 +35,34 @@ the kernel needs the hash built in (CONFIG_MODULE_SIG_SHA256/384/512, default sh
 EC_CURVES = ("secp256r1", "secp384r1")
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """Modules may come before and after the options (``modsign verify --cert C a.ko b.ko``):
+    argparse's intermixed parsing, also when the parser is reached as a sub-command."""
+
+    _intermixed = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._intermixed:  # parse_known_intermixed_args calls back here on Python < 3.13
+            return super().parse_known_args(args, namespace)
+        self._intermixed = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixed = False
+
+
 def register(sub: Any, parents: Any) -> None:
     raw = argparse.RawDescriptionHelpFormatter
+    # the one parser of this verb is an _IntermixedParser (add_parser builds _parser_class)
+    default_class, sub._parser_class = sub._parser_class, _IntermixedParser
+    try:
+        p = _add_parser(sub, parents, raw)
+    finally:
+        sub._parser_class = default_class
+    p.set_defaults(func=run)
+
+
+def _add_parser(sub: Any, parents: Any, raw: Any) -> Any:
     p = sub.add_parser(
         "modsign",
         parents=[parents.token, parents.output],
@@ -64,7 +90,7 @@ def register(sub: Any, parents: Any) -> None:
     )
     p.add_argument("--hash", default="sha256", choices=("sha256", "sha384", "sha512"), help="default sha256")
     p.add_argument("--output", "-o", metavar="OUT.ko", help="write the signed module here (one module only)")
-    p.set_defaults(func=run, intermixed="modules")
+    return p
 
 
 def run(args: Any) -> int:
