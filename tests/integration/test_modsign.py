@@ -318,6 +318,33 @@ def test_byte_identical_to_the_kernels_sign_file(softhsm: SoftHsm, modules_dir: 
     assert theirs.read_bytes().count(MAGIC) == 1
 
 
+def test_prepared_signer_writes_what_sign_detached_writes(
+    softhsm: SoftHsm, rsa_key: tuple[str, Path]
+) -> None:
+    """cms.DetachedSigner (batches) and cms.sign_detached (one signature) give the same bytes."""
+    import hashlib
+
+    from hsmsign import token
+    from hsmsign.formats import cms
+
+    cert = cms.read_certificate_file(str(rsa_key[1]))
+    for hash_alg in ("sha256", "sha512"):
+        digest = hashlib.new(hash_alg, b"module body").digest()
+        with token.open_key(rsa_key[0], mode="development") as key:
+            batch = cms.DetachedSigner(key, cert, hash_alg)
+            first, second = batch.sign(digest), batch.sign(digest)
+            single = cms.sign_detached(
+                key,
+                cert=cert,
+                content_digest=digest,
+                hash_alg=hash_alg,
+                signed_attrs=False,
+                include_certs=False,
+            )
+        assert first == second == single
+        assert cms.verify_detached(second, content=b"module body", trusted=[cert]).hash_alg == hash_alg
+
+
 # ----------------------------------------------------------------------------- the kernel
 
 

@@ -133,6 +133,7 @@ def _check_key(key: Any) -> None:
 
 
 def run_sign(args: Any) -> int:
+    import concurrent.futures
     import hashlib
 
     from .. import atomic, signing
@@ -158,21 +159,40 @@ def run_sign(args: Any) -> int:
         _check_key(key)
         cms.check_cert_matches(cert, key)
         mechanism = "modsig-" + signing.mechanism_name(key.key_type, args.hash, None)
-        for path in paths:
-            mod = modsig.split(_read(path), path)
-            # sign_detached verified the PKCS#7 over the body's digest with the certificate
-            appended = modsig.sign(key, cert, mod.body, args.hash)
-            signed = mod.body + appended
-            # read the result back as the kernel cuts it before it gets the module's name
-            back = modsig.split(signed, path)
-            if back.body != mod.body or back.signatures != (appended[: -modsig.TRAILER_LEN],):
-                raise SigningError(f"internal: {path}: the signed module does not read back as written")
-            out = args.output or path
-            # one flush for the whole batch (sync_all below), not an fsync per module
-            atomic.write_bytes_atomic(out, signed, mode=_mode_of(path), fsync=False)
-            sha256 = hashlib.sha256(mod.body).hexdigest()
+        module_signer = modsig.Signer(key, cert, args.hash)
+        pending: Any = None  # the previous module's write, overlapped with this module's signature
+
+        def finish(job: Any) -> None:
+            out, sha256, resigned_one, path = job[1], job[2], job[3], job[4]
+            job[0].result()  # a failed write raises here, before the next module is handed over
             record(args, artifact=out, sha256_hex=sha256, key=key, mechanism=mechanism, kind="modsign")
-            done.append({"module": path, "output": out, "sha256": sha256, "resigned": mod.signed})
+            done.append({"module": path, "output": out, "sha256": sha256, "resigned": resigned_one})
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
+            try:
+                for path in paths:
+                    mod = modsig.split(_read(path), path)
+                    # the PKCS#7 was checked when the batch's first one was made; every signature by the token
+                    appended = module_signer.sign(mod.body)
+                    signed = mod.body + appended
+                    # read the result back as the kernel cuts it before it gets the module's name
+                    back = modsig.split(signed, path)
+                    if back.body != mod.body or back.signatures != (appended[: -modsig.TRAILER_LEN],):
+                        raise SigningError(
+                            f"internal: {path}: the signed module does not read back as written"
+                        )
+                    out = args.output or path
+                    # atomic per module; one flush for the whole batch (sync_all below), not an fsync each
+                    write = writer.submit(atomic.write_bytes_atomic, out, signed, _mode_of(path), False)
+                    previous, pending = pending, None
+                    if previous is not None:
+                        finish(previous)
+                    pending = (write, out, hashlib.sha256(mod.body).hexdigest(), mod.signed, path)
+            finally:
+                # a module written is a module recorded, also when a later one fails
+                previous, pending = pending, None
+                if previous is not None:
+                    finish(previous)
         atomic.sync_all()
     what = done[0]["output"] if len(done) == 1 else f"{len(done)} modules"
     emit(

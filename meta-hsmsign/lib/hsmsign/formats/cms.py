@@ -469,3 +469,64 @@ def _asn1_certificate(der: bytes) -> Any:
     from asn1crypto import x509 as ax509
 
     return ax509.Certificate.load(der)
+
+
+class DetachedSigner:
+    """Many detached signatures without signed attributes or certificates, one key and certificate.
+
+    What ``sign_detached(..., signed_attrs=False, include_certs=False)`` writes, byte for byte
+    (tests compare them), for batches such as the modules of a kernel: the DER around the
+    signature (signer identifier, algorithm identifiers) is built once, and the first signature
+    is checked through ``verify_detached``; after that each signature is one token operation
+    (which the token layer checks against the public key) and a few byte joins.
+    """
+
+    def __init__(self, signer: Any, cert: Any, hash_alg: str = "sha256") -> None:
+        from asn1crypto import algos, cms
+        from cryptography.hazmat.primitives import serialization
+
+        hash_alg = hash_alg.lower()
+        if hash_alg not in HASH_OIDS:
+            raise ConfigError(f"hash '{hash_alg}' is not supported for CMS", "use sha256, sha384 or sha512")
+        check_cert_matches(cert, signer)
+        self.signer, self.cert, self.hash_alg = signer, cert, hash_alg
+        a_cert = _asn1_certificate(cert.public_bytes(serialization.Encoding.DER))
+        ias = cms.IssuerAndSerialNumber({"issuer": a_cert.issuer, "serial_number": a_cert.serial_number})
+        self._digest_algo = algos.DigestAlgorithm({"algorithm": hash_alg, "parameters": None}).dump()
+        self._signer_head = (
+            b"\x02\x01\x01"  # version 1
+            + ias.dump()
+            + self._digest_algo
+            + _signature_algorithm(signer, hash_alg, None).dump()
+        )
+        self._checked = False
+
+    def sign(self, content_digest: bytes) -> bytes:
+        """DER ContentInfo(SignedData) over a content digest: one token operation."""
+        from ..signing import ecdsa_raw_to_der
+
+        if len(content_digest) != DIGEST_SIZE[self.hash_alg]:
+            raise ConfigError(f"a {self.hash_alg} digest has {DIGEST_SIZE[self.hash_alg]} bytes")
+        raw = self.signer.sign_digest(content_digest, self.hash_alg, None)
+        signature = ecdsa_raw_to_der(raw) if self.signer.key_type == "ec" else raw
+        signer_info = _tlv(0x30, self._signer_head + _tlv(0x04, signature))
+        signed_data = _tlv(
+            0x30,
+            b"\x02\x01\x01"  # version 1
+            + _tlv(0x31, self._digest_algo)
+            + _tlv(0x30, _ID_DATA)  # encapContentInfo: id-data, no eContent (detached)
+            + _tlv(0x31, signer_info),
+        )
+        der = _tlv(0x30, _ID_SIGNED_DATA + _tlv(0xA0, signed_data))
+        if not self._checked:
+            verify_detached(der, content_digest=content_digest, hash_alg=self.hash_alg, trusted=[self.cert])
+            self._checked = True
+        return der
+
+
+_ID_DATA = bytes.fromhex("06092a864886f70d010701")  # OID 1.2.840.113549.1.7.1
+_ID_SIGNED_DATA = bytes.fromhex("06092a864886f70d010702")  # OID 1.2.840.113549.1.7.2
+
+
+def _tlv(tag: int, body: bytes) -> bytes:
+    return bytes([tag]) + _der_len(len(body)) + body

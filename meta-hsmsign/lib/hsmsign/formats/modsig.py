@@ -16,7 +16,8 @@ The layout the kernel checks (``kernel/module/signing.c``, ``scripts/sign-file.c
   ``sig_len``, the PKCS#7 length as a big-endian u32;
 * then the 28-byte magic.
 
-The signature is made with :func:`hsmsign.formats.cms.sign_detached` (one token
+The signature is made with :class:`hsmsign.formats.cms.DetachedSigner` (what
+``cms.sign_detached`` writes without attributes and certificates; one token
 operation per module). A module already signed is re-signed: every appended
 signature is stripped first (the kernel checks only the last one, and a second
 signature over a signed module would cover the first), so a module is never
@@ -163,15 +164,24 @@ def check_hash(hash_alg: str) -> str:
     return hash_alg
 
 
-def sign(signer: Any, cert: Any, body: bytes, hash_alg: str = "sha256") -> bytes:
-    """The bytes to append to ``body``: PKCS#7 (one token operation), info block, magic."""
-    from . import cms
+class Signer:
+    """Signs module bodies with one key and certificate (a batch shares the prepared PKCS#7)."""
 
-    digest = hashlib.new(check_hash(hash_alg), body).digest()
-    pkcs7 = cms.sign_detached(
-        signer, cert=cert, content_digest=digest, hash_alg=hash_alg, signed_attrs=False, include_certs=False
-    )
-    return pkcs7 + trailer(pkcs7)
+    def __init__(self, signer: Any, cert: Any, hash_alg: str = "sha256") -> None:
+        from . import cms
+
+        self.hash_alg = check_hash(hash_alg)
+        self._cms = cms.DetachedSigner(signer, cert, hash_alg)
+
+    def sign(self, body: bytes) -> bytes:
+        """The bytes to append to ``body``: PKCS#7 (one token operation), info block, magic."""
+        pkcs7 = self._cms.sign(hashlib.new(self.hash_alg, body).digest())
+        return pkcs7 + trailer(pkcs7)
+
+
+def sign(signer: Any, cert: Any, body: bytes, hash_alg: str = "sha256") -> bytes:
+    """The bytes to append to one module ``body`` (see ``Signer`` for many)."""
+    return Signer(signer, cert, hash_alg).sign(body)
 
 
 @dataclass
