@@ -366,12 +366,11 @@ def test_the_kernel_loads_only_the_module_hsmsign_signed(
     softhsm: SoftHsm, rsa_key: tuple[str, Path], other_key: tuple[str, Path], tmp_path: Path
 ) -> None:
     """A kernel with CONFIG_MODULE_SIG_FORCE and only the token's certificate built in."""
-    require(
-        (KERNEL_CACHE / "vmlinux").exists(),
-        "the module-signature test kernel",
-        f"scripts/build-modsign-kernel {KERNEL_CACHE} (about 10 minutes once)",
-        env="HSMSIGN_REQUIRE_TOOLS",
-    )
+    if not (KERNEL_CACHE / "vmlinux").exists():
+        # not part of HSMSIGN_REQUIRE_TOOLS: the kernel is built by hand once per machine
+        if os.environ.get("HSMSIGN_REQUIRE_MODSIGN_KERNEL") == "1":
+            pytest.fail(f"no test kernel in {KERNEL_CACHE}: scripts/build-modsign-kernel {KERNEL_CACHE}")
+        pytest.skip(f"no test kernel in {KERNEL_CACHE}: scripts/build-modsign-kernel {KERNEL_CACHE}")
     qemu = _tool("qemu-system-x86_64", "qemu-system-x86")
     busybox = Path("/bin/busybox")
     require(busybox.exists(), "busybox", "apt-get install busybox-static", env="HSMSIGN_REQUIRE_TOOLS")
