@@ -46,6 +46,14 @@ def require(tool_ok: bool, what: str, hint: str, env: str = "HSMSIGN_REQUIRE_SOF
     pytest.skip(f"{what} missing: {hint}")
 
 
+def tool(name: str, package: str) -> str:
+    """The path of a command-line tool, or a skip (a failure under HSMSIGN_REQUIRE_TOOLS)."""
+    path = shutil.which(name)
+    require(path is not None, name, f"apt-get install {package}", env="HSMSIGN_REQUIRE_TOOLS")
+    assert path is not None
+    return path
+
+
 @dataclass
 class SoftHsm:
     """A live SoftHSM token for the test session."""

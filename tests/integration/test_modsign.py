@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SoftHsm, openssl_cms_verify, require
+from tests.conftest import SoftHsm, openssl_cms_verify, require, tool
 
 DEV = ("--mode", "development")
 MAGIC = b"~Module signature appended~\n"
@@ -33,17 +33,10 @@ int %(name)s_get(void) { return %(name)s_value; }
 """
 
 
-def _tool(name: str, package: str) -> str:
-    path = shutil.which(name)
-    require(path is not None, name, f"apt-get install {package}", env="HSMSIGN_REQUIRE_TOOLS")
-    assert path is not None
-    return path
-
-
 @pytest.fixture(scope="module")
 def modules_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Ten small ELF modules (gcc -c), kept pristine: tests copy them."""
-    gcc = _tool("gcc", "gcc")
+    gcc = tool("gcc", "gcc")
     out = tmp_path_factory.mktemp("modules")
     for i in range(10):
         src = out / f"m{i}.c"
@@ -97,7 +90,7 @@ def _split(data: bytes) -> tuple[bytes, bytes]:
 
 
 def _modinfo(path: Path, field: str) -> str:
-    modinfo = _tool("modinfo", "kmod")
+    modinfo = tool("modinfo", "kmod")
     done = subprocess.run([modinfo, "-F", field, str(path.resolve())], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
@@ -246,7 +239,7 @@ def test_bad_inputs_fail_with_one_line_and_sign_nothing(
     cut = tmp_path / "cut.ko"
     cut.write_bytes(pristine[: len(pristine) // 2])
     exe = tmp_path / "true.ko"
-    shutil.copyfile(_tool("true", "coreutils"), exe)
+    shutil.copyfile(tool("true", "coreutils"), exe)
     cases = {
         text: f"{text} is not an ELF file",
         cut: f"{cut}: truncated ELF module",
@@ -287,7 +280,7 @@ def test_byte_identical_to_the_kernels_sign_file(softhsm: SoftHsm, modules_dir: 
         "apt-get install linux-kbuild-6.1",
         env="HSMSIGN_REQUIRE_TOOLS",
     )
-    util = _tool("softhsm2-util", "softhsm2")
+    util = tool("softhsm2-util", "softhsm2")
     key = tmp_path / "scratch.key"
     cert = tmp_path / "scratch.pem"
     subprocess.run(
@@ -371,7 +364,7 @@ def test_the_kernel_loads_only_the_module_hsmsign_signed(
         if os.environ.get("HSMSIGN_REQUIRE_MODSIGN_KERNEL") == "1":
             pytest.fail(f"no test kernel in {KERNEL_CACHE}: scripts/build-modsign-kernel {KERNEL_CACHE}")
         pytest.skip(f"no test kernel in {KERNEL_CACHE}: scripts/build-modsign-kernel {KERNEL_CACHE}")
-    qemu = _tool("qemu-system-x86_64", "qemu-system-x86")
+    qemu = tool("qemu-system-x86_64", "qemu-system-x86")
     busybox = Path("/bin/busybox")
     require(busybox.exists(), "busybox", "apt-get install busybox-static", env="HSMSIGN_REQUIRE_TOOLS")
     # the token's certificate into a copy of the cached vmlinux (CONFIG_SYSTEM_EXTRA_CERTIFICATE)

@@ -122,3 +122,11 @@ def read_input(path: str, what: str) -> bytes:
             return fh.read()
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
+def file_mode(path: str) -> int | None:
+    """The permission bits of ``path`` (an output takes its input's), or None when it cannot be read."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return None

@@ -183,7 +183,9 @@ def run_sign(args: Any) -> int:
                         )
                     out = args.output or path
                     # atomic per module; one flush for the whole batch (sync_all below), not an fsync each
-                    write = writer.submit(atomic.write_bytes_atomic, out, signed, _mode_of(path), False)
+                    write = writer.submit(
+                        atomic.write_bytes_atomic, out, signed, atomic.file_mode(path), False
+                    )
                     previous, pending = pending, None
                     if previous is not None:
                         finish(previous)
@@ -203,13 +205,6 @@ def run_sign(args: Any) -> int:
         {"modules": done, "key": key.label, "key_fingerprint": key.fingerprint, "mechanism": mechanism},
     )
     return 0
-
-
-def _mode_of(path: str) -> int | None:
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except OSError:
-        return None
 
 
 def run_verify(args: Any) -> int:
