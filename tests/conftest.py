@@ -46,6 +46,14 @@ def require(tool_ok: bool, what: str, hint: str, env: str = "HSMSIGN_REQUIRE_SOF
     pytest.skip(f"{what} missing: {hint}")
 
 
+def tool(name: str, package: str) -> str:
+    """The path of a command-line tool, or a skip (a failure under HSMSIGN_REQUIRE_TOOLS)."""
+    path = shutil.which(name)
+    require(path is not None, name, f"apt-get install {package}", env="HSMSIGN_REQUIRE_TOOLS")
+    assert path is not None
+    return path
+
+
 @dataclass
 class SoftHsm:
     """A live SoftHSM token for the test session."""
@@ -179,9 +187,12 @@ def ec384(softhsm: SoftHsm) -> str:
 
 
 def openssl_cms_verify(
-    signature: Path | str, content: Path | str, ca: Path | str
+    signature: Path | str, content: Path | str, ca: Path | str, certfile: Path | str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """The independent check of a detached DER CMS signature: ``openssl cms -verify -binary``."""
+    """The independent check of a detached DER CMS signature: ``openssl cms -verify -binary``.
+
+    ``certfile``: the signer certificate when the signature carries none (kernel module signatures).
+    """
     return subprocess.run(
         [
             "openssl",
@@ -200,6 +211,7 @@ def openssl_cms_verify(
             "any",
             "-out",
             os.devnull,
+            *(["-certfile", str(certfile)] if certfile else []),
         ],
         capture_output=True,
         text=True,

@@ -25,6 +25,7 @@
 #   HSM_PKCS11_URI_UBOOT    ??= "${HSM_PKCS11_URI}"        the U-Boot side: default of _FITIMAGE and _SPL
 #   HSM_PKCS11_URI_SPL      ??= "${HSM_PKCS11_URI_UBOOT}"  U-Boot proper FIT checked by SPL
 #   HSM_PKCS11_URI_FITIMAGE ??= "${HSM_PKCS11_URI_UBOOT}"  kernel fitImage; its public half goes into U-Boot's DTB
+#   HSM_PKCS11_URI_MODULES  ??= "${HSM_PKCS11_URI_FITIMAGE}"  Linux kernel modules (appended PKCS#7)
 #   HSM_PKCS11_URI_ROOTFS   ??= "${HSM_PKCS11_URI}"        dm-verity root hash, image signatures, manifest
 #   HSM_PKCS11_URI_SWUPDATE ??= "${HSM_PKCS11_URI}"        sw-description
 #   HSM_PKCS11_URI_UEFI     ??= "${HSM_PKCS11_URI}"        UEFI Secure Boot: UKIs, systemd-boot, GRUB
@@ -66,6 +67,9 @@ HSM_PKCS11_URI_SPL[doc] = "Key that signs the U-Boot proper FIT checked by SPL; 
 
 HSM_PKCS11_URI_FITIMAGE ??= "${HSM_PKCS11_URI_UBOOT}"
 HSM_PKCS11_URI_FITIMAGE[doc] = "Key that signs the kernel fitImage; its public half is the key U-Boot's control DTB holds (oe-core UBOOT_SIGN_KEYDIR). Defaults to HSM_PKCS11_URI_UBOOT."
+
+HSM_PKCS11_URI_MODULES ??= "${HSM_PKCS11_URI_FITIMAGE}"
+HSM_PKCS11_URI_MODULES[doc] = "Key that signs Linux kernel modules (the kernel's and module.bbclass recipes'); its certificate is built into the kernel (CONFIG_SYSTEM_TRUSTED_KEYS). Defaults to the kernel FIT key, HSM_PKCS11_URI_FITIMAGE."
 
 HSM_PKCS11_URI_ROOTFS ??= "${HSM_PKCS11_URI}"
 HSM_PKCS11_URI_ROOTFS[doc] = "Key that signs the dm-verity root hash, the detached image signatures and the image manifest."
@@ -125,6 +129,8 @@ HSMSIGN_KEY_ID_SPL = "${@hsmsign.bitbake.key_identity(d, 'SPL')}"
 HSMSIGN_KEY_ID_SPL[vardepvalue] = "${HSMSIGN_KEY_ID_SPL}"
 HSMSIGN_KEY_ID_FITIMAGE = "${@hsmsign.bitbake.key_identity(d, 'FITIMAGE')}"
 HSMSIGN_KEY_ID_FITIMAGE[vardepvalue] = "${HSMSIGN_KEY_ID_FITIMAGE}"
+HSMSIGN_KEY_ID_MODULES = "${@hsmsign.bitbake.key_identity(d, 'MODULES')}"
+HSMSIGN_KEY_ID_MODULES[vardepvalue] = "${HSMSIGN_KEY_ID_MODULES}"
 HSMSIGN_KEY_ID_ROOTFS = "${@hsmsign.bitbake.key_identity(d, 'ROOTFS')}"
 HSMSIGN_KEY_ID_ROOTFS[vardepvalue] = "${HSMSIGN_KEY_ID_ROOTFS}"
 HSMSIGN_KEY_ID_SWUPDATE = "${@hsmsign.bitbake.key_identity(d, 'SWUPDATE')}"
@@ -230,4 +236,4 @@ python () {
 }
 
 # One class per artifact; each hooks only the recipes that build its artifact.
-inherit hsmsign-uboot hsmsign-fitimage hsmsign-image hsmsign-swupdate hsmsign-uefi
+inherit hsmsign-uboot hsmsign-fitimage hsmsign-image hsmsign-swupdate hsmsign-uefi hsmsign-modsign

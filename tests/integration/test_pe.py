@@ -10,26 +10,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SoftHsm, require
+from tests.conftest import SoftHsm, require, tool
 from tests.integration import ovmf
 
 DEV = ("--mode", "development")
 SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
 SYSTEMD_STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
-
-
-def _tool(name: str, package: str) -> str:
-    path = shutil.which(name)
-    require(path is not None, name, f"apt-get install {package}", env="HSMSIGN_REQUIRE_TOOLS")
-    assert path is not None
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -88,16 +80,14 @@ def _flip(src: Path, out: Path) -> Path:
 
 
 def _sbverify(cert: Path, image: Path) -> subprocess.CompletedProcess[str]:
-    tool = _tool("sbverify", "sbsigntool")
-    return subprocess.run(
-        [tool, "--cert", str(cert), str(image)], capture_output=True, text=True, check=False
-    )
+    exe = tool("sbverify", "sbsigntool")
+    return subprocess.run([exe, "--cert", str(cert), str(image)], capture_output=True, text=True, check=False)
 
 
 def _osslsigncode(cert: Path, image: Path) -> subprocess.CompletedProcess[str]:
-    tool = _tool("osslsigncode", "osslsigncode")
+    exe = tool("osslsigncode", "osslsigncode")
     return subprocess.run(
-        [tool, "verify", "-CAfile", str(cert), "-in", str(image)], capture_output=True, text=True, check=False
+        [exe, "verify", "-CAfile", str(cert), "-in", str(image)], capture_output=True, text=True, check=False
     )
 
 
@@ -143,7 +133,7 @@ def test_digest_is_the_one_sbsign_and_osslsigncode_compute(
     softhsm: SoftHsm, efi: Path, uefi_key: tuple[str, Path], tmp_path: Path
 ) -> None:
     """sbsign (libp11, the same token key) and osslsigncode agree with our digest, byte for byte."""
-    sbsign = _tool("sbsign", "sbsigntool")
+    sbsign = tool("sbsign", "sbsigntool")
     ours = tmp_path / "ours.efi"
     _sign(softhsm, uefi_key, efi, ours)
     ours_digest = _digest(softhsm, ours)
@@ -211,10 +201,10 @@ def test_append_keeps_the_first_signature(
 
 
 def test_esl_is_what_efitools_writes(uefi_key: tuple[str, Path], softhsm: SoftHsm, tmp_path: Path) -> None:
-    tool = _tool("cert-to-efi-sig-list", "efitools")
+    exe = tool("cert-to-efi-sig-list", "efitools")
     owner = str(uuid.uuid4())
     theirs = tmp_path / "theirs.esl"
-    subprocess.run([tool, "-g", owner, str(uefi_key[1]), str(theirs)], check=True, capture_output=True)
+    subprocess.run([exe, "-g", owner, str(uefi_key[1]), str(theirs)], check=True, capture_output=True)
     ours = tmp_path / "ours.esl"
     done = softhsm.run_cli("pe", "esl", "--cert", str(uefi_key[1]), "--owner", owner, "--output", str(ours))
     assert done.returncode == 0, done.stderr

@@ -41,8 +41,14 @@ class AtomicFile:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str], mode: int | None = None) -> Iterator[AtomicFile]:
-    """Write ``path`` atomically; see the module docstring."""
+def atomic_output(
+    path: str | os.PathLike[str], mode: int | None = None, fsync: bool = True
+) -> Iterator[AtomicFile]:
+    """Write ``path`` atomically; see the module docstring.
+
+    ``fsync=False``: no fsync before the rename, for callers that write many files and
+    flush them together afterwards (``sync_all``); the rename is atomic all the same.
+    """
     final = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(final))
     if not os.path.isdir(directory):
@@ -63,7 +69,8 @@ def atomic_output(path: str | os.PathLike[str], mode: int | None = None) -> Iter
     try:
         yield AtomicFile(fh, tmp, final)
         fh.flush()
-        os.fsync(fh.fileno())
+        if fsync:
+            os.fsync(fh.fileno())
         fh.close()
         if mode is None and os.path.exists(final):
             mode = os.stat(final).st_mode & 0o7777
@@ -84,10 +91,17 @@ def atomic_output(path: str | os.PathLike[str], mode: int | None = None) -> Iter
                 os.unlink(tmp)
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, mode: int | None = None) -> None:
+def write_bytes_atomic(
+    path: str | os.PathLike[str], data: bytes, mode: int | None = None, fsync: bool = True
+) -> None:
     """Write ``data`` to ``path`` atomically."""
-    with atomic_output(path, mode=mode) as out:
+    with atomic_output(path, mode=mode, fsync=fsync) as out:
         out.write(data)
+
+
+def sync_all() -> None:
+    """Flush every file written with ``fsync=False`` to disk: one call for a whole batch."""
+    os.sync()
 
 
 def check_readable(path: str) -> None:
@@ -108,3 +122,11 @@ def read_input(path: str, what: str) -> bytes:
             return fh.read()
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
+def file_mode(path: str) -> int | None:
+    """The permission bits of ``path`` (an output takes its input's), or None when it cannot be read."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return None

@@ -67,6 +67,13 @@ ROLE_TABLE: tuple[Role, ...] = (
         "rsa:2048",
         "the kernel FIT; its public half goes into U-Boot's control DTB",
     ),
+    Role(
+        "MODULES",
+        "FITIMAGE",
+        "dev-modules",
+        "rsa:2048",
+        "Linux kernel modules (appended PKCS#7); defaults to the kernel FIT key",
+    ),
     Role("ROOTFS", DEFAULT, "dev-rootfs", "rsa:2048", "dm-verity root hash, image signatures, manifest"),
     Role("SWUPDATE", DEFAULT, "dev-swupdate", "rsa:2048", "sw-description of swupdate bundles"),
     Role("UEFI", DEFAULT, "dev-uefi", "rsa:2048", "UEFI Secure Boot: UKIs, systemd-boot, GRUB"),

@@ -288,3 +288,88 @@ def random_iv() -> str:
     import secrets as random_source  # the standard library's, not hsmsign.secrets
 
     return random_source.token_hex(16)
+
+
+# --- kernel modules (hsmsign-modsign.bbclass) ------------------------------------------------
+
+MODULE_SUFFIX = ".ko"
+COMPRESSED_MODULE_SUFFIXES = (".ko.gz", ".ko.xz", ".ko.zst")
+MODSIGN_HASHES = ("sha256", "sha384", "sha512")
+
+
+def kernel_modules(root: str) -> tuple[list[str], list[str]]:
+    """The kernel modules under ``root`` (oe-core's rule: ``*.ko`` below a ``/lib/modules/`` directory,
+    an ELF file, no symlink) and the compressed ones (which cannot be signed: the kernel checks the
+    signature of the uncompressed module). Sorted, for stable logs."""
+    modules: list[str] = []
+    compressed: list[str] = []
+    for top, _dirs, files in os.walk(root):
+        if "/lib/modules/" not in top + "/":
+            continue
+        for name in files:
+            path = os.path.join(top, name)
+            if os.path.islink(path):
+                continue
+            if name.endswith(MODULE_SUFFIX):
+                with open(path, "rb") as fh:
+                    if fh.read(4) == b"\x7fELF":
+                        modules.append(path)
+            elif name.endswith(COMPRESSED_MODULE_SUFFIXES):
+                compressed.append(path)
+    return sorted(modules), sorted(compressed)
+
+
+def batches(items: Sequence[str], size: int = 500) -> list[list[str]]:
+    """``items`` in runs of ``size`` (one hsmsign process and token login per run, argv kept short)."""
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def modsign_kconfig(cert: str, hash_alg: str, force: bool) -> list[str]:
+    """The kernel configuration that builds in the certificate only: module signatures checked
+    (``CONFIG_MODULE_SIG_FORCE`` when ``force``), the token's certificate in the trusted keyring,
+    and no signing key: ``CONFIG_MODULE_SIG_KEY`` empty (the kernel build generates no
+    ``certs/signing_key.pem``) and ``CONFIG_MODULE_SIG_ALL`` off (modules are signed by the layer
+    after oe-core strips them)."""
+    if hash_alg not in MODSIGN_HASHES:
+        raise TaskError(f"HSMSIGN_MODULES_HASH '{hash_alg}' is not one of {', '.join(MODSIGN_HASHES)}")
+    lines = [
+        "CONFIG_MODULES=y",
+        "CONFIG_MODULE_SIG=y",
+        "CONFIG_MODULE_SIG_FORCE=y" if force else "# CONFIG_MODULE_SIG_FORCE is not set",
+        "# CONFIG_MODULE_SIG_ALL is not set",
+        'CONFIG_MODULE_SIG_KEY=""',
+        "CONFIG_SYSTEM_TRUSTED_KEYRING=y",
+        f'CONFIG_SYSTEM_TRUSTED_KEYS="{cert}"',
+    ]
+    for h in MODSIGN_HASHES:
+        lines.append(
+            f"CONFIG_MODULE_SIG_{h.upper()}=y"
+            if h == hash_alg
+            else f"# CONFIG_MODULE_SIG_{h.upper()} is not set"
+        )
+    return lines
+
+
+def kconfig_mismatches(config_text: str, wanted: Sequence[str]) -> list[str]:
+    """The lines of ``wanted`` that a kernel ``.config`` does not hold after olddefconfig."""
+    have = set(config_text.splitlines())
+    missing = []
+    for line in wanted:
+        if line.startswith("# ") and line.endswith(" is not set"):
+            name = line[2:].split(" ", 1)[0]
+            if any(h.startswith(name + "=") and not h.endswith("=n") for h in have):
+                missing.append(line)
+        elif line not in have:
+            missing.append(line)
+    return missing
+
+
+def private_key_files(top: str) -> list[str]:
+    """Files under ``top`` named like the kernel build's module signing key (``signing_key.pem``,
+    ``signing_key.priv``): none may exist when the layer signs modules."""
+    found = []
+    for root, _dirs, files in os.walk(top):
+        for name in files:
+            if name in ("signing_key.pem", "signing_key.priv"):
+                found.append(os.path.join(root, name))
+    return sorted(found)

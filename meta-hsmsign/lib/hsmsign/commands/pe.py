@@ -210,7 +210,7 @@ def run_sign(args: Any) -> int:
             image_digest = digest_box[0]
             blob = authenticode.sign(key, cert=cert, image_digest=image_digest)
             entry = pe.win_certificate(blob)
-            with atomic.atomic_output(args.output, mode=_mode_of(args.input)) as out:
+            with atomic.atomic_output(args.output, mode=atomic.file_mode(args.input)) as out:
                 with open(args.input, "rb") as src:
                     size = pe.write_signed(
                         out.fh, data, layout, [entry], keep_existing=args.append, src_fd=src.fileno()
@@ -257,13 +257,6 @@ def run_sign(args: Any) -> int:
         },
     )
     return 0
-
-
-def _mode_of(path: str) -> int | None:
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except OSError:
-        return None
 
 
 def run_verify(args: Any) -> int:

@@ -58,8 +58,7 @@ MIN_RSA_BITS = 2048
 EFI_CERT_X509_GUID = uuid.UUID("a5c059a1-94e4-4aa7-87b5-ab155c2bf072")
 
 
-def _tlv(tag: int, body: bytes) -> bytes:
-    return bytes([tag]) + cms._der_len(len(body)) + body
+_tlv = cms._tlv
 
 
 def _oid_der(dotted: str) -> bytes:

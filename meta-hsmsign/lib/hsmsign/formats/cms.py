@@ -17,8 +17,9 @@ signature is over the content digest itself. The kernel's PKCS#7 parser
 ``root_hash_sig_key_desc`` and ``veritysetup open --root-hash-signature``)
 accepts both shapes; cryptsetup's documentation uses ``-noattr``.
 
-Signature algorithms, as OpenSSL writes them: RSA PKCS#1 v1.5 ->
-``rsaEncryption``, RSA-PSS -> ``rsassaPss`` with explicit parameters (salt =
+Algorithm identifiers as OpenSSL writes them (so an RSA PKCS#1 v1.5 signature is
+byte-identical to OpenSSL's): SHA-2 digest algorithms without parameters, RSA PKCS#1 v1.5 ->
+``rsaEncryption`` with NULL parameters, RSA-PSS -> ``rsassaPss`` with explicit parameters (salt =
 digest length), ECDSA -> ``ecdsa-with-SHA256/384/512``.
 
 The signed attributes are DER-sorted (X.690 11.6): OpenSSL re-encodes them
@@ -28,6 +29,7 @@ before checking the signature, so an unsorted SET would not verify.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -124,7 +126,7 @@ def check_cert_matches(cert: Any, signer: Any) -> None:
 
 
 def _signature_algorithm(signer: Any, hash_alg: str, scheme: str | None) -> Any:
-    from asn1crypto import algos
+    from asn1crypto import algos, core
 
     if signer.key_type == "rsa":
         if scheme == "pss":
@@ -137,7 +139,8 @@ def _signature_algorithm(signer: Any, hash_alg: str, scheme: str | None) -> Any:
                 }
             )
             return algos.SignedDigestAlgorithm({"algorithm": "rsassa_pss", "parameters": params})
-        return algos.SignedDigestAlgorithm({"algorithm": "rsassa_pkcs1v15", "parameters": None})
+        # rsaEncryption with NULL parameters (RFC 8017 A.1), as OpenSSL writes it
+        return algos.SignedDigestAlgorithm({"algorithm": "rsassa_pkcs1v15", "parameters": core.Null()})
     if signer.key_type == "ec":
         return algos.SignedDigestAlgorithm({"algorithm": f"{hash_alg}_ecdsa"})
     raise ConfigError(f"{signer.key_type} keys cannot sign CMS here", "use an RSA or ECDSA key")
@@ -196,7 +199,8 @@ def sign_detached(
     from cryptography.hazmat.primitives import serialization
 
     a_cert = x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
-    digest_algo = algos.DigestAlgorithm({"algorithm": hash_alg})
+    # SHA-2 identifiers without parameters (RFC 5754 2), as OpenSSL writes them
+    digest_algo = algos.DigestAlgorithm({"algorithm": hash_alg, "parameters": None})
     sid = cms.SignerIdentifier(
         {
             "issuer_and_serial_number": cms.IssuerAndSerialNumber(
@@ -440,14 +444,16 @@ def _check_trust(cert: Any, trusted: Sequence[Any]) -> None:
 def find_signer(sid: Any, candidates: Any) -> Any:
     """The certificate among ``candidates`` that a SignerInfo's ``sid`` names (issuer and
     serial, or subject key identifier); VerificationError when none does."""
-    from asn1crypto import x509 as ax509
     from cryptography.hazmat.primitives import serialization
 
     for c in candidates:
-        ac = ax509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
+        ac = _asn1_certificate(c.public_bytes(serialization.Encoding.DER))
         if sid.name == "issuer_and_serial_number":
             ias = sid.chosen
-            if ias["issuer"] == ac.issuer and ias["serial_number"].native == ac.serial_number:
+            # serial first and the issuer's bytes before asn1crypto's (costly) normalised comparison
+            if ias["serial_number"].native == ac.serial_number and (
+                ias["issuer"].dump() == ac.issuer.dump() or ias["issuer"] == ac.issuer
+            ):
                 return c
         elif sid.name == "subject_key_identifier" and ac.key_identifier == sid.chosen.native:
             return c
@@ -455,3 +461,72 @@ def find_signer(sid: Any, candidates: Any) -> Any:
         "the signer's certificate is neither in the signature nor among the trusted ones",
         "pass the signer certificate (--cert)",
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _asn1_certificate(der: bytes) -> Any:
+    """asn1crypto's view of a certificate, parsed once per process (batches verify with the same one)."""
+    from asn1crypto import x509 as ax509
+
+    return ax509.Certificate.load(der)
+
+
+class DetachedSigner:
+    """Many detached signatures without signed attributes or certificates, one key and certificate.
+
+    What ``sign_detached(..., signed_attrs=False, include_certs=False)`` writes, byte for byte
+    (tests compare them), for batches such as the modules of a kernel: the DER around the
+    signature (signer identifier, algorithm identifiers) is built once, and the first signature
+    is checked through ``verify_detached``; after that each signature is one token operation
+    (which the token layer checks against the public key) and a few byte joins.
+    """
+
+    def __init__(self, signer: Any, cert: Any, hash_alg: str = "sha256") -> None:
+        from asn1crypto import algos, cms
+        from cryptography.hazmat.primitives import serialization
+
+        hash_alg = hash_alg.lower()
+        if hash_alg not in HASH_OIDS:
+            raise ConfigError(f"hash '{hash_alg}' is not supported for CMS", "use sha256, sha384 or sha512")
+        check_cert_matches(cert, signer)
+        self.signer, self.cert, self.hash_alg = signer, cert, hash_alg
+        a_cert = _asn1_certificate(cert.public_bytes(serialization.Encoding.DER))
+        ias = cms.IssuerAndSerialNumber({"issuer": a_cert.issuer, "serial_number": a_cert.serial_number})
+        self._digest_algo = algos.DigestAlgorithm({"algorithm": hash_alg, "parameters": None}).dump()
+        self._signer_head = (
+            b"\x02\x01\x01"  # version 1
+            + ias.dump()
+            + self._digest_algo
+            + _signature_algorithm(signer, hash_alg, None).dump()
+        )
+        self._checked = False
+
+    def sign(self, content_digest: bytes) -> bytes:
+        """DER ContentInfo(SignedData) over a content digest: one token operation."""
+        from ..signing import ecdsa_raw_to_der
+
+        if len(content_digest) != DIGEST_SIZE[self.hash_alg]:
+            raise ConfigError(f"a {self.hash_alg} digest has {DIGEST_SIZE[self.hash_alg]} bytes")
+        raw = self.signer.sign_digest(content_digest, self.hash_alg, None)
+        signature = ecdsa_raw_to_der(raw) if self.signer.key_type == "ec" else raw
+        signer_info = _tlv(0x30, self._signer_head + _tlv(0x04, signature))
+        signed_data = _tlv(
+            0x30,
+            b"\x02\x01\x01"  # version 1
+            + _tlv(0x31, self._digest_algo)
+            + _tlv(0x30, _ID_DATA)  # encapContentInfo: id-data, no eContent (detached)
+            + _tlv(0x31, signer_info),
+        )
+        der = _tlv(0x30, _ID_SIGNED_DATA + _tlv(0xA0, signed_data))
+        if not self._checked:
+            verify_detached(der, content_digest=content_digest, hash_alg=self.hash_alg, trusted=[self.cert])
+            self._checked = True
+        return der
+
+
+_ID_DATA = bytes.fromhex("06092a864886f70d010701")  # OID 1.2.840.113549.1.7.1
+_ID_SIGNED_DATA = bytes.fromhex("06092a864886f70d010702")  # OID 1.2.840.113549.1.7.2
+
+
+def _tlv(tag: int, body: bytes) -> bytes:
+    return bytes([tag]) + _der_len(len(body)) + body

@@ -1,0 +1,146 @@
+# nooelint: oelint.bbclass.underscores - names fixed by the design (hsmsign-<artifact>, like oe-core's uboot-sign)
+# hsmsign-modsign.bbclass: Linux kernel modules signed through the token.
+#
+# Inherited by hsmsign.bbclass (INHERIT += "hsmsign"). Key: HSM_PKCS11_URI_MODULES
+# (defaults to the kernel FIT key, HSM_PKCS11_URI_FITIMAGE). No private key exists in
+# the build: the kernel is configured with the certificate only.
+#
+#   * Kernel recipes (kernel.bbclass, linux-yocto included): a postfunc of do_configure
+#     sets CONFIG_MODULE_SIG, CONFIG_MODULE_SIG_KEY="" (the kernel build generates no
+#     certs/signing_key.pem), CONFIG_MODULE_SIG_ALL off (modules_install signs nothing),
+#     CONFIG_SYSTEM_TRUSTED_KEYS = the token key's certificate, the hash
+#     (HSMSIGN_MODULES_HASH) and CONFIG_MODULE_SIG_FORCE (HSMSIGN_MODULES_SIG_FORCE),
+#     runs olddefconfig and fails when a setting did not stick. do_shared_workdir then
+#     refuses to run when a signing_key.pem or signing_key.priv exists in ${B}.
+#   * Every recipe that packages modules (kernel.bbclass, module.bbclass): in do_package,
+#     oe-core strips the files in PKGD (process_split_and_strip_files, which leaves signed
+#     modules alone), then runs PACKAGESPLITFUNCS, which split PKGD into the packages. The
+#     class puts hsmsign_sign_modules first in PACKAGESPLITFUNCS: every *.ko below
+#     lib/modules/ in PKGD is signed after stripping and before any package gets it. The
+#     order is the same in scarthgap, wrynose and master (package.bbclass do_package).
+#     One 'hsmsign modsign' process per 500 modules: one token login, one signature each.
+#   * The certificate: the recipe hsmsign-modules-cert deploys it as hsmsign-modules.pem
+#     and .der (HSMSIGN_MODULES_CERT, or a self-signed one in development mode).
+#
+#   INHERIT += "hsmsign"
+#   HSM_PKCS11_URI_MODULES = "pkcs11:token=acme-prod;object=kernel-modules"
+#   HSMSIGN_MODULES_CERT = "/etc/acme/kernel-modules.pem"
+#
+# See docs/modsign.md.
+
+HSMSIGN_MODSIGN ??= "1"
+HSMSIGN_MODSIGN[doc] = "1: configure kernels with the token's module-signing certificate only and sign every packaged kernel module with HSM_PKCS11_URI_MODULES. 0: leave kernels and modules alone."
+
+HSMSIGN_MODULES_CERT ??= ""
+HSMSIGN_MODULES_CERT[doc] = "PEM or DER certificate of HSM_PKCS11_URI_MODULES's key: built into the kernel (CONFIG_SYSTEM_TRUSTED_KEYS) and named in every module signature. Empty: hsmsign-modules-cert makes a self-signed one from the token key (development mode only)."
+
+HSMSIGN_MODULES_CERT_SUBJECT ??= "CN=${@d.getVar('DISTRO') or 'Yocto'} kernel modules (meta-hsmsign development)"
+HSMSIGN_MODULES_CERT_SUBJECT[doc] = "Subject of the self-signed module certificate made when HSMSIGN_MODULES_CERT is empty."
+
+HSMSIGN_MODULES_HASH ??= "sha256"
+HSMSIGN_MODULES_HASH[doc] = "Hash of the module signatures (sha256, sha384, sha512); the kernel is configured with the same CONFIG_MODULE_SIG_<HASH>."
+
+HSMSIGN_MODULES_SIG_FORCE ??= "1"
+HSMSIGN_MODULES_SIG_FORCE[doc] = "1: CONFIG_MODULE_SIG_FORCE=y, the kernel refuses unsigned modules and modules signed by another key. 0: it loads them and taints itself."
+
+HSMSIGN_MODULES_CERT_FILE ?= "${DEPLOY_DIR_IMAGE}/hsmsign-modules.pem"
+HSMSIGN_MODULES_CERT_FILE[doc] = "The module certificate the kernel and the signing tasks use: what hsmsign-modules-cert deployed."
+
+HSMSIGN_MODULES_BATCH ??= "500"
+HSMSIGN_MODULES_BATCH[doc] = "Modules per 'hsmsign modsign' process (one token login each)."
+
+# do_package: after oe-core stripped PKGD, before PACKAGESPLITFUNCS hands files to packages
+hsmsign_sign_modules[doc] = "First of PACKAGESPLITFUNCS: sign every kernel module in PKGD (stripped by then) with HSM_PKCS11_URI_MODULES."
+python hsmsign_sign_modules() {
+    modules, compressed = hsmsign.bitbake.kernel_modules(d.getVar("PKGD"))
+    if compressed:
+        bb.fatal("meta-hsmsign: %d compressed kernel modules (e.g. %s) cannot be signed: the kernel checks "
+                 "the signature of the uncompressed module; turn CONFIG_MODULE_COMPRESS_* off"
+                 % (len(compressed), compressed[0]))
+    if not modules:
+        return
+    cert = d.getVar("HSMSIGN_MODULES_CERT_FILE")
+    if not os.path.isfile(cert):
+        bb.fatal("meta-hsmsign: no module certificate %s (hsmsign-modules-cert:do_deploy writes it)" % cert)
+    uri = hsmsign.bitbake.role_uri(d, "MODULES")
+    lock = hsmsign.bitbake.lockfile(d, "MODULES")
+    lf = bb.utils.lockfile(lock) if lock else None
+    try:
+        for batch in hsmsign.bitbake.batches(modules, int(d.getVar("HSMSIGN_MODULES_BATCH") or "500")):
+            hsmsign_run(d, ["modsign", "--uri", uri, "--cert", cert,
+                            "--hash", d.getVar("HSMSIGN_MODULES_HASH")] + batch, "MODULES")
+    finally:
+        if lf:
+            bb.utils.unlockfile(lf)
+    bb.note("meta-hsmsign: signed %d kernel modules with %s" % (len(modules), hsmsign.bitbake.uri_identity(uri)))
+}
+hsmsign_sign_modules[vardeps] += "HSMSIGN_KEY_ID_MODULES HSMSIGN_MODULES_CERT_ID HSMSIGN_MODULES_HASH HSMSIGN_CMD"
+hsmsign_sign_modules[vardepsexclude] += "HSMSIGN_MODULES_BATCH"
+
+# kernel do_configure postfunc: the certificate-only module signing configuration
+hsmsign_modsign_kconfig[doc] = "Postfunc of the kernel's do_configure: CONFIG_MODULE_SIG with the token's certificate only (no signing key), checked after olddefconfig."
+python hsmsign_modsign_kconfig() {
+    import shutil
+    b = d.getVar("B")
+    cert = os.path.join(b, "hsmsign-modules.pem")
+    shutil.copyfile(d.getVar("HSMSIGN_MODULES_CERT_FILE"), cert)
+    wanted = hsmsign.bitbake.modsign_kconfig(cert, d.getVar("HSMSIGN_MODULES_HASH"),
+                                             d.getVar("HSMSIGN_MODULES_SIG_FORCE") == "1")
+    config = os.path.join(b, ".config")
+    with open(config, "a", encoding="utf-8") as fh:
+        fh.write("\n# meta-hsmsign: module signatures, certificate only\n" + "\n".join(wanted) + "\n")
+    bb.build.exec_func("hsmsign_modsign_olddefconfig", d)
+    with open(config, encoding="utf-8") as fh:
+        missing = hsmsign.bitbake.kconfig_mismatches(fh.read(), wanted)
+    if missing:
+        bb.fatal("meta-hsmsign: the kernel configuration refused: %s (does this kernel have "
+                 "CONFIG_MODULE_SIG? is a setting forced by the BSP?)" % ", ".join(missing))
+}
+hsmsign_modsign_kconfig[vardeps] += "HSMSIGN_MODULES_CERT_ID HSMSIGN_MODULES_HASH HSMSIGN_MODULES_SIG_FORCE"
+
+hsmsign_modsign_olddefconfig() {
+    oe_runmake -C ${S} O=${B} olddefconfig
+}
+
+# kernel do_shared_workdir prefunc: oe-core copies certs/signing_key.* into the shared
+# kernel build artifacts; with the configuration above there is no private key to copy
+hsmsign_modsign_nokey[doc] = "Prefunc of the kernel's do_shared_workdir: no signing_key.pem or signing_key.priv in the kernel build tree."
+python hsmsign_modsign_nokey() {
+    found = hsmsign.bitbake.private_key_files(d.getVar("B"))
+    if found:
+        bb.fatal("meta-hsmsign: the kernel build holds a module signing key (%s); remove it (bitbake -c cleansstate "
+                 "the kernel) and keep CONFIG_MODULE_SIG_KEY empty" % found[0])
+}
+
+def hsmsign_modules_cert_id(d):
+    import hashlib
+    path = d.getVar("HSMSIGN_MODULES_CERT")
+    if not path:
+        return "self-signed"
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    except OSError:
+        return "missing:" + path
+
+HSMSIGN_MODULES_CERT_ID = "${@hsmsign_modules_cert_id(d)}"
+HSMSIGN_MODULES_CERT_ID[vardepvalue] = "${HSMSIGN_MODULES_CERT_ID}"
+
+# nooelint: oelint.task.noanonpython - the hooks depend on the inherited classes, known only after parsing
+python () {
+    if not hsmsign.bitbake.enabled(d) or d.getVar("HSMSIGN_MODSIGN") != "1":
+        return
+    is_kernel = bb.data.inherits_class("kernel", d)
+    if not (is_kernel or bb.data.inherits_class("module", d)) or bb.data.inherits_class("nopackages", d):
+        return
+    if is_kernel:
+        d.appendVarFlag("do_configure", "postfuncs", " hsmsign_modsign_kconfig")
+        d.appendVarFlag("do_configure", "depends", " hsmsign-modules-cert:do_deploy")
+        d.appendVarFlag("do_configure", "vardeps", " hsmsign_modsign_kconfig")
+        d.appendVarFlag("do_shared_workdir", "prefuncs", " hsmsign_modsign_nokey")
+    d.prependVar("PACKAGESPLITFUNCS", "hsmsign_sign_modules ")
+    d.appendVarFlag("do_package", "depends", " hsmsign-modules-cert:do_deploy")
+    d.setVarFlag("do_package", "hsmsign_role", "MODULES")
+    if d.getVar("HSMSIGN_CMD") == "hsmsign":
+        d.appendVar("DEPENDS", " hsmsign-native")
+}

@@ -1,0 +1,249 @@
+"""``hsmsign modsign``: Linux kernel module signatures (PKCS#7 appended to the .ko)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from .common import emit, open_key_from_args, record, warn
+
+USAGE = """\
+hsmsign modsign [token options] --cert CERT.pem [--hash H] [--output OUT.ko] [--json] MODULE.ko...
+       hsmsign modsign verify --cert CERT.pem [--json] MODULE.ko..."""
+
+EXAMPLE = """\
+examples:
+  # the certificate the kernel trusts (CONFIG_SYSTEM_TRUSTED_KEYS); only the certificate, no key file
+  hsmsign cert --uri "$HSM_PKCS11_URI_MODULES" --subject "CN=Acme kernel modules" --days 3650 \\
+      --output modules.pem
+  # sign every module of a staged kernel in place: one process, one token login, one
+  # token operation per module (an existing signature is replaced, never doubled)
+  find "$D/lib/modules" -name '*.ko' -print0 | xargs -0 hsmsign modsign \\
+      --uri "$HSM_PKCS11_URI_MODULES" --cert modules.pem
+  # one module to another file
+  hsmsign modsign --uri "$HSM_PKCS11_URI_MODULES" --cert modules.pem --output hello.signed.ko hello.ko
+  hsmsign modsign verify --cert modules.pem hello.signed.ko
+  # independent checks: kmod's modinfo parses the signature (docs/modsign.md also shows
+  # 'openssl cms -verify' of the extracted PKCS#7)
+  modinfo -F signer ./hello.signed.ko; modinfo -F sig_hashalgo ./hello.signed.ko
+
+A module named 'verify' is given as ./verify. Keys: RSA (PKCS#1 v1.5) or ECDSA P-256/P-384;
+the kernel needs the hash built in (CONFIG_MODULE_SIG_SHA256/384/512, default sha256).
+"""
+
+EC_CURVES = ("secp256r1", "secp384r1")
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Modules may come before and after the options (``modsign verify --cert C a.ko b.ko``):
+    argparse's intermixed parsing, also when the parser is reached as a sub-command."""
+
+    _intermixed = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._intermixed:  # parse_known_intermixed_args calls back here on Python < 3.13
+            return super().parse_known_args(args, namespace)
+        self._intermixed = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixed = False
+
+
+def register(sub: Any, parents: Any) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    # the one parser of this verb is an _IntermixedParser (add_parser builds _parser_class)
+    default_class, sub._parser_class = sub._parser_class, _IntermixedParser
+    try:
+        p = _add_parser(sub, parents, raw)
+    finally:
+        sub._parser_class = default_class
+    p.set_defaults(func=run)
+
+
+def _add_parser(sub: Any, parents: Any, raw: Any) -> Any:
+    p = sub.add_parser(
+        "modsign",
+        parents=[parents.token, parents.output],
+        formatter_class=raw,
+        usage=USAGE,
+        epilog=EXAMPLE,
+        help="sign Linux kernel modules (appended PKCS#7, as scripts/sign-file), or verify them",
+        description="Sign kernel modules in place (or one to --output) with the kernel's appended PKCS#7 "
+        "signature: one token session for all of them, one token operation per module, each module "
+        "checked and written atomically. 'hsmsign modsign verify' checks modules against a certificate. "
+        "Role MODULES (HSMSIGN_PUBKEY_SHA256_MODULES pins the key).",
+    )
+    p.add_argument(
+        "modules",
+        nargs="+",
+        metavar="MODULE.ko",
+        help="modules to sign in place; 'verify' first checks them instead",
+    )
+    p.add_argument(
+        "--cert",
+        required=True,
+        metavar="CERT.pem",
+        help="certificate of the token key: the one in the kernel's CONFIG_SYSTEM_TRUSTED_KEYS "
+        "(verify: the trusted certificate)",
+    )
+    p.add_argument("--hash", default="sha256", choices=("sha256", "sha384", "sha512"), help="default sha256")
+    p.add_argument("--output", "-o", metavar="OUT.ko", help="write the signed module here (one module only)")
+    return p
+
+
+def run(args: Any) -> int:
+    if args.modules[0] == "verify":
+        return run_verify(args)
+    return run_sign(args)
+
+
+def _read(path: str) -> bytes:
+    from ..atomic import read_input
+
+    return read_input(path, "module")
+
+
+def _inputs(paths: list[str]) -> list[str]:
+    """The modules, each once (a path given twice is signed once)."""
+    seen: set[str] = set()
+    out = []
+    for path in paths:
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            out.append(path)
+    return out
+
+
+def _check_key(key: Any) -> None:
+    from ..errors import ConfigError
+
+    if key.key_type == "ec" and key.curve not in EC_CURVES:
+        raise ConfigError(
+            f"the kernel checks ECDSA module signatures on P-256 and P-384 only; {key.label} is {key.curve}",
+            "use an RSA key or an ECDSA P-256/P-384 key",
+        )
+    if key.key_type not in ("rsa", "ec"):
+        raise ConfigError(
+            f"kernel module signatures need an RSA or ECDSA key; {key.label} is {key.key_type}",
+            "use an RSA key (PKCS#1 v1.5) or an ECDSA P-256/P-384 key",
+        )
+
+
+def run_sign(args: Any) -> int:
+    import concurrent.futures
+    import hashlib
+
+    from .. import atomic, signing
+    from ..errors import ConfigError, SigningError
+    from ..formats import cms, modsig
+
+    paths = _inputs(args.modules)
+    if args.output and len(paths) != 1:
+        raise ConfigError("--output takes one module", "sign several modules in place (without --output)")
+    modsig.check_hash(args.hash)
+    cert = cms.read_certificate_file(args.cert)
+    # every input is checked before the token signs anything: a bad file in a batch signs nothing
+    resigned = [p for p in paths if modsig.split(_read(p), p).signed]
+    if resigned:
+        warn(
+            f"{len(resigned)} module(s) were signed already ({resigned[0]}"
+            + (", ..." if len(resigned) > 1 else "")
+            + "): the old signatures are replaced"
+        )
+    args.role = args.role or "MODULES"
+    done: list[dict[str, Any]] = []
+    with open_key_from_args(args) as key:
+        _check_key(key)
+        cms.check_cert_matches(cert, key)
+        mechanism = "modsig-" + signing.mechanism_name(key.key_type, args.hash, None)
+        module_signer = modsig.Signer(key, cert, args.hash)
+        pending: Any = None  # the previous module's write, overlapped with this module's signature
+
+        def finish(job: Any) -> None:
+            out, sha256, resigned_one, path = job[1], job[2], job[3], job[4]
+            job[0].result()  # a failed write raises here, before the next module is handed over
+            record(args, artifact=out, sha256_hex=sha256, key=key, mechanism=mechanism, kind="modsign")
+            done.append({"module": path, "output": out, "sha256": sha256, "resigned": resigned_one})
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
+            try:
+                for path in paths:
+                    mod = modsig.split(_read(path), path)
+                    # the PKCS#7 was checked when the batch's first one was made; every signature by the token
+                    appended = module_signer.sign(mod.body)
+                    signed = mod.body + appended
+                    # read the result back as the kernel cuts it before it gets the module's name
+                    back = modsig.split(signed, path)
+                    if back.body != mod.body or back.signatures != (appended[: -modsig.TRAILER_LEN],):
+                        raise SigningError(
+                            f"internal: {path}: the signed module does not read back as written"
+                        )
+                    out = args.output or path
+                    # atomic per module; one flush for the whole batch (sync_all below), not an fsync each
+                    write = writer.submit(
+                        atomic.write_bytes_atomic, out, signed, atomic.file_mode(path), False
+                    )
+                    previous, pending = pending, None
+                    if previous is not None:
+                        finish(previous)
+                    pending = (write, out, hashlib.sha256(mod.body).hexdigest(), mod.signed, path)
+            finally:
+                # a module written is a module recorded, also when a later one fails
+                previous, pending = pending, None
+                if previous is not None:
+                    finish(previous)
+        atomic.sync_all()
+    what = done[0]["output"] if len(done) == 1 else f"{len(done)} modules"
+    emit(
+        args,
+        f"signed {what} ({mechanism}, key {key.label}"
+        + (f", {len(resigned)} re-signed" if resigned else "")
+        + ")",
+        {"modules": done, "key": key.label, "key_fingerprint": key.fingerprint, "mechanism": mechanism},
+    )
+    return 0
+
+
+def run_verify(args: Any) -> int:
+    from ..errors import ConfigError, HsmsignError, VerificationError
+    from ..formats import authenticode, cms, modsig
+
+    if args.output:
+        raise ConfigError("'modsign verify' writes nothing; drop --output")
+    paths = args.modules[1:]
+    if not paths:
+        raise ConfigError(
+            "'modsign verify' needs modules", "hsmsign modsign verify --cert CERT.pem MODULE.ko..."
+        )
+    trusted = [cms.read_certificate_file(args.cert)]
+    results: list[dict[str, Any]] = []
+    failures: list[HsmsignError] = []
+    for path in paths:
+        try:
+            found = modsig.verify(_read(path), trusted, path)
+        except VerificationError as exc:
+            failures.append(exc)
+            continue
+        results.append(
+            {
+                "module": path,
+                "signer": authenticode.describe(found.certificate),
+                "hash": found.hash_alg,
+                "sha256": found.body_sha256,
+            }
+        )
+    if failures:
+        first = failures[0]
+        more = f" (and {len(failures) - 1} more of {len(paths)} modules fail)" if len(failures) > 1 else ""
+        raise VerificationError(first.message + more, first.hint)
+    what = paths[0] if len(paths) == 1 else f"{len(paths)} modules"
+    signers = sorted({r["signer"] for r in results})
+    emit(
+        args,
+        f"OK: {what} signed by {', '.join(signers)} ({', '.join(sorted({r['hash'] for r in results}))})",
+        {"ok": True, "modules": results},
+    )
+    return 0

@@ -1,0 +1,418 @@
+"""Kernel module signatures: ``hsmsign modsign`` against kmod's modinfo, openssl cms, the
+kernel's own ``scripts/sign-file`` (byte for byte) and the kernel itself (QEMU boot).
+
+Modules for the format tests are ELF relocatable objects made with gcc at test time, with a
+``.modinfo`` section as a real module has (kmod reads it). The boot test uses a real module
+built against the cached test kernel (``scripts/build-modsign-kernel``). Every key lives in
+the session's SoftHSM token, except the scratch key of the sign-file comparison, which is
+made at test time in a temporary directory and imported into the token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SoftHsm, openssl_cms_verify, require, tool
+
+DEV = ("--mode", "development")
+MAGIC = b"~Module signature appended~\n"
+SIGN_FILE = Path("/usr/lib/linux-kbuild-6.1/scripts/sign-file")
+SPY = Path("/usr/lib/x86_64-linux-gnu/pkcs11-spy.so")
+MODULE_C = r"""
+static const char modinfo[] __attribute__((section(".modinfo"), used, aligned(1))) =
+    "license=GPL\0name=%(name)s\0vermagic=6.1.0 SMP mod_unload \0";
+int %(name)s_value = %(value)d;
+int %(name)s_get(void) { return %(name)s_value; }
+"""
+
+
+@pytest.fixture(scope="module")
+def modules_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Ten small ELF modules (gcc -c), kept pristine: tests copy them."""
+    gcc = tool("gcc", "gcc")
+    out = tmp_path_factory.mktemp("modules")
+    for i in range(10):
+        src = out / f"m{i}.c"
+        src.write_text(MODULE_C % {"name": f"m{i}", "value": i})
+        subprocess.run([gcc, "-c", "-O1", str(src), "-o", str(out / f"m{i}.ko")], check=True)
+        src.unlink()
+    return out
+
+
+def _key(
+    softhsm: SoftHsm, tmp: pytest.TempPathFactory, label: str, key_type: str, cn: str
+) -> tuple[str, Path]:
+    uri = softhsm.keygen(label, key_type)
+    cert = tmp.mktemp(label) / "cert.pem"
+    done = softhsm.run_cli("cert", *DEV, "--uri", uri, "--subject", f"CN={cn}", "--output", str(cert))
+    assert done.returncode == 0, done.stderr
+    return uri, cert
+
+
+@pytest.fixture(scope="module")
+def rsa_key(softhsm: SoftHsm, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    return _key(softhsm, tmp_path_factory, "modsign-rsa", "rsa:2048", "hsmsign test modules")
+
+
+@pytest.fixture(scope="module")
+def other_key(softhsm: SoftHsm, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    return _key(softhsm, tmp_path_factory, "modsign-other", "rsa:2048", "another modules key")
+
+
+def _copy(src_dir: Path, dest: Path, names: list[str]) -> list[Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in names:
+        shutil.copyfile(src_dir / name, dest / name)
+        out.append(dest / name)
+    return out
+
+
+def _sign(softhsm: SoftHsm, key: tuple[str, Path], *argv: str) -> subprocess.CompletedProcess[str]:
+    return softhsm.run_cli("modsign", *DEV, "--uri", key[0], "--cert", str(key[1]), *argv)
+
+
+def _split(data: bytes) -> tuple[bytes, bytes]:
+    """Module body and PKCS#7, as the kernel's mod_verify_sig cuts them (written independently here)."""
+    assert data.endswith(MAGIC)
+    info = data[-len(MAGIC) - 12 : -len(MAGIC)]
+    assert info[:8] == b"\x00\x00\x02\x00\x00\x00\x00\x00", info.hex()  # algo, hash, PKEY_ID_PKCS7, lens, pad
+    sig_len = int.from_bytes(info[8:], "big")
+    end = len(data) - len(MAGIC) - 12
+    return data[: end - sig_len], data[end - sig_len : end]
+
+
+def _modinfo(path: Path, field: str) -> str:
+    modinfo = tool("modinfo", "kmod")
+    done = subprocess.run([modinfo, "-F", field, str(path.resolve())], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def _cert_serial(cert: Path) -> str:
+    out = subprocess.run(
+        ["openssl", "x509", "-in", str(cert), "-noout", "-serial"], capture_output=True, text=True, check=True
+    ).stdout
+    return out.strip().split("=", 1)[1].upper()
+
+
+def _check_independently(module: Path, cert: Path, cn: str, hash_alg: str, pristine: bytes) -> None:
+    """kmod's modinfo, openssl cms -verify, and the body is the original module byte for byte."""
+    data = module.read_bytes()
+    body, pkcs7 = _split(data)
+    assert body == pristine
+    assert data.count(MAGIC) == 1
+    sig = module.with_suffix(".p7s")
+    content = module.with_suffix(".body")
+    sig.write_bytes(pkcs7)
+    content.write_bytes(body)
+    done = openssl_cms_verify(sig, content, cert, certfile=cert)
+    assert done.returncode == 0, done.stderr
+    # what sign-file writes: no certificates in the PKCS#7 (the kernel has it), no signed attributes
+    printed = subprocess.run(
+        ["openssl", "cms", "-cmsout", "-print", "-inform", "DER", "-in", str(sig)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert re.search(r"signedAttrs:\s*<ABSENT>", printed), printed
+    assert re.search(r"certificates:\s*<ABSENT>", printed), printed
+    sig.unlink()
+    content.unlink()
+    assert _modinfo(module, "signer") == cn
+    assert _modinfo(module, "sig_hashalgo") == hash_alg
+    assert _modinfo(module, "sig_id") == "PKCS#7"
+    assert _modinfo(module, "sig_key").replace(":", "") == _cert_serial(cert).lstrip("0") or _modinfo(
+        module, "sig_key"
+    ).replace(":", "") == _cert_serial(cert)
+
+
+def _spy_counts(log: Path) -> tuple[int, int, int]:
+    text = log.read_text(errors="replace")
+    calls = re.findall(r"^\d+: (C_\w+)", text, re.M)
+    # one signature is C_SignInit then C_Sign (twice: the length, then the bytes)
+    return calls.count("C_Login"), calls.count("C_SignInit"), calls.count("C_OpenSession")
+
+
+def test_many_modules_one_process_one_login(
+    softhsm: SoftHsm, rsa_key: tuple[str, Path], modules_dir: Path, tmp_path: Path
+) -> None:
+    names = [f"m{i}.ko" for i in range(10)]
+    mods = _copy(modules_dir, tmp_path, names)
+    uri = rsa_key[0]
+    env = {}
+    if SPY.exists():  # OpenSC's PKCS#11 spy between hsmsign and SoftHSM counts the token calls
+        uri = uri.replace(f"module-path={softhsm.module}", f"module-path={SPY}")
+        env = {"PKCS11SPY": softhsm.module, "PKCS11SPY_OUTPUT": str(tmp_path / "spy.log")}
+    done = softhsm.run_cli(
+        "modsign", *DEV, "--uri", uri, "--cert", str(rsa_key[1]), "--json", *map(str, mods), env=env
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [m["module"] for m in report["modules"]] == [str(m) for m in mods]
+    assert report["mechanism"] == "modsig-sha256-rsa-pkcs1v15"
+    if env:
+        logins, signs, sessions = _spy_counts(tmp_path / "spy.log")
+        assert (logins, signs) == (1, len(mods)), (logins, signs, sessions)
+    for mod in mods[:3]:  # the independent tools on a few; hsmsign's own check on all of them below
+        _check_independently(
+            mod, rsa_key[1], "hsmsign test modules", "sha256", (modules_dir / mod.name).read_bytes()
+        )
+    done = softhsm.run_cli("modsign", "verify", "--cert", str(rsa_key[1]), *map(str, mods))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"OK: {len(mods)} modules signed by CN=hsmsign test modules")
+
+
+@pytest.mark.parametrize(("key_type", "hash_alg"), [("ec:secp256r1", "sha256"), ("ec:secp384r1", "sha384")])
+def test_ecdsa_keys(
+    softhsm: SoftHsm,
+    modules_dir: Path,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    key_type: str,
+    hash_alg: str,
+) -> None:
+    key = _key(softhsm, tmp_path_factory, f"modsign-{key_type[3:]}", key_type, f"modules {key_type}")
+    (mod,) = _copy(modules_dir, tmp_path, ["m1.ko"])
+    out = tmp_path / "m1.signed.ko"
+    done = _sign(softhsm, key, "--hash", hash_alg, "--output", str(out), str(mod))
+    assert done.returncode == 0, done.stderr
+    assert mod.read_bytes() == (modules_dir / "m1.ko").read_bytes()  # --output leaves the input alone
+    _check_independently(out, key[1], f"modules {key_type}", hash_alg, mod.read_bytes())
+
+
+def test_resigning_replaces_the_signature_never_adds_one(
+    softhsm: SoftHsm,
+    rsa_key: tuple[str, Path],
+    other_key: tuple[str, Path],
+    modules_dir: Path,
+    tmp_path: Path,
+) -> None:
+    (mod,) = _copy(modules_dir, tmp_path, ["m2.ko"])
+    assert _sign(softhsm, other_key, str(mod)).returncode == 0
+    done = _sign(softhsm, rsa_key, str(mod))
+    assert done.returncode == 0, done.stderr
+    assert "were signed already" in done.stderr and "1 re-signed" in done.stdout
+    first = mod.read_bytes()
+    assert first.count(MAGIC) == 1
+    assert _sign(softhsm, rsa_key, str(mod)).returncode == 0
+    assert mod.read_bytes() == first  # RSA PKCS#1 v1.5 is deterministic: signing again changes nothing
+    _check_independently(
+        mod, rsa_key[1], "hsmsign test modules", "sha256", (modules_dir / "m2.ko").read_bytes()
+    )
+
+
+def test_signature_by_another_key_is_named(
+    softhsm: SoftHsm,
+    rsa_key: tuple[str, Path],
+    other_key: tuple[str, Path],
+    modules_dir: Path,
+    tmp_path: Path,
+) -> None:
+    good, bad = _copy(modules_dir, tmp_path, ["m3.ko", "m4.ko"])
+    assert _sign(softhsm, rsa_key, str(good)).returncode == 0
+    assert _sign(softhsm, other_key, str(bad)).returncode == 0
+    done = softhsm.run_cli("modsign", "verify", "--cert", str(rsa_key[1]), str(good), str(bad))
+    assert done.returncode == 6
+    lines = done.stderr.strip().splitlines()
+    assert lines[0] == (
+        f"hsmsign: error: {bad} is signed by another key (issuer Common Name: another modules key, serial "
+        f"{_cert_serial(other_key[1]).lstrip('0').lower()}), not by the given certificate"
+    ), lines
+    assert "Traceback" not in done.stderr
+
+
+def test_bad_inputs_fail_with_one_line_and_sign_nothing(
+    softhsm: SoftHsm, rsa_key: tuple[str, Path], modules_dir: Path, tmp_path: Path
+) -> None:
+    good, other = _copy(modules_dir, tmp_path, ["m5.ko", "m6.ko"])
+    pristine = good.read_bytes()
+    text = tmp_path / "notes.ko"
+    text.write_bytes(b"not a module\n")
+    cut = tmp_path / "cut.ko"
+    cut.write_bytes(pristine[: len(pristine) // 2])
+    exe = tmp_path / "true.ko"
+    shutil.copyfile(tool("true", "coreutils"), exe)
+    cases = {
+        text: f"{text} is not an ELF file",
+        cut: f"{cut}: truncated ELF module",
+        exe: f"{exe} is an ELF file of type 3, not a relocatable kernel module",
+    }
+    for bad, message in cases.items():
+        before = bad.read_bytes()
+        done = _sign(softhsm, rsa_key, str(good), str(bad), str(other))
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.splitlines()[0].startswith(f"hsmsign: error: {message}"), done.stderr
+        assert "Traceback" not in done.stderr
+        # a bad file in the batch: nothing was signed, nothing left behind
+        assert good.read_bytes() == pristine and bad.read_bytes() == before
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hsmsign-tmp-")]
+    # a signed module cut inside its signature
+    assert _sign(softhsm, rsa_key, str(other)).returncode == 0
+    signed = other.read_bytes()
+    cut_sig = tmp_path / "cutsig.ko"
+    cut_sig.write_bytes(signed[: len(pristine) + 5] + signed[-40:])
+    done = softhsm.run_cli("modsign", "verify", "--cert", str(rsa_key[1]), str(cut_sig))
+    assert done.returncode == 2 and "truncated or corrupt module signature" in done.stderr, done.stderr
+    # one byte changed in the body
+    flipped = tmp_path / "flipped.ko"
+    flipped.write_bytes(signed[:100] + bytes([signed[100] ^ 1]) + signed[101:])
+    done = softhsm.run_cli("modsign", "verify", "--cert", str(rsa_key[1]), str(flipped))
+    assert done.returncode == 6 and "does not verify" in done.stderr, done.stderr
+    unsigned = softhsm.run_cli("modsign", "verify", "--cert", str(rsa_key[1]), str(good))
+    assert unsigned.returncode == 6 and "is not signed" in unsigned.stderr
+    two = _sign(softhsm, rsa_key, "--output", str(tmp_path / "x.ko"), str(good), str(other))
+    assert two.returncode == 2 and "--output takes one module" in two.stderr
+
+
+def test_byte_identical_to_the_kernels_sign_file(softhsm: SoftHsm, modules_dir: Path, tmp_path: Path) -> None:
+    """RSA PKCS#1 v1.5 is deterministic: the same key signs the same bytes as scripts/sign-file."""
+    require(
+        SIGN_FILE.exists(),
+        "the kernel's sign-file",
+        "apt-get install linux-kbuild-6.1",
+        env="HSMSIGN_REQUIRE_TOOLS",
+    )
+    util = tool("softhsm2-util", "softhsm2")
+    key = tmp_path / "scratch.key"
+    cert = tmp_path / "scratch.pem"
+    subprocess.run(
+        ["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "1", "-subj", "/CN=scratch modules key", "-outform", "PEM"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    pin = softhsm.pin_file.read_text().strip()
+    subprocess.run(
+        [util, "--import", str(key), "--token", softhsm.token_label, "--label", "modsign-scratch",
+         "--id", "5c7a", "--pin", pin],
+        check=True,
+        capture_output=True,
+        env=softhsm.env,
+    )  # fmt: skip
+    theirs, ours = (
+        _copy(modules_dir, tmp_path / "a", ["m7.ko"])[0],
+        _copy(modules_dir, tmp_path / "b", ["m7.ko"])[0],
+    )
+    subprocess.run([str(SIGN_FILE), "sha256", str(key), str(cert), str(theirs)], check=True)
+    key.unlink()
+    done = softhsm.run_cli(
+        "modsign", *DEV, "--uri", softhsm.uri("modsign-scratch"), "--cert", str(cert), str(ours)
+    )
+    assert done.returncode == 0, done.stderr
+    assert ours.read_bytes() == theirs.read_bytes()
+    assert theirs.read_bytes().count(MAGIC) == 1
+
+
+def test_prepared_signer_writes_what_sign_detached_writes(
+    softhsm: SoftHsm, rsa_key: tuple[str, Path]
+) -> None:
+    """cms.DetachedSigner (batches) and cms.sign_detached (one signature) give the same bytes."""
+    import hashlib
+
+    from hsmsign import token
+    from hsmsign.formats import cms
+
+    cert = cms.read_certificate_file(str(rsa_key[1]))
+    for hash_alg in ("sha256", "sha512"):
+        digest = hashlib.new(hash_alg, b"module body").digest()
+        with token.open_key(rsa_key[0], mode="development") as key:
+            batch = cms.DetachedSigner(key, cert, hash_alg)
+            first, second = batch.sign(digest), batch.sign(digest)
+            single = cms.sign_detached(
+                key,
+                cert=cert,
+                content_digest=digest,
+                hash_alg=hash_alg,
+                signed_attrs=False,
+                include_certs=False,
+            )
+        assert first == second == single
+        assert cms.verify_detached(second, content=b"module body", trusted=[cert]).hash_alg == hash_alg
+
+
+# ----------------------------------------------------------------------------- the kernel
+
+
+KERNEL_CACHE = Path(
+    os.environ.get("HSMSIGN_TEST_MODSIGN_KERNEL")
+    or Path(os.environ.get("HSMSIGN_CACHE") or Path.home() / ".cache" / "hsmsign") / "modsign-kernel"
+)
+INIT = """#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+for m in good flipped unsigned other; do
+    if /bin/busybox insmod /$m.ko 2>/tmp/err; then echo "RESULT $m loaded"
+    else echo "RESULT $m refused: $(/bin/busybox cat /tmp/err)"; fi
+done
+/bin/busybox poweroff -f
+"""
+
+
+def test_the_kernel_loads_only_the_module_hsmsign_signed(
+    softhsm: SoftHsm, rsa_key: tuple[str, Path], other_key: tuple[str, Path], tmp_path: Path
+) -> None:
+    """A kernel with CONFIG_MODULE_SIG_FORCE and only the token's certificate built in."""
+    if not (KERNEL_CACHE / "vmlinux").exists():
+        # not part of HSMSIGN_REQUIRE_TOOLS: the kernel is built by hand once per machine
+        if os.environ.get("HSMSIGN_REQUIRE_MODSIGN_KERNEL") == "1":
+            pytest.fail(f"no test kernel in {KERNEL_CACHE}: scripts/build-modsign-kernel {KERNEL_CACHE}")
+        pytest.skip(f"no test kernel in {KERNEL_CACHE}: scripts/build-modsign-kernel {KERNEL_CACHE}")
+    qemu = tool("qemu-system-x86_64", "qemu-system-x86")
+    busybox = Path("/bin/busybox")
+    require(busybox.exists(), "busybox", "apt-get install busybox-static", env="HSMSIGN_REQUIRE_TOOLS")
+    # the token's certificate into a copy of the cached vmlinux (CONFIG_SYSTEM_EXTRA_CERTIFICATE)
+    vmlinux = tmp_path / "vmlinux"
+    shutil.copyfile(KERNEL_CACHE / "vmlinux", vmlinux)
+    der = tmp_path / "modules.der"
+    subprocess.run(
+        ["openssl", "x509", "-in", str(rsa_key[1]), "-outform", "DER", "-out", str(der)], check=True
+    )
+    done = subprocess.run(
+        [str(KERNEL_CACHE / "insert-sys-cert"), "-b", str(vmlinux), "-c", str(der)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    root = tmp_path / "root"
+    for sub in ("bin", "proc", "tmp", "dev"):
+        (root / sub).mkdir(parents=True)
+    shutil.copyfile(busybox, root / "bin" / "busybox")
+    (root / "bin" / "busybox").chmod(0o755)
+    (root / "init").write_text(INIT)
+    (root / "init").chmod(0o755)
+    pristine = (KERNEL_CACHE / "hsmtest.ko").read_bytes()
+    (root / "unsigned.ko").write_bytes(pristine)
+    for name, key in (("good", rsa_key), ("other", other_key)):
+        (root / f"{name}.ko").write_bytes(pristine)
+        assert _sign(softhsm, key, str(root / f"{name}.ko")).returncode == 0
+    good = (root / "good.ko").read_bytes()
+    flip = len(pristine) // 2
+    (root / "flipped.ko").write_bytes(good[:flip] + bytes([good[flip] ^ 0x01]) + good[flip + 1 :])
+    files = subprocess.run(["find", "."], cwd=root, capture_output=True, text=True, check=True).stdout
+    initrd = tmp_path / "initrd.cpio"
+    with initrd.open("wb") as out:
+        subprocess.run(
+            ["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=files.encode(), stdout=out, check=True
+        )
+    boot = subprocess.run(
+        [qemu, "-M", "pc", "-m", "128", "-nographic", "-no-reboot", "-kernel", str(vmlinux), "-initrd",
+         str(initrd), "-append", "console=ttyS0 panic=-1 quiet loglevel=4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    results = dict(re.findall(r"^RESULT (\w+) (.*?)\r?$", boot.stdout, re.M))
+    assert results.get("good") == "loaded", boot.stdout[-3000:]
+    assert "hsmtest: loaded" in boot.stdout
+    for name in ("flipped", "unsigned", "other"):
+        assert results.get(name, "").startswith("refused"), (name, boot.stdout[-3000:])
+    assert "Loading of unsigned module is rejected" in boot.stdout
+    assert "Loading of module with unavailable key is rejected" in boot.stdout
