@@ -165,12 +165,63 @@ def hab_export(args: Any, config_path: str, uri: str) -> SignedImage:
 
         when = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
         options["signatureTimestamp"] = when.strftime("%d/%m/%Y %H:%M:%S")
+
+    def check() -> None:  # what 'nxpimage hab export' checks before it builds
+        hook = getattr(HabImage, "PRE_VALIDATION_CFG_HOOK", None)
+        to_check = hook(cfg) if hook else cfg
+        to_check.check(HabImage.get_validation_schemas_from_cfg(cfg), check_unknown_props=True)
+
+    _spsdk_call(f"{config_path} is not a valid HAB configuration", check)
+    _check_hab_certificates(args, cfg, uri)
     with command_args(args):
         hab = _spsdk_call("HAB image failed", HabImage.load_from_config, cfg)
         data = bytes(_spsdk_call("HAB image failed", hab.export))
     family = hab.family
     verify_hab(data, family)
     return SignedImage(data, 1, b"")
+
+
+# the certificate whose key checks each signature: the CSF's (CSFK, or the SRK itself with fast
+# authentication: NOCAK) and the image key's (InstallKey); one --uri signs both
+_HAB_CERTS = (
+    ("InstallCSFK", "InstallCSFK_File"),
+    ("InstallNOCAK", "InstallNOCAK_File"),
+    ("InstallKey", "InstallKey_File"),
+)
+
+
+def _check_hab_certificates(args: Any, cfg: Any, uri: str) -> None:
+    """The token key is the key of every certificate the CSF installs for its signatures.
+
+    SPSDK builds a CSF whose signer does not match the certificate without a word; the
+    boot ROM would then refuse the image on the device.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from spsdk.crypto.certificate import Certificate
+    from spsdk.utils.misc import find_file
+
+    from ..commands.common import open_key_from_args
+
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    with open_key_from_args(args, uri=uri, check_policy=False) as key:
+        ours = key.public_key().public_bytes(*spki)
+    for section in cfg.get("sections") or []:
+        for command, field in _HAB_CERTS:
+            entry = section.get(command) if isinstance(section, dict) else None
+            if not isinstance(entry, dict) or field not in entry:
+                continue
+
+            def load(name: str = str(entry[field])) -> Any:
+                return Certificate.load(find_file(name, search_paths=cfg.search_paths)).get_public_key()
+
+            public = _spsdk_call(f"cannot read the {command} certificate", load)
+            if public.key.public_bytes(*spki) != ours:
+                raise SigningError(
+                    f"the token key {key.uri.identity()} is not the key of the {command} certificate "
+                    f"{entry[field]}: the boot ROM would refuse the image",
+                    "sign with the key the certificate was made for, or make its certificate "
+                    "(hsmsign cert --uri ...); nothing was written",
+                )
 
 
 def verify_hab(data: bytes, family: Any) -> None:
