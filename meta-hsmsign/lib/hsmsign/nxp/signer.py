@@ -47,7 +47,7 @@ def signer_string(uri: str | Pkcs11Uri, *, pin_env: str | None = None) -> str:
             "the URI carries pin-value, which would end up in the SPSDK configuration",
             "use pin-source=file:PATH or --pin-env NAME",
         )
-    text = parsed.format()[len("pkcs11:") :]
+    text = parsed.with_(type=None).format()[len("pkcs11:") :]
     path, _, query = text.partition("?")
     parts = [f"type={SIGNER_TYPE}"] + [p for p in path.split(";") if p] + [q for q in query.split("&") if q]
     if pin_env:
@@ -58,7 +58,8 @@ def signer_string(uri: str | Pkcs11Uri, *, pin_env: str | None = None) -> str:
 def uri_from_params(params: Mapping[str, object], env: Mapping[str, str] | None = None) -> str:
     """The PKCS#11 URI an hsmsign signer string names (attributes, or ``uri_env=NAME``)."""
     env = os.environ if env is None else env
-    known = set(PATH_ATTRIBUTES) | set(QUERY_ATTRIBUTES)
+    # 'type' is SPSDK's provider type here, not RFC 7512's object type (the key is always private)
+    known = (set(PATH_ATTRIBUTES) | set(QUERY_ATTRIBUTES)) - {"type"}
     attrs = {str(k): str(v) for k, v in params.items() if str(k) in known}
     if URI_ENV_PARAM in params:
         name = str(params[URI_ENV_PARAM])
