@@ -39,13 +39,17 @@ def register(sub: Any, parents: Any) -> None:
     raw = argparse.RawDescriptionHelpFormatter
     imx = sub.add_parser(
         "imx",
+        formatter_class=raw,
+        epilog=AHAB_EXAMPLE + "\n" + HAB_EXAMPLE + "\n" + SRK_EXAMPLE,
         help="NXP i.MX secure boot: AHAB containers, HAB images, SRK tables (needs hsmsign[nxp])",
         description="Sign NXP i.MX boot images with a token key through NXP's SPSDK (pip install "
         "'hsmsign[nxp]'). The SPSDK configuration names no key and no PIN: --uri names the key.",
     )
     kinds = imx.add_subparsers(dest="imx_kind", metavar="KIND")
 
-    ahab = kinds.add_parser("ahab", help="AHAB (i.MX 8/8X/8ULP/9): sign containers")
+    ahab = kinds.add_parser(
+        "ahab", formatter_class=raw, epilog=AHAB_EXAMPLE, help="AHAB (i.MX 8/8X/8ULP/9): sign containers"
+    )
     ahab_sub = ahab.add_subparsers(dest="ahab_cmd", metavar="CMD")
     p = ahab_sub.add_parser(
         "sign",
@@ -68,7 +72,12 @@ def register(sub: Any, parents: Any) -> None:
     )
     p.set_defaults(func=run_ahab_sign)
 
-    hab = kinds.add_parser("hab", help="HAB (i.MX RT, through SPSDK): build a signed image")
+    hab = kinds.add_parser(
+        "hab",
+        formatter_class=raw,
+        epilog=HAB_EXAMPLE,
+        help="HAB (i.MX RT, through SPSDK): build a signed image",
+    )
     hab_sub = hab.add_subparsers(dest="hab_cmd", metavar="CMD")
     p = hab_sub.add_parser(
         "sign",
