@@ -34,6 +34,7 @@ COMMAND_VERBS: dict[str, tuple[str, ...]] = {
     "hsmsign.commands.modsign": ("modsign",),
     "hsmsign.commands.manifest": ("manifest",),
     "hsmsign.commands.encrypt": ("encrypt",),
+    "hsmsign.commands.imx": ("imx",),
     "hsmsign.commands.audit": ("audit",),
     "hsmsign.commands.ledger": ("ledger",),
 }

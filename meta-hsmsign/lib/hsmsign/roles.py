@@ -77,6 +77,13 @@ ROLE_TABLE: tuple[Role, ...] = (
     Role("ROOTFS", DEFAULT, "dev-rootfs", "rsa:2048", "dm-verity root hash, image signatures, manifest"),
     Role("SWUPDATE", DEFAULT, "dev-swupdate", "rsa:2048", "sw-description of swupdate bundles"),
     Role("UEFI", DEFAULT, "dev-uefi", "rsa:2048", "UEFI Secure Boot: UKIs, systemd-boot, GRUB"),
+    Role(
+        "IMX",
+        DEFAULT,
+        "dev-imx",
+        "rsa:2048",
+        "NXP i.MX boot images: AHAB containers (i.MX 8/8X/9) and HAB CSFs (SRK keys)",
+    ),
     Role("ENCRYPT", None, "dev-encrypt", "aes:256", "AES key of swupdate image encryption (no default)"),
 )
 BY_NAME: dict[str, Role] = {r.name: r for r in ROLE_TABLE}

@@ -172,6 +172,8 @@ ADVICE = {
     "a new key in the token",
     "weak-symmetric-key": "this key has no randomness; generate a new key in the token",
     "unreadable": "the file could not be read; check permissions or scan it where it is readable",
+    "spsdk-pin": "remove the PIN from the SPSDK signer string: use type=hsmsign with the key's URI and "
+    "pin-source=file:PATH or pin_env=NAME (hsmsign imx), and change the PIN",
 }
 KINDS = tuple(ADVICE)
 SEVERITY = {"key-file-variable": "warning", "unreadable": "warning"}
@@ -356,3 +358,17 @@ def check_variable(name: str, value: object) -> Finding | None:
         return _finding(source, 0, "pin-value", f"{name} = {redact(text)[:160]}", name + text)
     return classify_assignment(name, text, source, 0, "=")
 
+
+
+def spsdk_pin_findings(data: bytes, source: str) -> list[Finding]:
+    """PINs in NXP SPSDK signer strings (``type=pkcs11;...;pin=1234``, ``pin-value=``); see
+    :mod:`hsmsign.nxp.signer`. Text only; a ``pin=$VAR`` or ``pin=/path`` reference is fine."""
+    if b"type=" not in data or b"pin" not in data:
+        return []
+    from .nxp.signer import pin_findings
+
+    text = data.decode("utf-8", "replace")
+    return [
+        _finding(source, f.line, "spsdk-pin", f.excerpt, f"{source}:{f.line}:{f.param}")
+        for f in pin_findings(text)
+    ]

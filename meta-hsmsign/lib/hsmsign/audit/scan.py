@@ -39,6 +39,7 @@ from ..secrets import (
     _symmetric_finding,
     classify_assignment,
     redact,
+    spsdk_pin_findings,
 )
 from .archives import ZSTD_MAGIC, archive_members
 from .keys import (
@@ -96,6 +97,7 @@ def scan_bytes(data: bytes, source: str, *, depth: int = 0) -> list[Finding]:
     if is_text:
         findings.extend(_scan_assignments(data, source))
         findings.extend(_scan_key_file_content(data, source))
+        findings.extend(spsdk_pin_findings(data, source))
     else:
         findings.extend(_scan_der(data, source))
     return _dedupe(findings)
