@@ -103,7 +103,8 @@ def _encrypt_pins() -> list[Any]:
 
 
 def warn(message: str) -> None:
-    print(f"hsmsign: warning: {message}", file=sys.stderr)
+    """One warning line on stderr; what it quotes from an artifact cannot break the line (printable)."""
+    print(f"hsmsign: warning: {printable(message, None)}", file=sys.stderr)
 
 
 def emit(args: Any, text: str, data: dict[str, Any] | list[Any]) -> None:

@@ -42,6 +42,7 @@ from .model import (
 )
 from .verify import (
     Checker,
+    TooMuchWork,
     check_config_signature,
     check_image_signature,
 )
@@ -333,6 +334,8 @@ def _self_check(out: bytes, signed: list[SignedNode], signer_for: SignerFor, wha
                 image = fit.images.child(item.path.split("/")[2])
                 assert image is not None  # noqa: S101
                 check_image_signature(fit, image, node, pub, checker=checker)
+        except TooMuchWork:
+            raise
         except VerificationError as exc:
             raise SigningError(
                 f"{what}: the signature in {item.path} does not verify after writing: {exc.message}",

@@ -100,6 +100,10 @@ MAX_IMAGE_REFS = 200_000  # image references summed over the configurations chec
 MAX_REGION_TAGS = 4_000_000  # structure tags selected for configuration signatures, summed
 
 
+class TooMuchWork(VerificationError):
+    """A FIT over one of the MAX_* bounds: the whole verification stops (it is no signature failure)."""
+
+
 class Checker:
     """What verifying one FIT computes once: node lists, regions and digests per configuration,
     each image's hash per algorithm, and the work done so far (against the MAX_* bounds).
@@ -123,7 +127,7 @@ class Checker:
 
     def bound(self, count: int, limit: int, what: str) -> None:
         if count > limit:
-            raise VerificationError(
+            raise TooMuchWork(
                 f"{self.fit.what}: more than {limit} {what}; hsmsign refuses to check a FIT this large",
                 "a FIT U-Boot boots has far fewer: the file is not a plausible FIT, or is built to stall "
                 "the verifier",
@@ -312,6 +316,8 @@ def verify_fit(data: bytes, dtb: bytes, configs: list[str] | None = None, what: 
                         f"{CONFS_PATH}/{shown}/{printable(node.name)} with key {printable(key.name)}"
                     )
                     break
+                except TooMuchWork:
+                    raise
                 except VerificationError as exc:
                     failures.append(exc.message)
             if ok:
@@ -349,6 +355,8 @@ def _image_ok(fit: Fit, image: Node, node: Node, key: KeyNode, checker: Checker)
     checker.count_signature_check()
     try:
         check_image_signature(fit, image, node, key.public_key, key.algo, checker)
+    except TooMuchWork:
+        raise
     except VerificationError:
         return False
     return True
