@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import __version__, roles
-from .errors import EXIT_CODES, ConfigError, HsmsignError, InternalError, Interrupted
+from .errors import EXIT_CODES, ConfigError, HsmsignError, InternalError, Interrupted, printable
 from .settings import Settings
 
 # Verb modules and the verbs each registers, in the order --help lists them. A module missing
@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if args.verbose:
             traceback.print_exc()
-        print(f"hsmsign: internal error: {internal.message}", file=sys.stderr)
+        print(f"hsmsign: internal error: {printable(internal.message, None)}", file=sys.stderr)
         print(f"  hint: {internal.hint}", file=sys.stderr)
         return internal.exit_code
 
@@ -243,9 +243,10 @@ def _first_verb(argv: Sequence[str]) -> str | None:
 def _report(exc: HsmsignError, verbose: int) -> None:
     if verbose:
         traceback.print_exc()
-    print(f"hsmsign: error: {exc.message}", file=sys.stderr)
+    # one line each, whatever a message quotes from an artifact (printable: the last line of defence)
+    print(f"hsmsign: error: {printable(exc.message, None)}", file=sys.stderr)
     if exc.hint:
-        print(f"  hint: {exc.hint}", file=sys.stderr)
+        print(f"  hint: {printable(exc.hint, None)}", file=sys.stderr)
 
 
 def console_main() -> None:

@@ -22,14 +22,19 @@ Exit codes (documented in docs/reference/exit-codes.md):
 from __future__ import annotations
 
 
-def printable(text: str, limit: int = 200) -> str:
-    """``text`` safe for a one-line message: control characters escaped, at most ``limit`` characters.
+def printable(text: str, limit: int | None = 200) -> str:
+    """``text`` safe for a one-line message: every non-printable character escaped, at most ``limit``
+    characters (None: no limit).
 
-    Names inside artifacts (a certificate's subject, a FIT node) are attacker-controlled: a newline
-    there must not forge a second log line.
+    Names inside artifacts (a certificate's subject, a FIT node, a cpio member) are attacker-controlled:
+    a newline or carriage return there must not forge a second log line, an escape sequence must not
+    rewrite the terminal, and a Unicode format character (the bidi overrides U+202A-U+202E and
+    U+2066-U+2069, zero-width characters) must not reorder or hide what is shown. ``str.isprintable``
+    is False for all of them (categories Cc, Cf, Cs, Co, Cn, Zl, Zp and every space but ' '), so each is
+    shown as its escape (``\n``, ``\x1b``, ``\u202e``). Escaping is idempotent: the result is printable.
     """
     out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-    return out if len(out) <= limit else out[: limit - 3] + "..."
+    return out if limit is None or len(out) <= limit else out[: limit - 3] + "..."
 
 
 class HsmsignError(Exception):

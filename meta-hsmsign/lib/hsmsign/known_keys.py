@@ -169,6 +169,15 @@ def lookup_symmetric(key: bytes, *, data_file: str | None = None) -> KnownKey | 
     return None
 
 
+def symmetric_values(*, data_file: str | None = None) -> list[bytes]:
+    """The published symmetric keys on the list (their values are public: that is why they are listed).
+
+    A key inside a token cannot be read, only used: ``hsmsign.formats.encrypt`` encrypts a zero
+    block with each of these and compares the result with the token key's.
+    """
+    return [bytes.fromhex(h) for h in _load(data_file or DATA_FILE)[1]]
+
+
 def counts(*, data_file: str | None = None) -> dict[str, int]:
     """How many entries the denylist holds (for ``--version``-style reports and docs)."""
     pub, sym = _load(data_file or DATA_FILE)

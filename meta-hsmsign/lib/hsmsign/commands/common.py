@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, printable
 
 PROGRESS_MIN_BYTES = 100 << 20
 
@@ -88,6 +88,19 @@ def open_secret_key_from_args(args: Any, uri: str | None = None) -> Iterator[Any
 
         # the pin of the AES role (HSMSIGN_PUBKEY_SHA256_ENCRYPT) holds in every mode
         Pinned(_encrypt_pins()).check(key)
+        from ..formats.encrypt import published_key
+
+        # through the key's check block (AES_K of a zero block): its value never leaves the token
+        published = published_key(key.fingerprint, key.key_size)
+        if published is not None:
+            label = printable(key.label)
+            msg = f"AES key '{label}' is a published key ({published}); anyone can decrypt with it"
+            if args.mode == "production":
+                raise PolicyError(
+                    msg,
+                    "generate a new key inside the token ('hsmsign keygen --type aes:256'); never import one",
+                )
+            warn(msg + "; acceptable for tests only")
         if args.mode == "production":
             if key.is_development:
                 raise PolicyError(
@@ -109,7 +122,8 @@ def _encrypt_pins() -> list[Any]:
 
 
 def warn(message: str) -> None:
-    print(f"hsmsign: warning: {message}", file=sys.stderr)
+    """One warning line on stderr; what it quotes from an artifact cannot break the line (printable)."""
+    print(f"hsmsign: warning: {printable(message, None)}", file=sys.stderr)
 
 
 def emit(args: Any, text: str, data: dict[str, Any] | list[Any]) -> None:

@@ -47,8 +47,9 @@ def run_encrypt(args: Any) -> int:
     if os.path.abspath(args.input) == os.path.abspath(args.output):
         raise ConfigError("--in and --out are the same file", "write the ciphertext to another file")
     iv = enc.parse_iv(args.iv)
-    if enc.weak_iv(iv):
-        msg = f"IV {iv.hex()} is a published example or a pattern"
+    why = enc.weak_iv(iv)
+    if why is not None:
+        msg = f"IV {iv.hex()} is a published example or a pattern ({why})"
         if args.mode == "production":
             raise PolicyError(msg, "leave --iv out for a random IV")
         warn(msg + "; acceptable for tests only")

@@ -6,6 +6,8 @@ import argparse
 import os
 from typing import Any
 
+from ..errors import printable
+
 FIT_EPILOG = """\
 examples:
   # sign every configuration (and declared image signature) of a FIT in place
@@ -159,9 +161,11 @@ def run_sign(args: Any) -> int:
         )
     for w in result.warnings:
         warn(w)
-    lines = [f"signed {output}:"] + [f"  {s.path}  {s.algo}  key {s.key_name}" for s in result.signed]
+    lines = [f"signed {output}:"] + [
+        f"  {printable(s.path)}  {printable(s.algo)}  key {printable(s.key_name)}" for s in result.signed
+    ]
     if result.device_checked:
-        lines.append(f"fit_check_sign accepts: {', '.join(result.device_checked)}")
+        lines.append(f"fit_check_sign accepts: {', '.join(printable(c) for c in result.device_checked)}")
     emit(
         args,
         "\n".join(lines),
@@ -225,8 +229,11 @@ def run_verify(args: Any) -> int:
     emit(
         args,
         "\n".join(
-            [f"{args.fit}: OK ({', '.join(report.configs)}) with required keys {', '.join(report.keys)}"]
-            + [f"  {c}" for c in report.checked]
+            [
+                f"{args.fit}: OK ({', '.join(printable(c) for c in report.configs)}) "
+                f"with required keys {', '.join(printable(k) for k in report.keys)}"
+            ]
+            + [f"  {printable(c, None)}" for c in report.checked]
         ),
         {"ok": True, "configs": report.configs, "required_keys": report.keys, "checked": report.checked},
     )

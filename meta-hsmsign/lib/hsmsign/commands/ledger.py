@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..errors import printable
 from ..settings import Settings
 
 EXAMPLE = """\
@@ -73,7 +74,7 @@ def run_verify(args: Any) -> int:
         text = f"ledger {report.path}: {report.count} entries, chain intact\nhead {report.head}"
     else:
         text = f"ledger {report.path}: NOT intact ({len(report.problems)} problem(s))\n" + "\n".join(
-            "  " + p for p in report.problems
+            "  " + printable(p, None) for p in report.problems
         )
     emit(args, text, report.as_dict())
     return 0 if report.ok else 6
@@ -99,6 +100,7 @@ def run_show(args: Any) -> int:
         )
         for e in items
     ]
-    text = "\n".join("\t".join(str(c) for c in row) for row in rows)
+    # a ledger is a text file anyone with write access can edit: no cell may break its row
+    text = "\n".join("\t".join(printable(str(c), None) for c in row) for row in rows)
     emit(args, text, items)
     return 0

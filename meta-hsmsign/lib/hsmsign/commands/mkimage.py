@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from ..errors import printable
+
 # mkimage 2023.01-2026.x (tools/mkimage.c): short options and their long names
 OPTSTRING = "a:A:b:B:c:C:d:D:e:Ef:Fg:G:i:k:K:ln:N:o:O:p:qrR:stT:vVx"
 LONGOPTS = {
@@ -353,6 +355,8 @@ def _sign_and_keys(parsed: Parsed, image: str, tmp: str) -> None:
     for w in result.warnings:
         warn(w)
     for item in result.signed:
-        print(f"hsmsign mkimage: signed {item.path} ({item.algo}, key {item.key_name})", file=sys.stderr)
+        shown = f"{printable(item.path)} ({printable(item.algo)}, key {printable(item.key_name)})"
+        print(f"hsmsign mkimage: signed {shown}", file=sys.stderr)
     if result.device_checked:
-        print(f"hsmsign mkimage: fit_check_sign accepts {', '.join(result.device_checked)}", file=sys.stderr)
+        accepted = ", ".join(printable(c) for c in result.device_checked)
+        print(f"hsmsign mkimage: fit_check_sign accepts {accepted}", file=sys.stderr)

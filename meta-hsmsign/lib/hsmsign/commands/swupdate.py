@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from ..atomic import check_readable
-from .common import emit, open_key_from_args, record
+from ..errors import printable
+from .common import emit, open_key_from_args, record, warn
 
 SIG_MODES = ("cms", "rsa", "rsa-pss")
 # '--mode cms|rsa|rsa-pss' (the first spelling of --signing-mode) still names the signature type:
@@ -262,7 +263,7 @@ def run_verify(args: Any) -> int:
     with open(args.cert, "rb") as fh:
         pem = fh.read()
     if args.sig_mode == "cms":
-        checked = swu.verify_bundle(args.bundle, mode="cms", trusted=cms.load_certificates(pem, args.cert))
+        found = swu.verify_bundle(args.bundle, mode="cms", trusted=cms.load_certificates(pem, args.cert))
     else:
         from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
@@ -274,10 +275,27 @@ def run_verify(args: Any) -> int:
             pub = cms.load_certificate(pem, args.cert).public_key()
         if pub is None:
             raise ConfigError(f"{args.cert} holds no public key")
-        checked = swu.verify_bundle(args.bundle, mode=args.sig_mode, public_key=pub)
+        found = swu.verify_bundle(args.bundle, mode=args.sig_mode, public_key=pub)
+    for name in found.unsigned:
+        warn(
+            f"{args.bundle}: member '{printable(name)}' is not named by sw-description: "
+            "unsigned, swupdate skips it"
+        )
+    if found.trailing:
+        warn(
+            f"{args.bundle}: {found.trailing} bytes after the cpio trailer: "
+            "unsigned, swupdate does not read them"
+        )
     emit(
         args,
-        f"{args.bundle}: signature OK, {len(checked)} image(s) match sw-description",
-        {"bundle": args.bundle, "ok": True, "images": checked},
+        f"{args.bundle}: signature OK, {len(found.images)} image(s) match sw-description"
+        + (f", {len(found.unsigned)} unsigned member(s) swupdate skips" if found.unsigned else ""),
+        {
+            "bundle": args.bundle,
+            "ok": True,
+            "images": found.images,
+            "unsigned": found.unsigned,
+            "trailing_bytes": found.trailing,
+        },
     )
     return 0

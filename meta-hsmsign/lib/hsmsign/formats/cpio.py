@@ -13,7 +13,8 @@ The writer streams files (two passes for crc: checksum, then copy); the reader
 checks every field and raises ``VerificationError`` on anything malformed. The
 leak scanner (``hsmsign.audit``) reads with ``lenient=True``: also the old
 portable format (``070707``, odc: 76-byte header of octal fields, no padding) that
-``cpio -H odc`` writes, and member names that are not UTF-8.
+``cpio -H odc`` writes. Member names that are not UTF-8 are read byte for byte (``surrogateescape``):
+swupdate compares names as bytes.
 """
 
 from __future__ import annotations
@@ -182,7 +183,8 @@ def _hex(field: bytes, what: str, at: int) -> int:
 def iter_entries(fh: BinaryIO, total_size: int | None = None, *, lenient: bool = False) -> Iterator[Entry]:
     """Walk an archive (seekable file); yield each member before the trailer.
 
-    ``lenient``: also odc archives and names that are not UTF-8 (the leak scanner).
+    Names are decoded with ``surrogateescape`` (every byte kept). ``lenient``: also odc archives,
+    names decoded with replacement characters (the leak scanner).
     """
     if total_size is None:
         pos0 = fh.tell()
@@ -233,10 +235,9 @@ def iter_entries(fh: BinaryIO, total_size: int | None = None, *, lenient: bool =
         raw = fh.read(namesize)
         if len(raw) != namesize or raw[-1:] != b"\0" or b"\0" in raw[:-1]:
             raise VerificationError(f"cpio header at offset {pos}: the member name is not NUL-terminated")
-        try:
-            name = raw[:-1].decode("utf-8", "replace" if lenient else "strict")
-        except UnicodeDecodeError as exc:
-            raise VerificationError(f"cpio header at offset {pos}: the member name is not UTF-8") from exc
+        # swupdate compares names as bytes: surrogateescape keeps every byte, so a name that is not
+        # UTF-8 is read (and never equals a name sw-description gives); the leak scanner only shows them
+        name = raw[:-1].decode("utf-8", "replace" if lenient else "surrogateescape")
         data_off = pos + HEADER_LEN + namesize + _pad4(HEADER_LEN + namesize)
         size = vals["filesize"]
         if name == TRAILER:

@@ -58,6 +58,15 @@ def _name(raw: bytes) -> str:
     return raw.decode("latin-1")
 
 
+def strlist(value: bytes | None) -> list[str] | None:
+    """A property value as a string list (``fdt_stringlist_get``): None when absent or not NUL-terminated."""
+    if value is None:
+        return None
+    if value and not value.endswith(b"\0"):
+        return None
+    return [_name(s) for s in value[:-1].split(b"\0")] if value else []
+
+
 @dataclass
 class Prop:
     """One property. ``nameoff`` is the string-table offset (None until written)."""
@@ -99,12 +108,7 @@ class Node:
 
     def get_strlist(self, name: str) -> list[str] | None:
         """``fdt_stringlist_count``/``_get`` semantics: None when absent or not NUL-terminated."""
-        value = self.get(name)
-        if value is None:
-            return None
-        if value and not value.endswith(b"\0"):
-            return None
-        return [_name(s) for s in value[:-1].split(b"\0")] if value else []
+        return strlist(self.get(name))
 
     # -- children ---------------------------------------------------------
     def child(self, name: str) -> Node | None:
@@ -147,6 +151,13 @@ class Fdt:
     # -- reading ----------------------------------------------------------
     @classmethod
     def parse(cls, blob: bytes | bytearray | memoryview, what: str = "input") -> Fdt:
+        return cls.parse_with_tags(blob, what)[0]
+
+    @classmethod
+    def parse_with_tags(
+        cls, blob: bytes | bytearray | memoryview, what: str = "input"
+    ) -> tuple[Fdt, list[Tag]]:
+        """``parse``, and the structure block's tags as walked (for a ``RegionIndex`` of the same bytes)."""
         data = bytes(blob)
         hdr = read_header(data, what)
         totalsize, off_struct, off_strings, off_rsv, version, last_comp, cpuid, size_strings, _ = hdr
@@ -155,7 +166,9 @@ class Fdt:
         root = None
         stack: list[Node] = []
         seen_child: list[bool] = []
-        for tag, offset, _nxt, name, nameoff, value in iter_tags(data, hdr, what):
+        names: dict[int, str] = {}  # one string per name offset: many properties may share a (long) name
+        tags = list(iter_tags(data, hdr, what))
+        for tag, offset, _nxt, name, nameoff, value in tags:
             if tag == FDT_BEGIN_NODE:
                 name = name or b""
                 if root is not None and not stack:
@@ -180,12 +193,15 @@ class Fdt:
                         "the file is not a valid DTB (properties must precede subnodes)",
                     )
                 nameoff = nameoff or 0
-                stack[-1].props.append(Prop(_name(_string_at(strings, nameoff, what)), value or b"", nameoff))
+                pname = names.get(nameoff)
+                if pname is None:
+                    pname = names[nameoff] = _name(_string_at(strings, nameoff, what))
+                stack[-1].props.append(Prop(pname, value or b"", nameoff))
         if root is None:
             raise FdtError(f"{what}: no root node", "the file is not a valid DTB")
         strings_end = off_strings + size_strings
         free = data[strings_end:totalsize] if strings_end >= off_struct + hdr[8] else b""
-        return cls(root, bytearray(strings), reserve, version, last_comp, cpuid, free)
+        return cls(root, bytearray(strings), reserve, version, last_comp, cpuid, free), tags
 
     # -- editing ----------------------------------------------------------
     def string_offset(self, name: str) -> int:
@@ -420,7 +436,7 @@ def find_regions(
 ) -> list[tuple[int, int]]:
     """The regions (absolute offset, size) U-Boot's ``fdt_find_regions`` selects.
 
-    Walks the structure block keeping, per depth, how "wanted" the current node
+    U-Boot walks the structure block keeping, per depth, how "wanted" the current node
     is: 2 for a node on the ``include`` list (all its properties except
     ``exclude_props``, NOP tags, and its begin/end tags), 1 for a direct child of
     such a node (only its begin/end tags), 0 otherwise. FDT_END is always
@@ -428,62 +444,150 @@ def find_regions(
     strings block. Adjacent regions merge. One detail of the original kept on
     purpose: an excluded FDT_END_NODE directly after included data ends the
     region *after* itself (``stop_at`` is the next offset for that tag).
+
+    ``RegionIndex`` gives the same regions; index a blob once to ask for many node lists.
     """
-    hdr = read_header(data)
-    base = hdr[1]
-    strings = data[hdr[2] : hdr[2] + hdr[7]]
-    inc = set(include)
-    exc = set(exclude_props)
-    regions: list[list[int]] = []
-    stack: list[int] = []
-    path_parts: list[str] = []
-    want = 0
-    start = -1
-    nextoffset = 0
-    for tag, offset, nxt, name, nameoff, _value in iter_tags(data, hdr, values=False):
-        nextoffset = nxt
-        stop_at = nxt
-        include_it = 0
-        if tag == FDT_PROP:
-            include_it = 1 if want >= 2 else 0
-            stop_at = offset
-            if _name(_string_at(strings, nameoff or 0, "input")) in exc:
-                include_it = 0
-        elif tag == FDT_NOP:
-            include_it = 1 if want >= 2 else 0
-            stop_at = offset
-        elif tag == FDT_BEGIN_NODE:
-            path_parts.append(_name(name or b""))
-            path = "/" + "/".join(path_parts[1:])
-            stack.append(want)
-            if want == 1:
-                stop_at = offset
-            if path in inc:
+    return RegionIndex(data).regions(include, exclude_props, add_string_tab)
+
+
+@dataclass
+class _IndexedNode:
+    path: str
+    begin: int  # tag index of FDT_BEGIN_NODE
+    parent: int  # node number, -1 for the root
+    end: int = -1  # tag index of FDT_END_NODE
+    entries: list[tuple[bool, int]] = field(default_factory=list)  # (is a node, node number or tag index)
+
+
+class RegionIndex:
+    """A blob's structure block indexed once, for ``fdt_find_regions`` over many node lists.
+
+    ``regions(include, ...)`` costs what the node list selects (the included nodes' own
+    properties and children, and the path down to them), not a walk of the whole blob: a
+    FIT verifier asks for the regions of every configuration, and a walk per configuration
+    is quadratic in the FIT's size. The result is the one ``fdt_find_regions`` gives: the
+    included tags are the same, a run of them ends where the walk's first excluded tag
+    puts its ``stop_at``, and a run starting right where the previous region ended merges
+    with it.
+    """
+
+    def __init__(self, data: bytes, tags: list[Tag] | None = None) -> None:
+        """Index ``data``; ``tags``: its structure block as ``iter_tags`` walked it (saves a walk)."""
+        hdr = read_header(data)
+        self.base = hdr[1]
+        self.strings_size = hdr[7]
+        strings = data[hdr[2] : hdr[2] + hdr[7]]
+        names: dict[int, str] = {}
+        self.tags: list[tuple[int, int, int]] = []  # (tag, offset, next offset)
+        self.prop_names: dict[int, str] = {}  # tag index -> property name
+        self.nodes: list[_IndexedNode] = []
+        self.by_path: dict[str, list[int]] = {}
+        self.end_tag = -1
+        self.last_selected = 0
+        stack: list[int] = []
+        parts: list[str] = []
+        for tag, offset, nxt, name, nameoff, _value in tags or iter_tags(data, hdr, values=False):
+            i = len(self.tags)
+            self.tags.append((tag, offset, nxt))
+            if tag == FDT_BEGIN_NODE:
+                parts.append(_name(name or b""))
+                path = "/" + "/".join(parts[1:])
+                number = len(self.nodes)
+                self.nodes.append(_IndexedNode(path, i, stack[-1] if stack else -1))
+                if stack:
+                    self.nodes[stack[-1]].entries.append((True, number))
+                self.by_path.setdefault(path, []).append(number)
+                stack.append(number)
+            elif tag == FDT_END_NODE:
+                self.nodes[stack.pop()].end = i
+                parts.pop()
+            elif tag in (FDT_PROP, FDT_NOP):
+                self.nodes[stack[-1]].entries.append((False, i))
+                if tag == FDT_PROP:
+                    off = nameoff or 0
+                    pname = names.get(off)
+                    if pname is None:
+                        pname = names[off] = _name(_string_at(strings, off, "input"))
+                    self.prop_names[i] = pname
+            elif tag == FDT_END:
+                self.end_tag = i
+
+    def regions(
+        self, include: Iterable[str], exclude_props: Iterable[str], add_string_tab: bool
+    ) -> list[tuple[int, int]]:
+        inc = set(include)
+        exc = set(exclude_props)
+        # the nodes a want-0 or want-1 parent must still descend to: included ones and their ancestors
+        on_path: set[str] = set()
+        for p in inc:
+            while p not in on_path:
+                on_path.add(p)
+                if p == "/":
+                    break
+                p = p.rsplit("/", 1)[0] or "/"
+        kids: dict[int, list[int]] = {}
+        for p in on_path:
+            for number in self.by_path.get(p, ()):
+                kids.setdefault(self.nodes[number].parent, []).append(number)
+        for lst in kids.values():
+            lst.sort()
+        selected: list[int] = []  # tag indices, in blob order
+
+        def visit(number: int, parent_want: int) -> None:
+            node = self.nodes[number]
+            if node.path in inc:
                 want = 2
-            elif want:
-                want -= 1
             else:
-                stop_at = offset
-            include_it = want
-        elif tag == FDT_END_NODE:
-            include_it = want
-            want = stack.pop()
-            path_parts.pop()
-        elif tag == FDT_END:
-            include_it = 1
-        if include_it and start == -1:
+                want = parent_want - 1 if parent_want else 0
+            if not want and node.path not in on_path:
+                return  # neither it nor anything below it is selected
+            if want:
+                selected.append(node.begin)
+            if want >= 2:
+                for is_node, x in node.entries:
+                    if is_node:
+                        visit(x, want)
+                    elif self.tags[x][0] == FDT_NOP or self.prop_names[x] not in exc:
+                        selected.append(x)
+            else:
+                for child in kids.get(number, ()):
+                    visit(child, want)
+            if want:
+                selected.append(node.end)
+
+        for root in kids.get(-1, ()):
+            visit(root, 0)
+        selected.append(self.end_tag)  # FDT_END is always in
+        self.last_selected = len(selected)  # what this call cost, for callers that bound their work
+        return self._merge(selected, add_string_tab)
+
+    def _stop_at(self, index: int) -> int:
+        """Where the walk ends a region at this first excluded tag (the END_NODE quirk included)."""
+        tag, offset, nxt = self.tags[index]
+        return nxt if tag == FDT_END_NODE else offset
+
+    def _merge(self, selected: list[int], add_string_tab: bool) -> list[tuple[int, int]]:
+        base = self.base
+        regions: list[list[int]] = []
+        start = -1
+        prev = -2
+        for index in selected:
+            if index == prev + 1 and start != -1:
+                prev = index
+                continue
+            if start != -1:
+                regions.append([base + start, self._stop_at(prev + 1) - start])
+            offset = self.tags[index][1]
             if regions and offset == regions[-1][0] + regions[-1][1] - base:
                 start = regions.pop()[0] - base
             else:
                 start = offset
-        if not include_it and start != -1:
-            regions.append([base + start, stop_at - start])
-            start = -1
-    size = nextoffset - start
-    if add_string_tab:
-        size += hdr[7]
-    regions.append([base + start, size])
-    return [(o, s) for o, s in regions]
+            prev = index
+        size = self.tags[self.end_tag][2] - start
+        if add_string_tab:
+            size += self.strings_size
+        regions.append([base + start, size])
+        return [(o, s) for o, s in regions]
 
 
 def region_bytes(data: bytes, regions: Iterable[tuple[int, int]]) -> Iterator[bytes]:

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, VerificationError
+from ..errors import ConfigError, VerificationError, printable
 from . import libconfig
 
 MODES = ("cms", "rsa", "rsa-pss")
@@ -138,20 +138,30 @@ def check_artifacts(found: Sequence[Artifact], files: dict[str, str] | None = No
     from ..signing import hash_file
 
     names: list[str] = []
+    hashes: dict[str, str] = {}
     for a in found:
+        name = printable(a.filename)
         if a.sha256 is None:
             raise ConfigError(
-                f"sw-description entry {a.where} ('{a.filename}') has no sha256",
+                f"sw-description entry {printable(a.where)} ('{name}') has no sha256",
                 "a signed sw-description protects an image only through its sha256: add one",
             )
         if not HEX64.match(a.sha256):
-            raise ConfigError(f"sw-description entry '{a.filename}': sha256 is not 64 hex digits")
+            raise ConfigError(f"sw-description entry '{name}': sha256 is not 64 hex digits")
         if a.encrypted and a.ivt is not None and not HEX32.match(a.ivt):
-            raise ConfigError(f"sw-description entry '{a.filename}': ivt is not 32 hex digits")
+            raise ConfigError(f"sw-description entry '{name}': ivt is not 32 hex digits")
+        problem = member_name_problem(a.filename)
+        if problem:
+            raise ConfigError(f"sw-description names '{name}', which {problem}", "use a plain file name")
+        if hashes.setdefault(a.filename, a.sha256.lower()) != a.sha256.lower():
+            raise ConfigError(
+                f"sw-description gives '{name}' two different sha256 values",
+                "one file cannot match both; swupdate would refuse the bundle",
+            )
         if files is not None:
             path = files.get(a.filename)
             if path is None:
-                raise ConfigError(f"sw-description names '{a.filename}', which is not among the images given")
+                raise ConfigError(f"sw-description names '{name}', which is not among the images given")
             actual = hash_file(path).hex()
             if actual != a.sha256.lower():
                 raise ConfigError(
@@ -230,8 +240,16 @@ def write_bundle(
     for name, path in images:
         if name in (SW_DESCRIPTION, SIGNATURE):
             raise ConfigError(f"an image cannot be called {name}")
+        problem = member_name_problem(name)
+        if problem:
+            raise ConfigError(f"image name '{printable(name)}' {problem}", "use a plain file name")
         members.append((name, path))
     return cpio.write(out, members, crc=crc)
+
+
+# swupdate's MAX_IMAGE_FNAME: a cpio name of this many bytes, NUL included, is refused ("CPIO Header
+# filelength too big"), wherever it is in the archive
+SWUPDATE_NAME_LIMIT = 256
 
 
 @dataclass
@@ -239,6 +257,35 @@ class Bundle:
     description: bytes
     signature: bytes | None
     entries: list[Any]
+    trailing: int = 0  # bytes after the trailer's 512-byte block that are not zero padding
+
+
+@dataclass
+class Verified:
+    """What ``verify_bundle`` found: the images it hashed and what swupdate would skip."""
+
+    images: list[str]
+    unsigned: list[str]  # members sw-description does not name (swupdate reads past them)
+    trailing: int
+
+
+def member_name_problem(name: str) -> str | None:
+    """Why swupdate refuses a member called ``name`` (or would write it outside its directory), or None.
+
+    swupdate refuses a name of 255 bytes or more (all versions) and, since 2026.05, one that starts
+    with '/' or contains '../' (upstream's ``is_filename_valid``, for any member, even one it would
+    skip). hsmsign also refuses a '..' path component anywhere: swupdate extracts a member to
+    ``$TMPDIR/<name>``, and no bundle needs a name that leaves that directory.
+    """
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) + 1 >= SWUPDATE_NAME_LIMIT:
+        limit = SWUPDATE_NAME_LIMIT - 1
+        return f"is {len(raw)} bytes long; swupdate refuses member names of {limit} bytes or more"
+    if name.startswith("/"):
+        return "is an absolute path; swupdate refuses it"
+    if "../" in name or ".." in name.split("/"):
+        return "contains '..'; swupdate refuses it"
+    return None
 
 
 def read_bundle(path: str) -> Bundle:
@@ -251,6 +298,14 @@ def read_bundle(path: str) -> Bundle:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
     with fh:
         entries = list(cpio.iter_entries(fh))
+        end = fh.tell()
+        for e in entries:
+            problem = member_name_problem(e.name)
+            if problem:
+                raise VerificationError(
+                    f"{path}: member '{printable(e.name)}' {problem}",
+                    "rebuild the bundle with 'hsmsign swupdate bundle'; do not install this file",
+                )
         if not entries or entries[0].name != SW_DESCRIPTION:
             raise VerificationError(
                 f"{path}: the first member is not sw-description",
@@ -262,39 +317,94 @@ def read_bundle(path: str) -> Bundle:
             sig = cpio.read_member(fh, entries[1], 1 << 20)
         for e in entries:
             cpio.check_sums(fh, e)
-    return Bundle(desc, sig, entries)
+        trailing = _trailing_bytes(fh, end)
+    return Bundle(desc, sig, entries, trailing)
+
+
+def _trailing_bytes(fh: Any, end: int) -> int:
+    """Bytes after the trailer beyond its zero padding to 512 bytes (swupdate never reads them)."""
+    fh.seek(0, os.SEEK_END)
+    total = fh.tell()
+    block_end = end + (512 - end % 512) % 512
+    fh.seek(end)
+    padding = fh.read(max(0, min(block_end, total) - end))
+    if padding.strip(b"\0"):
+        return total - end
+    return max(0, total - block_end)
 
 
 def verify_bundle(
     path: str, *, mode: str = "cms", trusted: Sequence[Any] = (), public_key: Any = None
-) -> list[str]:
-    """hsmsign's own check of a bundle (tests also run swupdate -c): signature, then every image's sha256."""
+) -> Verified:
+    """hsmsign's own check of a bundle, as swupdate -c checks it (tests run both on malformed bundles).
+
+    The signature over sw-description, then every member sw-description names: present, and every
+    copy of it matches its sha256 (swupdate hashes each copy it meets, so one bad copy fails the
+    update). Members sw-description does not name are returned as ``unsigned``: swupdate skips
+    them, so they do not fail the check, but the caller shows them.
+    """
     from . import cpio
 
     b = read_bundle(path)
     if b.signature is None:
-        raise VerificationError(f"{path} has no sw-description.sig as its second member")
+        raise VerificationError(
+            f"{path} has no sw-description.sig as its second member",
+            "swupdate built with signed images refuses it; sign with 'hsmsign swupdate bundle'",
+        )
     verify_description_signature(
         b.description, b.signature, mode=mode, trusted=trusted, public_key=public_key
     )
     desc = parse_description(b.description)
-    found = artifacts(desc)
-    by_name = {e.name: e for e in b.entries}
-    checked: list[str] = []
+    wanted: dict[str, str] = {}  # name -> sha256
+    for a in artifacts(desc):
+        name = printable(a.filename)
+        try:
+            a.filename.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise VerificationError(
+                f"sw-description entry {printable(a.where)}: '{name}' is not UTF-8"
+            ) from exc
+        if a.sha256 is None or not HEX64.match(a.sha256):
+            raise VerificationError(
+                f"'{name}' has no valid sha256 in sw-description",
+                "swupdate refuses an image without a sha256 when it checks signatures",
+            )
+        problem = member_name_problem(a.filename)
+        if problem:
+            raise VerificationError(f"sw-description names '{name}', which {problem}")
+        other = wanted.setdefault(a.filename, a.sha256.lower())
+        if other != a.sha256.lower():
+            raise VerificationError(
+                f"sw-description gives '{name}' two different sha256 values",
+                "one file cannot match both; swupdate refuses the bundle",
+            )
+    data = b.entries[2:]  # sw-description and its signature are read as such, never as images
+    seen: set[str] = set()
+    unsigned: list[str] = []
     with open(path, "rb") as fh:
-        for a in found:
-            if a.sha256 is None:
-                raise VerificationError(f"'{a.filename}' has no sha256 in sw-description")
-            e = by_name.get(a.filename)
-            if e is None:
-                continue  # swupdate allows entries installed from elsewhere (e.g. install-if-different)
+        for e in data:
+            expected = wanted.get(e.name)
+            if expected is None:
+                unsigned.append(e.name)
+                continue
             h = hashlib.sha256()
             for chunk in cpio.iter_member(fh, e):
                 h.update(chunk)
-            if h.hexdigest() != a.sha256.lower():
-                raise VerificationError(f"'{a.filename}' does not match its sha256 in sw-description")
-            checked.append(a.filename)
-    return checked
+            if h.hexdigest() != expected:
+                again = " (another copy of it)" if e.name in seen else ""
+                raise VerificationError(
+                    f"'{printable(e.name)}'{again} does not match its sha256 in sw-description",
+                    "swupdate hashes every copy of an image it reads; rebuild the bundle",
+                )
+            seen.add(e.name)
+    missing = [n for n in wanted if n not in seen]
+    if missing:
+        raise VerificationError(
+            f"sw-description names {', '.join(repr(printable(n)) for n in missing[:5])}"
+            f"{' and more' if len(missing) > 5 else ''}, missing from the bundle",
+            "swupdate refuses a bundle without every image it installs; rebuild the bundle",
+        )
+    return Verified(list(wanted), unsigned, b.trailing)
 
 
 def verify_description_signature(

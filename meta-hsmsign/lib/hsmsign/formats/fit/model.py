@@ -26,11 +26,11 @@ import hashlib
 import time
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ...errors import ConfigError
+from ...errors import ConfigError, printable
 from ...settings import source_date_epoch
-from ..fdt import Fdt, Node, find_regions, region_bytes
+from ..fdt import Fdt, Node, RegionIndex, Tag, find_regions, region_bytes, strlist
 
 IMAGES_PATH = "/images"
 CONFS_PATH = "/configurations"
@@ -78,18 +78,66 @@ def _align4(n: int) -> int:
     return (n + 3) & ~3
 
 
+class SubnodeIndex:
+    """libfdt's ``fdt_subnode_offset`` on one node's children, by dictionary instead of a scan.
+
+    The first child named exactly ``name``, or (for a name without '@') the first named
+    ``name@...``, whichever comes first: ``Node.subnode``'s answer, in constant time. A
+    configuration may name thousands of images; a scan per name is quadratic.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.count = len(node.children)
+        self.exact: dict[str, tuple[int, Node]] = {}
+        self.unit: dict[str, tuple[int, Node]] = {}
+        for i, c in enumerate(node.children):
+            self.exact.setdefault(c.name, (i, c))
+            if "@" in c.name:
+                self.unit.setdefault(c.name.split("@", 1)[0], (i, c))
+
+    def get(self, name: str) -> Node | None:
+        found = self.exact.get(name)
+        if "@" not in name:
+            other = self.unit.get(name)
+            if other is not None and (found is None or other[0] < found[0]):
+                found = other
+        return None if found is None else found[1]
+
+
 @dataclass
 class Fit:
     fdt: Fdt
     raw: bytes
     totalsize: int
     what: str = "FIT"
+    _images_index: SubnodeIndex | None = field(default=None, repr=False, compare=False)
+    _regions: RegionIndex | None = field(default=None, repr=False, compare=False)
+    _tags: list[Tag] | None = field(default=None, repr=False, compare=False)
+
+    def image(self, name: str) -> Node | None:
+        """The /images subnode a configuration's string names, as U-Boot resolves it (see SubnodeIndex)."""
+        index = self._images_index
+        if (
+            index is None
+            or index.count != len(index.node.children)
+            or self.fdt.node(IMAGES_PATH) is not index.node
+        ):
+            index = self._images_index = SubnodeIndex(self.images)
+        return index.get(name)
+
+    def region_index(self) -> RegionIndex:
+        """The structure of the FIT as read (not as it would be written), indexed once for its regions."""
+        if self._regions is None:
+            self._regions = RegionIndex(self.raw[: self.totalsize], self._tags)
+            self._tags = None
+        return self._regions
 
     @classmethod
     def parse(cls, data: bytes, what: str = "FIT") -> Fit:
-        fdt = Fdt.parse(data, what)
+        fdt, tags = Fdt.parse_with_tags(data, what)
         total = int.from_bytes(data[4:8], "big")
-        fit = cls(fdt, data, total, what)
+        fit = cls(fdt, data, total, what, _tags=tags)
         if fdt.node(IMAGES_PATH) is None:
             raise ConfigError(
                 f"{what} is a device tree but not a FIT image (no /images node)",
@@ -166,15 +214,17 @@ def config_image_refs(fit: Fit, conf: Node, strict: bool = False) -> list[tuple[
     naming a missing image is an error instead.
     """
     refs: list[tuple[str, Node]] = []
-    images = fit.images
+    first: dict[str, bytes] = {}  # get_strlist(name) reads the first property of that name, as libfdt does
+    for prop in conf.props:
+        first.setdefault(prop.name, prop.value)
     for prop in conf.props:
         if prop.name in NOT_IMAGE_REFS:
             continue
-        names = conf.get_strlist(prop.name)
+        names = strlist(first[prop.name])
         if names is None:
             continue
         for name in names:
-            image = images.subnode(name)
+            image = fit.image(name)
             if image is None:
                 if strict and prop.name in WELL_KNOWN_IMAGE_PROPS:
                     raise ConfigError(
@@ -241,7 +291,7 @@ def parse_algo(text: str, what: str) -> tuple[str, str]:
     hash_alg, _, crypto = text.partition(",")
     if hash_alg not in VERIFY_HASHES or crypto not in CRYPTO:
         raise ConfigError(
-            f"{what}: unsupported algo '{text}'",
+            f"{what}: unsupported algo '{printable(text)}'",
             "use sha256|sha384|sha512 with rsa2048|rsa3072|rsa4096|ecdsa256|ecdsa384, e.g. 'sha256,rsa2048'",
         )
     return hash_alg, crypto

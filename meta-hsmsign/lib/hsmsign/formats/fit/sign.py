@@ -41,6 +41,8 @@ from .model import (
     update_image_hashes,
 )
 from .verify import (
+    Checker,
+    TooMuchWork,
     check_config_signature,
     check_image_signature,
 )
@@ -317,6 +319,7 @@ def _warn_sign_images(fit: Fit, conf: Node, node: Node, warnings: list[str]) -> 
 def _self_check(out: bytes, signed: list[SignedNode], signer_for: SignerFor, what: str) -> None:
     """Re-read the output and check every signature just made against its key's public half."""
     fit = Fit.parse(out, what)
+    checker = Checker(fit)  # one index of the output for every signature made
     for item in signed:
         node = fit.fdt.node(item.path)
         if node is None:  # pragma: no cover - we just wrote it
@@ -326,11 +329,13 @@ def _self_check(out: bytes, signed: list[SignedNode], signer_for: SignerFor, wha
             if item.kind == "conf":
                 conf = fit.configs.child(item.path.split("/")[2])
                 assert conf is not None  # noqa: S101
-                check_config_signature(fit, conf, node, pub)
+                check_config_signature(fit, conf, node, pub, checker=checker)
             else:
                 image = fit.images.child(item.path.split("/")[2])
                 assert image is not None  # noqa: S101
-                check_image_signature(fit, image, node, pub)
+                check_image_signature(fit, image, node, pub, checker=checker)
+        except TooMuchWork:
+            raise
         except VerificationError as exc:
             raise SigningError(
                 f"{what}: the signature in {item.path} does not verify after writing: {exc.message}",

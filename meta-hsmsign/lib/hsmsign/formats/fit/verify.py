@@ -4,12 +4,11 @@ and, before a signed FIT is written, with U-Boot's own ``fit_check_sign`` (``dev
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any
 
-from ...errors import ConfigError, VerificationError
+from ...errors import ConfigError, VerificationError, printable
 from ..fdt import Fdt, FdtError, Node
 from .keynode import (
     KeyNode,
@@ -18,13 +17,13 @@ from .keynode import (
 from .model import (
     CONFS_PATH,
     CRYPTO,
+    EXCLUDED_PROPS,
     HASH_NODE,
     IMAGES_PATH,
     Fit,
     compute_hash_value,
     config_hashed_nodes,
     config_image_refs,
-    config_regions,
     hash_regions,
     parse_algo,
     sig_nodes,
@@ -61,7 +60,7 @@ def _verify_value(
             elif padding in (None, "pkcs-1.5"):
                 public_key.verify(value, digest, pad.PKCS1v15(), algo)
             else:
-                raise VerificationError(f"unknown padding '{padding}'")
+                raise VerificationError(f"unknown padding '{printable(padding)}'")
         else:
             if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.key_size != bits:
                 raise VerificationError(f"the key is not {crypto}")
@@ -85,29 +84,131 @@ def _sig_params(
     except ConfigError as exc:
         raise VerificationError(exc.message, exc.hint) from exc
     if key_algo is not None and CRYPTO[crypto][0] == "rsa" and key_algo != algo:
-        raise VerificationError(f"{where}: algo {algo} differs from the key's {key_algo}")
+        raise VerificationError(
+            f"{where}: algo {printable(algo)} differs from the key's {printable(key_algo)}"
+        )
     return hash_alg, crypto, value, node.get_str("padding")
 
 
+# Bounds on the work one FIT can ask of the verifier. A FIT U-Boot boots has a few configurations
+# (hundreds for a kernel FIT carrying every board's DTB), one or two signature nodes each, and a few
+# images per configuration; these are far above that and keep the worst input to seconds.
+MAX_CONFIGS = 4096
+MAX_SIGNATURE_NODES = 64  # per configuration or image
+MAX_SIGNATURE_CHECKS = 20_000  # (signature node, key) pairs tried over the whole FIT
+MAX_IMAGE_REFS = 200_000  # image references summed over the configurations checked
+MAX_REGION_TAGS = 4_000_000  # structure tags selected for configuration signatures, summed
+
+
+class TooMuchWork(VerificationError):
+    """A FIT over one of the MAX_* bounds: the whole verification stops (it is no signature failure)."""
+
+
+class Checker:
+    """What verifying one FIT computes once: node lists, regions and digests per configuration,
+    each image's hash per algorithm, and the work done so far (against the MAX_* bounds).
+
+    Without it, every (key, signature node) pair rebuilt its configuration's node list, walked
+    the whole blob for the regions, and re-hashed every image: quadratic in the FIT's size.
+    """
+
+    def __init__(self, fit: Fit) -> None:
+        self.fit = fit
+        self.blob = fit.raw[: fit.totalsize]  # the regions are over the bytes as read, not as we would write
+        self.strings_size = int.from_bytes(self.blob[32:36], "big")
+        self._refs: dict[int, list[tuple[str, Node]]] = {}
+        self._paths: dict[int, list[str]] = {}
+        self._regions: dict[int, list[tuple[int, int]]] = {}
+        self._config_digests: dict[tuple[int, str, int], bytes] = {}
+        self._image_digests: dict[tuple[int, str], bytes] = {}
+        self.signature_checks = 0
+        self.image_refs = 0
+        self.region_tags = 0
+
+    def bound(self, count: int, limit: int, what: str) -> None:
+        if count > limit:
+            raise TooMuchWork(
+                f"{self.fit.what}: more than {limit} {what}; hsmsign refuses to check a FIT this large",
+                "a FIT U-Boot boots has far fewer: the file is not a plausible FIT, or is built to stall "
+                "the verifier",
+            )
+
+    def sig_nodes(self, owner: Node, where: str) -> list[Node]:
+        nodes = sig_nodes(owner)
+        self.bound(len(nodes), MAX_SIGNATURE_NODES, f"signature nodes in {printable(where)}")
+        return nodes
+
+    def count_signature_check(self) -> None:
+        self.signature_checks += 1
+        self.bound(self.signature_checks, MAX_SIGNATURE_CHECKS, "signature checks")
+
+    def refs(self, conf: Node) -> list[tuple[str, Node]]:
+        """``config_image_refs``, once per configuration, counted against MAX_IMAGE_REFS."""
+        refs = self._refs.get(id(conf))
+        if refs is None:
+            refs = self._refs[id(conf)] = config_image_refs(self.fit, conf)
+            self.image_refs += len(refs)
+            self.bound(self.image_refs, MAX_IMAGE_REFS, "image references in its configurations")
+        return refs
+
+    def config_paths(self, conf: Node) -> list[str]:
+        paths = self._paths.get(id(conf))
+        if paths is None:
+            self.refs(conf)  # counted (and bounded) before the node list is built from them
+            paths = self._paths[id(conf)] = list(dict.fromkeys(config_hashed_nodes(self.fit, conf)))
+        return paths
+
+    def config_digest(self, conf: Node, hash_alg: str, strings_size: int) -> bytes:
+        key = (id(conf), hash_alg, strings_size)
+        digest = self._config_digests.get(key)
+        if digest is None:
+            regions = self._regions.get(id(conf))
+            if regions is None:
+                index = self.fit.region_index()
+                regions = index.regions(self.config_paths(conf), EXCLUDED_PROPS, False)
+                self.region_tags += index.last_selected
+                self.bound(
+                    self.region_tags, MAX_REGION_TAGS, "device tree tags under configuration signatures"
+                )
+                self._regions[id(conf)] = regions
+            off_strings = int.from_bytes(self.blob[12:16], "big")
+            digest = hash_regions(self.blob, [*regions, (off_strings, strings_size)], hash_alg)
+            self._config_digests[key] = digest
+        return digest
+
+    def image_digest(self, image: Node, algo: str) -> bytes:
+        """The image's data hashed with ``algo`` (a FIT hash algo, crc32 included), once per image."""
+        key = (id(image), algo)
+        digest = self._image_digests.get(key)
+        if digest is None:
+            digest = self._image_digests[key] = compute_hash_value(
+                algo, self.fit.image_data(image), self.fit.what
+            )
+        return digest
+
+
 def check_config_signature(
-    fit: Fit, conf: Node, node: Node, public_key: Any, key_algo: str | None = None
+    fit: Fit,
+    conf: Node,
+    node: Node,
+    public_key: Any,
+    key_algo: str | None = None,
+    checker: Checker | None = None,
 ) -> None:
     """``fit_config_check_sig``: rebuild the node list, hash the regions and hashed-strings, check."""
-    where = f"{CONFS_PATH}/{conf.name}/{node.name}"
+    checker = checker or Checker(fit)
+    where = f"{CONFS_PATH}/{printable(conf.name)}/{printable(node.name)}"
     hash_alg, crypto, value, padding = _sig_params(fit, node, where, key_algo)
     strings = node.get("hashed-strings")
-    blob = fit.raw[: fit.totalsize]  # the regions are over the bytes as they are, not as we would write them
-    size_strings = int.from_bytes(blob[32:36], "big")
     if strings is None or len(strings) < 8:
         raise VerificationError(f"{where}: no valid hashed-strings")
     size = int.from_bytes(strings[4:8], "big")
-    if size > size_strings:
+    if size > checker.strings_size:
         raise VerificationError(f"{where}: hashed-strings is out of bounds")
     try:
-        paths = config_hashed_nodes(fit, conf)
+        digest = checker.config_digest(conf, hash_alg, size)
     except ConfigError as exc:
         raise VerificationError(f"{where}: {exc.message}", exc.hint) from exc
-    digest = hash_regions(blob, config_regions(blob, paths, size), hash_alg)
     try:
         _verify_value(public_key, value, digest, hash_alg, crypto, padding)
     except VerificationError as exc:
@@ -115,32 +216,42 @@ def check_config_signature(
 
 
 def check_image_signature(
-    fit: Fit, image: Node, node: Node, public_key: Any, key_algo: str | None = None
+    fit: Fit,
+    image: Node,
+    node: Node,
+    public_key: Any,
+    key_algo: str | None = None,
+    checker: Checker | None = None,
 ) -> None:
-    where = f"{IMAGES_PATH}/{image.name}/{node.name}"
+    checker = checker or Checker(fit)
+    where = f"{IMAGES_PATH}/{printable(image.name)}/{printable(node.name)}"
     hash_alg, crypto, value, padding = _sig_params(fit, node, where, key_algo)
-    digest = hashlib.new(hash_alg, fit.image_data(image)).digest()
+    try:
+        digest = checker.image_digest(image, hash_alg)
+    except ConfigError as exc:
+        raise VerificationError(exc.message, exc.hint) from exc
     try:
         _verify_value(public_key, value, digest, hash_alg, crypto, padding)
     except VerificationError as exc:
         raise VerificationError(f"{where}: {exc.message}") from exc
 
 
-def check_image_hashes(fit: Fit, image: Node) -> int:
+def check_image_hashes(fit: Fit, image: Node, checker: Checker | None = None) -> int:
     """``fit_image_verify``: every hash node must match the data. Returns how many were checked."""
-    data = fit.image_data(image)
+    checker = checker or Checker(fit)
     count = 0
     for sub in image.children:
         if not sub.name.startswith(HASH_NODE):
             continue
         algo = sub.get_str("algo") or ""
         try:
-            expected = compute_hash_value(algo, data, fit.what)
+            expected = checker.image_digest(image, algo)
         except ConfigError as exc:
             raise VerificationError(exc.message, exc.hint) from exc
         if sub.get("value") != expected:
             raise VerificationError(
-                f"{IMAGES_PATH}/{image.name}/{sub.name}: {algo} hash does not match the data"
+                f"{IMAGES_PATH}/{printable(image.name)}/{printable(sub.name)}: "
+                f"{printable(algo)} hash does not match the data"
             )
         count += 1
     return count
@@ -159,6 +270,10 @@ def verify_fit(data: bytes, dtb: bytes, configs: list[str] | None = None, what: 
     U-Boot (and fit_check_sign) accept anything when the control DTB holds no
     required key; a build script asking "is this FIT signed for this DTB" wants
     a no there.
+
+    Linear in the FIT: each configuration's node list, regions and digest are computed once,
+    each image is hashed once per algorithm (``Checker``), and the work has upper bounds
+    (``MAX_*``). Names from the FIT reach messages through ``printable``.
     """
     try:
         fit = Fit.parse(data, what)
@@ -172,24 +287,37 @@ def verify_fit(data: bytes, dtb: bytes, configs: list[str] | None = None, what: 
             "the DTB holds no required key: U-Boot would boot any FIT, signed or not",
             "add the key with 'hsmsign fit add-key --required conf ...'",
         )
-    names = configs or [c.name for c in fit.configs.children]
+    checker = Checker(fit)
+    by_name: dict[str, Node] = {}
+    for c in fit.configs.children:
+        by_name.setdefault(c.name, c)
+    names = configs or list(by_name)
+    checker.bound(len(names), MAX_CONFIGS, "configurations")
     checked: list[str] = []
+    images_done: set[tuple[int, str]] = set()
     for name in names:
-        conf = fit.configs.child(name)
+        conf = by_name.get(name)
+        shown = printable(name)
         if conf is None:
-            raise VerificationError(f"{what} has no configuration '{name}'")
+            raise VerificationError(f"{what} has no configuration '{shown}'")
         if "@" in conf.name:
-            raise VerificationError(f"configuration '{conf.name}' contains '@'")
+            raise VerificationError(f"configuration '{shown}' contains '@'")
         verified = 0
         failures: list[str] = []
+        nodes = checker.sig_nodes(conf, f"{CONFS_PATH}/{name}")
         for key in conf_keys:
             ok = False
-            for node in sig_nodes(conf):
+            for node in nodes:
+                checker.count_signature_check()
                 try:
-                    check_config_signature(fit, conf, node, key.public_key, key.algo)
+                    check_config_signature(fit, conf, node, key.public_key, key.algo, checker)
                     ok = True
-                    checked.append(f"{CONFS_PATH}/{conf.name}/{node.name} with key {key.name}")
+                    checked.append(
+                        f"{CONFS_PATH}/{shown}/{printable(node.name)} with key {printable(key.name)}"
+                    )
                     break
+                except TooMuchWork:
+                    raise
                 except VerificationError as exc:
                     failures.append(exc.message)
             if ok:
@@ -198,25 +326,37 @@ def verify_fit(data: bytes, dtb: bytes, configs: list[str] | None = None, what: 
                     break
             elif mode == "all":
                 raise VerificationError(
-                    f"configuration '{conf.name}' is not signed by required key '{key.name}'"
+                    f"configuration '{shown}' is not signed by required key '{printable(key.name)}'"
                     + (f": {failures[-1]}" if failures else ": no signature node"),
                 )
         if conf_keys and not verified:
-            raise VerificationError(f"configuration '{conf.name}': none of the required keys verified")
-        for _prop, image in config_image_refs(fit, conf):
-            check_image_hashes(fit, image)
+            raise VerificationError(f"configuration '{shown}': none of the required keys verified")
+        seen: set[int] = set()
+        for _prop, image in checker.refs(conf):
+            if id(image) in seen:
+                continue  # named twice by this configuration: the same node, the same answer
+            seen.add(id(image))
+            check_image_hashes(fit, image, checker)
+            image_sigs = checker.sig_nodes(image, f"{IMAGES_PATH}/{image.name}") if image_keys else []
             for key in image_keys:
-                if not any(_image_ok(fit, image, node, key) for node in sig_nodes(image)):
-                    raise VerificationError(
-                        f"image '{image.name}' is not signed by required key '{key.name}'"
-                    )
-                checked.append(f"{IMAGES_PATH}/{image.name} with key {key.name}")
+                done = (id(image), key.name)
+                if done not in images_done:
+                    if not any(_image_ok(fit, image, node, key, checker) for node in image_sigs):
+                        raise VerificationError(
+                            f"image '{printable(image.name)}' is not signed by required key "
+                            f"'{printable(key.name)}'"
+                        )
+                    images_done.add(done)
+                checked.append(f"{IMAGES_PATH}/{printable(image.name)} with key {printable(key.name)}")
     return VerifyReport(names, [k.name for k in keys if k.required], checked)
 
 
-def _image_ok(fit: Fit, image: Node, node: Node, key: KeyNode) -> bool:
+def _image_ok(fit: Fit, image: Node, node: Node, key: KeyNode, checker: Checker) -> bool:
+    checker.count_signature_check()
     try:
-        check_image_signature(fit, image, node, key.public_key, key.algo)
+        check_image_signature(fit, image, node, key.public_key, key.algo, checker)
+    except TooMuchWork:
+        raise
     except VerificationError:
         return False
     return True
