@@ -43,7 +43,14 @@ def run_encrypt(args: Any) -> int:
     from ..errors import ConfigError, PolicyError
     from ..formats import encrypt as enc
 
+    import stat
+
     check_readable(args.input)
+    if not stat.S_ISREG(os.stat(args.input).st_mode):
+        raise ConfigError(
+            f"--in {args.input} is not a regular file (a device, pipe or FIFO has no size to check)",
+            "write the data to a file first, then encrypt the file",
+        )
     if os.path.abspath(args.input) == os.path.abspath(args.output):
         raise ConfigError("--in and --out are the same file", "write the ciphertext to another file")
     iv = enc.parse_iv(args.iv)

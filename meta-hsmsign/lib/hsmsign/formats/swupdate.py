@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -328,11 +327,6 @@ def verify_description_signature(
 
 
 def read_limited(path: str, limit: int = MAX_DESCRIPTION) -> bytes:
-    try:
-        size = os.path.getsize(path)
-        if size > limit:
-            raise ConfigError(f"{path} is {size} bytes; a sw-description is at most {limit}")
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    from ..atomic import read_input
+
+    return read_input(path, "sw-description", limit)
