@@ -83,14 +83,17 @@ _pending: list[int] = []
 # --------------------------------------------------------------------------- input
 
 
-def check_readable(path: str) -> None:
-    """A ConfigError (exit 2) unless ``path`` is a readable file."""
+def check_readable(path: str, what: str = "") -> None:
+    """A ConfigError (exit 2) unless ``path`` is a readable file (``what`` names it in errors)."""
+    name = f"{what} {path}" if what else path
     if not os.path.exists(path):
-        raise ConfigError(f"{path}: no such file", "check the path")
+        raise ConfigError(f"{name}: no such file", "check the path")
     if os.path.isdir(path):
-        raise ConfigError(f"{path} is a directory, not a file")
+        raise ConfigError(f"{name} is a directory, not a file")
+    if stat.S_ISCHR(os.stat(path).st_mode):
+        raise ConfigError(f"{name} is a character device, not a file", "name the file itself")
     if not os.access(path, os.R_OK):
-        raise ConfigError(f"{path} is not readable", "check its permissions")
+        raise ConfigError(f"{name} is not readable", "check its permissions")
 
 
 def _open_input(path: str, what: str) -> tuple[int, os.stat_result]:
@@ -210,6 +213,7 @@ class AtomicFile:
         self.tmp_path = os.path.join(directory, tmp_name)
         self.final_path = os.path.join(directory, final_name)  # symbolic links resolved
         self.renamed = False
+        self._identity: tuple[int, int] | None = None
 
     def write(self, data: bytes) -> int:
         return self.fh.write(data)
@@ -222,9 +226,19 @@ class AtomicFile:
         self.fh.flush()
         os.fsync(self.fh.fileno())
         os.fchmod(self.fh.fileno(), self.mode)
+        st = os.fstat(self.fh.fileno())
+        self._identity = (st.st_dev, st.st_ino)
         self.fh.close()
 
     def _rename(self) -> None:
+        # the name must still be our file: a temporary swapped for another file or a link is not
+        # renamed over the output (the directory checks make this the second line of defence)
+        st = os.stat(self.tmp_name, dir_fd=self.dir_fd, follow_symlinks=False)
+        if (st.st_dev, st.st_ino) != self._identity:
+            raise ConfigError(
+                f"the temporary file {self.tmp_path} was replaced by something else while it was written",
+                f"another user can write in {self.directory}: write elsewhere; nothing was written",
+            )
         os.replace(self.tmp_name, self.final_name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         self.renamed = True
         _unregister(self)

@@ -116,7 +116,7 @@ def run_verify(args: Any) -> int:
     check_readable(path)
     sig_path = args.signature or path + ".p7s"
     check_readable(sig_path)
-    check_readable(args.cert)
+    check_readable(args.cert, "certificate")
     trusted = cms.load_certificates(read_input(args.cert, "certificate"), args.cert)
     data = read_input(path, "manifest", manifest.MAX_MANIFEST + 1)
     sig = read_input(sig_path, "signature", 1 << 20)

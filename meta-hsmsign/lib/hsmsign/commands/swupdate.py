@@ -184,7 +184,7 @@ def run_sign(args: Any) -> int:
     from .. import signing
     from ..formats import swupdate as swu
 
-    check_readable(args.description)
+    check_readable(args.description, "sw-description")
     data = swu.read_limited(args.description)
     names = [] if args.no_check else _check_description(data, args.images)
     mode = _sig_mode(args)
@@ -224,7 +224,7 @@ def run_bundle(args: Any) -> int:
     from ..errors import ConfigError
     from ..formats import swupdate as swu
 
-    check_readable(args.sw_description)
+    check_readable(args.sw_description, "sw-description")
     data = swu.read_limited(args.sw_description)
     names = _check_description(data, args.images)
     given = {os.path.basename(p): p for p in args.images}
