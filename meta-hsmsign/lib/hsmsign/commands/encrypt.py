@@ -38,12 +38,11 @@ def register(sub: Any, parents: Any) -> None:
 
 def run_encrypt(args: Any) -> int:
     import os
+    import stat
 
     from .. import atomic
     from ..errors import ConfigError, PolicyError
     from ..formats import encrypt as enc
-
-    import stat
 
     check_readable(args.input)
     if not stat.S_ISREG(os.stat(args.input).st_mode):
