@@ -1,6 +1,6 @@
 """The signing ledger: an append-only, hash-chained record of every signature.
 
-Every command that makes a signature calls :func:`record` once per artifact. When
+Every command that makes a signature records one entry per signature. When
 no ledger is configured (``--ledger`` / ``HSMSIGN_LEDGER`` unset) it does nothing.
 
 Format: JSON lines, one object per signature, keys sorted, no spaces::
@@ -16,9 +16,15 @@ caught by comparing the head (``verify`` prints it) with a copy kept elsewhere
 (``hsmsign ledger verify --expect-head``, or ``--expect-count``).
 
 Concurrency: a writer takes an exclusive ``flock`` on the ledger, reads the last
-line, and appends its line with a single ``write`` followed by ``fsync``, so
+line, and appends its lines with a single ``write`` followed by ``fsync``, so
 parallel BitBake tasks and processes never interleave or lose lines. A write that
 fails half-way (disk full) is cut back to the previous end under the same lock.
+
+Entries and artifacts land together: a command makes a :class:`Batch` before it opens
+the token (:func:`preflight`: the ledger can be appended to, and its last line
+verifies), and its staged outputs are renamed into place inside ``Batch.appended()``,
+which cuts the ledger back if a rename fails. A ledger converted to CRLF line
+endings does not verify and is not appended to (docs/ledger.md).
 """
 
 from __future__ import annotations
