@@ -256,3 +256,75 @@ def test_verify_never_raises_on_garbage(tmp_path: Path, parts: list[bytes]) -> N
     report = ledger.verify(str(path))
     assert report.count <= len(parts) + 1
     assert report.ok == (report.problems == [])
+
+
+# --------------------------------------------------------------------------- line endings (docs/ledger.md)
+
+
+def test_crlf_converted_ledger_does_not_verify_and_says_dos2unix(five: tuple[Path, list[bytes]]) -> None:
+    path, lines = five
+    good = path.read_bytes()
+    path.write_bytes(good.replace(b"\n", b"\r\n"))  # opened and saved on Windows
+    report = ledger.verify(str(path))
+    assert not report.ok and report.count == 5
+    assert len(report.problems) == 1 and "CRLF" in report.problems[0] and "dos2unix" in report.problems[0]
+    assert report.head == hashlib.sha256(lines[-1]).hexdigest()  # the content itself is intact
+    with pytest.raises(VerificationError, match="CRLF") as refused:  # appending would break the chain
+        _record(path, 6)
+    assert "dos2unix" in str(refused.value.hint)
+    assert path.read_bytes() == good.replace(b"\n", b"\r\n")
+    path.write_bytes(path.read_bytes().replace(b"\r\n", b"\n"))  # dos2unix
+    assert ledger.verify(str(path)).ok
+    _record(path, 6)
+    assert ledger.verify(str(path)).count == 6
+
+
+def test_one_crlf_line_and_an_edit_are_both_reported(five: tuple[Path, list[bytes]]) -> None:
+    path, lines = five
+    edited = lines[1].replace(b"artifact-1", b"artifact-X")
+    _write_lines(path, [lines[0] + b"\r", edited, *lines[2:]])
+    problems = ledger.verify(str(path)).problems
+    assert "CRLF on 1 line(s)" in problems[0]
+    assert any(p.startswith("line 3: chain broken") for p in problems[1:])
+
+
+def test_cli_verify_of_a_crlf_ledger(
+    five: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = five
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    assert main(["ledger", "verify", "--ledger", str(path)]) == 6
+    out = capsys.readouterr().out
+    assert "NOT intact (1 problem(s))" in out and f"dos2unix {path}" in out
+
+
+def test_a_ledger_line_without_end_is_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "huge.jsonl"
+    with open(path, "wb") as fh:
+        fh.write(b"x" * (ledger.MAX_LINE + 10))
+    report = ledger.verify(str(path))
+    assert not report.ok and "longer than" in report.problems[0]
+
+
+def test_preflight_checks_without_writing(tmp_path: Path) -> None:
+    missing = tmp_path / "new.jsonl"
+    ledger.preflight(str(missing))  # a new ledger in a writable directory: fine, and not created
+    assert not missing.exists()
+    with pytest.raises(ConfigError, match="does not exist"):
+        ledger.preflight(str(tmp_path / "nope" / "l.jsonl"))
+    with pytest.raises(ConfigError, match="not a regular file"):
+        ledger.preflight("/dev/null")
+
+
+def test_entries_taken_back_when_the_outputs_do_not_land(tmp_path: Path) -> None:
+    path = tmp_path / "l.jsonl"
+    _record(path, 1)
+    before = path.read_bytes()
+    batch = ledger.Batch(str(path))
+    batch.add(artifact="/a", sha256_hex="00" * 32, key_fingerprint="11" * 32, uri_redacted="pkcs11:",
+              mechanism="m", kind="k")  # fmt: skip
+    with pytest.raises(OSError):
+        with batch.appended():
+            assert path.stat().st_size > len(before)  # appended and fsync'ed under the lock...
+            raise OSError(18, "rename failed")  # ...then renaming an output failed
+    assert path.read_bytes() == before

@@ -1,37 +1,229 @@
-"""Artifact files: checked input, and atomic output (an artifact is either complete,
-signed and verified, or absent).
+"""Artifact files: bounded, checked input, and atomic output (an artifact is either
+complete, signed, verified and recorded, or absent).
 
-``read_input(path, what)`` reads an input with one-line errors (missing, a
-directory, unreadable: ``ConfigError``, exit 2).
+Input
+-----
+``read_input(path, what, limit)`` reads an input whole (certificates, DTBs, FITs,
+signatures, sw-description...) with one-line errors: missing, a directory, a
+character device (``/dev/zero``), unreadable, or larger than ``limit`` are each a
+``ConfigError`` (exit 2), never a ``MemoryError``. It is the one place inputs are
+read whole.
 
-``atomic_output(path)`` yields a temporary file in the destination's directory.
-The caller writes, then verifies the temporary file (its path is ``.tmp_path``);
-only when the ``with`` block ends without an exception is the file fsync'ed and
-renamed over ``path``. On any exception, including KeyboardInterrupt, the
-temporary file is removed and ``path`` is left untouched. A SIGKILL leaves at most
-a ``.hsmsign-tmp-*`` file next to the destination, never a half-written artifact
-under the real name.
+``stream_input(path, what)`` yields a large input (an image to hash or encrypt) in
+chunks through one bounded buffer. A regular file is read to exactly the size it had
+when opened; if it shrinks, grows or is rewritten meanwhile (size or mtime differ
+afterwards) the read fails with a ``ConfigError`` instead of hashing a moving target
+(mmap would die of SIGBUS on a truncated file). A pipe or FIFO is read up to
+``MAX_STREAM`` bytes; a character device is refused.
+
+Output
+------
+``staged(guard)`` collects outputs; each is written to a temporary file in its
+destination's directory (``.tmp_path``), which the caller writes and verifies. When
+the ``with`` block ends without an exception every temporary file is fsync'ed, given
+its mode on the open descriptor, and renamed over its destination, inside
+``guard()`` (the ledger appends its entries there and takes them back if a rename
+fails). On any exception the temporary files are removed and the destinations are
+left untouched. ``atomic_output(path)`` is the one-file form.
+
+The output directory is opened once and every operation is relative to that
+descriptor: the temporary file is created with ``O_CREAT|O_EXCL|O_NOFOLLOW`` (never
+an existing file or a planted symlink), its mode is set with ``fchmod`` on the open
+file, and it is renamed with ``renameat`` (``os.replace`` with ``src_dir_fd`` and
+``dst_dir_fd``). A directory that others may write to without the sticky bit is
+refused: there another user could rename the temporary file away between our writes.
+
+A destination that is a symbolic link is resolved: the file it points to is replaced
+(in place, in its own directory), the link stays. That is what in-place signing of a
+deploy directory's ``fitImage -> fitImage-<version>.bin`` link needs. A link in a
+world-writable sticky directory (``/tmp``) is followed only when it belongs to the
+user running hsmsign, and a link to nothing is refused. A new file gets mode 0644
+(less what the umask removes); a replaced file keeps its permission bits but never
+setuid, setgid or sticky.
+
+Signals
+-------
+Every live temporary file is in a registry. ``install_signal_handlers()`` (the CLI
+calls it) makes SIGINT and SIGTERM remove them, print one line and exit 130 / 143.
+While outputs are being renamed into place and the ledger appended (a few
+milliseconds) the signal waits, so the pair is never cut in half. A SIGKILL leaves at
+most a ``.hsmsign-tmp-*`` file next to the destination, never a half-written
+artifact under the real name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from typing import BinaryIO
+import secrets
+import signal
+import stat
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any, BinaryIO
 
 from .errors import ConfigError
 
 TMP_PREFIX = ".hsmsign-tmp-"
+MAX_INPUT = 64 << 20  # an input read whole: certificate, DTB, signature, sw-description, list
+MAX_IMAGE = (
+    1 << 30
+)  # a FIT or PE image read whole (both formats hold 32-bit sizes; real ones are far smaller)
+MAX_STREAM = 64 << 30  # a pipe or FIFO streamed (its size is not known up front)
+CHUNK = 4 << 20  # the one read buffer of stream_input
+
+_REGISTRY_LOCK = threading.Lock()
+_LIVE: dict[int, AtomicFile] = {}  # id -> temporary file not yet renamed or removed
+_critical = 0  # > 0 while outputs are renamed into place: signals wait
+_pending: list[int] = []
+
+
+# --------------------------------------------------------------------------- input
+
+
+def check_readable(path: str, what: str = "") -> None:
+    """A ConfigError (exit 2) unless ``path`` is a readable file (``what`` names it in errors)."""
+    name = f"{what} {path}" if what else path
+    if not os.path.exists(path):
+        raise ConfigError(f"{name}: no such file", "check the path")
+    if os.path.isdir(path):
+        raise ConfigError(f"{name} is a directory, not a file")
+    if stat.S_ISCHR(os.stat(path).st_mode):
+        raise ConfigError(f"{name} is a character device, not a file", "name the file itself")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{name} is not readable", "check its permissions")
+
+
+def _open_input(path: str, what: str) -> tuple[int, os.stat_result]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{what} {path}: no such file", "check the path") from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {what} {path}: {exc.strerror}", "check the path and its permissions"
+        ) from exc
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode) or stat.S_ISCHR(st.st_mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a character device"
+        raise ConfigError(f"{what} {path} is {kind}, not a file", "name the file itself")
+    return fd, st
+
+
+def _size_text(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):g} {unit}"
+    return f"{n} bytes"
+
+
+def read_input(path: str, what: str = "input", limit: int = MAX_INPUT) -> bytes:
+    """An input file's bytes, at most ``limit`` of them (``what`` names it in errors)."""
+    fd, st = _open_input(path, what)
+    too_big = ConfigError(
+        f"{what} {path} is larger than {_size_text(limit)}", f"is it the right file? a {what} is smaller"
+    )
+    try:
+        if stat.S_ISREG(st.st_mode) and st.st_size > limit:
+            raise too_big
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = os.read(fd, min(CHUNK, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise too_big
+        return b"".join(chunks)
+    except MemoryError as exc:
+        raise ConfigError(f"{what} {path} does not fit in memory", "is it the right file?") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+
+
+def stream_input(path: str, what: str = "input", chunk: int = CHUNK) -> Iterator[memoryview]:
+    """``path``'s bytes in chunks through one buffer (each view is valid until the next one).
+
+    See the module docstring: a regular file or block device must not change while it
+    is read; a pipe is bounded by ``MAX_STREAM``; a character device is refused.
+    """
+    fd, st = _open_input(path, what)
+    changed = ConfigError(
+        f"{what} {path} changed while it was read (truncated, extended or rewritten)",
+        "something else is writing it: run hsmsign once the file is complete; nothing was written",
+    )
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    try:
+        sized = stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)
+        expected = st.st_size if stat.S_ISREG(st.st_mode) else None
+        if stat.S_ISBLK(st.st_mode):
+            expected = os.lseek(fd, 0, os.SEEK_END)
+            os.lseek(fd, 0, os.SEEK_SET)
+        done = 0
+        while True:
+            want = chunk if expected is None else min(chunk, expected - done)
+            if want == 0:
+                break
+            n = os.readv(fd, [view[:want]])
+            if n == 0:
+                if sized:
+                    raise changed  # ended before the size it had when opened: truncated
+                break
+            done += n
+            if not sized and done > MAX_STREAM:
+                raise ConfigError(
+                    f"{what} {path} is a pipe that gave more than {_size_text(MAX_STREAM)}",
+                    "write the data to a file first, then name the file",
+                )
+            yield view[:n]
+        if sized:
+            after = os.fstat(fd)
+            if os.read(fd, 1) or (
+                stat.S_ISREG(st.st_mode)
+                and (after.st_size != st.st_size or after.st_mtime_ns != st.st_mtime_ns)
+            ):
+                raise changed
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- output
 
 
 class AtomicFile:
-    """The open temporary file and its path, handed to the ``with`` block."""
+    """One temporary output: the open file, its path, and where it goes."""
 
-    def __init__(self, fh: BinaryIO, tmp_path: str, final_path: str) -> None:
+    def __init__(
+        self,
+        fh: BinaryIO,
+        dir_fd: int,
+        directory: str,
+        tmp_name: str,
+        final_name: str,
+        mode: int,
+        fsync: bool = True,
+    ):
         self.fh = fh
-        self.tmp_path = tmp_path
-        self.final_path = final_path
+        self.fsync = fsync
+        self.dir_fd = dir_fd
+        self.directory = directory
+        self.tmp_name = tmp_name
+        self.final_name = final_name
+        self.mode = mode
+        self.tmp_path = os.path.join(directory, tmp_name)
+        self.final_path = os.path.join(directory, final_name)  # symbolic links resolved
+        self.renamed = False
+        self._identity: tuple[int, int] | None = None
 
     def write(self, data: bytes) -> int:
         return self.fh.write(data)
@@ -39,89 +231,236 @@ class AtomicFile:
     def flush(self) -> None:
         self.fh.flush()
 
+    def _finish(self) -> None:
+        """Flush, fsync and set the mode on the descriptor (before the rename)."""
+        self.fh.flush()
+        if self.fsync:
+            os.fsync(self.fh.fileno())
+        os.fchmod(self.fh.fileno(), self.mode)
+        st = os.fstat(self.fh.fileno())
+        self._identity = (st.st_dev, st.st_ino)
+        self.fh.close()
 
-@contextlib.contextmanager
-def atomic_output(
-    path: str | os.PathLike[str], mode: int | None = None, fsync: bool = True
-) -> Iterator[AtomicFile]:
-    """Write ``path`` atomically; see the module docstring.
+    def _rename(self) -> None:
+        # the name must still be our file: a temporary swapped for another file or a link is not
+        # renamed over the output (the directory checks make this the second line of defence)
+        st = os.stat(self.tmp_name, dir_fd=self.dir_fd, follow_symlinks=False)
+        if (st.st_dev, st.st_ino) != self._identity:
+            raise ConfigError(
+                f"the temporary file {self.tmp_path} was replaced by something else while it was written",
+                f"another user can write in {self.directory}: write elsewhere; nothing was written",
+            )
+        os.replace(self.tmp_name, self.final_name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        self.renamed = True
+        _unregister(self)
+        if self.fsync:
+            with contextlib.suppress(OSError):
+                os.fsync(self.dir_fd)  # the rename itself survives a crash
 
-    ``fsync=False``: no fsync before the rename, for callers that write many files and
-    flush them together afterwards (``sync_all``); the rename is atomic all the same.
-    """
-    final = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(final))
-    if not os.path.isdir(directory):
-        raise ConfigError(
-            f"output directory {directory} does not exist",
-            "create it first, or choose another --output",
-        )
-    try:
-        import tempfile  # here, not at import: the verbs import this module for read_input
-
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot write in {directory}: {exc.strerror}", "check permissions and free space"
-        ) from exc
-    fh = os.fdopen(fd, "w+b")
-    ok = False
-    try:
-        yield AtomicFile(fh, tmp, final)
-        fh.flush()
-        if fsync:
-            os.fsync(fh.fileno())
-        fh.close()
-        if mode is None and os.path.exists(final):
-            mode = os.stat(final).st_mode & 0o7777
-        os.chmod(tmp, mode if mode is not None else 0o644)
-        os.replace(tmp, final)
-        ok = True
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot write {final}: {exc.strerror}", "check permissions and free space"
-        ) from exc
-    finally:
-        if not fh.closed:
+    def _discard(self) -> None:
+        if not self.fh.closed:
             # closing flushes the buffer again: on a full disk that raises a second ENOSPC
             with contextlib.suppress(OSError):
-                fh.close()
-        if not ok:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                self.fh.close()
+        if not self.renamed:
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp_name, dir_fd=self.dir_fd)
+        _unregister(self)
+        with contextlib.suppress(OSError):
+            os.close(self.dir_fd)
+
+
+def _register(f: AtomicFile) -> None:
+    with _REGISTRY_LOCK:
+        _LIVE[id(f)] = f
+
+
+def _unregister(f: AtomicFile) -> None:
+    with _REGISTRY_LOCK:
+        _LIVE.pop(id(f), None)
+
+
+def live_temporaries() -> list[str]:
+    """The paths of the temporary files this process has not yet renamed or removed."""
+    with _REGISTRY_LOCK:
+        return [f.tmp_path for f in _LIVE.values()]
+
+
+def remove_live_temporaries() -> None:
+    """Remove every live temporary file (a signal is stopping the process)."""
+    with _REGISTRY_LOCK:
+        files = list(_LIVE.values())
+        _LIVE.clear()
+    for f in files:
+        with contextlib.suppress(OSError):
+            os.unlink(f.tmp_name, dir_fd=f.dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def resolve_output(path: str) -> tuple[str, str, int | None]:
+    """(directory, name, existing permission bits) of the file ``path`` names, symlinks followed.
+
+    Refuses a link to nothing, and a link in a world-writable sticky directory owned by
+    another user (the case ``fs.protected_symlinks`` guards against).
+    """
+    final = os.path.abspath(path)
+    try:
+        lst = os.lstat(final)
+    except FileNotFoundError:
+        lst = None
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}", "check the path") from exc
+    if lst is not None and stat.S_ISLNK(lst.st_mode):
+        parent = os.stat(os.path.dirname(final))
+        if (
+            parent.st_mode & stat.S_IWOTH
+            and parent.st_mode & stat.S_ISVTX
+            and lst.st_uid not in (os.geteuid(), parent.st_uid)
+        ):
+            raise ConfigError(
+                f"{path} is a symbolic link owned by another user in a world-writable directory",
+                "refusing to write through it; remove it or choose another output",
+            )
+        target = os.path.realpath(final)
+        if not os.path.exists(target):
+            raise ConfigError(
+                f"{path} is a symbolic link to {target}, which does not exist", "fix or remove the link"
+            )
+        final = target
+        lst = os.lstat(final)
+    if lst is not None and not stat.S_ISREG(lst.st_mode):
+        kind = "a directory" if stat.S_ISDIR(lst.st_mode) else "not a regular file"
+        raise ConfigError(f"output {path} is {kind}", "name a file to write")
+    existing = stat.S_IMODE(lst.st_mode) & 0o777 if lst is not None else None
+    return os.path.dirname(final), os.path.basename(final), existing
+
+
+def open_output_dir(directory: str) -> int:
+    """A descriptor of the output directory; refuses one others may write to without the sticky bit."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"output directory {directory} does not exist", "create it first, or choose another --output"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot open output directory {directory}: {exc.strerror}") from exc
+    st = os.fstat(dir_fd)
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        os.close(dir_fd)
+        raise ConfigError(
+            f"output directory {directory} is writable by every user and has no sticky bit: another user "
+            "could swap the file while it is written",
+            f"chmod o-w {directory} (or chmod +t), or write elsewhere",
+        )
+    return dir_fd
+
+
+def create_temporary(
+    path: str | os.PathLike[str], mode: int | None = None, suffix: str = "", fsync: bool = True
+) -> AtomicFile:
+    """A registered temporary file for ``path`` (see the module docstring); the caller finishes it.
+
+    ``fsync=False``: no fsync of the file or its directory, for callers that write many files and
+    flush them together afterwards (``sync_all``); the rename is atomic all the same.
+    """
+    directory, name, existing = resolve_output(os.fspath(path))
+    if mode is None:
+        mode = existing if existing is not None else 0o644 & ~_umask()
+    mode &= 0o777  # never setuid, setgid or sticky
+    dir_fd = open_output_dir(directory)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = TMP_PREFIX + secrets.token_hex(8) + suffix
+        try:
+            fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+            break
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            os.close(dir_fd)
+            raise ConfigError(
+                f"cannot write in {directory}: {exc.strerror}", "check permissions and free space"
+            ) from exc
+    else:  # pragma: no cover - 100 collisions of 64 random bits
+        os.close(dir_fd)
+        raise ConfigError(f"cannot create a temporary file in {directory}")
+    f = AtomicFile(os.fdopen(fd, "w+b"), dir_fd, directory, tmp, name, mode, fsync)
+    _register(f)
+    return f
+
+
+class Staged:
+    """Outputs that are renamed into place together (see :func:`staged`)."""
+
+    def __init__(self) -> None:
+        self.files: list[AtomicFile] = []
+
+    def open(self, path: str | os.PathLike[str], mode: int | None = None, fsync: bool = True) -> AtomicFile:
+        f = create_temporary(path, mode, fsync=fsync)
+        self.files.append(f)
+        return f
+
+    def write_bytes(
+        self, path: str | os.PathLike[str], data: bytes, mode: int | None = None, fsync: bool = True
+    ) -> AtomicFile:
+        f = self.open(path, mode, fsync)
+        f.write(data)
+        return f
+
+    def commit(self, guard: Callable[[], AbstractContextManager[Any]] | None = None) -> None:
+        try:
+            for f in self.files:
+                f._finish()
+            with critical():
+                with guard() if guard is not None else contextlib.nullcontext():
+                    for f in self.files:
+                        f._rename()
+        except OSError as exc:
+            names = ", ".join(f.final_path for f in self.files)
+            raise ConfigError(
+                f"cannot write {names}: {exc.strerror}", "check permissions and free space"
+            ) from exc
+
+    def discard(self) -> None:
+        for f in self.files:
+            f._discard()
+
+
+@contextlib.contextmanager
+def staged(guard: Callable[[], AbstractContextManager[Any]] | None = None) -> Iterator[Staged]:
+    """Outputs written to temporary files, renamed into place together inside ``guard()`` at the end."""
+    outputs = Staged()
+    try:
+        yield outputs
+        outputs.commit(guard)
+    finally:
+        outputs.discard()
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], mode: int | None = None) -> Iterator[AtomicFile]:
+    """Write ``path`` atomically; see the module docstring."""
+    with staged() as outputs:
+        yield outputs.open(path, mode)
 
 
 def write_bytes_atomic(
     path: str | os.PathLike[str], data: bytes, mode: int | None = None, fsync: bool = True
 ) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_output(path, mode=mode, fsync=fsync) as out:
-        out.write(data)
+    """Write ``data`` to ``path`` atomically (``fsync=False``: see :func:`create_temporary`)."""
+    with staged() as outputs:
+        outputs.write_bytes(path, data, mode, fsync)
 
 
 def sync_all() -> None:
     """Flush every file written with ``fsync=False`` to disk: one call for a whole batch."""
     os.sync()
-
-
-def check_readable(path: str) -> None:
-    """A ConfigError (exit 2) unless ``path`` is a readable file."""
-    if not os.path.exists(path):
-        raise ConfigError(f"{path}: no such file", "check the path")
-    if os.path.isdir(path):
-        raise ConfigError(f"{path} is a directory, not a file")
-    if not os.access(path, os.R_OK):
-        raise ConfigError(f"{path} is not readable", "check its permissions")
-
-
-def read_input(path: str, what: str) -> bytes:
-    """An input file's bytes (``what`` names it in errors)."""
-    check_readable(path)
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
 
 
 def file_mode(path: str) -> int | None:
@@ -130,3 +469,52 @@ def file_mode(path: str) -> int | None:
         return os.stat(path).st_mode & 0o7777
     except OSError:
         return None
+
+
+# --------------------------------------------------------------------------- signals
+
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+@contextlib.contextmanager
+def critical() -> Iterator[None]:
+    """SIGINT/SIGTERM wait until the block ends (outputs renamed and recorded, or neither)."""
+    global _critical
+    _critical += 1
+    try:
+        yield
+    finally:
+        _critical -= 1
+        if not _critical and _pending:
+            _stop(_pending[0])
+
+
+def _stop(signum: int) -> None:
+    remove_live_temporaries()
+    word = "interrupted" if signum == signal.SIGINT else "terminated"
+    line = f"hsmsign: error: {word} by {signal.Signals(signum).name}; unfinished outputs removed\n"
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+    with contextlib.suppress(OSError):
+        os.write(2, line.encode())
+    os._exit(SIGNAL_EXIT.get(signum, 128 + signum))
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    if _critical:
+        _pending.append(signum)
+        return
+    _stop(signum)
+
+
+def install_signal_handlers() -> Callable[[], None]:
+    """SIGINT and SIGTERM remove the live temporaries and exit 130 / 143; returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = {s: signal.signal(s, _on_signal) for s in SIGNAL_EXIT}
+
+    def restore() -> None:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+    return restore

@@ -173,6 +173,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    from . import atomic
+
+    # SIGINT / SIGTERM: remove the temporary files, one line, exit 130 / 143 (hsmsign.atomic)
+    restore_signals = atomic.install_signal_handlers()
+    try:
+        return _run(args)
+    finally:
+        restore_signals()
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         with _pin_variables_withheld(args):
             return int(args.func(args) or 0)
@@ -180,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(exc, args.verbose)
         return exc.exit_code
     except KeyboardInterrupt:
-        _report(Interrupted("interrupted; no output was written"), args.verbose)
+        _report(Interrupted("interrupted; unfinished outputs removed"), args.verbose)
         return 130
     except BrokenPipeError:
         return 0

@@ -15,8 +15,12 @@ Exit codes (documented in docs/reference/exit-codes.md):
 4     policy refusal (development key in production, known-public key, a PIN in the URI, ...)
 5     signing error (the token refused or returned an unusable signature)
 6     verification error (an artifact or signature does not verify)
-130   interrupted
+130   interrupted (SIGINT)
+143   terminated (SIGTERM)
 ====  ==============================================================
+
+On SIGINT and SIGTERM the temporary files of unfinished outputs are removed
+(``hsmsign.atomic``) and one line says so.
 """
 
 from __future__ import annotations
@@ -110,5 +114,6 @@ EXIT_CODES: dict[int, str] = {
     "the URI or in a file others can read)",
     5: "signing error (the token refused, or its signature did not verify)",
     6: "verification error (an artifact or signature does not verify)",
-    130: "interrupted",
+    130: "interrupted (SIGINT); unfinished outputs are removed",
+    143: "terminated (SIGTERM); unfinished outputs are removed",
 }

@@ -1,6 +1,6 @@
 """The signing ledger: an append-only, hash-chained record of every signature.
 
-Every command that makes a signature calls :func:`record` once per artifact. When
+Every command that makes a signature records one entry per signature. When
 no ledger is configured (``--ledger`` / ``HSMSIGN_LEDGER`` unset) it does nothing.
 
 Format: JSON lines, one object per signature, keys sorted, no spaces::
@@ -16,9 +16,15 @@ caught by comparing the head (``verify`` prints it) with a copy kept elsewhere
 (``hsmsign ledger verify --expect-head``, or ``--expect-count``).
 
 Concurrency: a writer takes an exclusive ``flock`` on the ledger, reads the last
-line, and appends its line with a single ``write`` followed by ``fsync``, so
+line, and appends its lines with a single ``write`` followed by ``fsync``, so
 parallel BitBake tasks and processes never interleave or lose lines. A write that
 fails half-way (disk full) is cut back to the previous end under the same lock.
+
+Entries and artifacts land together: a command makes a :class:`Batch` before it opens
+the token (:func:`preflight`: the ledger can be appended to, and its last line
+verifies), and its staged outputs are renamed into place inside ``Batch.appended()``,
+which cuts the ledger back if a rename fails. A ledger converted to CRLF line
+endings does not verify and is not appended to (docs/ledger.md).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -74,22 +81,183 @@ def _last_line(fd: int, size: int) -> bytes | None:
     return buf.rstrip(b"\n")
 
 
+def _regular(fd: int, path: str) -> None:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"ledger {path} is not a regular file", "point --ledger / HSMSIGN_LEDGER at a file")
+
+
 @contextlib.contextmanager
-def _locked(path: str) -> Iterator[int]:
+def _locked(path: str, create: bool = True) -> Iterator[int]:
+    flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT if create else 0)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, flags, 0o644)
     except OSError as exc:
         raise ConfigError(
             f"cannot open ledger {path}: {exc.strerror}", "check HSMSIGN_LEDGER / --ledger and permissions"
         ) from exc
+    _regular(fd, path)
     with _THREAD_LOCK:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot lock ledger {path}: {exc.strerror}",
+                    "keep the ledger on a local file system (or NFSv4), then copy it out",
+                ) from exc
             yield fd
         finally:
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def _tail(fd: int, size: int, path: str) -> tuple[int, str]:
+    """The ``seq`` and chain hash of the ledger's last entry ((0, GENESIS) when empty).
+
+    Refuses to chain onto a ledger whose end does not verify: a torn last line, CRLF line
+    endings (the next entry would hash the line with its CR and break the chain), or a
+    last line that is not a ledger entry in canonical form.
+    """
+    if size == 0:
+        return 0, GENESIS
+    if os.pread(fd, 1, size - 1) != b"\n":
+        raise VerificationError(
+            f"ledger {path} ends with an incomplete line",
+            "run 'hsmsign ledger verify' and restore the ledger from its last good copy",
+        )
+    last = _last_line(fd, size) or b""
+    if last.endswith(b"\r"):
+        raise VerificationError(
+            f"ledger {path} has CRLF line endings (converted, e.g. opened on Windows): appending would "
+            "break the chain",
+            f"convert it back with 'dos2unix {path}', then run 'hsmsign ledger verify'",
+        )
+    try:
+        entry = json.loads(last)
+        seq = entry["seq"]
+        if not isinstance(seq, int) or canonical(entry) != last:
+            raise ValueError("not canonical")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise VerificationError(
+            f"ledger {path}: the last line is not a ledger entry in canonical form (edited?)",
+            "run 'hsmsign ledger verify'; restore the ledger from its last good copy",
+        ) from exc
+    return seq, line_hash(last)
+
+
+def canonical(entry: dict[str, Any]) -> bytes:
+    """An entry's line (without newline): keys sorted, no spaces, ASCII."""
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def preflight(path: str) -> None:
+    """Check, before any token operation, that an entry could be appended to ``path`` now.
+
+    The directory exists; the file, if it exists, is a regular file that opens for
+    appending, can be locked and ends in a line that verifies; if it does not exist, the
+    directory is writable. A ConfigError (exit 2) or VerificationError (exit 6) otherwise.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ConfigError(
+            f"cannot open ledger {path}: directory {directory} does not exist",
+            "create it, or fix --ledger / HSMSIGN_LEDGER; nothing was signed",
+        )
+    if not os.path.lexists(path):
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"cannot create ledger {path}: directory {directory} is not writable",
+                "fix its permissions or --ledger / HSMSIGN_LEDGER; nothing was signed",
+            )
+        return
+    with _locked(path, create=False) as fd:
+        _tail(fd, os.fstat(fd).st_size, path)
+
+
+class Batch:
+    """The ledger entries of one command, appended together with its outputs or not at all.
+
+    Created before the token is touched (it runs :func:`preflight`); ``add`` collects
+    entries; ``appended()`` is the guard of ``hsmsign.atomic.staged``: it locks the
+    ledger, appends every entry with one ``write`` and ``fsync``, and if renaming the
+    outputs into place then fails, cuts the ledger back to where it was.
+    """
+
+    def __init__(self, ledger: str | None = None) -> None:
+        self.path = ledger_path(ledger)
+        self.entries: list[dict[str, Any]] = []
+        if self.path is not None:
+            preflight(self.path)
+
+    def add(
+        self,
+        *,
+        artifact: str,
+        sha256_hex: str,
+        key_fingerprint: str,
+        uri_redacted: str,
+        mechanism: str,
+        kind: str,
+    ) -> dict[str, Any] | None:
+        if self.path is None:
+            return None
+        if "pin-value" in uri_redacted or "pin-source" in uri_redacted:
+            raise ConfigError(
+                "refusing to write a URI with PIN attributes into the ledger", "pass uri.identity()"
+            )
+        entry: dict[str, Any] = {
+            "v": VERSION,
+            "time": _now(),
+            "artifact": artifact,
+            "sha256": sha256_hex.lower(),
+            "key_fingerprint": key_fingerprint.lower(),
+            "uri": uri_redacted,
+            "mechanism": mechanism,
+            "kind": kind,
+            "build_host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+        self.entries.append(entry)
+        return entry
+
+    @contextlib.contextmanager
+    def appended(self) -> Iterator[None]:
+        if self.path is None or not self.entries:
+            yield
+            return
+        path = self.path
+        with _locked(path) as fd:
+            size = os.fstat(fd).st_size
+            seq, prev = _tail(fd, size, path)
+            lines = []
+            for entry in self.entries:
+                seq += 1
+                entry["seq"], entry["prev"] = seq, prev
+                line = canonical(entry)
+                lines.append(line + b"\n")
+                prev = line_hash(line)
+            data = b"".join(lines)
+            try:
+                written = os.write(fd, data)
+                if written != len(data):
+                    raise OSError(28, "short write (no space left on device?)")
+                os.fsync(fd)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)  # never leave a torn line behind
+                raise ConfigError(
+                    f"cannot append to ledger {path}: {exc.strerror or exc}",
+                    "free space on the ledger's file system; nothing was written",
+                ) from exc
+            try:
+                yield
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)  # the outputs did not land: neither do their entries
+                    os.fsync(fd)
+                raise
 
 
 def _now() -> str:
@@ -113,58 +281,22 @@ def record(
     kind: str,
     ledger: str | None = None,
 ) -> dict[str, Any] | None:
-    """Append one entry for a signature just made (no-op without a ledger); return the entry."""
-    path = ledger_path(ledger)
-    if path is None:
-        return None
-    if "pin-value" in uri_redacted or "pin-source" in uri_redacted:
-        raise ConfigError(
-            "refusing to write a URI with PIN attributes into the ledger", "pass uri.identity()"
-        )
-    entry: dict[str, Any] = {
-        "v": VERSION,
-        "time": _now(),
-        "artifact": artifact,
-        "sha256": sha256_hex.lower(),
-        "key_fingerprint": key_fingerprint.lower(),
-        "uri": uri_redacted,
-        "mechanism": mechanism,
-        "kind": kind,
-        "build_host": socket.gethostname(),
-        "pid": os.getpid(),
-    }
-    with _locked(path) as fd:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            raise VerificationError(
-                f"ledger {path} ends with an incomplete line",
-                "run 'hsmsign ledger verify' and restore the ledger from its last good copy",
-            )
-        last = _last_line(fd, size)
-        if last is None:
-            entry["seq"], entry["prev"] = 1, GENESIS
-        else:
-            try:
-                prev_seq = int(json.loads(last)["seq"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise VerificationError(
-                    f"ledger {path}: the last line is not a ledger entry",
-                    "run 'hsmsign ledger verify'; restore the ledger from its last good copy",
-                ) from exc
-            entry["seq"], entry["prev"] = prev_seq + 1, line_hash(last)
-        data = (json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n").encode()
-        try:
-            written = os.write(fd, data)
-            if written != len(data):
-                raise OSError(28, "short write (no space left on device?)")
-            os.fsync(fd)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, size)  # never leave a torn line behind
-            raise ConfigError(
-                f"cannot append to ledger {path}: {exc.strerror or exc}",
-                "free space on the ledger's file system; the signed artifact is in place but unrecorded",
-            ) from exc
+    """Append one entry for a signature just made (no-op without a ledger); return the entry.
+
+    Commands do not call this after writing their outputs: they use a :class:`Batch` as
+    the guard of their staged outputs, so entry and artifact land together.
+    """
+    batch = Batch(ledger)
+    entry = batch.add(
+        artifact=artifact,
+        sha256_hex=sha256_hex,
+        key_fingerprint=key_fingerprint,
+        uri_redacted=uri_redacted,
+        mechanism=mechanism,
+        kind=kind,
+    )
+    with batch.appended():
+        pass
     return entry
 
 
@@ -191,26 +323,56 @@ class LedgerReport:
         }
 
 
-def verify(path: str, *, expect_head: str | None = None, expect_count: int | None = None) -> LedgerReport:
-    """Check the whole chain. Returns a report; every problem names its line.
+MAX_LINE = 1 << 20  # a ledger line is well under 1 KiB; a longer one is not a ledger entry
 
-    Raises :class:`ConfigError` when the file cannot be read.
-    """
-    report = LedgerReport(path=path)
+
+def _lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """(line number, line with its newline, if any) of a ledger, each at most ``MAX_LINE`` bytes."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        fh = open(path, "rb")  # noqa: SIM115 - closed below
     except OSError as exc:
         raise ConfigError(
             f"cannot read ledger {path}: {exc.strerror}", "check --ledger / HSMSIGN_LEDGER"
         ) from exc
-    if data and not data.endswith(b"\n"):
-        torn_line = data.count(b"\n") + 1
-        report.problems.append(f"line {torn_line}: incomplete last line (torn write)")
-        data = data[: data.rfind(b"\n") + 1]
+    with fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise ConfigError(f"ledger {path} is not a regular file", "check --ledger / HSMSIGN_LEDGER")
+        n = 0
+        while True:
+            try:
+                line = fh.readline(MAX_LINE + 1)
+            except OSError as exc:
+                raise ConfigError(f"cannot read ledger {path}: {exc.strerror}") from exc
+            if not line:
+                return
+            n += 1
+            yield n, line
+
+
+def verify(path: str, *, expect_head: str | None = None, expect_count: int | None = None) -> LedgerReport:
+    """Check the whole chain, reading line by line. Returns a report; every problem names its line.
+
+    A ledger whose line endings were converted to CRLF does not verify: the next append
+    would chain onto the line with its CR and break. The report says so once, and the
+    chain is checked as it will be after ``dos2unix``.
+
+    Raises :class:`ConfigError` when the file cannot be read.
+    """
+    report = LedgerReport(path=path)
     prev = GENESIS
     expected_seq = 1
-    for n, line in enumerate(data.splitlines(), 1):
+    crlf = 0
+    for n, raw in _lines(path):
+        if len(raw) > MAX_LINE:
+            report.problems.append(f"line {n}: longer than {MAX_LINE} bytes: not a ledger (stopped reading)")
+            break
+        if not raw.endswith(b"\n"):
+            report.problems.append(f"line {n}: incomplete last line (torn write)")
+            break
+        line = raw[:-1]
+        if line.endswith(b"\r"):
+            crlf += 1
+            line = line[:-1]
         try:
             entry = json.loads(line)
             if not isinstance(entry, dict):
@@ -236,11 +398,21 @@ def verify(path: str, *, expect_head: str | None = None, expect_count: int | Non
         if isinstance(seq, int):
             expected_seq = seq
         expected_seq += 1
-        canonical = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-        if canonical != line:
+        try:
+            is_canonical = canonical(entry) == line
+        except (TypeError, ValueError):
+            is_canonical = False
+        if not is_canonical:
             report.problems.append(f"line {n}: not in canonical form (edited by hand?)")
         prev = line_hash(line)
         report.count += 1
+    if crlf:
+        report.problems.insert(
+            0,
+            f"line endings changed to CRLF on {crlf} line(s) (the file was converted, e.g. opened on "
+            f"Windows): the next entry would break the chain; convert it back with 'dos2unix {path}' "
+            "(the other problems listed, if any, remain after that)",
+        )
     report.head = prev
     if expect_head is not None and expect_head.lower() != report.head:
         report.problems.append(
@@ -254,5 +426,4 @@ def verify(path: str, *, expect_head: str | None = None, expect_count: int | Non
 
 def entries(path: str) -> list[dict[str, Any]]:
     """All entries (no checking: use :func:`verify` first)."""
-    with open(path, "rb") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return [json.loads(line) for _, line in _lines(path) if line.strip()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import emit, open_key_from_args
+from .common import emit, open_key_from_args, signed_outputs
 
 CERT_EXAMPLE = """\
 examples:
@@ -58,16 +58,25 @@ def register(sub: Any, parents: Any) -> None:
 
 
 def run_cert(args: Any) -> int:
+    import hashlib
+
     from cryptography.hazmat.primitives import serialization
 
-    from .. import atomic
     from ..formats import x509 as fx
 
     fx.parse_subject(args.subject)  # fail on a bad subject before touching the token
-    with open_key_from_args(args) as key:
-        cert = fx.self_signed(key, args.subject, days=args.days, eku=args.eku)
     enc = serialization.Encoding.DER if args.der else serialization.Encoding.PEM
-    atomic.write_bytes_atomic(args.output, cert.public_bytes(enc))
+    with signed_outputs(args) as outputs, open_key_from_args(args) as key:
+        cert = fx.self_signed(key, args.subject, days=args.days, eku=args.eku)
+        outputs.write(args.output, cert.public_bytes(enc))
+        der = cert.public_bytes(serialization.Encoding.DER)
+        outputs.record(
+            artifact=args.output,
+            sha256_hex=hashlib.sha256(der).hexdigest(),
+            key=key,
+            mechanism="x509",
+            kind="cert",
+        )
     fp = cert.fingerprint(cert.signature_hash_algorithm).hex()
     emit(
         args,
@@ -86,13 +95,24 @@ def run_cert(args: Any) -> int:
 
 
 def run_csr(args: Any) -> int:
-    from .. import atomic
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
     from ..formats import x509 as fx
 
     fx.parse_subject(args.subject)
-    with open_key_from_args(args) as key:
+    with signed_outputs(args) as outputs, open_key_from_args(args) as key:
         req = fx.csr(key, args.subject, eku=args.eku)
-    atomic.write_bytes_atomic(args.output, fx.pem(req))
+        outputs.write(args.output, fx.pem(req))
+        der = req.public_bytes(serialization.Encoding.DER)
+        outputs.record(
+            artifact=args.output,
+            sha256_hex=hashlib.sha256(der).hexdigest(),
+            key=key,
+            mechanism="pkcs10",
+            kind="csr",
+        )
     emit(
         args,
         f"wrote {args.output}: request for {req.subject.rfc4514_string()} "

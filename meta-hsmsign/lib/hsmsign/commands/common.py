@@ -172,19 +172,46 @@ def file_progress(label: str, path: str) -> Progress:
     return Progress(label, size)
 
 
-def record(args: Any, *, artifact: str, sha256_hex: str, key: Any, mechanism: str, kind: str) -> None:
-    """One ledger entry for a signature just written (no-op without a ledger)."""
-    from .. import ledger
+class SignedOutputs:
+    """The outputs of one signing command and their ledger entries (see :func:`signed_outputs`)."""
 
-    ledger.record(
-        artifact=os.path.abspath(artifact),
-        sha256_hex=sha256_hex,
-        key_fingerprint=key.fingerprint,
-        uri_redacted=key.uri.identity(),
-        mechanism=mechanism,
-        kind=kind,
-        ledger=getattr(args, "ledger", None),
-    )
+    def __init__(self, staged: Any, batch: Any) -> None:
+        self.staged = staged
+        self.batch = batch
+
+    def open(self, path: str, mode: int | None = None) -> Any:
+        """A temporary file (``.fh``, ``.tmp_path``) that becomes ``path`` when the command succeeds."""
+        return self.staged.open(path, mode)
+
+    def write(self, path: str, data: bytes, mode: int | None = None) -> None:
+        self.staged.write_bytes(path, data, mode)
+
+    def record(self, *, artifact: str, sha256_hex: str, key: Any, mechanism: str, kind: str) -> None:
+        """One ledger entry for a signature just made (no-op without a ledger)."""
+        self.batch.add(
+            artifact=os.path.abspath(artifact),
+            sha256_hex=sha256_hex,
+            key_fingerprint=key.fingerprint,
+            uri_redacted=key.uri.identity(),
+            mechanism=mechanism,
+            kind=kind,
+        )
+
+
+@contextlib.contextmanager
+def signed_outputs(args: Any) -> Iterator[SignedOutputs]:
+    """Outputs and ledger entries that land together, or not at all.
+
+    Enter it before the token is opened: the ledger (``--ledger`` / ``HSMSIGN_LEDGER``)
+    is checked first (directory, append, lock, a tail that verifies). Outputs are written
+    to temporary files; when the block ends without an exception the entries are
+    appended and the outputs renamed into place, and if either fails neither remains.
+    """
+    from .. import atomic, ledger
+
+    batch = ledger.Batch(getattr(args, "ledger", None))
+    with atomic.staged(batch.appended) as staged:
+        yield SignedOutputs(staged, batch)
 
 
 @contextlib.contextmanager

@@ -13,9 +13,9 @@ from .common import (
     emit,
     file_progress,
     open_key_from_args,
-    record,
     require_uri,
     role_pins,
+    signed_outputs,
 )
 
 SIGN_EXAMPLE = """\
@@ -149,35 +149,33 @@ def register(sub: Any, parents: Any) -> None:
 
 
 def run_sign(args: Any) -> int:
-    from .. import atomic, signing
+    from .. import signing
 
     check_readable(args.file)
-    with open_key_from_args(args) as key:
+    with signed_outputs(args) as outputs, open_key_from_args(args) as key:
         progress = file_progress(f"hashing {os.path.basename(args.file)}", args.file)
         sig, digest = signing.sign_file(key, args.file, args.hash, args.scheme, args.format, progress)
         progress.done()
-        atomic.write_bytes_atomic(args.output, sig)
-        from .. import ledger
-
+        outputs.write(args.output, sig)
         if args.hash == "sha256" and digest:
             sha256 = digest.hex()
         else:  # a second pass only when a ledger wants the SHA-256 and we hashed with something else
-            sha256 = signing.hash_file(args.file, "sha256").hex() if ledger.ledger_path(args.ledger) else ""
+            sha256 = signing.hash_file(args.file, "sha256").hex() if outputs.batch.path else ""
         mechanism = signing.mechanism_name(key.key_type, args.hash, args.scheme)
-        record(args, artifact=args.file, sha256_hex=sha256, key=key, mechanism=mechanism, kind="detached")
-        emit(
-            args,
-            f"signed {args.file} -> {args.output} "
-            f"({mechanism}, key {key.label}, sha256:{key.fingerprint[:16]}...)",
-            {
-                "file": args.file,
-                "signature": args.output,
-                "mechanism": mechanism,
-                "key": key.label,
-                "fingerprint": key.fingerprint,
-                "digest": digest.hex(),
-            },
-        )
+        outputs.record(artifact=args.file, sha256_hex=sha256, key=key, mechanism=mechanism, kind="detached")
+    emit(
+        args,
+        f"signed {args.file} -> {args.output} "
+        f"({mechanism}, key {key.label}, sha256:{key.fingerprint[:16]}...)",
+        {
+            "file": args.file,
+            "signature": args.output,
+            "mechanism": mechanism,
+            "key": key.label,
+            "fingerprint": key.fingerprint,
+            "digest": digest.hex(),
+        },
+    )
     return 0
 
 
@@ -249,8 +247,7 @@ def run_info(args: Any) -> int:
         text = "\n".join(
             [
                 f"token:        {info['label']} ({info['manufacturer']}, {info['model']}, "
-                f"serial {info['serial']})"
-                + ("  [software token]" if info["software"] else ""),
+                f"serial {info['serial']})" + ("  [software token]" if info["software"] else ""),
                 f"module:       {info['module']}",
                 f"key:          {key.label} (id {key.key_id.hex() or '-'})"
                 + ("  [development key]" if key.is_development else ""),

@@ -38,12 +38,18 @@ def register(sub: Any, parents: Any) -> None:
 
 def run_encrypt(args: Any) -> int:
     import os
+    import stat
 
     from .. import atomic
     from ..errors import ConfigError, PolicyError
     from ..formats import encrypt as enc
 
     check_readable(args.input)
+    if not stat.S_ISREG(os.stat(args.input).st_mode):
+        raise ConfigError(
+            f"--in {args.input} is not a regular file (a device, pipe or FIFO has no size to check)",
+            "write the data to a file first, then encrypt the file",
+        )
     if os.path.abspath(args.input) == os.path.abspath(args.output):
         raise ConfigError("--in and --out are the same file", "write the ciphertext to another file")
     iv = enc.parse_iv(args.iv)

@@ -138,6 +138,7 @@ def _help(parser: argparse.ArgumentParser) -> int:
 
 
 def run_sign(args: Any) -> int:
+    from .. import ledger
     from ..formats import fit
     from .common import emit, open_key_from_args, warn
 
@@ -150,6 +151,7 @@ def run_sign(args: Any) -> int:
         comment=args.comment,
         image_key_name=args.image_key_name,
     )
+    batch = ledger.Batch(args.ledger)  # checked before the token is opened
     with open_key_from_args(args) as key:
         result = fit.sign_file(
             args.fit,
@@ -157,7 +159,7 @@ def run_sign(args: Any) -> int:
             lambda hint: key,
             options,
             fit_check_sign=args.fit_check_sign,
-            ledger=args.ledger,
+            ledger=batch,
         )
     for w in result.warnings:
         warn(w)
@@ -219,11 +221,11 @@ def run_add_key(args: Any) -> int:
 
 
 def run_verify(args: Any) -> int:
-    from ..atomic import read_input
+    from ..atomic import MAX_IMAGE, read_input
     from ..formats import fit
     from .common import emit
 
-    data = read_input(args.fit, "FIT")
+    data = read_input(args.fit, "FIT", MAX_IMAGE)
     dtb = read_input(args.dtb, "DTB")
     report = fit.verify_fit(data, dtb, args.config, what=os.path.basename(args.fit))
     emit(

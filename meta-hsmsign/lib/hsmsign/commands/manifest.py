@@ -6,8 +6,8 @@ import argparse
 import os
 from typing import Any
 
-from ..atomic import check_readable
-from .common import emit, open_key_from_args, record
+from ..atomic import check_readable, read_input
+from .common import emit, open_key_from_args, signed_outputs
 
 EXAMPLE = """\
 examples:
@@ -68,7 +68,7 @@ def run_manifest(args: Any) -> int:
 
 
 def run_sign(args: Any) -> int:
-    from .. import atomic, signing
+    from .. import signing
     from ..errors import ConfigError
     from ..formats import cms, manifest
 
@@ -82,14 +82,17 @@ def run_sign(args: Any) -> int:
     cert = cms.read_certificate_file(args.cert)
     base = args.base or os.path.dirname(os.path.abspath(args.output))
     sig_path = args.signature or args.output + ".p7s"
-    data, entries = manifest.build(args.files, base)
-    digest = signing.hash_bytes(data)
-    with open_key_from_args(args) as key:
-        sig = cms.sign_detached(key, cert=cert, content_digest=digest)
-        atomic.write_bytes_atomic(args.output, data)
-        atomic.write_bytes_atomic(sig_path, sig)
-        record(args, artifact=args.output, sha256_hex=digest.hex(), key=key, mechanism="cms", kind="manifest")
-        label = key.label
+    with signed_outputs(args) as outputs:
+        data, entries = manifest.build(args.files, base)
+        digest = signing.hash_bytes(data)
+        with open_key_from_args(args) as key:
+            sig = cms.sign_detached(key, cert=cert, content_digest=digest)
+            outputs.write(args.output, data)
+            outputs.write(sig_path, sig)
+            outputs.record(
+                artifact=args.output, sha256_hex=digest.hex(), key=key, mechanism="cms", kind="manifest"
+            )
+            label = key.label
     emit(
         args,
         f"wrote {args.output} ({len(entries)} files) and {sig_path} (key {label})",
@@ -113,13 +116,10 @@ def run_verify(args: Any) -> int:
     check_readable(path)
     sig_path = args.signature or path + ".p7s"
     check_readable(sig_path)
-    check_readable(args.cert)
-    with open(args.cert, "rb") as fh:
-        trusted = cms.load_certificates(fh.read(), args.cert)
-    with open(path, "rb") as fh:
-        data = fh.read(manifest.MAX_MANIFEST + 1)
-    with open(sig_path, "rb") as fh:
-        sig = fh.read(1 << 20)
+    check_readable(args.cert, "certificate")
+    trusted = cms.load_certificates(read_input(args.cert, "certificate"), args.cert)
+    data = read_input(path, "manifest", manifest.MAX_MANIFEST + 1)
+    sig = read_input(sig_path, "signature", 1 << 20)
     base = args.base or os.path.dirname(os.path.abspath(path))
     result = manifest.verify(data, sig, trusted, base)
     emit(

@@ -35,13 +35,11 @@ Settings come from the environment only (mkimage owns the command line):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import getopt
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -260,19 +258,23 @@ def run(args: Any) -> int:
         from ..atomic import check_readable
 
         check_readable(image)
-    directory = os.path.dirname(os.path.abspath(image))
-    fd, tmp = tempfile.mkstemp(prefix=".hsmsign-mkimage-", suffix=".itb", dir=directory)
-    os.close(fd)
+    from ..atomic import create_temporary
+
+    # the unsigned image is built in a temporary file next to the image (registered: a signal
+    # removes it), then signed into place
+    work = create_temporary(image, suffix=".itb")
+    tmp = work.tmp_path
     try:
         if parsed.has("F"):
-            shutil.copyfile(image, tmp)
+            with open(image, "rb") as src:
+                shutil.copyfileobj(src, work.fh)
+        work.fh.close()
         rc = run_real_unsigned(_rebuild(parsed, tmp))
         if rc != 0:
             return rc
         _sign_and_keys(parsed, image, tmp)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        work._discard()
     return 0
 
 

@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from .common import emit, open_key_from_args, record, warn
+from .common import emit, open_key_from_args, warn
 
 USAGE = """\
 hsmsign modsign [token options] --cert CERT.pem [--hash H] [--output OUT.ko] [--json] MODULE.ko...
@@ -135,8 +135,9 @@ def _check_key(key: Any) -> None:
 def run_sign(args: Any) -> int:
     import concurrent.futures
     import hashlib
+    import os
 
-    from .. import atomic, signing
+    from .. import atomic, ledger, signing
     from ..errors import ConfigError, SigningError
     from ..formats import cms, modsig
 
@@ -155,6 +156,8 @@ def run_sign(args: Any) -> int:
         )
     args.role = args.role or "MODULES"
     done: list[dict[str, Any]] = []
+    ledger_file = getattr(args, "ledger", None)
+    ledger.Batch(ledger_file)  # the ledger is checked before the token is touched
     with open_key_from_args(args) as key:
         _check_key(key)
         cms.check_cert_matches(cert, key)
@@ -162,10 +165,24 @@ def run_sign(args: Any) -> int:
         module_signer = modsig.Signer(key, cert, args.hash)
         pending: Any = None  # the previous module's write, overlapped with this module's signature
 
+        def write_one(out: str, signed: bytes, mode: int | None, sha256: str) -> None:
+            # the module and its ledger entry land together or not at all; one flush for the
+            # whole batch (sync_all below), not an fsync per module
+            batch = ledger.Batch(ledger_file)
+            batch.add(
+                artifact=os.path.abspath(out),
+                sha256_hex=sha256,
+                key_fingerprint=key.fingerprint,
+                uri_redacted=key.uri.identity(),
+                mechanism=mechanism,
+                kind="modsign",
+            )
+            with atomic.staged(batch.appended) as staged:
+                staged.write_bytes(out, signed, mode, fsync=False)
+
         def finish(job: Any) -> None:
             out, sha256, resigned_one, path = job[1], job[2], job[3], job[4]
             job[0].result()  # a failed write raises here, before the next module is handed over
-            record(args, artifact=out, sha256_hex=sha256, key=key, mechanism=mechanism, kind="modsign")
             done.append({"module": path, "output": out, "sha256": sha256, "resigned": resigned_one})
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
@@ -182,16 +199,14 @@ def run_sign(args: Any) -> int:
                             f"internal: {path}: the signed module does not read back as written"
                         )
                     out = args.output or path
-                    # atomic per module; one flush for the whole batch (sync_all below), not an fsync each
-                    write = writer.submit(
-                        atomic.write_bytes_atomic, out, signed, atomic.file_mode(path), False
-                    )
+                    sha256 = hashlib.sha256(mod.body).hexdigest()
+                    write = writer.submit(write_one, out, signed, atomic.file_mode(path), sha256)
                     previous, pending = pending, None
                     if previous is not None:
                         finish(previous)
-                    pending = (write, out, hashlib.sha256(mod.body).hexdigest(), mod.signed, path)
+                    pending = (write, out, sha256, mod.signed, path)
             finally:
-                # a module written is a module recorded, also when a later one fails
+                # a module written is a module recorded (write_one), also when a later one fails
                 previous, pending = pending, None
                 if previous is not None:
                     finish(previous)

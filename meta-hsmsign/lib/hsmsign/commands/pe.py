@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
-from ..atomic import check_readable
 from ..settings import Settings
-from .common import emit, open_key_from_args, record, warn
+from .common import emit, open_key_from_args, signed_outputs, warn
 
 EXAMPLE = """\
 examples:
@@ -113,14 +111,10 @@ def register(sub: Any, parents: Any) -> None:
 
 
 def _read(path: str) -> bytes:
-    from ..errors import ConfigError
+    """A PE image's bytes (read, not mapped: a file truncated meanwhile cannot kill us with SIGBUS)."""
+    from ..atomic import MAX_IMAGE, read_input
 
-    check_readable(path)
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    return read_input(path, "PE image", MAX_IMAGE)
 
 
 def _trusted(paths: list[str]) -> list[Any]:
@@ -164,22 +158,6 @@ def verify_image(data: bytes, trusted: list[Any], what: str) -> list[Any]:
     return good
 
 
-def _map(path: str) -> Any:
-    """The file's bytes without a copy (mmap; the page cache serves hashing and writing)."""
-    import mmap
-
-    from ..errors import ConfigError
-
-    check_readable(path)
-    try:
-        with open(path, "rb") as fh:
-            if os.fstat(fh.fileno()).st_size == 0:
-                return b""
-            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
-
-
 def run_sign(args: Any) -> int:
     import threading
 
@@ -187,7 +165,7 @@ def run_sign(args: Any) -> int:
     from ..errors import ConfigError, SigningError
     from ..formats import authenticode, cms, pe
 
-    data = _map(args.input)
+    data = _read(args.input)
     layout = pe.parse(data, args.input)
     if args.append and layout.signed and layout.cert_table_offset % 8:
         raise ConfigError(
@@ -204,37 +182,34 @@ def run_sign(args: Any) -> int:
     try:
         cert = cms.read_certificate_file(args.cert)
         args.role = args.role or "UEFI"
-        with open_key_from_args(args) as key:
+        with signed_outputs(args) as outputs, open_key_from_args(args) as key:
             authenticode.check_signer(key)
             hasher.join()
             image_digest = digest_box[0]
             blob = authenticode.sign(key, cert=cert, image_digest=image_digest)
             entry = pe.win_certificate(blob)
-            with atomic.atomic_output(args.output, mode=atomic.file_mode(args.input)) as out:
-                with open(args.input, "rb") as src:
-                    size = pe.write_signed(
-                        out.fh, data, layout, [entry], keep_existing=args.append, src_fd=src.fileno()
-                    )
-                out.flush()
-                # read the file back as firmware will: same hashed ranges (so the same digest), a
-                # certificate table at the end whose last entry is this signature, and it verifies
-                written = _map(out.tmp_path)
-                new = pe.parse(written, args.output)
-                want, got = pe.hashed_ranges(layout), pe.hashed_ranges(new)
-                pad = new.content_end - layout.content_end
-                if (
-                    new.size != size
-                    or got[: len(want) - 1] != want[:-1]
-                    or sum(b - a for a, b in got) != sum(b - a for a, b in want) + pad
-                ):
-                    raise SigningError("internal: the signed image's layout differs from the one hashed")
-                entries = pe.certificates(written, new)
-                if not entries or entries[-1].data != blob:
-                    raise SigningError("internal: the signature read back differs from the one written")
-                authenticode.verify(entries[-1].data, image_digest=image_digest, trusted=[cert])
-                count = len(entries)
-            record(
-                args,
+            out = outputs.open(args.output, mode=atomic.file_mode(args.input))
+            # from the bytes hashed, not the file again: what is written is what was signed
+            size = pe.write_signed(out.fh, data, layout, [entry], keep_existing=args.append)
+            out.flush()
+            # read the file back as firmware will: same hashed ranges (so the same digest), a
+            # certificate table at the end whose last entry is this signature, and it verifies
+            written = _read(out.tmp_path)
+            new = pe.parse(written, args.output)
+            want, got = pe.hashed_ranges(layout), pe.hashed_ranges(new)
+            pad = new.content_end - layout.content_end
+            if (
+                new.size != size
+                or got[: len(want) - 1] != want[:-1]
+                or sum(b - a for a, b in got) != sum(b - a for a, b in want) + pad
+            ):
+                raise SigningError("internal: the signed image's layout differs from the one hashed")
+            entries = pe.certificates(written, new)
+            if not entries or entries[-1].data != blob:
+                raise SigningError("internal: the signature read back differs from the one written")
+            authenticode.verify(entries[-1].data, image_digest=image_digest, trusted=[cert])
+            count = len(entries)
+            outputs.record(
                 artifact=args.output,
                 sha256_hex=image_digest.hex(),
                 key=key,
@@ -257,6 +232,7 @@ def run_sign(args: Any) -> int:
         },
     )
     return 0
+
 
 
 def run_verify(args: Any) -> int:

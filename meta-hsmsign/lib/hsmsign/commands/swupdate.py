@@ -7,7 +7,7 @@ from typing import Any
 
 from ..atomic import check_readable
 from ..errors import printable
-from .common import emit, open_key_from_args, record, warn
+from .common import emit, open_key_from_args, signed_outputs, warn
 
 SIG_MODES = ("cms", "rsa", "rsa-pss")
 # '--mode cms|rsa|rsa-pss' (the first spelling of --signing-mode) still names the signature type:
@@ -153,49 +153,50 @@ def _check_description(data: bytes, images: list[str] | None) -> list[str]:
 
 
 def run_sign(args: Any) -> int:
-    from .. import atomic, signing
+    from .. import signing
     from ..formats import swupdate as swu
 
-    check_readable(args.description)
+    check_readable(args.description, "sw-description")
     data = swu.read_limited(args.description)
     names = [] if args.no_check else _check_description(data, args.images)
     mode = _sig_mode(args)
     cert = _load_cert(args.cert)
-    with open_key_from_args(args) as key:
+    with signed_outputs(args) as outputs, open_key_from_args(args) as key:
         sig = swu.sign_description(key, data, mode, cert)
-        atomic.write_bytes_atomic(args.output, sig)
+        outputs.write(args.output, sig)
         digest = signing.hash_bytes(data).hex()
         mech = (
             "cms"
             if mode == "cms"
             else signing.mechanism_name("rsa", "sha256", "pss" if mode == "rsa-pss" else None)
         )
-        record(args, artifact=args.description, sha256_hex=digest, key=key, mechanism=mech, kind="swupdate")
-        emit(
-            args,
-            f"signed {args.description} -> {args.output} ({mode}, key {key.label}, "
-            f"{len(names)} image(s) covered by sha256)",
-            {
-                "description": args.description,
-                "signature": args.output,
-                "mode": mode,
-                "key": key.label,
-                "fingerprint": key.fingerprint,
-                "images": names,
-                "sha256": digest,
-            },
-        )
+        outputs.record(artifact=args.description, sha256_hex=digest, key=key, mechanism=mech, kind="swupdate")
+    emit(
+        args,
+        f"signed {args.description} -> {args.output} ({mode}, key {key.label}, "
+        f"{len(names)} image(s) covered by sha256)",
+        {
+            "description": args.description,
+            "signature": args.output,
+            "mode": mode,
+            "key": key.label,
+            "fingerprint": key.fingerprint,
+            "images": names,
+            "sha256": digest,
+        },
+    )
     return 0
 
 
 def run_bundle(args: Any) -> int:
     import os
 
-    from .. import atomic, signing
+    from .. import signing
+    from ..atomic import read_input
     from ..errors import ConfigError
     from ..formats import swupdate as swu
 
-    check_readable(args.sw_description)
+    check_readable(args.sw_description, "sw-description")
     data = swu.read_limited(args.sw_description)
     names = _check_description(data, args.images)
     given = {os.path.basename(p): p for p in args.images}
@@ -211,30 +212,30 @@ def run_bundle(args: Any) -> int:
     images = [(n, given[n]) for n in names if n in given]
     mode = _sig_mode(args)
     key_label = None
-    if args.unsigned:
-        sig = None
-    elif args.signature:
-        check_readable(args.signature)
-        with open(args.signature, "rb") as fh:
-            sig = fh.read()
-        if mode == "cms":
-            from ..formats import cms
+    sig: bytes | None
+    # the bundle and the ledger entry of its signature land together, or neither
+    with signed_outputs(args) as outputs:
+        if args.unsigned:
+            sig = None
+        elif args.signature:
+            sig = read_input(args.signature, "signature", 1 << 20)
+            if mode == "cms":
+                from ..formats import cms
 
-            cms.parse(sig)  # must be a SignedData at least; trust is the device's business
-    else:
-        cert = _load_cert(args.cert)
-        with open_key_from_args(args) as key:
-            sig = swu.sign_description(key, data, mode, cert)
-            key_label = key.label
-            record(
-                args,
-                artifact=args.sw_description,
-                sha256_hex=signing.hash_bytes(data).hex(),
-                key=key,
-                mechanism=mode,
-                kind="swupdate",
-            )
-    with atomic.atomic_output(args.output) as out:
+                cms.parse(sig)  # must be a SignedData at least; trust is the device's business
+        else:
+            cert = _load_cert(args.cert)
+            with open_key_from_args(args) as key:
+                sig = swu.sign_description(key, data, mode, cert)
+                key_label = key.label
+                outputs.record(
+                    artifact=args.sw_description,
+                    sha256_hex=signing.hash_bytes(data).hex(),
+                    key=key,
+                    mechanism=mode,
+                    kind="swupdate",
+                )
+        out = outputs.open(args.output)
         size = swu.write_bundle(out.fh, data, sig, images, crc=not args.newc)
         out.flush()
         swu.read_bundle(out.tmp_path)  # re-read what we wrote: layout and cpio checksums
@@ -255,13 +256,12 @@ def run_bundle(args: Any) -> int:
 
 
 def run_verify(args: Any) -> int:
+    from ..atomic import read_input
     from ..formats import cms
     from ..formats import swupdate as swu
 
     check_readable(args.bundle)
-    check_readable(args.cert)
-    with open(args.cert, "rb") as fh:
-        pem = fh.read()
+    pem = read_input(args.cert, "certificate")
     if args.sig_mode == "cms":
         found = swu.verify_bundle(args.bundle, mode="cms", trusted=cms.load_certificates(pem, args.cert))
     else:

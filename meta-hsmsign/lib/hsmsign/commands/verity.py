@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..atomic import check_readable
-from .common import emit, open_key_from_args, record
+from .common import emit, open_key_from_args, signed_outputs
 
 EXAMPLE = """\
 examples:
@@ -59,10 +59,8 @@ def register(sub: Any, parents: Any) -> None:
 
 
 def run_sign(args: Any) -> int:
-    import contextlib
     import hashlib
 
-    from .. import atomic
     from ..errors import ConfigError
     from ..formats import cms, verity
 
@@ -75,11 +73,11 @@ def run_sign(args: Any) -> int:
     elif args.hash_tree:
         raise ConfigError("--hash-tree goes with --image", "with --root-hash no tree is built")
 
-    with open_key_from_args(args) as key, contextlib.ExitStack() as outputs:
-        # the hash tree is renamed into place only after the signature is made and written:
-        # a failed signature (wrong --cert, token gone) leaves no tree behind
+    # the hash tree, root hash and signature are renamed into place together, with the ledger
+    # entry, only once the signature is made: a failure (wrong --cert, token gone) leaves none
+    with signed_outputs(args) as outputs, open_key_from_args(args) as key:
         if args.image:
-            tree = outputs.enter_context(atomic.atomic_output(args.hash_tree))
+            tree = outputs.open(args.hash_tree)
             params = verity.format_image(args.image, tree.tmp_path, args.veritysetup_arg)
             verity.verify_tree(args.image, tree.tmp_path, params.root_hash)
             root_hash = params.root_hash
@@ -87,10 +85,9 @@ def run_sign(args: Any) -> int:
             root_hash = verity.normalize_root_hash(args.root_hash)
         sig = verity.sign_root_hash(key, cert, root_hash, signed_attrs=args.signed_attrs)
         if args.root_hash_output:
-            atomic.write_bytes_atomic(args.root_hash_output, root_hash.encode())
-        atomic.write_bytes_atomic(args.output, sig)
-        record(
-            args,
+            outputs.write(args.root_hash_output, root_hash.encode())
+        outputs.write(args.output, sig)
+        outputs.record(
             artifact=args.image or args.output,
             sha256_hex=hashlib.sha256(root_hash.encode()).hexdigest(),
             key=key,

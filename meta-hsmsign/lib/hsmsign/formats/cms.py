@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime
 import functools
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -97,15 +98,14 @@ def load_certificates(data: bytes, what: str = "certificate file") -> list[Any]:
 
 
 def read_certificate_file(path: str) -> Any:
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
+    from ..atomic import read_input
+
+    if not os.path.exists(path):
         raise ConfigError(
-            f"cannot read certificate {path}: {exc.strerror}",
+            f"cannot read certificate {path}: No such file or directory",
             "create one with 'hsmsign cert --uri URI --subject CN=... --output CERT.pem'",
-        ) from exc
-    return load_certificate(data, f"{path}")
+        )
+    return load_certificate(read_input(path, "certificate"), f"{path}")
 
 
 def _spki(public_key: Any) -> bytes:

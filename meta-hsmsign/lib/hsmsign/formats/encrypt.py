@@ -123,13 +123,11 @@ def published_key(fingerprint: str, key_bits: int | None = None) -> str | None:
 
 
 def _read_chunks(path: str, counter: list[int]) -> Iterator[bytes]:
-    with open(path, "rb") as fh:
-        while True:
-            chunk = fh.read(CHUNK)
-            if not chunk:
-                return
-            counter[0] += len(chunk)
-            yield chunk
+    from ..atomic import stream_input  # bounded, and a file changed while read is an error
+
+    for chunk in stream_input(path, "input", CHUNK):
+        counter[0] += len(chunk)
+        yield bytes(chunk)
 
 
 def encrypt_file(aes: Any, in_path: str, out: Any, iv: bytes, progress: Any = None) -> EncryptResult:

@@ -438,11 +438,6 @@ def verify_description_signature(
 
 
 def read_limited(path: str, limit: int = MAX_DESCRIPTION) -> bytes:
-    try:
-        size = os.path.getsize(path)
-        if size > limit:
-            raise ConfigError(f"{path} is {size} bytes; a sw-description is at most {limit}")
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    from ..atomic import read_input
+
+    return read_input(path, "sw-description", limit)

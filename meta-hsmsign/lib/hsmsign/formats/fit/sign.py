@@ -359,7 +359,7 @@ def sign_file(
     options: SignOptions,
     *,
     fit_check_sign: str | None = None,
-    ledger: str | None = None,
+    ledger: str | Any = None,
     key_dtb: KeyDestination | None = None,
     what: str | None = None,
 ) -> SignResult:
@@ -367,16 +367,20 @@ def sign_file(
 
     Signs every wanted node (``sign_fit``), checks the result with U-Boot's own
     ``fit_check_sign`` when given (``verify.device_check``), adds the public keys to
-    ``key_dtb`` when given, writes the FIT (and the DTB) atomically, and appends one
-    ledger entry per signature. A refusal anywhere writes nothing.
+    ``key_dtb`` when given, and appends one ledger entry per signature while it renames
+    the FIT (and the DTB) into place: all of them land, or none (a refusal anywhere,
+    or a ledger that cannot be appended, writes nothing). ``ledger`` is a path (checked
+    here, before the first signature) or a ``hsmsign.ledger.Batch`` made by the caller
+    before it opened the token.
     """
     from ... import ledger as ledger_mod
-    from ...atomic import read_input, write_bytes_atomic
+    from ...atomic import MAX_IMAGE, read_input, staged
     from .verify import device_check
 
+    batch = ledger if isinstance(ledger, ledger_mod.Batch) else ledger_mod.Batch(ledger)
     name = what or os.path.basename(source)
     dtb = read_input(key_dtb.path, "key destination DTB") if key_dtb is not None else None
-    result = sign_fit(read_input(source, "FIT"), signer_for, options, what=name)
+    result = sign_fit(read_input(source, "FIT", MAX_IMAGE), signer_for, options, what=name)
     result.device_checked = device_check(
         fit_check_sign, result, lambda hint: signer_for(hint).public_key(), name
     )
@@ -391,19 +395,19 @@ def sign_file(
                 required_mode=key_dtb.required_mode,
                 what=key_dtb.path,
             )
-    write_bytes_atomic(output, result.data)
-    if key_dtb is not None and dtb is not None:
-        write_bytes_atomic(key_dtb.path, dtb)
     digest = hashlib.sha256(result.data).hexdigest()
-    for item in result.signed:
-        key = signer_for(item.key_name)
-        ledger_mod.record(
-            artifact=os.path.abspath(output),
-            sha256_hex=digest,
-            key_fingerprint=key.fingerprint,
-            uri_redacted=key.uri.identity(),
-            mechanism=f"fit:{item.algo}" + (f":{item.padding}" if item.padding else ""),
-            kind="fit",
-            ledger=ledger,
-        )
+    with staged(batch.appended) as outputs:
+        outputs.write_bytes(output, result.data)
+        if key_dtb is not None and dtb is not None:
+            outputs.write_bytes(key_dtb.path, dtb)
+        for item in result.signed:
+            key = signer_for(item.key_name)
+            batch.add(
+                artifact=os.path.abspath(output),
+                sha256_hex=digest,
+                key_fingerprint=key.fingerprint,
+                uri_redacted=key.uri.identity(),
+                mechanism=f"fit:{item.algo}" + (f":{item.padding}" if item.padding else ""),
+                kind="fit",
+            )
     return result
