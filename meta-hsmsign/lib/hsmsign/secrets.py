@@ -659,34 +659,36 @@ def _rest(line: str, at: int) -> str:
     return value
 
 
-def line_assignments(line: str, nested: bool = True) -> Iterator[tuple[str, str, str]]:
-    """(name, raw value, operator) of each assignment in one line, whatever its length.
+def line_assignments(line: str, nested: bool = True) -> Iterator[tuple[str, str, str, bool]]:
+    """(name, raw value, operator, at line start) of each assignment in one line, whatever its length.
 
     The assignment the line starts with (BitBake, shell, YAML, INI, ``#define``), every
     ``"name": value`` pair in it (compact JSON: BitBake's sigdata), and the
     assignments in the lines of a JSON string value (a task's shell code in sigdata).
+    Only the first is "at line start": sigdata keeps values unexpanded, so a
+    key-file variable there (``${...}``) is not a configuration of its own.
     """
     m = ASSIGNMENT.match(line)
     if m is not None:
-        yield m.group("name"), _rest(line, m.end()), m.group("op")
+        yield m.group("name"), _rest(line, m.end()), m.group("op"), nested
     else:
         d = DEFINE.match(line)
         if d is not None:
-            yield d.group("name"), _rest(line, d.end()), " "
+            yield d.group("name"), _rest(line, d.end()), " ", nested
     if '"' not in line or ":" not in line:
         return
     for jm in JSON_PAIR.finditer(line):
         name, raw = jm.group("name"), jm.group("value")
         if not raw.startswith('"'):
             if _has_keyword(name):
-                yield name, raw, ": "
+                yield name, raw, ": ", False
             continue
         try:
             value = json.loads(raw)
         except ValueError:
             value = raw[1:-1]
         if _has_keyword(name):
-            yield name, '"' + value + '"', ": "
+            yield name, '"' + value + '"', ": ", False
         if nested and "\n" in value and _has_keyword(value):
             for sub in value.split("\n")[:_MAX_NESTED_LINES]:
                 if _has_keyword(sub):
@@ -752,7 +754,7 @@ def check_variable(name: str, value: object) -> Finding | None:
         for line in text.split("\n")[:_MAX_NESTED_LINES]:
             if not _has_keyword(line):
                 continue
-            for sub_name, raw, op in line_assignments(line):
+            for sub_name, raw, op, _ in line_assignments(line):
                 found = classify_assignment(sub_name, raw, source, 0, op)
                 if found is not None and found.kind not in ("key-file-variable", "pin-value"):
                     return found

@@ -292,7 +292,7 @@ def _scan_pin_value(data: bytes, source: str) -> list[Finding]:
     ]
 
 
-# lines naming a PKCS#11 tool are parsed too: "pkcs11-tool -l -p 1234" holds no other keyword
+# lines naming a PKCS#11 tool are parsed too: "pkcs11-tool -l -p PIN" holds no other keyword
 _TOOL_KEYWORDS = (b"pkcs11", b"softhsm", b"p11tool", b"sc-hsm", b"yubihsm", b"ykman", b"tpm2_ptool",
                   b"pkcs15", b"piv-tool", b"sshpass")
 _MAX_CONTINUATION = 32
@@ -328,9 +328,10 @@ def _scan_assignments(data: bytes, source: str) -> list[Finding]:
         line_no += data.count(b"\n", counted, ls)
         counted = ls
         line = data[ls:le].decode("utf-8", "replace")
-        for name, value, op in line_assignments(line):
+        for name, value, op, at_start in line_assignments(line):
             f = classify_assignment(name, value, source, line_no, op)
-            if f is not None and f.kind != "pin-value":  # pin-value is found by its own scan
+            # pin-value is found by its own scan
+            if f is not None and f.kind != "pin-value" and (at_start or f.kind != "key-file-variable"):
                 out.append(f)
         low = line.lower()
         if "-" in line and ("pass" in low or any(t in low for t in PIN_TOOLS)):
