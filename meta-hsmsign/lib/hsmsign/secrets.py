@@ -397,7 +397,7 @@ def find_ci(data: bytes, needle: bytes, chunk: int = 1 << 20) -> Iterator[int]:
 
 
 def pin_value_matches(data: bytes) -> Iterator[tuple[int, int]]:
-    """(start, end) of each ``pin-value=VALUE`` with a value, any case."""
+    """(start, end) of each pin-value attribute that has a value, in any letter case."""
     for pos in find_ci(data, URI_PIN_ATTR):
         m = PIN_IN_URI_BYTES.match(data, pos)
         if m is not None and _PIN_CHAR_BYTES.search(m.group(2)):
