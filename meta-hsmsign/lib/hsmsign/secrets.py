@@ -646,9 +646,31 @@ _KEYWORDS_TEXT = tuple(k.decode() for k in _KEYWORDS)
 _MAX_NESTED_LINES = 2000
 
 
-def _has_keyword(text: str) -> bool:
+def _has_keyword(text: str, extra: tuple[str, ...] = ()) -> bool:
     low = text.lower()
-    return any(k in low for k in _KEYWORDS_TEXT)
+    for k in _KEYWORDS_TEXT + extra:
+        if k in low:
+            return True
+    return False
+
+
+def _keyword_lines(text: str) -> list[str]:
+    """The lines of ``text`` that hold a keyword, in order (str.find per keyword, not per line)."""
+    low = text.lower()
+    starts: set[int] = set()
+    for k in _KEYWORDS_TEXT:
+        pos = low.find(k)
+        while pos >= 0 and len(starts) < _MAX_NESTED_LINES:
+            starts.add(low.rfind("\n", 0, pos) + 1)
+            end = low.find("\n", pos)
+            if end < 0:
+                break
+            pos = low.find(k, end)
+    out = []
+    for start in sorted(starts):
+        end = text.find("\n", start)
+        out.append(text[start : end if end >= 0 else len(text)])
+    return out
 
 
 def _rest(line: str, at: int) -> str:
@@ -722,6 +744,10 @@ def _key_material(name: str, text: str, source: str) -> Finding | None:
     return None
 
 
+# what key material of each form holds, lower-cased: a cheap test before the patterns
+_KEY_MARKS = ("begin", "putty-user-key-file-", "age-secret-key-1", "kty", "ls0t")
+
+
 def check_variable(name: str, value: object) -> Finding | None:
     """Check one BitBake datastore variable; the finding names the variable, never its value.
 
@@ -735,25 +761,24 @@ def check_variable(name: str, value: object) -> Finding | None:
         return None
     text = value if isinstance(value, str) else str(value)
     source = f"variable {name}"
-    found = _key_material(name, text, source)
-    if found is not None:
-        return found
-    hit = _PIN_ATTR_ANY_CASE.search(text)
+    low = text.lower()
+    if any(m in low for m in _KEY_MARKS):
+        found = _key_material(name, text, source)
+        if found is not None:
+            return found
+    hit = _PIN_ATTR_ANY_CASE.search(text) if "pin-value=" in low else None
     if hit is not None:
         excerpt = pin_value_excerpt(text.encode("utf-8", "replace"), len(text[: hit.start()].encode()))
         return _finding(source, 0, "pin-value", f"{name} = {excerpt}")
     found = classify_assignment(name, text, source, 0, "=")
     if found is not None:
         return found
-    low = text.lower()
-    if not _has_keyword(low) and not any(t in low for t in PIN_TOOLS):
+    if not _has_keyword(text, PIN_TOOLS):
         return None
     for _, excerpt in pin_arguments(text):
         return _finding(source, 0, "pin-argument", f"{name}: {excerpt}")
     if "\n" in text or '"' in text:
-        for line in text.split("\n")[:_MAX_NESTED_LINES]:
-            if not _has_keyword(line):
-                continue
+        for line in _keyword_lines(text):
             for sub_name, raw, op, _ in line_assignments(line):
                 found = classify_assignment(sub_name, raw, source, 0, op)
                 if found is not None and found.kind not in ("key-file-variable", "pin-value"):
