@@ -9,10 +9,12 @@ output it shows. The leak scanner
 Kinds of finding (``KINDS``, each with its ``ADVICE``):
 
 - ``private-key``: PEM private keys of every flavour (PKCS#1, PKCS#8, SEC1 EC,
-  encrypted, OpenSSH, PGP secret key blocks, PuTTY), also inside string literals;
+  encrypted, OpenSSH, PGP secret key blocks, PuTTY) at any line width, also inside
+  string literals and base64-encoded; SSH2 (RFC 4716), age and JWK private keys;
 - ``private-key-der``: raw DER private keys and PKCS#12 files;
 - ``pin-value``: a PKCS#11 URI carrying a ``pin-value`` attribute (RFC 7512 section 2.4);
 - ``pin-assignment``: PINs, passwords and passphrases assigned in configuration;
+- ``pin-argument``: PINs and passwords given to a tool on a command line;
 - ``symmetric-key``: hex or base64 of 128/192/256 bits assigned to a key-like name
   (``KEY``, ``AES``, ``IV``, ...), and one-line key files (swupdate's ``key iv``);
 - ``key-file-variable``: variables that point a build at a private-key file
@@ -22,7 +24,9 @@ Kinds of finding (``KINDS``, each with its ``ADVICE``):
   ``weak-symmetric-key`` for published and patterned symmetric keys.
 
 Patterns are assembled from pieces so that this file does not itself contain a
-contiguous PEM private-key header.
+contiguous PEM private-key header. Every pattern runs in time linear in its input
+(no regex that can backtrack over a run), and a finding never carries the secret
+or its length: its id is the kind and the place (:func:`location_id`).
 """
 
 from __future__ import annotations
