@@ -843,3 +843,12 @@ def test_age_secret_keys() -> None:
     key = "AGE-SECRET-KEY-1" + "".join(alphabet[b % 32] for b in os.urandom(58))
     found = audit.scan_text(f"# created: 2026-01-01\n# public key: age1xyz\n{key}\n", "keys.txt")
     assert [(f.kind, f.line) for f in found] == [("private-key", 3)] and key[20:] not in found[0].format()
+
+
+def test_pin_argument_with_the_tool_on_an_earlier_continuation_line() -> None:
+    text = "#!/bin/sh\nsofthsm2-util --init-token --free \\\n    --label dev \\\n    --so-pin 12345678 --pin 8765\n"
+    found = audit.scan_text(text, "setup.sh")
+    assert sorted((f.kind, f.line, f.excerpt) for f in found) == [
+        ("pin-argument", 4, "softhsm2-util --pin [redacted]"),
+        ("pin-argument", 4, "softhsm2-util --so-pin [redacted]"),
+    ]

@@ -212,7 +212,7 @@ def _scan_pem(data: bytes, source: str) -> list[Finding]:
 _SSH_PUBLIC_LINE = re.compile(
     rb"(?:ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)) (AAAA[A-Za-z0-9+/]+=*)"
 )
-_SSH_PUBLIC_PREFIX = (b"ssh-ed25519 ", b"ssh-rsa ", b"ecdsa-sha2-nistp")
+_SSH_PUBLIC_PREFIX = (b"ssh-", b"ecdsa-sha2-nistp")  # ssh-ed25519, ssh-rsa: one pass
 
 
 def _scan_ssh_public(data: bytes, source: str) -> list[Finding]:
@@ -292,10 +292,11 @@ def _scan_pin_value(data: bytes, source: str) -> list[Finding]:
     ]
 
 
-# lines naming a PKCS#11 tool are parsed too: "pkcs11-tool -l -p PIN" holds no other keyword
-_TOOL_KEYWORDS = (b"pkcs11", b"softhsm", b"p11tool", b"sc-hsm", b"yubihsm", b"ykman", b"tpm2_ptool",
-                  b"pkcs15", b"piv-tool", b"sshpass")
+# lines naming a tool whose "-p" takes a PIN are parsed too ("pkcs11-tool -l -p PIN" holds no
+# other keyword); the long options (--pin, --so-pin, --password) hold one themselves
+_TOOL_KEYWORDS = (b"pkcs11-tool", b"yubihsm")
 _MAX_CONTINUATION = 32
+_OPTION_HINTS = ("pass", "pin", "puk", *PIN_TOOLS)
 
 
 def _candidate_lines(lowered: bytes) -> list[int]:
@@ -334,14 +335,26 @@ def _scan_assignments(data: bytes, source: str) -> list[Finding]:
             if f is not None and f.kind != "pin-value" and (at_start or f.kind != "key-file-variable"):
                 out.append(f)
         low = line.lower()
-        if "-" in line and ("pass" in low or any(t in low for t in PIN_TOOLS)):
-            out.extend(_pin_arguments(data, le, line, source, line_no))
+        if "-" in line and any(t in low for t in _OPTION_HINTS):
+            out.extend(_pin_arguments(data, ls, le, line, source, line_no))
     return out
 
 
-def _pin_arguments(data: bytes, le: int, line: str, source: str, line_no: int) -> list[Finding]:
-    """PINs given as option values, in the command this line starts (backslash continuations included)."""
+def _pin_arguments(data: bytes, ls: int, le: int, line: str, source: str, line_no: int) -> list[Finding]:
+    """PINs given as option values in the command this line is part of (backslash continuations)."""
     logical = line
+    first = line_no
+    # an option line that continues a command: the tool is named on a line before it
+    for _ in range(_MAX_CONTINUATION):
+        if ls <= 0 or not logical.lstrip().startswith("-") or len(logical) > 4096:
+            break
+        prev = data.rfind(b"\n", 0, ls - 1) + 1
+        text = data[prev : ls - 1].decode("utf-8", "replace")
+        if not text.rstrip().endswith("\\"):
+            break
+        logical = text + "\n" + logical
+        first -= 1
+        ls = prev
     for _ in range(_MAX_CONTINUATION):
         if not logical.rstrip().endswith("\\") or le >= len(data) or len(logical) > 4096:
             break
@@ -350,7 +363,7 @@ def _pin_arguments(data: bytes, le: int, line: str, source: str, line_no: int) -
         logical += "\n" + data[le + 1 : nxt].decode("utf-8", "replace")
         le = nxt
     return [
-        _finding(source, line_no + logical.count("\n", 0, at), "pin-argument", excerpt)
+        _finding(source, first + logical.count("\n", 0, at), "pin-argument", excerpt)
         for at, excerpt in pin_arguments(logical)
     ]
 
