@@ -846,7 +846,10 @@ def test_age_secret_keys() -> None:
 
 
 def test_pin_argument_with_the_tool_on_an_earlier_continuation_line() -> None:
-    text = "#!/bin/sh\nsofthsm2-util --init-token --free \\\n    --label dev \\\n    --so-pin 12345678 --pin 8765\n"
+    text = (
+        "#!/bin/sh\nsofthsm2-util --init-token --free \\\n"
+        "    --label dev \\\n    --so-pin 12345678 --pin 8765\n"
+    )
     found = audit.scan_text(text, "setup.sh")
     assert sorted((f.kind, f.line, f.excerpt) for f in found) == [
         ("pin-argument", 4, "softhsm2-util --pin [redacted]"),
