@@ -16,6 +16,7 @@ Not run by the test suite.
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import json
 import os
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "meta-hsmsign" / "lib"))
 
 from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa  # noqa: E402
 from hsmsign import audit  # noqa: E402
 
 PIN_ATTR = "pin-value"  # spelled apart: no file outside tests/ holds a pin-value assignment
@@ -124,6 +125,102 @@ def build_tree(base: Path, text_mb: int, binary_mb: int, seed: int = 7) -> dict[
             tf.addfile(ti, io.BytesIO(data))
     (deploy / "core-image.tar.gz").write_bytes(buf.getvalue())
     planted["tmp/deploy/images/acme-board/core-image.tar.gz"] = "RSA private key inside a rootfs tarball"
+    planted.update(plant_formats(base, rng))
+    return planted
+
+
+def _b64u(n: int, size: int = 0) -> str:
+    raw = n.to_bytes(size or (n.bit_length() + 7) // 8, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def plant_formats(base: Path, rng: random.Random) -> dict[str, str]:
+    """Secrets in the shapes a line-based scanner misses: long lines, other wrappings, other spellings."""
+    nosec = serialization.NoEncryption()
+    planted: dict[str, str] = {}
+    ci = base / "ci"
+    stamps = base / "tmp" / "stamps" / "acme-board"
+    for d in (ci, stamps):
+        d.mkdir(parents=True, exist_ok=True)
+
+    def put(rel: str, text: str, what: str) -> None:
+        (base / rel).write_text(text)
+        planted[rel] = what
+
+    # BitBake sigdata: one line of JSON, the task's code inside a string
+    varvals = {f"VAR_{i}": " ".join(rng.choices(WORDS, k=5)) for i in range(300)}
+    varvals.update(
+        {
+            "HSM_PIN": str(rng.randint(10**7, 10**8)),
+            "SWUPDATE_AES_KEY": rng.randbytes(32).hex(),
+            "do_sign": f"    mkimage -k 'pkcs11:object=fw?{PIN_ATTR}={rng.randint(1000, 9999)}' -F fit.itb\n",
+        }
+    )
+    sig = json.dumps({"task": "do_sign", "varvals": varvals}, separators=(",", ":"), sort_keys=True)
+    put(
+        "tmp/stamps/acme-board/u-boot.do_sign.sigdata.0123",
+        sig,
+        "PIN, AES key, pin-value in one-line sigdata",
+    )
+    put(
+        "ci/long-line.log",
+        "NOTE: " + "x" * 300 + f" pkcs11:token=acme?{PIN_ATTR.upper()}=8642 done\n",
+        "upper-case pin-value at column 300",
+    )
+    put(
+        "ci/provision.sh",
+        f"pkcs11-tool --module /usr/lib/softhsm/libsofthsm2.so -l --pin {rng.randint(10**5, 10**6)} -O\n",
+        "pkcs11-tool --pin",
+    )
+    rsa_pem = rsa.generate_private_key(65537, 2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, nosec
+    )
+    lines = rsa_pem.decode().splitlines()
+    body = "".join(lines[1:-1])
+    put(
+        "ci/key76.pem",
+        lines[0]
+        + "\n"
+        + "\n".join(body[i : i + 76] for i in range(0, len(body), 76))
+        + "\n"
+        + lines[-1]
+        + "\n",
+        "PEM re-wrapped at 76 columns",
+    )
+    put("ci/signing.env", f"SIGNING_KEY={lines[0]}{body}{lines[-1]}\n", "one-line PEM in an env file")
+    put(
+        "ci/k8s-secret.yaml",
+        "apiVersion: v1\nkind: Secret\ntype: kubernetes.io/tls\ndata:\n  tls.key: "
+        + base64.b64encode(rsa_pem).decode()
+        + "\n",
+        "base64-wrapped PEM (Kubernetes Secret)",
+    )
+    en = ec.generate_private_key(ec.SECP256R1()).private_numbers()
+    jwk = {
+        "kty": "EC",
+        "crv": "P-256",
+        "x": _b64u(en.public_numbers.x, 32),
+        "y": _b64u(en.public_numbers.y, 32),
+        "d": _b64u(en.private_value, 32),
+    }
+    put("ci/jwks.json", json.dumps({"keys": [jwk]}), "JWK EC private key")
+    put(
+        "ci/oct.jwk",
+        json.dumps({"kty": "oct", "k": base64.urlsafe_b64encode(rng.randbytes(32)).decode()}),
+        "JWK oct (AES) key",
+    )
+    ssh2 = base64.b64encode(bytes.fromhex("3f6ff9eb") + rng.randbytes(900)).decode()
+    put(
+        "ci/id_rsa.ssh2",
+        '---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----\nComment: "rsa-key"\n'
+        + "\n".join(ssh2[i : i + 70] for i in range(0, len(ssh2), 70))
+        + "\n---- END SSH2 ENCRYPTED PRIVATE KEY ----\n",
+        "SSH2 private key",
+    )
+    ed = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, nosec
+    )
+    put("ci/deploy-key.json", json.dumps({"deploy_key": ed.decode()}), "OpenSSH key in a JSON string")
     return planted
 
 

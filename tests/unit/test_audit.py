@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -470,3 +473,385 @@ def test_scanner_source_holds_no_literal_pem_header() -> None:
     src = "".join(p.read_text() for p in Path(audit.__file__).resolve().parents[1].glob("**/*.py"))
     assert "-----BEGIN " + "PRIVATE KEY" not in src
     assert "BEGIN RSA " + "PRIVATE" not in src
+
+
+# --- ids and redaction: nothing of a secret, not even its length ------------------------
+
+SECRET_LINES = [
+    ("pin-assignment", 'HSM_PIN = "{s}"\n'),
+    ("pin-value", "HSM_PKCS11_URI = pkcs11:token=t;object=k?pin-value={s}\n"),
+    ("pin-argument", "pkcs11-tool -l --pin {s} --list-objects\n"),
+    ("pin-assignment", '{{"varvals":{{"SO_PIN":"{s}","PN":"x"}}}}\n'),
+]
+
+
+@pytest.mark.parametrize("kind,template", SECRET_LINES)
+def test_ids_and_excerpts_reveal_nothing_of_the_secret(tmp_path: Path, kind: str, template: str) -> None:
+    """Two PINs of different lengths at one place: the same id and excerpt, neither holding the PIN."""
+    reports = []
+    for pin in ("4711", "24681357" + os.urandom(4).hex()):
+        (tmp_path / "site.conf").write_text(template.format(s=pin))
+        found, _, _ = audit.scan_paths([str(tmp_path)])
+        assert [f.kind for f in found] == [kind]
+        f = found[0]
+        text = f.format() + json.dumps(f.as_dict())
+        assert pin not in text and pin[:3] not in f.excerpt and str(len(pin)) not in f.excerpt
+        assert f.id == audit.location_id(kind, "site.conf", 1) and f.id.startswith("loc-")
+        # the old id was sha256(kind, secret): brute-forceable for a short PIN
+        assert hashlib.sha256(kind.encode() + b"\0" + pin.encode()).hexdigest()[:16] not in text
+        reports.append((f.id, f.excerpt))
+    assert reports[0] == reports[1]
+
+
+def test_no_secret_length_in_any_excerpt(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    (tmp_path / "key.der").write_bytes(rsa_key.private_bytes(DER, serialization.PrivateFormat.PKCS8, NOENC))
+    (tmp_path / "key.pem").write_bytes(rsa_key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, NOENC))
+    (tmp_path / "aes.key").write_text(os.urandom(32).hex() + " " + os.urandom(16).hex() + "\n")
+    (tmp_path / "env.sh").write_text(
+        f"export FW_AES_KEY={os.urandom(24).hex()}\nexport SO_PASSWORD=x{os.urandom(9).hex()}\n"
+    )
+    found, _, _ = audit.scan_paths([str(tmp_path)])
+    assert len(found) == 5
+    for f in found:
+        assert "[redacted]" in f.excerpt or "redacted" not in f.excerpt
+        assert re.search(r"\d+ (?:chars?|bytes?|hex)", f.excerpt) is None, f.excerpt
+
+
+def test_ids_follow_the_place_not_the_checkout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ids name a file relative to the repository (or scanned directory): the same on every checkout."""
+    ids = []
+    for where in ("a/checkout", "elsewhere/clone"):
+        repo = tmp_path / where
+        (repo / ".git").mkdir(parents=True)
+        (repo / "conf").mkdir()
+        (repo / "conf" / "local.conf").write_text('MACHINE = "x"\nHSM_PIN = "2468"\n')
+        whole, _, _ = audit.scan_paths([str(repo)])
+        one, _, _ = audit.scan_paths([str(repo / "conf" / "local.conf")])
+        sub, _, _ = audit.scan_paths([str(repo / "conf")])
+        assert len({f.id for f in whole + one + sub}) == 1
+        ids.append(whole[0].id)
+    assert ids[0] == ids[1] == audit.location_id("pin-assignment", "conf/local.conf", 2)
+    # an old-style id (the secret's hash) no longer matches and says what to do
+    repo = tmp_path / "a/checkout"
+    allow = repo / ".hsmsign-audit-allow"
+    old = hashlib.sha256(b"pin-assignment\0HSM_PIN=2468").hexdigest()[:16]
+    allow.write_text(f"id {old}\n")
+    loaded = audit.Allowlist.load(str(allow))
+    assert len(loaded.warnings) == 1 and "old-style id" in loaded.warnings[0]
+    assert main(["audit", "--allowlist", str(allow), str(repo)]) == 4
+    err = capsys.readouterr().err
+    assert "old-style id" in err and "loc-" in err
+    allow.write_text(f"# reviewed\nid {ids[0]}\n")
+    assert main(["audit", "--allowlist", str(allow), str(repo)]) == 0
+
+
+# --- linear time ------------------------------------------------------------------------
+
+ADVERSARIAL = [
+    "HSM_PIN=a{sp}b\n",
+    "export HSM_PIN=a{sp},{sp}b\n",
+    "#define HSM_PIN a{sp}b\n",
+    '{{"HSM_PIN": "a{sp}b", "SO_PIN": 1{sp}\n',
+    "pkcs11:token=t?pin-value=a{sp}b\n",
+    "pkcs11-tool --pin{sp}b --so-pin{sp}\n",
+    "-----BEGIN RSA PRIVATE KEY-----{sp}b\n",
+    "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0t{sp}b\n",
+    '{{"kty": "RSA", "d": "{sp}\n',
+    "---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----{sp}b\n",
+]
+
+
+@pytest.mark.parametrize("spaces", [5000, 50000])
+@pytest.mark.parametrize("template", ADVERSARIAL)
+def test_long_blank_runs_scan_in_linear_time(template: str, spaces: int) -> None:
+    """The example of the report (HSM_PIN=a, 5,000 blanks, b took over 100 s) and its relatives."""
+    text = template.format(sp=" " * spaces)
+    start = time.process_time()
+    audit.scan_text(text, "x.conf")
+    audit.check_variable("HSM_PIN", text)
+    assert time.process_time() - start < 0.5
+
+
+# --- formats and places the scanner used to miss ------------------------------------------
+
+
+@pytest.mark.parametrize("column", [0, 153, 10_000, 200_000])
+def test_whole_lines_are_scanned(column: int) -> None:
+    pad = ("abc " * (column // 4 + 1))[:column]
+    for spelling in ("pin-value", "PIN-VALUE", "Pin-Value", "pIn-vAlUe"):
+        text = pad + f"pkcs11:token=t;object=k?{spelling}=97531\n"
+        found = audit.scan_text(text, "long.txt")
+        assert [f.kind for f in found] == ["pin-value"], spelling
+        assert "97531" not in found[0].format() and found[0].excerpt.startswith("pkcs11:token=t")
+    # an assignment on the line after a long one, and a JSON pair at the end of it
+    text = pad + f'"SO_PIN": "97531"\nFW_KEY = "{os.urandom(16).hex()}"\n'
+    found = audit.scan_text(text, "x")
+    assert [(f.kind, f.line) for f in found] == [("pin-assignment", 1), ("symmetric-key", 2)]
+
+
+def test_compact_sigdata_json() -> None:
+    """BitBake's sigdata: one line of JSON, the task's shell code as strings with \\n escapes."""
+    aes = os.urandom(32).hex()
+    task = (
+        "    export MKIMAGE_SIGN_PIN=1357\n"
+        "    mkimage -k 'pkcs11:object=k?PIN-VALUE=2468' -F fit.itb\n"
+        "    pkcs11-tool -l --pin=1111 --sign\n"
+    )
+    varvals = {
+        "HSM_PIN": "80604020",
+        "SWUPDATE_AES_KEY": aes,
+        "do_sign": task,
+        "PN": "u-boot",
+        "UBOOT_SIGN_KEYDIR": "${HSMSIGN_KEY_ID}",
+        "HSMSIGN_PUBKEY_SHA256": os.urandom(32).hex(),
+    }
+    blob = json.dumps({"task": "do_sign", "varvals": varvals}, separators=(",", ":"), sort_keys=True)
+    assert "\n" not in blob and len(blob) > 160
+    found = audit.scan_text(blob, "u-boot.do_sign.sigdata")
+    assert sorted((f.kind, f.excerpt) for f in found) == [
+        ("pin-argument", "pkcs11-tool --pin [redacted]"),
+        ("pin-assignment", 'HSM_PIN = "[redacted]"'),
+        ("pin-assignment", 'MKIMAGE_SIGN_PIN = "[redacted]"'),
+        ("pin-value", "pkcs11:object=k?pin-value=[redacted]"),
+        ("symmetric-key", 'SWUPDATE_AES_KEY = "[redacted]"'),
+    ]
+    report = json.dumps([f.as_dict() for f in found])
+    for secret in ("80604020", aes, "1357", "2468", "1111"):
+        assert secret not in report
+
+
+@pytest.mark.parametrize(
+    "command,excerpt,secret",
+    [
+        ("pkcs11-tool --pin 123456 -l --list-objects", "pkcs11-tool --pin", "123456"),
+        ("pkcs11-tool --pin=123456 -s", "pkcs11-tool --pin", "123456"),
+        ("pkcs11-tool -l -p 123456 -s -m ECDSA", "pkcs11-tool -p", "123456"),
+        ("/usr/bin/pkcs11-tool -l -p'123456' -s", "pkcs11-tool -p", "123456"),
+        ("PKCS11-TOOL --LOGIN --PIN 'a b c' --sign", "PKCS11-TOOL --PIN", "a b c"),
+        (
+            "pkcs11-tool --login --so-pin 87654321 --init-pin --new-pin 2222",
+            "pkcs11-tool --so-pin",
+            "87654321",
+        ),
+        (
+            "softhsm2-util --init-token --free --label t --so-pin 12345678 --pin 8765",
+            "softhsm2-util",
+            "12345678",
+        ),
+        ("p11tool --login --set-pin=4321 'pkcs11:token=a'", "p11tool --set-pin", "4321"),
+        ("yubihsm-shell -a sign-pkcs1v15 -p password1 -i 1", "yubihsm-shell -p", "password1"),
+        ("openssl pkcs12 -export -passout pass:hunter22 -in x.pem", "-passout pass:", "hunter22"),
+        ("openssl rsa -passin 'pass:hunter22' -in x.pem", "-passin 'pass:", "hunter22"),
+        ("keytool -importkeystore -srcstorepass s3cret -deststorepass s3cret", "-srcstorepass", "s3cret"),
+        ("gpg --batch --passphrase s3cr3t --sign x", "--passphrase", "s3cr3t"),
+    ],
+)
+def test_pins_on_command_lines(command: str, excerpt: str, secret: str) -> None:
+    for text in (command + "\n", f"do_sign() {{\n    {command} && echo ok\n}}\n", "run: |\n  " + command):
+        found = audit.scan_text(text, "run.do_sign")
+        assert {f.kind for f in found} == {"pin-argument"}, (text, found)
+        assert any(f.excerpt.startswith(excerpt) for f in found)
+        assert all(secret not in f.format() for f in found)
+    f = audit.check_variable("do_sign", f"    {command}\n")
+    assert f is not None and f.kind == "pin-argument" and secret not in f.format()
+
+
+def test_pin_argument_on_a_continuation_line() -> None:
+    text = "pkcs11-tool --module /usr/lib/softhsm/libsofthsm2.so \\\n    --login \\\n    --pin 2468 --sign\n"
+    found = audit.scan_text(text, "sign.sh")
+    assert [(f.kind, f.line) for f in found] == [("pin-argument", 3)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "mkdir -p /x && ssh -p 22 host\n",
+        'pkcs11-tool --pin "$HSM_PIN" -l --sign\n',
+        "pkcs11-tool --pin=${PIN} -l\n",
+        "pkcs11-tool -l --pin PIN --sign\n",
+        "softhsm2-util --init-token --so-pin SO_PIN --pin <pin>\n",
+        "pkcs11-tool -l; cp -p a b\n",
+        "hsmsign sign --pin-env CI_HSM_PIN -o x.sig x\n",
+        "openssl rsa -passin env:KEY_PASS -passout file:/run/pw\n",
+        "gpioset --pin 17 1\n",
+    ],
+)
+def test_pin_arguments_not_reported(text: str) -> None:
+    assert audit.scan_text(text, "x.sh") == []
+
+
+def _pem_lines(key: object, fmt: serialization.PrivateFormat) -> tuple[str, str, str]:
+    lines = key.private_bytes(PEM, fmt, NOENC).decode().splitlines()  # type: ignore[attr-defined]
+    return lines[0], "".join(lines[1:-1]), lines[-1]
+
+
+@pytest.mark.parametrize("width", [16, 48, 64, 76, 0, -1, -2])
+def test_pem_at_any_width(width: int, rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey) -> None:
+    for key, fmt in (
+        (rsa_key, serialization.PrivateFormat.TraditionalOpenSSL),
+        (ec_key, serialization.PrivateFormat.PKCS8),
+        (ec_key, serialization.PrivateFormat.OpenSSH),
+    ):
+        head, body, tail = _pem_lines(key, fmt)
+        if width > 0:
+            text = (
+                head + "\n" + "\n".join(body[i : i + width] for i in range(0, len(body), width)) + "\n" + tail
+            )
+        elif width == 0:  # one line, as environment variables flatten it
+            text = head + body + tail
+        elif width == -1:
+            text = head + " " + body + " " + tail
+        else:  # a JSON string with \n escapes
+            text = json.dumps({"key": head + "\n" + body[:64] + "\n" + body[64:] + "\n" + tail + "\n"})
+        found = audit.scan_text("config:\n" + text + "\n", "x")
+        assert [(f.kind, f.line) for f in found] == [("private-key", 2)], text[:80]
+        assert hashlib.sha256(spki(key)).hexdigest() in found[0].detail
+        assert body[10:30] not in found[0].format()
+
+
+@pytest.mark.parametrize("shape", ["k8s", "ci-variable", "wrapped76", "offset1", "offset2", "json"])
+def test_base64_wrapped_pem(shape: str, rsa_key: rsa.RSAPrivateKey) -> None:
+    pem = rsa_key.private_bytes(PEM, serialization.PrivateFormat.TraditionalOpenSSL, NOENC)
+    b64 = base64.b64encode(pem).decode()
+    text = {
+        "k8s": f"apiVersion: v1\nkind: Secret\ntype: kubernetes.io/tls\ndata:\n  tls.key: {b64}\n",
+        "ci-variable": f'variables:\n  SIGNING_KEY_B64: "{b64}"\n',
+        "wrapped76": "key: |\n" + "".join(f"  {b64[i : i + 76]}\n" for i in range(0, len(b64), 76)),
+        "offset1": "blob=" + base64.b64encode(b"x\n" + pem).decode() + "\n",
+        "offset2": "blob=" + base64.b64encode(b"#!\n" + pem + b"tail\n").decode() + "\n",
+        "json": json.dumps({"auths": {}, "tls": {"key": b64}}),
+    }[shape]
+    found = [f for f in audit.scan_text(text, "secret.yaml") if f.kind == "private-key"]
+    assert len(found) == 1 and found[0].excerpt.startswith("base64 of ")
+    assert hashlib.sha256(spki(rsa_key)).hexdigest() in found[0].detail
+    assert audit.check_variable("CI_KEY", b64) is not None
+    # a base64-wrapped certificate or public key is not a secret
+    pub = base64.b64encode(
+        rsa_key.public_key().public_bytes(PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    assert audit.scan_text(f"tls.crt: {pub.decode()}\n", "x") == []
+
+
+def _b64u(n: int, size: int = 0) -> str:
+    raw = n.to_bytes(size or (n.bit_length() + 7) // 8, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _jwks(rsa_key: rsa.RSAPrivateKey) -> dict[str, dict[str, str]]:
+    rn = rsa_key.private_numbers()
+    out = {
+        "RSA": {
+            "kty": "RSA",
+            "kid": "k1",
+            "n": _b64u(rn.public_numbers.n),
+            "e": _b64u(rn.public_numbers.e),
+            "d": _b64u(rn.d),
+            "p": _b64u(rn.p),
+            "q": _b64u(rn.q),
+        },
+    }
+    for crv, curve, size in (("P-256", ec.SECP256R1(), 32), ("P-384", ec.SECP384R1(), 48)):
+        k = ec.generate_private_key(curve)
+        en = k.private_numbers()
+        out[crv] = {
+            "kty": "EC",
+            "crv": crv,
+            "x": _b64u(en.public_numbers.x, size),
+            "y": _b64u(en.public_numbers.y, size),
+            "d": _b64u(en.private_value, size),
+        }
+    ed = ed25519.Ed25519PrivateKey.generate()
+    raw = serialization.Encoding.Raw
+    out["Ed25519"] = {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": base64.urlsafe_b64encode(ed.public_key().public_bytes(raw, serialization.PublicFormat.Raw))
+        .decode()
+        .rstrip("="),
+        "d": base64.urlsafe_b64encode(ed.private_bytes(raw, serialization.PrivateFormat.Raw, NOENC))
+        .decode()
+        .rstrip("="),
+    }
+    out["oct"] = {
+        "kty": "oct",
+        "alg": "A256GCM",
+        "k": base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("="),
+    }
+    return out
+
+
+def test_jwk_private_and_secret_keys(rsa_key: rsa.RSAPrivateKey) -> None:
+    keys = _jwks(rsa_key)
+    for name, jwk in keys.items():
+        want = "symmetric-key" if name == "oct" else "private-key"
+        for text in (
+            json.dumps(jwk, indent=2),
+            json.dumps({"keys": [jwk]}),
+            json.dumps({"env": {"JWK": json.dumps(jwk)}}),
+            "x = " + json.dumps(jwk, separators=(",", ":")),
+        ):
+            found = audit.scan_text(text, "jwks.json")
+            assert [f.kind for f in found] == [want], (name, text[:60])
+            secret = jwk.get("d") or jwk["k"]
+            assert secret not in found[0].format() and str(len(secret)) not in found[0].excerpt
+        f = audit.check_variable("SIGNING_JWK", json.dumps(jwk))
+        assert f is not None and f.kind == want
+    assert (
+        hashlib.sha256(spki(rsa_key)).hexdigest() in audit.scan_text(json.dumps(keys["RSA"]), "x")[0].detail
+    )
+    # the published example key as a JWK oct key
+    nist = {
+        "kty": "oct",
+        "k": base64.urlsafe_b64encode(bytes.fromhex("2b7e151628aed2a6abf7158809cf4f3c")).decode(),
+    }
+    assert [f.kind for f in audit.scan_text(json.dumps(nist), "x")] == ["known-symmetric-key"]
+    # public JWKs are not secrets
+    public = [{k: v for k, v in jwk.items() if k not in ("d", "p", "q", "k")} for jwk in keys.values()]
+    assert audit.scan_text(json.dumps({"keys": public}), "jwks.json") == []
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----",
+        "---- BEGIN SSH2 PRIVATE KEY ----",
+        "----BEGIN SSH2 ENCRYPTED PRIVATE KEY----",
+    ],
+)
+def test_ssh2_private_keys(header: str) -> None:
+    body = base64.b64encode(bytes.fromhex("3f6ff9eb") + os.urandom(600)).decode()
+    lines = [body[i : i + 70] for i in range(0, len(body), 70)]
+    end = header.replace("BEGIN", "END")
+    for comment in ("", 'Comment: "rsa-key-20260101"\n', 'Subject: me\nComment: "a long \\\ncomment"\n'):
+        text = "\r\n".join([header, *comment.splitlines(), *lines, end]) + "\r\n"
+        found = audit.scan_text("# key\n" + text, "id_rsa.ssh2")
+        assert [(f.kind, f.line) for f in found] == [("private-key", 2)]
+        assert lines[1] not in found[0].format()
+        assert audit.check_variable("K", text) is not None
+    # RFC 4716 public keys are not secrets; nor is a mention of the header in prose
+    pub = (
+        "---- BEGIN SSH2 PUBLIC KEY ----\nComment: x\n"
+        + "\n".join(lines)
+        + "\n---- END SSH2 PUBLIC KEY ----\n"
+    )
+    assert audit.scan_text(pub, "id.pub") == []
+    assert audit.scan_text(f"Files start with '{header}'.\n", "notes.md") == []
+
+
+def test_age_secret_keys() -> None:
+    alphabet = "qpzry9x8gf2tvdw0s3jn54khce6mua7l".upper()
+    key = "AGE-SECRET-KEY-1" + "".join(alphabet[b % 32] for b in os.urandom(58))
+    found = audit.scan_text(f"# created: 2026-01-01\n# public key: age1xyz\n{key}\n", "keys.txt")
+    assert [(f.kind, f.line) for f in found] == [("private-key", 3)] and key[20:] not in found[0].format()
+
+
+def test_pin_argument_with_the_tool_on_an_earlier_continuation_line() -> None:
+    text = (
+        "#!/bin/sh\nsofthsm2-util --init-token --free \\\n"
+        "    --label dev \\\n    --so-pin 12345678 --pin 8765\n"
+    )
+    found = audit.scan_text(text, "setup.sh")
+    assert sorted((f.kind, f.line, f.excerpt) for f in found) == [
+        ("pin-argument", 4, "softhsm2-util --pin [redacted]"),
+        ("pin-argument", 4, "softhsm2-util --so-pin [redacted]"),
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import time
 
 from hsmsign import audit
 from hypothesis import HealthCheck, given, settings
@@ -59,3 +60,80 @@ def test_check_variable_never_raises(name: str, value: object) -> None:
 
 def test_empty_values_are_not_findings() -> None:
     assert audit.scan_text('HSM_PIN =\npassword:\nFW_KEY = ""\nexport SO_PIN=\n', "x") == []
+
+
+# Pieces that each pattern treats specially, repeated into long lines: any regex that can
+# backtrack over a run of one of them shows up as a slow example. A line is a head (where a
+# pattern starts), a filler run, and a tail (what makes the match fail at the end), or a mix.
+HEADS = st.sampled_from(
+    [
+        "HSM_PIN=a",
+        "export HSM_PIN=a",
+        "#define HSM_PIN a",
+        '{"HSM_PIN": "a',
+        '"so_pin": 1',
+        "pkcs11:?pin-value=a",
+        "PIN-VALUE=",
+        "pkcs11-tool --pin",
+        "openssl -passin pass:",
+        "-----BEGIN RSA " + "PRIVATE KEY-----",
+        "-----BEGIN CERTIFICATE-----",
+        "LS0tLS1CRUdJTiBSU0Eg",
+        '{"kty": "RSA", "d": "',
+        "---- BEGIN SSH2 ",
+        "ssh-rsa AAAA",
+        "AGE-SECRET-KEY-1",
+        "NAME[",
+        "A:b",
+        "- password: ",
+    ]
+)
+FILLERS = st.sampled_from(
+    [" ", "\t", "a", "0", "=", ",", "-", '"', "'", "\\", ":", "LS0t", "{", "pass", "A:"]
+)
+TAILS = st.sampled_from(["b", "", "\\", '"', "=", ",x", "-----END ", "}"])
+PIECES = st.sampled_from(
+    [
+        " ",
+        "a",
+        "=",
+        '"',
+        "\\n",
+        "--pin ",
+        "-p ",
+        "pass:",
+        "HSM_PIN=",
+        '"HSM_PIN": "',
+        '"kty"',
+        "{",
+        "pin-value=",
+        "pkcs11-tool ",
+        "LS0t",
+        "-----BEGIN ",
+        "---- BEGIN SSH2 ",
+        "AAAA",
+        "${",
+    ]
+)
+LINE_CHARS = 10_000
+TIME_BOUND = 0.2  # seconds of CPU per 10,000-character line
+
+
+@st.composite
+def long_lines(draw: st.DrawFn) -> str:
+    if draw(st.booleans()):
+        head, filler, tail = draw(HEADS), draw(FILLERS), draw(TAILS)
+        return head + filler * ((LINE_CHARS - len(head) - len(tail)) // len(filler)) + tail
+    runs = draw(st.lists(st.tuples(PIECES, st.integers(1, 3000)), min_size=1, max_size=5))
+    line = "".join(piece * count for piece, count in runs)
+    return (line * (LINE_CHARS // max(1, len(line)) + 1))[:LINE_CHARS]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(long_lines())
+def test_adversarial_long_lines_scan_in_bounded_time(line: str) -> None:
+    start = time.process_time()
+    for f in audit.scan_text(line + "\n", "fuzz.txt"):
+        assert f.kind in audit.KINDS
+    audit.check_variable("HSM_FUZZ", line)
+    assert time.process_time() - start < TIME_BOUND, line[:80]

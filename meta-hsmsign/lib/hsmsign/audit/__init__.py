@@ -15,7 +15,7 @@ Standard library only at module level, like the modules it re-exports.
 
 from __future__ import annotations
 
-from ..secrets import KINDS, Finding, check_variable
+from ..secrets import KINDS, Finding, check_variable, location_id
 from .keys import spki_from_certificate_der, spki_from_private_der
 from .scan import Allowlist, iter_files, scan_bytes, scan_file, scan_paths, scan_text
 
@@ -25,6 +25,7 @@ __all__ = [
     "Finding",
     "check_variable",
     "iter_files",
+    "location_id",
     "scan_bytes",
     "scan_file",
     "scan_paths",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import fnmatch
 import hashlib
 import os
@@ -21,31 +22,44 @@ from collections.abc import Iterable, Iterator
 
 from .. import known_keys
 from ..secrets import (
-    _B64_BODY,
     _DASHES,
     _KEY_FILE_LINE,
     _KEYWORDS,
-    _PIN_IN_URI,
-    ASSIGNMENT,
-    DEFINE,
+    AGE_SECRET_KEY,
+    ID_PREFIX,
     KINDS,
     PEM_BEGIN,
+    PIN_TOOLS,
     PRIVATE_KEY_HEADER,
-    PUBLIC_BLOCK,
+    PUBLIC_HEADER,
     PUTTY_HEADER,
-    URI_PIN_ATTR,
+    REDACTED,
     Finding,
     _finding,
+    _looks_like_key_body,
     _symmetric_finding,
+    b64url,
+    base64_pems,
     classify_assignment,
-    redact,
+    jwk_objects,
+    jwk_secret,
+    line_assignments,
+    location_id,
+    pin_arguments,
+    pin_value_excerpt,
+    pin_value_matches,
     spsdk_pin_findings,
+    ssh2_blocks,
 )
 from .archives import ZSTD_MAGIC, archive_members
 from .keys import (
+    _DER_ED448_OID,
+    _DER_ED25519_OID,
     _PKCS7_DATA_OID,
+    _SSH_CURVES,
     _children,
-    _pem_body,
+    _der,
+    _ec_spki,
     _rsa_spki,
     _tlv,
     spki_from_certificate_der,
@@ -55,24 +69,35 @@ from .keys import (
 )
 
 
-def _line_of(data: bytes, pos: int) -> int:
+def _newlines(data: bytes, start: int, end: int) -> int:
     if isinstance(data, bytes):
-        return data.count(b"\n", 0, pos) + 1
+        return data.count(b"\n", start, end)
     # an mmap of a big image: count in slices rather than copying everything before pos
-    lines = 1
+    lines = 0
     step = 16 << 20
-    for start in range(0, pos, step):
-        lines += data[start : min(pos, start + step)].count(b"\n")
+    for at in range(start, end, step):
+        lines += data[at : min(end, at + step)].count(b"\n")
     return lines
 
 
-def _line_text(data: bytes, pos: int, limit: int = 160) -> str:
-    start = data.rfind(b"\n", 0, pos) + 1
-    end = data.find(b"\n", pos)
-    if end < 0:
-        end = len(data)
-    return data[start : min(end, start + limit)].decode("utf-8", "replace").strip()
+def _line_of(data: bytes, pos: int) -> int:
+    return _newlines(data, 0, pos) + 1
 
+
+class _Lines:
+    """Line numbers of offsets asked in increasing order: one pass over the data, not one per finding."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+        self.line = 1
+
+    def __call__(self, pos: int) -> int:
+        if pos < self.pos:
+            self.pos, self.line = 0, 1
+        self.line += _newlines(self.data, self.pos, pos)
+        self.pos = pos
+        return self.line
 
 
 def scan_text(text: str, source: str = "<text>") -> list[Finding]:
@@ -93,6 +118,7 @@ def scan_bytes(data: bytes, source: str, *, depth: int = 0) -> list[Finding]:
     findings.extend(_scan_pem(data, source))
     findings.extend(_scan_pin_value(data, source))
     findings.extend(_scan_ssh_public(data, source))
+    findings.extend(_scan_wrapped_keys(data, source))
     is_text = b"\0" not in data[:8192]
     if is_text:
         findings.extend(_scan_assignments(data, source))
@@ -104,71 +130,91 @@ def scan_bytes(data: bytes, source: str, *, depth: int = 0) -> list[Finding]:
 
 
 def _dedupe(findings: list[Finding]) -> list[Finding]:
-    seen: set[tuple[str, int, str]] = set()
+    seen: set[tuple[str, int, str, str]] = set()
     out = []
     for f in sorted(findings, key=lambda f: f.line):
-        k = (f.source, f.line, f.id)
+        k = (f.source, f.line, f.kind, f.excerpt)
         if k not in seen:
             seen.add(k)
             out.append(f)
     return out
 
 
+_PEM_MAX = 65536  # the longest PEM block looked at (an RSA-16384 key is 13 KB)
+_PEM_BODY_DROP = b" \t\r\n\"'\\"
+
+
+def _pem_body(between: bytes) -> bytes | None:
+    """The decoded body of a PEM block at any line width, also in a string literal (``\\n``).
+
+    None when it is encrypted (RFC 1421 ``Proc-Type``) or not base64.
+    """
+    if b"Proc-Type" in between and b"ENCRYPTED" in between:
+        return None
+    lines = between.replace(b"\\r", b"").replace(b"\\n", b"\n").splitlines()
+    body = b"".join(ln for ln in lines if b":" not in ln).translate(None, _PEM_BODY_DROP)
+    try:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
 def _scan_pem(data: bytes, source: str) -> list[Finding]:
     out: list[Finding] = []
+    line_of = _Lines(data)
     pos = data.find(PEM_BEGIN)
     while pos >= 0:
+        nxt = pos + 1
         m = PRIVATE_KEY_HEADER.match(data, pos)
-        if m is not None and _B64_BODY.search(data[m.end() : m.end() + 240]) is None:
+        if m is not None and not _looks_like_key_body(bytes(data[m.end() : m.end() + 400])):
             m = None  # the header alone (a regex, a doc): no key follows it
         if m is not None:
             label = m.group(1).decode()
-            end = data.find(_DASHES + b"END ", m.end())
-            block = data[pos : end + 64] if end >= 0 else data[pos : pos + 8192]
+            end = data.find(_DASHES + b"END ", m.end(), m.end() + _PEM_MAX)
             detail = ""
             spki = None
-            body = _pem_body(block) if end >= 0 else None
-            if body is not None and "OPENSSH" in label:
+            body = _pem_body(bytes(data[m.end() : end])) if end >= 0 else None
+            if body and "OPENSSH" in label:
                 spki = spki_from_openssh_private(body)
-            elif body is not None and "PGP" not in label:
+            elif body and "PGP" not in label:
                 spki = spki_from_private_der(body)
             if spki is not None:
                 detail = _known_detail(spki) or f"public key sha256 {hashlib.sha256(spki).hexdigest()}"
-            size = (end - m.end()) if end >= 0 else 0
             out.append(
                 _finding(
                     source,
-                    _line_of(data, pos),
+                    line_of(pos),
                     "private-key",
-                    f"{_DASHES.decode()}BEGIN {label}{_DASHES.decode()} [{size} bytes redacted]",
-                    body if body else block[:4096],
+                    f"{_DASHES.decode()}BEGIN {label}{_DASHES.decode()} {REDACTED}",
                     detail=detail,
                 )
             )
+            if end >= 0:
+                nxt = end
         else:
-            pm = PUBLIC_BLOCK.match(data, pos)
+            pm = PUBLIC_HEADER.match(data, pos)
             if pm is not None:
-                f = _public_block_finding(pm.group(0), pm.group(1).decode(), source, _line_of(data, pos))
-                if f is not None:
-                    out.append(f)
-        pos = data.find(PEM_BEGIN, pos + 1)
-    for m in PUTTY_HEADER.finditer(data):
-        out.append(
-            _finding(
-                source,
-                _line_of(data, m.start()),
-                "private-key",
-                "PuTTY private key file",
-                data[m.start() : m.start() + 2048],
-            )
-        )
+                label = pm.group(1)
+                end = data.find(_DASHES + b"END " + label + _DASHES, pm.end() + 16, pm.end() + 16384)
+                if end >= 0:
+                    body = _pem_body(bytes(data[pm.end() : end]))
+                    f = _public_block_finding(body, label.decode(), source, line_of(pos)) if body else None
+                    if f is not None:
+                        out.append(f)
+                    nxt = end
+        pos = data.find(PEM_BEGIN, nxt)
+    pos = data.find(b"PuTTY-User-Key-File-")
+    while pos >= 0:
+        if PUTTY_HEADER.match(data, pos):
+            out.append(_finding(source, line_of(pos), "private-key", "PuTTY private key file"))
+        pos = data.find(b"PuTTY-User-Key-File-", pos + 1)
     return out
 
 
 _SSH_PUBLIC_LINE = re.compile(
     rb"(?:ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)) (AAAA[A-Za-z0-9+/]+=*)"
 )
-_SSH_PUBLIC_PREFIX = (b"ssh-ed25519 ", b"ssh-rsa ", b"ecdsa-sha2-nistp")
+_SSH_PUBLIC_PREFIX = (b"ssh-", b"ecdsa-sha2-nistp")  # ssh-ed25519, ssh-rsa: one pass
 
 
 def _scan_ssh_public(data: bytes, source: str) -> list[Finding]:
@@ -208,10 +254,8 @@ def _known_detail(spki: bytes) -> str | None:
     return f"PUBLISHED KEY: {known.description}, found in {known.where()}"
 
 
-def _public_block_finding(block: bytes, label: str, source: str, line: int) -> Finding | None:
-    body = _pem_body(block)
-    if body is None:
-        return None
+def _public_block_finding(body: bytes, label: str, source: str, line: int) -> Finding | None:
+    """A public key or certificate (DER ``body``) whose private half is published, or None."""
     if label == "PUBLIC KEY":
         spki: bytes | None = body
     elif label == "RSA PUBLIC KEY":
@@ -223,8 +267,11 @@ def _public_block_finding(block: bytes, label: str, source: str, line: int) -> F
             return None
     else:
         spki = spki_from_certificate_der(body)
-    if spki is None:
-        return None
+    return _known_public_finding(spki, label, source, line) if spki is not None else None
+
+
+def _known_public_finding(spki: bytes, label: str, source: str, line: int) -> Finding | None:
+    """A ``known-public-key`` finding when the SubjectPublicKeyInfo is on the published list."""
     known = known_keys.lookup_spki_der(spki)
     if known is None:
         return None
@@ -234,27 +281,30 @@ def _public_block_finding(block: bytes, label: str, source: str, line: int) -> F
         line,
         "known-public-key",
         f"{label} with sha256 {fp[:16]}…",
-        fp,
         detail=f"{known.description}, found in {known.where()}",
     )
 
 
 def _scan_pin_value(data: bytes, source: str) -> list[Finding]:
-    out = []
-    pos = data.find(URI_PIN_ATTR)
-    while pos >= 0:
-        text = _line_text(data, pos)
-        m = _PIN_IN_URI.search(text)
-        if m is not None and m.group(2):
-            out.append(_finding(source, _line_of(data, pos), "pin-value", redact(text), text))
-        pos = data.find(URI_PIN_ATTR, pos + 1)
-    return out
+    """``pin-value=`` in any case, anywhere in a line of any length; the excerpt shows no value."""
+    line_of = _Lines(data)
+    return [
+        _finding(source, line_of(start), "pin-value", pin_value_excerpt(data, start))
+        for start, _ in pin_value_matches(data)
+    ]
+
+
+# lines naming a tool whose "-p" takes a PIN are parsed too ("pkcs11-tool -l -p PIN" holds no
+# other keyword); the long options (--pin, --so-pin, --password) hold one themselves
+_TOOL_KEYWORDS = (b"pkcs11-tool", b"yubihsm")
+_MAX_CONTINUATION = 32
+_OPTION_HINTS = ("pass", "pin", "puk", *PIN_TOOLS)
 
 
 def _candidate_lines(lowered: bytes) -> list[int]:
     """Start offsets of the lines that hold a keyword (bytes.find per keyword: memchr speed)."""
     starts: set[int] = set()
-    for kw in _KEYWORDS:
+    for kw in _KEYWORDS + _TOOL_KEYWORDS:
         pos = lowered.find(kw)
         while pos >= 0:
             starts.add(lowered.rfind(b"\n", 0, pos) + 1)
@@ -266,7 +316,10 @@ def _candidate_lines(lowered: bytes) -> list[int]:
 
 
 def _scan_assignments(data: bytes, source: str) -> list[Finding]:
-    """Assignments to secret-like names. Only lines holding a keyword are parsed (fast on big logs)."""
+    """Assignments to secret-like names and PINs on command lines, in lines of any length.
+
+    Only lines holding a keyword are parsed (fast on big logs); each is parsed whole.
+    """
     out = []
     line_no = 1
     counted = 0
@@ -278,14 +331,43 @@ def _scan_assignments(data: bytes, source: str) -> list[Finding]:
         line_no += data.count(b"\n", counted, ls)
         counted = ls
         line = data[ls:le].decode("utf-8", "replace")
-        am = ASSIGNMENT.match(line) or DEFINE.match(line)
-        if am is None:
-            continue
-        op = am.groupdict().get("op") or " "
-        f = classify_assignment(am.group("name"), am.group("value"), source, line_no, op)
-        if f is not None and f.kind != "pin-value":  # pin-value is found by its own scan
-            out.append(f)
+        for name, value, op, at_start in line_assignments(line):
+            f = classify_assignment(name, value, source, line_no, op)
+            # pin-value is found by its own scan
+            if f is not None and f.kind != "pin-value" and (at_start or f.kind != "key-file-variable"):
+                out.append(f)
+        low = line.lower()
+        if "-" in line and any(t in low for t in _OPTION_HINTS):
+            out.extend(_pin_arguments(data, ls, le, line, source, line_no))
     return out
+
+
+def _pin_arguments(data: bytes, ls: int, le: int, line: str, source: str, line_no: int) -> list[Finding]:
+    """PINs given as option values in the command this line is part of (backslash continuations)."""
+    logical = line
+    first = line_no
+    # an option line that continues a command: the tool is named on a line before it
+    for _ in range(_MAX_CONTINUATION):
+        if ls <= 0 or not logical.lstrip().startswith("-") or len(logical) > 4096:
+            break
+        prev = data.rfind(b"\n", 0, ls - 1) + 1
+        text = data[prev : ls - 1].decode("utf-8", "replace")
+        if not text.rstrip().endswith("\\"):
+            break
+        logical = text + "\n" + logical
+        first -= 1
+        ls = prev
+    for _ in range(_MAX_CONTINUATION):
+        if not logical.rstrip().endswith("\\") or le >= len(data) or len(logical) > 4096:
+            break
+        nxt = data.find(b"\n", le + 1)
+        nxt = len(data) if nxt < 0 else nxt
+        logical += "\n" + data[le + 1 : nxt].decode("utf-8", "replace")
+        le = nxt
+    return [
+        _finding(source, first + logical.count("\n", 0, at), "pin-argument", excerpt)
+        for at, excerpt in pin_arguments(logical)
+    ]
 
 
 def _scan_key_file_content(data: bytes, source: str) -> list[Finding]:
@@ -296,11 +378,7 @@ def _scan_key_file_content(data: bytes, source: str) -> list[Finding]:
     if m is None:
         return []
     raw = bytes.fromhex(m.group(1).decode())
-    return [
-        _symmetric_finding(
-            raw, f"key file: {m.group(1)[:2].decode()}…[{len(m.group(1))} hex redacted]", source, 1
-        )
-    ]
+    return [_symmetric_finding(raw, f"key file: {REDACTED}", source, 1)]
 
 
 def _scan_der(data: bytes, source: str) -> list[Finding]:
@@ -335,6 +413,98 @@ def _scan_der(data: bytes, source: str) -> list[Finding]:
 
 
 
+# --- keys in other wrappings: SSH2, age, JWK, base64 of PEM ---------------------------
+
+
+def _scan_wrapped_keys(data: bytes, source: str) -> list[Finding]:
+    """Key material that is not a PEM block: SSH2 (RFC 4716), age, JWK, base64-encoded PEM."""
+    out: list[Finding] = []
+    if b"BEGIN SSH2 " in data:
+        line_of = _Lines(data)
+        for pos, label, body in ssh2_blocks(data):
+            if "PRIVATE" in label:
+                excerpt = f"---- BEGIN SSH2 {label} ---- {REDACTED}"
+                out.append(_finding(source, line_of(pos), "private-key", excerpt))
+                continue
+            spki = spki_from_ssh_public_blob(body) if body else None
+            f = _known_public_finding(spki, f"SSH2 {label}", source, line_of(pos)) if spki else None
+            if f is not None:
+                out.append(f)
+    pos = data.find(b"AGE-SECRET-KEY-1")
+    if pos >= 0:
+        line_of = _Lines(data)
+        while pos >= 0:
+            if AGE_SECRET_KEY.match(data, pos):
+                out.append(_finding(source, line_of(pos), "private-key", f"AGE-SECRET-KEY-1 {REDACTED}"))
+            pos = data.find(b"AGE-SECRET-KEY-1", pos + 1)
+    if b"kty" in data:
+        out.extend(_scan_jwk(data, source))
+    if b"LS0t" in data:
+        line_of = _Lines(data)
+        for pos, decoded in base64_pems(data):
+            line = line_of(pos)
+            for f in _scan_pem(decoded, source):
+                out.append(_finding(source, line, f.kind, "base64 of " + f.excerpt, detail=f.detail))
+    return out
+
+
+_JWK_CURVES = {
+    "P-256": _SSH_CURVES[b"nistp256"],
+    "P-384": _SSH_CURVES[b"nistp384"],
+    "P-521": _SSH_CURVES[b"nistp521"],
+}
+
+
+def _unsigned(raw: bytes) -> bytes:
+    raw = raw.lstrip(b"\0") or b"\0"
+    return b"\0" + raw if raw[0] & 0x80 else raw
+
+
+def _jwk_spki(obj: dict[str, object]) -> bytes | None:
+    """The DER SubjectPublicKeyInfo of an RSA, EC or OKP JWK (RFC 7518 section 6, RFC 8037)."""
+    kty = obj.get("kty")
+    if kty == "RSA":
+        n, e = b64url(obj.get("n")), b64url(obj.get("e"))
+        return _rsa_spki(_der(0x02, _unsigned(n)), _der(0x02, _unsigned(e))) if n and e else None
+    if kty == "EC":
+        curve = _JWK_CURVES.get(str(obj.get("crv")))
+        x, y = b64url(obj.get("x")), b64url(obj.get("y"))
+        return _ec_spki(curve, b"\x04" + x + y) if curve and x and y else None
+    if kty == "OKP":
+        oid = {"Ed25519": _DER_ED25519_OID, "Ed448": _DER_ED448_OID}.get(str(obj.get("crv")))
+        x = b64url(obj.get("x"))
+        return _der(0x30, _der(0x30, _der(0x06, oid)) + _der(0x03, b"\0" + x)) if oid and x else None
+    return None
+
+
+def _scan_jwk(data: bytes, source: str) -> list[Finding]:
+    """JSON Web Keys: RSA/EC/OKP with their private part ("d"), oct keys ("k"), published public keys."""
+    out: list[Finding] = []
+    line_of = _Lines(data)
+    for pos, obj in jwk_objects(data):
+        what = jwk_secret(obj)
+        kty = str(obj.get("kty"))
+        if what == "symmetric":
+            raw = b64url(obj.get("k"))
+            if raw:
+                out.append(_symmetric_finding(raw, f'JWK oct key "k": "{REDACTED}"', source, line_of(pos)))
+            continue
+        spki = _jwk_spki(obj)
+        if what == "private":
+            detail = ""
+            if spki is not None:
+                detail = _known_detail(spki) or f"public key sha256 {hashlib.sha256(spki).hexdigest()}"
+            out.append(
+                _finding(source, line_of(pos), "private-key", f'JWK {kty} private key "d": "{REDACTED}"',
+                         detail=detail)
+            )
+        elif spki is not None:
+            f = _known_public_finding(spki, f"JWK {kty} public key", source, line_of(pos))
+            if f is not None:
+                out.append(f)
+    return out
+
+
 # --- files, trees, allowlists -------------------------------------------------------
 
 
@@ -343,14 +513,23 @@ class Allowlist:
 
     One entry per line (``#`` starts a comment)::
 
-        id 3f2a9c0d1e2b4a5c                 # a finding's id, wherever it appears
+        id loc-3f2a9c0d1e2b4a5c             # one finding: its kind and place (see location_id)
         path tests/fixtures/*               # every finding under a path (fnmatch glob)
         path docs/*.md pin-assignment       # only findings of these kinds under a path
+
+    An ``id`` without the ``loc-`` prefix is an old id made from the secret itself: it
+    matches nothing and is reported in ``warnings`` (it can reveal a short PIN).
     """
 
-    def __init__(self, ids: Iterable[str] = (), paths: Iterable[tuple[str, frozenset[str]]] = ()) -> None:
+    def __init__(
+        self,
+        ids: Iterable[str] = (),
+        paths: Iterable[tuple[str, frozenset[str]]] = (),
+        warnings: Iterable[str] = (),
+    ) -> None:
         self.ids = set(ids)
         self.paths = list(paths)
+        self.warnings = list(warnings)
 
     @classmethod
     def load(cls, path: str) -> Allowlist:
@@ -358,6 +537,7 @@ class Allowlist:
 
         ids: list[str] = []
         paths: list[tuple[str, frozenset[str]]] = []
+        warnings: list[str] = []
         try:
             with open(path, encoding="utf-8") as fh:
                 lines = fh.read().splitlines()
@@ -370,7 +550,13 @@ class Allowlist:
             if not line:
                 continue
             parts = line.split()
-            if parts[0] == "id" and len(parts) == 2:
+            if parts[0] == "id" and len(parts) == 2 and not parts[1].lower().startswith(ID_PREFIX):
+                warnings.append(
+                    f"{path}:{n}: 'id {parts[1]}' is an old-style id, made from the secret itself: it "
+                    "matches nothing now and can reveal a short PIN; delete it, allowlist the 'loc-' id "
+                    "that audit prints, and change the PIN or key if this file was ever shared"
+                )
+            elif parts[0] == "id" and len(parts) == 2:
                 ids.append(parts[1].lower())
             elif parts[0] == "path" and len(parts) >= 2:
                 kinds = frozenset(parts[2:])
@@ -386,7 +572,7 @@ class Allowlist:
                     f"{path}:{n}: cannot read allowlist entry {line!r}",
                     "write 'id <finding id>' or 'path <glob> [kind ...]'",
                 )
-        return cls(ids, paths)
+        return cls(ids, paths, warnings)
 
     def allows(self, f: Finding) -> bool:
         if f.id in self.ids:
@@ -454,19 +640,46 @@ def _scan_large(mm: bytes, path: str) -> list[Finding]:
     return _dedupe(_scan_pem(mm, path) + _scan_pin_value(mm, path) + _scan_ssh_public(mm, path))
 
 
+def id_root(path: str) -> str:
+    """The directory ids name files relative to: the enclosing git work tree, else the scanned directory.
+
+    So ``hsmsign audit .`` and ``hsmsign audit conf/local.conf`` give a finding the same
+    id, wherever the checkout is; a scanned file outside a repository counts from its directory.
+    """
+    start = os.path.abspath(path)
+    base = start if os.path.isdir(start) else os.path.dirname(start)
+    probe = base
+    while True:
+        if os.path.exists(os.path.join(probe, ".git")):
+            return probe
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return base
+        probe = parent
+
+
+def _placed(f: Finding, path: str, rel: str) -> Finding:
+    """The finding with its id computed from the path relative to the id root (archive members kept)."""
+    member = f.source[len(path) :] if f.source.startswith(path) else ""
+    return dataclasses.replace(f, id=location_id(f.kind, rel + member, f.line))
+
+
 def scan_paths(paths: Iterable[str], allowlist: Allowlist | None = None) -> tuple[list[Finding], int, int]:
     """Scan files and trees; (findings not allowlisted, files scanned, bytes scanned)."""
     out: list[Finding] = []
     nfiles = 0
     nbytes = 0
-    for path in iter_files(paths):
-        nfiles += 1
-        try:
-            nbytes += os.path.getsize(path)
-        except OSError:
-            pass
-        for f in scan_file(path):
-            if allowlist is None or not allowlist.allows(f):
-                out.append(f)
+    for top in paths:
+        root = id_root(top)
+        for path in iter_files([top]):
+            nfiles += 1
+            try:
+                nbytes += os.path.getsize(path)
+            except OSError:
+                pass
+            rel = os.path.relpath(os.path.abspath(path), root).replace(os.sep, "/")
+            for f in scan_file(path):
+                f = _placed(f, path, rel)
+                if allowlist is None or not allowlist.allows(f):
+                    out.append(f)
     return out, nfiles, nbytes
-

@@ -18,7 +18,7 @@ examples:
   hsmsign audit --allowlist .hsmsign-audit-allow layers/
 
 allowlist file (one entry a line, '#' comments):
-  id 3f2a9c0d1e2b4a5c              a reviewed finding, by the id audit prints
+  id loc-3f2a9c0d1e2b4a5c          a reviewed finding, by the id audit prints
   path tests/fixtures/*            everything under a path (fnmatch glob)
   path docs/*.md pin-assignment    only these kinds under a path
 
@@ -58,12 +58,14 @@ def register(sub: Any, parents: Any) -> None:
 def run(args: Any) -> int:
     from .. import audit
     from ..errors import ConfigError
-    from .common import emit
+    from .common import emit, warn
 
     for path in args.paths:
         if not os.path.exists(path):
             raise ConfigError(f"{path}: no such file or directory", "check the path to audit")
     allow = audit.Allowlist.load(args.allowlist) if args.allowlist else None
+    for message in allow.warnings if allow else ():
+        warn(message)
     start = time.monotonic()
     findings, nfiles, nbytes = audit.scan_paths(args.paths, allow)
     elapsed = time.monotonic() - start
