@@ -316,6 +316,8 @@ def _looks_binary(window: bytes) -> bool:
 _RECORD_EQ = re.compile(rb"=(?:(?<=[A-Za-z0-9_.\-]{2}=)|(?<=[A-Za-z0-9_.\-]{2}[ \t]=))")
 _NAME_BYTE = bytes(1 if chr(b).isalnum() or chr(b) in "_.-" else 0 for b in range(128)) + bytes(128)
 _KEYWORD = re.compile(b"|".join(_KEYWORDS))
+# A printf conversion in the value: a program's format string (``password=%s``), not a secret.
+_PRINTF = re.compile(rb"%[-+ #0]*(?:\d+|\*)?(?:\.(?:\d+|\*))?(?:hh|h|ll|l|L|q|j|z|t)?[diouxXeEfFgGaAcspn]")
 
 
 def _scan_records(view: bytes, source: str) -> list[Finding]:
@@ -331,8 +333,10 @@ def _scan_records(view: bytes, source: str) -> list[Finding]:
         if _KEYWORD.search(view[start:q].lower()):
             limit = min(len(view), eq + 4096)
             ends = [e for e in (view.find(b"\0", eq, limit), view.find(b"\n", eq, limit)) if e >= 0]
-            starts.append(start)
-            lines.append(view[start : min(ends) if ends else limit])
+            line = view[start : min(ends) if ends else limit]
+            if not _PRINTF.search(line, eq - start):
+                starts.append(start)
+                lines.append(line)
     if not lines:
         return []
     found = _scan_assignments(b"\n".join(lines), source)
