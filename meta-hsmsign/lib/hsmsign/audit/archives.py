@@ -59,8 +59,8 @@ class Refused(Exception):
 class Budget:
     """Decompressed bytes allowed for one scanned file, over all nesting levels."""
 
-    def __init__(self, limit: int = MAX_EXPANDED) -> None:
-        self.limit = limit
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = MAX_EXPANDED if limit is None else limit
         self.expanded = 0
         self.in_memory = 0
 
@@ -79,13 +79,33 @@ class _Readable(Protocol):
     def read(self, n: int = ..., /) -> bytes: ...
 
 
+_DAMAGE = (
+    OSError,
+    EOFError,
+    ValueError,
+    tarfile.TarError,
+    zlib.error,
+    lzma.LZMAError,
+    zipfile.BadZipFile,
+    VerificationError,
+)
+
+
 class Stream:
     """Forward-only reading with ``peek``, ``tell`` and forward ``seek`` over any ``read()``."""
 
-    def __init__(self, raw: _Readable) -> None:
+    def __init__(self, raw: _Readable, source: str = "") -> None:
         self._raw = raw
         self._buf = b""
         self._pos = 0
+        self.source = source
+
+    def _read_raw(self, n: int) -> bytes:
+        """Read from the layer below; its decoding errors become a ``Refused`` naming this stream."""
+        try:
+            return self._raw.read(n)
+        except _DAMAGE as exc:
+            raise Refused(self.source, f"damaged data ({exc}): the rest is not scanned") from None
 
     @classmethod
     def of_chunks(cls, chunks: Iterable[bytes]) -> Stream:
@@ -93,7 +113,7 @@ class Stream:
 
     def peek(self, n: int) -> bytes:
         while len(self._buf) < n:
-            more = self._raw.read(max(n - len(self._buf), CHUNK))
+            more = self._read_raw(max(n - len(self._buf), CHUNK))
             if not more:
                 break
             self._buf += more
@@ -110,7 +130,7 @@ class Stream:
             parts.append(take)
             got = len(take)
         while got < n:
-            more = self._raw.read(min(n - got, 1 << 24))
+            more = self._read_raw(min(n - got, 1 << 24))
             if not more:
                 break
             parts.append(more)
@@ -132,8 +152,9 @@ class Stream:
     def seekable_file(self) -> BinaryIO | None:
         """The underlying file rewound to its start, when it can seek and nothing was consumed."""
         raw = self._raw
-        if self._pos == 0 and isinstance(raw, (io.BufferedIOBase, io.RawIOBase)) and raw.seekable():
-            raw.seek(0)
+        plain_file = isinstance(raw, io.BufferedReader) and isinstance(raw.raw, io.FileIO)
+        if self._pos == 0 and (plain_file or isinstance(raw, io.BytesIO)):
+            raw.seek(0)  # type: ignore[union-attr]
             self._buf = b""
             return raw  # type: ignore[return-value]
         return None
@@ -389,7 +410,7 @@ def _tar_members(st: Stream, base: str) -> MemberIter:
                     continue
                 fh = tf.extractfile(ti)
                 if fh is not None:
-                    yield f"{base}!{ti.name}", Stream(fh)
+                    yield f"{base}!{ti.name}", Stream(fh, f"{base}!{ti.name}")
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise Refused(base, f"damaged tar archive ({exc}): members after it are not scanned") from None
 

@@ -83,7 +83,7 @@ def scan_text(text: str, source: str = "<text>") -> list[Finding]:
 
 def scan_bytes(data: bytes, source: str, *, depth: int = 0) -> list[Finding]:
     """Scan one blob: text or binary; archives are opened and their members scanned."""
-    return _scan_top(Stream(io.BytesIO(data)), source, depth)
+    return _scan_top(Stream(io.BytesIO(data), source), source, depth)
 
 
 # --- reading: containers, encodings, windows ------------------------------------------
@@ -115,8 +115,8 @@ def _scan_top(st: Stream, source: str, depth: int = 0) -> list[Finding]:
     scan = _Scan()
     try:
         _scan_stream(st, source, depth, scan)
-    except Refused as exc:  # the decompression budget: nothing more of this file is read
-        scan.warn(exc.source, str(exc))
+    except Refused as exc:  # the decompression budget, or the file itself could not be read
+        scan.warn(exc.source or source, str(exc))
     except OSError as exc:
         scan.warn(source, f"cannot read: {exc.strerror or exc}")
     return _dedupe(scan.findings)
@@ -330,7 +330,10 @@ def _scan_records(view: bytes, source: str) -> list[Finding]:
         start = q - 2
         while start > 0 and q - start < 64 and _NAME_BYTE[view[start - 1]]:
             start -= 1
-        if _KEYWORD.search(view[start:q].lower()):
+        # the name starts a record (not ``?pin-value=`` inside a URI: the URI scan reports that)
+        before = view[start - 1] if start else 0
+        starts_record = before < 0x21 or before > 0x7E or before in b"\"'"
+        if starts_record and _KEYWORD.search(view[start:q].lower()):
             limit = min(len(view), eq + 4096)
             ends = [e for e in (view.find(b"\0", eq, limit), view.find(b"\n", eq, limit)) if e >= 0]
             line = view[start : min(ends) if ends else limit]
@@ -674,7 +677,7 @@ def scan_file(path: str) -> list[Finding]:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return [_finding(path, 0, "unreadable", "not a regular file: not read", path)]
         with open(path, "rb") as fh:
-            return _scan_top(Stream(fh), path)
+            return _scan_top(Stream(fh, path), path)
     except OSError as exc:
         return [_finding(path, 0, "unreadable", f"cannot read: {exc.strerror or exc}", path)]
 
