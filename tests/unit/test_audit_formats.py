@@ -504,13 +504,16 @@ def test_text_file_over_64_mib_scanned_to_its_end(tmp_path: Path) -> None:
 
 def test_decompression_bombs_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(archives, "BOMB_MIN", 1 << 20)
-    bomb = gzip.compress(bytes(32 << 20), 9)
-    found = audit.scan_bytes(bomb, "bomb.gz")
-    assert [f.kind for f in found] == ["unreadable"] and "decompression bomb" in found[0].excerpt
+    for name, bomb in (
+        ("bomb.xz", lzma.compress(bytes(8 << 20))),
+        ("bomb.bz2", bz2.compress(bytes(8 << 20))),
+    ):
+        found = audit.scan_bytes(bomb, name)
+        assert [f.kind for f in found] == ["unreadable"] and "decompression bomb" in found[0].excerpt
     # the total budget holds across members and levels
     monkeypatch.setattr(archives, "BOMB_RATIO", 10**9)
-    monkeypatch.setattr(archives, "MAX_EXPANDED", 4 << 20)
-    members = {f"./m{i}": random.Random(i).randbytes(1 << 20) for i in range(8)}
+    monkeypatch.setattr(archives, "MAX_EXPANDED", 2 << 20)
+    members = {f"./m{i}": random.Random(i).randbytes(1 << 20) for i in range(3)}
     members["./z/local.conf"] = CONFIG.encode()
     found = audit.scan_bytes(gzip.compress(tar_bytes(members)), "rootfs.tar.gz")
     assert [f.kind for f in found] == ["unreadable"] and "MiB of decompressed data" in found[0].excerpt
@@ -530,3 +533,9 @@ def test_damaged_containers_are_warnings() -> None:
     ):
         for f in audit.scan_bytes(data, "x"):
             assert f.kind == "unreadable"
+
+
+def test_zstd_without_the_tool_is_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(archives.shutil, "which", lambda name: None)
+    found = audit.scan_bytes(archives.ZSTD_MAGIC + bytes(60), "x.sigdata.zst")
+    assert [(f.kind, "install zstd" in f.excerpt) for f in found] == [("unreadable", True)]

@@ -204,6 +204,8 @@ def _scan_content(st: Stream, source: str, scan: _Scan) -> None:
         window = carry + chunk if carry else chunk
         last = len(chunk) < WINDOW
         if not window:
+            if failure is not None:
+                raise failure
             break
         binary = b"\0" in window and _looks_binary(window)
         view = window.translate(_NUL_TO_NL) if b"\0" in window and not binary else window
