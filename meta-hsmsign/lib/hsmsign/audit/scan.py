@@ -1,8 +1,9 @@
 """The leak scanner: files, trees and blobs, the allowlist, the report.
 
 Scans text and binary content (layers, setup scripts, kas files, ``bitbake -e``
-dumps, sigdata, logs, deploy directories, unpacked root filesystems, tar and
-cpio archives) for the kinds of secret ``hsmsign.secrets`` defines.
+dumps, sigdata, logs, deploy directories, unpacked root filesystems, archives,
+core files, images) for the kinds of secret ``hsmsign.secrets`` defines. Files are
+read as streams, in windows (see "reading" below): memory stays bounded.
 
 Standard library only at module level.
 """
