@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gzip
 import io
 import json
 import os
@@ -27,6 +28,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,6 +128,7 @@ def build_tree(base: Path, text_mb: int, binary_mb: int, seed: int = 7) -> dict[
     (deploy / "core-image.tar.gz").write_bytes(buf.getvalue())
     planted["tmp/deploy/images/acme-board/core-image.tar.gz"] = "RSA private key inside a rootfs tarball"
     planted.update(plant_formats(base, rng))
+    planted.update(plant_containers(base, rng, rsa_pem, ec_pem))
     return planted
 
 
@@ -221,6 +224,80 @@ def plant_formats(base: Path, rng: random.Random) -> dict[str, str]:
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, nosec
     )
     put("ci/deploy-key.json", json.dumps({"deploy_key": ed.decode()}), "OpenSSH key in a JSON string")
+
+
+def _tar(members: dict[str, bytes], mode: str = "w") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tf:  # type: ignore[call-overload]
+        for name, data in members.items():
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _ar(members: dict[str, bytes]) -> bytes:
+    out = [b"!<arch>\n"]
+    for name, data in members.items():
+        out.append(b"%-16s%-12d%-6d%-6d%-8s%-10d`\n" % (name.encode() + b"/", 0, 0, 0, b"100644", len(data)))
+        out.append(data + (b"\n" if len(data) % 2 else b""))
+    return b"".join(out)
+
+
+def plant_containers(base: Path, rng: random.Random, rsa_pem: bytes, ec_pem: bytes) -> dict[str, str]:
+    """Secrets in containers and encodings a build tree also holds (zip, .deb, UTF-16, DER in images ...)."""
+    planted: dict[str, str] = {}
+    ec_key = serialization.load_pem_private_key(ec_pem, None)
+    der = ec_key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    pin = f'HSM_PIN = "{rng.randint(10**7, 10**8)}"\n'
+    extra = base / "tmp" / "deploy" / "extra"
+    extra.mkdir(parents=True)
+    (extra / "setup-win.ps1").write_bytes(("# Windows setup\r\n" + pin).encode("utf-16"))
+    planted["tmp/deploy/extra/setup-win.ps1"] = "PIN in UTF-16 text"
+    env = b"\0".join([b"PATH=/usr/bin", f"HSM_USER_PIN={rng.randint(10**5, 10**6)}".encode(), b"HOME=/root"])
+    (extra / "environ").write_bytes(env + b"\0")
+    planted["tmp/deploy/extra/environ"] = "PIN in a NUL-separated environment dump"
+    (extra / "core.4242").write_bytes(
+        b"\x7fELF" + rng.randbytes(2 << 20) + b"\0" + env + b"\0" + rng.randbytes(1 << 20)
+    )
+    planted["tmp/deploy/extra/core.4242"] = "PIN in a core file's environment"
+    (extra / "u-boot.bin").write_bytes(rng.randbytes(3 << 20) + der + rng.randbytes(1 << 20))
+    planted["tmp/deploy/extra/u-boot.bin"] = "DER EC key at an odd offset in a binary"
+    (extra / "fw.key.der").write_bytes(der + bytes(512))
+    planted["tmp/deploy/extra/fw.key.der"] = "DER key with trailing bytes"
+    zbuf = io.BytesIO()
+    with zipfile.ZipFile(zbuf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("sdk/README", "SDK\n" * 1000)
+        zf.writestr("sdk/keys/dev.pem", rsa_pem)
+    (extra / "sdk.zip").write_bytes(zbuf.getvalue())
+    planted["tmp/deploy/extra/sdk.zip"] = "RSA key in a deflated zip"
+    data_tar = _tar({"./etc/fw/signing.pem": ec_pem}, "w:xz")
+    (extra / "fw_1.0_all.deb").write_bytes(
+        _ar(
+            {
+                "debian-binary": b"2.0\n",
+                "control.tar.gz": _tar({"./control": b"Package: fw\n"}, "w:gz"),
+                "data.tar.xz": data_tar,
+            }
+        )
+    )
+    planted["tmp/deploy/extra/fw_1.0_all.deb"] = "EC key in a .deb (ar, tar.xz)"
+    nested = pin.encode()
+    for i in range(4):  # gzip, tar.gz, gzip, tar.gz: six levels
+        nested = _tar({f"./layer{i}": nested}, "w:gz") if i % 2 else gzip.compress(nested)
+    (extra / "nested.tar.gz").write_bytes(nested)
+    planted["tmp/deploy/extra/nested.tar.gz"] = "PIN six containers deep"
+    if shutil.which("zstd"):
+        sig = json.dumps(
+            {"task": "do_sign", "varvals": {"HSM_URI": f"pkcs11:token=a;object=b?{PIN_ATTR}=4711"}}
+        )
+        zst = subprocess.run(["zstd", "-q", "-c"], input=sig.encode(), capture_output=True, check=True).stdout
+        (extra / "u-boot.do_sign.sigdata.zst").write_bytes(zst)
+        planted["tmp/deploy/extra/u-boot.do_sign.sigdata.zst"] = "pin-value in zstd single-line sigdata"
     return planted
 
 

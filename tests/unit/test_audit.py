@@ -379,10 +379,11 @@ def test_key_inside_a_binary_image(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -
     assert kinds(found) == ["private-key"]
 
 
-def test_big_files_are_scanned_through_mmap(
+def test_big_files_are_scanned_in_windows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ec_key: ec.EllipticCurvePrivateKey
 ) -> None:
-    monkeypatch.setattr(audit.scan, "MMAP_THRESHOLD", 1 << 16)
+    monkeypatch.setattr(audit.scan, "WINDOW", 1 << 16)
+    monkeypatch.setattr(audit.scan, "OVERLAP", 1 << 12)
     pem = ec_key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, NOENC)
     img = tmp_path / "sdcard.wic"
     img.write_bytes(b"\n" * 70_000 + pem + b"pkcs11:object=x?pin-value=777\n" + os.urandom(50_000))

@@ -5,9 +5,9 @@ time uses only ``hsmsign.secrets`` (the patterns and the one-variable check).
 
 * ``hsmsign.secrets``: what a secret looks like (patterns, ``Finding``,
   ``check_variable``, ``redact``); standard library only;
-* ``audit.keys``: public keys out of private-key material (fingerprints that name
-  published keys);
-* ``audit.archives``: compressed streams, tar and cpio members;
+* ``audit.keys``: DER private keys at any offset, public keys out of private-key
+  material (fingerprints that name published keys);
+* ``audit.archives``: compressed streams, tar, cpio, ar and zip members, as streams;
 * ``audit.scan``: blobs, files and trees, the allowlist, the report.
 
 Standard library only at module level, like the modules it re-exports.

@@ -1,4 +1,7 @@
-"""Public keys out of private-key material the scanner finds: PEM, DER, OpenSSH, certificates.
+"""Private keys in DER at any offset, and public keys out of what the scanner finds.
+
+Covers PEM bodies, DER (PKCS#1, SEC1, DSA, PKCS#8, encrypted PKCS#8, PKCS#12),
+OpenSSH keys and certificates.
 
 A small DER reader (standard library) that derives the SubjectPublicKeyInfo of RSA
 and EC private keys, so the scanner can name a published key by its fingerprint
@@ -11,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
+from collections.abc import Iterator
 
 from ..secrets import _DASHES
 
@@ -19,6 +24,17 @@ _DER_EC_OID = bytes.fromhex("2a8648ce3d0201")
 _DER_ED25519_OID = bytes.fromhex("2b6570")
 _DER_ED448_OID = bytes.fromhex("2b6571")
 _PKCS7_DATA_OID = bytes.fromhex("2a864886f70d010701")
+_KEY_ALGORITHMS = {
+    _DER_RSA_OID: "RSA",
+    bytes.fromhex("2a864886f70d01010a"): "RSA-PSS",
+    _DER_EC_OID: "EC",
+    bytes.fromhex("2a8648ce380401"): "DSA",
+    _DER_ED25519_OID: "Ed25519",
+    _DER_ED448_OID: "Ed448",
+    bytes.fromhex("2b656e"): "X25519",
+    bytes.fromhex("2b656f"): "X448",
+    bytes.fromhex("2a811ccf55018d2d"): "SM2",
+}
 
 
 def _tlv(buf: bytes, pos: int) -> tuple[int, int, int]:
@@ -227,3 +243,202 @@ def _pem_body(block: bytes) -> bytes | None:
         return None
 
 
+# --- DER private keys anywhere in a blob ---------------------------------------------
+
+# A private key's SEQUENCE starts with its version INTEGER (0, 1, or 3 for PKCS#12) and the
+# first field's tag (INTEGER for PKCS#1 and DSA, OCTET STRING for SEC1, SEQUENCE for
+# PKCS#8 and PKCS#12); the SEQUENCE header before it (2, 3 or 4 bytes, 32 bytes to
+# 32 KiB long) is checked for each hit. In random data a hit is expected once per
+# several GiB; each one is parsed strictly.
+_DER_VERSION = re.compile(rb"\x02\x01[\x00\x01\x03][\x02\x04\x30]")
+
+
+def _der_starts(buf: bytes) -> Iterator[int]:
+    for m in _DER_VERSION.finditer(buf):
+        v = m.start()
+        if v >= 2 and buf[v - 2] == 0x30 and 0x20 <= buf[v - 1] < 0x80:
+            yield v - 2
+        elif v >= 3 and buf[v - 3] == 0x30 and buf[v - 2] == 0x81 and buf[v - 1] >= 0x80:
+            yield v - 3
+        elif v >= 4 and buf[v - 4] == 0x30 and buf[v - 3] == 0x82 and 0 < buf[v - 2] < 0x80:
+            yield v - 4
+
+
+# EncryptedPrivateKeyInfo has no version: it is found by its encryption algorithm
+# (PBES2, or the PKCS#12 PBE algorithms) and parsed back from there.
+_PKCS_ARC = bytes.fromhex("2a864886f70d01")  # 1.2.840.113549.1, then 5.13 (PBES2) or 12.1.n (PKCS#12 PBE)
+_ENCRYPTED_KEY_ALG = re.compile(rb"\x05\x0d|\x0c\x01[\x01-\x06]")
+
+
+def _strict_children(buf: bytes, start: int, end: int) -> list[tuple[int, int, int, int]] | None:
+    """Like ``_children``, but every element lies inside [start, end) and they fill it exactly."""
+    out = []
+    pos = start
+    try:
+        while pos < end:
+            tag, vs, ve = _tlv(buf, pos)
+            if ve > end or tag & 0x1F == 0x1F:
+                return None
+            out.append((tag, pos, vs, ve))
+            pos = ve
+    except ValueError:
+        return None
+    return out if pos == end else None
+
+
+def _int(buf: bytes, kid: tuple[int, int, int, int]) -> int:
+    return int.from_bytes(buf[kid[2] : kid[3]], "big")
+
+
+def _random_looking(secret: bytes) -> bool:
+    """A private scalar or seed: few zero bytes, many distinct ones, no DER inside.
+
+    Not a template or code that happens to follow a DER header in a program.
+    """
+    return (
+        len(secret) >= 16
+        and secret.count(0) * 8 <= len(secret) + 8
+        and len(set(secret)) * 5 >= len(secret) * 3
+        and _DER_VERSION.search(secret) is None
+    )
+
+
+def _rsa_ok(buf: bytes, kids: list[tuple[int, int, int, int]]) -> bool:
+    """version 0, then n, e, d, p, q, ...: the modulus is the product of the primes."""
+    tags = [k[0] for k in kids]
+    return (
+        tags == [0x02] * 9
+        and buf[kids[0][2] : kids[0][3]] == b"\x00"
+        and kids[1][3] - kids[1][2] >= 64
+        and _int(buf, kids[1]) == _int(buf, kids[4]) * _int(buf, kids[5])
+    )
+
+
+def _sec1_ok(buf: bytes, kids: list[tuple[int, int, int, int]]) -> bool:
+    """version 1, the private scalar, then only the optional [0] curve and [1] public point."""
+    tags = [k[0] for k in kids]
+    return (
+        len(kids) >= 2
+        and buf[kids[0][2] : kids[0][3]] == b"\x01"
+        and tags[1] == 0x04
+        and len(kids) <= 4
+        and all(t in (0xA0, 0xA1) for t in tags[2:])
+        and kids[1][3] - kids[1][2] <= 72
+        and _random_looking(buf[kids[1][2] : kids[1][3]])
+    )
+
+
+def _pkcs8_inner_ok(buf: bytes, alg: bytes, start: int, end: int) -> bool:
+    """The OCTET STRING of a PrivateKeyInfo holds a key of the algorithm it names."""
+    if alg in (_DER_RSA_OID, bytes.fromhex("2a864886f70d01010a")):
+        try:
+            tag, vs, ve = _tlv(buf, start)
+        except ValueError:
+            return False
+        kids = _strict_children(buf, vs, ve) if tag == 0x30 and ve == end else None
+        return bool(kids) and _rsa_ok(buf, kids)  # type: ignore[arg-type]
+    if alg == _DER_EC_OID:
+        try:
+            tag, vs, ve = _tlv(buf, start)
+        except ValueError:
+            return False
+        kids = _strict_children(buf, vs, ve) if tag == 0x30 and ve == end else None
+        return bool(kids) and _sec1_ok(buf, kids)  # type: ignore[arg-type]
+    try:  # EdDSA, X25519/X448: an OCTET STRING; DSA: an INTEGER; others: the bytes as they are
+        tag, vs, ve = _tlv(buf, start)
+        secret = buf[vs:ve] if tag in (0x02, 0x04) and ve == end else buf[start:end]
+    except ValueError:
+        secret = buf[start:end]
+    return _random_looking(secret.lstrip(b"\x00"))
+
+
+def der_private_key_at(buf: bytes, pos: int) -> tuple[str, int] | None:
+    """(what, end) when a DER private key (or PKCS#12 bundle) starts at ``pos``.
+
+    Parsed strictly (definite lengths that nest and fill exactly), and checked for what
+    a real key has: an RSA modulus that is the product of its primes, a DSA public value
+    that matches the private one, a private scalar that looks random. So a DER template
+    in a program (the header a library puts before a raw key) is not taken for a key.
+    """
+    try:
+        tag, vs, ve = _tlv(buf, pos)
+    except ValueError:
+        return None
+    kids = _strict_children(buf, vs, ve) if tag == 0x30 else None
+    if not kids or len(kids) < 2 or kids[0][0] != 0x02 or kids[0][3] - kids[0][2] != 1:
+        return None
+    version = buf[kids[0][2]]
+    tags = [k[0] for k in kids]
+    if _rsa_ok(buf, kids):
+        return "RSA private key (PKCS#1)", ve
+    if version == 0 and tags == [0x02] * 6 and kids[1][3] - kids[1][2] >= 64:
+        p, g, y, x = (_int(buf, kids[i]) for i in (1, 3, 4, 5))
+        if p > 3 and 1 < x < p and pow(g, x, p) == y:
+            return "DSA private key", ve
+        return None
+    if _sec1_ok(buf, kids):
+        return "EC private key (SEC1)", ve
+    if version in (0, 1) and len(kids) >= 3 and tags[1] == 0x30 and tags[2] == 0x04:
+        alg = _strict_children(buf, kids[1][2], kids[1][3])
+        extras_ok = len(kids) <= 5 and all(t in (0x80, 0x81, 0xA0, 0xA1) for t in tags[3:])
+        if alg and alg[0][0] == 0x06 and extras_ok:
+            oid = buf[alg[0][2] : alg[0][3]]
+            if _pkcs8_inner_ok(buf, oid, kids[2][2], kids[2][3]):
+                name = _KEY_ALGORITHMS.get(oid, "")
+                return f"{name} private key (PKCS#8)".lstrip(), ve
+        return None
+    if version == 3 and tags[1] == 0x30 and _PKCS7_DATA_OID in buf[kids[1][2] : kids[1][2] + 16]:
+        return "PKCS#12 bundle", ve
+    return None
+
+
+def _encrypted_key_before(buf: bytes, oid_pos: int) -> tuple[int, int] | None:
+    """(start, end) of an EncryptedPrivateKeyInfo whose algorithm OID is at ``oid_pos``."""
+    for inner_len in (2, 3, 4):
+        inner = oid_pos - inner_len
+        for outer_len in (2, 3, 4):
+            start = inner - outer_len
+            if start < 0 or buf[start] != 0x30 or buf[inner] != 0x30:
+                continue
+            try:
+                _, vs, ve = _tlv(buf, start)
+            except ValueError:
+                continue
+            if vs != inner:
+                continue
+            kids = _strict_children(buf, vs, ve)
+            if kids and [k[0] for k in kids] == [0x30, 0x04] and kids[1][3] - kids[1][2] >= 32:
+                return start, ve
+    return None
+
+
+def find_der_private_keys(buf: bytes, max_candidates: int) -> tuple[list[tuple[int, int, str]], int]:
+    """DER private keys at any offset: ([(start, end, what)], candidates parsed).
+
+    At most ``max_candidates`` candidates are parsed, so hostile input cannot make the
+    search slow; a key found is skipped over (a PKCS#8 key holds a PKCS#1 one).
+    """
+    hits: list[tuple[int, int, str]] = []
+    tried = 0
+    for start in _der_starts(buf):
+        if tried >= max_candidates:
+            break
+        if hits and start < hits[-1][1]:
+            continue
+        tried += 1
+        found = der_private_key_at(buf, start)
+        if found is not None:
+            hits.append((start, found[1], found[0]))
+    arc = buf.find(_PKCS_ARC)
+    while arc >= 0:
+        oid = arc - 2
+        m = _ENCRYPTED_KEY_ALG.match(buf, arc + len(_PKCS_ARC))
+        if m is not None and oid >= 0 and buf[oid] == 0x06 and buf[oid + 1] == m.end() - arc:
+            if tried >= max_candidates:
+                break
+            tried += 1
+            span = _encrypted_key_before(buf, oid)
+            if span is not None and not any(s <= span[0] < e for s, e, _ in hits):
+                hits.append((span[0], span[1], "encrypted private key (PKCS#8)"))
+        arc = buf.find(_PKCS_ARC, arc + 1)
+    return sorted(hits), tried

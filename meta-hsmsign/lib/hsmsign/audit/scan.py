@@ -1,8 +1,9 @@
 """The leak scanner: files, trees and blobs, the allowlist, the report.
 
 Scans text and binary content (layers, setup scripts, kas files, ``bitbake -e``
-dumps, sigdata, logs, deploy directories, unpacked root filesystems, tar and
-cpio archives) for the kinds of secret ``hsmsign.secrets`` defines.
+dumps, sigdata, logs, deploy directories, unpacked root filesystems, archives,
+core files, images) for the kinds of secret ``hsmsign.secrets`` defines. Files are
+read as streams, in windows (see "reading" below): memory stays bounded.
 
 Standard library only at module level.
 """
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
+import codecs
 import dataclasses
 import fnmatch
 import hashlib
+import io
 import os
 import re
-import shutil
 import stat
 from collections.abc import Iterable, Iterator
 
@@ -51,17 +54,17 @@ from ..secrets import (
     spsdk_pin_findings,
     ssh2_blocks,
 )
-from .archives import ZSTD_MAGIC, archive_members
+from .archives import MAX_DEPTH, SNIFF_LEN, Budget, Refused, Stream, members, sniff
 from .keys import (
     _DER_ED448_OID,
     _DER_ED25519_OID,
-    _PKCS7_DATA_OID,
     _SSH_CURVES,
     _children,
     _der,
     _ec_spki,
     _rsa_spki,
     _tlv,
+    find_der_private_keys,
     spki_from_certificate_der,
     spki_from_openssh_private,
     spki_from_private_der,
@@ -107,26 +110,272 @@ def scan_text(text: str, source: str = "<text>") -> list[Finding]:
 
 def scan_bytes(data: bytes, source: str, *, depth: int = 0) -> list[Finding]:
     """Scan one blob: text or binary; archives are opened and their members scanned."""
+    return _scan_top(Stream(io.BytesIO(data), source), source, depth)
+
+
+# --- reading: containers, encodings, windows ------------------------------------------
+#
+# A file is read as a stream: containers (archives.py) hand their members on as streams,
+# and content is scanned in windows of WINDOW bytes, each starting with the last OVERLAP
+# bytes (or more, back to a line start) of the one before. Memory stays bounded by a few
+# windows whatever the size of the file or of what it unpacks to.
+
+WINDOW = 16 << 20
+OVERLAP = 1 << 20
+MAX_DER_CANDIDATES = 4096  # DER headers parsed per window: bounded work on hostile input
+_NUL_TO_NL = bytes.maketrans(b"\0", b"\n")
+
+
+class _Scan:
+    """The findings of one scanned file and what it may still cost."""
+
+    def __init__(self) -> None:
+        self.findings: list[Finding] = []
+        self.budget = Budget()
+        self.der_capped = False
+
+    def warn(self, source: str, message: str) -> None:
+        self.findings.append(_finding(source, 0, "unreadable", message, source))
+
+
+def _scan_top(st: Stream, source: str, depth: int = 0) -> list[Finding]:
+    scan = _Scan()
+    try:
+        _scan_stream(st, source, depth, scan)
+    except Refused as exc:  # the decompression budget, or the file itself could not be read
+        scan.warn(exc.source or source, str(exc))
+    except OSError as exc:
+        scan.warn(source, f"cannot read: {exc.strerror or exc}")
+    return _dedupe(scan.findings)
+
+
+def _scan_stream(st: Stream, source: str, depth: int, scan: _Scan) -> None:
+    kind = sniff(st.peek(SNIFF_LEN))
+    if kind is None:
+        _scan_content(st, source, scan)
+        return
+    if depth >= MAX_DEPTH:
+        scan.warn(source, f"{kind} nested deeper than {MAX_DEPTH} containers: not opened, scanned as it is")
+        _scan_content(st, source, scan)
+        return
+    try:
+        for member_source, member in members(kind, st, source, scan.budget):
+            if isinstance(member, str):
+                scan.warn(member_source, member)
+                continue
+            try:
+                _scan_stream(member, member_source, depth + 1, scan)
+            finally:
+                member.close()
+    except Refused as exc:
+        if exc.exhausted:
+            raise
+        scan.warn(exc.source, str(exc))
+
+
+def _text_encoding(head: bytes) -> str | None:
+    """UTF-16 or UTF-32 text (by its byte-order mark, or by where its zero bytes are)."""
+    if head[:4] in (b"\xff\xfe\0\0", b"\0\0\xfe\xff"):
+        return "utf-32"
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "utf-16"
+    n = len(head) & ~3
+    if n < 8:
+        return None
+    zeros = [head[i:n:4].count(0) * 4 / n for i in range(4)]
+    enc = None
+    if n >= 16 and min(zeros[1:]) > 0.9 and zeros[0] < 0.1:
+        enc = "utf-32-le"
+    elif n >= 16 and min(zeros[:3]) > 0.9 and zeros[3] < 0.1:
+        enc = "utf-32-be"
+    elif min(zeros[1], zeros[3]) > 0.9 and max(zeros[0], zeros[2]) < 0.1:
+        enc = "utf-16-le"
+    elif min(zeros[0], zeros[2]) > 0.9 and max(zeros[1], zeros[3]) < 0.1:
+        enc = "utf-16-be"
+    if enc is None:
+        return None
+    text = head[:n].decode(enc, "replace")
+    printable = sum(1 for c in text if c.isprintable() or c in "\t\r\n")
+    return enc if printable >= 0.9 * len(text) else None
+
+
+def _decoded(st: Stream, encoding: str) -> Iterator[bytes]:
+    dec = codecs.getincrementaldecoder(encoding)(errors="replace")
+    while True:
+        raw = st.read(1 << 20)
+        text = dec.decode(raw, final=not raw)
+        if text:
+            yield text.encode("utf-8", "replace")
+        if not raw:
+            return
+
+
+def _scan_content(st: Stream, source: str, scan: _Scan) -> None:
+    """Scan a stream's content window by window.
+
+    In text that holds NUL bytes (environment dumps, ``find -print0`` lists) a NUL ends
+    a line as a newline does, and line numbers count both; in binary content (images,
+    executables, core files) they count newlines only.
+    """
+    encoding = _text_encoding(st.peek(4096))
+    read = st.read if encoding is None else Stream.of_chunks(_decoded(st, encoding)).read
+    carry = b""
+    lines_before = 0  # line ends before the window
+    offset = 0  # where the window starts in the (decoded) stream
+    while True:
+        failure = None
+        try:
+            chunk = read(WINDOW)
+        except Refused as exc:  # scan what came before, then report it
+            chunk, failure = b"", exc
+        window = carry + chunk if carry else chunk
+        last = len(chunk) < WINDOW
+        if not window:
+            if failure is not None:
+                raise failure
+            break
+        binary = b"\0" in window and _looks_binary(window)
+        view = window.translate(_NUL_TO_NL) if b"\0" in window and not binary else window
+        cut = len(view) if last else _cut(view)
+        whole = offset == 0 and last
+        if binary:
+            found = _scan_binary(window, source, whole, encoding is None, offset, scan)
+        else:
+            found = _scan_text_window(window, view, source, whole, encoding is None, offset, scan)
+        lines_in = view.count(b"\n", 0, cut) if not last else 0
+        if not last:
+            limit = lines_in if view[cut - 1 : cut] == b"\n" else lines_in + 1
+            found = [f for f in found if f.line <= limit]  # the rest is seen again in the next window
+        for f in found:
+            scan.findings.append(_at_line(f, f.line + lines_before) if f.line and lines_before else f)
+        if failure is not None:
+            raise failure
+        if last:
+            break
+        lines_before += lines_in
+        offset += cut
+        carry = window[cut:]
+
+
+def _cut(view: bytes) -> int:
+    """Where the next window starts: a line start OVERLAP bytes or a little more from the end."""
+    target = len(view) - OVERLAP
+    nl = view.rfind(b"\n", max(0, target - OVERLAP), target)
+    return nl + 1 if nl >= 0 else target
+
+
+def _at_line(f: Finding, line: int) -> Finding:
+    import dataclasses
+
+    return dataclasses.replace(f, line=line)
+
+
+def _scan_text_window(
+    window: bytes, view: bytes, source: str, whole: bool, raw: bool, offset: int, scan: _Scan
+) -> list[Finding]:
+    """Text: ``view`` is the window with NULs turned into newlines (or the window itself)."""
     findings: list[Finding] = []
-    if data[:4] == ZSTD_MAGIC and not shutil.which("zstd"):
-        return [_finding(source, 0, "unreadable", "zstd stream not opened: install zstd", source)]
-    members = archive_members(data, source, depth)
-    if members is not None:
-        for member_source, member_data in members:
-            findings.extend(scan_bytes(member_data, member_source, depth=depth + 1))
-        return findings
+    findings.extend(_scan_pem(view, source))
+    findings.extend(_scan_pin_value(view, source))
+    findings.extend(_scan_ssh_public(view, source))
+    findings.extend(_scan_assignments(view, source))
+    findings.extend(_scan_wrapped_keys(view, source))
+    findings.extend(spsdk_pin_findings(view, source))
+    if whole and view is window:
+        findings.extend(_scan_key_file_content(view, source))
+    if raw and view is not window:  # every DER private key holds a zero byte
+        findings.extend(_scan_der(window, view, source, whole, offset, scan))
+    return findings
+
+
+def _scan_binary(
+    window: bytes, source: str, whole: bool, raw: bool, offset: int, scan: _Scan
+) -> list[Finding]:
+    """Binary: runs of 4 KiB or more of zero bytes (free space in an image) are left out first."""
+    data, segments = _without_zero_runs(window)
+    findings: list[Finding] = []
     findings.extend(_scan_pem(data, source))
     findings.extend(_scan_pin_value(data, source))
     findings.extend(_scan_ssh_public(data, source))
     findings.extend(_scan_wrapped_keys(data, source))
-    is_text = b"\0" not in data[:8192]
-    if is_text:
-        findings.extend(_scan_assignments(data, source))
-        findings.extend(_scan_key_file_content(data, source))
-        findings.extend(spsdk_pin_findings(data, source))
-    else:
-        findings.extend(_scan_der(data, source))
-    return _dedupe(findings)
+    findings.extend(_scan_records(data, source))
+    if raw:
+        findings.extend(_scan_der(data, data, source, whole, offset, scan, segments))
+    return findings
+
+
+_ZERO_RUN = bytes(4096)
+
+
+def _without_zero_runs(window: bytes) -> tuple[bytes, list[tuple[int, int]]]:
+    """The window without its long zero runs (they hold no newline, so line numbers stay), and
+    the (offset in the result, offset in the window) of each piece kept."""
+    z = window.find(_ZERO_RUN)
+    if z < 0:
+        return window, [(0, 0)]
+    pieces = []
+    segments = []
+    pos = kept = 0
+    while z >= 0:
+        pieces.append(window[pos:z])
+        segments.append((kept, pos))
+        kept += z - pos + 16
+        pos = z + 4096
+        while window[pos : pos + 4096] == _ZERO_RUN:
+            pos += 4096
+        tail = window[pos : pos + 4096]
+        pos += len(tail) - len(tail.lstrip(b"\0"))
+        z = window.find(_ZERO_RUN, pos)
+    pieces.append(window[pos:])
+    segments.append((kept, pos))
+    return bytes(16).join(pieces), segments
+
+
+_CONTROL_BYTES = bytes(b for b in range(32) if b not in (0, 9, 10, 11, 12, 13)) + b"\x7f"
+
+
+def _looks_binary(window: bytes) -> bool:
+    """Binary (an image, an executable, a core file) rather than text with a few NULs, from a sample."""
+    step = max(512, len(window) // 64)
+    sample = b"".join(window[i : i + 512] for i in range(0, len(window), step))
+    controls = len(sample) - len(sample.translate(None, _CONTROL_BYTES))
+    return controls * 100 > len(sample) or sample.count(0) * 4 > len(sample)
+
+
+# ``NAME=value`` records inside binary data: an environment block in a core file, a string
+# table. Found from each ``=`` after two name characters (a literal search with a
+# look-behind: fast even on random data), then the name before it must be secret-like.
+_RECORD_EQ = re.compile(rb"=(?:(?<=[A-Za-z0-9_.\-]{2}=)|(?<=[A-Za-z0-9_.\-]{2}[ \t]=))")
+_NAME_BYTE = bytes(1 if chr(b).isalnum() or chr(b) in "_.-" else 0 for b in range(128)) + bytes(128)
+_KEYWORD = re.compile(b"|".join(_KEYWORDS))
+# A printf conversion in the value: a program's format string (``password=%s``), not a secret.
+_PRINTF = re.compile(rb"%[-+ #0]*(?:\d+|\*)?(?:\.(?:\d+|\*))?(?:hh|h|ll|l|L|q|j|z|t)?[diouxXeEfFgGaAcspn]")
+
+
+def _scan_records(view: bytes, source: str) -> list[Finding]:
+    """Assignments in binary content: ``NAME=value`` up to the next NUL or newline."""
+    starts = []
+    lines = []
+    for m in _RECORD_EQ.finditer(view):
+        eq = m.start()
+        q = eq - 1 if view[eq - 1] in (9, 32) else eq
+        start = q - 2
+        while start > 0 and q - start < 64 and _NAME_BYTE[view[start - 1]]:
+            start -= 1
+        # the name starts a record (not ``?pin-value=`` inside a URI: the URI scan reports that)
+        before = view[start - 1] if start else 0
+        starts_record = before < 0x21 or before > 0x7E or before in b"\"'"
+        if starts_record and _KEYWORD.search(view[start:q].lower()):
+            limit = min(len(view), eq + 4096)
+            ends = [e for e in (view.find(b"\0", eq, limit), view.find(b"\n", eq, limit)) if e >= 0]
+            line = view[start : min(ends) if ends else limit]
+            if not _PRINTF.search(line, eq - start):
+                starts.append(start)
+                lines.append(line)
+    if not lines:
+        return []
+    found = _scan_assignments(b"\n".join(lines), source)
+    return [_at_line(f, view.count(b"\n", 0, starts[f.line - 1]) + 1) for f in found]
 
 
 def _dedupe(findings: list[Finding]) -> list[Finding]:
@@ -381,36 +630,47 @@ def _scan_key_file_content(data: bytes, source: str) -> list[Finding]:
     return [_symmetric_finding(raw, f"key file: {REDACTED}", source, 1)]
 
 
-def _scan_der(data: bytes, source: str) -> list[Finding]:
-    """A file (or archive member) that is itself a DER private key or PKCS#12."""
-    if len(data) < 64 or len(data) > 65536 or data[0] != 0x30:
-        return []
-    try:
-        _, vs, ve = _tlv(data, 0)
-        if ve != len(data):
-            return []
-        kids = _children(data, vs, ve)
-    except ValueError:
-        return []
-    if (
-        len(kids) >= 2
-        and kids[0][0] == 0x02
-        and data[kids[0][2] : kids[0][3]] == b"\x03"
-        and kids[1][0] == 0x30
-    ):
-        inner = data[kids[1][2] : kids[1][3]]
-        if _PKCS7_DATA_OID in inner[:16]:
-            return [_finding(source, 0, "private-key-der", "PKCS#12 file [redacted]", data)]
-    spki = spki_from_private_der(data)
-    if spki is None:
-        return []
-    detail = _known_detail(spki) or f"public key sha256 {hashlib.sha256(spki).hexdigest()}"
-    return [
-        _finding(
-            source, 0, "private-key-der", f"DER private key [{len(data)} bytes redacted]", data, detail=detail
-        )
-    ]
+def _scan_der(
+    data: bytes,
+    view: bytes,
+    source: str,
+    whole: bool,
+    offset: int,
+    scan: _Scan,
+    segments: list[tuple[int, int]] | None = None,
+) -> list[Finding]:
+    """DER private keys and PKCS#12 bundles: a whole file, or embedded at any offset in a blob.
 
+    ``segments`` maps offsets in ``data`` back to the window (see ``_without_zero_runs``).
+    """
+    hits, tried = find_der_private_keys(data, MAX_DER_CANDIDATES)
+    if tried >= MAX_DER_CANDIDATES and not scan.der_capped:
+        scan.der_capped = True
+        scan.warn(source, f"more than {MAX_DER_CANDIDATES} DER-like headers in 16 MiB: not all were checked")
+    out = []
+    for start, end, what in hits:
+        der = data[start:end]
+        spki = spki_from_private_der(der) if "private key" in what and "encrypted" not in what else None
+        detail = ""
+        if spki is not None:
+            detail = _known_detail(spki) or f"public key sha256 {hashlib.sha256(spki).hexdigest()}"
+        at = start
+        if segments:
+            kept, orig = segments[bisect.bisect_right(segments, (start, 1 << 62)) - 1]
+            at = orig + start - kept
+        alone = whole and start == 0 and end == len(data) and (not segments or len(segments) == 1)
+        where = "" if alone else f" at byte {offset + at}"
+        out.append(
+            _finding(
+                source,
+                0 if alone else _line_of(view, start),
+                "private-key-der",
+                f"DER {what}{where} [{len(der)} bytes redacted]",
+                der,
+                detail=detail,
+            )
+        )
+    return out
 
 
 # --- keys in other wrappings: SSH2, age, JWK, base64 of PEM ---------------------------
@@ -587,7 +847,6 @@ class Allowlist:
 
 
 SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".ruff_cache", ".pytest_cache", ".mypy_cache"})
-MMAP_THRESHOLD = 64 * 1024 * 1024
 
 
 def iter_files(paths: Iterable[str]) -> Iterator[str]:
@@ -607,37 +866,12 @@ def iter_files(paths: Iterable[str]) -> Iterator[str]:
 def scan_file(path: str) -> list[Finding]:
     """Scan one file (archives included). Devices, FIFOs and sockets are not read."""
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(os.stat(path).st_mode):
             return [_finding(path, 0, "unreadable", "not a regular file: not read", path)]
-        size = st.st_size
-        if size >= MMAP_THRESHOLD and not _looks_compressed_or_archive(path):
-            import mmap
-
-            with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                return _scan_large(mm, path)  # type: ignore[arg-type]
         with open(path, "rb") as fh:
-            data = fh.read()
+            return _scan_top(Stream(fh, path), path)
     except OSError as exc:
-        return [_finding(path, 0, "unreadable", f"cannot read: {exc.strerror}", path)]
-    return scan_bytes(data, path)
-
-
-def _looks_compressed_or_archive(path: str) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(512)
-    return (
-        head[:2] == b"\x1f\x8b"
-        or head[:3] == b"BZh"
-        or head[:6] == b"\xfd7zXZ\x00"
-        or head[:5] == b"07070"
-        or head[:4] == ZSTD_MAGIC
-    )
-
-
-def _scan_large(mm: bytes, path: str) -> list[Finding]:
-    """Big raw images (ext4, wic): only the byte-level scans, without copying the file."""
-    return _dedupe(_scan_pem(mm, path) + _scan_pin_value(mm, path) + _scan_ssh_public(mm, path))
+        return [_finding(path, 0, "unreadable", f"cannot read: {exc.strerror or exc}", path)]
 
 
 def id_root(path: str) -> str:
