@@ -29,7 +29,8 @@
 #
 #   INHERIT += "hsmsign"
 #   HSM_PKCS11_URI_IMX = "pkcs11:token=acme-prod;object=imx-srk0"
-#   HSMSIGN_IMX_SRK_URIS = "pkcs11:token=acme-prod;object=imx-srk0 pkcs11:token=acme-prod;object=imx-srk1"
+#   HSMSIGN_IMX_SRK_URIS = "pkcs11:token=acme-prod;object=imx-srk0 pkcs11:token=acme-prod;object=imx-srk1 \
+#                           pkcs11:token=acme-prod;object=imx-srk2 pkcs11:token=acme-prod;object=imx-srk3"
 #   HSMSIGN_SPSDK_PYTHON = "/opt/hsmsign-nxp/bin/python3"
 
 HSMSIGN_IMX_SIGN ??= "imx-boot imx-boot-container"
@@ -39,7 +40,7 @@ HSMSIGN_SPSDK_PYTHON ??= ""
 HSMSIGN_SPSDK_PYTHON[doc] = "Absolute path of a Python on the build host with SPSDK, python-pkcs11 and asn1crypto (a venv with pip install 'hsmsign[nxp]'); the i.MX signing task runs this layer's hsmsign with it. Empty: the task stops."
 
 HSMSIGN_IMX_SRK_URIS ??= ""
-HSMSIGN_IMX_SRK_URIS[doc] = "Space-separated URIs (no PIN) of the 1 to 4 SRK keys, in SRK order, whose table is put into the images and whose hash is fused; HSM_PKCS11_URI_IMX must be one of them (it signs). Empty: HSM_PKCS11_URI_IMX alone."
+HSMSIGN_IMX_SRK_URIS[doc] = "Space-separated URIs (no PIN) of the 4 SRK keys, in SRK order, whose table is put into the images and whose hash is fused; HSM_PKCS11_URI_IMX must be one of them (it signs), the others are for revocation. Required: the task stops without them."
 
 HSMSIGN_IMX_FAMILY ??= ""
 HSMSIGN_IMX_FAMILY[doc] = "SPSDK family of the SoC (nxpimage ahab get-families), e.g. mimx9352. Empty: from the machine's SoC override (mx93: mimx9352, mx95: mimx9596, mx8qxp: mimx8qxp, ...)."
@@ -122,8 +123,7 @@ python () {
 
 # The SRK keys by identity (no PIN source, no module) and the user's SPSDK configuration by content
 def hsmsign_imx_srk_id(d):
-    uris = (d.getVar("HSMSIGN_IMX_SRK_URIS") or "").split() or [hsmsign.bitbake.role_uri(d, "IMX")]
-    return " ".join(hsmsign.bitbake.uri_identity(u) for u in uris)
+    return " ".join(hsmsign.bitbake.uri_identity(u) for u in (d.getVar("HSMSIGN_IMX_SRK_URIS") or "").split())
 
 def hsmsign_imx_config_id(d):
     import hashlib

@@ -461,11 +461,15 @@ def imx_mem_type(target: str, wanted: str = "") -> str:
 
 
 def imx_srk_uris(sign_uri: str, srk_uris: str) -> tuple[list[str], int]:
-    """The SRK table's key URIs (HSMSIGN_IMX_SRK_URIS, default the signing key alone) and the
-    index of the signing key among them (AHAB's used_srk_id), matched by URI identity."""
-    uris = srk_uris.split() or [sign_uri]
-    if not 1 <= len(uris) <= 4:
-        raise TaskError(f"HSMSIGN_IMX_SRK_URIS names {len(uris)} keys: an SRK table holds 1 to 4")
+    """The AHAB SRK table's four key URIs (HSMSIGN_IMX_SRK_URIS, in SRK order) and the index of
+    the signing key among them (AHAB's used_srk_id), matched by URI identity."""
+    uris = srk_uris.split()
+    if len(uris) != 4:
+        raise TaskError(
+            f"HSMSIGN_IMX_SRK_URIS names {len(uris)} key(s): an AHAB SRK table holds 4 (SRK 0 to 3; "
+            "the ones that do not sign are for revocation). Make four keys in the token and list "
+            "their URIs there, HSM_PKCS11_URI_IMX among them"
+        )
     wanted = _identity(sign_uri)
     for index, uri in enumerate(uris):
         if _identity(uri) == wanted:

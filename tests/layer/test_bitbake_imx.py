@@ -1,0 +1,219 @@
+"""NXP i.MX in real BitBake: imx-boot's image AHAB-signed by do_hsmsign_imx, checked by NXP's verifier.
+
+A stand-in ``imx-boot`` recipe (tests/layer/meta-hsmsign-test/imx/) puts an unsigned AHAB
+image (made here with SPSDK's ``nxpimage ahab export``, one OEM container) where
+meta-freescale's imx-boot leaves its images; the layer's hook (hsmsign-imx.bbclass) signs
+it between do_compile and do_install/do_deploy through SPSDK with four SRK keys in a
+SoftHSM development token, and deploys the SRK table and fuse words next to it.
+``nxpimage ahab verify`` accepts the deployed image and prints the deployed fuse words.
+The PIN (handed through HSMSIGN_PIN_ENV) is in no file under TMPDIR, and no private key is.
+On an i.MX 8M machine (HAB) the task stops instead of deploying an unsigned image.
+
+SPSDK is in no Yocto layer: the class runs the layer's hsmsign with HSMSIGN_SPSDK_PYTHON.
+Here that is HSMSIGN_TEST_SPSDK_PYTHON (scripts/run-layer-tests finds the venv that
+``scripts/test-imx --venv`` builds); without it these tests skip (fail in CI).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.layer import bbenv
+from tests.layer.bbenv import LAYER, SOFTHSM, TEST_LAYER, Build
+
+SPSDK_PYTHON = os.environ.get("HSMSIGN_TEST_SPSDK_PYTHON", "")
+FAMILY = "mimx9352"
+MACHINE = "qemuarm64"
+IMAGE = f"imx-boot-{MACHINE}-sd.bin-flash_singleboot"
+PEM_PRIVATE = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+# what meta-freescale's imx-base.inc gives an i.MX 93 and an i.MX 8M Mini machine
+MX93 = "mx9-generic-bsp:mx9-nxp-bsp:mx93-generic-bsp:mx93-nxp-bsp:"
+MX8MM = "mx8-generic-bsp:mx8-nxp-bsp:mx8m-generic-bsp:mx8m-nxp-bsp:mx8mm-generic-bsp:mx8mm-nxp-bsp:"
+
+pytestmark = [
+    pytest.mark.skipif(not bbenv.HAVE_BITBAKE, reason=bbenv.SKIP_REASON),
+    pytest.mark.skipif(bbenv.IS_ROOT, reason="BitBake refuses to run as root"),
+    pytest.mark.skipif(not bbenv.PYTHON, reason="set HSMSIGN_TEST_PYTHON (python-pkcs11, cryptography)"),
+    pytest.mark.skipif(
+        not (SPSDK_PYTHON and os.access(SPSDK_PYTHON, os.X_OK)),
+        reason="set HSMSIGN_TEST_SPSDK_PYTHON to a Python with SPSDK (scripts/test-imx --venv builds one)",
+    ),
+]
+
+
+def nxpimage(*args: str) -> subprocess.CompletedProcess[str]:
+    """NXP's own command line from the SPSDK venv."""
+    exe = os.path.join(os.path.dirname(SPSDK_PYTHON), "nxpimage")
+    return subprocess.run([exe, *args], capture_output=True, text=True, check=False)
+
+
+@dataclass
+class ImxBuild:
+    build: Build
+    pin: str
+    devhome: str
+    unsigned: str
+    srk_uris: list[str]
+
+    def conf(self, overrides: str = MX93, **changes: str) -> None:
+        settings = {
+            "MACHINE": MACHINE,
+            "HSMSIGN_MODE": "development",
+            "HSMSIGN_DEV_HOME": self.devhome,
+            "HSMSIGN_PIN_ENV": "HSM_TEST_PIN",
+            "HSM_PKCS11_URI": f"pkcs11:token=hsmsign-dev;object=dev-signing?module-path={SOFTHSM}",
+            "HSM_PKCS11_URI_IMX": self.srk_uris[1],
+            "HSMSIGN_IMX_SRK_URIS": " ".join(self.srk_uris),
+            "HSMSIGN_SPSDK_PYTHON": SPSDK_PYTHON,
+            # the other classes' signing command (nothing else is signed here): no hsmsign-native
+            "HSMSIGN_CMD": f"env PYTHONPATH={bbenv.LIB} {bbenv.PYTHON} -m hsmsign",
+            "HSMSIGN_TEST_IMX_IMAGE": self.unsigned,
+            **changes,
+        }
+        masks = [
+            os.path.join(bbenv.OECORE, "meta", "recipes-"),
+            os.path.join(bbenv.METAOE, "meta-oe", ""),
+            os.path.join(bbenv.METAOE, "meta-python", "recipes-"),
+            os.path.join(LAYER, "recipes-"),
+            os.path.join(TEST_LAYER, "recipes-test", ""),
+            os.path.join(TEST_LAYER, "dynamic-layers", ""),
+        ]
+        lines = [
+            'INHERIT += "hsmsign"',
+            *(f'{name} = "{value}"' for name, value in settings.items()),
+            f'MACHINEOVERRIDES =. "{overrides}"',
+            f'BBFILES += "{TEST_LAYER}/imx/*/*.bb"',
+            'ASSUME_PROVIDED += "quilt-native patch-replacement-native virtual/fakeroot-native"',
+            'BBMASK += "' + " ".join(masks) + '"',
+            *(
+                f'BBFILE_PATTERN_IGNORE_EMPTY_{c} = "1"'
+                for c in ("core", "meta-python", "openembedded-layer", "hsmsign")
+            ),
+        ]
+        bbenv.write_conf(
+            self.build.topdir, "\n".join(lines) + "\n", bbenv.layer_paths(TEST_LAYER, swupdate=False)
+        )
+
+    def bitbake(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.build.run(*args, env={"HSM_TEST_PIN": self.pin})
+
+    def deploy_dir(self) -> str:
+        found = glob.glob(os.path.join(self.build.topdir, "tmp*", "deploy", "images", MACHINE))
+        assert found, "no deploy directory"
+        return found[0]
+
+
+@pytest.fixture(scope="module")
+def imx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImxBuild]:
+    topdir = bbenv.build_dir("imx") or str(tmp_path_factory.mktemp("bb-imx"))
+    os.makedirs(topdir, exist_ok=True)
+    devhome = os.path.join(topdir, "hsmsign-dev")
+    pin = bbenv.dev_token(devhome)
+    env = {"SOFTHSM2_CONF": os.path.join(devhome, "softhsm2.conf"), "HSM_TEST_PIN": pin}
+    uris = []
+    for i in range(4):
+        uri = f"pkcs11:token=hsmsign-dev;object=test-imx-srk{i}?module-path={SOFTHSM}"
+        common = ("--uri", uri, "--mode", "development", "--pin-env", "HSM_TEST_PIN")
+        if bbenv.hsmsign("info", *common, env=env).returncode != 0:
+            made = bbenv.hsmsign("keygen", *common, "--type", "ec:secp384r1", env=env)
+            assert made.returncode == 0, made.stderr
+        uris.append(uri)
+    # the unsigned boot image: one OEM container (what imx-mkimage leaves unsigned)
+    work = os.path.join(topdir, "imx-input")
+    os.makedirs(work, exist_ok=True)
+    unsigned = os.path.join(work, "flash.bin")
+    if not os.path.exists(unsigned):
+        payload = os.path.join(work, "payload.bin")
+        with open(payload, "wb") as fh:
+            fh.write(os.urandom(4096))
+        export = {
+            "family": FAMILY,
+            "revision": "latest",
+            "target_memory": "standard",
+            "output": unsigned,
+            "containers": [{"container": {"srk_set": "none", "images": [{
+                "image_path": payload, "load_address": "0x1FFC0000", "entry_point": "0x1FFC0000",
+                "image_type": "executable", "core_id": "cortex-m33",
+            }]}}],
+        }  # fmt: skip
+        config = os.path.join(work, "export.json")
+        with open(config, "w", encoding="utf-8") as fh:
+            json.dump(export, fh)
+        done = nxpimage("ahab", "export", "-c", config)
+        assert done.returncode == 0, done.stdout + done.stderr
+    ib = ImxBuild(Build(topdir), pin, devhome, unsigned, uris)
+    ib.conf()
+    yield ib
+
+
+def test_imx_boot_signed_through_the_token_and_srk_files_deployed(imx: ImxBuild) -> None:
+    done = imx.bitbake("imx-boot:do_deploy")
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-6000:]
+    assert imx.pin not in out
+    deploy = imx.deploy_dir()
+    image = os.path.join(deploy, IMAGE)
+    assert os.path.realpath(os.path.join(deploy, "imx-boot")) == os.path.realpath(image)
+    with open(image, "rb") as fh, open(imx.unsigned, "rb") as unsigned:
+        signed_bytes, unsigned_bytes = fh.read(), unsigned.read()
+    assert signed_bytes != unsigned_bytes
+    # NXP's verifier: the OEM container is signed, by the SRK table deployed next to it
+    verify = nxpimage("ahab", "verify", "-f", FAMILY, "-b", image)
+    report = verify.stdout + verify.stderr
+    assert verify.returncode == 0, report[-3000:]
+    assert "Signed by OEM keys" in report
+    assert "Signed by OEM keys" not in (lambda r: r.stdout + r.stderr)(
+        nxpimage("ahab", "verify", "-f", FAMILY, "-b", imx.unsigned)
+    )
+    with open(os.path.join(deploy, "imx-boot-srk-table.bin"), "rb") as fh:
+        assert fh.read() in signed_bytes
+    with open(os.path.join(deploy, "imx-boot-srk-fuses.txt"), encoding="utf-8") as fh:
+        words = re.findall(r"^SRKH\[\d+\] (0x[0-9A-F]{8})$", fh.read(), re.M)
+    assert len(words) == 8  # SHA-256 of the table, what nxpimage asks to fuse
+    for word in words:
+        assert f"Value: {word}" in report, word
+    # one changed byte of the signed container: NXP's verifier refuses it
+    bad = bytearray(signed_bytes)
+    bad[0x10] ^= 0x01
+    flipped = os.path.join(imx.build.topdir, "imx-input", "flipped.bin")
+    with open(flipped, "wb") as fh:
+        fh.write(bytes(bad))
+    assert nxpimage("ahab", "verify", "-f", FAMILY, "-b", flipped).returncode != 0
+    # the key that signed is the one HSM_PKCS11_URI_IMX names: SRK 1 of the table
+    assert re.search(r"(?i)used srk.{0,20}\b1\b|srk_id.{0,10}1", report) or "SRK ID: 1" in report, report[-3000:]
+    # no PIN and no private key anywhere in TMPDIR (logs, run files, sigdata, deploy)
+    pin = imx.pin.encode()
+    for tmp in imx.build.tmpdirs():
+        for root, _dirs, files in os.walk(tmp):
+            for name in files:
+                path = os.path.join(root, name)
+                if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > 64 << 20:
+                    continue
+                with open(path, "rb") as fh:
+                    data = fh.read()
+                assert pin not in data, f"PIN in {path}"
+                assert not PEM_PRIVATE.search(data), f"private key in {path}"
+
+
+def test_imx8m_hab_is_refused_not_left_unsigned(imx: ImxBuild) -> None:
+    """i.MX 8M boots through HAB, which SPSDK cannot sign there: the build stops, nothing deployed."""
+    imx.conf(overrides=MX8MM, HSMSIGN_IMX_SRK_NAME="imx-boot-8m-srk")
+    try:
+        done = imx.bitbake("imx-boot:do_deploy")
+        out = done.stdout + done.stderr
+        assert done.returncode != 0, out[-3000:]
+        assert "imx-boot:do_hsmsign_imx" in bbenv.started_tasks(out) or "do_hsmsign_imx" in out
+        assert "mx8m-generic-bsp: the boot ROM checks HAB" in out, out[-3000:]
+        assert 'HSMSIGN_IMX_SIGN = ""' in out
+        assert "Traceback" not in out
+        assert not os.path.exists(os.path.join(imx.deploy_dir(), "imx-boot-8m-srk-table.bin"))
+    finally:
+        imx.conf()
