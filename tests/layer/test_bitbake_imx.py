@@ -5,9 +5,11 @@ image (made here with SPSDK's ``nxpimage ahab export``, one OEM container) where
 meta-freescale's imx-boot leaves its images; the layer's hook (hsmsign-imx.bbclass) signs
 it between do_compile and do_install/do_deploy through SPSDK with four SRK keys in a
 SoftHSM development token, and deploys the SRK table and fuse words next to it.
-``nxpimage ahab verify`` accepts the deployed image and prints the deployed fuse words.
-The PIN (handed through HSMSIGN_PIN_ENV) is in no file under TMPDIR, and no private key is.
-On an i.MX 8M machine (HAB) the task stops instead of deploying an unsigned image.
+``nxpimage ahab verify`` accepts the deployed image, prints the deployed fuse words and the
+SRK that HSM_PKCS11_URI_IMX names, and refuses the image with one byte changed. The PIN
+(handed through HSMSIGN_PIN_ENV) is in no file under TMPDIR, and no private key is. Another
+key re-signs (the key identity is in the task hashes). On an i.MX 8M machine (HAB) the task
+stops instead of deploying an unsigned image.
 
 SPSDK is in no Yocto layer: the class runs the layer's hsmsign with HSMSIGN_SPSDK_PYTHON.
 Here that is HSMSIGN_TEST_SPSDK_PYTHON (scripts/run-layer-tests finds the venv that
@@ -53,6 +55,28 @@ def nxpimage(*args: str) -> subprocess.CompletedProcess[str]:
     """NXP's own command line from the SPSDK venv."""
     exe = os.path.join(os.path.dirname(SPSDK_PYTHON), "nxpimage")
     return subprocess.run([exe, *args], capture_output=True, text=True, check=False)
+
+
+# 'nxpimage ahab verify' of several images in one SPSDK process (its import takes seconds)
+VERIFY_MANY = """
+import json, sys
+from click.testing import CliRunner
+from spsdk.apps.nxpimage import main
+out = {}
+for path in sys.argv[2:]:
+    r = CliRunner().invoke(main, ["ahab", "verify", "-f", sys.argv[1], "-b", path])
+    out[path] = [r.exit_code, r.output]
+print(json.dumps(out))
+"""
+
+
+def ahab_verify(*paths: str) -> list[tuple[int, str]]:
+    done = subprocess.run(
+        [SPSDK_PYTHON, "-c", VERIFY_MANY, FAMILY, *paths], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout)
+    return [(int(found[p][0]), str(found[p][1])) for p in paths]
 
 
 @dataclass
@@ -165,14 +189,18 @@ def test_imx_boot_signed_through_the_token_and_srk_files_deployed(imx: ImxBuild)
     with open(image, "rb") as fh, open(imx.unsigned, "rb") as unsigned:
         signed_bytes, unsigned_bytes = fh.read(), unsigned.read()
     assert signed_bytes != unsigned_bytes
+    # one changed byte of the signed container: NXP's verifier must refuse it
+    bad = bytearray(signed_bytes)
+    bad[0x10] ^= 0x01
+    flipped = os.path.join(imx.build.topdir, "imx-input", "flipped.bin")
+    with open(flipped, "wb") as fh:
+        fh.write(bytes(bad))
+    (rc, report), (_, unsigned_report), (flipped_rc, _) = ahab_verify(image, imx.unsigned, flipped)
     # NXP's verifier: the OEM container is signed, by the SRK table deployed next to it
-    verify = nxpimage("ahab", "verify", "-f", FAMILY, "-b", image)
-    report = verify.stdout + verify.stderr
-    assert verify.returncode == 0, report[-3000:]
+    assert rc == 0, report[-3000:]
     assert "Signed by OEM keys" in report
-    assert "Signed by OEM keys" not in (lambda r: r.stdout + r.stderr)(
-        nxpimage("ahab", "verify", "-f", FAMILY, "-b", imx.unsigned)
-    )
+    assert "Signed by OEM keys" not in unsigned_report
+    assert flipped_rc != 0
     with open(os.path.join(deploy, "imx-boot-srk-table.bin"), "rb") as fh:
         assert fh.read() in signed_bytes
     with open(os.path.join(deploy, "imx-boot-srk-fuses.txt"), encoding="utf-8") as fh:
@@ -180,15 +208,8 @@ def test_imx_boot_signed_through_the_token_and_srk_files_deployed(imx: ImxBuild)
     assert len(words) == 8  # SHA-256 of the table, what nxpimage asks to fuse
     for word in words:
         assert f"Value: {word}" in report, word
-    # one changed byte of the signed container: NXP's verifier refuses it
-    bad = bytearray(signed_bytes)
-    bad[0x10] ^= 0x01
-    flipped = os.path.join(imx.build.topdir, "imx-input", "flipped.bin")
-    with open(flipped, "wb") as fh:
-        fh.write(bytes(bad))
-    assert nxpimage("ahab", "verify", "-f", FAMILY, "-b", flipped).returncode != 0
     # the key that signed is the one HSM_PKCS11_URI_IMX names: SRK 1 of the table
-    assert re.search(r"(?i)used srk.{0,20}\b1\b|srk_id.{0,10}1", report) or "SRK ID: 1" in report, report[-3000:]
+    assert "Used SRK key ID(Succeeded): SRK ID 1" in report, report[-3000:]
     # no PIN and no private key anywhere in TMPDIR (logs, run files, sigdata, deploy)
     pin = imx.pin.encode()
     for tmp in imx.build.tmpdirs():
@@ -215,5 +236,24 @@ def test_imx8m_hab_is_refused_not_left_unsigned(imx: ImxBuild) -> None:
         assert 'HSMSIGN_IMX_SIGN = ""' in out
         assert "Traceback" not in out
         assert not os.path.exists(os.path.join(imx.deploy_dir(), "imx-boot-8m-srk-table.bin"))
+    finally:
+        imx.conf()
+
+
+def test_key_change_re_signs_from_the_unsigned_image(imx: ImxBuild) -> None:
+    """The key identity is in the hashes of do_compile and do_hsmsign_imx: another SRK of the
+    table signs an image do_compile made anew (never one signed before)."""
+    imx.conf(HSM_PKCS11_URI_IMX=imx.srk_uris[2])
+    try:
+        done = imx.bitbake("imx-boot:do_deploy")
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out[-6000:]
+        started = bbenv.started_tasks(out)
+        assert {"imx-boot:do_compile", "imx-boot:do_hsmsign_imx"} <= started or (
+            "imx-boot:do_deploy_setscene" in started
+        ), started
+        [(rc, report)] = ahab_verify(os.path.join(imx.deploy_dir(), IMAGE))
+        assert rc == 0, report[-3000:]
+        assert "Used SRK key ID(Succeeded): SRK ID 2" in report, report[-3000:]
     finally:
         imx.conf()

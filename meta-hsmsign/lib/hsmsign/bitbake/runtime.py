@@ -443,12 +443,17 @@ def imx_boot_images(
 
 def imx_container_images(b: str, uboot_machine: str, uboot_config: str) -> list[tuple[str, str]]:
     """(path, target) of the ``flash.bin`` each U-Boot build of meta-freescale's imx-boot-container
-    class leaves (``${B}/<UBOOT_MACHINE config>-<UBOOT_CONFIG type>/flash.bin``, paired in order
-    as its do_deploy pairs them); ``${B}/flash.bin`` without UBOOT_CONFIG."""
+    class leaves, paired in order as its do_deploy pairs UBOOT_MACHINE and UBOOT_CONFIG:
+    ``${B}/<config>-<type>/flash.bin`` (wrynose and later) or ``${B}/<config>/flash.bin``
+    (scarthgap), whichever exists; ``${B}/flash.bin`` without UBOOT_CONFIG."""
     configs, kinds = uboot_machine.split(), uboot_config.split()
     if not kinds:
         return [(os.path.join(b, "flash.bin"), "flash.bin")]
-    return [(os.path.join(b, f"{c}-{k}", "flash.bin"), "flash.bin") for c, k in zip(configs, kinds)]
+    found = []
+    for config, kind in zip(configs, kinds):
+        newer, older = os.path.join(b, f"{config}-{kind}", "flash.bin"), os.path.join(b, config, "flash.bin")
+        found.append((older if os.path.isfile(older) and not os.path.isfile(newer) else newer, "flash.bin"))
+    return found
 
 
 def imx_mem_type(target: str, wanted: str = "") -> str:

@@ -19,9 +19,6 @@ UBOOT_CONFIG ?= "sd"
 IMXBOOT_TARGETS ?= "flash_singleboot"
 BOOT_VARIANT ?= ""
 
-S = "${WORKDIR}/imx-boot-test"
-B = "${S}"
-
 do_configure[noexec] = "1"
 
 do_compile() {
