@@ -18,13 +18,16 @@ Here that is HSMSIGN_TEST_SPSDK_PYTHON (scripts/run-layer-tests finds the venv t
 
 from __future__ import annotations
 
+import ast
 import glob
 import json
 import os
 import re
+import secrets
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -32,6 +35,8 @@ from tests.layer import bbenv
 from tests.layer.bbenv import LAYER, SOFTHSM, TEST_LAYER, Build
 
 SPSDK_PYTHON = os.environ.get("HSMSIGN_TEST_SPSDK_PYTHON", "")
+# meta-freescale next to the release's openembedded-core (the ../shared/yocto snapshots have it)
+FREESCALE = os.path.join(os.path.dirname(bbenv.OECORE), "meta-freescale") if bbenv.OECORE else ""
 FAMILY = "mimx9352"
 MACHINE = "qemuarm64"
 IMAGE = f"imx-boot-{MACHINE}-sd.bin-flash_singleboot"
@@ -43,12 +48,20 @@ MX8MM = "mx8-generic-bsp:mx8-nxp-bsp:mx8m-generic-bsp:mx8m-nxp-bsp:mx8mm-generic
 pytestmark = [
     pytest.mark.skipif(not bbenv.HAVE_BITBAKE, reason=bbenv.SKIP_REASON),
     pytest.mark.skipif(bbenv.IS_ROOT, reason="BitBake refuses to run as root"),
+]
+needs_spsdk = [
     pytest.mark.skipif(not bbenv.PYTHON, reason="set HSMSIGN_TEST_PYTHON (python-pkcs11, cryptography)"),
     pytest.mark.skipif(
         not (SPSDK_PYTHON and os.access(SPSDK_PYTHON, os.X_OK)),
         reason="set HSMSIGN_TEST_SPSDK_PYTHON to a Python with SPSDK (scripts/test-imx --venv builds one)",
     ),
 ]
+
+
+def with_spsdk(test: Any) -> Any:
+    for mark in needs_spsdk:
+        test = mark(test)
+    return test
 
 
 def nxpimage(*args: str) -> subprocess.CompletedProcess[str]:
@@ -135,21 +148,59 @@ class ImxBuild:
         return found[0]
 
 
+# the four SRK keys in one process (each 'hsmsign keygen' would start Python anew)
+KEYGEN = """
+import sys
+from hsmsign.cli import main
+for uri in sys.argv[1:]:
+    if main(["keygen", "--uri", uri, "--type", "ec:secp384r1", "--mode", "development",
+             "--pin-env", "HSM_TEST_PIN"]) != 0:
+        sys.exit(1)
+"""
+
+
+def scratch_token(home: str) -> str:
+    """A SoftHSM token 'hsmsign-dev' in ``home`` (softhsm2.conf where the class looks in
+    development mode, HSMSIGN_DEV_HOME) with four SRK keys; returns its PIN."""
+    conf = os.path.join(home, "softhsm2.conf")
+    pin_file = os.path.join(home, "user-pin")
+    if os.path.exists(pin_file):
+        with open(pin_file, encoding="utf-8") as fh:
+            return fh.read().strip()
+    tokens = os.path.join(home, "tokens")
+    os.makedirs(tokens, exist_ok=True)
+    with open(conf, "w", encoding="utf-8") as fh:
+        fh.write(f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    pin = secrets.token_hex(8)
+    env = {**os.environ, "SOFTHSM2_CONF": conf, "HSM_TEST_PIN": pin}
+    subprocess.run(
+        ["softhsm2-util", "--init-token", "--free", "--label", "hsmsign-dev", "--pin", pin,
+         "--so-pin", secrets.token_hex(8)],
+        env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    made = subprocess.run(
+        [bbenv.PYTHON, "-c", KEYGEN, *srk_uris()],
+        env={**env, "PYTHONPATH": bbenv.LIB}, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    with open(pin_file, "w", encoding="utf-8") as fh:
+        fh.write(pin)
+    os.chmod(pin_file, 0o600)
+    return pin
+
+
+def srk_uris() -> list[str]:
+    return [f"pkcs11:token=hsmsign-dev;object=test-imx-srk{i}?module-path={SOFTHSM}" for i in range(4)]
+
+
 @pytest.fixture(scope="module")
 def imx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImxBuild]:
     topdir = bbenv.build_dir("imx") or str(tmp_path_factory.mktemp("bb-imx"))
     os.makedirs(topdir, exist_ok=True)
     devhome = os.path.join(topdir, "hsmsign-dev")
-    pin = bbenv.dev_token(devhome)
-    env = {"SOFTHSM2_CONF": os.path.join(devhome, "softhsm2.conf"), "HSM_TEST_PIN": pin}
-    uris = []
-    for i in range(4):
-        uri = f"pkcs11:token=hsmsign-dev;object=test-imx-srk{i}?module-path={SOFTHSM}"
-        common = ("--uri", uri, "--mode", "development", "--pin-env", "HSM_TEST_PIN")
-        if bbenv.hsmsign("info", *common, env=env).returncode != 0:
-            made = bbenv.hsmsign("keygen", *common, "--type", "ec:secp384r1", env=env)
-            assert made.returncode == 0, made.stderr
-        uris.append(uri)
+    os.makedirs(devhome, exist_ok=True)
+    pin = scratch_token(devhome)
+    uris = srk_uris()
     # the unsigned boot image: one OEM container (what imx-mkimage leaves unsigned)
     work = os.path.join(topdir, "imx-input")
     os.makedirs(work, exist_ok=True)
@@ -178,6 +229,7 @@ def imx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImxBuild]:
     yield ib
 
 
+@with_spsdk
 def test_imx_boot_signed_through_the_token_and_srk_files_deployed(imx: ImxBuild) -> None:
     done = imx.bitbake("imx-boot:do_deploy")
     out = done.stdout + done.stderr
@@ -224,6 +276,7 @@ def test_imx_boot_signed_through_the_token_and_srk_files_deployed(imx: ImxBuild)
                 assert not PEM_PRIVATE.search(data), f"private key in {path}"
 
 
+@with_spsdk
 def test_imx8m_hab_is_refused_not_left_unsigned(imx: ImxBuild) -> None:
     """i.MX 8M boots through HAB, which SPSDK cannot sign there: the build stops, nothing deployed."""
     imx.conf(overrides=MX8MM, HSMSIGN_IMX_SRK_NAME="imx-boot-8m-srk")
@@ -240,6 +293,7 @@ def test_imx8m_hab_is_refused_not_left_unsigned(imx: ImxBuild) -> None:
         imx.conf()
 
 
+@with_spsdk
 def test_key_change_re_signs_from_the_unsigned_image(imx: ImxBuild) -> None:
     """The key identity is in the hashes of do_compile and do_hsmsign_imx: another SRK of the
     table signs an image do_compile made anew (never one signed before)."""
@@ -257,3 +311,62 @@ def test_key_change_re_signs_from_the_unsigned_image(imx: ImxBuild) -> None:
         assert "Used SRK key ID(Succeeded): SRK ID 2" in report, report[-3000:]
     finally:
         imx.conf()
+
+
+# --- meta-freescale's own recipes, parsed: the hook is where the class says ----------------
+
+
+def task_parents(environment: str) -> dict[str, list[str]]:
+    """The tasks each task runs after, from ``bitbake -e``'s ``_task_deps``."""
+    found = re.search(r'^_task_deps="(.*)"$', environment, re.M)
+    assert found, "no _task_deps in bitbake -e"
+    return dict(ast.literal_eval(found.group(1))["parents"])
+
+
+@pytest.mark.skipif(not os.path.isdir(FREESCALE), reason="no meta-freescale next to openembedded-core")
+@pytest.mark.parametrize(
+    ("machine", "recipe"),
+    [("imx93-11x11-lpddr4x-evk", "imx-boot"), ("imx8mm-lpddr4-evk", "u-boot-fslc")],
+)
+def test_meta_freescale_recipes_are_hooked(
+    machine: str, recipe: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """meta-freescale's imx-boot (i.MX 93) and U-Boot with imx-boot-container (i.MX 8M Mini):
+    do_hsmsign_imx runs after do_compile and before do_install and do_deploy, with the key
+    identity resolved (the stand-in above proves what the task does)."""
+    topdir = bbenv.build_dir("imx-freescale") or str(tmp_path_factory.mktemp("bb-imx-freescale"))
+    os.makedirs(topdir, exist_ok=True)
+    srks = [f"pkcs11:token=acme;object=imx-srk{i}" for i in range(4)]
+    masks = [
+        os.path.join(bbenv.OECORE, "meta", "recipes-"),
+        os.path.join(bbenv.METAOE, ""),
+        os.path.join(LAYER, "recipes-"),
+        os.path.join(FREESCALE, "dynamic-layers", ""),
+        os.path.join(FREESCALE, "recipes-") + "(?!bsp/imx-mkimage/imx-boot_|bsp/u-boot/u-boot-fslc_)",
+    ]
+    lines = [
+        f'MACHINE = "{machine}"',
+        'ACCEPT_FSL_EULA = "1"',
+        'INHERIT += "hsmsign"',
+        'HSMSIGN_MODE = "development"',
+        f'HSM_PKCS11_URI_IMX = "{srks[0]}"',
+        f'HSMSIGN_IMX_SRK_URIS = "{" ".join(srks)}"',
+        'HSMSIGN_CMD = "/usr/bin/hsmsign"',
+        'BBMASK += "' + " ".join(masks) + '"',
+        *(
+            f'BBFILE_PATTERN_IGNORE_EMPTY_{c} = "1"'
+            for c in ("core", "meta-python", "openembedded-layer", "hsmsign")
+        ),
+    ]
+    layers = [*bbenv.layer_paths(swupdate=False)]
+    layers.insert(3, FREESCALE)
+    bbenv.write_conf(topdir, "\n".join(lines) + "\n", layers)
+    done = Build(topdir).run("-e", recipe)
+    out = done.stdout
+    # (-e prints the recipe's environment even though its build dependencies are masked here)
+    assert "_task_deps=" in out, (done.stdout + done.stderr)[-3000:]
+    parents = task_parents(out)
+    assert parents["do_hsmsign_imx"] == ["do_compile"]
+    assert "do_hsmsign_imx" in parents["do_install"] and "do_hsmsign_imx" in parents["do_deploy"]
+    assert re.search(r'^HSMSIGN_KEY_ID_IMX="pkcs11:token=acme;object=imx-srk0 ', out, re.M)
+    assert "python do_hsmsign_imx () {" in out
