@@ -40,7 +40,7 @@ HSMSIGN_SPSDK_PYTHON ??= ""
 HSMSIGN_SPSDK_PYTHON[doc] = "Absolute path of a Python on the build host with SPSDK, python-pkcs11 and asn1crypto (a venv with pip install 'hsmsign[nxp]'); the i.MX signing task runs this layer's hsmsign with it. Empty: the task stops."
 
 HSMSIGN_IMX_SRK_URIS ??= ""
-HSMSIGN_IMX_SRK_URIS[doc] = "Space-separated URIs (no PIN) of the 4 SRK keys, in SRK order, whose table is put into the images and whose hash is fused; HSM_PKCS11_URI_IMX must be one of them (it signs), the others are for revocation. Required: the task stops without them."
+HSMSIGN_IMX_SRK_URIS[doc] = "Space-separated URIs (a pin-source, never a PIN) of the 4 SRK keys, in SRK order, whose table is put into the images and whose hash is fused; HSM_PKCS11_URI_IMX must be one of them (it signs), the others are for revocation. Required: the task stops without them."
 
 HSMSIGN_IMX_FAMILY ??= ""
 HSMSIGN_IMX_FAMILY[doc] = "SPSDK family of the SoC (nxpimage ahab get-families), e.g. mimx9352. Empty: from the machine's SoC override (mx93: mimx9352, mx95: mimx9596, mx8qxp: mimx8qxp, ...)."
