@@ -141,6 +141,8 @@ HSMSIGN_KEY_ID_SWUPDATE = "${@hsmsign.bitbake.key_identity(d, 'SWUPDATE')}"
 HSMSIGN_KEY_ID_SWUPDATE[vardepvalue] = "${HSMSIGN_KEY_ID_SWUPDATE}"
 HSMSIGN_KEY_ID_UEFI = "${@hsmsign.bitbake.key_identity(d, 'UEFI')}"
 HSMSIGN_KEY_ID_UEFI[vardepvalue] = "${HSMSIGN_KEY_ID_UEFI}"
+HSMSIGN_KEY_ID_IMX = "${@hsmsign.bitbake.key_identity(d, 'IMX')}"
+HSMSIGN_KEY_ID_IMX[vardepvalue] = "${HSMSIGN_KEY_ID_IMX}"
 HSMSIGN_KEY_ID_ENCRYPT = "${@hsmsign.bitbake.key_identity(d, 'ENCRYPT')}"
 HSMSIGN_KEY_ID_ENCRYPT[vardepvalue] = "${HSMSIGN_KEY_ID_ENCRYPT}"
 
@@ -240,4 +242,4 @@ python () {
 }
 
 # One class per artifact; each hooks only the recipes that build its artifact.
-inherit hsmsign-uboot hsmsign-fitimage hsmsign-image hsmsign-swupdate hsmsign-uefi hsmsign-modsign
+inherit hsmsign-uboot hsmsign-fitimage hsmsign-image hsmsign-swupdate hsmsign-uefi hsmsign-modsign hsmsign-imx

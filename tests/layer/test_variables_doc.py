@@ -35,6 +35,11 @@ SET_BY_CLASSES = [
     ("`FIT_KERNEL_SIGN_ENABLE`", "wrynose `linux-yocto-fitimage`", "`0` (`do_hsmsign_fitimage` signs)"),
     ("`SWUPDATE_SIGNING`, `SWUPDATE_SIGN_TOOL`", "swupdate images", "`CUSTOM`, `hsmsign swupdate sign ...`"),
     (
+        "`HSMSIGN_IMX_SRK_ID`, `HSMSIGN_IMX_CONFIG_ID`",
+        "imx-boot, U-Boot with imx-boot-container",
+        "the SRK keys' identities and the SPSDK configuration's SHA-256 (task hash)",
+    ),
+    (
         "`HSMSIGN_KEY_ID_<ROLE>`",
         "signing tasks",
         "key identity in the task hash (URI without PIN source, pin, mode)",

@@ -7,7 +7,8 @@ importable from here whichever half defines them:
   key names, lock files, the parse-time checks, the swupdate sign-tool command;
 * ``bitbake.runtime`` (task time): the signing child's environment (the PIN from
   ``BB_ORIGENV``, the settings through ``hsmsign.settings``), running ``HSMSIGN_CMD``,
-  reading other layers' outputs (dm-verity), meta-swupdate's encryption helpers.
+  reading other layers' outputs (dm-verity), meta-swupdate's encryption helpers, the
+  i.MX boot images and the SPSDK Python that signs them.
 
 Standard library only (``addpylib`` loads it at parse time with the host Python,
 where python-pkcs11 and cryptography are absent); nothing here imports ``bb``.
@@ -46,12 +47,21 @@ from .checks import (
     uri_identity,
 )
 from .runtime import (
+    IMX_HAB_REFUSAL,
+    IMX_SOCS,
     SwupdateTokenAes,
     TaskError,
     batches,
     child_env,
     command,
     dmverity_inputs,
+    imx_ahab_config,
+    imx_boot_images,
+    imx_container_images,
+    imx_mem_type,
+    imx_sign_images,
+    imx_soc,
+    imx_srk_uris,
     kconfig_mismatches,
     kernel_modules,
     modsign_kconfig,
@@ -59,11 +69,15 @@ from .runtime import (
     random_iv,
     redact,
     run,
+    spsdk_check,
+    spsdk_command,
     verity_root_hash,
 )
 
 __all__ = [
     "FIT_ROLES",
+    "IMX_HAB_REFUSAL",
+    "IMX_SOCS",
     "FIT_VARDEPS",
     "KEYDIR_VARIABLES",
     "KEYFILE_VARIABLES",
@@ -84,6 +98,13 @@ __all__ = [
     "dev_default_uri",
     "dev_home",
     "dmverity_inputs",
+    "imx_ahab_config",
+    "imx_boot_images",
+    "imx_container_images",
+    "imx_mem_type",
+    "imx_sign_images",
+    "imx_soc",
+    "imx_srk_uris",
     "kconfig_mismatches",
     "kernel_modules",
     "modsign_kconfig",
@@ -101,6 +122,8 @@ __all__ = [
     "redact",
     "role_uri",
     "run",
+    "spsdk_check",
+    "spsdk_command",
     "swupdate_sign_tool",
     "token_label",
     "uri_identity",

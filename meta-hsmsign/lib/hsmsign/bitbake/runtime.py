@@ -134,17 +134,30 @@ def run(
     origenv: Any = None,
     base_env: Mapping[str, str] | None = None,
     cwd: str | None = None,
+    spsdk_python: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``HSMSIGN_CMD ARGS`` with the child environment; raise TaskError on failure.
 
-    Every way the command can fail ends in one TaskError line naming what to fix
-    (``HSMSIGN_CMD`` when it cannot run), followed by the command's own error lines.
+    With ``spsdk_python`` (HSMSIGN_SPSDK_PYTHON, the i.MX class) the command is the layer's
+    hsmsign run by that Python instead (:func:`spsdk_command`). Every way the command can
+    fail ends in one TaskError line naming what to fix (the variable that names the command
+    when it cannot run), followed by the command's own error lines.
     """
     env = dict(os.environ if base_env is None else base_env)
     for name in Settings.names():  # the task's settings replace any inherited ones
         env.pop(name, None)
     env.update(child_env(d, origenv, role))
-    argv = command(d) + list(args)
+    if spsdk_python is not None:
+        variable = "HSMSIGN_SPSDK_PYTHON"
+        fix = "point HSMSIGN_SPSDK_PYTHON at the Python of a venv with SPSDK (docs/imx.md)"
+        base, extra = spsdk_command(spsdk_python)
+        env.pop("PYTHONHOME", None)
+        env.update(extra)
+    else:
+        variable = "HSMSIGN_CMD"
+        fix = "set HSMSIGN_CMD to a working hsmsign command"
+        base = command(d)
+    argv = base + list(args)
     if not argv:
         raise TaskError('HSMSIGN_CMD is empty: leave it unset (hsmsign from hsmsign-native) or set a command')
     shown = redact(shlex.join(argv))
@@ -152,20 +165,21 @@ def run(
         done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
     except FileNotFoundError as exc:
         raise TaskError(
-            f"HSMSIGN_CMD: {argv[0]} not found (PATH of the task, or a missing interpreter): build "
-            "hsmsign-native (the classes depend on it when HSMSIGN_CMD is 'hsmsign') or set HSMSIGN_CMD "
-            "to a command that exists"
+            f"{variable}: {argv[0]} not found (PATH of the task, or a missing interpreter): "
+            + (
+                "build hsmsign-native (the classes depend on it when HSMSIGN_CMD is 'hsmsign') or set "
+                "HSMSIGN_CMD to a command that exists"
+                if spsdk_python is None
+                else fix
+            )
         ) from exc
     except PermissionError as exc:
         raise TaskError(
-            f"HSMSIGN_CMD: {argv[0]} cannot be run by the build user ({exc.strerror}): make it and its "
-            "interpreter readable and executable, or set HSMSIGN_CMD to another command"
+            f"{variable}: {argv[0]} cannot be run by the build user ({exc.strerror}): make it and its "
+            f"interpreter readable and executable, or {fix}"
         ) from exc
     except OSError as exc:
-        raise TaskError(
-            f"HSMSIGN_CMD: {argv[0]} cannot be run ({exc.strerror or exc}): set HSMSIGN_CMD to a working "
-            "hsmsign command"
-        ) from exc
+        raise TaskError(f"{variable}: {argv[0]} cannot be run ({exc.strerror or exc}): {fix}") from exc
     output = redact(done.stderr.strip() or done.stdout.strip())
     if done.returncode < 0:
         import signal
@@ -373,3 +387,229 @@ def private_key_files(top: str) -> list[str]:
             if name in ("signing_key.pem", "signing_key.priv"):
                 found.append(os.path.join(root, name))
     return sorted(found)
+
+
+# --- NXP i.MX boot images (hsmsign-imx.bbclass) ----------------------------------------------
+
+# meta-freescale's SoC overrides (MACHINEOVERRIDES) -> the boot ROM's format and SPSDK's AHAB
+# family. The first one a machine has wins: i.MX 8DXL machines have mx8x, not mx8qxp.
+IMX_SOCS: tuple[tuple[str, str, str], ...] = (
+    ("mx8m-generic-bsp", "hab", ""),  # i.MX 8M Quad, Mini, Nano, Plus: HAB4
+    ("mx8qm-generic-bsp", "ahab", "mimx8qm"),
+    ("mx8dxl-generic-bsp", "ahab", "mimx8dxl"),
+    ("mx8qxp-generic-bsp", "ahab", "mimx8qxp"),
+    ("mx8dx-generic-bsp", "ahab", "mimx8qxp"),
+    ("mx8ulp-generic-bsp", "ahab", "mimx8ulp"),
+    ("mx91-generic-bsp", "ahab", "mimx9131"),
+    ("mx93-generic-bsp", "ahab", "mimx9352"),
+    ("mx943-generic-bsp", "ahab", "mimx94398"),
+    ("mx95-generic-bsp", "ahab", "mimx9596"),
+)
+# the SPSDK signer string the generated configuration carries: 'hsmsign imx' replaces it with --uri
+IMX_SIGNER_PLACEHOLDER = "type=hsmsign;uri_env=HSM_PKCS11_URI_IMX"
+IMX_HAB_REFUSAL = (
+    "{soc}: the boot ROM checks HAB, and SPSDK (what meta-hsmsign signs i.MX images with) builds HAB "
+    "images for i.MX RT only, not the HAB4 CSF of i.MX 8M's imx-boot/flash.bin. Refusing to leave {pn}'s "
+    "boot image unsigned. What to do: sign it with NXP's CST outside the build and set "
+    'HSMSIGN_IMX_SIGN = "" to build it without a HAB signature on purpose (docs/imx.md)'
+)
+
+
+def imx_soc(overrides: str, family: str = "") -> tuple[str, str, str]:
+    """(kind, SPSDK family, SoC override) for the machine's ``MACHINEOVERRIDES``.
+
+    kind is ``ahab``, ``hab`` or ``""`` (no known i.MX SoC); ``family`` (HSMSIGN_IMX_FAMILY)
+    replaces the default family of an AHAB SoC, and on an unknown machine it means AHAB.
+    """
+    have = set(overrides.split(":"))
+    for override, kind, default in IMX_SOCS:
+        if override in have:
+            return kind, (family or default) if kind == "ahab" else "", override
+    return ("ahab", family, "") if family else ("", "", "")
+
+
+def imx_boot_images(
+    s: str, machine: str, variant: str, uboot_config: str, targets: str
+) -> list[tuple[str, str]]:
+    """(path, target) of every image meta-freescale's imx-boot do_compile leaves in ``${S}``:
+    ``imx-boot${BOOT_VARIANT}-${MACHINE}-<UBOOT_CONFIG type>.bin-<IMXBOOT_TARGETS target>``,
+    the names its do_install and do_deploy read."""
+    return [
+        (os.path.join(s, f"imx-boot{variant}-{machine}-{kind}.bin-{target}"), target)
+        for kind in uboot_config.split()
+        for target in targets.split()
+    ]
+
+
+def imx_container_images(b: str, uboot_machine: str, uboot_config: str) -> list[tuple[str, str]]:
+    """(path, target) of the ``flash.bin`` each U-Boot build of meta-freescale's imx-boot-container
+    class leaves, paired in order as its do_deploy pairs UBOOT_MACHINE and UBOOT_CONFIG:
+    ``${B}/<config>-<type>/flash.bin`` (wrynose and later) or ``${B}/<config>/flash.bin``
+    (scarthgap), whichever exists; ``${B}/flash.bin`` without UBOOT_CONFIG."""
+    configs, kinds = uboot_machine.split(), uboot_config.split()
+    if not kinds:
+        return [(os.path.join(b, "flash.bin"), "flash.bin")]
+    found = []
+    for config, kind in zip(configs, kinds):
+        newer, older = os.path.join(b, f"{config}-{kind}", "flash.bin"), os.path.join(b, config, "flash.bin")
+        found.append((older if os.path.isfile(older) and not os.path.isfile(newer) else newer, "flash.bin"))
+    return found
+
+
+def imx_mem_type(target: str, wanted: str = "") -> str:
+    """SPSDK's memory type of an image: ``wanted`` (HSMSIGN_IMX_MEM_TYPE) or, by the imx-mkimage
+    target's name, FlexSPI NOR (FCB before the containers) or a plain container set at offset 0
+    (SD/eMMC images, which the card holds at 32 KiB: the file itself starts with the containers)."""
+    if wanted:
+        return wanted
+    return "flexspi_nor" if "flexspi" in target else "serial_downloader"
+
+
+def imx_srk_uris(sign_uri: str, srk_uris: str) -> tuple[list[str], int]:
+    """The AHAB SRK table's four key URIs (HSMSIGN_IMX_SRK_URIS, in SRK order) and the index of
+    the signing key among them (AHAB's used_srk_id), matched by URI identity."""
+    uris = srk_uris.split()
+    if len(uris) != 4:
+        raise TaskError(
+            f"HSMSIGN_IMX_SRK_URIS names {len(uris)} key(s): an AHAB SRK table holds 4 (SRK 0 to 3; "
+            "the ones that do not sign are for revocation). Make four keys in the token and list "
+            "their URIs there, HSM_PKCS11_URI_IMX among them"
+        )
+    wanted = _identity(sign_uri)
+    for index, uri in enumerate(uris):
+        if _identity(uri) == wanted:
+            return uris, index
+    raise TaskError(
+        "HSM_PKCS11_URI_IMX is not one of HSMSIGN_IMX_SRK_URIS: the signing key must be in the SRK "
+        "table (list it there, in its SRK slot)"
+    )
+
+
+def _identity(uri: str) -> str:
+    from .checks import uri_identity
+
+    return uri_identity(uri)
+
+
+def imx_ahab_config(family: str, srk_public_keys: Sequence[str], used_srk: int) -> dict[str, Any]:
+    """SPSDK's AHAB signing configuration (``nxpimage ahab get-template -s``'s required keys) for
+    the OEM containers: the SRK table of the token keys' public halves, SRK ``used_srk`` signs."""
+    return {
+        "family": family,
+        "revision": "latest",
+        "srk_set": "oem",
+        "used_srk_id": used_srk,
+        "signer": IMX_SIGNER_PLACEHOLDER,
+        "srk_table": {"srk_array": list(srk_public_keys)},
+    }
+
+
+def spsdk_command(python: str, lib: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run this layer's hsmsign with ``python``
+    (HSMSIGN_SPSDK_PYTHON, a venv with SPSDK): ``python -m hsmsign`` with the layer's library
+    first on the path, no user site and no PYTHONHOME of the build."""
+    if not python:
+        raise TaskError(
+            "HSMSIGN_SPSDK_PYTHON is empty: i.MX images are signed through NXP's SPSDK, which no "
+            "Yocto layer ships. Make a venv on the build host (python3 -m venv /opt/hsmsign-nxp && "
+            "/opt/hsmsign-nxp/bin/pip install 'hsmsign[nxp]') and set HSMSIGN_SPSDK_PYTHON = "
+            '"/opt/hsmsign-nxp/bin/python3" (docs/imx.md)'
+        )
+    if not os.path.isabs(python) or not os.access(python, os.X_OK):
+        raise TaskError(
+            f"HSMSIGN_SPSDK_PYTHON = {python}: not an absolute path the build user can run; point it "
+            "at the Python of the venv with SPSDK (docs/imx.md)"
+        )
+    lib = lib or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return [python, "-m", "hsmsign"], {"PYTHONPATH": lib, "PYTHONNOUSERSITE": "1"}
+
+
+# what the SPSDK Python must import besides the standard library (a quick look: 0.3 s, not SPSDK's AHAB code)
+_SPSDK_PROBE = "import spsdk, pkcs11, asn1crypto, cryptography"
+
+
+def spsdk_check(python: str, lib: str | None = None) -> None:
+    """HSMSIGN_SPSDK_PYTHON imports SPSDK, python-pkcs11, asn1crypto and cryptography; else one
+    TaskError that names the variable."""
+    argv, extra = spsdk_command(python, lib)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
+    env.update(extra)
+    try:
+        done = subprocess.run(
+            [argv[0], "-c", _SPSDK_PROBE], env=env, capture_output=True, text=True, check=False
+        )
+    except OSError as exc:
+        raise TaskError(f"HSMSIGN_SPSDK_PYTHON = {python} cannot be run ({exc.strerror or exc})") from exc
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise TaskError(
+            f"HSMSIGN_SPSDK_PYTHON = {python} cannot import SPSDK and hsmsign's dependencies ({last}): "
+            f"install them into its venv ({os.path.dirname(python)}/pip install 'hsmsign[nxp]')"
+        )
+
+
+def imx_sign_images(
+    d: Datastore, origenv: Any, images: Sequence[tuple[str, str]], workdir: str
+) -> dict[str, Any]:
+    """Sign ``images`` (path, imx-mkimage target) in place through the token, as AHAB wants them.
+
+    In ``workdir``: the SRK table and fuse words of HSMSIGN_IMX_SRK_URIS (``hsmsign imx srk``,
+    written as ``srk-table.bin`` and ``srk-fuses.txt``) and, unless HSMSIGN_IMX_CONFIG names
+    the user's own, the SPSDK configuration made from the token keys' public halves. Each
+    image is signed by ``hsmsign imx ahab sign`` (SPSDK's verification passes before it is
+    written) and must carry the SRK hash of the table deployed next to it.
+    """
+    import json
+
+    python = _get(d, "HSMSIGN_SPSDK_PYTHON")
+    spsdk_check(python)
+    sign_uri = role_uri(d, "IMX")
+    if not sign_uri:
+        raise TaskError("HSM_PKCS11_URI_IMX is empty: set the URI of the SRK key that signs")
+    uris, used = imx_srk_uris(sign_uri, _get(d, "HSMSIGN_IMX_SRK_URIS"))
+    config = _get(d, "HSMSIGN_IMX_CONFIG")
+    family = imx_soc(_get(d, "MACHINEOVERRIDES"), _get(d, "HSMSIGN_IMX_FAMILY"))[1]
+    if not config and not family:
+        raise TaskError(
+            "no SPSDK family for this machine: set HSMSIGN_IMX_FAMILY to the SoC's part "
+            "('nxpimage ahab get-families' lists them, e.g. mimx9352)"
+        )
+
+    def hsmsign(*args: str) -> dict[str, Any]:
+        done = run(d, [*args, "--json"], "IMX", origenv, spsdk_python=python)
+        try:
+            answer = json.loads(done.stdout)
+        except ValueError as exc:
+            shown = redact(done.stdout[:200])
+            raise TaskError(f"hsmsign {' '.join(args[:2])} printed no JSON: {shown}") from exc
+        return answer if isinstance(answer, dict) else {}
+
+    os.makedirs(workdir, exist_ok=True)
+    table = os.path.join(workdir, "srk-table.bin")
+    fuses = os.path.join(workdir, "srk-fuses.txt")
+    srk = hsmsign("imx", "srk", "--kind", "ahab", "--table", table, "--fuses", fuses, *uris)
+    if not config:
+        publics = []
+        for index, pem in enumerate(srk.get("public_keys") or []):
+            public = os.path.join(workdir, f"srk{index}.pem")
+            with open(public, "w", encoding="utf-8") as fh:
+                fh.write(str(pem))
+            publics.append(public)
+        config = os.path.join(workdir, "ahab-sign.json")
+        with open(config, "w", encoding="utf-8") as fh:  # JSON is YAML: SPSDK reads it
+            json.dump(imx_ahab_config(family, publics, used), fh, indent=1)
+    signed = []
+    for path, target in images:
+        mem = imx_mem_type(target, _get(d, "HSMSIGN_IMX_MEM_TYPE"))
+        result = hsmsign(
+            "imx", "ahab", "sign", "--uri", sign_uri, "--config", config, "--mem-type", mem,
+            "--output", path, path,
+        )  # fmt: skip
+        if result.get("srk_hash") != srk.get("srk_hash"):
+            raise TaskError(
+                f"{os.path.basename(path)} was signed with the SRK table of {config}, whose hash "
+                f"{result.get('srk_hash')} is not the hash {srk.get('srk_hash')} of HSMSIGN_IMX_SRK_URIS' "
+                "table: list the same keys in both, in the same order"
+            )
+        signed.append({"image": path, "containers": result.get("containers"), "mem_type": mem})
+    return {"srk_hash": srk.get("srk_hash"), "fuse_words": srk.get("fuse_words"), "signed": signed}

@@ -183,6 +183,7 @@ def run_hab_sign(args: Any) -> int:
 def run_srk(args: Any) -> int:
     import contextlib
 
+    from .. import keys
     from ..nxp import images, require_spsdk
 
     args = _imx_args(args)
@@ -212,6 +213,8 @@ def run_srk(args: Any) -> int:
             "srk_hash": table.digest.hex(),
             "fuse_words": [f"0x{w:08X}" for w in table.fuse_words],
             "keys": fingerprints,
+            # the SRKs' public halves (PEM), in SRK order: what an SPSDK srk_table lists
+            "public_keys": [keys.public_bytes(p, "pem").decode() for p in publics],
         },
     )
     return 0
