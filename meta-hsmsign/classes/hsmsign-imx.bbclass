@@ -3,8 +3,9 @@
 #
 # Inherited by hsmsign.bbclass (INHERIT += "hsmsign"), like the other artifact
 # classes: it hooks meta-freescale's recipes by what they are, so the layer
-# needs no bbappend and no dependency on meta-freescale. Key: HSM_PKCS11_URI_IMX
-# (defaults to HSM_PKCS11_URI), the SRK that signs.
+# needs no bbappend and no dependency on meta-freescale. Key: HSM_PKCS11_URI_IMX,
+# the SRK that signs. Nothing happens until it is set: it has no default, because
+# the SRK table's hash is burnt into the SoC's fuses and is chosen on purpose.
 #
 #   * imx-boot (meta-freescale, every release): do_hsmsign_imx after do_compile,
 #     before do_install and do_deploy, signs every
@@ -100,7 +101,9 @@ python hsmsign_imx_deploy_srk() {
 
 # nooelint: oelint.task.noanonpython - the hooks depend on the recipe (PN, inherited classes), known only after parsing
 python () {
-    if not hsmsign.bitbake.enabled(d):
+    # only with a key chosen for it: the SRK table's hash is burnt into fuses, so the layer never
+    # picks the general signing key for it
+    if not hsmsign.bitbake.enabled(d) or not d.getVar("HSM_PKCS11_URI_IMX"):
         return
     wanted = (d.getVar("HSMSIGN_IMX_SIGN") or "").split()
     if d.getVar("PN") == "imx-boot" and "imx-boot" in wanted:

@@ -29,7 +29,7 @@
 #   HSM_PKCS11_URI_ROOTFS   ??= "${HSM_PKCS11_URI}"        dm-verity root hash, image signatures, manifest
 #   HSM_PKCS11_URI_SWUPDATE ??= "${HSM_PKCS11_URI}"        sw-description
 #   HSM_PKCS11_URI_UEFI     ??= "${HSM_PKCS11_URI}"        UEFI Secure Boot: UKIs, systemd-boot, GRUB
-#   HSM_PKCS11_URI_IMX      ??= "${HSM_PKCS11_URI}"        NXP i.MX boot image (AHAB containers, HAB CSF)
+#   HSM_PKCS11_URI_IMX      ??= ""                         NXP i.MX boot image (signed only when set)
 #   HSM_PKCS11_URI_ENCRYPT  ??= ""                         AES key (encryption only when set)
 #
 # U-Boot's DTB always holds the key that signs the kernel FIT: set
@@ -81,8 +81,8 @@ HSM_PKCS11_URI_SWUPDATE[doc] = "Key that signs sw-description of swupdate bundle
 HSM_PKCS11_URI_UEFI ??= "${HSM_PKCS11_URI}"
 HSM_PKCS11_URI_UEFI[doc] = "RSA key that Authenticode-signs UEFI binaries (UKIs, systemd-boot, GRUB) for Secure Boot; its certificate is the db entry (HSMSIGN_UEFI_CERT)."
 
-HSM_PKCS11_URI_IMX ??= "${HSM_PKCS11_URI}"
-HSM_PKCS11_URI_IMX[doc] = "SRK key that signs NXP i.MX boot images through SPSDK: the AHAB containers of imx-boot (i.MX 8/8X/9) or its HAB CSF. Its public half is in the SRK table whose hash is fused."
+HSM_PKCS11_URI_IMX ??= ""
+HSM_PKCS11_URI_IMX[doc] = "SRK key that signs NXP i.MX boot images through SPSDK: the AHAB containers of imx-boot (i.MX 8/8X/9) or its HAB CSF. Its public half is in the SRK table whose hash is fused. Empty (default): i.MX boot images are not signed by the layer; never defaults to another key, because the SRK hash is burnt into fuses."
 
 HSM_PKCS11_URI_ENCRYPT ??= ""
 HSM_PKCS11_URI_ENCRYPT[doc] = "AES key in the token for swupdate image encryption; empty (default): no encryption. Never defaults to a signing key."

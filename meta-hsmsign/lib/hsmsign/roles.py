@@ -79,10 +79,11 @@ ROLE_TABLE: tuple[Role, ...] = (
     Role("UEFI", DEFAULT, "dev-uefi", "rsa:2048", "UEFI Secure Boot: UKIs, systemd-boot, GRUB"),
     Role(
         "IMX",
-        DEFAULT,
+        None,
         "dev-imx",
         "rsa:2048",
-        "NXP i.MX boot images: AHAB containers (i.MX 8/8X/9) and HAB CSFs (SRK keys)",
+        "NXP i.MX boot images: AHAB containers (i.MX 8/8X/9) and HAB CSFs (SRK keys; no default: "
+        "their hash is fused, so they are chosen on purpose)",
     ),
     Role("ENCRYPT", None, "dev-encrypt", "aes:256", "AES key of swupdate image encryption (no default)"),
 )
