@@ -262,7 +262,7 @@ def _is_code(value: str, quoted: bool, name: str, op: str) -> bool:
     """A program expression (``pin = read_pin(path)``, ``self._pin = pin``), not a literal secret."""
     if quoted:
         return False
-    if any(c in _CODE_CHARS for c in value):
+    if not _CODE_CHARS.isdisjoint(value):
         return True
     # a lower-case program variable assigned another variable: `pin = user_pin`
     return op == "=" and name != name.upper() and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", value) is not None

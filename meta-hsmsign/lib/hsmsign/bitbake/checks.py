@@ -9,8 +9,10 @@ warn) is the class's decision.
 * the role URIs (``HSM_PKCS11_URI_<ROLE>``) and the key identity that goes into
   task hashes: the URI without PIN source or module (``Pkcs11Uri.identity``)
   and the pinned public-key fingerprint (``HSMSIGN_PUBKEY_SHA256[_<ROLE>]``);
-* the parse-time checks: no ``pin-value``, no private key, no key-file
-  variable, a well-formed URI, a sane mode (``hsmsign.secrets`` defines a secret);
+* the parse-time checks: every variable of the base configuration through the
+  leak scanner's patterns (``hsmsign.secrets.check_variable``: a PIN under any name,
+  ``pin-value``, private and symmetric keys, published keys), a ``pin-source``
+  program with arguments, key-file variables, a well-formed URI, a sane mode;
 * the FIT key names, the per-token lock file, the development token's default URI;
 * the command line meta-swupdate runs as ``SWUPDATE_SIGN_TOOL``.
 """
@@ -22,6 +24,8 @@ import hashlib
 import os
 import re
 import shlex
+import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -58,7 +62,58 @@ def _has_private_key(text: str) -> bool:
 
 _SHA256 = re.compile(r"^(?:sha256:)?[0-9a-fA-F]{64}$")
 
+# Findings that stop the parse in both modes: the secret is in the datastore, hence in
+# sigdata, run.do_* scripts and 'bitbake -e', whatever token it opens.
+_FATAL_IN_BOTH_MODES = frozenset({"pin-value", "private-key", "private-key-der"})
+# What each kind of finding says at parse time (never the value, nor its length).
+_KIND_MESSAGES = {
+    "pin-assignment": "holds a PIN, password or passphrase",
+    "symmetric-key": "holds a symmetric key (128, 192 or 256 bits in hex or base64)",
+    "known-symmetric-key": "holds a published example key: anyone can decrypt or forge with it",
+    "weak-symmetric-key": "holds a patterned symmetric key with no randomness",
+    "private-key-der": "holds a DER private key",
+    "known-public-key": "holds a public key whose private half is published",
+}
+_STORED = "; the datastore ends up in sigdata, run.do_* scripts and 'bitbake -e'"
 
+_PIN_SOURCE_ATTR = re.compile(r"pin-source=", re.IGNORECASE)
+_SCHEME = re.compile(r"pkcs11:", re.IGNORECASE)
+_OVERRIDE = re.compile(r":[^\[]*")  # NAME:override[flag] -> NAME[flag]
+
+
+def pin_program_with_arguments(text: str) -> bool:
+    """Whether ``text`` holds a PKCS#11 URI whose ``pin-source=|PROGRAM`` has arguments.
+
+    ``pin-source=|/bin/echo 1234`` is a ``pin-value`` in disguise: the arguments
+    are stored wherever the URI is (the datastore, sigdata, run scripts) and sit in
+    the program's argv, which every process can read. A program path alone (quoted
+    when it has spaces) passes. The value is split as ``hsmsign.pin`` runs it (percent
+    decoding, then ``shlex``); one that does not split (an unterminated quote) counts.
+    The URI ends at the quote that opens it (a URI inside a quoted command line),
+    else at the end of the line; the attribute at the next ``&``.
+    """
+    for found in _PIN_SOURCE_ATTR.finditer(text):
+        start = found.end()
+        line_start = text.rfind("\n", 0, start) + 1
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        schemes = list(_SCHEME.finditer(text, line_start, start))
+        if schemes and schemes[-1].start() > 0 and text[schemes[-1].start() - 1] in "\"'":
+            closing = text.find(text[schemes[-1].start() - 1], start, end)
+            end = end if closing < 0 else closing
+        value = urllib.parse.unquote(text[start:end].split("&", 1)[0]).strip()
+        if not value.startswith("|"):
+            continue
+        command = value[1:].strip()
+        if not command:
+            continue  # names no program: not a secret (hsmsign reports it when it runs)
+        try:
+            argv = shlex.split(command)
+        except ValueError:
+            return True
+        if len(argv) != 1:
+            return True
+    return False
 
 
 class Datastore(Protocol):
@@ -215,7 +270,15 @@ def dev_default_uri(d: Datastore, origenv: Any = None) -> str:
 
 
 def check_value(name: str, value: str, prod: bool) -> Problem | None:
-    """Secrets in one variable's value: a PIN in a URI, a private key, a symmetric key."""
+    """Secrets in one variable's value: the leak scanner's patterns (``hsmsign.secrets``).
+
+    ``name`` is what the message names (``NAME``, ``NAME:override``, ``NAME[flag]``);
+    the patterns judge the name without its override, so ``:machine-name`` cannot
+    make a PIN look like a public name. A PIN in a URI, a private key and a
+    ``pin-source`` program with arguments stop the parse in both modes; the other
+    findings (a PIN or password under any name, symmetric keys, published keys) in
+    production, and are warnings in development. The message never holds the value.
+    """
     if not value:
         return None
     if _PIN_VALUE.search(value):
@@ -233,11 +296,87 @@ def check_value(name: str, value: str, prod: bool) -> Problem | None:
             "delete it from the configuration, treat the key as leaked (rotate it) and generate "
             "the new key inside the token: hsmsign keygen",
         )
+    if pin_program_with_arguments(value):
+        return Problem(
+            name,
+            "holds a PKCS#11 URI whose pin-source=|PROGRAM has arguments: they are a PIN in disguise, "
+            "stored in sigdata, run.do_* scripts and 'bitbake -e', and readable in the program's "
+            "command line by every process",
+            "point pin-source at a program path alone that prints the PIN "
+            "(?pin-source=|/usr/local/bin/get-hsm-pin), or use ?pin-source=file:/run/secrets/hsm-pin "
+            'or HSMSIGN_PIN_ENV = "NAME"',
+        )
     # no guard around the scanner: a bug in it stops the parse instead of skipping the check
-    finding = secrets.check_variable(name, value)
-    if finding is not None and finding.kind != "key-file-variable":
-        return Problem(name, f"{finding.kind}: {finding.excerpt}", finding.advice, fatal=prod)
-    return None
+    finding = secrets.check_variable(_OVERRIDE.sub("", name, count=1), value)
+    if finding is None or finding.kind == "key-file-variable":  # key files: check_key_files
+        return None
+    message = _KIND_MESSAGES.get(finding.kind, f"holds a secret ({finding.kind})")
+    if finding.kind == "known-symmetric-key" and finding.detail:
+        message += f" ({finding.detail})"
+    return Problem(
+        name, message + _STORED, finding.advice, fatal=prod or finding.kind in _FATAL_IN_BOTH_MODES
+    )
+
+
+def _raw(d: Datastore, name: str) -> Any:
+    try:
+        return d.getVar(name, False)
+    except Exception:  # noqa: BLE001 - a datastore that cannot give the raw value: nothing to scan
+        return None
+
+
+def scan_datastore(d: Datastore, prod: bool, stats: dict[str, float] | None = None) -> list[Problem]:
+    """Every variable of ``d`` (``d.keys()``) and its flags through :func:`check_value`.
+
+    What is left out, by what it is and never by its name:
+
+    * values that are not text: BitBake's own bookkeeping (``__BBTASKS``, the
+      inherit cache) and ``BB_ORIGENV``, the environment BitBake was started from,
+      where ``HSMSIGN_PIN_ENV``'s PIN is meant to be;
+    * functions (flag ``func``: shell and Python task code of the classes and
+      recipes): they are code, not configuration. A value reaches them through
+      ``${VAR}``, and that variable is scanned; a stock class's code may name a
+      development PIN (meta-oe's signing.bbclass writes ``pin-value=1111`` for its
+      build-time SoftHSM token). ``hsmsign audit`` scans the layers' files, code
+      included.
+
+    A variable's expanded value is checked (what tasks see; a ``${@...}`` or
+    ``${A}`` cannot hide the secret), its raw value when it does not expand at
+    this point. Flags are checked raw (``SIGNING_PKCS11_URI[fit]`` is meta-oe's
+    way to give a URI). ``stats`` gets the counts and the seconds taken.
+    """
+    start = time.monotonic()
+    problems: list[Problem] = []
+    checked = flags_checked = functions = 0
+    get_flags = getattr(d, "getVarFlags", None)
+    get_flag = getattr(d, "getVarFlag", None)
+    for name in list(d.keys()):
+        raw = _raw(d, name)
+        if not isinstance(raw, str):
+            continue
+        if get_flag is not None and get_flag(name, "func", False):
+            functions += 1
+            continue
+        try:
+            value = d.getVar(name)
+        except Exception:  # noqa: BLE001 - BitBake's ExpansionError (no bb import here): the raw text
+            value = raw
+        checked += 1
+        problem = check_value(name, "" if value is None else str(value), prod)
+        if problem is not None:
+            problems.append(problem)
+        flags = get_flags(name) if get_flags is not None else None
+        for flag, flag_value in (flags or {}).items():
+            if isinstance(flag_value, str) and flag_value:
+                flags_checked += 1
+                problem = check_value(f"{name}[{flag}]", flag_value, prod)
+                if problem is not None:
+                    problems.append(problem)
+    if stats is not None:
+        stats.update(
+            variables=checked, flags=flags_checked, functions=functions, seconds=time.monotonic() - start
+        )
+    return problems
 
 
 def _private_keys_in(directory: str) -> list[str]:
@@ -298,11 +437,15 @@ def check_key_files(d: Datastore) -> list[Problem]:
     return problems
 
 
-def check_config(d: Datastore, names: Sequence[str] | None = None) -> list[Problem]:
-    """All parse-time checks; ``names``: the variables to scan for secrets.
+def check_config(
+    d: Datastore, names: Sequence[str] | None = None, stats: dict[str, float] | None = None
+) -> list[Problem]:
+    """All parse-time checks of a configuration.
 
-    The class scans every variable of the base configuration once (local.conf,
-    kas, distro) and only the key variables of each recipe (speed).
+    ``names``: the variables to scan for secrets; None (the class at
+    ``ConfigParsed``): every variable of ``d`` and its flags (:func:`scan_datastore`),
+    with the counts and time in ``stats``. The hsmsign variables are checked in
+    detail either way.
     """
     prod = mode(d) == "production"
     problems: list[Problem] = []
@@ -311,11 +454,15 @@ def check_config(d: Datastore, names: Sequence[str] | None = None) -> list[Probl
         problems.append(
             Problem("HSMSIGN_MODE", f"unknown mode '{raw_mode}'", 'set "development" or "production"')
         )
-    scan = list(names) if names is not None else []
-    for role in ("",) + tuple("_" + r for r in ROLES):
-        for name in ("HSM_PKCS11_URI" + role, "HSMSIGN_PUBKEY_SHA256" + role):
-            if name not in scan:
-                scan.append(name)
+    scan: list[str] = []
+    if names is None:
+        problems.extend(scan_datastore(d, prod, stats))  # the hsmsign variables among them
+    else:
+        scan = list(names)
+        for role in ("",) + tuple("_" + r for r in ROLES):
+            for name in ("HSM_PKCS11_URI" + role, "HSMSIGN_PUBKEY_SHA256" + role):
+                if name not in scan:
+                    scan.append(name)
     for name in scan:
         try:
             value = _get(d, name)
