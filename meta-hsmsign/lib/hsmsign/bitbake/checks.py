@@ -19,6 +19,8 @@ warn) is the class's decision.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import glob
 import hashlib
 import os
@@ -30,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .. import devtoken, roles, secrets
+from .. import devtoken, known_keys, roles, secrets
 from ..errors import HsmsignError
 from ..settings import ENV_NAME, LAYER_VARIABLES, MODES, required_problems
 from ..uri import Pkcs11Uri
@@ -76,8 +78,11 @@ _KIND_MESSAGES = {
 }
 _STORED = "; the datastore ends up in sigdata, run.do_* scripts and 'bitbake -e'"
 
-_PIN_SOURCE_ATTR = re.compile(r"pin-source=", re.IGNORECASE)
-_SCHEME = re.compile(r"pkcs11:", re.IGNORECASE)
+_PIN_SOURCE_WINDOW = 512  # characters: a URI's start before the attribute, the program after it
+_PIN_SOURCE_MAX = 64  # programs with a space, quote or escape that one value may hold
+# pin-source=|PROGRAM (the pipe may be percent-encoded) and the program's first word
+_PIN_SOURCE_PROGRAM = re.compile(r"pin-source=[ \t]*(?:\||%7c)[ \t]*([^&\s\"'\\]*)", re.IGNORECASE)
+_NOT_PLAIN = re.compile(r"[\s\"'\\]")
 _OVERRIDE = re.compile(r":[^\[]*")  # NAME:override[flag] -> NAME[flag]
 
 
@@ -91,20 +96,28 @@ def pin_program_with_arguments(text: str) -> bool:
     decoding, then ``shlex``); one that does not split (an unterminated quote) counts.
     The URI ends at the quote that opens it (a URI inside a quoted command line),
     else at the end of the line; the attribute at the next ``&``.
+
+    Linear time: a program path alone costs its length; the others look at most
+    ``_PIN_SOURCE_WINDOW`` characters back and forth, and a value with more than
+    ``_PIN_SOURCE_MAX`` of them counts as one with arguments (no configuration has
+    that many).
     """
-    for found in _PIN_SOURCE_ATTR.finditer(text):
-        start = found.end()
-        line_start = text.rfind("\n", 0, start) + 1
-        end = text.find("\n", start)
-        end = len(text) if end < 0 else end
-        schemes = list(_SCHEME.finditer(text, line_start, start))
-        if schemes and schemes[-1].start() > 0 and text[schemes[-1].start() - 1] in "\"'":
-            closing = text.find(text[schemes[-1].start() - 1], start, end)
-            end = end if closing < 0 else closing
-        value = urllib.parse.unquote(text[start:end].split("&", 1)[0]).strip()
-        if not value.startswith("|"):
-            continue
-        command = value[1:].strip()
+    slow = 0
+    for found in _PIN_SOURCE_PROGRAM.finditer(text):
+        word = urllib.parse.unquote(found.group(1))
+        after = text[found.end() : found.end() + 1]
+        if after in ("", "&", "\n") and not _NOT_PLAIN.search(word):
+            continue  # a program path alone: the common case
+        slow += 1
+        if slow > _PIN_SOURCE_MAX:
+            return True
+        start = found.start(1)
+        command = text[start : start + _PIN_SOURCE_WINDOW].split("\n", 1)[0].split("&", 1)[0]
+        before = text[max(0, found.start() - _PIN_SOURCE_WINDOW) : found.start()].rsplit("\n", 1)[-1]
+        scheme = before.lower().rfind("pkcs11:")
+        if scheme > 0 and before[scheme - 1] in "\"'":
+            command = command.split(before[scheme - 1], 1)[0]
+        command = urllib.parse.unquote(command).strip()
         if not command:
             continue  # names no program: not a secret (hsmsign reports it when it runs)
         try:
@@ -114,6 +127,43 @@ def pin_program_with_arguments(text: str) -> bool:
         if len(argv) != 1:
             return True
     return False
+
+
+# Words of the hex/base64 alphabet long enough to be 128 bits (each character looked at once).
+_KEY_WORD = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{22,}={0,2}")
+_HEX_LENGTHS = (32, 48, 64)
+_B64_LENGTHS = (24, 32, 44)
+
+
+def published_symmetric_key(text: str) -> known_keys.KnownKey | None:
+    """A published example symmetric key (``hsmsign.known_keys``) anywhere in ``text``, or None.
+
+    Whatever the variable's name: hex (``0x`` allowed) or base64 of 128, 192 or
+    256 bits, as a word of its own (the whole value, a word of a command line, one
+    half of a ``KEY IV`` pair), that is on the list is that key, since a random
+    value never is. Patterned keys (all zero, ascending bytes) are left to the
+    name-based check: as a checksum placeholder they are no key.
+    """
+    for found in _KEY_WORD.finditer(text):
+        word = found.group()
+        if word[:2] in ("0x", "0X") and len(word) - 2 in _HEX_LENGTHS:
+            word = word[2:]
+        raw: bytes | None = None
+        if len(word) in _HEX_LENGTHS:
+            try:
+                raw = bytes.fromhex(word)
+            except ValueError:
+                raw = None
+        if raw is None and len(word) in _B64_LENGTHS:
+            try:
+                raw = base64.b64decode(word, validate=True)
+            except (binascii.Error, ValueError):
+                raw = None
+        if raw is not None and len(raw) in (16, 24, 32):
+            known = known_keys.lookup_symmetric(raw)
+            if known is not None and known.kind == "symmetric":
+                return known
+    return None
 
 
 class Datastore(Protocol):
@@ -134,16 +184,25 @@ class Problem:
 
 
 class DictData:
-    """A minimal dict-backed datastore (tests, and tools outside BitBake)."""
+    """A minimal dict-backed datastore (tests, and tools outside BitBake); ``flags``: NAME -> {FLAG: text}."""
 
-    def __init__(self, values: Mapping[str, str] | None = None) -> None:
-        self.values: dict[str, str] = dict(values or {})
+    def __init__(
+        self, values: Mapping[str, Any] | None = None, flags: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> None:
+        self.values: dict[str, Any] = dict(values or {})
+        self.flags: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (flags or {}).items()}
 
     def getVar(self, name: str, expand: bool = True) -> Any:  # noqa: N802 - BitBake's API
         value = self.values.get(name)
-        if value is None or not expand:
+        if value is None or not expand or not isinstance(value, str):
             return value
         return re.sub(r"\$\{([A-Za-z0-9_\-]+)\}", lambda m: self.getVar(m.group(1)) or "", value)
+
+    def getVarFlag(self, name: str, flag: str, expand: bool = True) -> Any:  # noqa: N802 - BitBake's API
+        return self.flags.get(name, {}).get(flag)
+
+    def getVarFlags(self, name: str) -> dict[str, Any] | None:  # noqa: N802 - BitBake's API
+        return dict(self.flags[name]) if self.flags.get(name) else None
 
     def keys(self) -> list[str]:
         return list(self.values)
@@ -309,7 +368,16 @@ def check_value(name: str, value: str, prod: bool) -> Problem | None:
     # no guard around the scanner: a bug in it stops the parse instead of skipping the check
     finding = secrets.check_variable(_OVERRIDE.sub("", name, count=1), value)
     if finding is None or finding.kind == "key-file-variable":  # key files: check_key_files
-        return None
+        known = published_symmetric_key(value)
+        if known is None:
+            return None
+        return Problem(
+            name,
+            f"{_KIND_MESSAGES['known-symmetric-key']} ({known.description}; published in {known.where()})"
+            + _STORED,
+            secrets.ADVICE["known-symmetric-key"],
+            fatal=prod,
+        )
     message = _KIND_MESSAGES.get(finding.kind, f"holds a secret ({finding.kind})")
     if finding.kind == "known-symmetric-key" and finding.detail:
         message += f" ({finding.detail})"
