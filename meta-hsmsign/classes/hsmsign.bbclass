@@ -139,7 +139,7 @@ HSMSIGN_KEY_ID_ENCRYPT[vardepvalue] = "${HSMSIGN_KEY_ID_ENCRYPT}"
 # patterns (a PIN under any name, pin-value, private and symmetric keys, a
 # pin-source program with arguments; functions, which are code, are left out);
 # the hsmsign and key-file variables are checked in detail. Fatal problems stop
-# the parse. 'bitbake -D' shows how many variables were checked and how long it took.
+# the parse. 'bitbake -D -e' shows how many variables were checked and how long it took.
 addhandler hsmsign_config_check
 hsmsign_config_check[eventmask] = "bb.event.ConfigParsed"
 hsmsign_config_check[doc] = "Parse-time check of the base configuration: no PIN, private key or key file; a warning when no key is set."

@@ -188,7 +188,7 @@ def test_a_pin_or_key_under_any_name_stops_the_parse(name: str, value: str) -> N
 def test_pin_value_under_another_name_and_in_a_flag_stops_the_parse_in_both_modes() -> None:
     for mode in ("production", "development"):
         problems = _fatal(
-            {"ACME_SIGN_URI": "pkcs11:token=a;object=b?pin-value=7531", "SIGNING_PKCS11_URI": ""},
+            {"ACME_SIGN_URI": "pkcs11:token=a;object=b?pin-value=7531", "SIGNING_PKCS11_URI": None},
             mode,
             flags={"SIGNING_PKCS11_URI": {"fit": "pkcs11:serial=1;object=rauc?pin-value=86420"}},
         )

@@ -398,9 +398,9 @@ def scan_datastore(d: Datastore, prod: bool, stats: dict[str, float] | None = No
 
     What is left out, by what it is and never by its name:
 
-    * values that are not text: BitBake's own bookkeeping (``__BBTASKS``, the
-      inherit cache) and ``BB_ORIGENV``, the environment BitBake was started from,
-      where ``HSMSIGN_PIN_ENV``'s PIN is meant to be;
+    * values that are not text (nor their flags): BitBake's own bookkeeping
+      (``__BBTASKS``, the inherit cache) and ``BB_ORIGENV``, the environment BitBake
+      was started from, where ``HSMSIGN_PIN_ENV``'s PIN is meant to be;
     * functions (flag ``func``: shell and Python task code of the classes and
       recipes): they are code, not configuration. A value reaches them through
       ``${VAR}``, and that variable is scanned; a stock class's code may name a
@@ -420,19 +420,20 @@ def scan_datastore(d: Datastore, prod: bool, stats: dict[str, float] | None = No
     get_flag = getattr(d, "getVarFlag", None)
     for name in list(d.keys()):
         raw = _raw(d, name)
-        if not isinstance(raw, str):
+        if raw is not None and not isinstance(raw, str):
             continue
         if get_flag is not None and get_flag(name, "func", False):
             functions += 1
             continue
-        try:
-            value = d.getVar(name)
-        except Exception:  # noqa: BLE001 - BitBake's ExpansionError (no bb import here): the raw text
-            value = raw
-        checked += 1
-        problem = check_value(name, "" if value is None else str(value), prod)
-        if problem is not None:
-            problems.append(problem)
+        if raw is not None:  # None: a variable with flags only (SIGNING_PKCS11_URI[fit] = ...)
+            try:
+                value = d.getVar(name)
+            except Exception:  # noqa: BLE001 - BitBake's ExpansionError (no bb import here): the raw text
+                value = raw
+            checked += 1
+            problem = check_value(name, "" if value is None else str(value), prod)
+            if problem is not None:
+                problems.append(problem)
         flags = get_flags(name) if get_flags is not None else None
         for flag, flag_value in (flags or {}).items():
             if isinstance(flag_value, str) and flag_value:
