@@ -335,3 +335,26 @@ def test_the_value_checks_run_in_linear_time_on_hostile_values(text: str) -> Non
     start = time.monotonic()
     hb.check_value("ACME_BLOB", text, True)
     assert time.monotonic() - start < 3.0  # a linear scan takes well under 1 s here
+
+
+def test_expansion_happens_in_a_copy_of_the_datastore() -> None:
+    """Inline Python may set variables (BitBake's get_autorev does): the configuration keeps none."""
+    from hsmsign import bitbake as hb
+
+    class Recording(hb.DictData):
+        copies: list = []
+
+        def createCopy(self) -> hb.DictData:  # noqa: N802 - BitBake's API
+            copy = Recording(self.values, self.flags)
+            Recording.copies.append(copy)
+            return copy
+
+        def getVar(self, name: str, expand: bool = True) -> object:  # noqa: N802 - BitBake's API
+            if expand and name == "SRCPV":
+                self.values["__BBAUTOREV_SEEN"] = "1"  # what ${@bb.fetch2.get_autorev(d)} does
+            return super().getVar(name, expand)
+
+    d = Recording({"HSMSIGN_MODE": "production", "HSMSIGN_ENABLE": "1", "SRCPV": "${@...}",
+                   "HSM_PKCS11_URI": "pkcs11:token=t;object=k"})  # fmt: skip
+    hb.scan_datastore(d, True)
+    assert "__BBAUTOREV_SEEN" not in d.values and len(Recording.copies) == 1

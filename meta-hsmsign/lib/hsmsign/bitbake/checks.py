@@ -409,7 +409,8 @@ def scan_datastore(d: Datastore, prod: bool, stats: dict[str, float] | None = No
       included.
 
     A variable's expanded value is checked (what tasks see; a ``${@...}`` or
-    ``${A}`` cannot hide the secret), its raw value when it does not expand at
+    ``${A}`` cannot hide the secret), in a copy of the datastore (``createCopy``)
+    so that inline Python changes nothing; its raw value when it does not expand at
     this point. Flags are checked raw (``SIGNING_PKCS11_URI[fit]`` is meta-oe's
     way to give a URI). ``stats`` gets the counts and the seconds taken.
     """
@@ -418,6 +419,11 @@ def scan_datastore(d: Datastore, prod: bool, stats: dict[str, float] | None = No
     checked = flags_checked = functions = 0
     get_flags = getattr(d, "getVarFlags", None)
     get_flag = getattr(d, "getVarFlag", None)
+    # Expansion runs inline Python that may set variables (bb.fetch2.get_autorev marks
+    # __BBAUTOREV_SEEN, and every recipe would then stop with "AUTOREV/SRCPV set too
+    # late"): expand in BitBake's copy-on-write copy, never in the configuration itself.
+    copy = getattr(d, "createCopy", None)
+    expanding: Datastore = copy() if copy is not None else d
     for name in list(d.keys()):
         raw = _raw(d, name)
         if raw is not None and not isinstance(raw, str):
@@ -427,7 +433,7 @@ def scan_datastore(d: Datastore, prod: bool, stats: dict[str, float] | None = No
             continue
         if raw is not None:  # None: a variable with flags only (SIGNING_PKCS11_URI[fit] = ...)
             try:
-                value = d.getVar(name)
+                value = expanding.getVar(name)
             except Exception:  # noqa: BLE001 - BitBake's ExpansionError (no bb import here): the raw text
                 value = raw
             checked += 1
