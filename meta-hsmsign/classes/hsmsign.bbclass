@@ -146,9 +146,9 @@ hsmsign_config_check[doc] = "Parse-time check of the base configuration: no PIN,
 python hsmsign_config_check() {
     stats = {}
     problems = hsmsign.bitbake.check_config(e.data, None, stats)
-    bb.debug(1, "meta-hsmsign: checked %d variables and %d flags (%d functions left out) in %.1f ms"
+    bb.debug(1, "meta-hsmsign: checked %d variables and %d flags (%d functions left out) in %.1f ms (CPU %.1f ms)"
              % (stats.get("variables", 0), stats.get("flags", 0), stats.get("functions", 0),
-                1000 * stats.get("seconds", 0.0)))
+                1000 * stats.get("seconds", 0.0), 1000 * stats.get("cpu_seconds", 0.0)))
     fatal = [p for p in problems if p.fatal]
     for problem in problems:
         if not problem.fatal:

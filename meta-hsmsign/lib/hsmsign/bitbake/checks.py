@@ -412,9 +412,9 @@ def scan_datastore(d: Datastore, prod: bool, stats: dict[str, float] | None = No
     ``${A}`` cannot hide the secret), in a copy of the datastore (``createCopy``)
     so that inline Python changes nothing; its raw value when it does not expand at
     this point. Flags are checked raw (``SIGNING_PKCS11_URI[fit]`` is meta-oe's
-    way to give a URI). ``stats`` gets the counts and the seconds taken.
+    way to give a URI). ``stats`` gets the counts, the seconds taken and the CPU seconds.
     """
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), time.process_time()
     problems: list[Problem] = []
     checked = flags_checked = functions = 0
     get_flags = getattr(d, "getVarFlags", None)
@@ -449,8 +449,9 @@ def scan_datastore(d: Datastore, prod: bool, stats: dict[str, float] | None = No
                     problems.append(problem)
     if stats is not None:
         stats.update(
-            variables=checked, flags=flags_checked, functions=functions, seconds=time.monotonic() - start
-        )
+            variables=checked, flags=flags_checked, functions=functions, seconds=time.monotonic() - start,
+            cpu_seconds=time.process_time() - cpu_start,
+        )  # fmt: skip
     return problems
 
 
