@@ -404,7 +404,7 @@ def scan_datastore(d: Datastore, prod: bool, stats: dict[str, float] | None = No
     * functions (flag ``func``: shell and Python task code of the classes and
       recipes): they are code, not configuration. A value reaches them through
       ``${VAR}``, and that variable is scanned; a stock class's code may name a
-      development PIN (meta-oe's signing.bbclass writes ``pin-value=1111`` for its
+      development PIN (meta-oe's signing.bbclass puts a ``pin-value`` into the URI of its
       build-time SoftHSM token). ``hsmsign audit`` scans the layers' files, code
       included.
 
