@@ -227,6 +227,8 @@ def test_parse_with_oecore(main_build: tuple[Build, str]) -> None:
     summary = re.search(r"Parsing of (\d+) \.bb files complete.*?(\d+) errors", out)
     assert summary is not None and summary.group(2) == "0", out[-2000:]
     assert PIN_MARKER not in out
+    # development mode makes a secret in a variable a warning: none in the stock configuration
+    assert not re.search(r"meta-hsmsign: \S+: holds ", out), out[-4000:]
 
 
 def test_readme_snippet_as_written(layer_builddir: Callable[[str], str]) -> None:
@@ -248,6 +250,7 @@ def test_readme_snippet_as_written(layer_builddir: Callable[[str], str]) -> None
     summary = re.search(r"Parsing of (\d+) \.bb files complete.*?(\d+) errors", out)
     assert summary is not None and int(summary.group(1)) > 0 and summary.group(2) == "0", out[-2000:]
     assert "depends on layer" not in out
+    assert not re.search(r"meta-hsmsign: \S+: holds ", out), out[-4000:]  # no variable flagged
 
 
 def task_edges(build: Build, target: str) -> set[tuple[str, str]]:
@@ -435,3 +438,49 @@ def test_private_key_and_key_file_stop_parse_in_production(tmp_path: object) -> 
     assert "ACME_SIGNING_BLOB" in out and "private key" in out
     assert "SWUPDATE_PRIVATE_KEY" in out and "remove SWUPDATE_PRIVATE_KEY" in out
     assert "MIIEvAIBADANBg" not in out
+
+
+# A published AES key (swupdate's documentation, hsmsign/data/known_keys.json) and IV.
+SWUPDATE_DOC_KEY = "390ad54490a4a5f53722291023c19e08ffb5c4677a59e958c96ffa6e641df040"
+SWUPDATE_DOC_IV = "d5d601bacfe13100b149177318ebc7a4"
+
+
+def test_secrets_under_any_name_stop_parse_in_production(tmp_path: object) -> None:
+    """Every variable and flag of the base configuration goes through the leak scanner's patterns.
+
+    One parse for all cases (each is named in the fatal error; the check reports
+    every problem at once), stopped before any recipe: a few seconds per release.
+    Names no pre-filter would pick (FIRMWARE_BLOB, ACME_PASSWORD) show that every
+    variable is checked.
+    """
+    topdir = os.path.join(str(tmp_path), "bb-secrets")
+    secrets = {
+        "MKIMAGE_SIGN_PIN": "24681357",
+        "HSM_PIN": "97531",
+        "ACME_SIGN_URI": f"pkcs11:token=t;object=k?pin-value={PIN_MARKER}",
+        "SWUPDATE_AES_KEY": SWUPDATE_DOC_KEY,
+        "FIRMWARE_BLOB": f"-K {SWUPDATE_DOC_KEY} -iv {SWUPDATE_DOC_IV}",
+        "HSM_PKCS11_URI_ROOTFS": "pkcs11:token=t;object=k?pin-source=|/bin/echo%2086420",
+    }
+    lines = "".join(f'{name} = "{value}"\n' for name, value in secrets.items())
+    write_conf(
+        topdir,
+        'INHERIT += "hsmsign"\nHSM_PKCS11_URI = "pkcs11:token=t;object=k?pin-source=file:/run/hsm-pin"\n'
+        + lines
+        # an override, a flag (meta-oe's signing.bbclass form) and an inline expression hide nothing
+        + 'SIGNING_PIN:pn-u-boot = "13579"\n'
+        + 'SIGNING_PKCS11_URI[fit] = "pkcs11:serial=1;object=fit?pin-value=55555"\n'
+        + "ACME_PASSWORD = \"${@'hunter' + '2hunter2'}\"\n",
+    )
+    done = build_at(topdir).run("-p", timeout=900)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "Parsing of" not in out  # stopped before any recipe
+    errors = out[out.index("ERROR:") :] if "ERROR:" in out else ""
+    named = [*secrets, "SIGNING_PIN:pn-u-boot", "SIGNING_PKCS11_URI[fit]", "ACME_PASSWORD"]
+    for name in named:
+        assert f"meta-hsmsign: {name}: " in errors, f"{name} not named as fatal:\n{errors[-3000:]}"
+    assert "pin-source=|PROGRAM has arguments" in errors and "published example key" in errors
+    for value in [*secrets.values(), "24681357", "97531", "86420", "13579", "55555", "hunter2hunter2",
+                  SWUPDATE_DOC_KEY, SWUPDATE_DOC_IV, PIN_MARKER]:  # fmt: skip
+        assert value not in out

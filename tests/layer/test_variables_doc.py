@@ -20,7 +20,8 @@ local.conf, a distro or a kas file overrides it) and its `[doc]` flag. A test
 (`tests/layer/test_variables_doc.py`) checks this page against the classes.
 
 Set them in `local.conf` or a kas file's `local_conf_header`. None of them ever
-holds a PIN: a `pin-value` anywhere stops the parse.
+holds a PIN: a PIN, password, key or `pin-value` in any variable stops the parse
+(docs/layer.md, "Where the PIN comes from").
 """
 
 SET_BY_CLASSES = [

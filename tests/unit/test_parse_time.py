@@ -7,6 +7,7 @@ cryptography and asn1crypto are absent. docs/dev/internals.md lists the same set
 from __future__ import annotations
 
 import ast
+import base64
 import importlib.util
 import json
 import os
@@ -16,6 +17,7 @@ import sysconfig
 from pathlib import Path
 
 import hsmsign
+import pytest
 
 LIB = Path(hsmsign.__file__).resolve().parents[1]
 PARSE_TIME = {
@@ -137,3 +139,229 @@ def test_parse_time_modules_import_only_stdlib_and_each_other_at_module_level() 
                     assert module in PARSE_TIME, f"{name} imports {target} at module level"
                 else:
                     assert _is_stdlib(top), f"{name} imports {target} at module level"
+
+
+# --- the parse-time secret check: every variable, the leak scanner's patterns -----------------
+
+SWUPDATE_DOC_KEY = "390ad54490a4a5f53722291023c19e08ffb5c4677a59e958c96ffa6e641df040"  # known_keys.json
+
+
+def _published_keys() -> list[tuple[str, str]]:
+    with open(os.path.join(str(LIB), "hsmsign", "data", "known_keys.json"), encoding="utf-8") as fh:
+        return [(e["hex"], e.get("name", "")) for e in json.load(fh)["symmetric_keys"]]
+
+
+def _fatal(values: dict, mode: str = "production", flags: dict | None = None) -> dict:
+    from hsmsign import bitbake as hb
+
+    base = {"HSMSIGN_MODE": mode, "HSMSIGN_ENABLE": "1", "HSM_PKCS11_URI": "pkcs11:token=t;object=k"}
+    problems = hb.check_config(hb.DictData({**base, **values}, flags))
+    return {p.variable: p for p in problems if p.fatal}
+
+
+def _never_shows(problems: dict, secret: str) -> None:
+    for p in problems.values():
+        text = p.format()
+        assert secret not in text, text
+        assert "chars redacted" not in text  # not even its length
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MKIMAGE_SIGN_PIN", "24681357"),
+        ("HSM_PIN", "1234"),
+        ("HSM_USER_PIN", "0000aaaa"),
+        ("ACME_TOKEN_PIN", "S3cr3t-Pin"),
+        ("SIGNING_PASSWORD", "hunter2hunter2"),
+        ("SWUPDATE_PASSPHRASE", "correct-horse"),
+        ("MKIMAGE_SIGN_PIN:pn-u-boot", "24681357"),  # an override does not hide it
+        ("FW_AES_KEY:board-name", "5f0e1c2b9a8d7c6b5a49382716051423"),  # nor a public-sounding override
+    ],
+)
+def test_a_pin_or_key_under_any_name_stops_the_parse(name: str, value: str) -> None:
+    problems = _fatal({name: value})
+    assert name in problems, problems
+    _never_shows(problems, value)
+
+
+def test_pin_value_under_another_name_and_in_a_flag_stops_the_parse_in_both_modes() -> None:
+    for mode in ("production", "development"):
+        problems = _fatal(
+            {"ACME_SIGN_URI": "pkcs11:token=a;object=b?pin-value=7531", "SIGNING_PKCS11_URI": None},
+            mode,
+            flags={"SIGNING_PKCS11_URI": {"fit": "pkcs11:serial=1;object=rauc?pin-value=86420"}},
+        )
+        assert {"ACME_SIGN_URI", "SIGNING_PKCS11_URI[fit]"} <= set(problems), (mode, problems)
+        _never_shows(problems, "7531")
+        _never_shows(problems, "86420")
+
+
+@pytest.mark.parametrize(("key", "name"), _published_keys())
+def test_every_published_aes_key_stops_the_parse_whatever_the_variable_is_called(key: str, name: str) -> None:
+    raw = bytes.fromhex(key)
+    for variable, value in (
+        ("SWUPDATE_AES_KEY", key),
+        ("FIRMWARE_BLOB", key.upper()),
+        ("EXTRA_SIGN_ARGS", f"-K 0x{key} --mode cbc"),
+        ("SECURE_DATA", base64.b64encode(raw).decode()),
+    ):
+        problems = _fatal({variable: value})
+        assert variable in problems, (name, variable)
+        assert "published" in problems[variable].message
+        _never_shows(problems, key)
+        _never_shows(problems, key.upper())
+
+
+def test_findings_other_than_pin_value_and_private_keys_are_warnings_in_development() -> None:
+    from hsmsign import bitbake as hb
+
+    d = hb.DictData({"HSMSIGN_MODE": "development", "HSM_PKCS11_URI": "pkcs11:token=t;object=k",
+                     "MKIMAGE_SIGN_PIN": "24681357", "FW_KEY": SWUPDATE_DOC_KEY})  # fmt: skip
+    found = {p.variable: p for p in hb.check_config(d)}
+    assert not found["MKIMAGE_SIGN_PIN"].fatal and not found["FW_KEY"].fatal
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "pkcs11:token=t;object=k?pin-source=|/bin/echo 24681357",
+        "pkcs11:token=t;object=k?pin-source=%7C/bin/echo%2024681357",
+        "pkcs11:token=t;object=k?module-path=/usr/lib/p.so&PIN-SOURCE=|/usr/bin/printf%09%s 2468",
+        "pkcs11:token=t;object=k?pin-source=|/bin/sh -c 'cat /run/pin'",
+        'pkcs11:token=t;object=k?pin-source=|"/bin/echo" 2468',
+        'pkcs11:token=t;object=k?pin-source=|"unterminated 2468',
+        "pkcs11:token=t;object=k?pin-source= | /bin/echo 2468&module-name=p11-kit-proxy",
+        # an allowlisted program without its subcommand, or its name on another program
+        "pkcs11:token=t;object=k?pin-source=|hsmsign-remote 2468",
+        "pkcs11:token=t;object=k?pin-source=|/bin/secret-tools lookup 2468",
+        # in a command line, after a quoted URI that is fine
+        "hsmsign sign --uri 'pkcs11:a?pin-source=|/usr/bin/getpin' "
+        '--uri "pkcs11:b?pin-source=|/bin/echo 2468"',
+    ],
+)
+def test_a_pin_source_program_with_arguments_stops_the_parse_in_both_modes(uri: str) -> None:
+    for mode in ("production", "development"):
+        problems = _fatal({"HSM_PKCS11_URI_ROOTFS": uri}, mode)
+        assert "HSM_PKCS11_URI_ROOTFS" in problems, (mode, problems)
+        assert "pin-source" in problems["HSM_PKCS11_URI_ROOTFS"].message
+        _never_shows(problems, "2468")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "pkcs11:token=t;object=k?pin-source=|/usr/local/bin/get-hsm-pin",
+        "pkcs11:token=t;object=k?pin-source=%7C/usr/local/bin/get-hsm-pin&module-name=p11-kit-proxy",
+        'pkcs11:token=t;object=k?pin-source=|"/opt/acme tools/get-pin"',
+        "pkcs11:token=t;object=k?pin-source=file:/run/secrets/hsm pin",
+        "hsmsign sign --uri 'pkcs11:token=t;object=k?pin-source=|/usr/bin/getpin' payload.bin",
+        # the programs production accepts with arguments: they name where the PIN is kept
+        "pkcs11:token=t;object=k?pin-source=|hsmsign-remote pin builder@hsm-host",
+        "pkcs11:token=t;object=k?pin-source=%7C/usr/bin/systemd-creds%20cat%20hsm-pin",
+        "pkcs11:token=t;object=k?pin-source=|secret-tool lookup service acme-hsm",
+    ],
+)
+def test_a_pin_source_program_alone_passes(value: str) -> None:
+    from hsmsign import bitbake as hb
+
+    assert not hb.pin_program_with_arguments(value)
+
+
+def test_stock_values_pass() -> None:
+    """Values like OE-Core's and meta-oe's own (the real parse on three releases checks them all)."""
+    stock = {
+        "SRCREV": "a" * 40,
+        "HSMSIGN_PUBKEY_SHA256": "ab" * 32,
+        "SSTATE_SIG_KEY": "",
+        "PACKAGE_FEED_GPG_PASSPHRASE_FILE": "/run/gpg-passphrase",
+        "BB_HASHSERVE": "auto",
+        "EXTRA_USERS_PARAMS": "usermod -p '' root;",
+        "SIGNING_PKCS11_URI": "pkcs11:token=${PN};object=fit",
+        "UBOOT_SIGN_KEYNAME": "dev",
+        "PINCTRL_DRIVER": "pinctrl-imx8mm",
+        "ROOTFS_POSTPROCESS_COMMAND": "rootfs_update_timestamp; ",
+        "SDK_DEPLOY": "/build/tmp/deploy/sdk",
+        "UNINATIVE_CHECKSUM:x86_64": "d81c54284be2bb886931fc87281d58177a2cd381cf99d1981f8923039a72a302",
+    }
+    assert _fatal(stock) == {}
+
+
+def test_functions_and_non_text_values_are_left_out_and_counted() -> None:
+    from hsmsign import bitbake as hb
+
+    d = hb.DictData(
+        {"HSMSIGN_MODE": "production", "HSMSIGN_ENABLE": "1", "HSM_PKCS11_URI": "pkcs11:token=t;object=k",
+         # meta-oe's signing.bbclass writes its build-time SoftHSM token's PIN in a function
+         "signing_import_define_role": 'echo "pkcs11:token=${PN};object=$role;pin-value=1111"',
+         "BB_ORIGENV": {"HSM_PIN": "24681357"}, "__BBTASKS": ["do_build"], "HSM_PIN": "9753"},
+        flags={"signing_import_define_role": {"func": "1"}},
+    )  # fmt: skip
+    stats: dict = {}
+    problems = {p.variable for p in hb.check_config(d, None, stats) if p.fatal}
+    assert problems == {"HSM_PIN"}
+    assert stats["functions"] == 1 and stats["variables"] == 4 and stats["seconds"] >= 0
+
+
+def test_the_check_is_fast_on_a_datastore_of_bitbake_size() -> None:
+    """5,000 variables, 1.2 MB (a real base configuration: ~2,400 variables, 150 KB; -D logs its time)."""
+    import random
+    import time
+
+    from hsmsign import bitbake as hb
+
+    rnd = random.Random(17)
+    values = {"HSMSIGN_MODE": "production", "HSMSIGN_ENABLE": "1"}
+    values["HSM_PKCS11_URI"] = "pkcs11:token=t;object=k"
+    for i in range(5000):
+        words = [f"word{rnd.randrange(10**6)}/path-{i}" for _ in range(rnd.choice((1, 2, 4, 40)))]
+        values[f"VAR_{i}_{rnd.choice(('FLAGS', 'DIR', 'SRC', 'OPTS', 'KEYNAME'))}"] = " ".join(words)
+    start = time.monotonic()
+    stats: dict = {}
+    assert [p for p in hb.check_config(hb.DictData(values), None, stats) if p.fatal] == []
+    assert stats["variables"] == len(values)
+    assert time.monotonic() - start < 5.0  # ~0.2 s here; bound far away from a slow CI machine
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "pin-source=" * 50_000,
+        "pkcs11:a?pin-source=|/x&" * 25_000,
+        "'pkcs11:a?pin-source=|\"/a b\"' " * 20_000,
+        "pin-source=|" + "x" * 600_000,
+        ("0" * 64 + " ") * 10_000,
+        "A" * 600_000,
+    ],
+)
+def test_the_value_checks_run_in_linear_time_on_hostile_values(text: str) -> None:
+    import time
+
+    from hsmsign import bitbake as hb
+
+    start = time.monotonic()
+    hb.check_value("ACME_BLOB", text, True)
+    assert time.monotonic() - start < 3.0  # a linear scan takes well under 1 s here
+
+
+def test_expansion_happens_in_a_copy_of_the_datastore() -> None:
+    """Inline Python may set variables (BitBake's get_autorev does): the configuration keeps none."""
+    from hsmsign import bitbake as hb
+
+    class Recording(hb.DictData):
+        copies: list = []
+
+        def createCopy(self) -> hb.DictData:  # noqa: N802 - BitBake's API
+            copy = Recording(self.values, self.flags)
+            Recording.copies.append(copy)
+            return copy
+
+        def getVar(self, name: str, expand: bool = True) -> object:  # noqa: N802 - BitBake's API
+            if expand and name == "SRCPV":
+                self.values["__BBAUTOREV_SEEN"] = "1"  # what ${@bb.fetch2.get_autorev(d)} does
+            return super().getVar(name, expand)
+
+    d = Recording({"HSMSIGN_MODE": "production", "HSMSIGN_ENABLE": "1", "SRCPV": "${@...}",
+                   "HSM_PKCS11_URI": "pkcs11:token=t;object=k"})  # fmt: skip
+    hb.scan_datastore(d, True)
+    assert "__BBAUTOREV_SEEN" not in d.values and len(Recording.copies) == 1

@@ -9,27 +9,33 @@ warn) is the class's decision.
 * the role URIs (``HSM_PKCS11_URI_<ROLE>``) and the key identity that goes into
   task hashes: the URI without PIN source or module (``Pkcs11Uri.identity``)
   and the pinned public-key fingerprint (``HSMSIGN_PUBKEY_SHA256[_<ROLE>]``);
-* the parse-time checks: no ``pin-value``, no private key, no key-file
-  variable, a well-formed URI, a sane mode (``hsmsign.secrets`` defines a secret);
+* the parse-time checks: every variable of the base configuration through the
+  leak scanner's patterns (``hsmsign.secrets.check_variable``: a PIN under any name,
+  ``pin-value``, private and symmetric keys, published keys), a ``pin-source``
+  program with arguments, key-file variables, a well-formed URI, a sane mode;
 * the FIT key names, the per-token lock file, the development token's default URI;
 * the command line meta-swupdate runs as ``SWUPDATE_SIGN_TOOL``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import glob
 import hashlib
 import os
 import re
 import shlex
+import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .. import devtoken, roles, secrets
+from .. import devtoken, known_keys, roles, secrets
 from ..errors import HsmsignError
 from ..settings import ENV_NAME, LAYER_VARIABLES, MODES, required_problems
-from ..uri import Pkcs11Uri
+from ..uri import Pkcs11Uri, pin_program_allowed
 
 # the key roles and their fallbacks: hsmsign.roles (one table for the library, classes and docs)
 ROLES: tuple[str, ...] = roles.ROLES
@@ -58,7 +64,109 @@ def _has_private_key(text: str) -> bool:
 
 _SHA256 = re.compile(r"^(?:sha256:)?[0-9a-fA-F]{64}$")
 
+# Findings that stop the parse in both modes: the secret is in the datastore, hence in
+# sigdata, run.do_* scripts and 'bitbake -e', whatever token it opens.
+_FATAL_IN_BOTH_MODES = frozenset({"pin-value", "private-key", "private-key-der"})
+# What each kind of finding says at parse time (never the value, nor its length).
+_KIND_MESSAGES = {
+    "pin-assignment": "holds a PIN, password or passphrase",
+    "symmetric-key": "holds a symmetric key (128, 192 or 256 bits in hex or base64)",
+    "known-symmetric-key": "holds a published example key: anyone can decrypt or forge with it",
+    "weak-symmetric-key": "holds a patterned symmetric key with no randomness",
+    "private-key-der": "holds a DER private key",
+    "known-public-key": "holds a public key whose private half is published",
+}
+_STORED = "; the datastore ends up in sigdata, run.do_* scripts and 'bitbake -e'"
 
+_PIN_SOURCE_WINDOW = 512  # characters: a URI's start before the attribute, the program after it
+_PIN_SOURCE_MAX = 64  # programs with a space, quote or escape that one value may hold
+# pin-source=|PROGRAM (the pipe may be percent-encoded) and the program's first word
+_PIN_SOURCE_PROGRAM = re.compile(r"pin-source=[ \t]*(?:\||%7c)[ \t]*([^&\s\"'\\]*)", re.IGNORECASE)
+_NOT_PLAIN = re.compile(r"[\s\"'\\]")
+_OVERRIDE = re.compile(r":[^\[]*")  # NAME:override[flag] -> NAME[flag]
+
+
+def pin_program_with_arguments(text: str) -> bool:
+    """Whether ``text`` holds a PKCS#11 URI whose ``pin-source=|PROGRAM`` has arguments
+    (other than those of ``hsmsign.uri.PIN_PROGRAM_ALLOWLIST``, which name where the PIN is kept).
+
+    ``pin-source=|/bin/echo 1234`` is a ``pin-value`` in disguise: the arguments
+    are stored wherever the URI is (the datastore, sigdata, run scripts) and sit in
+    the program's argv, which every process can read. A program path alone (quoted
+    when it has spaces) passes. The value is split as ``hsmsign.pin`` runs it (percent
+    decoding, then ``shlex``); one that does not split (an unterminated quote) counts.
+    The URI ends at the quote that opens it (a URI inside a quoted command line),
+    else at the end of the line; the attribute at the next ``&``.
+
+    Linear time: a program path alone costs its length; the others look at most
+    ``_PIN_SOURCE_WINDOW`` characters back and forth, and a value with more than
+    ``_PIN_SOURCE_MAX`` of them counts as one with arguments (no configuration has
+    that many).
+    """
+    slow = 0
+    for found in _PIN_SOURCE_PROGRAM.finditer(text):
+        word = urllib.parse.unquote(found.group(1))
+        after = text[found.end() : found.end() + 1]
+        if after in ("", "&", "\n") and not _NOT_PLAIN.search(word):
+            continue  # a program path alone: the common case
+        slow += 1
+        if slow > _PIN_SOURCE_MAX:
+            return True
+        start = found.start(1)
+        command = text[start : start + _PIN_SOURCE_WINDOW].split("\n", 1)[0].split("&", 1)[0]
+        before = text[max(0, found.start() - _PIN_SOURCE_WINDOW) : found.start()].rsplit("\n", 1)[-1]
+        scheme = before.lower().rfind("pkcs11:")
+        if scheme > 0 and before[scheme - 1] in "\"'":
+            command = command.split(before[scheme - 1], 1)[0]
+        command = urllib.parse.unquote(command).strip()
+        if not command:
+            continue  # names no program: not a secret (hsmsign reports it when it runs)
+        try:
+            argv = shlex.split(command)
+        except ValueError:
+            return True
+        # the programs production accepts with arguments (they name where the PIN is kept):
+        # the same rule as hsmsign.uri.pin_program_allowed, so the parse and the signing agree
+        if not pin_program_allowed(argv):
+            return True
+    return False
+
+
+# Words of the hex/base64 alphabet long enough to be 128 bits (each character looked at once).
+_KEY_WORD = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{22,}={0,2}")
+_HEX_LENGTHS = (32, 48, 64)
+_B64_LENGTHS = (24, 32, 44)
+
+
+def published_symmetric_key(text: str) -> known_keys.KnownKey | None:
+    """A published example symmetric key (``hsmsign.known_keys``) anywhere in ``text``, or None.
+
+    Whatever the variable's name: hex (``0x`` allowed) or base64 of 128, 192 or
+    256 bits, as a word of its own (the whole value, a word of a command line, one
+    half of a ``KEY IV`` pair), that is on the list is that key, since a random
+    value never is. Patterned keys (all zero, ascending bytes) are left to the
+    name-based check: as a checksum placeholder they are no key.
+    """
+    for found in _KEY_WORD.finditer(text):
+        word = found.group()
+        if word[:2] in ("0x", "0X") and len(word) - 2 in _HEX_LENGTHS:
+            word = word[2:]
+        raw: bytes | None = None
+        if len(word) in _HEX_LENGTHS:
+            try:
+                raw = bytes.fromhex(word)
+            except ValueError:
+                raw = None
+        if raw is None and len(word) in _B64_LENGTHS:
+            try:
+                raw = base64.b64decode(word, validate=True)
+            except (binascii.Error, ValueError):
+                raw = None
+        if raw is not None and len(raw) in (16, 24, 32):
+            known = known_keys.lookup_symmetric(raw)
+            if known is not None and known.kind == "symmetric":
+                return known
+    return None
 
 
 class Datastore(Protocol):
@@ -79,16 +187,25 @@ class Problem:
 
 
 class DictData:
-    """A minimal dict-backed datastore (tests, and tools outside BitBake)."""
+    """A minimal dict-backed datastore (tests, and tools outside BitBake); ``flags``: NAME -> {FLAG: text}."""
 
-    def __init__(self, values: Mapping[str, str] | None = None) -> None:
-        self.values: dict[str, str] = dict(values or {})
+    def __init__(
+        self, values: Mapping[str, Any] | None = None, flags: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> None:
+        self.values: dict[str, Any] = dict(values or {})
+        self.flags: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (flags or {}).items()}
 
     def getVar(self, name: str, expand: bool = True) -> Any:  # noqa: N802 - BitBake's API
         value = self.values.get(name)
-        if value is None or not expand:
+        if value is None or not expand or not isinstance(value, str):
             return value
         return re.sub(r"\$\{([A-Za-z0-9_\-]+)\}", lambda m: self.getVar(m.group(1)) or "", value)
+
+    def getVarFlag(self, name: str, flag: str, expand: bool = True) -> Any:  # noqa: N802 - BitBake's API
+        return self.flags.get(name, {}).get(flag)
+
+    def getVarFlags(self, name: str) -> dict[str, Any] | None:  # noqa: N802 - BitBake's API
+        return dict(self.flags[name]) if self.flags.get(name) else None
 
     def keys(self) -> list[str]:
         return list(self.values)
@@ -215,7 +332,15 @@ def dev_default_uri(d: Datastore, origenv: Any = None) -> str:
 
 
 def check_value(name: str, value: str, prod: bool) -> Problem | None:
-    """Secrets in one variable's value: a PIN in a URI, a private key, a symmetric key."""
+    """Secrets in one variable's value: the leak scanner's patterns (``hsmsign.secrets``).
+
+    ``name`` is what the message names (``NAME``, ``NAME:override``, ``NAME[flag]``);
+    the patterns judge the name without its override, so ``:machine-name`` cannot
+    make a PIN look like a public name. A PIN in a URI, a private key and a
+    ``pin-source`` program with arguments stop the parse in both modes; the other
+    findings (a PIN or password under any name, symmetric keys, published keys) in
+    production, and are warnings in development. The message never holds the value.
+    """
     if not value:
         return None
     if _PIN_VALUE.search(value):
@@ -233,11 +358,104 @@ def check_value(name: str, value: str, prod: bool) -> Problem | None:
             "delete it from the configuration, treat the key as leaked (rotate it) and generate "
             "the new key inside the token: hsmsign keygen",
         )
+    if pin_program_with_arguments(value):
+        return Problem(
+            name,
+            "holds a PKCS#11 URI whose pin-source=|PROGRAM has arguments: they are a PIN in disguise, "
+            "stored in sigdata, run.do_* scripts and 'bitbake -e', and readable in the program's "
+            "command line by every process",
+            "point pin-source at a program path alone that prints the PIN "
+            "(?pin-source=|/usr/local/bin/get-hsm-pin), or use ?pin-source=file:/run/secrets/hsm-pin "
+            'or HSMSIGN_PIN_ENV = "NAME"',
+        )
     # no guard around the scanner: a bug in it stops the parse instead of skipping the check
-    finding = secrets.check_variable(name, value)
-    if finding is not None and finding.kind != "key-file-variable":
-        return Problem(name, f"{finding.kind}: {finding.excerpt}", finding.advice, fatal=prod)
-    return None
+    finding = secrets.check_variable(_OVERRIDE.sub("", name, count=1), value)
+    if finding is None or finding.kind == "key-file-variable":  # key files: check_key_files
+        known = published_symmetric_key(value)
+        if known is None:
+            return None
+        return Problem(
+            name,
+            f"{_KIND_MESSAGES['known-symmetric-key']} ({known.description}; published in {known.where()})"
+            + _STORED,
+            secrets.ADVICE["known-symmetric-key"],
+            fatal=prod,
+        )
+    message = _KIND_MESSAGES.get(finding.kind, f"holds a secret ({finding.kind})")
+    if finding.kind == "known-symmetric-key" and finding.detail:
+        message += f" ({finding.detail})"
+    return Problem(
+        name, message + _STORED, finding.advice, fatal=prod or finding.kind in _FATAL_IN_BOTH_MODES
+    )
+
+
+def _raw(d: Datastore, name: str) -> Any:
+    try:
+        return d.getVar(name, False)
+    except Exception:  # noqa: BLE001 - a datastore that cannot give the raw value: nothing to scan
+        return None
+
+
+def scan_datastore(d: Datastore, prod: bool, stats: dict[str, float] | None = None) -> list[Problem]:
+    """Every variable of ``d`` (``d.keys()``) and its flags through :func:`check_value`.
+
+    What is left out, by what it is and never by its name:
+
+    * values that are not text (nor their flags): BitBake's own bookkeeping
+      (``__BBTASKS``, the inherit cache) and ``BB_ORIGENV``, the environment BitBake
+      was started from, where ``HSMSIGN_PIN_ENV``'s PIN is meant to be;
+    * functions (flag ``func``: shell and Python task code of the classes and
+      recipes): they are code, not configuration. A value reaches them through
+      ``${VAR}``, and that variable is scanned; a stock class's code may name a
+      development PIN (meta-oe's signing.bbclass puts a ``pin-value`` into the URI of its
+      build-time SoftHSM token). ``hsmsign audit`` scans the layers' files, code
+      included.
+
+    A variable's expanded value is checked (what tasks see; a ``${@...}`` or
+    ``${A}`` cannot hide the secret), in a copy of the datastore (``createCopy``)
+    so that inline Python changes nothing; its raw value when it does not expand at
+    this point. Flags are checked raw (``SIGNING_PKCS11_URI[fit]`` is meta-oe's
+    way to give a URI). ``stats`` gets the counts, the seconds taken and the CPU seconds.
+    """
+    start, cpu_start = time.monotonic(), time.process_time()
+    problems: list[Problem] = []
+    checked = flags_checked = functions = 0
+    get_flags = getattr(d, "getVarFlags", None)
+    get_flag = getattr(d, "getVarFlag", None)
+    # Expansion runs inline Python that may set variables (bb.fetch2.get_autorev marks
+    # __BBAUTOREV_SEEN, and every recipe would then stop with "AUTOREV/SRCPV set too
+    # late"): expand in BitBake's copy-on-write copy, never in the configuration itself.
+    copy = getattr(d, "createCopy", None)
+    expanding: Datastore = copy() if copy is not None else d
+    for name in list(d.keys()):
+        raw = _raw(d, name)
+        if raw is not None and not isinstance(raw, str):
+            continue
+        if get_flag is not None and get_flag(name, "func", False):
+            functions += 1
+            continue
+        if raw is not None:  # None: a variable with flags only (SIGNING_PKCS11_URI[fit] = ...)
+            try:
+                value = expanding.getVar(name)
+            except Exception:  # noqa: BLE001 - BitBake's ExpansionError (no bb import here): the raw text
+                value = raw
+            checked += 1
+            problem = check_value(name, "" if value is None else str(value), prod)
+            if problem is not None:
+                problems.append(problem)
+        flags = get_flags(name) if get_flags is not None else None
+        for flag, flag_value in (flags or {}).items():
+            if isinstance(flag_value, str) and flag_value:
+                flags_checked += 1
+                problem = check_value(f"{name}[{flag}]", flag_value, prod)
+                if problem is not None:
+                    problems.append(problem)
+    if stats is not None:
+        stats.update(
+            variables=checked, flags=flags_checked, functions=functions, seconds=time.monotonic() - start,
+            cpu_seconds=time.process_time() - cpu_start,
+        )  # fmt: skip
+    return problems
 
 
 def _private_keys_in(directory: str) -> list[str]:
@@ -298,11 +516,15 @@ def check_key_files(d: Datastore) -> list[Problem]:
     return problems
 
 
-def check_config(d: Datastore, names: Sequence[str] | None = None) -> list[Problem]:
-    """All parse-time checks; ``names``: the variables to scan for secrets.
+def check_config(
+    d: Datastore, names: Sequence[str] | None = None, stats: dict[str, float] | None = None
+) -> list[Problem]:
+    """All parse-time checks of a configuration.
 
-    The class scans every variable of the base configuration once (local.conf,
-    kas, distro) and only the key variables of each recipe (speed).
+    ``names``: the variables to scan for secrets; None (the class at
+    ``ConfigParsed``): every variable of ``d`` and its flags (:func:`scan_datastore`),
+    with the counts and time in ``stats``. The hsmsign variables are checked in
+    detail either way.
     """
     prod = mode(d) == "production"
     problems: list[Problem] = []
@@ -311,11 +533,15 @@ def check_config(d: Datastore, names: Sequence[str] | None = None) -> list[Probl
         problems.append(
             Problem("HSMSIGN_MODE", f"unknown mode '{raw_mode}'", 'set "development" or "production"')
         )
-    scan = list(names) if names is not None else []
-    for role in ("",) + tuple("_" + r for r in ROLES):
-        for name in ("HSM_PKCS11_URI" + role, "HSMSIGN_PUBKEY_SHA256" + role):
-            if name not in scan:
-                scan.append(name)
+    scan: list[str] = []
+    if names is None:
+        problems.extend(scan_datastore(d, prod, stats))  # the hsmsign variables among them
+    else:
+        scan = list(names)
+        for role in ("",) + tuple("_" + r for r in ROLES):
+            for name in ("HSM_PKCS11_URI" + role, "HSMSIGN_PUBKEY_SHA256" + role):
+                if name not in scan:
+                    scan.append(name)
     for name in scan:
         try:
             value = _get(d, name)
