@@ -22,6 +22,7 @@ layer's prefunc, on a build tree without and with a ``signing_key.pem``.
 
 from __future__ import annotations
 
+import ast
 import glob
 import os
 import re
@@ -36,6 +37,7 @@ from tests.layer import bbenv
 from tests.layer.bbenv import LAYER, LIB, SOFTHSM, TEST_LAYER, Build
 
 MAGIC = b"~Module signature appended~\n"
+KERNEL = "hsmsign-test-modsign-kernel"
 KERNEL_VERSION = "6.1.0-hsmsign-test"
 MODULES = ("hsmsign_test_a", "hsmsign_test_b")
 SUBJECT_CN = "meta-hsmsign layer test modules"
@@ -65,7 +67,8 @@ class ModsignBuild:
 
     def conf(self, **changes: str) -> None:
         uri = (
-            f"pkcs11:token=hsmsign-dev;object=test-modules?module-path={SOFTHSM}&pin-source=file:{self.pin_file}"
+            "pkcs11:token=hsmsign-dev;object=test-modules"
+            + f"?module-path={SOFTHSM}&pin-source=file:{self.pin_file}"
         )
         settings = {
             "MACHINE": "qemux86-64",
@@ -93,9 +96,10 @@ class ModsignBuild:
         ]
         native = (
             "quilt-native patch-replacement-native virtual/fakeroot-native rpm-native dwarfsrcfiles-native "
-            "file-native pkgconfig-native pkgconf-native kmod-native depmodwrapper-cross opkg-utils-native zstd-native "
-            "bc-native bison-native "
-            "virtual/cross-cc virtual/cross-binutils"
+            "file-native pkgconfig-native pkgconf-native kmod-native depmodwrapper-cross opkg-utils-native "
+            "zstd-native bc-native bison-native virtual/cross-cc virtual/cross-binutils "
+            # kernel.bbclass
+            "gzip-native ncurses-native make-mod-scripts"
         )
         lines = [
             'INHERIT += "hsmsign"',
@@ -161,7 +165,7 @@ def modsign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModsignBuild]:
     wrapper = os.path.join(tools, "fakeroot-for-pseudo")
     with open(wrapper, "w", encoding="utf-8") as fh:
         fh.write(f'#!/bin/sh\n[ "$1" != -S ] || exit 0\nexec {shutil.which("fakeroot")} -- "$@"\n')
-    os.chmod(wrapper, 0o755)
+    os.chmod(wrapper, 0o700)
     mb = ModsignBuild(Build(topdir, path_first=tools), pin, devhome, pin_file)
     mb.conf()
     yield mb
@@ -169,7 +173,7 @@ def modsign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModsignBuild]:
 
 @pytest.fixture(scope="module")
 def packaged(modsign: ModsignBuild) -> ModsignBuild:
-    done = modsign.bitbake("hsmsign-test-module:do_package")
+    done = modsign.bitbake("hsmsign-test-module:do_package", f"{KERNEL}:do_shared_workdir")
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-6000:]
     assert modsign.pin not in out
@@ -195,7 +199,8 @@ def test_packaged_modules_are_stripped_then_signed(packaged: ModsignBuild) -> No
     assert os.path.getsize(cert) > 0
     workdir = packaged.workdir("hsmsign-test-module")
     # ${nonarch_base_libdir}/modules/<version>/extra: /lib or /usr/lib (usrmerge) by release
-    found = glob.glob(os.path.join(workdir, "image", "**", "modules", KERNEL_VERSION, "extra"), recursive=True)
+    pattern = os.path.join(workdir, "image", "**", "modules", KERNEL_VERSION, "extra")
+    found = glob.glob(pattern, recursive=True)
     assert len(found) == 1, found
     moddir = os.path.relpath(found[0], os.path.join(workdir, "image"))
     installed = {m: os.path.join(workdir, "image", moddir, f"{m}.ko") for m in MODULES}
@@ -225,7 +230,7 @@ def test_packaged_modules_are_stripped_then_signed(packaged: ModsignBuild) -> No
         ok = bbenv.hsmsign("modsign", "verify", "--cert", cert, pkgd[name])
         assert ok.returncode == 0, ok.stderr
         for field, want in (("signer", SUBJECT_CN), ("sig_hashalgo", "sha256"), ("name", name)):
-            got = subprocess.run([str(MODINFO), "-F", field, pkgd[name]], capture_output=True, text=True, check=True)
+            got = subprocess.run([str(MODINFO), "-F", field, pkgd[name]], capture_output=True, text=True)
             assert got.stdout.strip() == want, (field, got.stdout, got.stderr)
 
 
@@ -242,3 +247,56 @@ def test_no_pin_and_no_private_key_in_tmpdir(packaged: ModsignBuild) -> None:
                     continue
                 with open(path, "rb") as fh:
                     assert not PEM_PRIVATE.search(fh.read()), f"private key in {path}"
+
+
+def kernel_env(build: ModsignBuild) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """The stand-in kernel recipe's variables (``bitbake -e``) and its tasks' flags (_task_deps)."""
+    done = build.bitbake("-e", KERNEL)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    values = dict(re.findall(r'^(?:export )?([A-Za-z0-9_]+)="(.*)"$', done.stdout, re.M))
+    return values, ast.literal_eval(values["_task_deps"])
+
+
+def shared_artifacts(build: ModsignBuild) -> str:
+    found = glob.glob(
+        os.path.join(build.build.topdir, "tmp*", "work-shared", "qemux86-64", "kernel-build-artifacts")
+    )
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_kernel_recipe_hooks(packaged: ModsignBuild) -> None:
+    """kernel.bbclass recipes: the configuration postfunc (it needs a kernel tree, so only its
+    hook is checked here), the certificate before do_configure, signing first in do_package."""
+    postfuncs = packaged.build.run(
+        "-r", KERNEL, "--value", "-q", "-f", "postfuncs", "do_configure", tool="bitbake-getvar"
+    )
+    assert postfuncs.returncode == 0, (postfuncs.stdout + postfuncs.stderr)[-3000:]
+    assert "hsmsign_modsign_kconfig" in postfuncs.stdout.split()
+    values, tasks = kernel_env(packaged)
+    assert "hsmsign-modules-cert:do_deploy" in tasks["depends"]["do_configure"].split()
+    assert values["PACKAGESPLITFUNCS"].split()[0] == "hsmsign_sign_modules"
+    # do_shared_workdir ran with the layer's prefunc: the artifacts hold no certs/ at all
+    shared = shared_artifacts(packaged)
+    with open(os.path.join(shared, "kernel-abiversion"), encoding="utf-8") as fh:
+        assert fh.read().strip() == KERNEL_VERSION
+    assert not os.path.exists(os.path.join(shared, "certs"))
+
+
+def test_shared_workdir_refuses_a_kernel_build_holding_a_signing_key(packaged: ModsignBuild) -> None:
+    """A kernel build that made certs/signing_key.pem: do_shared_workdir fails before oe-core
+    copies it into the shared kernel build artifacts."""
+    packaged.conf(HSMSIGN_TEST_KERNEL_KEY="1")
+    try:
+        done = packaged.bitbake(f"{KERNEL}:do_shared_workdir")
+        out = done.stdout + done.stderr
+        assert done.returncode != 0, out[-3000:]
+        assert "meta-hsmsign: the kernel build holds a module signing key" in out, out[-3000:]
+        assert "certs/signing_key.pem" in out
+        assert not os.path.exists(os.path.join(shared_artifacts(packaged), "certs"))
+        assert packaged.pin not in out
+    finally:
+        packaged.conf()
+        # the stand-in's key-named files (no key inside), out of the kernel's build directory
+        for path in glob.glob(os.path.join(packaged.workdir(KERNEL), "build", "certs", "signing_key.*")):
+            os.remove(path)
