@@ -12,8 +12,8 @@ time).
 
 Offline stand-ins for native recipes: the host's tools (ASSUME_PROVIDED, HOSTTOOLS), the
 host's binutils under the target prefix (``x86_64-oe-linux-strip``, ...: MACHINE is
-qemux86-64, so the host's binutils handle the target's ELF) and the host's ``fakeroot``
-for pseudo (FAKEROOTCMD: do_install and do_package are fakeroot tasks). rpmdeps and
+qemux86-64, so the host's binutils handle the target's ELF) and Debian's ``pseudo`` for
+pseudo-native (PSEUDO_SYSROOT: do_install and do_package are fakeroot tasks). rpmdeps and
 dwarfsrcfiles are left out (SKIP_FILEDEPS, PACKAGE_DEBUG_SPLIT_STYLE =
 "debug-without-src"). A stand-in kernel recipe inherits oe-core's ``kernel.bbclass``: its
 hooks are checked in ``bitbake -e`` and its real ``do_shared_workdir`` runs with the
@@ -46,13 +46,17 @@ PEM_PRIVATE = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 CROSS_TOOLS = ("strip", "objcopy", "objdump", "readelf", "nm")
 TARGET_SYS = "x86_64-oe-linux"
 # kmod: /usr/sbin is not on a plain user's PATH
+# Debian's pseudo (the tool oe-core builds as pseudo-native), its library's directory
+PSEUDO_LIBDIR = next((os.path.dirname(p) for p in sorted(glob.glob("/usr/lib/*/pseudo/libpseudo.so"))), "")
 MODINFO = shutil.which("modinfo") or shutil.which("modinfo", path="/usr/sbin:/sbin")
 
 pytestmark = [
     pytest.mark.skipif(not bbenv.HAVE_BITBAKE, reason=bbenv.SKIP_REASON),
     pytest.mark.skipif(bbenv.IS_ROOT, reason="BitBake refuses to run as root"),
     pytest.mark.skipif(not bbenv.PYTHON, reason="set HSMSIGN_TEST_PYTHON (python-pkcs11, cryptography)"),
-    pytest.mark.skipif(shutil.which("fakeroot") is None, reason="apt-get install fakeroot"),
+    pytest.mark.skipif(
+        not PSEUDO_LIBDIR or not os.path.exists("/usr/bin/pseudo"), reason="apt-get install pseudo"
+    ),
     pytest.mark.skipif(MODINFO is None, reason="apt-get install kmod"),
     pytest.mark.skipif(shutil.which("gcc") is None, reason="apt-get install gcc"),
 ]
@@ -79,8 +83,9 @@ class ModsignBuild:
             "HSMSIGN_MODULES_CERT_SUBJECT": f"CN={SUBJECT_CN}",
             "HSMSIGN_CMD": f"env PYTHONPATH={LIB} {bbenv.PYTHON} -m hsmsign",
             "PREFERRED_PROVIDER_virtual/kernel": "hsmsign-test-modsign-kernel",
-            # pseudo-native: the host's fakeroot runs the fakeroot tasks (do_install, do_package)
-            "FAKEROOTCMD": os.path.join(self.build.path_first, "fakeroot-for-pseudo"),
+            # pseudo-native: the host's pseudo runs the fakeroot tasks (do_install, do_package)
+            "PSEUDO_SYSROOT": "",
+            "FAKEROOTBASEENV:append": f" PSEUDO_LIBDIR={PSEUDO_LIBDIR}",
             # rpm-native (rpmdeps) and dwarfsrcfiles-native are not built offline
             "SKIP_FILEDEPS": "1",
             "PACKAGE_DEBUG_SPLIT_STYLE": "debug-without-src",
@@ -160,12 +165,6 @@ def modsign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModsignBuild]:
         assert host, f"no {tool} on the host (binutils)"
         if not os.path.islink(link):
             os.symlink(host, link)
-    # FAKEROOTCMD: BitBake's worker runs pseudo, and 'pseudo -S' after each fakeroot task
-    # (shut its server down); fakeroot's faked ends with the worker
-    wrapper = os.path.join(tools, "fakeroot-for-pseudo")
-    with open(wrapper, "w", encoding="utf-8") as fh:
-        fh.write(f'#!/bin/sh\n[ "$1" != -S ] || exit 0\nexec {shutil.which("fakeroot")} -- "$@"\n')
-    os.chmod(wrapper, 0o700)
     mb = ModsignBuild(Build(topdir, path_first=tools), pin, devhome, pin_file)
     mb.conf()
     yield mb
