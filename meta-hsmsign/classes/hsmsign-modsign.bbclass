@@ -16,8 +16,9 @@
 #     oe-core strips the files in PKGD (process_split_and_strip_files, which leaves signed
 #     modules alone), then runs PACKAGESPLITFUNCS, which split PKGD into the packages. The
 #     class puts hsmsign_sign_modules first in PACKAGESPLITFUNCS: every *.ko below
-#     lib/modules/ in PKGD is signed after stripping and before any package gets it. The
-#     order is the same in scarthgap, wrynose and master (package.bbclass do_package).
+#     lib/modules/ in PKGD (not the debug split's .debug/ copies) is signed after stripping
+#     and before any package gets it. The order is the same in scarthgap, wrynose and
+#     master (package.bbclass do_package).
 #     One 'hsmsign modsign' process per 500 modules: one token login, one signature each.
 #   * The certificate: the recipe hsmsign-modules-cert deploys it as hsmsign-modules.pem
 #     and .der (HSMSIGN_MODULES_CERT, or a self-signed one in development mode).

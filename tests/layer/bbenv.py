@@ -67,8 +67,10 @@ class Build:
     timings: dict[str, float] = field(default_factory=dict)
 
     def run(
-        self, *args: str, env: dict[str, str] | None = None, timeout: int = 3600
+        self, *args: str, env: dict[str, str] | None = None, timeout: int = 3600, tool: str = "bitbake"
     ) -> subprocess.CompletedProcess[str]:
+        """``bitbake ARGS`` in the build directory (``tool``: another of BitBake's programs,
+        e.g. ``bitbake-getvar``)."""
         path = os.path.join(BITBAKE, "bin") + ":/usr/bin:/bin"
         if self.path_first:
             path = self.path_first + ":" + path
@@ -84,7 +86,7 @@ class Build:
         start = time.monotonic()
         for attempt in (1, 2):
             done = subprocess.run(
-                ["bitbake", *args],
+                [tool, *args],
                 cwd=self.topdir,
                 env=full_env,
                 capture_output=True,
@@ -96,7 +98,7 @@ class Build:
             # did the server log. That is no answer to what a test asks: once more.
             if done.returncode == 0 or (done.stdout + done.stderr).strip() or attempt == 2:
                 break
-            sys.stderr.write(f"bitbake {' '.join(args)}: exit {done.returncode}, no output: once more\n")
+            sys.stderr.write(f"{tool} {' '.join(args)}: exit {done.returncode}, no output: once more\n")
         self.timings[" ".join(args)] = time.monotonic() - start
         if not (done.stdout + done.stderr).strip():
             # the UI printed nothing: the server's log says why
@@ -105,7 +107,7 @@ class Build:
                 with open(log, encoding="utf-8", errors="replace") as fh:
                     done.stderr = fh.read()[-6000:]
         sys.stderr.write(
-            f"bitbake {' '.join(args)}: {time.monotonic() - start:.1f} s, exit {done.returncode}\n"
+            f"{tool} {' '.join(args)}: {time.monotonic() - start:.1f} s, exit {done.returncode}\n"
         )
         return done
 

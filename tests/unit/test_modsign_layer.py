@@ -102,6 +102,9 @@ def test_kernel_modules_found_as_oe_core_finds_them(tmp_path: Path) -> None:
     usr = tmp_path / "usr" / "lib" / "modules" / "6.6.0" / "updates"
     usr.mkdir(parents=True)
     (usr / "d.ko").write_bytes(b"\x7fELF")
+    # oe-core's debug split: the -dbg package's copy is no module to sign
+    (usr / ".debug").mkdir()
+    (usr / ".debug" / "d.ko").write_bytes(b"\x7fELF")
     modules, compressed = hb.kernel_modules(str(tmp_path))
     assert modules == [str(mods / "a.ko"), str(usr / "d.ko")]
     assert compressed == [str(mods / "b.ko.xz")]

@@ -308,16 +308,21 @@ def random_iv() -> str:
 
 MODULE_SUFFIX = ".ko"
 COMPRESSED_MODULE_SUFFIXES = (".ko.gz", ".ko.xz", ".ko.zst")
+# oe-core's debug split (PACKAGE_DEBUG_SPLIT_STYLE ".debug" styles): debug info, not modules
+DEBUG_DIRS = (".debug", ".debug-static")
 MODSIGN_HASHES = ("sha256", "sha384", "sha512")
 
 
 def kernel_modules(root: str) -> tuple[list[str], list[str]]:
     """The kernel modules under ``root`` (oe-core's rule: ``*.ko`` below a ``/lib/modules/`` directory,
     an ELF file, no symlink) and the compressed ones (which cannot be signed: the kernel checks the
-    signature of the uncompressed module). Sorted, for stable logs."""
+    signature of the uncompressed module). Sorted, for stable logs. The debug copies oe-core's
+    debug split leaves in ``.debug/`` directories (the -dbg package) are no modules to load and
+    are left unsigned."""
     modules: list[str] = []
     compressed: list[str] = []
-    for top, _dirs, files in os.walk(root):
+    for top, dirs, files in os.walk(root):
+        dirs[:] = [name for name in dirs if name not in DEBUG_DIRS]
         if "/lib/modules/" not in top + "/":
             continue
         for name in files:

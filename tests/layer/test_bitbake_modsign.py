@@ -1,0 +1,301 @@
+"""Kernel modules signed in oe-core's real do_package, checked by hsmsign and kmod's modinfo.
+
+A stand-in out-of-tree module recipe (tests/layer/meta-hsmsign-test/modsign/) inherits
+oe-core's ``module.bbclass``; since no kernel builds offline, its do_compile makes
+relocatable ELF objects with debug info and a ``.modinfo`` section (host gcc) and
+do_install puts them where ``modules_install`` does. Everything after that is oe-core's
+``do_package``: strip and debug split of PKGD, then PACKAGESPLITFUNCS, whose first function
+is the layer's ``hsmsign_sign_modules`` (hsmsign-modsign.bbclass), then
+``kernel-module-split``. The layer's own ``hsmsign-modules-cert`` makes the certificate
+(development mode: self-signed by the token key, a SoftHSM development token made at run
+time).
+
+Offline stand-ins for native recipes: the host's tools (ASSUME_PROVIDED, HOSTTOOLS), the
+host's binutils under the target prefix (``x86_64-oe-linux-strip``, ...: MACHINE is
+qemux86-64, so the host's binutils handle the target's ELF) and Debian's ``pseudo`` for
+pseudo-native (PSEUDO_SYSROOT: do_install and do_package are fakeroot tasks). rpmdeps and
+dwarfsrcfiles are left out (SKIP_FILEDEPS, PACKAGE_DEBUG_SPLIT_STYLE =
+"debug-without-src"). A stand-in kernel recipe inherits oe-core's ``kernel.bbclass``: its
+hooks are checked in ``bitbake -e`` and its real ``do_shared_workdir`` runs with the
+layer's prefunc, on a build tree without and with a ``signing_key.pem``.
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.layer import bbenv
+from tests.layer.bbenv import LAYER, LIB, SOFTHSM, TEST_LAYER, Build
+
+MAGIC = b"~Module signature appended~\n"
+KERNEL = "hsmsign-test-modsign-kernel"
+KERNEL_VERSION = "6.1.0-hsmsign-test"
+MODULES = ("hsmsign_test_a", "hsmsign_test_b")
+SUBJECT_CN = "meta-hsmsign layer test modules"
+PEM_PRIVATE = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+# the target's binutils: the host's (x86_64), under the name oe-core calls them by
+CROSS_TOOLS = ("strip", "objcopy", "objdump", "readelf", "nm")
+TARGET_SYS = "x86_64-oe-linux"
+# kmod: /usr/sbin is not on a plain user's PATH
+# Debian's pseudo (the tool oe-core builds as pseudo-native), its library's directory
+PSEUDO_LIBDIR = next((os.path.dirname(p) for p in sorted(glob.glob("/usr/lib/*/pseudo/libpseudo.so"))), "")
+MODINFO = shutil.which("modinfo") or shutil.which("modinfo", path="/usr/sbin:/sbin")
+
+pytestmark = [
+    pytest.mark.skipif(not bbenv.HAVE_BITBAKE, reason=bbenv.SKIP_REASON),
+    pytest.mark.skipif(bbenv.IS_ROOT, reason="BitBake refuses to run as root"),
+    pytest.mark.skipif(not bbenv.PYTHON, reason="set HSMSIGN_TEST_PYTHON (python-pkcs11, cryptography)"),
+    pytest.mark.skipif(
+        not PSEUDO_LIBDIR or not os.path.exists("/usr/bin/pseudo"), reason="apt-get install pseudo"
+    ),
+    pytest.mark.skipif(MODINFO is None, reason="apt-get install kmod"),
+    pytest.mark.skipif(shutil.which("gcc") is None, reason="apt-get install gcc"),
+]
+
+
+@dataclass
+class ModsignBuild:
+    build: Build
+    pin: str
+    devhome: str
+    pin_file: str
+
+    def conf(self, **changes: str) -> None:
+        uri = (
+            "pkcs11:token=hsmsign-dev;object=test-modules"
+            + f"?module-path={SOFTHSM}&pin-source=file:{self.pin_file}"
+        )
+        settings = {
+            "MACHINE": "qemux86-64",
+            "HSMSIGN_MODE": "development",
+            "HSMSIGN_DEV_HOME": self.devhome,
+            "HSM_PKCS11_URI": f"pkcs11:token=hsmsign-dev;object=dev-signing?module-path={SOFTHSM}",
+            "HSM_PKCS11_URI_MODULES": uri,
+            "HSMSIGN_MODULES_CERT_SUBJECT": f"CN={SUBJECT_CN}",
+            "HSMSIGN_CMD": f"env PYTHONPATH={LIB} {bbenv.PYTHON} -m hsmsign",
+            "PREFERRED_PROVIDER_virtual/kernel": "hsmsign-test-modsign-kernel",
+            # pseudo-native: the host's pseudo runs the fakeroot tasks (do_install, do_package)
+            "PSEUDO_SYSROOT": "",
+            "FAKEROOTBASEENV:append": f" PSEUDO_LIBDIR={PSEUDO_LIBDIR}",
+            # rpm-native (rpmdeps) and dwarfsrcfiles-native are not built offline
+            "SKIP_FILEDEPS": "1",
+            "PACKAGE_DEBUG_SPLIT_STYLE": "debug-without-src",
+            **changes,
+        }
+        masks = [
+            os.path.join(bbenv.OECORE, "meta", "recipes-"),
+            os.path.join(bbenv.METAOE, "meta-oe", ""),
+            os.path.join(bbenv.METAOE, "meta-python", "recipes-"),
+            os.path.join(LAYER, "recipes-") + r"(?!kernel/hsmsign-modules-cert/)",
+            os.path.join(TEST_LAYER, "recipes-test", ""),
+            os.path.join(TEST_LAYER, "dynamic-layers", ""),
+        ]
+        native = (
+            "quilt-native patch-replacement-native virtual/fakeroot-native rpm-native dwarfsrcfiles-native "
+            "file-native pkgconfig-native pkgconf-native kmod-native depmodwrapper-cross opkg-utils-native "
+            "zstd-native bc-native bison-native virtual/cross-cc virtual/cross-binutils "
+            # kernel.bbclass
+            "gzip-native ncurses-native make-mod-scripts"
+        )
+        lines = [
+            'INHERIT += "hsmsign"',
+            *(f'{name} = "{value}"' for name, value in settings.items()),
+            f'BBFILES += "{TEST_LAYER}/modsign/*/*.bb"',
+            f'ASSUME_PROVIDED += "{native}"',
+            'HOSTTOOLS += "' + " ".join(f"{TARGET_SYS}-{t}" for t in CROSS_TOOLS) + '"',
+            # offline: no cross binutils for the certificate recipe's (empty) sysroot
+            'POPULATESYSROOTDEPS:class-target:pn-hsmsign-modules-cert = ""',
+            'BBMASK += "' + " ".join(masks) + '"',
+            *(
+                f'BBFILE_PATTERN_IGNORE_EMPTY_{c} = "1"'
+                for c in ("core", "meta-python", "openembedded-layer")
+            ),
+        ]
+        bbenv.write_conf(
+            self.build.topdir, "\n".join(lines) + "\n", bbenv.layer_paths(TEST_LAYER, swupdate=False)
+        )
+
+    def bitbake(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.build.run(*args)
+
+    def deploy_dir(self) -> str:
+        found = glob.glob(os.path.join(self.build.topdir, "tmp*", "deploy", "images", "qemux86-64"))
+        assert found, "no deploy directory"
+        return found[0]
+
+    def workdir(self, pn: str) -> str:
+        found = glob.glob(os.path.join(self.build.topdir, "tmp*", "work", "*", pn, "*"))
+        assert len(found) == 1, found
+        return found[0]
+
+
+@pytest.fixture(scope="module")
+def modsign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModsignBuild]:
+    topdir = bbenv.build_dir("modsign") or str(tmp_path_factory.mktemp("bb-modsign"))
+    os.makedirs(topdir, exist_ok=True)
+    devhome = os.path.join(topdir, "hsmsign-dev")
+    pin = bbenv.dev_token(devhome)
+    env = {"SOFTHSM2_CONF": os.path.join(devhome, "softhsm2.conf"), "HSM_TEST_PIN": pin}
+    uri = f"pkcs11:token=hsmsign-dev;object=test-modules?module-path={SOFTHSM}"
+    common = ("--uri", uri, "--mode", "development", "--pin-env", "HSM_TEST_PIN")
+    if bbenv.hsmsign("info", *common, env=env).returncode != 0:
+        made = bbenv.hsmsign("keygen", *common, "--type", "rsa:2048", env=env)
+        assert made.returncode == 0, made.stderr
+    pin_dir = os.path.join(topdir, "secrets")
+    os.makedirs(pin_dir, exist_ok=True)
+    pin_file = os.path.join(pin_dir, "hsm-pin")
+    with open(pin_file, "w", encoding="utf-8") as fh:
+        fh.write(pin)
+    os.chmod(pin_file, 0o600)
+    # the host's binutils under the target's names, found by HOSTTOOLS on PATH
+    tools = os.path.join(topdir, "target-binutils")
+    os.makedirs(tools, exist_ok=True)
+    for tool in CROSS_TOOLS:
+        link = os.path.join(tools, f"{TARGET_SYS}-{tool}")
+        host = shutil.which(tool)
+        assert host, f"no {tool} on the host (binutils)"
+        if not os.path.islink(link):
+            os.symlink(host, link)
+    mb = ModsignBuild(Build(topdir, path_first=tools), pin, devhome, pin_file)
+    mb.conf()
+    yield mb
+
+
+@pytest.fixture(scope="module")
+def packaged(modsign: ModsignBuild) -> ModsignBuild:
+    done = modsign.bitbake("hsmsign-test-module:do_package", f"{KERNEL}:do_shared_workdir")
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-6000:]
+    assert modsign.pin not in out
+    return modsign
+
+
+def sections(path: str) -> set[str]:
+    done = subprocess.run(["readelf", "-W", "-S", path], capture_output=True, text=True, check=True)
+    return set(re.findall(r"\]\s+(\.\S+)", done.stdout))
+
+
+def body(path: str) -> bytes:
+    """The module without its appended signature (as the kernel's mod_verify_sig cuts it)."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    assert data.endswith(MAGIC), f"{path} is not signed"
+    sig_len = int.from_bytes(data[-len(MAGIC) - 4 : -len(MAGIC)], "big")
+    return data[: len(data) - len(MAGIC) - 12 - sig_len]
+
+
+def test_packaged_modules_are_stripped_then_signed(packaged: ModsignBuild) -> None:
+    cert = os.path.join(packaged.deploy_dir(), "hsmsign-modules.pem")
+    assert os.path.getsize(cert) > 0
+    workdir = packaged.workdir("hsmsign-test-module")
+    # ${nonarch_base_libdir}/modules/<version>/extra: /lib or /usr/lib (usrmerge) by release
+    pattern = os.path.join(workdir, "image", "**", "modules", KERNEL_VERSION, "extra")
+    found = glob.glob(pattern, recursive=True)
+    assert len(found) == 1, found
+    moddir = os.path.relpath(found[0], os.path.join(workdir, "image"))
+    installed = {m: os.path.join(workdir, "image", moddir, f"{m}.ko") for m in MODULES}
+    pkgd = {m: os.path.join(workdir, "package", moddir, f"{m}.ko") for m in MODULES}
+    # kernel-module-split made one package per module, each with the signed module from PKGD
+    for name in MODULES:
+        package = f"kernel-module-{name.replace('_', '-')}-{KERNEL_VERSION}"
+        with open(os.path.join(workdir, "packages-split", package, moddir, f"{name}.ko"), "rb") as a:
+            with open(pkgd[name], "rb") as b:
+                assert a.read() == b.read(), package
+    # the debug split's copies (the -dbg package) keep their debug info and no signature
+    debug = glob.glob(os.path.join(workdir, "packages-split", "*-dbg", moddir, ".debug", "*.ko"))
+    assert sorted(os.path.basename(p) for p in debug) == sorted(f"{m}.ko" for m in MODULES), debug
+    for path in debug:
+        with open(path, "rb") as fh:
+            assert not fh.read().endswith(MAGIC), path
+    for name in MODULES:
+        # ${D} keeps the unsigned module with its debug info; PKGD's is stripped, then signed
+        with open(installed[name], "rb") as fh:
+            assert not fh.read().endswith(MAGIC)
+        assert ".debug_info" in sections(installed[name])
+        unsigned = os.path.join(workdir, f"{name}.body")
+        with open(unsigned, "wb") as fh:
+            fh.write(body(pkgd[name]))
+        found = sections(unsigned)
+        assert ".modinfo" in found and not any(s.startswith(".debug_") for s in found), found
+        ok = bbenv.hsmsign("modsign", "verify", "--cert", cert, pkgd[name])
+        assert ok.returncode == 0, ok.stderr
+        for field, want in (("signer", SUBJECT_CN), ("sig_hashalgo", "sha256"), ("name", name)):
+            got = subprocess.run([str(MODINFO), "-F", field, pkgd[name]], capture_output=True, text=True)
+            assert got.stdout.strip() == want, (field, got.stdout, got.stderr)
+
+
+def test_no_pin_and_no_private_key_in_tmpdir(packaged: ModsignBuild) -> None:
+    bbenv.assert_pin_nowhere(packaged.build, packaged.pin)
+    audit = bbenv.hsmsign("audit", *packaged.build.tmpdirs())
+    assert audit.returncode == 0, audit.stdout[-3000:] + audit.stderr[-2000:]
+    for tmp in packaged.build.tmpdirs():
+        for root, _dirs, files in os.walk(tmp):
+            for name in files:
+                path = os.path.join(root, name)
+                assert name not in ("signing_key.pem", "signing_key.priv"), path
+                if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > 64 << 20:
+                    continue
+                with open(path, "rb") as fh:
+                    assert not PEM_PRIVATE.search(fh.read()), f"private key in {path}"
+
+
+def kernel_env(build: ModsignBuild) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """The stand-in kernel recipe's variables (``bitbake -e``) and its tasks' flags (_task_deps)."""
+    done = build.bitbake("-e", KERNEL)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    values = dict(re.findall(r'^(?:export )?([A-Za-z0-9_]+)="(.*)"$', done.stdout, re.M))
+    return values, ast.literal_eval(values["_task_deps"])
+
+
+def shared_artifacts(build: ModsignBuild) -> str:
+    found = glob.glob(
+        os.path.join(build.build.topdir, "tmp*", "work-shared", "qemux86-64", "kernel-build-artifacts")
+    )
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_kernel_recipe_hooks(packaged: ModsignBuild) -> None:
+    """kernel.bbclass recipes: the configuration postfunc (it needs a kernel tree, so only its
+    hook is checked here), the certificate before do_configure, signing first in do_package."""
+    postfuncs = packaged.build.run(
+        "-r", KERNEL, "--value", "-q", "-f", "postfuncs", "do_configure", tool="bitbake-getvar"
+    )
+    assert postfuncs.returncode == 0, (postfuncs.stdout + postfuncs.stderr)[-3000:]
+    assert "hsmsign_modsign_kconfig" in postfuncs.stdout.split()
+    values, tasks = kernel_env(packaged)
+    assert "hsmsign-modules-cert:do_deploy" in tasks["depends"]["do_configure"].split()
+    assert values["PACKAGESPLITFUNCS"].split()[0] == "hsmsign_sign_modules"
+    # do_shared_workdir ran with the layer's prefunc: the artifacts hold no certs/ at all
+    shared = shared_artifacts(packaged)
+    with open(os.path.join(shared, "kernel-abiversion"), encoding="utf-8") as fh:
+        assert fh.read().strip() == KERNEL_VERSION
+    assert not os.path.exists(os.path.join(shared, "certs"))
+
+
+def test_shared_workdir_refuses_a_kernel_build_holding_a_signing_key(packaged: ModsignBuild) -> None:
+    """A kernel build that made certs/signing_key.pem: do_shared_workdir fails before oe-core
+    copies it into the shared kernel build artifacts."""
+    packaged.conf(HSMSIGN_TEST_KERNEL_KEY="1")
+    try:
+        done = packaged.bitbake(f"{KERNEL}:do_shared_workdir")
+        out = done.stdout + done.stderr
+        assert done.returncode != 0, out[-3000:]
+        assert "meta-hsmsign: the kernel build holds a module signing key" in out, out[-3000:]
+        assert "certs/signing_key.pem" in out
+        assert not os.path.exists(os.path.join(shared_artifacts(packaged), "certs"))
+        assert packaged.pin not in out
+    finally:
+        packaged.conf()
+        # the stand-in's key-named files (no key inside), out of the kernel's build directory
+        for path in glob.glob(os.path.join(packaged.workdir(KERNEL), "build", "certs", "signing_key.*")):
+            os.remove(path)
