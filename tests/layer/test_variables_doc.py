@@ -87,7 +87,7 @@ def role_table() -> str:
     for r in roles.ROLE_TABLE:
         fallback = f"`{roles.BY_NAME[r.fallback].variable}`" if r.fallback else "(nothing)"
         out.append(
-            f"| {r.name} | `{r.variable}` | {fallback} | `{r.pin_variable}` | "
+            f"| {r.name} | `{r.variable}` | {fallback} | `{r.fingerprint_variable}` | "
             f"`{r.dev_label}` ({r.key_type}) | {_cell(r.signs)} |"
         )
     return "\n".join(out)

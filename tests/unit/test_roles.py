@@ -11,7 +11,8 @@ import pytest
 from hsmsign import bitbake as hb
 from hsmsign import devtoken, roles
 from hsmsign.errors import ConfigError
-from hsmsign.settings import Pin, Settings
+from hsmsign.settings import PinnedFingerprints as PF
+from hsmsign.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 BBCLASS = ROOT / "meta-hsmsign" / "classes" / "hsmsign.bbclass"
@@ -59,13 +60,14 @@ def test_devtoken_and_bitbake_use_the_table() -> None:
 
 def test_pin_follows_the_uri_chain_and_never_reaches_the_aes_key() -> None:
     d = hb.DictData({"HSMSIGN_PUBKEY_SHA256": FP_A, "HSMSIGN_PUBKEY_SHA256_UBOOT": FP_B})
-    assert hb.pubkey_pin(d, "ROOTFS") == FP_A
-    assert hb.pubkey_pin(d, "FITIMAGE") == FP_B and hb.pin_variable(d, "SPL") == "HSMSIGN_PUBKEY_SHA256_UBOOT"
-    assert hb.pubkey_pin(d, "ENCRYPT") == ""
+    assert hb.pubkey_fingerprint(d, "ROOTFS") == FP_A
+    assert hb.pubkey_fingerprint(d, "FITIMAGE") == FP_B
+    assert hb.fingerprint_variable(d, "SPL") == "HSMSIGN_PUBKEY_SHA256_UBOOT"
+    assert hb.pubkey_fingerprint(d, "ENCRYPT") == ""
     settings = Settings(fingerprints={"HSMSIGN_PUBKEY_SHA256": FP_A, "HSMSIGN_PUBKEY_SHA256_SPL": FP_C})
-    assert settings.pins_for_role("SPL") == [Pin("HSMSIGN_PUBKEY_SHA256_SPL", (FP_C,))]
-    assert settings.pins_for_role("FITIMAGE") == [Pin("HSMSIGN_PUBKEY_SHA256", (FP_A,))]
-    assert settings.pins_for_role("ENCRYPT") == []
+    assert settings.fingerprints_for_role("SPL") == [PF("HSMSIGN_PUBKEY_SHA256_SPL", (FP_C,))]
+    assert settings.fingerprints_for_role("FITIMAGE") == [PF("HSMSIGN_PUBKEY_SHA256", (FP_A,))]
+    assert settings.fingerprints_for_role("ENCRYPT") == []
 
 
 def test_child_env_hands_the_roles_pins_and_reads_back_the_same() -> None:
@@ -83,8 +85,8 @@ def test_child_env_hands_the_roles_pins_and_reads_back_the_same() -> None:
     assert env["HSMSIGN_ROLE"] == "SPL" and env["HSMSIGN_PUBKEY_SHA256"] == FP_A
     back = Settings.from_env(env)
     assert back.mode == "development" and back.fit_required == "conf"
-    assert back.pins_for_role() == [Pin("HSMSIGN_PUBKEY_SHA256", (FP_A,))]
-    assert back.pins_for_role("FITIMAGE") == [Pin("HSMSIGN_PUBKEY_SHA256_FITIMAGE", (FP_B,))]
+    assert back.fingerprints_for_role() == [PF("HSMSIGN_PUBKEY_SHA256", (FP_A,))]
+    assert back.fingerprints_for_role("FITIMAGE") == [PF("HSMSIGN_PUBKEY_SHA256_FITIMAGE", (FP_B,))]
     # the U-Boot task signs with two roles' keys: the child knows which URI is whose
     assert back.role_uris["FITIMAGE"] == "pkcs11:token=t;object=fit"
     assert back.role_uris["SPL"] == "pkcs11:token=t;object=a"

@@ -98,14 +98,14 @@ class StrongEnough:
 
 @dataclass
 class Pinned:
-    """The key is the one each applicable pin variable names (``hsmsign.settings.Pin``)."""
+    """The key is the one each applicable pin variable names (``hsmsign.settings.PinnedFingerprints``)."""
 
-    pins: list[Any] = field(default_factory=list)
+    pinned: list[Any] = field(default_factory=list)
     name: str = "pinned key"
 
     def check(self, key: Any) -> None:
         have = key.fingerprint.lower()
-        for pin in self.pins:
+        for pin in self.pinned:
             if have not in pin.fingerprints:
                 raise PolicyError(
                     f"{pin.variable} pins sha256:{' or sha256:'.join(pin.fingerprints)}, but key "
@@ -181,13 +181,13 @@ def _site_denylist(path: str) -> dict[str, str]:
     return out
 
 
-def role_pins(role: str | None = None) -> list[Any]:
-    """The pins of ``role`` (default: ``HSMSIGN_ROLE``) in this process's environment."""
+def role_fingerprints(role: str | None = None) -> list[Any]:
+    """The pinned fingerprints of ``role`` (default: ``HSMSIGN_ROLE``) in this process's environment."""
     settings = Settings.from_env()
-    return settings.pins_for_role(role if role is not None else settings.role)
+    return settings.fingerprints_for_role(role if role is not None else settings.role)
 
 
-def production_policy(pins: list[Any] | None = None, allow_software: bool | None = None) -> AllOf:
+def production_policy(pinned: list[Any] | None = None, allow_software: bool | None = None) -> AllOf:
     if allow_software is None:
         allow_software = Settings.from_env(check=False).allow_software_token
     return AllOf(
@@ -196,7 +196,7 @@ def production_policy(pins: list[Any] | None = None, allow_software: bool | None
             NotDevelopmentKey(),
             HardwareToken(allow_software),
             StrongEnough(),
-            Pinned(pins or []),
+            Pinned(pinned or []),
         ]
     )
 
@@ -216,14 +216,14 @@ class Verdict:
     action: str = "pass"
 
 
-def evaluate(key: Any, mode: str, pins: list[Any]) -> list[Verdict]:
+def evaluate(key: Any, mode: str, pinned: list[Any]) -> list[Verdict]:
     """Every production rule for ``key`` and what ``mode`` does with its refusal.
 
     The one place that decides what refuses in which mode: ``check_signer`` (every signing
     path) and ``hsmsign doctor`` both use it, so they agree.
     """
     out: list[Verdict] = []
-    for rule in production_policy(pins).rules:
+    for rule in production_policy(pinned).rules:
         try:
             rule.check(key)
             out.append(Verdict(rule.name, None))
@@ -240,16 +240,16 @@ def evaluate(key: Any, mode: str, pins: list[Any]) -> list[Verdict]:
     return out
 
 
-def check_signer(key: Any, mode: str, pins: list[Any] | None = None, quiet: bool = False) -> list[str]:
+def check_signer(key: Any, mode: str, pinned: list[Any] | None = None, quiet: bool = False) -> list[str]:
     """Apply the policy for ``mode`` before the token signs: raise on a refusal, return warnings.
 
-    ``pins``: the ``hsmsign.settings.Pin`` list that applies (default: the role's, from the
+    ``pinned``: the ``hsmsign.settings.PinnedFingerprints`` list that applies (default: the role's, from the
     environment). Production refuses on any rule; development only on the pin, and warns
     about published or weak keys.
     """
-    if pins is None:
-        pins = role_pins()
-    results = evaluate(key, mode, pins)
+    if pinned is None:
+        pinned = role_fingerprints()
+    results = evaluate(key, mode, pinned)
     for verdict in results:
         if verdict.refusal is not None and verdict.action == "refuse":
             raise verdict.refusal
@@ -263,9 +263,9 @@ def check_signer(key: Any, mode: str, pins: list[Any] | None = None, quiet: bool
     return [v.refusal.message for v in results if v.refusal is not None and v.action == "warn"]
 
 
-def verdicts(key: Any, pins: list[Any] | None = None) -> list[tuple[str, str | None]]:
+def verdicts(key: Any, pinned: list[Any] | None = None) -> list[tuple[str, str | None]]:
     """Each production rule with None (passes) or its refusal."""
     return [
         (v.rule, None if v.refusal is None else str(v.refusal))
-        for v in evaluate(key, "production", role_pins() if pins is None else pins)
+        for v in evaluate(key, "production", role_fingerprints() if pinned is None else pinned)
     ]

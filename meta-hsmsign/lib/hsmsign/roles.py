@@ -47,7 +47,7 @@ class Role:
         return URI_VARIABLE if self.name == DEFAULT else f"{URI_VARIABLE}_{self.name}"
 
     @property
-    def pin_variable(self) -> str:
+    def fingerprint_variable(self) -> str:
         """``HSMSIGN_PUBKEY_SHA256`` or ``HSMSIGN_PUBKEY_SHA256_<ROLE>``."""
         return FINGERPRINT_VARIABLE if self.name == DEFAULT else f"{FINGERPRINT_VARIABLE}_{self.name}"
 

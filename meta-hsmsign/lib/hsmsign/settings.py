@@ -144,7 +144,7 @@ def required_problems(required: str, required_mode: str) -> list[RequiredProblem
 
 
 @dataclass(frozen=True)
-class Pin:
+class PinnedFingerprints:
     """One pinned-fingerprint variable and the fingerprints it allows."""
 
     variable: str
@@ -214,12 +214,16 @@ class Settings:
         def get(name: str) -> str:
             return (env.get(name) or "").strip()
 
-        pins = {r.pin_variable: get(r.pin_variable) for r in roles.ROLE_TABLE if get(r.pin_variable)}
+        pinned = {
+            r.fingerprint_variable: get(r.fingerprint_variable)
+            for r in roles.ROLE_TABLE
+            if get(r.fingerprint_variable)
+        }
         uris = {name: get(roles.BY_NAME[name].variable) for name in roles.FIT_ROLES}
         return cls(
             mode=get(MODE_ENV) or "production",
             role=get(ROLE_ENV).upper(),
-            fingerprints=pins,
+            fingerprints=pinned,
             role_uris={k: v for k, v in uris.items() if v},
             uri=get(roles.URI_VARIABLE),
             module=get(MODULE_ENV),
@@ -267,22 +271,23 @@ class Settings:
             MODE_ENV, ROLE_ENV, MODULE_ENV, LEDGER_ENV,
             FIT_REQUIRED_ENV, FIT_REQUIRED_MODE_ENV, FIT_CHECK_SIGN_ENV,
         ]
-        names += [r.pin_variable for r in roles.ROLE_TABLE]
+        names += [r.fingerprint_variable for r in roles.ROLE_TABLE]
         names += [roles.BY_NAME[name].variable for name in roles.FIT_ROLES]
         return names
 
     # -- what the settings mean
 
-    def pins_for_role(self, role: str | None = None) -> list[Pin]:
+    def fingerprints_for_role(self, role: str | None = None) -> list[PinnedFingerprints]:
         """The pin that applies to a role: its own variable, else its fallback's, else the global one.
 
         An empty list: nothing pinned for this role. The AES role has no fallback, so the
         global pin (a public-key fingerprint) never applies to it.
         """
         for r in roles.chain(role if role is not None else self.role):
-            value = self.fingerprints.get(r.pin_variable)
+            value = self.fingerprints.get(r.fingerprint_variable)
             if value:
-                return [Pin(r.pin_variable, parse_fingerprints(r.pin_variable, value))]
+                name = r.fingerprint_variable
+                return [PinnedFingerprints(name, parse_fingerprints(name, value))]
         return []
 
     @property

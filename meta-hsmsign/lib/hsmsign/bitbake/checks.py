@@ -255,18 +255,18 @@ def uri_identity(text: str) -> str:
         return "invalid-uri:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def pin_variable(d: Datastore, role: str) -> str:
+def fingerprint_variable(d: Datastore, role: str) -> str:
     """The pin variable that applies to a role: its own, else its fallback's, ..., or ""."""
     for r in roles.chain(role):
-        if _get(d, r.pin_variable):
-            return r.pin_variable
+        if _get(d, r.fingerprint_variable):
+            return r.fingerprint_variable
     return ""
 
 
-def pubkey_pin(d: Datastore, role: str) -> str:
+def pubkey_fingerprint(d: Datastore, role: str) -> str:
     """The role's pinned fingerprint(s), lower-case hex: ``HSMSIGN_PUBKEY_SHA256_<ROLE>``, else the
     fallback role's (``_SPL`` and ``_FITIMAGE`` fall back to ``_UBOOT``), else ``HSMSIGN_PUBKEY_SHA256``."""
-    name = pin_variable(d, role)
+    name = fingerprint_variable(d, role)
     return _get(d, name).lower().replace("sha256:", "") if name else ""
 
 
@@ -278,7 +278,7 @@ def key_identity(d: Datastore, role: str) -> str:
     must not serve an artifact signed by another key).
     """
     ident = uri_identity(role_uri(d, role)) or "no-key"
-    pin = pubkey_pin(d, role)
+    pin = pubkey_fingerprint(d, role)
     return f"{ident} pubkey-sha256={pin or 'unpinned'} mode={mode(d)}"
 
 

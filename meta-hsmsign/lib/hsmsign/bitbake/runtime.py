@@ -88,7 +88,9 @@ def child_env(d: Datastore, origenv: Any, role: str = "") -> dict[str, str]:
             mode=mode(d),
             role=role.upper(),
             fingerprints={
-                r.pin_variable: _get(d, r.pin_variable) for r in roles.ROLE_TABLE if _get(d, r.pin_variable)
+                r.fingerprint_variable: _get(d, r.fingerprint_variable)
+                for r in roles.ROLE_TABLE
+                if _get(d, r.fingerprint_variable)
             },
             role_uris={r: role_uri(d, r) for r in FIT_ROLES if role_uri(d, r)} if fit else {},
             uri=uri,

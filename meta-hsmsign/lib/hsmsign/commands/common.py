@@ -46,7 +46,7 @@ def checked_uri(args: Any, uri: str) -> str:
     return uri
 
 
-def role_pins(args: Any) -> list[Any]:
+def role_fingerprints(args: Any) -> list[Any]:
     """The pinned fingerprints for the key role of this call (``--role`` / ``HSMSIGN_ROLE``).
 
     ``HSMSIGN_PUBKEY_SHA256_<ROLE>``, else its fallback role's, else ``HSMSIGN_PUBKEY_SHA256``
@@ -55,14 +55,14 @@ def role_pins(args: Any) -> list[Any]:
     from ..settings import Settings
 
     settings = Settings.from_env()
-    return settings.pins_for_role(getattr(args, "role", None) or settings.role)
+    return settings.fingerprints_for_role(getattr(args, "role", None) or settings.role)
 
 
 @contextlib.contextmanager
 def open_key_from_args(
-    args: Any, uri: str | None = None, check_policy: bool = True, pins: list[Any] | None = None
+    args: Any, uri: str | None = None, check_policy: bool = True, pinned: list[Any] | None = None
 ) -> Iterator[Any]:
-    """Open the signing key the options name and apply the mode's policy, pins included.
+    """Open the signing key the options name and apply the mode's policy, pinned included.
 
     Every signing path comes through here, so the pin is checked before the token signs.
     """
@@ -71,7 +71,8 @@ def open_key_from_args(
     text = checked_uri(args, uri) if uri else require_uri(args)
     with token.open_key(text, mode=args.mode, module=args.module, pin_env=args.pin_env) as key:
         if check_policy:
-            for warning in policy.check_signer(key, args.mode, role_pins(args) if pins is None else pins):
+            wanted = role_fingerprints(args) if pinned is None else pinned
+            for warning in policy.check_signer(key, args.mode, wanted):
                 warn(warning)
         yield key
 
@@ -87,7 +88,7 @@ def open_secret_key_from_args(args: Any, uri: str | None = None) -> Iterator[Any
         from ..policy import Pinned
 
         # the pin of the AES role (HSMSIGN_PUBKEY_SHA256_ENCRYPT) holds in every mode
-        Pinned(_encrypt_pins()).check(key)
+        Pinned(_encrypt_fingerprints()).check(key)
         from ..formats.encrypt import published_key
 
         # through the key's check block (AES_K of a zero block): its value never leaves the token
@@ -115,10 +116,10 @@ def open_secret_key_from_args(args: Any, uri: str | None = None) -> Iterator[Any
         yield key
 
 
-def _encrypt_pins() -> list[Any]:
+def _encrypt_fingerprints() -> list[Any]:
     from ..settings import Settings
 
-    return Settings.from_env().pins_for_role("ENCRYPT")
+    return Settings.from_env().fingerprints_for_role("ENCRYPT")
 
 
 def warn(message: str) -> None:
@@ -215,15 +216,15 @@ def signed_outputs(args: Any) -> Iterator[SignedOutputs]:
 
 
 @contextlib.contextmanager
-def keys_by_hint(args: Any, uri_for: Any, pins: list[Any] | None = None) -> Iterator[Any]:
-    """A ``signer_for(hint)`` that opens (and caches) one token key per URI, policy and pins checked."""
+def keys_by_hint(args: Any, uri_for: Any, pinned: list[Any] | None = None) -> Iterator[Any]:
+    """A ``signer_for(hint)`` that opens (and caches) one token key per URI (policy, fingerprints)."""
     with contextlib.ExitStack() as stack:
         cache: dict[str, Any] = {}
 
         def signer_for(hint: str | None) -> Any:
             uri = uri_for(hint)
             if uri not in cache:
-                cache[uri] = stack.enter_context(open_key_from_args(args, uri=uri, pins=pins))
+                cache[uri] = stack.enter_context(open_key_from_args(args, uri=uri, pinned=pinned))
             return cache[uri]
 
         yield signer_for

@@ -14,7 +14,7 @@ from .common import (
     file_progress,
     open_key_from_args,
     require_uri,
-    role_pins,
+    role_fingerprints,
     signed_outputs,
 )
 
@@ -218,7 +218,7 @@ def run_info(args: Any) -> int:
     from .. import keys, roles
     from ..errors import TokenError
 
-    pin_variable = roles.get(args.role).pin_variable
+    fingerprint_variable = roles.get(args.role).fingerprint_variable
     with contextlib.ExitStack() as stack:
         try:
             key = stack.enter_context(open_key_from_args(args, check_policy=False))
@@ -254,7 +254,7 @@ def run_info(args: Any) -> int:
                 f"type:         {keys.describe(key)}",
                 f"fingerprint:  sha256:{key.fingerprint}",
                 f"uri:          {key.uri.identity()}",
-                f'pin it with:  {pin_variable} = "{key.fingerprint}"',
+                f'pin it with:  {fingerprint_variable} = "{key.fingerprint}"',
             ]
         )
         emit(args, text, data)
@@ -380,13 +380,13 @@ def run_doctor(args: Any) -> int:
     try:
         with token.open_key(uri, mode=args.mode, module=args.module, pin_env=args.pin_env) as key:
             step("key", True, f"{key.label}: {key.key_type} {key.key_size}, sha256:{key.fingerprint}")
-            # the same rules, pins and mode decisions as every signing path (policy.check_signer)
-            results = policy.evaluate(key, args.mode, role_pins(args))
+            # the same rules, fingerprint and mode decisions as every signing path (policy.check_signer)
+            results = policy.evaluate(key, args.mode, role_fingerprints(args))
             refused = [v for v in results if v.refusal is not None]
             refusals = [f"{v.rule}: {v.refusal.message}" for v in refused if v.action == "refuse"]
             others = [f"{v.rule}: {v.refusal.message}" for v in refused if v.action != "refuse"]
-            pins = ", ".join(p.variable for p in role_pins(args))
-            pinned = f" (pinned by {pins})" if pins else ""
+            names = ", ".join(p.variable for p in role_fingerprints(args))
+            pinned = f" (pinned by {names})" if names else ""
             if refusals:
                 step(
                     "policy",

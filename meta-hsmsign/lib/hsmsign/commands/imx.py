@@ -195,7 +195,7 @@ def run_srk(args: Any) -> int:
         for uri in uris:
             # every SRK is fused for the device's life: the production policy holds for each; the
             # role's pinned fingerprint names the signing key only, so it is not asked of the spares
-            key = stack.enter_context(open_key_from_args(args, uri=uri, pins=[]))
+            key = stack.enter_context(open_key_from_args(args, uri=uri, pinned=[]))
             publics.append(key.public_key())
             fingerprints.append(key.fingerprint)
     table = images.srk_table(args.kind, publics, hab_ca=args.hab_ca)

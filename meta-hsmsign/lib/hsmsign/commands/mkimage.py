@@ -296,8 +296,8 @@ def _env_args(settings: Any) -> SimpleNamespace:
     )
 
 
-def key_pins(settings: Any, base: str) -> list[Any]:
-    """The pins for the ``-k`` URI: those of every FIT role whose URI names the same key.
+def key_fingerprints(settings: Any, base: str) -> list[Any]:
+    """The pinned fingerprints for the ``-k`` URI: those of every FIT role whose URI names the same key.
 
     One oe-core task signs with several roles' keys (U-Boot's task: the kernel FIT key
     into u-boot.dtb, the SPL key over the U-Boot FIT), so the role is told by the URI
@@ -316,11 +316,11 @@ def key_pins(settings: Any, base: str) -> list[Any]:
         if same:
             hits.append(role)
     if not hits:
-        return list(settings.pins_for_role())
-    pins: list[Any] = []
+        return list(settings.fingerprints_for_role())
+    pinned: list[Any] = []
     for role in hits:
-        pins += [p for p in settings.pins_for_role(role) if p not in pins]
-    return pins
+        pinned += [p for p in settings.fingerprints_for_role(role) if p not in pinned]
+    return pinned
 
 
 def _sign_and_keys(parsed: Parsed, image: str, tmp: str) -> None:
@@ -342,8 +342,8 @@ def _sign_and_keys(parsed: Parsed, image: str, tmp: str) -> None:
     if keydest:
         with_r = parsed.has("r")
         key_dtb = fit.KeyDestination(keydest, lambda kind: settings.required_for(kind, with_r), required_mode)
-    pins = key_pins(settings, base)
-    with keys_by_hint(env_args, lambda hint: uri_for_hint(base, hint), pins) as signer_for:
+    pinned = key_fingerprints(settings, base)
+    with keys_by_hint(env_args, lambda hint: uri_for_hint(base, hint), pinned) as signer_for:
         result = fit.sign_file(
             tmp,
             image,
