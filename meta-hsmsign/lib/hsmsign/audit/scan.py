@@ -362,7 +362,7 @@ def _scan_records(view: bytes, source: str) -> list[Finding]:
         start = q - 2
         while start > 0 and q - start < 64 and _NAME_BYTE[view[start - 1]]:
             start -= 1
-        # the name starts a record (not ``?pin-value=`` inside a URI: the URI scan reports that)
+        # the name starts a record (not a ``pin-value`` attribute inside a URI: the URI scan reports that)
         before = view[start - 1] if start else 0
         starts_record = before < 0x21 or before > 0x7E or before in b"\"'"
         if starts_record and _KEYWORD.search(view[start:q].lower()):
@@ -535,7 +535,7 @@ def _known_public_finding(spki: bytes, label: str, source: str, line: int) -> Fi
 
 
 def _scan_pin_value(data: bytes, source: str) -> list[Finding]:
-    """``pin-value=`` in any case, anywhere in a line of any length; the excerpt shows no value."""
+    """A ``pin-value`` attribute in any case, anywhere in a line of any length; the excerpt shows no value."""
     line_of = _Lines(data)
     return [
         _finding(source, line_of(start), "pin-value", pin_value_excerpt(data, start))
