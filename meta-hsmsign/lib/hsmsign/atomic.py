@@ -367,7 +367,8 @@ def create_temporary(
     """A registered temporary file for ``path`` (see the module docstring); the caller finishes it.
 
     ``fsync=False``: no fsync of the file or its directory, for callers that write many files and
-    flush them together afterwards (``sync_all``); the rename is atomic all the same.
+    leave flushing to the kernel (``hsmsign modsign``: thousands of build intermediates, as the
+    kernel's own ``sign-file`` writes them); the rename is atomic all the same.
     """
     directory, name, existing = resolve_output(os.fspath(path))
     if mode is None:
@@ -456,11 +457,6 @@ def write_bytes_atomic(
     """Write ``data`` to ``path`` atomically (``fsync=False``: see :func:`create_temporary`)."""
     with staged() as outputs:
         outputs.write_bytes(path, data, mode, fsync)
-
-
-def sync_all() -> None:
-    """Flush every file written with ``fsync=False`` to disk: one call for a whole batch."""
-    os.sync()
 
 
 def file_mode(path: str) -> int | None:

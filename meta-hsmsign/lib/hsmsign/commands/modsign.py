@@ -166,8 +166,9 @@ def run_sign(args: Any) -> int:
         pending: Any = None  # the previous module's write, overlapped with this module's signature
 
         def write_one(out: str, signed: bytes, mode: int | None, sha256: str) -> None:
-            # the module and its ledger entry land together or not at all; one flush for the
-            # whole batch (sync_all below), not an fsync per module
+            # the module and its ledger entry land together or not at all. No fsync per module
+            # (thousands of build intermediates, as sign-file writes them), and no os.sync():
+            # on a build host that would flush every other task's writes too
             batch = ledger.Batch(ledger_file)
             batch.add(
                 artifact=os.path.abspath(out),
@@ -210,7 +211,6 @@ def run_sign(args: Any) -> int:
                 previous, pending = pending, None
                 if previous is not None:
                     finish(previous)
-        atomic.sync_all()
     what = done[0]["output"] if len(done) == 1 else f"{len(done)} modules"
     emit(
         args,
