@@ -10,6 +10,7 @@ made at test time in a temporary directory and imported into the token.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -168,6 +169,44 @@ def test_many_modules_one_process_one_login(
     done = softhsm.run_cli("modsign", "verify", "--cert", str(rsa_key[1]), *map(str, mods))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"OK: {len(mods)} modules signed by CN=hsmsign test modules")
+
+
+def test_a_batch_of_several_commits_lands_with_one_ledger_entry_per_module(
+    softhsm: SoftHsm, rsa_key: tuple[str, Path], modules_dir: Path, tmp_path: Path
+) -> None:
+    """More modules than one commit takes (modsign.CHUNK, renamed and recorded together while the
+    next ones are signed): every module signed once, one ledger entry each, in order, on an intact
+    chain, with the hash of the body that was signed."""
+    from hsmsign.commands import modsign
+
+    count = 2 * modsign.CHUNK + 3
+    dest = tmp_path / "mods"
+    dest.mkdir()
+    mods, bodies = [], {}
+    for i in range(count):
+        mod = dest / f"n{i:03d}.ko"
+        shutil.copyfile(modules_dir / f"m{i % 10}.ko", mod)
+        mods.append(mod)
+        bodies[str(mod)] = mod.read_bytes()
+    ledger = tmp_path / "ledger.jsonl"
+    done = softhsm.run_cli(
+        "modsign", *DEV, "--uri", rsa_key[0], "--cert", str(rsa_key[1]), "--ledger", str(ledger),
+        "--json", *map(str, mods),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [m["module"] for m in json.loads(done.stdout)["modules"]] == [str(m) for m in mods]
+    entries = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert [e["artifact"] for e in entries] == [str(m) for m in mods]
+    assert [e["seq"] for e in entries] == list(range(1, count + 1))
+    for entry in entries:
+        assert entry["kind"] == "modsign"
+        assert entry["sha256"] == hashlib.sha256(bodies[entry["artifact"]]).hexdigest()
+    for mod in mods:
+        data = mod.read_bytes()
+        assert data.count(MAGIC) == 1 and data.startswith(bodies[str(mod)])
+    assert softhsm.run_cli("ledger", "verify", "--ledger", str(ledger)).returncode == 0
+    done = softhsm.run_cli("modsign", "verify", "--cert", str(rsa_key[1]), *map(str, mods))
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize(("key_type", "hash_alg"), [("ec:secp256r1", "sha256"), ("ec:secp384r1", "sha384")])

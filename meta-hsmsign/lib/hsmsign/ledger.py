@@ -188,8 +188,10 @@ class Batch:
     def __init__(self, ledger: str | None = None) -> None:
         self.path = ledger_path(ledger)
         self.entries: list[dict[str, Any]] = []
+        self._epoch: str | None = None
         if self.path is not None:
             preflight(self.path)
+            self._epoch = _ledger_time()
 
     def add(
         self,
@@ -209,7 +211,7 @@ class Batch:
             )
         entry: dict[str, Any] = {
             "v": VERSION,
-            "time": _now(),
+            "time": _now(self._epoch),
             "artifact": artifact,
             "sha256": sha256_hex.lower(),
             "key_fingerprint": key_fingerprint.lower(),
@@ -260,10 +262,13 @@ class Batch:
                 raise
 
 
-def _now() -> str:
+def _ledger_time() -> str | None:
     from .settings import Settings
 
-    epoch = Settings.from_env(check=False).ledger_time  # tests and reproducible replays
+    return Settings.from_env(check=False).ledger_time or None  # tests and reproducible replays
+
+
+def _now(epoch: str | None) -> str:
     if epoch:
         t = datetime.datetime.fromtimestamp(int(epoch), tz=datetime.timezone.utc)
     else:

@@ -132,6 +132,13 @@ def _check_key(key: Any) -> None:
         )
 
 
+# modules signed between two commits: each commit renames its modules into place and appends
+# their ledger entries with one write and fsync, in a writer thread while the next ones are signed
+CHUNK = 64
+# module bytes kept from the check before signing, so most batches read each module once
+KEEP_BYTES = 256 << 20
+
+
 def run_sign(args: Any) -> int:
     import concurrent.futures
     import hashlib
@@ -147,7 +154,16 @@ def run_sign(args: Any) -> int:
     modsig.check_hash(args.hash)
     cert = cms.read_certificate_file(args.cert)
     # every input is checked before the token signs anything: a bad file in a batch signs nothing
-    resigned = [p for p in paths if modsig.split(_read(p), p).signed]
+    checked: list[Any] = []
+    resigned: list[str] = []
+    kept = 0
+    for path in paths:
+        mod = modsig.split(_read(path), path)
+        if mod.signed:
+            resigned.append(path)
+        keep = kept + len(mod.body) <= KEEP_BYTES
+        kept += len(mod.body) if keep else 0
+        checked.append(mod if keep else None)
     if resigned:
         warn(
             f"{len(resigned)} module(s) were signed already ({resigned[0]}"
@@ -156,58 +172,71 @@ def run_sign(args: Any) -> int:
         )
     args.role = args.role or "MODULES"
     done: list[dict[str, Any]] = []
-    ledger_file = getattr(args, "ledger", None)
+    ledger_file = ledger.ledger_path(getattr(args, "ledger", None))
     ledger.Batch(ledger_file)  # the ledger is checked before the token is touched
     with open_key_from_args(args) as key:
         _check_key(key)
         cms.check_cert_matches(cert, key)
         mechanism = "modsig-" + signing.mechanism_name(key.key_type, args.hash, None)
         module_signer = modsig.Signer(key, cert, args.hash)
-        pending: Any = None  # the previous module's write, overlapped with this module's signature
+        identity = key.uri.identity()
 
-        def write_one(out: str, signed: bytes, mode: int | None, sha256: str) -> None:
-            # the module and its ledger entry land together or not at all. No fsync per module
-            # (thousands of build intermediates, as sign-file writes them), and no os.sync():
-            # on a build host that would flush every other task's writes too
+        def commit(chunk: list[tuple[str, bytes, Any, str]]) -> None:
+            # the modules and their ledger entries land together or not at all. No fsync per
+            # module (thousands of build intermediates, as sign-file writes them), and no
+            # os.sync(): on a build host that would flush every other task's writes too
             batch = ledger.Batch(ledger_file)
-            batch.add(
-                artifact=os.path.abspath(out),
-                sha256_hex=sha256,
-                key_fingerprint=key.fingerprint,
-                uri_redacted=key.uri.identity(),
-                mechanism=mechanism,
-                kind="modsign",
-            )
+            for out, _signed, _mode, sha256 in chunk:
+                batch.add(
+                    artifact=os.path.abspath(out),
+                    sha256_hex=sha256,
+                    key_fingerprint=key.fingerprint,
+                    uri_redacted=identity,
+                    mechanism=mechanism,
+                    kind="modsign",
+                )
             with atomic.staged(batch.appended) as staged:
-                staged.write_bytes(out, signed, mode, fsync=False)
+                for out, signed, mode, _sha256 in chunk:
+                    staged.write_bytes(out, signed, mode, fsync=False)
+
+        pending: Any = None  # the previous chunk's commit, overlapped with this chunk's signatures
 
         def finish(job: Any) -> None:
-            out, sha256, resigned_one, path = job[1], job[2], job[3], job[4]
-            job[0].result()  # a failed write raises here, before the next module is handed over
-            done.append({"module": path, "output": out, "sha256": sha256, "resigned": resigned_one})
+            job[0].result()  # a failed commit raises here, before the next chunk is handed over
+            done.extend(job[1])
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
             try:
-                for path in paths:
-                    mod = modsig.split(_read(path), path)
-                    # the PKCS#7 was checked when the batch's first one was made; every signature by the token
-                    appended = module_signer.sign(mod.body)
-                    signed = mod.body + appended
-                    # read the result back as the kernel cuts it before it gets the module's name
-                    back = modsig.split(signed, path)
-                    if back.body != mod.body or back.signatures != (appended[: -modsig.TRAILER_LEN],):
-                        raise SigningError(
-                            f"internal: {path}: the signed module does not read back as written"
+                for first in range(0, len(paths), CHUNK):
+                    chunk: list[tuple[str, bytes, Any, str]] = []
+                    records: list[dict[str, Any]] = []
+                    for i in range(first, min(first + CHUNK, len(paths))):
+                        path = paths[i]
+                        mod = checked[i] or modsig.split(_read(path), path)
+                        checked[i] = None
+                        digest = hashlib.new(args.hash, mod.body).digest()
+                        # the PKCS#7 was checked when the batch's first one was made; every
+                        # signature by the token is checked against the public key
+                        appended = module_signer.sign_digest(digest)
+                        signed = mod.body + appended
+                        # read the result back as the kernel cuts it before it gets the module's name
+                        back = modsig.split(signed, path)
+                        if back.body != mod.body or back.signatures != (appended[: -modsig.TRAILER_LEN],):
+                            raise SigningError(
+                                f"internal: {path}: the signed module does not read back as written"
+                            )
+                        out = args.output or path
+                        sha256 = digest if args.hash == "sha256" else hashlib.sha256(mod.body).digest()
+                        chunk.append((out, signed, atomic.file_mode(path), sha256.hex()))
+                        records.append(
+                            {"module": path, "output": out, "sha256": sha256.hex(), "resigned": mod.signed}
                         )
-                    out = args.output or path
-                    sha256 = hashlib.sha256(mod.body).hexdigest()
-                    write = writer.submit(write_one, out, signed, atomic.file_mode(path), sha256)
-                    previous, pending = pending, None
+                    job = (writer.submit(commit, chunk), records)
+                    previous, pending = pending, job
                     if previous is not None:
                         finish(previous)
-                    pending = (write, out, sha256, mod.signed, path)
             finally:
-                # a module written is a module recorded (write_one), also when a later one fails
+                # a chunk signed is a chunk written and recorded (commit), also when a later one fails
                 previous, pending = pending, None
                 if previous is not None:
                     finish(previous)

@@ -175,7 +175,11 @@ class Signer:
 
     def sign(self, body: bytes) -> bytes:
         """The bytes to append to ``body``: PKCS#7 (one token operation), info block, magic."""
-        pkcs7 = self._cms.sign(hashlib.new(self.hash_alg, body).digest())
+        return self.sign_digest(hashlib.new(self.hash_alg, body).digest())
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        """The bytes to append to a body whose ``hash_alg`` digest is ``digest``."""
+        pkcs7 = self._cms.sign(digest)
         return pkcs7 + trailer(pkcs7)
 
 
