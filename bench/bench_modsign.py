@@ -123,18 +123,24 @@ def main() -> int:
             subprocess.run([str(SIGN_FILE), "sha256", str(key), str(cert), str(path)], check=True)
         results["sign-file, one process per module"] = time.perf_counter() - start
 
-        start = time.perf_counter()
-        # in batches of 1000 on the command line, as xargs would
-        for i in range(0, len(ours), 1000):
-            done = subprocess.run(
-                [sys.executable, "-m", "hsmsign", "modsign", "--mode", "development", "--uri", uri, "--cert",
-                 str(cert), *map(str, ours[i : i + 1000])],
-                env=env, capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            if done.returncode != 0:
-                raise SystemExit(f"hsmsign modsign failed: {done.stderr[-400:]}")
-        results["hsmsign modsign"] = time.perf_counter() - start
+        def hsmsign(modules: list[Path], *extra: str) -> float:
+            start = time.perf_counter()
+            # in batches of 1000 on the command line, as xargs would
+            for i in range(0, len(modules), 1000):
+                done = subprocess.run(
+                    [sys.executable, "-m", "hsmsign", "modsign", "--mode", "development", "--uri", uri,
+                     "--cert", str(cert), *extra, *map(str, modules[i : i + 1000])],
+                    env=env, capture_output=True, text=True, check=False,
+                )  # fmt: skip
+                if done.returncode != 0:
+                    raise SystemExit(f"hsmsign modsign failed: {done.stderr[-400:]}")
+            return time.perf_counter() - start
+
+        results["hsmsign modsign"] = hsmsign(ours)
         logins = -(-len(ours) // 1000)
+        # with a signing ledger (HSMSIGN_LEDGER): one entry per module, appended per commit
+        with_ledger = copy_tree(pristine, work / "hsmsign-ledger")
+        results["hsmsign modsign --ledger"] = hsmsign(with_ledger, "--ledger", str(work / "ledger.jsonl"))
 
         if args.engine:
             engine_dir = work / "engine"
@@ -152,7 +158,9 @@ def main() -> int:
             per = (time.perf_counter() - start) / min(len(theirs), 500)
             results["openssl cms -engine pkcs11, per module (extrapolated)"] = per * len(theirs)
 
-        same = all(a.read_bytes() == b.read_bytes() for a, b in zip(ours, theirs))
+        same = all(
+            a.read_bytes() == b.read_bytes() == c.read_bytes() for a, b, c in zip(ours, theirs, with_ledger)
+        )
     finally:
         key_path = work / "scratch.key"
         if key_path.exists():
