@@ -6,7 +6,8 @@ output; the layer's hook (hsmsign-uefi.bbclass) signs it between do_compile (sys
 or do_mkimage (GRUB) and do_install/do_deploy with a key in a SoftHSM development token,
 and the layer's own ``hsmsign-uefi-db`` recipe deploys the db certificate (PEM, DER, EFI
 signature list). ``sbverify`` checks the deployed binaries against the deployed
-certificate. Only these recipes are parsed (BBMASK); environment: bbenv.py.
+certificate. Only these recipes are parsed (BBMASK); grub-efi's do_install, a fakeroot task,
+runs under Debian's pseudo (bbenv.HOST_PSEUDO); environment: bbenv.py.
 """
 
 from __future__ import annotations

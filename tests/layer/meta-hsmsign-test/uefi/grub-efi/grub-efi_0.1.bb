@@ -1,4 +1,4 @@
-SUMMARY = "Stand-in for oe-core's grub-efi: a real EFI binary as GRUB's image, built nowhere"
+SUMMARY = "Stand-in for oe-core's grub-efi: a real EFI binary as GRUB's image"
 DESCRIPTION = "Only tests/layer/test_bitbake_uefi.py parses this (its local.conf adds it to \
                BBFILES and masks oe-core's recipes). Its tasks are oe-core's grub-efi tasks in \
                their order (do_mkimage after do_compile and before do_install, do_deploy after \
@@ -31,17 +31,18 @@ do_configure[noexec] = "1"
 do_compile[noexec] = "1"
 
 do_mkimage() {
-	install -m 0644 ${HSMSIGN_TEST_GRUB_PE} ${B}/${GRUB_IMAGE_PREFIX}${GRUB_IMAGE}
+    install -m 0644 ${HSMSIGN_TEST_GRUB_PE} ${B}/${GRUB_IMAGE_PREFIX}${GRUB_IMAGE}
 }
 do_mkimage[cleandirs] = "${B}"
+do_mkimage[doc] = "What grub-mkimage makes in oe-core's grub-efi: here a copy of HSMSIGN_TEST_GRUB_PE."
 addtask mkimage before do_install after do_compile
 
 do_install() {
-	install -d ${D}${EFI_FILES_PATH}
-	install -m 644 ${B}/${GRUB_IMAGE_PREFIX}${GRUB_IMAGE} ${D}${EFI_FILES_PATH}/${GRUB_IMAGE}
+    install -d ${D}${EFI_FILES_PATH}
+    install -m 644 ${B}/${GRUB_IMAGE_PREFIX}${GRUB_IMAGE} ${D}${EFI_FILES_PATH}/${GRUB_IMAGE}
 }
 
 do_deploy() {
-	install -m 644 ${B}/${GRUB_IMAGE_PREFIX}${GRUB_IMAGE} ${DEPLOYDIR}
+    install -m 644 ${B}/${GRUB_IMAGE_PREFIX}${GRUB_IMAGE} ${DEPLOYDIR}
 }
 addtask deploy after do_install before do_build
