@@ -19,7 +19,6 @@ Here that is HSMSIGN_TEST_SPSDK_PYTHON (scripts/run-layer-tests finds the venv t
 from __future__ import annotations
 
 import ast
-import glob
 import json
 import os
 import re
@@ -32,7 +31,7 @@ from typing import Any
 import pytest
 
 from tests.layer import bbenv
-from tests.layer.bbenv import LAYER, SOFTHSM, TEST_LAYER, Build
+from tests.layer.bbenv import LAYER, SOFTHSM, Build, StandinBuild
 
 SPSDK_PYTHON = os.environ.get("HSMSIGN_TEST_SPSDK_PYTHON", "")
 # meta-freescale next to the release's openembedded-core (the ../shared/yocto snapshots have it)
@@ -40,17 +39,13 @@ FREESCALE = os.path.join(os.path.dirname(bbenv.OECORE), "meta-freescale") if bbe
 FAMILY = "mimx9352"
 MACHINE = "qemuarm64"
 IMAGE = f"imx-boot-{MACHINE}-sd.bin-flash_singleboot"
-PEM_PRIVATE = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 # what meta-freescale's imx-base.inc gives an i.MX 93 and an i.MX 8M Mini machine
 MX93 = "mx9-generic-bsp:mx9-nxp-bsp:mx93-generic-bsp:mx93-nxp-bsp:"
 MX8MM = "mx8-generic-bsp:mx8-nxp-bsp:mx8m-generic-bsp:mx8m-nxp-bsp:mx8mm-generic-bsp:mx8mm-nxp-bsp:"
 
-pytestmark = [
-    pytest.mark.skipif(not bbenv.HAVE_BITBAKE, reason=bbenv.SKIP_REASON),
-    pytest.mark.skipif(bbenv.IS_ROOT, reason="BitBake refuses to run as root"),
-]
+pytestmark = bbenv.NEEDS_BITBAKE
 needs_spsdk = [
-    pytest.mark.skipif(not bbenv.PYTHON, reason="set HSMSIGN_TEST_PYTHON (python-pkcs11, cryptography)"),
+    bbenv.NEEDS_PYTHON,
     pytest.mark.skipif(
         not (SPSDK_PYTHON and os.access(SPSDK_PYTHON, os.X_OK)),
         reason="set HSMSIGN_TEST_SPSDK_PYTHON to a Python with SPSDK (scripts/test-imx --venv builds one)",
@@ -93,59 +88,23 @@ def ahab_verify(*paths: str) -> list[tuple[int, str]]:
 
 
 @dataclass
-class ImxBuild:
-    build: Build
-    pin: str
-    devhome: str
+class ImxBuild(StandinBuild):
     unsigned: str
     srk_uris: list[str]
 
+    FOLDER = "imx"
+    MACHINE = MACHINE  # (the module's: qemuarm64)
+
     def conf(self, overrides: str = MX93, **changes: str) -> None:
         settings = {
-            "MACHINE": MACHINE,
-            "HSMSIGN_MODE": "development",
-            "HSMSIGN_DEV_HOME": self.devhome,
             "HSMSIGN_PIN_ENV": "HSM_TEST_PIN",
-            "HSM_PKCS11_URI": f"pkcs11:token=hsmsign-dev;object=dev-signing?module-path={SOFTHSM}",
             "HSM_PKCS11_URI_IMX": self.srk_uris[1],
             "HSMSIGN_IMX_SRK_URIS": " ".join(self.srk_uris),
             "HSMSIGN_SPSDK_PYTHON": SPSDK_PYTHON,
-            # the other classes' signing command (nothing else is signed here): no hsmsign-native
-            "HSMSIGN_CMD": f"env PYTHONPATH={bbenv.LIB} {bbenv.PYTHON} -m hsmsign",
             "HSMSIGN_TEST_IMX_IMAGE": self.unsigned,
             **changes,
         }
-        masks = [
-            os.path.join(bbenv.OECORE, "meta", "recipes-"),
-            os.path.join(bbenv.METAOE, "meta-oe", ""),
-            os.path.join(bbenv.METAOE, "meta-python", "recipes-"),
-            os.path.join(LAYER, "recipes-"),
-            os.path.join(TEST_LAYER, "recipes-test", ""),
-            os.path.join(TEST_LAYER, "dynamic-layers", ""),
-        ]
-        lines = [
-            'INHERIT += "hsmsign"',
-            *(f'{name} = "{value}"' for name, value in settings.items()),
-            f'MACHINEOVERRIDES =. "{overrides}"',
-            f'BBFILES += "{TEST_LAYER}/imx/*/*.bb"',
-            'ASSUME_PROVIDED += "quilt-native patch-replacement-native virtual/fakeroot-native"',
-            'BBMASK += "' + " ".join(masks) + '"',
-            *(
-                f'BBFILE_PATTERN_IGNORE_EMPTY_{c} = "1"'
-                for c in ("core", "meta-python", "openembedded-layer", "hsmsign")
-            ),
-        ]
-        bbenv.write_conf(
-            self.build.topdir, "\n".join(lines) + "\n", bbenv.layer_paths(TEST_LAYER, swupdate=False)
-        )
-
-    def bitbake(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.build.run(*args, env={"HSM_TEST_PIN": self.pin})
-
-    def deploy_dir(self) -> str:
-        found = glob.glob(os.path.join(self.build.topdir, "tmp*", "deploy", "images", MACHINE))
-        assert found, "no deploy directory"
-        return found[0]
+        self.write_conf(settings, [f'MACHINEOVERRIDES =. "{overrides}"'])
 
 
 # the four SRK keys in one process (each 'hsmsign keygen' would start Python anew)
@@ -195,8 +154,7 @@ def srk_uris() -> list[str]:
 
 @pytest.fixture(scope="module")
 def imx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImxBuild]:
-    topdir = bbenv.build_dir("imx") or str(tmp_path_factory.mktemp("bb-imx"))
-    os.makedirs(topdir, exist_ok=True)
+    topdir = bbenv.standin_topdir("imx", tmp_path_factory)
     devhome = os.path.join(topdir, "hsmsign-dev")
     os.makedirs(devhome, exist_ok=True)
     pin = scratch_token(devhome)
@@ -224,7 +182,9 @@ def imx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImxBuild]:
             json.dump(export, fh)
         done = nxpimage("ahab", "export", "-c", config)
         assert done.returncode == 0, done.stdout + done.stderr
-    ib = ImxBuild(Build(topdir), pin, devhome, unsigned, uris)
+    # the PIN reaches the tasks from the client environment (HSMSIGN_PIN_ENV)
+    build = Build(topdir, env={"HSM_TEST_PIN": pin})
+    ib = ImxBuild(build, pin, devhome, os.path.join(devhome, "user-pin"), unsigned, uris)
     ib.conf()
     yield ib
 
@@ -263,17 +223,7 @@ def test_imx_boot_signed_through_the_token_and_srk_files_deployed(imx: ImxBuild)
     # the key that signed is the one HSM_PKCS11_URI_IMX names: SRK 1 of the table
     assert "Used SRK key ID(Succeeded): SRK ID 1" in report, report[-3000:]
     # no PIN and no private key anywhere in TMPDIR (logs, run files, sigdata, deploy)
-    pin = imx.pin.encode()
-    for tmp in imx.build.tmpdirs():
-        for root, _dirs, files in os.walk(tmp):
-            for name in files:
-                path = os.path.join(root, name)
-                if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > 64 << 20:
-                    continue
-                with open(path, "rb") as fh:
-                    data = fh.read()
-                assert pin not in data, f"PIN in {path}"
-                assert not PEM_PRIVATE.search(data), f"private key in {path}"
+    bbenv.assert_no_secrets(imx.build, imx.pin)
 
 
 @with_spsdk

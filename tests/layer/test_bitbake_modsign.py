@@ -29,45 +29,42 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
 from tests.layer import bbenv
-from tests.layer.bbenv import LAYER, LIB, SOFTHSM, TEST_LAYER, Build
+from tests.layer.bbenv import SOFTHSM, Build, StandinBuild
 
 MAGIC = b"~Module signature appended~\n"
 KERNEL = "hsmsign-test-modsign-kernel"
 KERNEL_VERSION = "6.1.0-hsmsign-test"
 MODULES = ("hsmsign_test_a", "hsmsign_test_b")
 SUBJECT_CN = "meta-hsmsign layer test modules"
-PEM_PRIVATE = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 # the target's binutils: the host's (x86_64), under the name oe-core calls them by
 CROSS_TOOLS = ("strip", "objcopy", "objdump", "readelf", "nm")
 TARGET_SYS = "x86_64-oe-linux"
 # kmod: /usr/sbin is not on a plain user's PATH
-# Debian's pseudo (the tool oe-core builds as pseudo-native), its library's directory
-PSEUDO_LIBDIR = next((os.path.dirname(p) for p in sorted(glob.glob("/usr/lib/*/pseudo/libpseudo.so"))), "")
 MODINFO = shutil.which("modinfo") or shutil.which("modinfo", path="/usr/sbin:/sbin")
 
 pytestmark = [
-    pytest.mark.skipif(not bbenv.HAVE_BITBAKE, reason=bbenv.SKIP_REASON),
-    pytest.mark.skipif(bbenv.IS_ROOT, reason="BitBake refuses to run as root"),
-    pytest.mark.skipif(not bbenv.PYTHON, reason="set HSMSIGN_TEST_PYTHON (python-pkcs11, cryptography)"),
-    pytest.mark.skipif(
-        not PSEUDO_LIBDIR or not os.path.exists("/usr/bin/pseudo"), reason="apt-get install pseudo"
-    ),
+    *bbenv.NEEDS_BITBAKE,
+    bbenv.NEEDS_PYTHON,
+    bbenv.NEEDS_PSEUDO,
     pytest.mark.skipif(MODINFO is None, reason="apt-get install kmod"),
     pytest.mark.skipif(shutil.which("gcc") is None, reason="apt-get install gcc"),
 ]
 
 
-@dataclass
-class ModsignBuild:
-    build: Build
-    pin: str
-    devhome: str
-    pin_file: str
+class ModsignBuild(StandinBuild):
+    FOLDER = "modsign"
+    KEEP = "kernel/hsmsign-modules-cert"
+    NATIVE = (
+        "quilt-native patch-replacement-native virtual/fakeroot-native rpm-native dwarfsrcfiles-native "
+        "file-native pkgconfig-native pkgconf-native kmod-native depmodwrapper-cross opkg-utils-native "
+        "zstd-native bc-native bison-native virtual/cross-cc virtual/cross-binutils "
+        # kernel.bbclass
+        "gzip-native ncurses-native make-mod-scripts"
+    )
 
     def conf(self, **changes: str) -> None:
         uri = (
@@ -75,87 +72,24 @@ class ModsignBuild:
             + f"?module-path={SOFTHSM}&pin-source=file:{self.pin_file}"
         )
         settings = {
-            "MACHINE": "qemux86-64",
-            "HSMSIGN_MODE": "development",
-            "HSMSIGN_DEV_HOME": self.devhome,
-            "HSM_PKCS11_URI": f"pkcs11:token=hsmsign-dev;object=dev-signing?module-path={SOFTHSM}",
             "HSM_PKCS11_URI_MODULES": uri,
             "HSMSIGN_MODULES_CERT_SUBJECT": f"CN={SUBJECT_CN}",
-            "HSMSIGN_CMD": f"env PYTHONPATH={LIB} {bbenv.PYTHON} -m hsmsign",
             "PREFERRED_PROVIDER_virtual/kernel": "hsmsign-test-modsign-kernel",
             # pseudo-native: the host's pseudo runs the fakeroot tasks (do_install, do_package)
-            "PSEUDO_SYSROOT": "",
-            "FAKEROOTBASEENV:append": f" PSEUDO_LIBDIR={PSEUDO_LIBDIR}",
+            **bbenv.HOST_PSEUDO,
             # rpm-native (rpmdeps) and dwarfsrcfiles-native are not built offline
             "SKIP_FILEDEPS": "1",
             "PACKAGE_DEBUG_SPLIT_STYLE": "debug-without-src",
             **changes,
         }
-        masks = [
-            os.path.join(bbenv.OECORE, "meta", "recipes-"),
-            os.path.join(bbenv.METAOE, "meta-oe", ""),
-            os.path.join(bbenv.METAOE, "meta-python", "recipes-"),
-            os.path.join(LAYER, "recipes-") + r"(?!kernel/hsmsign-modules-cert/)",
-            os.path.join(TEST_LAYER, "recipes-test", ""),
-            os.path.join(TEST_LAYER, "dynamic-layers", ""),
-        ]
-        native = (
-            "quilt-native patch-replacement-native virtual/fakeroot-native rpm-native dwarfsrcfiles-native "
-            "file-native pkgconfig-native pkgconf-native kmod-native depmodwrapper-cross opkg-utils-native "
-            "zstd-native bc-native bison-native virtual/cross-cc virtual/cross-binutils "
-            # kernel.bbclass
-            "gzip-native ncurses-native make-mod-scripts"
-        )
-        lines = [
-            'INHERIT += "hsmsign"',
-            *(f'{name} = "{value}"' for name, value in settings.items()),
-            f'BBFILES += "{TEST_LAYER}/modsign/*/*.bb"',
-            f'ASSUME_PROVIDED += "{native}"',
-            'HOSTTOOLS += "' + " ".join(f"{TARGET_SYS}-{t}" for t in CROSS_TOOLS) + '"',
-            # offline: no cross binutils for the certificate recipe's (empty) sysroot
-            'POPULATESYSROOTDEPS:class-target:pn-hsmsign-modules-cert = ""',
-            'BBMASK += "' + " ".join(masks) + '"',
-            *(
-                f'BBFILE_PATTERN_IGNORE_EMPTY_{c} = "1"'
-                for c in ("core", "meta-python", "openembedded-layer")
-            ),
-        ]
-        bbenv.write_conf(
-            self.build.topdir, "\n".join(lines) + "\n", bbenv.layer_paths(TEST_LAYER, swupdate=False)
-        )
-
-    def bitbake(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.build.run(*args)
-
-    def deploy_dir(self) -> str:
-        found = glob.glob(os.path.join(self.build.topdir, "tmp*", "deploy", "images", "qemux86-64"))
-        assert found, "no deploy directory"
-        return found[0]
-
-    def workdir(self, pn: str) -> str:
-        found = glob.glob(os.path.join(self.build.topdir, "tmp*", "work", "*", pn, "*"))
-        assert len(found) == 1, found
-        return found[0]
+        hosttools = " ".join(f"{TARGET_SYS}-{t}" for t in CROSS_TOOLS)
+        self.write_conf(settings, [f'HOSTTOOLS += "{hosttools}"'])
 
 
 @pytest.fixture(scope="module")
 def modsign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModsignBuild]:
-    topdir = bbenv.build_dir("modsign") or str(tmp_path_factory.mktemp("bb-modsign"))
-    os.makedirs(topdir, exist_ok=True)
-    devhome = os.path.join(topdir, "hsmsign-dev")
-    pin = bbenv.dev_token(devhome)
-    env = {"SOFTHSM2_CONF": os.path.join(devhome, "softhsm2.conf"), "HSM_TEST_PIN": pin}
-    uri = f"pkcs11:token=hsmsign-dev;object=test-modules?module-path={SOFTHSM}"
-    common = ("--uri", uri, "--mode", "development", "--pin-env", "HSM_TEST_PIN")
-    if bbenv.hsmsign("info", *common, env=env).returncode != 0:
-        made = bbenv.hsmsign("keygen", *common, "--type", "rsa:2048", env=env)
-        assert made.returncode == 0, made.stderr
-    pin_dir = os.path.join(topdir, "secrets")
-    os.makedirs(pin_dir, exist_ok=True)
-    pin_file = os.path.join(pin_dir, "hsm-pin")
-    with open(pin_file, "w", encoding="utf-8") as fh:
-        fh.write(pin)
-    os.chmod(pin_file, 0o600)
+    topdir = bbenv.standin_topdir("modsign", tmp_path_factory)
+    devhome, pin, pin_file = bbenv.standin_token(topdir, ("test-modules",))
     # the host's binutils under the target's names, found by HOSTTOOLS on PATH
     tools = os.path.join(topdir, "target-binutils")
     os.makedirs(tools, exist_ok=True)
@@ -237,15 +171,7 @@ def test_no_pin_and_no_private_key_in_tmpdir(packaged: ModsignBuild) -> None:
     bbenv.assert_pin_nowhere(packaged.build, packaged.pin)
     audit = bbenv.hsmsign("audit", *packaged.build.tmpdirs())
     assert audit.returncode == 0, audit.stdout[-3000:] + audit.stderr[-2000:]
-    for tmp in packaged.build.tmpdirs():
-        for root, _dirs, files in os.walk(tmp):
-            for name in files:
-                path = os.path.join(root, name)
-                assert name not in ("signing_key.pem", "signing_key.priv"), path
-                if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > 64 << 20:
-                    continue
-                with open(path, "rb") as fh:
-                    assert not PEM_PRIVATE.search(fh.read()), f"private key in {path}"
+    bbenv.assert_no_secrets(packaged.build, packaged.pin, names=("signing_key.pem", "signing_key.priv"))
 
 
 def kernel_env(build: ModsignBuild) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
