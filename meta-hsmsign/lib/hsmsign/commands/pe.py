@@ -158,15 +158,65 @@ def verify_image(data: bytes, trusted: list[Any], what: str) -> list[Any]:
     return good
 
 
+class _Input:
+    """The image to sign, read, parsed and hashed in a thread started before anything else.
+
+    ``read(2)`` and hashlib release the GIL, so reading and hashing a large image overlap
+    the imports, the certificate, the ledger checks and the token login on the main thread.
+    """
+
+    def __init__(self, path: str) -> None:
+        import threading
+
+        self.path = path
+        self.data = b""
+        self.layout: Any = None
+        self.digest = b""
+        self.error: BaseException | None = None
+        self._parsed = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="hsmsign-pe-input", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        from ..formats import pe
+
+        try:
+            self.data = _read(self.path)
+            self.layout = pe.parse(self.data, self.path)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
+            self.error = exc
+            return
+        finally:
+            self._parsed.set()
+        try:
+            # the digest of the image as it will be: with the padding before the table
+            self.digest = pe.digest(self.data, "sha256", self.layout, pad=True)
+        except BaseException as exc:  # noqa: BLE001 - as above
+            self.error = exc
+
+    def parsed(self) -> tuple[bytes, Any]:
+        """The bytes and the layout, or the input's error (missing, not a PE image...)."""
+        self._parsed.wait()
+        if self.error is not None:
+            raise self.error
+        return self.data, self.layout
+
+    def image_digest(self) -> bytes:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.digest
+
+
 def run_sign(args: Any) -> int:
-    import threading
+    job = _Input(args.input)  # first: the read and the hash overlap everything up to the signature
 
     from .. import atomic
-    from ..errors import ConfigError, SigningError
+    from ..errors import ConfigError
     from ..formats import authenticode, cms, pe
 
-    data = _read(args.input)
-    layout = pe.parse(data, args.input)
+    cert = cms.read_certificate_file(args.cert)
+    data, layout = job.parsed()
     if args.append and layout.signed and layout.cert_table_offset % 8:
         raise ConfigError(
             f"{args.input}: its certificate table is not 8-byte aligned; a signature appended to it "
@@ -174,50 +224,28 @@ def run_sign(args: Any) -> int:
             "sign without --append (replaces them)",
         )
     if layout.signed and not args.append:
-        warn(f"{args.input} was signed: its {len(pe.certificates(data, layout))} signature(s) are replaced")
-    # hash while the crypto libraries load and the token logs in (hashlib releases the GIL)
-    digest_box: list[bytes] = []
-    hasher = threading.Thread(target=lambda: digest_box.append(pe.digest(data, "sha256", layout, pad=True)))
-    hasher.start()
-    try:
-        cert = cms.read_certificate_file(args.cert)
-        args.role = args.role or "UEFI"
-        with signed_outputs(args) as outputs, open_key_from_args(args) as key:
-            authenticode.check_signer(key)
-            hasher.join()
-            image_digest = digest_box[0]
-            blob = authenticode.sign(key, cert=cert, image_digest=image_digest)
-            entry = pe.win_certificate(blob)
-            out = outputs.open(args.output, mode=atomic.file_mode(args.input))
-            # from the bytes hashed, not the file again: what is written is what was signed
-            size = pe.write_signed(out.fh, data, layout, [entry], keep_existing=args.append)
-            out.flush()
-            # read the file back as firmware will: same hashed ranges (so the same digest), a
-            # certificate table at the end whose last entry is this signature, and it verifies
-            written = _read(out.tmp_path)
-            new = pe.parse(written, args.output)
-            want, got = pe.hashed_ranges(layout), pe.hashed_ranges(new)
-            pad = new.content_end - layout.content_end
-            if (
-                new.size != size
-                or got[: len(want) - 1] != want[:-1]
-                or sum(b - a for a, b in got) != sum(b - a for a, b in want) + pad
-            ):
-                raise SigningError("internal: the signed image's layout differs from the one hashed")
-            entries = pe.certificates(written, new)
-            if not entries or entries[-1].data != blob:
-                raise SigningError("internal: the signature read back differs from the one written")
-            authenticode.verify(entries[-1].data, image_digest=image_digest, trusted=[cert])
-            count = len(entries)
-            outputs.record(
-                artifact=args.output,
-                sha256_hex=image_digest.hex(),
-                key=key,
-                mechanism="authenticode-rsa-pkcs1v15-sha256",
-                kind="pe",
-            )
-    finally:
-        hasher.join()
+        count = len(pe.certificates(data, layout))
+        warn(f"{args.input} was signed: its {count} signature(s) are replaced")
+    args.role = args.role or "UEFI"
+    with signed_outputs(args) as outputs, open_key_from_args(args) as key:
+        authenticode.check_signer(key)
+        image_digest = job.image_digest()
+        blob = authenticode.sign(key, cert=cert, image_digest=image_digest)
+        entry = pe.win_certificate(blob)
+        out = outputs.open(args.output, mode=atomic.file_mode(args.input))
+        # from the bytes hashed, not the file again: what is written is what was signed
+        size = pe.write_signed(out.fh, data, layout, [entry], keep_existing=args.append)
+        out.flush()
+        entries = check_written(out.fh.fileno(), data, layout, size, blob, args.append, args.output)
+        authenticode.verify(entries[-1].data, image_digest=image_digest, trusted=[cert])
+        count = len(entries)
+        outputs.record(
+            artifact=args.output,
+            sha256_hex=image_digest.hex(),
+            key=key,
+            mechanism="authenticode-rsa-pkcs1v15-sha256",
+            kind="pe",
+        )
     emit(
         args,
         f"signed {args.output} ({layout.machine}, authenticode sha256 {image_digest.hex()}, key {key.label}, "
@@ -233,6 +261,54 @@ def run_sign(args: Any) -> int:
     )
     return 0
 
+
+def check_written(
+    fd: int, data: bytes, layout: Any, size: int, blob: bytes, keep_existing: bool, what: str
+) -> list[Any]:
+    """Read a signed image back as firmware will, where it differs from the input; its entries.
+
+    The body (sections and what follows them) was written from ``data``, the very bytes that
+    were hashed, so it is not read again. What is read back: the size on disk; the headers,
+    equal to the input's but for the certificate-table entry; the layout parsed from them,
+    with the same hashed ranges (so the same digest) plus the padding; the padding (zeros),
+    the entries kept (``--append``) and, last in the table, ``blob``.
+    """
+    import os
+
+    from ..errors import SigningError
+    from ..formats import pe
+
+    def broken(what_differs: str) -> SigningError:
+        return SigningError(
+            f"internal: {what_differs}", "nothing was written; check the disk, and report it if it recurs"
+        )
+
+    on_disk = os.fstat(fd).st_size
+    if on_disk != size:
+        raise broken(f"the signed image has {on_disk} bytes on disk, {size} were written")
+    head_len = max(layout.size_of_headers, layout.headers_end)
+    head = os.pread(fd, head_len, 0)
+    cd = layout.cert_dir_offset
+    if head[:cd] != data[:cd] or head[cd + 8 :] != data[cd + 8 : head_len]:
+        raise broken("the headers read back differ from the input's")
+    new = pe.parse(head, what, size=on_disk)
+    want, got = pe.hashed_ranges(layout), pe.hashed_ranges(new)
+    end = layout.content_end
+    pad = new.content_end - end
+    if (
+        pad != -end % 8
+        or got[: len(want) - 1] != want[:-1]
+        or sum(b - a for a, b in got) != sum(b - a for a, b in want) + pad
+    ):
+        raise broken("the signed image's layout differs from the one hashed")
+    tail = os.pread(fd, on_disk - end, end)
+    kept = data[layout.cert_table_offset : layout.size] if keep_existing and layout.signed else b""
+    if tail[:pad] != bytes(pad) or tail[pad : pad + len(kept)] != kept:
+        raise broken("the padding or the signatures kept differ from those written")
+    entries = pe.table_entries(tail[pad:], new.cert_table_offset)
+    if not entries or entries[-1].data != blob:
+        raise broken("the signature read back differs from the one written")
+    return entries
 
 
 def run_verify(args: Any) -> int:

@@ -91,6 +91,7 @@ class PeLayout:
     sections: tuple[Section, ...]
     cert_table_offset: int
     cert_table_size: int
+    headers_end: int = 0  # the end of the section table (the headers' size is SizeOfHeaders)
 
     @property
     def signed(self) -> bool:
@@ -110,9 +111,14 @@ def _u32(data: bytes | memoryview, off: int) -> int:
     return int(struct.unpack_from("<I", data, off)[0])
 
 
-def parse(data: bytes | memoryview, what: str = "the input") -> PeLayout:
-    """The Authenticode layout of a PE/COFF image; ``PeFormatError`` if it is none."""
-    size = len(data)
+def parse(data: bytes | memoryview, what: str = "the input", size: int | None = None) -> PeLayout:
+    """The Authenticode layout of a PE/COFF image; ``PeFormatError`` if it is none.
+
+    ``size``: the file is ``size`` bytes long and ``data`` holds only its beginning (at least
+    the headers and the section table), as when a written file's headers are read back.
+    """
+    avail = len(data)
+    size = avail if size is None else size
 
     def bad(reason: str) -> PeFormatError:
         return PeFormatError(
@@ -120,16 +126,16 @@ def parse(data: bytes | memoryview, what: str = "the input") -> PeLayout:
             "give an EFI binary (.efi, a UKI, systemd-boot, GRUB's core image)",
         )
 
-    if size < 0x40 or bytes(data[0:2]) != b"MZ":
+    if avail < 0x40 or bytes(data[0:2]) != b"MZ":
         raise bad("no MZ header")
     pe = _u32(data, 0x3C)
-    if pe + 24 > size or bytes(data[pe : pe + 4]) != b"PE\0\0":
+    if pe + 24 > avail or bytes(data[pe : pe + 4]) != b"PE\0\0":
         raise bad("no PE signature at e_lfanew")
     machine = _u16(data, pe + 4)
     nsections = _u16(data, pe + 6)
     opt_size = _u16(data, pe + 20)
     opt = pe + 24
-    if opt + opt_size > size or opt_size < 2:
+    if opt + opt_size > avail or opt_size < 2:
         raise bad("optional header truncated")
     magic = _u16(data, opt)
     if magic == PE32_MAGIC:
@@ -147,7 +153,7 @@ def parse(data: bytes | memoryview, what: str = "the input") -> PeLayout:
         raise bad("data directories truncated")
     size_of_headers = _u32(data, opt + 60)
     sect_table = opt + opt_size
-    if sect_table + 40 * nsections > size or size_of_headers > size or size_of_headers < cert_dir + 8:
+    if sect_table + 40 * nsections > avail or size_of_headers > size or size_of_headers < cert_dir + 8:
         raise bad("headers or section table past the end of the file")
     sections = []
     for i in range(nsections):
@@ -182,6 +188,7 @@ def parse(data: bytes | memoryview, what: str = "the input") -> PeLayout:
         sections=tuple(sections),
         cert_table_offset=ct_off if ct_size else 0,
         cert_table_size=ct_size,
+        headers_end=sect_table + 40 * nsections,
     )
 
 
@@ -224,16 +231,27 @@ def digest(
 def certificates(data: bytes | memoryview, layout: PeLayout | None = None) -> list[WinCertificate]:
     """The entries of the certificate table (empty for an unsigned image)."""
     layout = layout or parse(data)
+    if not layout.signed:
+        return []
+    start = layout.cert_table_offset
+    return table_entries(memoryview(data)[start : start + layout.cert_table_size], start)
+
+
+def table_entries(table: bytes | memoryview, offset: int) -> list[WinCertificate]:
+    """The entries of a certificate table read on its own; it starts at ``offset`` in the file."""
     out: list[WinCertificate] = []
-    off = layout.cert_table_offset
-    end = off + layout.cert_table_size
-    while layout.signed and off < end:
+    off, end = 0, len(table)
+    while off < end:
         if off + 8 > end:
             raise VerificationError("the certificate table ends inside a WIN_CERTIFICATE header")
-        length, revision, cert_type = struct.unpack_from("<IHH", data, off)
+        length, revision, cert_type = struct.unpack_from("<IHH", table, off)
         if length < 8 or off + length > end:
-            raise VerificationError(f"a WIN_CERTIFICATE at {off} claims {length} bytes, past the table")
-        out.append(WinCertificate(off, length, revision, cert_type, bytes(data[off + 8 : off + length])))
+            raise VerificationError(
+                f"a WIN_CERTIFICATE at {offset + off} claims {length} bytes, past the table"
+            )
+        out.append(
+            WinCertificate(offset + off, length, revision, cert_type, bytes(table[off + 8 : off + length]))
+        )
         off += (length + 7) & ~7
     return out
 
