@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from ..settings import Settings
@@ -159,10 +160,14 @@ def verify_image(data: bytes, trusted: list[Any], what: str) -> list[Any]:
 
 
 class _Input:
-    """The image to sign, read, parsed and hashed in a thread started before anything else.
+    """The image to sign: read, parsed, hashed and its body written, in a thread started first.
 
-    ``read(2)`` and hashlib release the GIL, so reading and hashing a large image overlap
-    the imports, the certificate, the ledger checks and the token login on the main thread.
+    ``read(2)``, hashlib, ``pwrite(2)`` and ``fdatasync(2)`` release the GIL, so this work
+    on a large image overlaps the imports, the certificate, the ledger checks and the token
+    login on the main thread. Once hashed, the thread writes the body (the bytes the signed
+    image takes from the input as they are: ``pe.body_range``) from the very bytes it hashed
+    into the output's temporary file, at their offsets, and flushes them to disk; the main
+    thread writes the headers and the certificate table around it once it has the signature.
     """
 
     def __init__(self, path: str) -> None:
@@ -173,7 +178,12 @@ class _Input:
         self.layout: Any = None
         self.digest = b""
         self.error: BaseException | None = None
+        self.write_error: OSError | None = None
+        self._out_fd: int | None = None
+        self._stopped = False
         self._parsed = threading.Event()
+        self._hashed = threading.Event()
+        self._output = threading.Event()  # set with _out_fd (a duplicate the thread closes), or to stop
         self._thread = threading.Thread(target=self._work, name="hsmsign-pe-input", daemon=True)
         self._thread.start()
 
@@ -183,16 +193,27 @@ class _Input:
         try:
             self.data = _read(self.path)
             self.layout = pe.parse(self.data, self.path)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
-            self.error = exc
-            return
-        finally:
             self._parsed.set()
-        try:
             # the digest of the image as it will be: with the padding before the table
             self.digest = pe.digest(self.data, "sha256", self.layout, pad=True)
-        except BaseException as exc:  # noqa: BLE001 - as above
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
             self.error = exc
+        finally:
+            self._parsed.set()
+            self._hashed.set()
+        self._output.wait()
+        fd = self._out_fd
+        if fd is None:
+            return
+        try:
+            if self.error is None and not self._stopped:
+                start, end = pe.body_range(self.layout)
+                _pwrite_all(fd, memoryview(self.data)[start:end], start)
+                os.fdatasync(fd)
+        except OSError as exc:
+            self.write_error = exc
+        finally:
+            os.close(fd)
 
     def parsed(self) -> tuple[bytes, Any]:
         """The bytes and the layout, or the input's error (missing, not a PE image...)."""
@@ -202,15 +223,47 @@ class _Input:
         return self.data, self.layout
 
     def image_digest(self) -> bytes:
-        self._thread.join()
+        self._hashed.wait()
         if self.error is not None:
             raise self.error
         return self.digest
 
+    def write_body(self, fd: int) -> None:
+        """Write the body into the open output ``fd`` once hashed (``body_written`` waits for it)."""
+        self._out_fd = os.dup(fd)
+        self._output.set()
+
+    def body_written(self, what: str) -> None:
+        from ..errors import ConfigError
+
+        self._thread.join()
+        if self.write_error is not None:
+            raise ConfigError(
+                f"cannot write {what}: {self.write_error.strerror}", "check permissions and free space"
+            ) from self.write_error
+
+    def stop(self) -> None:
+        """The command ends: a thread not yet writing the body does not start to."""
+        self._stopped = True
+        self._output.set()
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
 
 def run_sign(args: Any) -> int:
-    job = _Input(args.input)  # first: the read and the hash overlap everything up to the signature
+    job = _Input(args.input)  # first: reading, hashing and writing the body overlap all up to the signature
+    try:
+        return _sign(args, job)
+    finally:
+        job.stop()
 
+
+def _sign(args: Any, job: _Input) -> int:
     from .. import atomic
     from ..errors import ConfigError
     from ..formats import authenticode, cms, pe
@@ -227,25 +280,29 @@ def run_sign(args: Any) -> int:
         count = len(pe.certificates(data, layout))
         warn(f"{args.input} was signed: its {count} signature(s) are replaced")
     args.role = args.role or "UEFI"
-    with signed_outputs(args) as outputs, open_key_from_args(args) as key:
-        authenticode.check_signer(key)
-        image_digest = job.image_digest()
-        blob = authenticode.sign(key, cert=cert, image_digest=image_digest)
-        entry = pe.win_certificate(blob)
+    with signed_outputs(args) as outputs:
         out = outputs.open(args.output, mode=atomic.file_mode(args.input))
-        # from the bytes hashed, not the file again: what is written is what was signed
-        size = pe.write_signed(out.fh, data, layout, [entry], keep_existing=args.append)
-        out.flush()
-        entries = check_written(out.fh.fileno(), data, layout, size, blob, args.append, args.output)
-        authenticode.verify(entries[-1].data, image_digest=image_digest, trusted=[cert])
-        count = len(entries)
-        outputs.record(
-            artifact=args.output,
-            sha256_hex=image_digest.hex(),
-            key=key,
-            mechanism="authenticode-rsa-pkcs1v15-sha256",
-            kind="pe",
-        )
+        fd = out.fh.fileno()  # written with pwrite only (the file object buffers nothing)
+        job.write_body(fd)
+        with open_key_from_args(args) as key:
+            authenticode.check_signer(key)
+            image_digest = job.image_digest()
+            blob = authenticode.sign(key, cert=cert, image_digest=image_digest)
+            head, tail = pe.signed_parts(data, layout, [pe.win_certificate(blob)], args.append)
+            _pwrite_all(fd, head, 0)
+            _pwrite_all(fd, tail, layout.content_end)
+            job.body_written(args.output)
+            size = layout.content_end + len(tail)
+            entries = check_written(fd, data, layout, size, blob, args.append, args.output)
+            authenticode.verify(entries[-1].data, image_digest=image_digest, trusted=[cert])
+            count = len(entries)
+            outputs.record(
+                artifact=args.output,
+                sha256_hex=image_digest.hex(),
+                key=key,
+                mechanism="authenticode-rsa-pkcs1v15-sha256",
+                kind="pe",
+            )
     emit(
         args,
         f"signed {args.output} ({layout.machine}, authenticode sha256 {image_digest.hex()}, key {key.label}, "

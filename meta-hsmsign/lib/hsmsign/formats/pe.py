@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from ..errors import ConfigError, VerificationError
 
@@ -216,7 +215,7 @@ def digest(
     """The Authenticode digest of an image (signed or not: the table is left out).
 
     ``pad``: the digest of the image as it will be once signed, with the zero bytes that
-    align an unsigned image's end to 8 before the table (``write_signed`` writes them).
+    align an unsigned image's end to 8 before the table (``signed_parts``).
     """
     layout = layout or parse(data)
     view = memoryview(data)
@@ -263,22 +262,16 @@ def win_certificate(pkcs7_der: bytes) -> bytes:
     return entry + b"\0" * (-len(entry) % 8)
 
 
-def write_signed(
-    out: BinaryIO,
-    data: bytes | memoryview,
-    layout: PeLayout,
-    entries: list[bytes],
-    keep_existing: bool,
-    src_fd: int | None = None,
-) -> int:
-    """Write the image with a new certificate table to ``out``; return the number of bytes.
+def signed_parts(
+    data: bytes | memoryview, layout: PeLayout, entries: list[bytes], keep_existing: bool
+) -> tuple[bytes, bytes]:
+    """The parts of the signed image that differ from the input: ``(head, tail)``.
 
-    The table holds the old entries (``keep_existing``) and then ``entries``. Unsigned
-    input is zero-padded to 8 bytes first; the padding is part of the digest (it comes
-    before the table), so sign ``digest(..., pad=True)``. Only the header is copied (to
-    patch the certificate-table entry); the rest is written from ``data`` as it is, or
-    copied in the kernel from ``src_fd`` (the open input, whose bytes ``data`` maps) with
-    ``copy_file_range`` where the platform has it.
+    The signed image is ``head`` (the headers, ``layout.size_of_headers`` bytes, with the
+    certificate-table entry set), then the input's bytes from there to ``layout.content_end``
+    as they are (``body_range``), then ``tail``: the zero bytes that align an unsigned
+    image's end to 8, the entries kept (``keep_existing``), then ``entries``. The padding
+    is hashed (it comes before the table), so sign ``digest(..., pad=True)``.
 
     The optional header's CheckSum is left as it was, as sbsign does: UEFI firmware
     (EDK2 ``DxeImageVerificationLib``) and shim neither check nor hash it.
@@ -286,41 +279,14 @@ def write_signed(
     view = memoryview(data)
     end = layout.content_end
     pad = -end % 8
-    table_start = end + pad
-    old = view[layout.cert_table_offset : layout.size] if keep_existing and layout.signed else view[0:0]
-    table_size = len(old) + sum(len(e) for e in entries)
+    old = bytes(view[layout.cert_table_offset : layout.size]) if keep_existing and layout.signed else b""
+    tail = b"\0" * pad + old + b"".join(entries)
+    table_size = len(tail) - pad
     head = bytearray(view[: layout.size_of_headers])
-    struct.pack_into("<II", head, layout.cert_dir_offset, table_start if table_size else 0, table_size)
-    out.write(head)
-    _copy_body(out, view, layout.size_of_headers, end, src_fd)
-    out.write(b"\0" * pad)
-    out.write(old)
-    for entry in entries:
-        out.write(entry)
-    return table_start + table_size
+    struct.pack_into("<II", head, layout.cert_dir_offset, end + pad if table_size else 0, table_size)
+    return bytes(head), tail
 
 
-def _copy_body(out: BinaryIO, view: memoryview, start: int, end: int, src_fd: int | None) -> None:
-    """``view[start:end]`` to ``out``: ``copy_file_range`` from ``src_fd`` (no user-space copy;
-    a 50 MiB UKI in a tenth of the time of ``write`` here), else ``write``."""
-    import os
-
-    copy = getattr(os, "copy_file_range", None)
-    if src_fd is not None and copy is not None and end > start:
-        out.flush()
-        dst_fd = out.fileno()
-        pos = out.tell()
-        done = 0
-        try:
-            while done < end - start:
-                n = copy(src_fd, dst_fd, end - start - done, start + done, pos + done)
-                if n == 0:
-                    break
-                done += n
-        except OSError:
-            pass  # EXDEV, ENOSYS, EINVAL: the file systems cannot; write the rest
-        out.seek(pos + done)
-        if done:
-            start += done
-    if end > start:
-        out.write(view[start:end])
+def body_range(layout: PeLayout) -> tuple[int, int]:
+    """Where the bytes a signed image takes from its input as they are start and end."""
+    return layout.size_of_headers, layout.content_end
