@@ -268,7 +268,7 @@ def _sign(args: Any, job: _Input) -> int:
     from ..errors import ConfigError
     from ..formats import authenticode, cms, pe
 
-    cert = cms.read_certificate_file(args.cert)
+    cert = cms.read_certificate_file(args.cert, lazy=True)  # without cryptography's X.509 module
     data, layout = job.parsed()
     if args.append and layout.signed and layout.cert_table_offset % 8:
         raise ConfigError(
