@@ -173,6 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    start = getattr(args, "start", None)
+    if start is not None:
+        # a verb's work that may begin before the rest is imported (``hsmsign pe sign`` reads and
+        # hashes its image in a thread meanwhile); its errors are raised by the verb itself
+        start(args)
     from . import atomic
 
     # SIGINT / SIGTERM: remove the temporary files, one line, exit 130 / 143 (hsmsign.atomic)

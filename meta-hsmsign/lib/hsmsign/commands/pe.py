@@ -60,7 +60,7 @@ def register(sub: Any, parents: Any) -> None:
         action="store_true",
         help="keep the signatures already present and add this one (key rotation); default: replace",
     )
-    p.set_defaults(func=run_sign)
+    p.set_defaults(func=run_sign, start=start_sign)
 
     p = verbs.add_parser(
         "verify",
@@ -255,8 +255,14 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         done += os.pwrite(fd, view[done:], offset + done)
 
 
+def start_sign(args: Any) -> None:
+    """Called by the CLI as soon as the options are parsed: the image is read and hashed meanwhile."""
+    args.pe_input = _Input(args.input)
+
+
 def run_sign(args: Any) -> int:
-    job = _Input(args.input)  # first: reading, hashing and writing the body overlap all up to the signature
+    # reading, hashing and writing the body overlap everything up to the signature
+    job = getattr(args, "pe_input", None) or _Input(args.input)
     try:
         return _sign(args, job)
     finally:
