@@ -336,9 +336,7 @@ def check_written(
     with the same hashed ranges (so the same digest) plus the padding; the padding (zeros),
     the entries kept (``--append``) and, last in the table, ``blob``.
     """
-    import os
-
-    from ..errors import SigningError
+    from ..errors import SigningError, VerificationError
     from ..formats import pe
 
     def broken(what_differs: str) -> SigningError:
@@ -354,7 +352,10 @@ def check_written(
     cd = layout.cert_dir_offset
     if head[:cd] != data[:cd] or head[cd + 8 :] != data[cd + 8 : head_len]:
         raise broken("the headers read back differ from the input's")
-    new = pe.parse(head, what, size=on_disk)
+    try:
+        new = pe.parse(head, what, size=on_disk)
+    except pe.PeFormatError as exc:
+        raise broken(f"the headers read back do not parse ({exc.message})") from exc
     want, got = pe.hashed_ranges(layout), pe.hashed_ranges(new)
     end = layout.content_end
     pad = new.content_end - end
@@ -368,7 +369,10 @@ def check_written(
     kept = data[layout.cert_table_offset : layout.size] if keep_existing and layout.signed else b""
     if tail[:pad] != bytes(pad) or tail[pad : pad + len(kept)] != kept:
         raise broken("the padding or the signatures kept differ from those written")
-    entries = pe.table_entries(tail[pad:], new.cert_table_offset)
+    try:
+        entries = pe.table_entries(tail[pad:], new.cert_table_offset)
+    except VerificationError as exc:
+        raise broken(f"the certificate table read back does not parse ({exc.message})") from exc
     if not entries or entries[-1].data != blob:
         raise broken("the signature read back differs from the one written")
     return entries
