@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -40,18 +41,25 @@ LIBRARIES = (
 )
 
 
-def timed_pair(cmds: dict[str, list[str]], env: dict[str, str], repeat: int) -> dict[str, float]:
-    """Median wall time of each command, the commands interleaved (a busy machine hits both alike)."""
+def timed_pair(
+    cmds: dict[str, list[str]], env: dict[str, str], repeat: int
+) -> dict[str, tuple[float, float]]:
+    """Median wall time and median CPU time (user + system, all threads) of each command, the
+    commands interleaved (a busy machine hits all alike)."""
     times: dict[str, list[float]] = {name: [] for name in cmds}
+    cpu: dict[str, list[float]] = {name: [] for name in cmds}
     for _ in range(repeat):
         for name, cmd in cmds.items():
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
             done = subprocess.run(cmd, env=env, capture_output=True, check=False)
             elapsed = time.perf_counter() - start
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
             if done.returncode != 0:
                 raise SystemExit(f"failed: {name}: {done.stderr.decode()[-400:]}")
             times[name].append(elapsed)
-    return {name: statistics.median(t) for name, t in times.items()}
+            cpu[name].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return {name: (statistics.median(times[name]), statistics.median(cpu[name])) for name in cmds}
 
 
 def make_uki(work: Path, size_mib: int) -> Path:
@@ -136,12 +144,13 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    ours, theirs = results["hsmsign pe sign"], results["sbsign --engine pkcs11"]
-    start, imports = results["python -c pass"], results["python, imports only"]
+    ours, theirs = results["hsmsign pe sign"][0], results["sbsign --engine pkcs11"][0]
+    start, imports = results["python -c pass"][0], results["python, imports only"][0]
     print(f"\nsigning a {args.size_mib} MiB UKI, median of {args.repeat} cold runs each, interleaved")
-    print("(RSA-2048 on SoftHSM)")
-    for name in ("hsmsign pe sign", "sbsign --engine pkcs11"):
-        print(f"{name:<28} {results[name]:8.3f} s")
+    print(f"(RSA-2048 on SoftHSM; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+    print(f"{'':<28} {'wall':>8}   {'cpu':>8}")
+    for name, (wall, cpu) in results.items():
+        print(f"{name:<28} {wall:8.3f} s {cpu:8.3f} s")
     print(f"\nhsmsign / sbsign = {ours / theirs:.3f}  (target <= 1.0)")
     print(
         f"breakdown: python starts in {start:.3f} s; with the libraries imported (python-pkcs11, "
