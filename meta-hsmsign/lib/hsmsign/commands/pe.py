@@ -209,7 +209,7 @@ class _Input:
             if self.error is None and not self._stopped:
                 start, end = pe.body_range(self.layout)
                 _pwrite_all(fd, memoryview(self.data)[start:end], start)
-                os.fdatasync(fd)
+                getattr(os, "fdatasync", os.fsync)(fd)  # macOS has no fdatasync
         except OSError as exc:
             self.write_error = exc
         finally:
