@@ -200,6 +200,94 @@ def test_append_keeps_the_first_signature(
     assert _digest(softhsm, again) == _digest(softhsm, both)
 
 
+def _check_written(tmp_path: Path, image: bytes, data: bytes, size: int, blob: bytes) -> list[object]:
+    from hsmsign.commands.pe import check_written
+    from hsmsign.formats import pe
+
+    path = tmp_path / "out.efi"
+    path.write_bytes(image)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return list(check_written(fd, data, pe.parse(data), size, blob, False, str(path)))
+    finally:
+        os.close(fd)
+
+
+def test_the_read_back_catches_what_did_not_reach_the_file(efi: Path, tmp_path: Path) -> None:
+    """After signing, the size, the headers, the padding and the table are read back from the file
+    (the body is written from the very bytes that were hashed): each way of getting them wrong is
+    an internal error (exit 5), so the output is never renamed into place."""
+    from hsmsign.errors import SigningError
+    from hsmsign.formats import pe
+
+    data = efi.read_bytes()
+    layout = pe.parse(data)
+    blob = bytes(range(256)) * 4  # stands for the SignedData: the read-back compares bytes
+    head, tail = pe.signed_parts(data, layout, [pe.win_certificate(blob)], False)
+    start, end = pe.body_range(layout)
+    good = head + data[start:end] + tail
+    pad = -end % 8
+    assert pad, "systemd-boot's length is not a multiple of 8: the padding is checked too"
+    entries = _check_written(tmp_path, good, data, len(good), blob)
+    assert [e.data for e in entries] == [blob]  # type: ignore[attr-defined]
+
+    def changed(offset: int) -> bytes:
+        image = bytearray(good)
+        image[offset] ^= 0x01
+        return bytes(image)
+
+    cases = {
+        "one byte short": (good[:-1], "bytes on disk"),
+        "one block more": (good + bytes(8), "bytes on disk"),
+        "a header byte": (changed(0x40), "headers read back differ"),
+        "the table's size in the header": (changed(layout.cert_dir_offset + 4), "do not parse"),
+        "the padding": (changed(end), "padding"),
+        "the WIN_CERTIFICATE length": (changed(end + pad), "certificate table read back"),
+        "a signature byte": (changed(end + pad + 8 + 100), "signature read back differs"),
+    }
+    for name, (image, words) in cases.items():
+        with pytest.raises(SigningError, match="internal: .*" + words):
+            _check_written(tmp_path, image, data, len(good), blob)
+        assert SigningError.exit_code == 5, name
+
+
+@pytest.mark.parametrize("fault", ["short", "changed"])
+def test_a_bad_write_is_caught_and_nothing_is_written(
+    softhsm: SoftHsm,
+    efi: Path,
+    uefi_key: tuple[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    fault: str,
+) -> None:
+    """The write of the signature goes wrong (one byte short, one byte changed on its way): the
+    read-back refuses with one line and exit 5; no output, no temporary file."""
+    from hsmsign.cli import main
+    from hsmsign.commands import pe as pe_command
+    from hsmsign.formats import pe
+
+    real = pe_command._pwrite_all
+    table_at = pe.parse(efi.read_bytes()).content_end
+
+    def faulty(fd: int, data: bytes | memoryview, offset: int) -> None:
+        if offset == table_at:  # the padding and the table, written after signing
+            data = bytes(data)
+            data = data[:-1] if fault == "short" else data[:-20] + bytes([data[-20] ^ 1]) + data[-19:]
+        real(fd, data, offset)
+
+    monkeypatch.setattr(pe_command, "_pwrite_all", faulty)
+    out = tmp_path / "signed.efi"
+    argv = ["pe", "sign", *DEV, "--uri", uefi_key[0], "--cert", str(uefi_key[1]), "-o", str(out), str(efi)]
+    assert main(argv) == 5
+    err = capsys.readouterr().err
+    assert err.startswith("hsmsign: error: internal: ") and "Traceback" not in err, err
+    assert len(err.splitlines()) == 2, err  # the line and its hint
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".hsmsign-tmp-")]
+    monkeypatch.setattr(pe_command, "_pwrite_all", real)
+    assert main(argv) == 0 and _sbverify(uefi_key[1], out).returncode == 0
+
+
 def test_esl_is_what_efitools_writes(uefi_key: tuple[str, Path], softhsm: SoftHsm, tmp_path: Path) -> None:
     exe = tool("cert-to-efi-sig-list", "efitools")
     owner = str(uuid.uuid4())

@@ -280,6 +280,33 @@ def test_oversized_input_is_refused_before_it_is_read(
     assert "certificate" in err and "larger than 64 MiB" in err and "Traceback" not in err
 
 
+def test_a_regular_file_is_read_with_one_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A regular file comes in one read(2) into the bytes returned (then one at its end): no chunks
+    joined, which for a 50 MiB image cost as much again as the read."""
+    data = os.urandom(2 * atomic.CHUNK + 123)
+    path = tmp_path / "image.efi"
+    path.write_bytes(data)
+    sizes: list[int] = []
+    real_read = os.read
+
+    def read(fd: int, n: int) -> bytes:
+        sizes.append(n)
+        return real_read(fd, n)
+
+    monkeypatch.setattr(atomic.os, "read", read)
+    got = atomic.read_input(str(path), "PE image", atomic.MAX_IMAGE)
+    assert got == data and type(got) is bytes
+    assert sizes == [len(data) + 1, atomic.CHUNK]  # the file, then the end of it
+
+
+def test_a_file_longer_than_its_size_says_is_read_whole_and_bounded() -> None:
+    """procfs files report size 0 and have content: read in chunks after the first read, to the limit."""
+    status = atomic.read_input("/proc/self/status", "status")
+    assert status.startswith(b"Name:") and b"\nPid:" in status
+    with pytest.raises(ConfigError, match="larger than 16 bytes"):
+        atomic.read_input("/proc/self/status", "status", 16)
+
+
 def _fifo(tmp_path: Path, nbytes: int) -> tuple[Path, threading.Thread]:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)

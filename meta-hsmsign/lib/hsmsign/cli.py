@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import importlib
 import sys
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -173,6 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    start = getattr(args, "start", None)
+    if start is not None:
+        # a verb's work that may begin before the rest is imported (``hsmsign pe sign`` reads and
+        # hashes its image in a thread meanwhile); its errors are raised by the verb itself
+        start(args)
     from . import atomic
 
     # SIGINT / SIGTERM: remove the temporary files, one line, exit 130 / 143 (hsmsign.atomic)
@@ -213,6 +217,8 @@ def _run(args: argparse.Namespace) -> int:
             "this is a bug in hsmsign; run again with -v and report the output",
         )
         if args.verbose:
+            import traceback
+
             traceback.print_exc()
         print(f"hsmsign: internal error: {printable(internal.message, None)}", file=sys.stderr)
         print(f"  hint: {internal.hint}", file=sys.stderr)
@@ -253,6 +259,8 @@ def _first_verb(argv: Sequence[str]) -> str | None:
 
 def _report(exc: HsmsignError, verbose: int) -> None:
     if verbose:
+        import traceback
+
         traceback.print_exc()
     # one line each, whatever a message quotes from an artifact (printable: the last line of defence)
     print(f"hsmsign: error: {printable(exc.message, None)}", file=sys.stderr)

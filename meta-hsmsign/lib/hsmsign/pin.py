@@ -31,7 +31,6 @@ import contextlib
 import os
 import re
 import stat
-import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -242,6 +241,8 @@ def _run_pin_program(command: str) -> str:
         )
     if not argv:
         raise ConfigError("pin-source=| names no program", "write ?pin-source=|/usr/local/bin/get-hsm-pin")
+    import subprocess  # here: a PIN from a file, a variable or the prompt needs no child process
+
     program = printable(argv[0], 120)
     try:  # the PIN program needs no other PIN variable either, also when hsmsign is used as a library
         done = subprocess.run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from ..settings import Settings
@@ -59,7 +60,7 @@ def register(sub: Any, parents: Any) -> None:
         action="store_true",
         help="keep the signatures already present and add this one (key rotation); default: replace",
     )
-    p.set_defaults(func=run_sign)
+    p.set_defaults(func=run_sign, start=start_sign)
 
     p = verbs.add_parser(
         "verify",
@@ -158,15 +159,123 @@ def verify_image(data: bytes, trusted: list[Any], what: str) -> list[Any]:
     return good
 
 
-def run_sign(args: Any) -> int:
-    import threading
+class _Input:
+    """The image to sign: read, parsed, hashed and its body written, in a thread started first.
 
+    ``read(2)``, hashlib, ``pwrite(2)`` and ``fdatasync(2)`` release the GIL, so this work
+    on a large image overlaps the imports, the certificate, the ledger checks and the token
+    login on the main thread. Once hashed, the thread writes the body (the bytes the signed
+    image takes from the input as they are: ``pe.body_range``) from the very bytes it hashed
+    into the output's temporary file, at their offsets, and flushes them to disk; the main
+    thread writes the headers and the certificate table around it once it has the signature.
+    """
+
+    def __init__(self, path: str) -> None:
+        import threading
+
+        self.path = path
+        self.data = b""
+        self.layout: Any = None
+        self.digest = b""
+        self.error: BaseException | None = None
+        self.write_error: OSError | None = None
+        self._out_fd: int | None = None
+        self._stopped = False
+        self._parsed = threading.Event()
+        self._hashed = threading.Event()
+        self._output = threading.Event()  # set with _out_fd (a duplicate the thread closes), or to stop
+        self._thread = threading.Thread(target=self._work, name="hsmsign-pe-input", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        from ..formats import pe
+
+        try:
+            self.data = _read(self.path)
+            self.layout = pe.parse(self.data, self.path)
+            self._parsed.set()
+            # the digest of the image as it will be: with the padding before the table
+            self.digest = pe.digest(self.data, "sha256", self.layout, pad=True)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
+            self.error = exc
+        finally:
+            self._parsed.set()
+            self._hashed.set()
+        self._output.wait()
+        fd = self._out_fd
+        if fd is None:
+            return
+        try:
+            if self.error is None and not self._stopped:
+                start, end = pe.body_range(self.layout)
+                _pwrite_all(fd, memoryview(self.data)[start:end], start)
+                getattr(os, "fdatasync", os.fsync)(fd)  # macOS has no fdatasync
+        except OSError as exc:
+            self.write_error = exc
+        finally:
+            os.close(fd)
+
+    def parsed(self) -> tuple[bytes, Any]:
+        """The bytes and the layout, or the input's error (missing, not a PE image...)."""
+        self._parsed.wait()
+        if self.error is not None:
+            raise self.error
+        return self.data, self.layout
+
+    def image_digest(self) -> bytes:
+        self._hashed.wait()
+        if self.error is not None:
+            raise self.error
+        return self.digest
+
+    def write_body(self, fd: int) -> None:
+        """Write the body into the open output ``fd`` once hashed (``body_written`` waits for it)."""
+        self._out_fd = os.dup(fd)
+        self._output.set()
+
+    def body_written(self, what: str) -> None:
+        from ..errors import ConfigError
+
+        self._thread.join()
+        if self.write_error is not None:
+            raise ConfigError(
+                f"cannot write {what}: {self.write_error.strerror}", "check permissions and free space"
+            ) from self.write_error
+
+    def stop(self) -> None:
+        """The command ends: a thread not yet writing the body does not start to."""
+        self._stopped = True
+        self._output.set()
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+def start_sign(args: Any) -> None:
+    """Called by the CLI as soon as the options are parsed: the image is read and hashed meanwhile."""
+    args.pe_input = _Input(args.input)
+
+
+def run_sign(args: Any) -> int:
+    # reading, hashing and writing the body overlap everything up to the signature
+    job = getattr(args, "pe_input", None) or _Input(args.input)
+    try:
+        return _sign(args, job)
+    finally:
+        job.stop()
+
+
+def _sign(args: Any, job: _Input) -> int:
     from .. import atomic
-    from ..errors import ConfigError, SigningError
+    from ..errors import ConfigError
     from ..formats import authenticode, cms, pe
 
-    data = _read(args.input)
-    layout = pe.parse(data, args.input)
+    cert = cms.read_certificate_file(args.cert, lazy=True)  # without cryptography's X.509 module
+    data, layout = job.parsed()
     if args.append and layout.signed and layout.cert_table_offset % 8:
         raise ConfigError(
             f"{args.input}: its certificate table is not 8-byte aligned; a signature appended to it "
@@ -174,39 +283,23 @@ def run_sign(args: Any) -> int:
             "sign without --append (replaces them)",
         )
     if layout.signed and not args.append:
-        warn(f"{args.input} was signed: its {len(pe.certificates(data, layout))} signature(s) are replaced")
-    # hash while the crypto libraries load and the token logs in (hashlib releases the GIL)
-    digest_box: list[bytes] = []
-    hasher = threading.Thread(target=lambda: digest_box.append(pe.digest(data, "sha256", layout, pad=True)))
-    hasher.start()
-    try:
-        cert = cms.read_certificate_file(args.cert)
-        args.role = args.role or "UEFI"
-        with signed_outputs(args) as outputs, open_key_from_args(args) as key:
+        count = len(pe.certificates(data, layout))
+        warn(f"{args.input} was signed: its {count} signature(s) are replaced")
+    args.role = args.role or "UEFI"
+    with signed_outputs(args) as outputs:
+        out = outputs.open(args.output, mode=atomic.file_mode(args.input))
+        fd = out.fh.fileno()  # written with pwrite only (the file object buffers nothing)
+        job.write_body(fd)
+        with open_key_from_args(args) as key:
             authenticode.check_signer(key)
-            hasher.join()
-            image_digest = digest_box[0]
+            image_digest = job.image_digest()
             blob = authenticode.sign(key, cert=cert, image_digest=image_digest)
-            entry = pe.win_certificate(blob)
-            out = outputs.open(args.output, mode=atomic.file_mode(args.input))
-            # from the bytes hashed, not the file again: what is written is what was signed
-            size = pe.write_signed(out.fh, data, layout, [entry], keep_existing=args.append)
-            out.flush()
-            # read the file back as firmware will: same hashed ranges (so the same digest), a
-            # certificate table at the end whose last entry is this signature, and it verifies
-            written = _read(out.tmp_path)
-            new = pe.parse(written, args.output)
-            want, got = pe.hashed_ranges(layout), pe.hashed_ranges(new)
-            pad = new.content_end - layout.content_end
-            if (
-                new.size != size
-                or got[: len(want) - 1] != want[:-1]
-                or sum(b - a for a, b in got) != sum(b - a for a, b in want) + pad
-            ):
-                raise SigningError("internal: the signed image's layout differs from the one hashed")
-            entries = pe.certificates(written, new)
-            if not entries or entries[-1].data != blob:
-                raise SigningError("internal: the signature read back differs from the one written")
+            head, tail = pe.signed_parts(data, layout, [pe.win_certificate(blob)], args.append)
+            _pwrite_all(fd, head, 0)
+            _pwrite_all(fd, tail, layout.content_end)
+            job.body_written(args.output)
+            size = layout.content_end + len(tail)
+            entries = check_written(fd, data, layout, size, blob, args.append, args.output)
             authenticode.verify(entries[-1].data, image_digest=image_digest, trusted=[cert])
             count = len(entries)
             outputs.record(
@@ -216,8 +309,6 @@ def run_sign(args: Any) -> int:
                 mechanism="authenticode-rsa-pkcs1v15-sha256",
                 kind="pe",
             )
-    finally:
-        hasher.join()
     emit(
         args,
         f"signed {args.output} ({layout.machine}, authenticode sha256 {image_digest.hex()}, key {key.label}, "
@@ -233,6 +324,58 @@ def run_sign(args: Any) -> int:
     )
     return 0
 
+
+def check_written(
+    fd: int, data: bytes, layout: Any, size: int, blob: bytes, keep_existing: bool, what: str
+) -> list[Any]:
+    """Read a signed image back as firmware will, where it differs from the input; its entries.
+
+    The body (sections and what follows them) was written from ``data``, the very bytes that
+    were hashed, so it is not read again. What is read back: the size on disk; the headers,
+    equal to the input's but for the certificate-table entry; the layout parsed from them,
+    with the same hashed ranges (so the same digest) plus the padding; the padding (zeros),
+    the entries kept (``--append``) and, last in the table, ``blob``.
+    """
+    from ..errors import SigningError, VerificationError
+    from ..formats import pe
+
+    def broken(what_differs: str) -> SigningError:
+        return SigningError(
+            f"internal: {what_differs}", "nothing was written; check the disk, and report it if it recurs"
+        )
+
+    on_disk = os.fstat(fd).st_size
+    if on_disk != size:
+        raise broken(f"the signed image has {on_disk} bytes on disk, {size} were written")
+    head_len = max(layout.size_of_headers, layout.headers_end)
+    head = os.pread(fd, head_len, 0)
+    cd = layout.cert_dir_offset
+    if head[:cd] != data[:cd] or head[cd + 8 :] != data[cd + 8 : head_len]:
+        raise broken("the headers read back differ from the input's")
+    try:
+        new = pe.parse(head, what, size=on_disk)
+    except pe.PeFormatError as exc:
+        raise broken(f"the headers read back do not parse ({exc.message})") from exc
+    want, got = pe.hashed_ranges(layout), pe.hashed_ranges(new)
+    end = layout.content_end
+    pad = new.content_end - end
+    if (
+        pad != -end % 8
+        or got[: len(want) - 1] != want[:-1]
+        or sum(b - a for a, b in got) != sum(b - a for a, b in want) + pad
+    ):
+        raise broken("the signed image's layout differs from the one hashed")
+    tail = os.pread(fd, on_disk - end, end)
+    kept = data[layout.cert_table_offset : layout.size] if keep_existing and layout.signed else b""
+    if tail[:pad] != bytes(pad) or tail[pad : pad + len(kept)] != kept:
+        raise broken("the padding or the signatures kept differ from those written")
+    try:
+        entries = pe.table_entries(tail[pad:], new.cert_table_offset)
+    except VerificationError as exc:
+        raise broken(f"the certificate table read back does not parse ({exc.message})") from exc
+    if not entries or entries[-1].data != blob:
+        raise broken("the signature read back differs from the one written")
+    return entries
 
 
 def run_verify(args: Any) -> int:

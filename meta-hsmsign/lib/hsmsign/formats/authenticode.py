@@ -260,7 +260,6 @@ def verify(der: bytes, *, image_digest: bytes, trusted: Sequence[Any]) -> Authen
 
 
 def _verify(der: bytes, image_digest: bytes, trusted: Sequence[Any]) -> AuthenticodeSignature:
-    from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     from ..signing import verify_digest
@@ -282,7 +281,7 @@ def _verify(der: bytes, image_digest: bytes, trusted: Sequence[Any]) -> Authenti
     candidates: list[Any] = []
     for choice in sd["certificates"] or []:
         if choice.name == "certificate":
-            candidates.append(x509.load_der_x509_certificate(choice.chosen.dump()))
+            candidates.append(cms.LazyCertificate(choice.chosen.dump()))
     candidates.extend(trusted)
     sid = si["sid"]
     signer_cert = cms.find_signer(sid, candidates)

@@ -97,7 +97,8 @@ def load_certificates(data: bytes, what: str = "certificate file") -> list[Any]:
     return list(certs)
 
 
-def read_certificate_file(path: str) -> Any:
+def read_certificate_file(path: str, lazy: bool = False) -> Any:
+    """The certificate in a PEM or DER file; ``lazy``: a :class:`LazyCertificate`."""
     from ..atomic import read_input
 
     if not os.path.exists(path):
@@ -105,7 +106,100 @@ def read_certificate_file(path: str) -> Any:
             f"cannot read certificate {path}: No such file or directory",
             "create one with 'hsmsign cert --uri URI --subject CN=... --output CERT.pem'",
         )
-    return load_certificate(read_input(path, "certificate"), f"{path}")
+    data = read_input(path, "certificate")
+    if not lazy:
+        return load_certificate(data, f"{path}")
+    try:
+        return LazyCertificate(_certificate_der(data))
+    except ValueError as exc:
+        raise ConfigError(
+            f"{path} is not a PEM or DER X.509 certificate",
+            "create one with 'hsmsign cert' or get it from your CA",
+        ) from exc
+
+
+def _certificate_der(data: bytes) -> bytes:
+    """The DER of the first certificate in PEM (as cryptography's loader picks it), or ``data``."""
+    if b"-----BEGIN" not in data:
+        return data
+    from asn1crypto import pem
+
+    for kind, _headers, der in pem.unarmor(data, multiple=True):
+        if kind in ("CERTIFICATE", "X509 CERTIFICATE"):
+            return bytes(der)
+    raise ValueError("no CERTIFICATE block")
+
+
+class LazyCertificate:
+    """An X.509 certificate that loads pyca/cryptography's X.509 module only when needed.
+
+    Signing and checking one signature use a certificate's DER bytes, its public key and
+    its issuer and serial number: asn1crypto (which python-pkcs11 loads anyway) and
+    cryptography's key loader give them, which spares ``hsmsign pe sign`` the import of
+    ``cryptography.x509`` (a tenth of its cold start). The fields read are checked when it
+    is made (``ValueError`` otherwise); anything else (subject, ``verify_directly_issued_by``
+    ...) comes from the full ``cryptography.x509.Certificate``, loaded on first use.
+    """
+
+    def __init__(self, der: bytes) -> None:
+        from asn1crypto import x509 as ax509
+        from cryptography.hazmat.primitives import serialization
+
+        try:
+            parsed = ax509.Certificate.load(der, strict=True)
+            tbs = parsed["tbs_certificate"]
+            tbs["issuer"].native  # noqa: B018 - parses the issuer now: a broken one fails here
+            tbs["serial_number"].native  # noqa: B018 - the same for the serial number
+            spki = tbs["subject_public_key_info"].dump()
+        except (TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+            raise ValueError(f"not an X.509 certificate ({type(exc).__name__})") from exc
+        from cryptography.exceptions import UnsupportedAlgorithm
+
+        try:
+            self._public_key = serialization.load_der_public_key(spki)
+        except UnsupportedAlgorithm as exc:
+            raise ValueError(f"a public key of a type cryptography does not know ({exc})") from exc
+        self._der = bytes(der)
+        self._full: Any = None
+
+    def public_bytes(self, encoding: Any) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
+        if encoding == serialization.Encoding.DER:
+            return self._der
+        return bytes(self.x509().public_bytes(encoding))
+
+    def public_key(self) -> Any:
+        return self._public_key
+
+    def x509(self) -> Any:
+        """The full ``cryptography.x509.Certificate``."""
+        if self._full is None:
+            from cryptography import x509
+
+            self._full = x509.load_der_x509_certificate(self._der)
+        return self._full
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.x509(), name)
+
+    def __eq__(self, other: object) -> bool:
+        public_bytes = getattr(other, "public_bytes", None)
+        if public_bytes is None:
+            return NotImplemented
+        from cryptography.hazmat.primitives import serialization
+
+        return bool(public_bytes(serialization.Encoding.DER) == self._der)
+
+    def __hash__(self) -> int:
+        return hash(self._der)
+
+
+def full_certificate(cert: Any) -> Any:
+    """The ``cryptography.x509.Certificate`` of ``cert`` (a :class:`LazyCertificate` or one already)."""
+    return cert.x509() if isinstance(cert, LazyCertificate) else cert
 
 
 def _spki(public_key: Any) -> bytes:
@@ -431,7 +525,7 @@ def _check_trust(cert: Any, trusted: Sequence[Any]) -> None:
             return
     for anchor in trusted:
         try:
-            cert.verify_directly_issued_by(anchor)
+            full_certificate(cert).verify_directly_issued_by(full_certificate(anchor))
             return
         except Exception:  # noqa: BLE001, S112 - ValueError/TypeError/InvalidSignature: try the next anchor
             continue

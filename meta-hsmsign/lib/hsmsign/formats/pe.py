@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from ..errors import ConfigError, VerificationError
 
@@ -91,6 +90,7 @@ class PeLayout:
     sections: tuple[Section, ...]
     cert_table_offset: int
     cert_table_size: int
+    headers_end: int = 0  # the end of the section table (the headers' size is SizeOfHeaders)
 
     @property
     def signed(self) -> bool:
@@ -110,9 +110,14 @@ def _u32(data: bytes | memoryview, off: int) -> int:
     return int(struct.unpack_from("<I", data, off)[0])
 
 
-def parse(data: bytes | memoryview, what: str = "the input") -> PeLayout:
-    """The Authenticode layout of a PE/COFF image; ``PeFormatError`` if it is none."""
-    size = len(data)
+def parse(data: bytes | memoryview, what: str = "the input", size: int | None = None) -> PeLayout:
+    """The Authenticode layout of a PE/COFF image; ``PeFormatError`` if it is none.
+
+    ``size``: the file is ``size`` bytes long and ``data`` holds only its beginning (at least
+    the headers and the section table), as when a written file's headers are read back.
+    """
+    avail = len(data)
+    size = avail if size is None else size
 
     def bad(reason: str) -> PeFormatError:
         return PeFormatError(
@@ -120,16 +125,16 @@ def parse(data: bytes | memoryview, what: str = "the input") -> PeLayout:
             "give an EFI binary (.efi, a UKI, systemd-boot, GRUB's core image)",
         )
 
-    if size < 0x40 or bytes(data[0:2]) != b"MZ":
+    if avail < 0x40 or bytes(data[0:2]) != b"MZ":
         raise bad("no MZ header")
     pe = _u32(data, 0x3C)
-    if pe + 24 > size or bytes(data[pe : pe + 4]) != b"PE\0\0":
+    if pe + 24 > avail or bytes(data[pe : pe + 4]) != b"PE\0\0":
         raise bad("no PE signature at e_lfanew")
     machine = _u16(data, pe + 4)
     nsections = _u16(data, pe + 6)
     opt_size = _u16(data, pe + 20)
     opt = pe + 24
-    if opt + opt_size > size or opt_size < 2:
+    if opt + opt_size > avail or opt_size < 2:
         raise bad("optional header truncated")
     magic = _u16(data, opt)
     if magic == PE32_MAGIC:
@@ -147,7 +152,7 @@ def parse(data: bytes | memoryview, what: str = "the input") -> PeLayout:
         raise bad("data directories truncated")
     size_of_headers = _u32(data, opt + 60)
     sect_table = opt + opt_size
-    if sect_table + 40 * nsections > size or size_of_headers > size or size_of_headers < cert_dir + 8:
+    if sect_table + 40 * nsections > avail or size_of_headers > size or size_of_headers < cert_dir + 8:
         raise bad("headers or section table past the end of the file")
     sections = []
     for i in range(nsections):
@@ -182,6 +187,7 @@ def parse(data: bytes | memoryview, what: str = "the input") -> PeLayout:
         sections=tuple(sections),
         cert_table_offset=ct_off if ct_size else 0,
         cert_table_size=ct_size,
+        headers_end=sect_table + 40 * nsections,
     )
 
 
@@ -209,7 +215,7 @@ def digest(
     """The Authenticode digest of an image (signed or not: the table is left out).
 
     ``pad``: the digest of the image as it will be once signed, with the zero bytes that
-    align an unsigned image's end to 8 before the table (``write_signed`` writes them).
+    align an unsigned image's end to 8 before the table (``signed_parts``).
     """
     layout = layout or parse(data)
     view = memoryview(data)
@@ -224,16 +230,27 @@ def digest(
 def certificates(data: bytes | memoryview, layout: PeLayout | None = None) -> list[WinCertificate]:
     """The entries of the certificate table (empty for an unsigned image)."""
     layout = layout or parse(data)
+    if not layout.signed:
+        return []
+    start = layout.cert_table_offset
+    return table_entries(memoryview(data)[start : start + layout.cert_table_size], start)
+
+
+def table_entries(table: bytes | memoryview, offset: int) -> list[WinCertificate]:
+    """The entries of a certificate table read on its own; it starts at ``offset`` in the file."""
     out: list[WinCertificate] = []
-    off = layout.cert_table_offset
-    end = off + layout.cert_table_size
-    while layout.signed and off < end:
+    off, end = 0, len(table)
+    while off < end:
         if off + 8 > end:
             raise VerificationError("the certificate table ends inside a WIN_CERTIFICATE header")
-        length, revision, cert_type = struct.unpack_from("<IHH", data, off)
+        length, revision, cert_type = struct.unpack_from("<IHH", table, off)
         if length < 8 or off + length > end:
-            raise VerificationError(f"a WIN_CERTIFICATE at {off} claims {length} bytes, past the table")
-        out.append(WinCertificate(off, length, revision, cert_type, bytes(data[off + 8 : off + length])))
+            raise VerificationError(
+                f"a WIN_CERTIFICATE at {offset + off} claims {length} bytes, past the table"
+            )
+        out.append(
+            WinCertificate(offset + off, length, revision, cert_type, bytes(table[off + 8 : off + length]))
+        )
         off += (length + 7) & ~7
     return out
 
@@ -245,22 +262,16 @@ def win_certificate(pkcs7_der: bytes) -> bytes:
     return entry + b"\0" * (-len(entry) % 8)
 
 
-def write_signed(
-    out: BinaryIO,
-    data: bytes | memoryview,
-    layout: PeLayout,
-    entries: list[bytes],
-    keep_existing: bool,
-    src_fd: int | None = None,
-) -> int:
-    """Write the image with a new certificate table to ``out``; return the number of bytes.
+def signed_parts(
+    data: bytes | memoryview, layout: PeLayout, entries: list[bytes], keep_existing: bool
+) -> tuple[bytes, bytes]:
+    """The parts of the signed image that differ from the input: ``(head, tail)``.
 
-    The table holds the old entries (``keep_existing``) and then ``entries``. Unsigned
-    input is zero-padded to 8 bytes first; the padding is part of the digest (it comes
-    before the table), so sign ``digest(..., pad=True)``. Only the header is copied (to
-    patch the certificate-table entry); the rest is written from ``data`` as it is, or
-    copied in the kernel from ``src_fd`` (the open input, whose bytes ``data`` maps) with
-    ``copy_file_range`` where the platform has it.
+    The signed image is ``head`` (the headers, ``layout.size_of_headers`` bytes, with the
+    certificate-table entry set), then the input's bytes from there to ``layout.content_end``
+    as they are (``body_range``), then ``tail``: the zero bytes that align an unsigned
+    image's end to 8, the entries kept (``keep_existing``), then ``entries``. The padding
+    is hashed (it comes before the table), so sign ``digest(..., pad=True)``.
 
     The optional header's CheckSum is left as it was, as sbsign does: UEFI firmware
     (EDK2 ``DxeImageVerificationLib``) and shim neither check nor hash it.
@@ -268,41 +279,14 @@ def write_signed(
     view = memoryview(data)
     end = layout.content_end
     pad = -end % 8
-    table_start = end + pad
-    old = view[layout.cert_table_offset : layout.size] if keep_existing and layout.signed else view[0:0]
-    table_size = len(old) + sum(len(e) for e in entries)
+    old = bytes(view[layout.cert_table_offset : layout.size]) if keep_existing and layout.signed else b""
+    tail = b"\0" * pad + old + b"".join(entries)
+    table_size = len(tail) - pad
     head = bytearray(view[: layout.size_of_headers])
-    struct.pack_into("<II", head, layout.cert_dir_offset, table_start if table_size else 0, table_size)
-    out.write(head)
-    _copy_body(out, view, layout.size_of_headers, end, src_fd)
-    out.write(b"\0" * pad)
-    out.write(old)
-    for entry in entries:
-        out.write(entry)
-    return table_start + table_size
+    struct.pack_into("<II", head, layout.cert_dir_offset, end + pad if table_size else 0, table_size)
+    return bytes(head), tail
 
 
-def _copy_body(out: BinaryIO, view: memoryview, start: int, end: int, src_fd: int | None) -> None:
-    """``view[start:end]`` to ``out``: ``copy_file_range`` from ``src_fd`` (no user-space copy;
-    a 50 MiB UKI in a tenth of the time of ``write`` here), else ``write``."""
-    import os
-
-    copy = getattr(os, "copy_file_range", None)
-    if src_fd is not None and copy is not None and end > start:
-        out.flush()
-        dst_fd = out.fileno()
-        pos = out.tell()
-        done = 0
-        try:
-            while done < end - start:
-                n = copy(src_fd, dst_fd, end - start - done, start + done, pos + done)
-                if n == 0:
-                    break
-                done += n
-        except OSError:
-            pass  # EXDEV, ENOSYS, EINVAL: the file systems cannot; write the rest
-        out.seek(pos + done)
-        if done:
-            start += done
-    if end > start:
-        out.write(view[start:end])
+def body_range(layout: PeLayout) -> tuple[int, int]:
+    """Where the bytes a signed image takes from its input as they are start and end."""
+    return layout.size_of_headers, layout.content_end
