@@ -90,6 +90,8 @@ def main() -> int:
             PYTHONPATH=str(ROOT / "meta-hsmsign" / "lib"),
             PYTHONPYCACHEPREFIX=str(work / "pycache"),
         )
+        # bytecode is cached as in any installation: only the first process compiles
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         module = subprocess.run(
             [sys.executable, "-c", "from hsmsign import token; print(token.default_softhsm_module())"],
             env=env, capture_output=True, text=True, check=True,
