@@ -272,13 +272,17 @@ def standin_token(topdir: str, labels: Sequence[str]) -> tuple[str, str, str]:
         if hsmsign("info", *common, env=env).returncode != 0:
             made = hsmsign("keygen", *common, "--type", "rsa:2048", env=env)
             assert made.returncode == 0, made.stderr
-    pin_dir = os.path.join(topdir, "secrets")
+    return devhome, pin, write_pin_file(os.path.join(topdir, "secrets"), pin)
+
+
+def write_pin_file(pin_dir: str, pin: str) -> str:
+    """The PIN file the URIs name (pin-source=file:), readable by the build user only."""
     os.makedirs(pin_dir, exist_ok=True)
     pin_file = os.path.join(pin_dir, "hsm-pin")
     with open(pin_file, "w", encoding="utf-8") as fh:
         fh.write(pin)
     os.chmod(pin_file, 0o600)
-    return devhome, pin, pin_file
+    return pin_file
 
 
 @dataclass

@@ -168,12 +168,7 @@ def fit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FitBuild]:
     )  # fmt: skip
     assert cert.returncode == 0, cert.stderr
     # the PIN file the URIs name (pin-source=file:), outside the build's TMPDIR
-    pin_dir = os.path.join(topdir, "secrets-a")
-    os.makedirs(pin_dir, exist_ok=True)
-    pin_file = os.path.join(pin_dir, "hsm-pin")
-    with open(pin_file, "w", encoding="utf-8") as fh:
-        fh.write(pin)
-    os.chmod(pin_file, 0o600)
+    pin_file = bbenv.write_pin_file(os.path.join(topdir, "secrets-a"), pin)
     fb = FitBuild(Build(topdir, path_first=bbenv.UBOOT_TOOLS), pin, devhome, pin_file)
     fb.conf()
     yield fb
