@@ -20,6 +20,15 @@
 #     and before any package gets it. The order is the same in scarthgap, wrynose and
 #     master (package.bbclass do_package).
 #     One 'hsmsign modsign' process per 500 modules: one token login, one signature each.
+#   * Kernel recipes with MODULE_TARBALL_DEPLOY = "1": kernel_do_deploy tars the unsigned
+#     modules of ${D}${root_prefix}/lib into modules-${MODULE_TARBALL_NAME}.tgz in DEPLOYDIR.
+#     hsmsign_modules_tarball, a postfunc of do_deploy placed before sstate_task_postfunc
+#     (which copies DEPLOYDIR into DEPLOY_DIR_IMAGE), signs a copy of that tree with the
+#     function do_package uses (hsmsign_modsign_tree), and tars it again as kernel_do_deploy
+#     does (same TAR_ARGS, gzip -9n, the originals' times), renamed over the tarball. ${D},
+#     not PKGD: do_package may come from sstate, and then PKGD does not exist. A failure
+#     removes the tarball and its link: no unsigned tarball is deployed. The same in
+#     scarthgap, wrynose and master.
 #   * The certificate: the recipe hsmsign-modules-cert deploys it as hsmsign-modules.pem
 #     and .der (HSMSIGN_MODULES_CERT, or a self-signed one in development mode).
 #

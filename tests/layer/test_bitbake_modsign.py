@@ -130,8 +130,11 @@ def sections(path: str) -> set[str]:
 def body(path: str) -> bytes:
     """The module without its appended signature (as the kernel's mod_verify_sig cuts it)."""
     with open(path, "rb") as fh:
-        data = fh.read()
-    assert data.endswith(MAGIC), f"{path} is not signed"
+        return unsigned(fh.read(), path)
+
+
+def unsigned(data: bytes, what: str) -> bytes:
+    assert data.endswith(MAGIC), f"{what} is not signed"
     sig_len = int.from_bytes(data[-len(MAGIC) - 4 : -len(MAGIC)], "big")
     return data[: len(data) - len(MAGIC) - 12 - sig_len]
 
@@ -264,6 +267,9 @@ def test_deployed_modules_tarball_holds_signed_modules(packaged: ModsignBuild) -
     cert = os.path.join(deploy, "hsmsign-modules.pem")
     found = modules_tarballs(deploy)
     assert len(found) == 1, os.listdir(deploy)
+    # MODULE_TARBALL_LINK_NAME's link still names it
+    links = [p for p in glob.glob(os.path.join(deploy, "modules-*.tgz")) if os.path.islink(p)]
+    assert links and all(os.path.realpath(p) == os.path.realpath(found[0]) for p in links), links
     ours = members(found[0])
     scratch = os.path.join(packaged.build.topdir, "modules-tarball-check")
     shutil.rmtree(scratch, ignore_errors=True)
@@ -276,7 +282,7 @@ def test_deployed_modules_tarball_holds_signed_modules(packaged: ModsignBuild) -
         assert [getattr(mine, f) for f in fields] == [getattr(orig, f) for f in fields], mine.name
         assert (mine.uid, mine.gid) == (0, 0)
         if mine.name.endswith(".ko"):
-            assert body(data) == orig_data and not orig_data.endswith(MAGIC), mine.name
+            assert unsigned(data, mine.name) == orig_data and not orig_data.endswith(MAGIC), mine.name
             path = os.path.join(scratch, os.path.basename(mine.name))
             with open(path, "wb") as fh:
                 fh.write(data)
@@ -323,8 +329,10 @@ def test_deploy_with_a_wrong_key_fails_and_deploys_no_modules_tarball(packaged: 
         assert packaged.pin not in out
         assert modules_tarballs(packaged.deploy_dir()) == []
         deploydir = glob.glob(os.path.join(packaged.workdir(KERNEL), "deploy-*"))
-        assert deploydir and all(modules_tarballs(p) == [] for p in deploydir), deploydir
-        assert not glob.glob(os.path.join(packaged.deploy_dir(), "modules-*.tgz"))
+        # nor a link to a tarball (MODULE_TARBALL_LINK_NAME)
+        for folder in [packaged.deploy_dir(), *deploydir]:
+            assert not glob.glob(os.path.join(folder, "modules-*.tgz")), os.listdir(folder)
+        assert deploydir
     finally:
         packaged.conf()
     bbenv.assert_pin_nowhere(packaged.build, packaged.pin)
