@@ -112,7 +112,8 @@ python hsmsign_modules_tarball() {
         return
     link = d.getVar("MODULE_TARBALL_LINK_NAME")
     link = os.path.join(deploydir, "modules-%s.tgz" % link) if link else ""
-    tree = d.getVar("D") + d.getVar("root_prefix") + "/lib"
+    # kernel_do_deploy: tar -C ${D}${root_prefix} lib
+    tree = os.path.join(d.getVar("D") + d.getVar("root_prefix"), "lib")
     scratch = os.path.join(d.getVar("WORKDIR"), "hsmsign-modules-tarball")
     try:
         bb.utils.remove(scratch, recurse=True)
