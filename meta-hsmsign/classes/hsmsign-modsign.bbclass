@@ -116,14 +116,14 @@ python hsmsign_modules_tarball() {
     tree = os.path.join(d.getVar("D") + d.getVar("root_prefix"), "lib")
     scratch = os.path.join(d.getVar("WORKDIR"), "hsmsign-modules-tarball")
     try:
-        bb.utils.remove(scratch, recurse=True)
-        shutil.copytree(tree, os.path.join(scratch, "lib"), symlinks=True)
-        if hsmsign_modsign_tree(d, scratch, "for " + os.path.basename(tarball)):
-            try:
+        try:
+            bb.utils.remove(scratch, recurse=True)
+            shutil.copytree(tree, os.path.join(scratch, "lib"), symlinks=True)
+            if hsmsign_modsign_tree(d, scratch, "for " + os.path.basename(tarball)):
                 hsmsign.bitbake.copy_times(tree, os.path.join(scratch, "lib"))
                 hsmsign.bitbake.write_modules_tarball(scratch, tarball, d.getVar("SOURCE_DATE_EPOCH") or "")
-            except (hsmsign.bitbake.TaskError, OSError) as exc:
-                bb.fatal("meta-hsmsign: %s" % exc)
+        except (hsmsign.bitbake.TaskError, OSError) as exc:
+            bb.fatal("meta-hsmsign: %s not signed: %s" % (os.path.basename(tarball), exc))
     except BaseException:
         # fail closed: no unsigned modules tarball (nor a link to it) left for sstate to deploy
         for path in (tarball, link):
