@@ -323,7 +323,8 @@ def compute_hash_value(algo: str, data: bytes, what: str) -> bytes:
     if algo in ("md5", "sha1", "sha256", "sha384", "sha512"):
         return hashlib.new(algo, data).digest()
     raise ConfigError(
-        f"{what}: hash algo '{printable(algo)}' is not supported", "use sha256 (or crc32/md5/sha1/sha384/sha512)"
+        f"{what}: hash algo '{printable(algo)}' is not supported",
+        "use sha256 (or crc32/md5/sha1/sha384/sha512)",
     )
 
 
