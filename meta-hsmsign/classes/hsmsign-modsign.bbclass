@@ -20,6 +20,15 @@
 #     and before any package gets it. The order is the same in scarthgap, wrynose and
 #     master (package.bbclass do_package).
 #     One 'hsmsign modsign' process per 500 modules: one token login, one signature each.
+#   * Kernel recipes with MODULE_TARBALL_DEPLOY = "1": kernel_do_deploy tars the unsigned
+#     modules of ${D}${root_prefix}/lib into modules-${MODULE_TARBALL_NAME}.tgz in DEPLOYDIR.
+#     hsmsign_modules_tarball, a postfunc of do_deploy placed before sstate_task_postfunc
+#     (which copies DEPLOYDIR into DEPLOY_DIR_IMAGE), signs a copy of that tree with the
+#     function do_package uses (hsmsign_modsign_tree), and tars it again as kernel_do_deploy
+#     does (same TAR_ARGS, gzip -9n, the originals' times), renamed over the tarball. ${D},
+#     not PKGD: do_package may come from sstate, and then PKGD does not exist. A failure
+#     removes the tarball and its link: no unsigned tarball is deployed. The same in
+#     scarthgap, wrynose and master.
 #   * The certificate: the recipe hsmsign-modules-cert deploys it as hsmsign-modules.pem
 #     and .der (HSMSIGN_MODULES_CERT, or a self-signed one in development mode).
 #
@@ -50,16 +59,18 @@ HSMSIGN_MODULES_CERT_FILE[doc] = "The module certificate the kernel and the sign
 HSMSIGN_MODULES_BATCH ??= "500"
 HSMSIGN_MODULES_BATCH[doc] = "Modules per 'hsmsign modsign' process (one token login each)."
 
-# do_package: after oe-core stripped PKGD, before PACKAGESPLITFUNCS hands files to packages
-hsmsign_sign_modules[doc] = "First of PACKAGESPLITFUNCS: sign every kernel module in PKGD (stripped by then) with HSM_PKCS11_URI_MODULES."
-python hsmsign_sign_modules() {
-    modules, compressed = hsmsign.bitbake.kernel_modules(d.getVar("PKGD"))
+# Sign every kernel module below ROOT (kernel_modules: *.ko below lib/modules/, not the debug
+# split's .debug/ copies) with HSM_PKCS11_URI_MODULES, HSMSIGN_MODULES_BATCH per 'hsmsign modsign'
+# process, under the per-token lock. Compressed modules fail the task. Returns how many.
+# Shared by do_package (PKGD) and the kernel's do_deploy (the modules tarball).
+def hsmsign_modsign_tree(d, root, what):
+    modules, compressed = hsmsign.bitbake.kernel_modules(root)
     if compressed:
         bb.fatal("meta-hsmsign: %d compressed kernel modules (e.g. %s) cannot be signed: the kernel checks "
                  "the signature of the uncompressed module; turn CONFIG_MODULE_COMPRESS_* off"
                  % (len(compressed), compressed[0]))
     if not modules:
-        return
+        return 0
     cert = d.getVar("HSMSIGN_MODULES_CERT_FILE")
     if not os.path.isfile(cert):
         bb.fatal("meta-hsmsign: no module certificate %s (hsmsign-modules-cert:do_deploy writes it)" % cert)
@@ -73,10 +84,56 @@ python hsmsign_sign_modules() {
     finally:
         if lf:
             bb.utils.unlockfile(lf)
-    bb.note("meta-hsmsign: signed %d kernel modules with %s" % (len(modules), hsmsign.bitbake.uri_identity(uri)))
+    bb.note("meta-hsmsign: signed %d kernel modules %s with %s" % (len(modules), what, hsmsign.bitbake.uri_identity(uri)))
+    return len(modules)
+hsmsign_modsign_tree[vardeps] += "HSMSIGN_KEY_ID_MODULES HSMSIGN_MODULES_CERT_ID HSMSIGN_MODULES_HASH HSMSIGN_CMD"
+hsmsign_modsign_tree[vardepsexclude] += "HSMSIGN_MODULES_BATCH"
+
+# do_package: after oe-core stripped PKGD, before PACKAGESPLITFUNCS hands files to packages
+hsmsign_sign_modules[doc] = "First of PACKAGESPLITFUNCS: sign every kernel module in PKGD (stripped by then) with HSM_PKCS11_URI_MODULES."
+python hsmsign_sign_modules() {
+    hsmsign_modsign_tree(d, d.getVar("PKGD"), "in PKGD")
 }
-hsmsign_sign_modules[vardeps] += "HSMSIGN_KEY_ID_MODULES HSMSIGN_MODULES_CERT_ID HSMSIGN_MODULES_HASH HSMSIGN_CMD"
-hsmsign_sign_modules[vardepsexclude] += "HSMSIGN_MODULES_BATCH"
+hsmsign_sign_modules[vardeps] += "hsmsign_modsign_tree"
+
+# kernel do_deploy postfunc: kernel_do_deploy tars ${D}${root_prefix}/lib (unsigned, unstripped
+# modules) into modules-${MODULE_TARBALL_NAME}.tgz. Sign a copy of that tree and tar it again as
+# kernel_do_deploy does, over the tarball, before sstate hands DEPLOYDIR to DEPLOY_DIR_IMAGE.
+# ${D} rather than PKGD: do_package may come from sstate, and then PKGD does not exist.
+hsmsign_modules_tarball[doc] = "Postfunc of the kernel's do_deploy: the modules-*.tgz tarball made again with every module signed by HSM_PKCS11_URI_MODULES; on failure no tarball is left."
+python hsmsign_modules_tarball() {
+    import shutil
+    deploydir = d.getVar("DEPLOYDIR")
+    if d.getVar("KERNEL_DEPLOYSUBDIR"):
+        deploydir = os.path.join(deploydir, d.getVar("KERNEL_DEPLOYSUBDIR"))
+    tarball = os.path.join(deploydir, "modules-%s.tgz" % d.getVar("MODULE_TARBALL_NAME"))
+    if not os.path.isfile(tarball):
+        bb.debug(1, "meta-hsmsign: no %s (CONFIG_MODULES is off): nothing to sign" % tarball)
+        return
+    link = d.getVar("MODULE_TARBALL_LINK_NAME")
+    link = os.path.join(deploydir, "modules-%s.tgz" % link) if link else ""
+    # kernel_do_deploy: tar -C ${D}${root_prefix} lib
+    tree = os.path.join(d.getVar("D") + d.getVar("root_prefix"), "lib")
+    scratch = os.path.join(d.getVar("WORKDIR"), "hsmsign-modules-tarball")
+    try:
+        try:
+            bb.utils.remove(scratch, recurse=True)
+            shutil.copytree(tree, os.path.join(scratch, "lib"), symlinks=True)
+            if hsmsign_modsign_tree(d, scratch, "for " + os.path.basename(tarball)):
+                hsmsign.bitbake.copy_times(tree, os.path.join(scratch, "lib"))
+                hsmsign.bitbake.write_modules_tarball(scratch, tarball, d.getVar("SOURCE_DATE_EPOCH") or "")
+        except (hsmsign.bitbake.TaskError, OSError) as exc:
+            bb.fatal("meta-hsmsign: %s not signed: %s" % (os.path.basename(tarball), exc))
+    except BaseException:
+        # fail closed: no unsigned modules tarball (nor a link to it) left for sstate to deploy
+        for path in (tarball, link):
+            if path and os.path.lexists(path):
+                os.remove(path)
+        raise
+    finally:
+        bb.utils.remove(scratch, recurse=True)
+}
+hsmsign_modules_tarball[vardeps] += "hsmsign_modsign_tree"
 
 # kernel do_configure postfunc: the certificate-only module signing configuration
 hsmsign_modsign_kconfig[doc] = "Postfunc of the kernel's do_configure: CONFIG_MODULE_SIG with the token's certificate only (no signing key), checked after olddefconfig."
@@ -139,6 +196,16 @@ python () {
         d.appendVarFlag("do_configure", "depends", " hsmsign-modules-cert:do_deploy")
         d.appendVarFlag("do_configure", "vardeps", " hsmsign_modsign_kconfig")
         d.appendVarFlag("do_shared_workdir", "prefuncs", " hsmsign_modsign_nokey")
+    if is_kernel and d.getVar("MODULE_TARBALL_DEPLOY") == "1":
+        # before sstate_task_postfunc (when sstate.bbclass's anonymous function ran first), which
+        # copies DEPLOYDIR into DEPLOY_DIR_IMAGE: only the signed tarball is deployed
+        postfuncs = (d.getVarFlag("do_deploy", "postfuncs") or "").split()
+        at = postfuncs.index("sstate_task_postfunc") if "sstate_task_postfunc" in postfuncs else len(postfuncs)
+        postfuncs.insert(at, "hsmsign_modules_tarball")
+        d.setVarFlag("do_deploy", "postfuncs", " ".join(postfuncs))
+        d.appendVarFlag("do_deploy", "vardeps", " hsmsign_modules_tarball")
+        d.appendVarFlag("do_deploy", "depends", " hsmsign-modules-cert:do_deploy")
+        d.setVarFlag("do_deploy", "hsmsign_role", "MODULES")
     d.prependVar("PACKAGESPLITFUNCS", "hsmsign_sign_modules ")
     d.appendVarFlag("do_package", "depends", " hsmsign-modules-cert:do_deploy")
     d.setVarFlag("do_package", "hsmsign_role", "MODULES")

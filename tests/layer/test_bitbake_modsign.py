@@ -17,7 +17,12 @@ pseudo-native (PSEUDO_SYSROOT: do_install and do_package are fakeroot tasks). rp
 dwarfsrcfiles are left out (SKIP_FILEDEPS, PACKAGE_DEBUG_SPLIT_STYLE =
 "debug-without-src"). A stand-in kernel recipe inherits oe-core's ``kernel.bbclass``: its
 hooks are checked in ``bitbake -e`` and its real ``do_shared_workdir`` runs with the
-layer's prefunc, on a build tree without and with a ``signing_key.pem``.
+layer's prefunc, on a build tree without and with a ``signing_key.pem``. Its do_compile,
+do_compile_kernelmodules and do_install make what a kernel build would (a .config with
+CONFIG_MODULES=y, a stand-in bzImage, a module from the host's gcc in ${D}/lib/modules); from
+there on the tasks are oe-core's: do_package (the kernel's module signed in PKGD),
+do_packagedata and do_deploy with MODULE_TARBALL_DEPLOY = "1", whose modules-*.tgz the layer's
+postfunc makes again with signed modules.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import os
 import re
 import shutil
 import subprocess
+import tarfile
 from collections.abc import Iterator
 
 import pytest
@@ -39,6 +45,7 @@ MAGIC = b"~Module signature appended~\n"
 KERNEL = "hsmsign-test-modsign-kernel"
 KERNEL_VERSION = "6.1.0-hsmsign-test"
 MODULES = ("hsmsign_test_a", "hsmsign_test_b")
+KERNEL_MODULES = ("hsmsign_test_k",)
 SUBJECT_CN = "meta-hsmsign layer test modules"
 # the target's binutils: the host's (x86_64), under the name oe-core calls them by
 CROSS_TOOLS = ("strip", "objcopy", "objdump", "readelf", "nm")
@@ -80,6 +87,8 @@ class ModsignBuild(StandinBuild):
             # rpm-native (rpmdeps) and dwarfsrcfiles-native are not built offline
             "SKIP_FILEDEPS": "1",
             "PACKAGE_DEBUG_SPLIT_STYLE": "debug-without-src",
+            # oe-core's default up to wrynose; master's is "0"
+            "MODULE_TARBALL_DEPLOY": "1",
             **changes,
         }
         hosttools = " ".join(f"{TARGET_SYS}-{t}" for t in CROSS_TOOLS)
@@ -106,7 +115,7 @@ def modsign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModsignBuild]:
 
 @pytest.fixture(scope="module")
 def packaged(modsign: ModsignBuild) -> ModsignBuild:
-    done = modsign.bitbake("hsmsign-test-module:do_package", f"{KERNEL}:do_shared_workdir")
+    done = modsign.bitbake("hsmsign-test-module:do_package", f"{KERNEL}:do_deploy")
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-6000:]
     assert modsign.pin not in out
@@ -121,8 +130,11 @@ def sections(path: str) -> set[str]:
 def body(path: str) -> bytes:
     """The module without its appended signature (as the kernel's mod_verify_sig cuts it)."""
     with open(path, "rb") as fh:
-        data = fh.read()
-    assert data.endswith(MAGIC), f"{path} is not signed"
+        return unsigned(fh.read(), path)
+
+
+def unsigned(data: bytes, what: str) -> bytes:
+    assert data.endswith(MAGIC), f"{what} is not signed"
     sig_len = int.from_bytes(data[-len(MAGIC) - 4 : -len(MAGIC)], "big")
     return data[: len(data) - len(MAGIC) - 12 - sig_len]
 
@@ -167,13 +179,6 @@ def test_packaged_modules_are_stripped_then_signed(packaged: ModsignBuild) -> No
             assert got.stdout.strip() == want, (field, got.stdout, got.stderr)
 
 
-def test_no_pin_and_no_private_key_in_tmpdir(packaged: ModsignBuild) -> None:
-    bbenv.assert_pin_nowhere(packaged.build, packaged.pin)
-    audit = bbenv.hsmsign("audit", *packaged.build.tmpdirs())
-    assert audit.returncode == 0, audit.stdout[-3000:] + audit.stderr[-2000:]
-    bbenv.assert_no_secrets(packaged.build, packaged.pin, names=("signing_key.pem", "signing_key.priv"))
-
-
 def kernel_env(build: ModsignBuild) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
     """The stand-in kernel recipe's variables (``bitbake -e``) and its tasks' flags (_task_deps)."""
     done = build.bitbake("-e", KERNEL)
@@ -200,12 +205,122 @@ def test_kernel_recipe_hooks(packaged: ModsignBuild) -> None:
     assert "hsmsign_modsign_kconfig" in postfuncs.stdout.split()
     values, tasks = kernel_env(packaged)
     assert "hsmsign-modules-cert:do_deploy" in tasks["depends"]["do_configure"].split()
+    assert "hsmsign-modules-cert:do_deploy" in tasks["depends"]["do_deploy"].split()
     assert values["PACKAGESPLITFUNCS"].split()[0] == "hsmsign_sign_modules"
     # do_shared_workdir ran with the layer's prefunc: the artifacts hold no certs/ at all
     shared = shared_artifacts(packaged)
     with open(os.path.join(shared, "kernel-abiversion"), encoding="utf-8") as fh:
         assert fh.read().strip() == KERNEL_VERSION
     assert not os.path.exists(os.path.join(shared, "certs"))
+
+
+def modules_tarballs(folder: str) -> list[str]:
+    """The modules-*.tgz files in ``folder`` (links left out)."""
+    return sorted(p for p in glob.glob(os.path.join(folder, "modules-*.tgz")) if not os.path.islink(p))
+
+
+def kernel_bbclass_tarball(build: ModsignBuild, dest: str) -> str:
+    """The modules tarball made again by oe-core's own lines of kernel_do_deploy, as its last run
+    expanded them (run.do_deploy: TAR_ARGS from SOURCE_DATE_EPOCH, ``tar $TAR_ARGS -cv -C
+    ${D}${root_prefix} lib | gzip -9n``), into ``dest``; from the same ${D}."""
+    with open(os.path.join(build.workdir(KERNEL), "temp", "run.do_deploy"), encoding="utf-8") as fh:
+        run = fh.read()
+    block = re.search(
+        r'^\s*if \[ -n "[0-9]*" \]; then\n\s*TAR_ARGS=.*?\| gzip -9n > \$deployDir/(modules-\S+\.tgz)\n',
+        run,
+        re.S | re.M,
+    )
+    assert block is not None, "no modules tarball lines in run.do_deploy"
+    done = subprocess.run(
+        ["sh", "-eu", "-c", f"deployDir={dest}\n{block.group(0)}"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return os.path.join(dest, block.group(1))
+
+
+def members(path: str) -> list[tuple[tarfile.TarInfo, bytes]]:
+    with tarfile.open(path, "r:gz") as tar:
+        return [(m, tar.extractfile(m).read() if m.isfile() else b"") for m in tar.getmembers()]  # type: ignore[union-attr]
+
+
+def test_deployed_modules_tarball_holds_signed_modules(packaged: ModsignBuild) -> None:
+    """oe-core's kernel do_deploy with MODULE_TARBALL_DEPLOY = "1": the modules-*.tgz in
+    DEPLOY_DIR_IMAGE holds every module signed (hsmsign and kmod's modinfo against the deployed
+    certificate), and is otherwise what kernel.bbclass's own tar made from ${D}: the same members
+    in the same order with the same owners, modes and times, each module's bytes before its
+    signature those of ${D}."""
+    deploy = packaged.deploy_dir()
+    cert = os.path.join(deploy, "hsmsign-modules.pem")
+    found = modules_tarballs(deploy)
+    assert len(found) == 1, os.listdir(deploy)
+    # MODULE_TARBALL_LINK_NAME's link still names it
+    links = [p for p in glob.glob(os.path.join(deploy, "modules-*.tgz")) if os.path.islink(p)]
+    assert links and all(os.path.realpath(p) == os.path.realpath(found[0]) for p in links), links
+    ours = members(found[0])
+    scratch = os.path.join(packaged.build.topdir, "modules-tarball-check")
+    shutil.rmtree(scratch, ignore_errors=True)
+    os.makedirs(scratch)
+    theirs = members(kernel_bbclass_tarball(packaged, scratch))
+    assert [m.name for m, _ in ours] == [m.name for m, _ in theirs]
+    modules = []
+    for (mine, data), (orig, orig_data) in zip(ours, theirs):
+        fields = ("type", "mode", "uid", "gid", "uname", "gname", "mtime", "linkname")
+        assert [getattr(mine, f) for f in fields] == [getattr(orig, f) for f in fields], mine.name
+        assert (mine.uid, mine.gid) == (0, 0)
+        if mine.name.endswith(".ko"):
+            assert unsigned(data, mine.name) == orig_data and not orig_data.endswith(MAGIC), mine.name
+            path = os.path.join(scratch, os.path.basename(mine.name))
+            with open(path, "wb") as fh:
+                fh.write(data)
+            modules.append(path)
+        else:
+            assert data == orig_data, mine.name
+    assert sorted(os.path.basename(p) for p in modules) == sorted(f"{m}.ko" for m in KERNEL_MODULES)
+    assert any(m.name.endswith("/modules.order") for m, _ in ours)
+    ok = bbenv.hsmsign("modsign", "verify", "--cert", cert, *modules)
+    assert ok.returncode == 0, ok.stderr
+    for path in modules:
+        got = subprocess.run([str(MODINFO), "-F", "signer", path], capture_output=True, text=True)
+        assert got.stdout.strip() == SUBJECT_CN, (got.stdout, got.stderr)
+    # do_deploy's hash holds the key identity and the certificate (sigdata of the run)
+    sigdata = glob.glob(
+        os.path.join(packaged.build.topdir, "tmp*", "stamps", "*", KERNEL, "*do_deploy.sigdata.*")
+    )
+    assert sigdata, "no do_deploy sigdata"
+    dump = packaged.build.run(max(sigdata, key=os.path.getmtime), tool="bitbake-dumpsig")
+    assert dump.returncode == 0, dump.stderr[-2000:]
+    for name in (
+        "hsmsign_modules_tarball",
+        "hsmsign_modsign_tree",
+        "HSMSIGN_KEY_ID_MODULES",
+        "HSMSIGN_MODULES_CERT_ID",
+    ):
+        assert name in dump.stdout, name
+    shutil.rmtree(scratch)
+
+
+def test_deploy_with_a_wrong_key_fails_and_deploys_no_modules_tarball(packaged: ModsignBuild) -> None:
+    """A pinned fingerprint that is not the token key's: the kernel's do_deploy fails with
+    hsmsign's exit code 4 and leaves no modules tarball, neither in DEPLOYDIR nor in
+    DEPLOY_DIR_IMAGE. The wrong pin is set for do_deploy only (a task override, invisible to the
+    task hashes, so -f forces the task): with it everywhere, do_package, which runs first,
+    would fail on it first."""
+    packaged.conf(**{f"HSMSIGN_PUBKEY_SHA256_MODULES:pn-{KERNEL}:task-deploy": "00" * 32})
+    try:
+        done = packaged.bitbake("-f", "-c", "deploy", KERNEL)
+        out = done.stdout + done.stderr
+        assert done.returncode != 0, out[-3000:]
+        assert "Task do_deploy failed" in out or "do_deploy: Failed" in out, out[-3000:]
+        assert "failed with exit code 4" in out, out[-3000:]
+        assert packaged.pin not in out
+        assert modules_tarballs(packaged.deploy_dir()) == []
+        deploydir = glob.glob(os.path.join(packaged.workdir(KERNEL), "deploy-*"))
+        # nor a link to a tarball (MODULE_TARBALL_LINK_NAME)
+        for folder in [packaged.deploy_dir(), *deploydir]:
+            assert not glob.glob(os.path.join(folder, "modules-*.tgz")), os.listdir(folder)
+        assert deploydir
+    finally:
+        packaged.conf()
 
 
 def test_shared_workdir_refuses_a_kernel_build_holding_a_signing_key(packaged: ModsignBuild) -> None:
@@ -225,3 +340,11 @@ def test_shared_workdir_refuses_a_kernel_build_holding_a_signing_key(packaged: M
         # the stand-in's key-named files (no key inside), out of the kernel's build directory
         for path in glob.glob(os.path.join(packaged.workdir(KERNEL), "build", "certs", "signing_key.*")):
             os.remove(path)
+
+
+def test_no_pin_and_no_private_key_in_tmpdir(packaged: ModsignBuild) -> None:
+    """Last: after every build of this module, the failing ones included."""
+    bbenv.assert_pin_nowhere(packaged.build, packaged.pin)
+    audit = bbenv.hsmsign("audit", *packaged.build.tmpdirs())
+    assert audit.returncode == 0, audit.stdout[-3000:] + audit.stderr[-2000:]
+    bbenv.assert_no_secrets(packaged.build, packaged.pin, names=("signing_key.pem", "signing_key.priv"))

@@ -117,3 +117,124 @@ def test_private_key_files(tmp_path: Path) -> None:
     assert hb.private_key_files(str(tmp_path)) == []
     (tmp_path / "certs" / "signing_key.pem").write_bytes(b"x")
     assert hb.private_key_files(str(tmp_path)) == [str(tmp_path / "certs" / "signing_key.pem")]
+
+
+def kernel_tarball_block(release: str) -> str:
+    """The lines of oe-core's kernel_do_deploy that make the modules tarball (skips without the
+    release's snapshot)."""
+    kernel = SNAPSHOTS / release / "openembedded-core" / "meta" / "classes-recipe" / "kernel.bbclass"
+    if not kernel.exists():
+        pytest.skip(f"no {release} snapshot in {SNAPSHOTS}")
+    text = kernel.read_text(encoding="utf-8")
+    body = re.search(r"^kernel_do_deploy\(\) \{\n(.*?)^\}", text, re.S | re.M)
+    assert body is not None
+    block = re.search(
+        r'^\t\tif \[ -n "\$\{SOURCE_DATE_EPOCH\}" \]; then\n.*?\| gzip -9n > '
+        r"\$deployDir/modules-\$\{MODULE_TARBALL_NAME\}\.tgz\n",
+        body.group(1),
+        re.S | re.M,
+    )
+    assert block is not None, "kernel_do_deploy no longer makes modules-${MODULE_TARBALL_NAME}.tgz this way"
+    return block.group(0)
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_oe_core_deploys_the_modules_tarball_from_d_into_deploydir(release: str) -> None:
+    """The tarball hook's premises in each release: kernel_do_deploy tars ${D}${root_prefix}/lib
+    into $deployDir (DEPLOYDIR, or its KERNEL_DEPLOYSUBDIR), which sstate copies to
+    DEPLOY_DIR_IMAGE in sstate_task_postfunc, put after every other postfunc."""
+    block = kernel_tarball_block(release)
+    assert 'TAR_ARGS="--sort=name --clamp-mtime --mtime=@${SOURCE_DATE_EPOCH}"' in block
+    assert 'TAR_ARGS="$TAR_ARGS --owner=0 --group=0"' in block
+    assert "tar $TAR_ARGS -cv -C ${D}${root_prefix} lib | gzip -9n" in block
+    meta = SNAPSHOTS / release / "openembedded-core" / "meta"
+    kernel = (meta / "classes-recipe" / "kernel.bbclass").read_text(encoding="utf-8")
+    assert 'deployDir="${DEPLOYDIR}/${KERNEL_DEPLOYSUBDIR}"' in kernel
+    deploy = (meta / "classes-recipe" / "deploy.bbclass").read_text(encoding="utf-8")
+    assert 'do_deploy[sstate-inputdirs] = "${DEPLOYDIR}"' in deploy
+    assert 'do_deploy[sstate-outputdirs] = "${DEPLOY_DIR_IMAGE}"' in deploy
+    sstate = (meta / "classes-global" / "sstate.bbclass").read_text(encoding="utf-8")
+    assert '+ ["sstate_task_postfunc"] +' in sstate
+
+
+def test_class_rebuilds_the_modules_tarball_before_sstate() -> None:
+    text = CLASS.read_text(encoding="utf-8")
+    assert 'postfuncs.insert(at, "hsmsign_modules_tarball")' in text
+    assert 'postfuncs.index("sstate_task_postfunc")' in text
+    assert 'd.getVar("MODULE_TARBALL_DEPLOY") == "1"' in text
+    # one signing function for PKGD and the tarball
+    assert text.count('hsmsign_run(d, ["modsign"') == 1
+
+
+def module_tree(top: Path) -> Path:
+    """A ${D}${root_prefix} with a module tree as modules_install leaves it."""
+    mods = top / "lib" / "modules" / "6.6.0-test"
+    (mods / "kernel" / "drivers" / "misc").mkdir(parents=True)
+    (mods / "kernel" / "drivers" / "misc" / "a.ko").write_bytes(b"\x7fELF" + b"a" * 200)
+    (mods / "kernel" / "b.ko").write_bytes(b"\x7fELF" + b"b" * 100)
+    (mods / "modules.order").write_text("kernel/b.ko\nkernel/drivers/misc/a.ko\n")
+    (mods / "kernel" / "b.ko").chmod(0o600)
+    os.symlink("kernel/b.ko", mods / "b-link.ko")
+    (top / "lib" / "firmware").mkdir()
+    for path in sorted(top.rglob("*")):
+        os.utime(path, (1_700_000_000, 1_700_000_000), follow_symlinks=False)
+    return top
+
+
+@pytest.mark.parametrize("epoch", ["1600000000", ""])
+def test_modules_tarball_is_made_as_kernel_do_deploy_makes_it(tmp_path: Path, epoch: str) -> None:
+    """write_modules_tarball gives the bytes oe-core's own lines give for the same tree, with
+    SOURCE_DATE_EPOCH set (clamped mtimes) and without it."""
+    import subprocess
+
+    block = kernel_tarball_block("wrynose")
+    tree = module_tree(tmp_path / "image")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    script = (
+        block.replace("${SOURCE_DATE_EPOCH}", epoch)
+        .replace("${D}${root_prefix}", str(tree))
+        .replace("${MODULE_TARBALL_NAME}", "test")
+    )
+    done = subprocess.run(
+        ["sh", "-eu", "-c", f"deployDir={theirs}\n{script}"], capture_output=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    ours = tmp_path / "ours" / "modules-test.tgz"
+    ours.parent.mkdir()
+    ours.write_bytes(b"the unsigned one")
+    hb.write_modules_tarball(str(tree), str(ours), epoch)
+    assert ours.read_bytes() == (theirs / "modules-test.tgz").read_bytes()
+    assert os.listdir(ours.parent) == ["modules-test.tgz"]
+
+
+def test_copy_times_restores_what_signing_changed(tmp_path: Path) -> None:
+    import shutil
+
+    tree = module_tree(tmp_path / "image")
+    copy = tmp_path / "copy"
+    shutil.copytree(tree, copy, symlinks=True)
+    module = copy / "lib" / "modules" / "6.6.0-test" / "kernel" / "b.ko"
+    (module.parent / "b.ko.new").write_bytes(b"\x7fELF signed")
+    os.replace(module.parent / "b.ko.new", module)  # as hsmsign modsign commits a module
+    hb.copy_times(str(tree), str(copy))
+    for path in [tree, *tree.rglob("*")]:
+        other = copy / path.relative_to(tree)
+        assert os.lstat(other).st_mtime_ns == os.lstat(path).st_mtime_ns, other
+
+
+def test_modules_tarball_failure_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    tarball = tmp_path / "modules-test.tgz"
+    tarball.write_bytes(b"old")
+    with pytest.raises(hb.TaskError, match="failed with exit code"):
+        hb.write_modules_tarball(str(tmp_path / "missing"), str(tarball), "")
+    assert tarball.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["modules-test.tgz"]
+    assert hb.modules_tar_args("5") == [
+        "--sort=name",
+        "--clamp-mtime",
+        "--mtime=@5",
+        "--owner=0",
+        "--group=0",
+    ]
+    assert hb.modules_tar_args("") == ["--owner=0", "--group=0"]

@@ -57,6 +57,7 @@ from .runtime import (
     batches,
     child_env,
     command,
+    copy_times,
     dmverity_inputs,
     imx_ahab_config,
     imx_boot_images,
@@ -68,6 +69,7 @@ from .runtime import (
     kconfig_mismatches,
     kernel_modules,
     modsign_kconfig,
+    modules_tar_args,
     private_key_files,
     random_iv,
     redact,
@@ -75,6 +77,7 @@ from .runtime import (
     spsdk_check,
     spsdk_command,
     verity_root_hash,
+    write_modules_tarball,
 )
 
 __all__ = [
@@ -98,6 +101,7 @@ __all__ = [
     "batches",
     "child_env",
     "command",
+    "copy_times",
     "dev_default_uri",
     "dev_home",
     "dmverity_inputs",
@@ -111,6 +115,7 @@ __all__ = [
     "kconfig_mismatches",
     "kernel_modules",
     "modsign_kconfig",
+    "modules_tar_args",
     "private_key_files",
     "enabled",
     "img_key_name",
@@ -134,4 +139,5 @@ __all__ = [
     "token_label",
     "uri_identity",
     "verity_root_hash",
+    "write_modules_tarball",
 ]

@@ -12,7 +12,9 @@ import glob
 import os
 import re
 import shlex
+import stat
 import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
@@ -395,6 +397,70 @@ def private_key_files(top: str) -> list[str]:
                 found.append(os.path.join(root, name))
     return sorted(found)
 
+
+def modules_tar_args(source_date_epoch: str) -> list[str]:
+    """``TAR_ARGS`` of oe-core's ``kernel_do_deploy`` (the same in scarthgap, wrynose and master):
+    sorted names and mtimes clamped to ``SOURCE_DATE_EPOCH`` when it is set, owner and group 0."""
+    args = ["--sort=name", "--clamp-mtime", f"--mtime=@{source_date_epoch}"] if source_date_epoch else []
+    return args + ["--owner=0", "--group=0"]
+
+
+def copy_times(src: str, dst: str) -> None:
+    """Give every entry of the tree ``dst`` (a copy of ``src``) the access and modification
+    times of its original, symlinks included: signing a module renames a new file into place,
+    which changes the times of the module and of its directory, and tar records them."""
+
+    def copy(origin: str, target: str) -> None:
+        try:
+            st = os.lstat(origin)
+        except FileNotFoundError:
+            return
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+    for top, dirs, files in os.walk(dst, topdown=False):
+        rel = os.path.relpath(top, dst)
+        for name in files + dirs:
+            copy(os.path.join(src, rel, name), os.path.join(top, name))
+    copy(src, dst)
+
+
+def write_modules_tarball(top: str, tarball: str, source_date_epoch: str) -> None:
+    """``tar TAR_ARGS -c -C TOP lib | gzip -9n`` into ``tarball``, as ``kernel_do_deploy`` makes
+    ``modules-*.tgz`` (:func:`modules_tar_args`), through a temporary file in the same directory
+    renamed over it: readers see the old tarball or the whole new one. Raises TaskError (the
+    temporary file removed) when tar or gzip fails."""
+    tmp = os.path.join(os.path.dirname(tarball), f".{os.path.basename(tarball)}.hsmsign-tmp")
+    argv = ["tar", *modules_tar_args(source_date_epoch), "-c", "-C", top, "lib"]
+    try:
+        with open(tmp, "wb") as out, tempfile.TemporaryFile() as tar_err:
+            # tar's errors to a file: a pipe nobody reads while gzip runs could fill and stop tar
+            tar = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=tar_err)
+            gzip = subprocess.run(
+                ["gzip", "-9n"], stdin=tar.stdout, stdout=out, stderr=subprocess.PIPE, check=False
+            )
+            if tar.stdout is not None:
+                tar.stdout.close()
+            if tar.wait() != 0:
+                tar_err.seek(0)
+                raise TaskError(
+                    f"'{shlex.join(argv)}' failed with exit code {tar.returncode}: "
+                    + tar_err.read().decode(errors="replace").strip()
+                )
+            if gzip.returncode != 0:
+                raise TaskError(
+                    f"gzip -9n failed with exit code {gzip.returncode}: "
+                    + gzip.stderr.decode(errors="replace").strip()
+                )
+            out.flush()
+            os.fsync(out.fileno())
+        # the mode kernel_do_deploy's redirection gave the tarball
+        os.chmod(tmp, stat.S_IMODE(os.stat(tarball).st_mode) if os.path.exists(tarball) else 0o644)
+        os.replace(tmp, tarball)
+    except OSError as exc:
+        raise TaskError(f"cannot write {tarball}: {exc.strerror or exc}") from exc
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
 
 # --- NXP i.MX boot images (hsmsign-imx.bbclass) ----------------------------------------------
 
