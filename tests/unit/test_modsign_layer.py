@@ -17,17 +17,22 @@ SNAPSHOTS = Path(os.environ.get("HSMSIGN_YOCTO_CACHE", "/home/bbuser/.cache/hsms
 RELEASES = ("scarthgap", "wrynose", "master")
 
 
+def snapshot_function(release: str, path: str, head: str) -> str:
+    """The body of a function (``head`` a regex of its name) in an OE-Core class of the
+    release's snapshot (skips without the snapshot)."""
+    cls = SNAPSHOTS / release / "openembedded-core" / "meta" / path
+    if not cls.exists():
+        pytest.skip(f"no {release} snapshot in {SNAPSHOTS}")
+    found = re.search(rf"^{head} \{{\n(.*?)^\}}", cls.read_text(encoding="utf-8"), re.S | re.M)
+    assert found is not None, f"{head} not in {cls}"
+    return found.group(1)
+
+
 @pytest.mark.parametrize("release", RELEASES)
 def test_oe_core_strips_before_packagesplitfuncs(release: str) -> None:
     """The hook's premise in each release: do_package strips PKGD, then runs PACKAGESPLITFUNCS,
     which hand the files to the packages; so the first PACKAGESPLITFUNCS sees stripped modules."""
-    package = SNAPSHOTS / release / "openembedded-core" / "meta" / "classes-global" / "package.bbclass"
-    if not package.exists():
-        pytest.skip(f"no {release} snapshot in {SNAPSHOTS}")
-    text = package.read_text(encoding="utf-8")
-    body = re.search(r"^python do_package \(\) \{\n(.*?)^\}", text, re.S | re.M)
-    assert body is not None
-    code = body.group(1)
+    code = snapshot_function(release, "classes-global/package.bbclass", r"python do_package \(\)")
     order = [
         code.index("PACKAGE_PREPROCESS_FUNCS"),
         code.index("oe.package.process_split_and_strip_files(d)"),
@@ -122,16 +127,11 @@ def test_private_key_files(tmp_path: Path) -> None:
 def kernel_tarball_block(release: str) -> str:
     """The lines of oe-core's kernel_do_deploy that make the modules tarball (skips without the
     release's snapshot)."""
-    kernel = SNAPSHOTS / release / "openembedded-core" / "meta" / "classes-recipe" / "kernel.bbclass"
-    if not kernel.exists():
-        pytest.skip(f"no {release} snapshot in {SNAPSHOTS}")
-    text = kernel.read_text(encoding="utf-8")
-    body = re.search(r"^kernel_do_deploy\(\) \{\n(.*?)^\}", text, re.S | re.M)
-    assert body is not None
+    body = snapshot_function(release, "classes-recipe/kernel.bbclass", r"kernel_do_deploy\(\)")
     block = re.search(
         r'^\t\tif \[ -n "\$\{SOURCE_DATE_EPOCH\}" \]; then\n.*?\| gzip -9n > '
         r"\$deployDir/modules-\$\{MODULE_TARBALL_NAME\}\.tgz\n",
-        body.group(1),
+        body,
         re.S | re.M,
     )
     assert block is not None, "kernel_do_deploy no longer makes modules-${MODULE_TARBALL_NAME}.tgz this way"
