@@ -414,6 +414,52 @@ def test_a_signal_while_hashing_an_endless_pipe(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
 
 
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_a_child_that_is_still_running(
+    softhsm: SoftHsm, rsa2048: str, tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
+    """A PIN program still running when hsmsign is stopped (waiting for a prompt, a remote
+    secret store) gets the same signal: it is not left behind when hsmsign exits."""
+    pid_file = tmp_path / "pin-program.pid"
+    program = tmp_path / "slow-pin"
+    pin = softhsm.pin_file.read_text().strip()
+    program.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nsleep 120\necho {pin}\n")
+    program.chmod(0o700)
+    uri = rsa2048.replace(f"pin-source=file:{softhsm.pin_file}", f"pin-source=|{program}")
+    assert uri != rsa2048, rsa2048
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"payload")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hsmsign", "sign", *DEV, "--uri", uri, "-o", str(tmp_path / "x.sig"),
+         str(data)],
+        env=softhsm.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: (pid_file.exists() and pid_file.read_text().strip()) or proc.poll() is not None)
+        assert proc.poll() is None, proc.communicate()
+        child = int(pid_file.read_text())
+        _wait_for(lambda: bool(atomic.descendants(child)) or proc.poll() is not None)
+        below = atomic.descendants(child)  # the program's own child: sleep
+        proc.send_signal(sig)  # to hsmsign only, not its process group
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, err
+    assert len(err.splitlines()) == 1 and sig.name in err, err
+
+    def gone(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                return fh.read().rpartition(b")")[2].split()[0] in (b"Z", b"X")
+        except OSError:
+            return True
+
+    assert below
+    _wait_for(lambda: all(gone(pid) for pid in [child, *below]), timeout=10)
+    assert not (tmp_path / "x.sig").exists()
+
+
 def test_unbounded_inputs_are_refused(
     softhsm: SoftHsm, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

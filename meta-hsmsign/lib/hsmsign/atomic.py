@@ -490,7 +490,41 @@ def critical() -> Iterator[None]:
             _stop(_pending[0])
 
 
+def descendants(root: int | None = None) -> list[int]:
+    """The processes below ``root`` (default: this one), children first (Linux /proc; elsewhere
+    none are found)."""
+    parent: dict[int, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue  # gone meanwhile
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+        fields = stat.rpartition(b")")[2].split()
+        if len(fields) > 1 and fields[1].isdigit():
+            parent[int(entry)] = int(fields[1])
+    found: list[int] = []
+    level = [os.getpid() if root is None else root]
+    while level:
+        level = [pid for pid, ppid in parent.items() if ppid in level]
+        found.extend(level)
+    return found
+
+
 def _stop(signum: int) -> None:
+    # a child still running (a PIN program waiting for input, veritysetup, fit_check_sign), and
+    # what it started, get the same signal: nothing is left behind writing next to outputs that
+    # are gone, or waiting for input nobody gives
+    for pid in descendants():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signum)
     remove_live_temporaries()
     word = "interrupted" if signum == signal.SIGINT else "terminated"
     line = f"hsmsign: error: {word} by {signal.Signals(signum).name}; unfinished outputs removed\n"
