@@ -170,11 +170,18 @@ python hsmsign_config_check() {
 }
 
 # Per recipe: key-file variables a recipe sets itself (an image recipe setting
-# SWUPDATE_PRIVATE_KEY); only fatal problems, the warnings came once above.
+# SWUPDATE_PRIVATE_KEY), and secrets written into the recipe's own files (the recipe,
+# its .bbappends, what they include); the base configuration's warnings came once above.
 def hsmsign_recipe_check(d):
     if not hsmsign.bitbake.enabled(d):
         return
     fatal = [p for p in hsmsign.bitbake.check_key_files(d) if p.fatal]
+    # a PIN, a private key or a published key written into the recipe, a .bbappend or an .inc
+    for problem in hsmsign.bitbake.check_recipe_files(d, hsmsign.bitbake.mode(d) == "production"):
+        if problem.fatal:
+            fatal.append(problem)
+        else:
+            bb.warn(problem.format())
     for name in hsmsign.bitbake.KEYFILE_VARIABLES:
         problem = hsmsign.bitbake.check_value(name, d.getVar(name) or "", True)
         if problem is not None:

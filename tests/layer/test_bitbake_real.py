@@ -253,6 +253,40 @@ def test_readme_snippet_as_written(layer_builddir: Callable[[str], str]) -> None
     assert not re.search(r"meta-hsmsign: \S+: holds ", out), out[-4000:]  # no variable flagged
 
 
+def test_a_pin_in_a_bbappend_stops_the_parse(layer_builddir: Callable[[str], str]) -> None:
+    """A secret written into a recipe's .bbappend (not into the configuration) stops the parse,
+    naming the file, the line and the variable, never the value. The README's snippet plus a
+    small layer holding only that .bbappend; meta-hsmsign's recipes are the ones parsed."""
+    topdir = layer_builddir("bbappend-secret")
+    init_builddir(topdir)
+    leak = os.path.join(topdir, "meta-leak")
+    os.makedirs(os.path.join(leak, "conf"), exist_ok=True)
+    with open(os.path.join(LAYER, "conf", "layer.conf"), encoding="utf-8") as fh:
+        compat = next(line for line in fh if line.startswith("LAYERSERIES_COMPAT_hsmsign"))  # meta-hsmsign's
+    with open(os.path.join(leak, "conf", "layer.conf"), "w", encoding="utf-8") as fh:
+        fh.write(
+            'BBPATH .= ":${LAYERDIR}"\nBBFILES += "${LAYERDIR}/*.bbappend"\n'
+            'BBFILE_COLLECTIONS += "leak"\nBBFILE_PATTERN_leak = "^${LAYERDIR}/"\n'
+            + compat.replace("LAYERSERIES_COMPAT_hsmsign", "LAYERSERIES_COMPAT_leak")
+        )
+    append = os.path.join(leak, "hsmsign-uefi-db_%.bbappend")
+    with open(append, "w", encoding="utf-8") as fh:
+        fh.write('SUMMARY:append = " (board)"\n')
+        fh.write(f'ACME_SIGN_URI = "pkcs11:token=t;object=k?pin-value={PIN_MARKER}"\n')
+    bblayers, local = readme_snippet()
+    masked = f"(?!({re.escape(LAYER)}|{re.escape(leak)})/)"
+    append_conf(
+        topdir,
+        bblayers + f'\nBBLAYERS += "{leak}"\n',
+        local + "\n" + OFFLINE_CONF + f'BBMASK += "^{masked}"\n',
+    )
+    done = build_at(topdir).run("-p", timeout=1800)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, out[-3000:]
+    assert f"meta-hsmsign: {append}:2: ACME_SIGN_URI: holds a PKCS#11 URI with pin-value" in out, out[-3000:]
+    assert PIN_MARKER not in out
+
+
 def task_edges(build: Build, target: str) -> set[tuple[str, str]]:
     done = build.run("-g", target)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]

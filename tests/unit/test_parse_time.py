@@ -18,6 +18,7 @@ from pathlib import Path
 
 import hsmsign
 import pytest
+from hsmsign.bitbake import checks
 
 LIB = Path(hsmsign.__file__).resolve().parents[1]
 PARSE_TIME = {
@@ -365,3 +366,91 @@ def test_expansion_happens_in_a_copy_of_the_datastore() -> None:
                    "HSM_PKCS11_URI": "pkcs11:token=t;object=k"})  # fmt: skip
     hb.scan_datastore(d, True)
     assert "__BBAUTOREV_SEEN" not in d.values and len(Recording.copies) == 1
+
+
+# --------------------------------------------------------------------------- recipe files
+
+KEY_HEADER = "-----BEGIN RSA PRIVATE" + " KEY-----"  # split: no key header in a tracked file
+
+
+def _recipe_problems(tmp_path: Path, text: str, mode: str = "production", name: str = "u-boot_%.bbappend"):
+    path = tmp_path / name
+    path.write_text(text)
+    d = checks.DictData({"FILE": str(tmp_path / "u-boot_2024.01.bb"), "__BBAPPEND": str(path)})
+    return checks.check_recipe_files(d, mode == "production"), str(path)
+
+
+def test_a_secret_in_a_bbappend_stops_the_parse_naming_file_line_and_variable(tmp_path: Path) -> None:
+    text = (
+        'SUMMARY = "board tweaks"\n'
+        'ACME_SIGN_URI = "pkcs11:token=a;object=b?pin-value=7531"\n'
+        "EXTRA_ARGS = \\\n"
+        '    "-k ' + KEY_HEADER + 'MIIE"\n'
+        'ACME_PIN_URI[fit] = "pkcs11:token=a;object=b?pin-source=|/bin/echo%2086420"\n'
+        f'FW_BLOB = "{SWUPDATE_DOC_KEY}"\n'
+    )
+    for mode in ("production", "development"):
+        problems, path = _recipe_problems(tmp_path, text, mode)
+        names = [p.variable for p in problems if p.fatal]
+        expected = [f"{path}:2: ACME_SIGN_URI", f"{path}:3: EXTRA_ARGS", f"{path}:5: ACME_PIN_URI[fit]"]
+        if mode == "production":
+            expected.append(f"{path}:6: FW_BLOB")  # a published key: fatal in production
+        else:
+            assert [p.variable for p in problems if not p.fatal] == [f"{path}:6: FW_BLOB"]
+        assert names == expected, (mode, names)
+        for problem in problems:
+            for value in ("7531", "86420", "MIIE", SWUPDATE_DOC_KEY):
+                assert value not in problem.format()
+
+
+def test_what_only_looks_like_a_pin_in_a_recipe_passes(tmp_path: Path) -> None:
+    """oe-core's builder recipe has BUILDER_PASSWORD, meta-oe's openldap a PACKAGECONFIG[passwd]:
+    names alone are judged in the user's configuration, not in every recipe of every layer."""
+    text = (
+        'BUILDER_PASSWORD = "builder"\n'
+        'PACKAGECONFIG[passwd] = "--enable-passwd,--disable-passwd"\n'
+        'MKIMAGE_SIGN_PIN_FILE = "/run/secrets/pin"\n'
+        'HSM_PKCS11_URI = "pkcs11:token=a;object=b?pin-source=file:/run/secrets/hsm-pin"\n'
+        "do_install() {\n    install -d ${D}/etc\n}\n"
+    )
+    assert _recipe_problems(tmp_path, text)[0] == []
+
+
+def test_recipe_files_are_the_recipe_its_appends_and_its_includes(tmp_path: Path) -> None:
+    d = checks.DictData(
+        {
+            "FILE": "/l/recipes/u-boot_2024.01.bb",
+            "__BBAPPEND": "/a/u-boot_%.bbappend /b/u-boot_2024.01.bbappend",
+            "__depends": [("/l/recipes/u-boot-common.inc", 1.0), ("/l/classes/uboot-sign.bbclass", 1.0),
+                          ("/l/conf/machine/board.conf", 1.0), ("/a/u-boot_%.bbappend", 1.0)],
+        }
+    )  # fmt: skip
+    assert checks.recipe_files(d) == [
+        "/l/recipes/u-boot_2024.01.bb", "/a/u-boot_%.bbappend", "/b/u-boot_2024.01.bbappend",
+        "/l/recipes/u-boot-common.inc",
+    ]  # fmt: skip
+
+
+def test_a_recipe_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
+    problems, _ = _recipe_problems(tmp_path, 'SUMMARY = "x"\n')
+    assert problems == []
+    problems, _ = _recipe_problems(tmp_path, 'SUMMARY = "x"\nA_URI = "pkcs11:object=k?pin-value=24680"\n')
+    assert [p.fatal for p in problems] == [True]
+
+
+def test_every_stock_recipe_of_the_snapshots_passes() -> None:
+    """No recipe, .bbappend or .inc of oe-core, meta-oe, meta-swupdate, meta-rauc or
+    meta-freescale trips the check (it runs for every recipe of every layer a user has)."""
+    root = Path(os.environ.get("HSMSIGN_YOCTO_CACHE", "/home/bbuser/.cache/hsmsign/yocto"))
+    scanned = 0
+    for release in ("scarthgap", "wrynose", "master"):
+        top = root / release
+        if not top.is_dir():
+            continue
+        for path in top.rglob("*"):
+            if path.suffix in (".bb", ".bbappend", ".inc") and path.is_file():
+                scanned += 1
+                for line, name, value in checks._recipe_file_findings(str(path)):
+                    assert checks.recipe_value_problem(name, value, True) is None, (str(path), line, name)
+    if not scanned:
+        pytest.skip(f"no Yocto snapshots in {root}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import glob
 import hashlib
 import os
@@ -472,6 +473,95 @@ def _private_keys_in(directory: str) -> list[str]:
         if path.endswith(".key") or secrets.PRIVATE_KEY_HEADER.search(head):
             found.append(os.path.basename(path))
     return found
+
+
+# An assignment line of a recipe, a .bbappend or an .inc: NAME[flag] OP "value" (after the
+# backslash continuations are joined). Linear: no nested quantifiers.
+_ASSIGNMENT = re.compile(
+    r"^[ \t]*(?:export[ \t]+)?([A-Za-z0-9_${}@\-:+.~/]+(?:\[[A-Za-z0-9_\-.]+\])?)[ \t]*"
+    r"(?:\?\?=|\?=|:=|\+=|=\+|\.=|=\.|=)[ \t]*([\"'])(.*)\2[ \t]*$"
+)
+# recipe files already read in this parser process: path -> (mtime, size, findings)
+_RECIPE_FILE_CACHE: dict[str, tuple[float, int, list[tuple[int, str, str]]]] = {}
+
+
+def recipe_value_problem(name: str, value: str, prod: bool) -> Problem | None:
+    """What stops a parse when a recipe file holds it: a PIN in a URI, a private key, a PIN
+    program with arguments (both modes), a published key (production; a warning in development).
+
+    Narrower than :func:`check_value` on purpose: the names that only look like a PIN or a
+    password (oe-core's own builder recipe has a BUILDER_PASSWORD) are judged for the
+    configuration the user writes, not for every recipe of every layer.
+    """
+    if not value:
+        return None
+    if _PIN_VALUE.search(value) or _has_private_key(value) or pin_program_with_arguments(value):
+        return check_value(name, value, prod)
+    known = published_symmetric_key(value)
+    if known is None:
+        return None
+    return Problem(
+        name,
+        f"{_KIND_MESSAGES['known-symmetric-key']} ({known.description}; published in {known.where()})"
+        + _STORED,
+        secrets.ADVICE["known-symmetric-key"],
+        fatal=prod,
+    )
+
+
+def _recipe_file_findings(path: str) -> list[tuple[int, str, str]]:
+    """(line, variable, value) of every quoted assignment in a recipe file, read once per
+    parser process while the file is unchanged."""
+    try:
+        st = os.stat(path)
+        cached = _RECIPE_FILE_CACHE.get(path)
+        if cached is not None and cached[0] == st.st_mtime and cached[1] == st.st_size:
+            return cached[2]
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    except OSError:
+        return []
+    found: list[tuple[int, str, str]] = []
+    buf, first = "", 0
+    for number, line in enumerate(text.splitlines(), 1):
+        if not buf:
+            first = number
+        if line.endswith("\\"):
+            buf += line[:-1]
+            continue
+        line, buf = buf + line, ""
+        match = _ASSIGNMENT.match(line)
+        if match is not None and match.group(3):
+            found.append((first, match.group(1), match.group(3)))
+    _RECIPE_FILE_CACHE[path] = (st.st_mtime, st.st_size, found)
+    return found
+
+
+def recipe_files(d: Datastore) -> list[str]:
+    """The files a recipe's own text comes from: the recipe, its .bbappends and what they
+    include or require (not classes: they are code, which 'hsmsign audit' scans; not
+    configuration files: the parse-time check of the base configuration covers them)."""
+    files = [_get(d, "FILE") or ""]
+    files += (_get(d, "__BBAPPEND") or "").split()
+    depends = d.getVar("__depends", False) or []
+    for entry in depends:
+        path = entry[0] if isinstance(entry, (tuple, list)) else str(entry)
+        if not path.endswith((".bbclass", ".conf")):
+            files.append(path)
+    seen: set[str] = set()
+    return [f for f in files if f and not (f in seen or seen.add(f))]
+
+
+def check_recipe_files(d: Datastore, prod: bool) -> list[Problem]:
+    """Secrets written into a recipe, a .bbappend or an included file (see
+    :func:`recipe_value_problem`); each problem names the file, the line and the variable."""
+    problems: list[Problem] = []
+    for path in recipe_files(d):
+        for line, name, value in _recipe_file_findings(path):
+            problem = recipe_value_problem(name, value, prod)
+            if problem is not None:
+                problems.append(dataclasses.replace(problem, variable=f"{path}:{line}: {problem.variable}"))
+    return problems
 
 
 def check_key_files(d: Datastore) -> list[Problem]:
