@@ -26,6 +26,8 @@ KERNEL_VERSION = "6.1.0-hsmsign-test"
 HSMSIGN_TEST_KERNEL_KEY ??= "0"
 
 HSMSIGN_TEST_KCONFIG_TREE ??= ""
+# KERNEL_CC is the host's gcc (12 on Debian bookworm), which has no -fcanon-prefix-map (GCC 13)
+DEBUG_PREFIX_MAP:remove = "-fcanon-prefix-map"
 # 1: a kernel tree whose module signing depends on BROKEN (as a kernel marks what it cannot
 # build), so CONFIG_MODULE_SIG cannot be enabled
 HSMSIGN_TEST_KERNEL_NO_MODSIG ??= "0"
