@@ -18,7 +18,7 @@ dwarfsrcfiles are left out (SKIP_FILEDEPS, PACKAGE_DEBUG_SPLIT_STYLE =
 "debug-without-src"). A stand-in kernel recipe inherits oe-core's ``kernel.bbclass``: its
 do_configure is oe-core's, on the Kconfig part of Debian's linux-source
 (HSMSIGN_TEST_KCONFIG_TREE, unpacked once per machine by scripts/extract-kconfig-tree) with
-a tinyconfig base, the host's gcc and ld under the target's names; the layer's postfunc
+an allnoconfig base, the host's gcc and ld under the target's names; the layer's postfunc
 configures module signing with the certificate only and checks it. Its real
 ``do_shared_workdir`` runs with the layer's prefunc, on a build tree without and with a
 ``signing_key.pem``. Its do_compile, do_compile_kernelmodules and do_install make what a
@@ -238,7 +238,7 @@ def kernel_config(build: ModsignBuild) -> tuple[str, set[str]]:
 
 
 def test_kernel_configured_with_the_certificate_only(packaged: ModsignBuild) -> None:
-    """oe-core's kernel do_configure (tinyconfig base, olddefconfig) on a real kernel tree, then
+    """oe-core's kernel do_configure (allnoconfig base, olddefconfig) on a real kernel tree, then
     the layer's postfunc: after the kernel's own olddefconfig, the .config holds module signatures
     with the token's certificate only, the copy in B byte for byte the deployed certificate, the
     default hash (sha256) and CONFIG_MODULE_SIG_FORCE; what Kconfig selects from them is there too,

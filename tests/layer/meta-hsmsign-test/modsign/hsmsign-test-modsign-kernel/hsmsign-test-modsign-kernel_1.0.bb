@@ -3,7 +3,7 @@ DESCRIPTION = "Only tests/layer/test_bitbake_modsign.py parses this (its local.c
                BBFILES and masks oe-core's recipes). It inherits oe-core's kernel.bbclass, so \
                meta-hsmsign hooks it as it hooks any kernel recipe. do_configure is oe-core's, \
                on the Kconfig part of Debian's linux-source (HSMSIGN_TEST_KCONFIG_TREE, made by \
-               scripts/extract-kconfig-tree) with a tinyconfig base: meta-hsmsign's postfunc \
+               scripts/extract-kconfig-tree) with an allnoconfig base: meta-hsmsign's postfunc \
                runs on it. No kernel builds offline: do_compile writes the other files oe-core's \
                do_shared_workdir, do_package and do_deploy read (System.map, a stand-in kernel \
                image under KERNEL_OUTPUT_DIR; with HSMSIGN_TEST_KERNEL_KEY = 1, a file named \
@@ -33,8 +33,9 @@ DEBUG_PREFIX_MAP:remove = "-fcanon-prefix-map"
 HSMSIGN_TEST_KERNEL_NO_MODSIG ??= "0"
 
 # S (work-shared): one symlink per entry of the kernel tree (kernel_do_configure writes
-# ${S}/.scmversion; the shared tree stays as it is); the base configuration is tinyconfig,
-# 64-bit, with modules. kernel_do_configure then runs olddefconfig, and meta-hsmsign's postfunc.
+# ${S}/.scmversion; the shared tree stays as it is). The base configuration: allnoconfig (one
+# Kconfig run, tinyconfig takes three), 64-bit, with modules. kernel_do_configure then runs
+# olddefconfig, and meta-hsmsign's postfunc.
 do_configure:prepend() {
 	tree="${HSMSIGN_TEST_KCONFIG_TREE}"
 	if [ ! -f "$tree/Kconfig" ]; then
@@ -51,7 +52,7 @@ do_configure:prepend() {
 		sed '/^config MODULE_SIG$/a\	depends on BROKEN' "$tree/kernel/module/Kconfig" > ${S}/kernel/module/Kconfig
 	fi
 	rm -f ${B}/.config
-	oe_runmake -C ${S} O=${B} tinyconfig
+	oe_runmake -C ${S} O=${B} allnoconfig
 	printf 'CONFIG_64BIT=y\nCONFIG_MODULES=y\n' >> ${B}/.config
 }
 do_configure[vardepsexclude] += "HSMSIGN_TEST_KCONFIG_TREE"
