@@ -66,7 +66,7 @@ pytestmark = [
     pytest.mark.skipif(MODINFO is None, reason="apt-get install kmod"),
     pytest.mark.skipif(shutil.which("gcc") is None, reason="apt-get install gcc"),
     pytest.mark.skipif(
-        not os.path.isfile(os.path.join(KCONFIG_TREE, "Kconfig")),
+        not KCONFIG_TREE or not os.path.isfile(os.path.join(KCONFIG_TREE, "Kconfig")),
         reason="set HSMSIGN_TEST_KCONFIG_TREE (scripts/extract-kconfig-tree DEST)",
     ),
     pytest.mark.skipif(
