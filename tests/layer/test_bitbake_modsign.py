@@ -18,8 +18,8 @@ dwarfsrcfiles are left out (SKIP_FILEDEPS, PACKAGE_DEBUG_SPLIT_STYLE =
 "debug-without-src"). A stand-in kernel recipe inherits oe-core's ``kernel.bbclass``: its
 do_configure is oe-core's, on the Kconfig part of Debian's linux-source
 (HSMSIGN_TEST_KCONFIG_TREE, unpacked once per machine by scripts/extract-kconfig-tree) with
-an allnoconfig base, the host's gcc and ld under the target's names; the layer's postfunc
-configures module signing with the certificate only and checks it. Its real
+a defconfig (64-bit, modules, module signing off), the host's gcc and ld under the target's
+names; the layer's postfunc configures module signing with the certificate only and checks it. Its real
 ``do_shared_workdir`` runs with the layer's prefunc, on a build tree without and with a
 ``signing_key.pem``. Its do_compile, do_compile_kernelmodules and do_install make what a
 kernel build would (a stand-in bzImage, a module from the host's gcc in ${D}/lib/modules);
@@ -238,11 +238,11 @@ def kernel_config(build: ModsignBuild) -> tuple[str, set[str]]:
 
 
 def test_kernel_configured_with_the_certificate_only(packaged: ModsignBuild) -> None:
-    """oe-core's kernel do_configure (allnoconfig base, olddefconfig) on a real kernel tree, then
-    the layer's postfunc: after the kernel's own olddefconfig, the .config holds module signatures
-    with the token's certificate only, the copy in B byte for byte the deployed certificate, the
-    default hash (sha256) and CONFIG_MODULE_SIG_FORCE; what Kconfig selects from them is there too,
-    and the build directory holds no signing key."""
+    """oe-core's kernel do_configure (a defconfig with module signing off, olddefconfig) on a real
+    kernel tree, then the layer's postfunc: after the kernel's own olddefconfig, the .config holds
+    module signatures with the token's certificate only, the copy in B byte for byte the deployed
+    certificate, the default hash (sha256) and CONFIG_MODULE_SIG_FORCE; what Kconfig selects from
+    them is there too, and the build directory holds no signing key."""
     b, lines = kernel_config(packaged)
     for want in (
         "CONFIG_MODULES=y",
@@ -268,23 +268,6 @@ def test_kernel_configured_with_the_certificate_only(packaged: ModsignBuild) -> 
     with open(os.path.join(packaged.workdir(KERNEL), "temp", "log.do_configure"), encoding="utf-8") as fh:
         log = fh.read()
     assert "olddefconfig" in log and "hsmsign_modsign_kconfig" in log, log[-3000:]
-
-
-def test_kernel_configured_without_sig_force(packaged: ModsignBuild) -> None:
-    """HSMSIGN_MODULES_SIG_FORCE = "0": do_configure runs again (the setting is in its hash) and
-    the kernel loads unsigned modules (CONFIG_MODULE_SIG_FORCE not set), still checking signatures."""
-    packaged.conf(HSMSIGN_MODULES_SIG_FORCE="0")
-    try:
-        done = packaged.bitbake(f"{KERNEL}:do_configure")
-        out = done.stdout + done.stderr
-        assert done.returncode == 0, out[-3000:]
-        assert packaged.pin not in out
-        _, lines = kernel_config(packaged)
-        assert "# CONFIG_MODULE_SIG_FORCE is not set" in lines
-        assert not any(line.startswith("CONFIG_MODULE_SIG_FORCE=") for line in lines)
-        assert "CONFIG_MODULE_SIG=y" in lines and 'CONFIG_MODULE_SIG_KEY=""' in lines
-    finally:
-        packaged.conf()
 
 
 def modules_tarballs(folder: str) -> list[str]:
@@ -413,6 +396,25 @@ def test_shared_workdir_refuses_a_kernel_build_holding_a_signing_key(packaged: M
         # the stand-in's key-named files (no key inside), out of the kernel's build directory
         for path in glob.glob(os.path.join(packaged.workdir(KERNEL), "build", "certs", "signing_key.*")):
             os.remove(path)
+
+
+def test_kernel_configured_without_sig_force(packaged: ModsignBuild) -> None:
+    """HSMSIGN_MODULES_SIG_FORCE = "0": do_configure runs again (the setting is in its hash) and
+    the kernel loads unsigned modules (CONFIG_MODULE_SIG_FORCE not set), still checking signatures.
+    This and the next test run after every test that builds the kernel's later tasks: the
+    configuration they change would make those run again."""
+    packaged.conf(HSMSIGN_MODULES_SIG_FORCE="0")
+    try:
+        done = packaged.bitbake(f"{KERNEL}:do_configure")
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out[-3000:]
+        assert packaged.pin not in out
+        _, lines = kernel_config(packaged)
+        assert "# CONFIG_MODULE_SIG_FORCE is not set" in lines
+        assert not any(line.startswith("CONFIG_MODULE_SIG_FORCE=") for line in lines)
+        assert "CONFIG_MODULE_SIG=y" in lines and 'CONFIG_MODULE_SIG_KEY=""' in lines
+    finally:
+        packaged.conf()
 
 
 def test_kernel_configuration_refused_fails_do_configure(packaged: ModsignBuild) -> None:

@@ -3,7 +3,7 @@ DESCRIPTION = "Only tests/layer/test_bitbake_modsign.py parses this (its local.c
                BBFILES and masks oe-core's recipes). It inherits oe-core's kernel.bbclass, so \
                meta-hsmsign hooks it as it hooks any kernel recipe. do_configure is oe-core's, \
                on the Kconfig part of Debian's linux-source (HSMSIGN_TEST_KCONFIG_TREE, made by \
-               scripts/extract-kconfig-tree) with an allnoconfig base: meta-hsmsign's postfunc \
+               scripts/extract-kconfig-tree) with a defconfig: meta-hsmsign's postfunc \
                runs on it. No kernel builds offline: do_compile writes the other files oe-core's \
                do_shared_workdir, do_package and do_deploy read (System.map, a stand-in kernel \
                image under KERNEL_OUTPUT_DIR; with HSMSIGN_TEST_KERNEL_KEY = 1, a file named \
@@ -32,10 +32,13 @@ DEBUG_PREFIX_MAP:remove = "-fcanon-prefix-map"
 # build), so CONFIG_MODULE_SIG cannot be enabled
 HSMSIGN_TEST_KERNEL_NO_MODSIG ??= "0"
 
+# the base configuration, which kernel_do_configure copies to ${B}/.config: 64-bit, modules,
+# module signing off
+SRC_URI = "file://defconfig"
+
 # S (work-shared): one symlink per entry of the kernel tree (kernel_do_configure writes
-# ${S}/.scmversion; the shared tree stays as it is). The base configuration: allnoconfig (one
-# Kconfig run, tinyconfig takes three), 64-bit, with modules. kernel_do_configure then runs
-# olddefconfig, and meta-hsmsign's postfunc.
+# ${S}/.scmversion; the shared tree stays as it is). kernel_do_configure then runs
+# olddefconfig on the defconfig, and meta-hsmsign's postfunc its own.
 do_configure:prepend() {
 	tree="${HSMSIGN_TEST_KCONFIG_TREE}"
 	if [ ! -f "$tree/Kconfig" ]; then
@@ -51,9 +54,8 @@ do_configure:prepend() {
 		rm ${S}/kernel/module/Kconfig
 		sed '/^config MODULE_SIG$/a\	depends on BROKEN' "$tree/kernel/module/Kconfig" > ${S}/kernel/module/Kconfig
 	fi
+	# a new configuration from the defconfig on every run
 	rm -f ${B}/.config
-	oe_runmake -C ${S} O=${B} allnoconfig
-	printf 'CONFIG_64BIT=y\nCONFIG_MODULES=y\n' >> ${B}/.config
 }
 do_configure[vardepsexclude] += "HSMSIGN_TEST_KCONFIG_TREE"
 
