@@ -16,11 +16,14 @@ qemux86-64, so the host's binutils handle the target's ELF) and Debian's ``pseud
 pseudo-native (PSEUDO_SYSROOT: do_install and do_package are fakeroot tasks). rpmdeps and
 dwarfsrcfiles are left out (SKIP_FILEDEPS, PACKAGE_DEBUG_SPLIT_STYLE =
 "debug-without-src"). A stand-in kernel recipe inherits oe-core's ``kernel.bbclass``: its
-hooks are checked in ``bitbake -e`` and its real ``do_shared_workdir`` runs with the
-layer's prefunc, on a build tree without and with a ``signing_key.pem``. Its do_compile,
-do_compile_kernelmodules and do_install make what a kernel build would (a .config with
-CONFIG_MODULES=y, a stand-in bzImage, a module from the host's gcc in ${D}/lib/modules); from
-there on the tasks are oe-core's: do_package (the kernel's module signed in PKGD),
+do_configure is oe-core's, on the Kconfig part of Debian's linux-source
+(HSMSIGN_TEST_KCONFIG_TREE, unpacked once per machine by scripts/extract-kconfig-tree) with
+a defconfig (64-bit, modules, module signing off), the host's gcc and ld under the target's
+names; the layer's postfunc configures module signing with the certificate only and checks it. Its real
+``do_shared_workdir`` runs with the layer's prefunc, on a build tree without and with a
+``signing_key.pem``. Its do_compile, do_compile_kernelmodules and do_install make what a
+kernel build would (a stand-in bzImage, a module from the host's gcc in ${D}/lib/modules);
+from there on the tasks are oe-core's: do_package (the kernel's module signed in PKGD),
 do_packagedata and do_deploy with MODULE_TARBALL_DEPLOY = "1", whose modules-*.tgz the layer's
 postfunc makes again with signed modules.
 """
@@ -47,11 +50,14 @@ KERNEL_VERSION = "6.1.0-hsmsign-test"
 MODULES = ("hsmsign_test_a", "hsmsign_test_b")
 KERNEL_MODULES = ("hsmsign_test_k",)
 SUBJECT_CN = "meta-hsmsign layer test modules"
-# the target's binutils: the host's (x86_64), under the name oe-core calls them by
-CROSS_TOOLS = ("strip", "objcopy", "objdump", "readelf", "nm")
+# the target's binutils and compiler: the host's (x86_64), under the names oe-core calls them by
+# (KERNEL_CC and KERNEL_LD: Kconfig asks the compiler and the linker)
+CROSS_TOOLS = ("strip", "objcopy", "objdump", "readelf", "nm", "gcc", "ld.bfd", "ar", "as")
 TARGET_SYS = "x86_64-oe-linux"
 # kmod: /usr/sbin is not on a plain user's PATH
 MODINFO = shutil.which("modinfo") or shutil.which("modinfo", path="/usr/sbin:/sbin")
+# the Kconfig part of Debian's linux-source (scripts/extract-kconfig-tree; run-layer-tests makes it)
+KCONFIG_TREE = os.environ.get("HSMSIGN_TEST_KCONFIG_TREE", "")
 
 pytestmark = [
     *bbenv.NEEDS_BITBAKE,
@@ -59,6 +65,13 @@ pytestmark = [
     bbenv.NEEDS_PSEUDO,
     pytest.mark.skipif(MODINFO is None, reason="apt-get install kmod"),
     pytest.mark.skipif(shutil.which("gcc") is None, reason="apt-get install gcc"),
+    pytest.mark.skipif(
+        not KCONFIG_TREE or not os.path.isfile(os.path.join(KCONFIG_TREE, "Kconfig")),
+        reason="set HSMSIGN_TEST_KCONFIG_TREE (scripts/extract-kconfig-tree DEST)",
+    ),
+    pytest.mark.skipif(
+        shutil.which("flex") is None or shutil.which("bison") is None, reason="apt-get install flex bison"
+    ),
 ]
 
 
@@ -89,9 +102,11 @@ class ModsignBuild(StandinBuild):
             "PACKAGE_DEBUG_SPLIT_STYLE": "debug-without-src",
             # oe-core's default up to wrynose; master's is "0"
             "MODULE_TARBALL_DEPLOY": "1",
+            "HSMSIGN_TEST_KCONFIG_TREE": KCONFIG_TREE,
             **changes,
         }
-        hosttools = " ".join(f"{TARGET_SYS}-{t}" for t in CROSS_TOOLS)
+        # flex and bison: Kconfig's parser (scripts/kconfig, built by do_configure)
+        hosttools = " ".join([f"{TARGET_SYS}-{t}" for t in CROSS_TOOLS] + ["flex", "bison"])
         self.write_conf(settings, [f'HOSTTOOLS += "{hosttools}"'])
 
 
@@ -99,13 +114,13 @@ class ModsignBuild(StandinBuild):
 def modsign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModsignBuild]:
     topdir = bbenv.standin_topdir("modsign", tmp_path_factory)
     devhome, pin, pin_file = bbenv.standin_token(topdir, ("test-modules",))
-    # the host's binutils under the target's names, found by HOSTTOOLS on PATH
+    # the host's binutils and gcc under the target's names, found by HOSTTOOLS on PATH
     tools = os.path.join(topdir, "target-binutils")
     os.makedirs(tools, exist_ok=True)
     for tool in CROSS_TOOLS:
         link = os.path.join(tools, f"{TARGET_SYS}-{tool}")
         host = shutil.which(tool)
-        assert host, f"no {tool} on the host (binutils)"
+        assert host, f"no {tool} on the host (binutils, gcc)"
         if not os.path.islink(link):
             os.symlink(host, link)
     mb = ModsignBuild(Build(topdir, path_first=tools), pin, devhome, pin_file)
@@ -196,8 +211,9 @@ def shared_artifacts(build: ModsignBuild) -> str:
 
 
 def test_kernel_recipe_hooks(packaged: ModsignBuild) -> None:
-    """kernel.bbclass recipes: the configuration postfunc (it needs a kernel tree, so only its
-    hook is checked here), the certificate before do_configure, signing first in do_package."""
+    """kernel.bbclass recipes: the configuration postfunc (what it does:
+    test_kernel_configured_with_the_certificate_only), the certificate before do_configure,
+    signing first in do_package."""
     postfuncs = packaged.build.run(
         "-r", KERNEL, "--value", "-q", "-f", "postfuncs", "do_configure", tool="bitbake-getvar"
     )
@@ -212,6 +228,46 @@ def test_kernel_recipe_hooks(packaged: ModsignBuild) -> None:
     with open(os.path.join(shared, "kernel-abiversion"), encoding="utf-8") as fh:
         assert fh.read().strip() == KERNEL_VERSION
     assert not os.path.exists(os.path.join(shared, "certs"))
+
+
+def kernel_config(build: ModsignBuild) -> tuple[str, set[str]]:
+    """The stand-in kernel's build directory (B) and the lines of its .config."""
+    b = os.path.join(build.workdir(KERNEL), "build")
+    with open(os.path.join(b, ".config"), encoding="utf-8") as fh:
+        return b, set(fh.read().splitlines())
+
+
+def test_kernel_configured_with_the_certificate_only(packaged: ModsignBuild) -> None:
+    """oe-core's kernel do_configure (a defconfig with module signing off, olddefconfig) on a real
+    kernel tree, then the layer's postfunc: after the kernel's own olddefconfig, the .config holds
+    module signatures with the token's certificate only, the copy in B byte for byte the deployed
+    certificate, the default hash (sha256) and CONFIG_MODULE_SIG_FORCE; what Kconfig selects from
+    them is there too, and the build directory holds no signing key."""
+    b, lines = kernel_config(packaged)
+    for want in (
+        "CONFIG_MODULES=y",
+        "CONFIG_MODULE_SIG=y",
+        'CONFIG_MODULE_SIG_KEY=""',
+        "# CONFIG_MODULE_SIG_ALL is not set",
+        "CONFIG_MODULE_SIG_SHA256=y",
+        'CONFIG_MODULE_SIG_HASH="sha256"',
+        "CONFIG_MODULE_SIG_FORCE=y",
+        # selected by Kconfig, not written by the layer: olddefconfig ran on the layer's lines
+        "CONFIG_MODULE_SIG_FORMAT=y",
+        "CONFIG_SYSTEM_DATA_VERIFICATION=y",
+    ):
+        assert want in lines, want
+    assert not any(line.startswith("CONFIG_MODULE_SIG_ALL=") for line in lines)
+    trusted = [line for line in lines if line.startswith("CONFIG_SYSTEM_TRUSTED_KEYS=")]
+    assert trusted == [f'CONFIG_SYSTEM_TRUSTED_KEYS="{os.path.join(b, "hsmsign-modules.pem")}"'], trusted
+    with open(os.path.join(b, "hsmsign-modules.pem"), "rb") as a:
+        with open(os.path.join(packaged.deploy_dir(), "hsmsign-modules.pem"), "rb") as deployed:
+            cert = a.read()
+            assert cert == deployed.read() and b"-----BEGIN CERTIFICATE-----" in cert
+    assert not glob.glob(os.path.join(b, "**", "signing_key.*"), recursive=True)
+    with open(os.path.join(packaged.workdir(KERNEL), "temp", "log.do_configure"), encoding="utf-8") as fh:
+        log = fh.read()
+    assert "olddefconfig" in log and "hsmsign_modsign_kconfig" in log, log[-3000:]
 
 
 def modules_tarballs(folder: str) -> list[str]:
@@ -340,6 +396,43 @@ def test_shared_workdir_refuses_a_kernel_build_holding_a_signing_key(packaged: M
         # the stand-in's key-named files (no key inside), out of the kernel's build directory
         for path in glob.glob(os.path.join(packaged.workdir(KERNEL), "build", "certs", "signing_key.*")):
             os.remove(path)
+
+
+def test_kernel_configured_without_sig_force(packaged: ModsignBuild) -> None:
+    """HSMSIGN_MODULES_SIG_FORCE = "0": do_configure runs again (the setting is in its hash) and
+    the kernel loads unsigned modules (CONFIG_MODULE_SIG_FORCE not set), still checking signatures.
+    This and the next test run after every test that builds the kernel's later tasks: the
+    configuration they change would make those run again."""
+    packaged.conf(HSMSIGN_MODULES_SIG_FORCE="0")
+    try:
+        done = packaged.bitbake(f"{KERNEL}:do_configure")
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out[-3000:]
+        assert packaged.pin not in out
+        _, lines = kernel_config(packaged)
+        assert "# CONFIG_MODULE_SIG_FORCE is not set" in lines
+        assert not any(line.startswith("CONFIG_MODULE_SIG_FORCE=") for line in lines)
+        assert "CONFIG_MODULE_SIG=y" in lines and 'CONFIG_MODULE_SIG_KEY=""' in lines
+    finally:
+        packaged.conf()
+
+
+def test_kernel_configuration_refused_fails_do_configure(packaged: ModsignBuild) -> None:
+    """A kernel tree in which module signing cannot be enabled (CONFIG_MODULE_SIG depends on
+    BROKEN, as a kernel marks what it cannot build): olddefconfig drops the layer's settings and
+    do_configure fails with the layer's error naming them."""
+    packaged.conf(HSMSIGN_TEST_KERNEL_NO_MODSIG="1")
+    try:
+        done = packaged.bitbake(f"{KERNEL}:do_configure")
+        out = done.stdout + done.stderr
+        assert done.returncode != 0, out[-3000:]
+        refused = re.search(r"meta-hsmsign: the kernel configuration refused: (.*)", out)
+        assert refused is not None, out[-3000:]
+        assert "CONFIG_MODULE_SIG=y" in refused.group(1).split(" (")[0].split(", "), refused.group(0)
+        assert "Task do_configure failed" in out or "do_configure: Failed" in out, out[-3000:]
+        assert packaged.pin not in out
+    finally:
+        packaged.conf()
 
 
 def test_no_pin_and_no_private_key_in_tmpdir(packaged: ModsignBuild) -> None:

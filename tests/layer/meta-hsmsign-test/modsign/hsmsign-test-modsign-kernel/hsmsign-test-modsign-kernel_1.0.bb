@@ -1,14 +1,16 @@
-SUMMARY = "Stand-in kernel recipe: oe-core's kernel.bbclass from do_shared_workdir to do_deploy, no kernel build"
+SUMMARY = "Stand-in kernel recipe: oe-core's kernel.bbclass from do_configure to do_deploy, no kernel build"
 DESCRIPTION = "Only tests/layer/test_bitbake_modsign.py parses this (its local.conf adds it to \
                BBFILES and masks oe-core's recipes). It inherits oe-core's kernel.bbclass, so \
-               meta-hsmsign hooks it as it hooks any kernel recipe; no kernel builds offline: \
-               do_configure does not run, do_compile writes the files oe-core's \
-               do_shared_workdir, do_package and do_deploy read (a .config with \
-               CONFIG_MODULES=y, System.map, a stand-in kernel image under KERNEL_OUTPUT_DIR; \
-               with HSMSIGN_TEST_KERNEL_KEY = 1, a file named like the kernel build's signing \
-               key), do_compile_kernelmodules makes a relocatable ELF module with the host gcc \
-               and do_install puts it and the image where kernel_do_install does. \
-               do_shared_workdir, do_package, do_packagedata and do_deploy are oe-core's."
+               meta-hsmsign hooks it as it hooks any kernel recipe. do_configure is oe-core's, \
+               on the Kconfig part of Debian's linux-source (HSMSIGN_TEST_KCONFIG_TREE, made by \
+               scripts/extract-kconfig-tree) with a defconfig: meta-hsmsign's postfunc \
+               runs on it. No kernel builds offline: do_compile writes the other files oe-core's \
+               do_shared_workdir, do_package and do_deploy read (System.map, a stand-in kernel \
+               image under KERNEL_OUTPUT_DIR; with HSMSIGN_TEST_KERNEL_KEY = 1, a file named \
+               like the kernel build's signing key), do_compile_kernelmodules makes a \
+               relocatable ELF module with the host gcc and do_install puts it and the image \
+               where kernel_do_install does. do_shared_workdir, do_package, do_packagedata and \
+               do_deploy are oe-core's."
 LICENSE = "MIT"
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
 
@@ -23,11 +25,43 @@ POPULATESYSROOTDEPS:class-target = ""
 KERNEL_VERSION = "6.1.0-hsmsign-test"
 HSMSIGN_TEST_KERNEL_KEY ??= "0"
 
-do_configure[noexec] = "1"
+HSMSIGN_TEST_KCONFIG_TREE ??= ""
+# KERNEL_CC is the host's gcc (12 on Debian bookworm), which has no -fcanon-prefix-map (GCC 13)
+DEBUG_PREFIX_MAP:remove = "-fcanon-prefix-map"
+# 1: a kernel tree whose module signing depends on BROKEN (as a kernel marks what it cannot
+# build), so CONFIG_MODULE_SIG cannot be enabled
+HSMSIGN_TEST_KERNEL_NO_MODSIG ??= "0"
+
+# the base configuration, which kernel_do_configure copies to ${B}/.config: 64-bit, modules,
+# module signing off
+SRC_URI = "file://defconfig"
+
+# S (work-shared): one symlink per entry of the kernel tree (kernel_do_configure writes
+# ${S}/.scmversion; the shared tree stays as it is). kernel_do_configure then runs
+# olddefconfig on the defconfig, and meta-hsmsign's postfunc its own.
+do_configure:prepend() {
+	tree="${HSMSIGN_TEST_KCONFIG_TREE}"
+	if [ ! -f "$tree/Kconfig" ]; then
+		bbfatal "no kernel tree in HSMSIGN_TEST_KCONFIG_TREE ('$tree'): scripts/extract-kconfig-tree DEST"
+	fi
+	find ${S} -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+	for f in "$tree"/*; do
+		ln -s "$f" ${S}/
+	done
+	if [ "${HSMSIGN_TEST_KERNEL_NO_MODSIG}" = "1" ]; then
+		rm ${S}/kernel
+		cp -rs "$tree/kernel" ${S}/kernel
+		rm ${S}/kernel/module/Kconfig
+		sed '/^config MODULE_SIG$/a\	depends on BROKEN' "$tree/kernel/module/Kconfig" > ${S}/kernel/module/Kconfig
+	fi
+	# a new configuration from the defconfig on every run
+	rm -f ${B}/.config
+}
+do_configure[vardepsexclude] += "HSMSIGN_TEST_KCONFIG_TREE"
 
 do_compile() {
+	# the .config is do_configure's
 	mkdir -p include/config include/generated certs
-	printf 'CONFIG_MODULES=y\nCONFIG_MODULE_SIG=y\nCONFIG_MODULE_SIG_KEY=""\n' > .config
 	cp .config include/config/auto.conf
 	echo "${KERNEL_VERSION}" > include/config/kernel.release
 	printf '#define UTS_RELEASE "%s"\n' "${KERNEL_VERSION}" > include/generated/utsrelease.h
@@ -44,7 +78,6 @@ do_compile() {
 		echo "stand-in: no certificate" > certs/signing_key.x509
 	fi
 }
-do_compile[cleandirs] = "${B}"
 do_compile[dirs] = "${B}"
 
 # the kernel's own modules: one relocatable ELF object with debug info and a .modinfo section
