@@ -141,7 +141,12 @@ python hsmsign_modsign_kconfig() {
     import shutil
     b = d.getVar("B")
     cert = os.path.join(b, "hsmsign-modules.pem")
-    shutil.copyfile(d.getVar("HSMSIGN_MODULES_CERT_FILE"), cert)
+    source = d.getVar("HSMSIGN_MODULES_CERT_FILE")
+    try:
+        shutil.copyfile(source, cert)
+    except OSError as exc:
+        bb.fatal("meta-hsmsign: cannot read the module certificate %s (%s); it is what hsmsign-modules-cert "
+                 "deploys: check HSMSIGN_MODULES_CERT_FILE and HSMSIGN_MODULES_CERT" % (source, exc.strerror or exc))
     wanted = hsmsign.bitbake.modsign_kconfig(cert, d.getVar("HSMSIGN_MODULES_HASH"),
                                              d.getVar("HSMSIGN_MODULES_SIG_FORCE") == "1")
     config = os.path.join(b, ".config")
