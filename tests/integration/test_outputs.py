@@ -376,10 +376,17 @@ def test_a_signal_during_encrypt_removes_the_temporary_file(
          "--out", str(out / "rootfs.enc")],
         env=softhsm.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    started = lambda: any(p.stat().st_size > (4 << 20) for p in out.glob(TMP + "*"))  # noqa: E731
+    _wait_for(lambda: started() or proc.poll() is not None)
+    err = _stop_with(proc, sig, code)
+    assert err.splitlines() == [f"hsmsign: error: {word} by {sig.name}; unfinished outputs removed"]
+    assert list(out.iterdir()) == []
+
+
+def _stop_with(proc: subprocess.Popen[str], sig: signal.Signals, code: int) -> str:
+    """Send ``sig`` to a running hsmsign: it exits with ``code`` and one line naming the signal
+    (returned)."""
     try:
-        _wait_for(
-            lambda: any(p.stat().st_size > (4 << 20) for p in out.glob(TMP + "*")) or proc.poll() is not None
-        )
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
@@ -387,8 +394,16 @@ def test_a_signal_during_encrypt_removes_the_temporary_file(
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == code, err
-    assert err.splitlines() == [f"hsmsign: error: {word} by {sig.name}; unfinished outputs removed"]
-    assert list(out.iterdir()) == []
+    assert len(err.splitlines()) == 1 and sig.name in err, err
+    return err
+
+
+def _start_sign(softhsm: SoftHsm, uri: str, out: Path, data: Path) -> subprocess.Popen[str]:
+    """``hsmsign sign`` started in the background, for a signal to be sent to it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "hsmsign", "sign", *DEV, "--uri", uri, "-o", str(out), str(data)],
+        env=softhsm.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -396,21 +411,9 @@ def test_a_signal_while_hashing_an_endless_pipe(
     softhsm: SoftHsm, rsa2048: str, tmp_path: Path, sig: signal.Signals, code: int
 ) -> None:
     with _endless_fifo(tmp_path / "fifo") as fifo:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hsmsign", "sign", *DEV, "--uri", rsa2048, "-o", str(tmp_path / "x.sig"),
-             str(fifo)],
-            env=softhsm.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        try:
-            time.sleep(2.0)  # started, logged in, hashing the pipe
-            assert proc.poll() is None, proc.communicate()
-            proc.send_signal(sig)
-            _, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    assert proc.returncode == code, err
-    assert len(err.splitlines()) == 1 and sig.name in err, err
+        proc = _start_sign(softhsm, rsa2048, tmp_path / "x.sig", fifo)
+        time.sleep(2.0)  # started, logged in, hashing the pipe
+        _stop_with(proc, sig, code)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
 
 
@@ -429,24 +432,12 @@ def test_a_signal_stops_a_child_that_is_still_running(
     assert uri != rsa2048, rsa2048
     data = tmp_path / "data.bin"
     data.write_bytes(b"payload")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hsmsign", "sign", *DEV, "--uri", uri, "-o", str(tmp_path / "x.sig"),
-         str(data)],
-        env=softhsm.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        _wait_for(lambda: (pid_file.exists() and pid_file.read_text().strip()) or proc.poll() is not None)
-        assert proc.poll() is None, proc.communicate()
-        child = int(pid_file.read_text())
-        _wait_for(lambda: bool(atomic.descendants(child)) or proc.poll() is not None)
-        below = atomic.descendants(child)  # the program's own child: sleep
-        proc.send_signal(sig)  # to hsmsign only, not its process group
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == code, err
-    assert len(err.splitlines()) == 1 and sig.name in err, err
+    proc = _start_sign(softhsm, uri, tmp_path / "x.sig", data)
+    _wait_for(lambda: (pid_file.exists() and pid_file.read_text().strip()) or proc.poll() is not None)
+    child = int(pid_file.read_text() or "0")
+    _wait_for(lambda: bool(atomic.descendants(child)) or proc.poll() is not None)
+    below = atomic.descendants(child)  # the program's own child: sleep
+    _stop_with(proc, sig, code)  # the signal goes to hsmsign only, not its process group
 
     def gone(pid: int) -> bool:
         try:

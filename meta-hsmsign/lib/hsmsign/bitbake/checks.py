@@ -372,16 +372,7 @@ def check_value(name: str, value: str, prod: bool) -> Problem | None:
     # no guard around the scanner: a bug in it stops the parse instead of skipping the check
     finding = secrets.check_variable(_OVERRIDE.sub("", name, count=1), value)
     if finding is None or finding.kind == "key-file-variable":  # key files: check_key_files
-        known = published_symmetric_key(value)
-        if known is None:
-            return None
-        return Problem(
-            name,
-            f"{_KIND_MESSAGES['known-symmetric-key']} ({known.description}; published in {known.where()})"
-            + _STORED,
-            secrets.ADVICE["known-symmetric-key"],
-            fatal=prod,
-        )
+        return _published_key_problem(name, value, prod)
     message = _KIND_MESSAGES.get(finding.kind, f"holds a secret ({finding.kind})")
     if finding.kind == "known-symmetric-key" and finding.detail:
         message += f" ({finding.detail})"
@@ -497,6 +488,11 @@ def recipe_value_problem(name: str, value: str, prod: bool) -> Problem | None:
         return None
     if _PIN_VALUE.search(value) or _has_private_key(value) or pin_program_with_arguments(value):
         return check_value(name, value, prod)
+    return _published_key_problem(name, value, prod)
+
+
+def _published_key_problem(name: str, value: str, prod: bool) -> Problem | None:
+    """A published example key anywhere in ``value``: fatal in production, else a warning."""
     known = published_symmetric_key(value)
     if known is None:
         return None
