@@ -58,6 +58,7 @@ PIN_LIKE = [
     f"pkcs11:token=t;object=k?pin-value%3D{SECRET}",
     f"PKCS11:TOKEN=t?Pin_Value={SECRET}",
     f"pkcs11:token=t;object=k?\uff50\uff49\uff4e={SECRET}",  # full-width "pin"
+    f"pkcs11:token=t;object=k;id=%70%69%6e%76%61%6c%75%65{SECRET}",  # an id whose bytes spell it
 ]
 
 
