@@ -12,7 +12,6 @@ import glob
 import os
 import re
 import shlex
-import stat
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -426,17 +425,19 @@ def copy_times(src: str, dst: str) -> None:
 
 def write_modules_tarball(top: str, tarball: str, source_date_epoch: str) -> None:
     """``tar TAR_ARGS -c -C TOP lib | gzip -9n`` into ``tarball``, as ``kernel_do_deploy`` makes
-    ``modules-*.tgz`` (:func:`modules_tar_args`), through a temporary file in the same directory
-    renamed over it: readers see the old tarball or the whole new one. Raises TaskError (the
-    temporary file removed) when tar or gzip fails."""
-    tmp = os.path.join(os.path.dirname(tarball), f".{os.path.basename(tarball)}.hsmsign-tmp")
+    ``modules-*.tgz`` (:func:`modules_tar_args`), written atomically (``hsmsign.atomic``: a
+    temporary file renamed over it, keeping the old tarball's mode): readers see the old tarball
+    or the whole new one. Raises TaskError (the temporary file removed) when tar or gzip fails."""
+    from .. import atomic
+    from ..errors import HsmsignError
+
     argv = ["tar", *modules_tar_args(source_date_epoch), "-c", "-C", top, "lib"]
     try:
-        with open(tmp, "wb") as out, tempfile.TemporaryFile() as tar_err:
+        with atomic.atomic_output(tarball) as out, tempfile.TemporaryFile() as tar_err:
             # tar's errors to a file: a pipe nobody reads while gzip runs could fill and stop tar
             tar = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=tar_err)
             gzip = subprocess.run(
-                ["gzip", "-9n"], stdin=tar.stdout, stdout=out, stderr=subprocess.PIPE, check=False
+                ["gzip", "-9n"], stdin=tar.stdout, stdout=out.fh, stderr=subprocess.PIPE, check=False
             )
             if tar.stdout is not None:
                 tar.stdout.close()
@@ -451,16 +452,11 @@ def write_modules_tarball(top: str, tarball: str, source_date_epoch: str) -> Non
                     f"gzip -9n failed with exit code {gzip.returncode}: "
                     + gzip.stderr.decode(errors="replace").strip()
                 )
-            out.flush()
-            os.fsync(out.fileno())
-        # the mode kernel_do_deploy's redirection gave the tarball
-        os.chmod(tmp, stat.S_IMODE(os.stat(tarball).st_mode) if os.path.exists(tarball) else 0o644)
-        os.replace(tmp, tarball)
+    except HsmsignError as exc:
+        raise TaskError(f"cannot write {tarball}: {exc.message}") from exc
     except OSError as exc:
         raise TaskError(f"cannot write {tarball}: {exc.strerror or exc}") from exc
-    finally:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
+
 
 # --- NXP i.MX boot images (hsmsign-imx.bbclass) ----------------------------------------------
 
