@@ -59,16 +59,13 @@ HSMSIGN_MODULES_CERT_FILE[doc] = "The module certificate the kernel and the sign
 HSMSIGN_MODULES_BATCH ??= "500"
 HSMSIGN_MODULES_BATCH[doc] = "Modules per 'hsmsign modsign' process (one token login each)."
 
-# Sign every kernel module below ROOT (kernel_modules: *.ko below lib/modules/, not the debug
-# split's .debug/ copies) with HSM_PKCS11_URI_MODULES, HSMSIGN_MODULES_BATCH per 'hsmsign modsign'
-# process, under the per-token lock. Compressed modules fail the task. Returns how many.
+# Sign every kernel module below ROOT (kernel_modules: *.ko below lib/modules/, and the
+# compressed .ko.gz/.ko.xz/.ko.zst of CONFIG_MODULE_COMPRESS_*, signed inside and compressed
+# again; not the debug split's .debug/ copies) with HSM_PKCS11_URI_MODULES,
+# HSMSIGN_MODULES_BATCH per 'hsmsign modsign' process, under the per-token lock. Returns how many.
 # Shared by do_package (PKGD) and the kernel's do_deploy (the modules tarball).
 def hsmsign_modsign_tree(d, root, what):
-    modules, compressed = hsmsign.bitbake.kernel_modules(root)
-    if compressed:
-        bb.fatal("meta-hsmsign: %d compressed kernel modules (e.g. %s) cannot be signed: the kernel checks "
-                 "the signature of the uncompressed module; turn CONFIG_MODULE_COMPRESS_* off"
-                 % (len(compressed), compressed[0]))
+    modules = hsmsign.bitbake.kernel_modules(root)
     if not modules:
         return 0
     cert = d.getVar("HSMSIGN_MODULES_CERT_FILE")

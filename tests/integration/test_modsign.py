@@ -311,6 +311,131 @@ def test_bad_inputs_fail_with_one_line_and_sign_nothing(
     assert two.returncode == 2 and "--output takes one module" in two.stderr
 
 
+# what the kernel's scripts/Makefile.modinst runs to compress a module (Linux 6.1)
+KERNEL_COMPRESS = {
+    ".ko.gz": (["gzip", "-n", "-f"], ["gzip", "-d", "-c"], b"\x1f\x8b"),
+    ".ko.xz": (["xz", "--check=crc32", "--lzma2=dict=1MiB", "-f"], ["xz", "-d", "-c"], b"\xfd7zXZ\x00"),
+    ".ko.zst": (["zstd", "-T0", "--rm", "-f", "-q"], ["zstd", "-d", "-c", "-q"], b"\x28\xb5\x2f\xfd"),
+}
+
+
+def _kernel_compress(module: Path, suffix: str) -> Path:
+    """``module`` compressed in place as modules_install does (the tool appends the suffix)."""
+    argv = KERNEL_COMPRESS[suffix][0]
+    subprocess.run([tool(argv[0], argv[0]), *argv[1:], str(module)], check=True)
+    out = module.with_name(module.name[: -len(".ko")] + suffix)
+    assert out.exists() and not module.exists()
+    return out
+
+
+def _decompressed(path: Path, suffix: str) -> bytes:
+    argv = KERNEL_COMPRESS[suffix][1]
+    return subprocess.run(
+        [tool(argv[0], argv[0]), *argv[1:], str(path)], capture_output=True, check=True
+    ).stdout
+
+
+def _kmod_reads(suffix: str) -> bool:
+    """Whether this machine's kmod was built to open ``suffix`` (Debian 12's has no zlib)."""
+    features = subprocess.run([tool("kmod", "kmod"), "--version"], capture_output=True, text=True).stdout
+    need = {".ko.gz": "+ZLIB", ".ko.xz": "+XZ", ".ko.zst": "+ZSTD"}[suffix]
+    return need in features.split()
+
+
+def test_compressed_modules_are_signed_inside_and_compressed_as_the_kernel_does(
+    softhsm: SoftHsm, rsa_key: tuple[str, Path], modules_dir: Path, tmp_path: Path
+) -> None:
+    """CONFIG_MODULE_COMPRESS_*: the signature covers the uncompressed module (what kmod hands the
+    kernel, and what the kernel decompresses itself with CONFIG_MODULE_DECOMPRESS), and the
+    result is compressed again with modules_install's settings."""
+    pristine = (modules_dir / "m8.ko").read_bytes()
+    (plain,) = _copy(modules_dir, tmp_path / "plain", ["m8.ko"])
+    assert _sign(softhsm, rsa_key, str(plain)).returncode == 0
+    reference = plain.read_bytes()  # what hsmsign (and sign-file, byte for byte) makes of the .ko
+    packed = []
+    for suffix in KERNEL_COMPRESS:
+        (mod,) = _copy(modules_dir, tmp_path / suffix.strip("."), ["m8.ko"])
+        packed.append(_kernel_compress(mod, suffix))
+    done = _sign(softhsm, rsa_key, *map(str, packed))
+    assert done.returncode == 0, done.stderr
+    assert "signed 3 modules" in done.stdout
+    first = {}
+    for path in packed:
+        suffix = "." + path.name.split(".", 1)[1]
+        data = path.read_bytes()
+        assert data.startswith(KERNEL_COMPRESS[suffix][2]), (path, data[:8])
+        # the stock decompressor gives exactly the signed plain module: body, PKCS#7, trailer
+        assert _decompressed(path, suffix) == reference
+        body, _pkcs7 = _split(reference)
+        assert body == pristine
+        if _kmod_reads(suffix):
+            assert _modinfo(path, "signer") == "hsmsign test modules"
+            assert _modinfo(path, "sig_hashalgo") == "sha256"
+        first[path] = data
+    # the kernel's own xz settings: CRC32 (its decompressor checks no other) and a 1 MiB dictionary
+    xz_path = next(p for p in packed if p.name.endswith(".xz"))
+    listed = subprocess.run(["xz", "--robot", "-lvv", str(xz_path)], capture_output=True, text=True).stdout
+    assert "\tCRC32\t" in listed and "--lzma2=dict=1MiB" in listed, listed
+    verified = softhsm.run_cli("modsign", "verify", "--cert", str(rsa_key[1]), *map(str, packed))
+    assert verified.returncode == 0, verified.stderr
+    assert "OK: 3 modules signed by CN=hsmsign test modules" in verified.stdout
+    # signing again replaces the signature inside: the same bytes (deterministic signature and
+    # compression), never a second signature
+    again = _sign(softhsm, rsa_key, *map(str, packed))
+    assert again.returncode == 0 and "3 re-signed" in again.stdout, again.stderr
+    for path in packed:
+        assert path.read_bytes() == first[path]
+    # one byte of the module changed inside the compression: refused like a plain module
+    flipped = tmp_path / "flipped.ko.xz"
+    bad = bytearray(reference)
+    bad[100] ^= 1
+    flipped.write_bytes(
+        subprocess.run(["xz", "-c", "--check=crc32"], input=bytes(bad), capture_output=True).stdout
+    )
+    done = softhsm.run_cli("modsign", "verify", "--cert", str(rsa_key[1]), str(flipped))
+    assert done.returncode == 6 and "does not verify" in done.stderr, done.stderr
+
+
+def test_bad_compressed_modules_fail_with_one_line_and_sign_nothing(
+    softhsm: SoftHsm, rsa_key: tuple[str, Path], modules_dir: Path, tmp_path: Path
+) -> None:
+    (good,) = _copy(modules_dir, tmp_path, ["m9.ko"])
+    pristine = good.read_bytes()
+    xz = _kernel_compress(_copy(modules_dir, tmp_path / "x", ["m9.ko"])[0], ".ko.xz")
+    packed = xz.read_bytes()
+    cut = tmp_path / "cut.ko.xz"
+    cut.write_bytes(packed[: len(packed) // 2])
+    wrong = tmp_path / "wrong.ko.xz"
+    wrong.write_bytes(subprocess.run(["gzip", "-n", "-c"], input=pristine, capture_output=True).stdout)
+    trailing = tmp_path / "trailing.ko.xz"
+    trailing.write_bytes(packed + b"junk")
+    text = tmp_path / "notes.ko.gz"
+    text.write_bytes(
+        subprocess.run(["gzip", "-n", "-c"], input=b"not a module\n", capture_output=True).stdout
+    )
+    cases = {
+        cut: f"{cut}: corrupt xz data (the stream is cut short)",
+        wrong: f"{wrong} is named as xz data but is not xz data",
+        trailing: f"{trailing}: corrupt xz data (4 bytes follow the compressed stream)",
+        text: f"{text} is not an ELF file",
+    }
+    for bad, message in cases.items():
+        before = bad.read_bytes()
+        done = _sign(softhsm, rsa_key, str(good), str(bad))
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.splitlines()[0].startswith(f"hsmsign: error: {message}"), done.stderr
+        assert "Traceback" not in done.stderr
+        assert good.read_bytes() == pristine and bad.read_bytes() == before
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hsmsign-tmp-")]
+    done = _sign(softhsm, rsa_key, "--output", str(tmp_path / "out.ko"), str(xz))
+    assert done.returncode == 2 and "differ in their compression suffix" in done.stderr, done.stderr
+    assert xz.read_bytes() == packed and not (tmp_path / "out.ko").exists()
+    done = _sign(softhsm, rsa_key, "--output", str(tmp_path / "out.ko.xz"), str(xz))
+    assert done.returncode == 0, done.stderr
+    assert xz.read_bytes() == packed  # --output: the input stays as it was
+    assert _split(_decompressed(tmp_path / "out.ko.xz", ".ko.xz"))[0] == pristine
+
+
 def test_byte_identical_to_the_kernels_sign_file(softhsm: SoftHsm, modules_dir: Path, tmp_path: Path) -> None:
     """RSA PKCS#1 v1.5 is deterministic: the same key signs the same bytes as scripts/sign-file."""
     require(
@@ -388,23 +513,29 @@ KERNEL_CACHE = Path(
 )
 INIT = """#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
-for m in good flipped unsigned other; do
-    if /bin/busybox insmod /$m.ko 2>/tmp/err; then echo "RESULT $m loaded"
+for f in %(files)s; do
+    m=${f%%%%.*}
+    if /bin/busybox insmod /$f 2>/tmp/err; then echo "RESULT $m loaded"
     else echo "RESULT $m refused: $(/bin/busybox cat /tmp/err)"; fi
 done
 /bin/busybox reboot -f
 """
 
 
-def test_the_kernel_loads_only_the_module_hsmsign_signed(
-    softhsm: SoftHsm, rsa_key: tuple[str, Path], other_key: tuple[str, Path], tmp_path: Path
-) -> None:
-    """A kernel with CONFIG_MODULE_SIG_FORCE and only the token's certificate built in."""
+@pytest.fixture
+def test_module() -> bytes:
+    """The unsigned module built with the cached test kernel (``scripts/build-modsign-kernel``)."""
     if not (KERNEL_CACHE / "vmlinux").exists():
         # not part of HSMSIGN_REQUIRE_TOOLS: the kernel is built by hand once per machine
         if os.environ.get("HSMSIGN_REQUIRE_MODSIGN_KERNEL") == "1":
             pytest.fail(f"no test kernel in {KERNEL_CACHE}: scripts/build-modsign-kernel {KERNEL_CACHE}")
         pytest.skip(f"no test kernel in {KERNEL_CACHE}: scripts/build-modsign-kernel {KERNEL_CACHE}")
+    return (KERNEL_CACHE / "hsmtest.ko").read_bytes()
+
+
+def _boot(cert: Path, files: dict[str, bytes], tmp_path: Path) -> tuple[dict[str, str], str]:
+    """Boot the cached test kernel, with ``cert`` built in, on an initramfs whose init insmods
+    ``files`` (name -> bytes) in order with busybox; each file's outcome and the console."""
     qemu = tool("qemu-system-x86_64", "qemu-system-x86")
     busybox = Path("/bin/busybox")
     require(busybox.exists(), "busybox", "apt-get install busybox-static", env="HSMSIGN_REQUIRE_TOOLS")
@@ -412,9 +543,7 @@ def test_the_kernel_loads_only_the_module_hsmsign_signed(
     vmlinux = tmp_path / "vmlinux"
     shutil.copyfile(KERNEL_CACHE / "vmlinux", vmlinux)
     der = tmp_path / "modules.der"
-    subprocess.run(
-        ["openssl", "x509", "-in", str(rsa_key[1]), "-outform", "DER", "-out", str(der)], check=True
-    )
+    subprocess.run(["openssl", "x509", "-in", str(cert), "-outform", "DER", "-out", str(der)], check=True)
     done = subprocess.run(
         [str(KERNEL_CACHE / "insert-sys-cert"), "-b", str(vmlinux), "-c", str(der)],
         capture_output=True,
@@ -427,21 +556,15 @@ def test_the_kernel_loads_only_the_module_hsmsign_signed(
         (root / sub).mkdir(parents=True)
     shutil.copyfile(busybox, root / "bin" / "busybox")
     (root / "bin" / "busybox").chmod(0o755)
-    (root / "init").write_text(INIT)
+    (root / "init").write_text(INIT % {"files": " ".join(files)})
     (root / "init").chmod(0o755)
-    pristine = (KERNEL_CACHE / "hsmtest.ko").read_bytes()
-    (root / "unsigned.ko").write_bytes(pristine)
-    for name, key in (("good", rsa_key), ("other", other_key)):
-        (root / f"{name}.ko").write_bytes(pristine)
-        assert _sign(softhsm, key, str(root / f"{name}.ko")).returncode == 0
-    good = (root / "good.ko").read_bytes()
-    flip = len(pristine) // 2
-    (root / "flipped.ko").write_bytes(good[:flip] + bytes([good[flip] ^ 0x01]) + good[flip + 1 :])
-    files = subprocess.run(["find", "."], cwd=root, capture_output=True, text=True, check=True).stdout
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    listing = subprocess.run(["find", "."], cwd=root, capture_output=True, text=True, check=True).stdout
     initrd = tmp_path / "initrd.cpio"
     with initrd.open("wb") as out:
         subprocess.run(
-            ["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=files.encode(), stdout=out, check=True
+            ["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=listing.encode(), stdout=out, check=True
         )
     boot = subprocess.run(
         [qemu, "-M", "pc", "-m", "128", "-nographic", "-no-reboot", "-kernel", str(vmlinux), "-initrd",
@@ -450,10 +573,57 @@ def test_the_kernel_loads_only_the_module_hsmsign_signed(
         text=True,
         timeout=120,
     )  # fmt: skip
-    results = dict(re.findall(r"RESULT (\w+) (.*?)\r?$", boot.stdout, re.M))
-    assert results.get("good") == "loaded", boot.stdout[-3000:]
-    assert "hsmtest: loaded" in boot.stdout
+    return dict(re.findall(r"RESULT (\w+) (.*?)\r?$", boot.stdout, re.M)), boot.stdout
+
+
+def _signed_copy(softhsm: SoftHsm, key: tuple[str, Path], data: bytes, path: Path) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    done = _sign(softhsm, key, str(path))
+    assert done.returncode == 0, done.stderr
+    return path.read_bytes()
+
+
+def test_the_kernel_loads_only_the_module_hsmsign_signed(
+    softhsm: SoftHsm,
+    rsa_key: tuple[str, Path],
+    other_key: tuple[str, Path],
+    test_module: bytes,
+    tmp_path: Path,
+) -> None:
+    """A kernel with CONFIG_MODULE_SIG_FORCE and only the token's certificate built in."""
+    pristine = test_module
+    good = _signed_copy(softhsm, rsa_key, pristine, tmp_path / "s" / "good.ko")
+    other = _signed_copy(softhsm, other_key, pristine, tmp_path / "s" / "other.ko")
+    flip = len(pristine) // 2
+    flipped = good[:flip] + bytes([good[flip] ^ 0x01]) + good[flip + 1 :]
+    files = {"good.ko": good, "flipped.ko": flipped, "unsigned.ko": pristine, "other.ko": other}
+    results, console = _boot(rsa_key[1], files, tmp_path)
+    assert results.get("good") == "loaded", console[-3000:]
+    assert "hsmtest: loaded" in console
     for name in ("flipped", "unsigned", "other"):
-        assert results.get(name, "").startswith("refused"), (name, boot.stdout[-3000:])
-    assert "Loading of unsigned module is rejected" in boot.stdout
-    assert "Loading of module with unavailable key is rejected" in boot.stdout
+        assert results.get(name, "").startswith("refused"), (name, console[-3000:])
+    assert "Loading of unsigned module is rejected" in console
+    assert "Loading of module with unavailable key is rejected" in console
+
+
+def test_the_kernel_loads_a_compressed_module_hsmsign_signed(
+    softhsm: SoftHsm, rsa_key: tuple[str, Path], test_module: bytes, tmp_path: Path
+) -> None:
+    """CONFIG_MODULE_COMPRESS_XZ: busybox's insmod decompresses, as kmod does, and the kernel
+    checks the signature hsmsign put inside. The module is loaded once per boot (its name is
+    taken after that), so the refused ones come first."""
+    pristine = test_module
+    xz = KERNEL_COMPRESS[".ko.xz"][0]
+    packed = subprocess.run([*xz[:-1], "-c"], input=pristine, capture_output=True, check=True).stdout
+    good = _signed_copy(softhsm, rsa_key, packed, tmp_path / "s" / "good.ko.xz")
+    inside = bytearray(_decompressed(tmp_path / "s" / "good.ko.xz", ".ko.xz"))
+    inside[len(pristine) // 2] ^= 0x01
+    flipped = subprocess.run([*xz[:-1], "-c"], input=bytes(inside), capture_output=True, check=True).stdout
+    files = {"unsigned.ko.xz": packed, "flipped.ko.xz": flipped, "good.ko.xz": good}
+    results, console = _boot(rsa_key[1], files, tmp_path)
+    for name in ("unsigned", "flipped"):
+        assert results.get(name, "").startswith("refused"), (name, console[-3000:])
+    assert "Loading of unsigned module is rejected" in console
+    assert results.get("good") == "loaded", console[-3000:]
+    assert "hsmtest: loaded" in console

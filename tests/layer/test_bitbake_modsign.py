@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ast
 import glob
+import lzma
 import os
 import re
 import shutil
@@ -49,6 +50,8 @@ KERNEL = "hsmsign-test-modsign-kernel"
 KERNEL_VERSION = "6.1.0-hsmsign-test"
 MODULES = ("hsmsign_test_a", "hsmsign_test_b")
 KERNEL_MODULES = ("hsmsign_test_k",)
+# installed as CONFIG_MODULE_COMPRESS_XZ leaves them: signed inside, compressed again
+KERNEL_MODULES_XZ = ("hsmsign_test_kxz",)
 SUBJECT_CN = "meta-hsmsign layer test modules"
 # the target's binutils and compiler: the host's (x86_64), under the names oe-core calls them by
 # (KERNEL_CC and KERNEL_LD: Kconfig asks the compiler and the linker)
@@ -105,8 +108,10 @@ class ModsignBuild(StandinBuild):
             "HSMSIGN_TEST_KCONFIG_TREE": KCONFIG_TREE,
             **changes,
         }
-        # flex and bison: Kconfig's parser (scripts/kconfig, built by do_configure)
-        hosttools = " ".join([f"{TARGET_SYS}-{t}" for t in CROSS_TOOLS] + ["flex", "bison"])
+        # flex and bison: Kconfig's parser (scripts/kconfig, built by do_configure); xz: the stand-in
+        # kernel's modules_install compresses a module, and kernel-module-split reads it with xz -dc
+        # (a host tool from wrynose on; xz-native on scarthgap)
+        hosttools = " ".join([f"{TARGET_SYS}-{t}" for t in CROSS_TOOLS] + ["flex", "bison", "xz"])
         self.write_conf(settings, [f'HOSTTOOLS += "{hosttools}"'])
 
 
@@ -230,6 +235,35 @@ def test_kernel_recipe_hooks(packaged: ModsignBuild) -> None:
     assert not os.path.exists(os.path.join(shared, "certs"))
 
 
+def test_kernel_compressed_module_signed_inside_in_its_package(packaged: ModsignBuild) -> None:
+    """CONFIG_MODULE_COMPRESS_XZ: oe-core's do_package leaves a .ko.xz as it is (no strip); the
+    layer signs the module inside and compresses it again with the kernel's xz settings, and
+    kernel-module-split (which reads .modinfo through xz -dc) packages the signed one."""
+    cert = os.path.join(packaged.deploy_dir(), "hsmsign-modules.pem")
+    workdir = packaged.workdir(KERNEL)
+    for name in KERNEL_MODULES_XZ:
+        (pkgd,) = glob.glob(os.path.join(workdir, "package", "**", f"{name}.ko.xz"), recursive=True)
+        (installed,) = glob.glob(os.path.join(workdir, "image", "**", f"{name}.ko.xz"), recursive=True)
+        with open(pkgd, "rb") as fh:
+            data = fh.read()
+        with open(installed, "rb") as fh:
+            original = lzma.decompress(fh.read())
+        assert data.startswith(b"\xfd7zXZ\x00")
+        listed = subprocess.run(["xz", "--robot", "-lvv", pkgd], capture_output=True, text=True).stdout
+        assert "\tCRC32\t" in listed and "--lzma2=dict=1MiB" in listed, listed
+        assert unsigned(lzma.decompress(data), pkgd) == original and not original.endswith(MAGIC)
+        ok = bbenv.hsmsign("modsign", "verify", "--cert", cert, pkgd)
+        assert ok.returncode == 0, ok.stderr
+        got = subprocess.run([str(MODINFO), "-F", "signer", pkgd], capture_output=True, text=True)
+        assert got.stdout.strip() == SUBJECT_CN, (got.stdout, got.stderr)
+        package = f"kernel-module-{name.replace('_', '-')}-{KERNEL_VERSION}"
+        (split,) = glob.glob(
+            os.path.join(workdir, "packages-split", package, "**", f"{name}.ko.xz"), recursive=True
+        )
+        with open(split, "rb") as fh:
+            assert fh.read() == data, package
+
+
 def kernel_config(build: ModsignBuild) -> tuple[str, set[str]]:
     """The stand-in kernel's build directory (B) and the lines of its .config."""
     b = os.path.join(build.workdir(KERNEL), "build")
@@ -323,7 +357,17 @@ def test_deployed_modules_tarball_holds_signed_modules(packaged: ModsignBuild) -
         fields = ("type", "mode", "uid", "gid", "uname", "gname", "mtime", "linkname")
         assert [getattr(mine, f) for f in fields] == [getattr(orig, f) for f in fields], mine.name
         assert (mine.uid, mine.gid) == (0, 0)
-        if mine.name.endswith(".ko"):
+        if mine.name.endswith(".ko.xz"):
+            # compressed as modules_install compresses: the signature is inside
+            assert data.startswith(b"\xfd7zXZ\x00"), mine.name
+            inside = lzma.decompress(data)
+            assert unsigned(inside, mine.name) == lzma.decompress(orig_data), mine.name
+            assert not lzma.decompress(orig_data).endswith(MAGIC), mine.name
+            path = os.path.join(scratch, os.path.basename(mine.name))
+            with open(path, "wb") as fh:
+                fh.write(data)
+            modules.append(path)
+        elif mine.name.endswith(".ko"):
             assert unsigned(data, mine.name) == orig_data and not orig_data.endswith(MAGIC), mine.name
             path = os.path.join(scratch, os.path.basename(mine.name))
             with open(path, "wb") as fh:
@@ -331,7 +375,9 @@ def test_deployed_modules_tarball_holds_signed_modules(packaged: ModsignBuild) -
             modules.append(path)
         else:
             assert data == orig_data, mine.name
-    assert sorted(os.path.basename(p) for p in modules) == sorted(f"{m}.ko" for m in KERNEL_MODULES)
+    assert sorted(os.path.basename(p) for p in modules) == sorted(
+        [f"{m}.ko" for m in KERNEL_MODULES] + [f"{m}.ko.xz" for m in KERNEL_MODULES_XZ]
+    )
     assert any(m.name.endswith("/modules.order") for m, _ in ours)
     ok = bbenv.hsmsign("modsign", "verify", "--cert", cert, *modules)
     assert ok.returncode == 0, ok.stderr

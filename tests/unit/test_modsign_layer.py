@@ -110,9 +110,16 @@ def test_kernel_modules_found_as_oe_core_finds_them(tmp_path: Path) -> None:
     # oe-core's debug split: the -dbg package's copy is no module to sign
     (usr / ".debug").mkdir()
     (usr / ".debug" / "d.ko").write_bytes(b"\x7fELF")
-    modules, compressed = hb.kernel_modules(str(tmp_path))
-    assert modules == [str(mods / "a.ko"), str(usr / "d.ko")]
-    assert compressed == [str(mods / "b.ko.xz")]
+    (mods / "e.ko.gz").write_bytes(b"\x1f\x8b")
+    (usr / "f.ko.zst").write_bytes(b"\x28\xb5\x2f\xfd")
+    (usr / "g.ko.bz2").write_bytes(b"BZh")  # no kernel compresses modules with bzip2
+    assert hb.kernel_modules(str(tmp_path)) == [
+        str(mods / "a.ko"),
+        str(mods / "b.ko.xz"),
+        str(mods / "e.ko.gz"),
+        str(usr / "d.ko"),
+        str(usr / "f.ko.zst"),
+    ]
     assert hb.batches([str(i) for i in range(5)], 2) == [["0", "1"], ["2", "3"], ["4"]]
 
 

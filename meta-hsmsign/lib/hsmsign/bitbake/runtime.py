@@ -316,14 +316,14 @@ DEBUG_DIRS = (".debug", ".debug-static")
 MODSIGN_HASHES = ("sha256", "sha384", "sha512")
 
 
-def kernel_modules(root: str) -> tuple[list[str], list[str]]:
-    """The kernel modules under ``root`` (oe-core's rule: ``*.ko`` below a ``/lib/modules/`` directory,
-    an ELF file, no symlink) and the compressed ones (which cannot be signed: the kernel checks the
-    signature of the uncompressed module). Sorted, for stable logs. The debug copies oe-core's
-    debug split leaves in ``.debug/`` directories (the -dbg package) are no modules to load and
-    are left unsigned."""
+def kernel_modules(root: str) -> list[str]:
+    """The kernel modules under ``root``, sorted (for stable logs): oe-core's rule, ``*.ko`` below
+    a ``/lib/modules/`` directory, an ELF file, no symlink; and the compressed ones
+    (``CONFIG_MODULE_COMPRESS_*``: ``.ko.gz``, ``.ko.xz``, ``.ko.zst``, as kernel-module-split
+    names them), which ``hsmsign modsign`` signs inside and compresses again. The debug copies
+    oe-core's debug split leaves in ``.debug/`` directories (the -dbg package) are no modules to
+    load and are left unsigned."""
     modules: list[str] = []
-    compressed: list[str] = []
     for top, dirs, files in os.walk(root):
         dirs[:] = [name for name in dirs if name not in DEBUG_DIRS]
         if "/lib/modules/" not in top + "/":
@@ -337,8 +337,8 @@ def kernel_modules(root: str) -> tuple[list[str], list[str]]:
                     if fh.read(4) == b"\x7fELF":
                         modules.append(path)
             elif name.endswith(COMPRESSED_MODULE_SUFFIXES):
-                compressed.append(path)
-    return sorted(modules), sorted(compressed)
+                modules.append(path)
+    return sorted(modules)
 
 
 def batches(items: Sequence[str], size: int = 500) -> list[list[str]]:

@@ -28,6 +28,10 @@ examples:
   # 'openssl cms -verify' of the extracted PKCS#7)
   modinfo -F signer ./hello.signed.ko; modinfo -F sig_hashalgo ./hello.signed.ko
 
+  # a kernel with CONFIG_MODULE_COMPRESS_XZ: signed inside, compressed again with the kernel's
+  # settings (xz --check=crc32 --lzma2=dict=1MiB; gzip -n; zstd -T0)
+  hsmsign modsign --uri "$HSM_PKCS11_URI_MODULES" --cert modules.pem hello.ko.xz
+
 A module named 'verify' is given as ./verify. Keys: RSA (PKCS#1 v1.5) or ECDSA P-256/P-384;
 the kernel needs the hash built in (CONFIG_MODULE_SIG_SHA256/384/512, default sha256).
 """
@@ -72,14 +76,17 @@ def _add_parser(sub: Any, parents: Any, raw: Any) -> Any:
         help="sign Linux kernel modules (appended PKCS#7, as scripts/sign-file), or verify them",
         description="Sign kernel modules in place (or one to --output) with the kernel's appended PKCS#7 "
         "signature: one token session for all of them, one token operation per module, each module "
-        "checked and written atomically. 'hsmsign modsign verify' checks modules against a certificate. "
+        "checked and written atomically. Compressed modules (.ko.gz, .ko.xz, .ko.zst) are decompressed, "
+        "signed and compressed again as the kernel's modules_install does. "
+        "'hsmsign modsign verify' checks modules against a certificate. "
         "Role MODULES (HSMSIGN_PUBKEY_SHA256_MODULES pins the key).",
     )
     p.add_argument(
         "modules",
         nargs="+",
         metavar="MODULE.ko",
-        help="modules to sign in place; 'verify' first checks them instead",
+        help="modules to sign in place (.ko, or compressed: .ko.gz, .ko.xz, .ko.zst); 'verify' first "
+        "checks them instead",
     )
     p.add_argument(
         "--cert",
@@ -89,7 +96,12 @@ def _add_parser(sub: Any, parents: Any, raw: Any) -> Any:
         "(verify: the trusted certificate)",
     )
     p.add_argument("--hash", default="sha256", choices=("sha256", "sha384", "sha512"), help="default sha256")
-    p.add_argument("--output", "-o", metavar="OUT.ko", help="write the signed module here (one module only)")
+    p.add_argument(
+        "--output",
+        "-o",
+        metavar="OUT.ko",
+        help="write the signed module here (one module only; the same compression suffix as the input)",
+    )
     return p
 
 
@@ -100,9 +112,14 @@ def run(args: Any) -> int:
 
 
 def _read(path: str) -> bytes:
+    """A module's ELF bytes (with their signature, if any); a ``.ko.gz``, ``.ko.xz`` or ``.ko.zst``
+    decompressed (``formats.modcompress``)."""
     from ..atomic import read_input
+    from ..formats import modcompress
 
-    return read_input(path, "module")
+    data = read_input(path, "module")
+    kind = modcompress.compression(path)
+    return modcompress.decompress(data, kind, path) if kind else data
 
 
 def _inputs(paths: list[str]) -> list[str]:
@@ -146,11 +163,16 @@ def run_sign(args: Any) -> int:
 
     from .. import atomic, ledger, signing
     from ..errors import ConfigError, SigningError
-    from ..formats import cms, modsig
+    from ..formats import cms, modcompress, modsig
 
     paths = _inputs(args.modules)
     if args.output and len(paths) != 1:
         raise ConfigError("--output takes one module", "sign several modules in place (without --output)")
+    if args.output and modcompress.compression(args.output) != modcompress.compression(paths[0]):
+        raise ConfigError(
+            f"--output {args.output} and {paths[0]} differ in their compression suffix",
+            "the signed module is compressed as its input is: keep the suffix (.ko, .ko.gz, .ko.xz, .ko.zst)",
+        )
     modsig.check_hash(args.hash)
     cert = cms.read_certificate_file(args.cert)
     # every input is checked before the token signs anything: a bad file in a batch signs nothing
@@ -181,7 +203,7 @@ def run_sign(args: Any) -> int:
         module_signer = modsig.Signer(key, cert, args.hash)
         identity = key.uri.identity()
 
-        def commit(chunk: list[tuple[str, bytes, Any, str]]) -> None:
+        def commit(chunk: list[tuple[str, Any, Any, str]]) -> None:
             # the modules and their ledger entries land together or not at all. No fsync per
             # module (thousands of build intermediates, as sign-file writes them), and no
             # os.sync(): on a build host that would flush every other task's writes too
@@ -195,9 +217,13 @@ def run_sign(args: Any) -> int:
                     mechanism=mechanism,
                     kind="modsign",
                 )
+            # compressed modules: their compression (a future) is done before anything lands
+            payloads = [
+                signed if isinstance(signed, bytes) else signed.result() for _o, signed, _m, _s in chunk
+            ]
             with atomic.staged(batch.appended) as staged:
-                for out, signed, mode, _sha256 in chunk:
-                    staged.write_bytes(out, signed, mode, fsync=False)
+                for (out, _signed, mode, _sha256), payload in zip(chunk, payloads):
+                    staged.write_bytes(out, payload, mode, fsync=False)
 
         pending: Any = None  # the previous chunk's commit, overlapped with this chunk's signatures
 
@@ -205,10 +231,12 @@ def run_sign(args: Any) -> int:
             job[0].result()  # a failed commit raises here, before the next chunk is handed over
             done.extend(job[1])
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
+        # zlib and lzma release the GIL: compressed modules are compressed on every CPU
+        compressors = concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+        with compressors, concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
             try:
                 for first in range(0, len(paths), CHUNK):
-                    chunk: list[tuple[str, bytes, Any, str]] = []
+                    chunk: list[tuple[str, Any, Any, str]] = []
                     records: list[dict[str, Any]] = []
                     for i in range(first, min(first + CHUNK, len(paths))):
                         path = paths[i]
@@ -227,7 +255,11 @@ def run_sign(args: Any) -> int:
                             )
                         out = args.output or path
                         sha256 = digest if args.hash == "sha256" else hashlib.sha256(mod.body).digest()
-                        chunk.append((out, signed, atomic.file_mode(path), sha256.hex()))
+                        kind = modcompress.compression(path)
+                        payload: Any = (
+                            compressors.submit(modcompress.compress, signed, kind, path) if kind else signed
+                        )
+                        chunk.append((out, payload, atomic.file_mode(path), sha256.hex()))
                         records.append(
                             {"module": path, "output": out, "sha256": sha256.hex(), "resigned": mod.signed}
                         )

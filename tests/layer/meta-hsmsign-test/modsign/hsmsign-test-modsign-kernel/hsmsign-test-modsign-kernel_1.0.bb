@@ -82,8 +82,10 @@ do_compile[dirs] = "${B}"
 
 # the kernel's own modules: one relocatable ELF object with debug info and a .modinfo section
 HSMSIGN_TEST_KERNEL_MODULES ?= "hsmsign_test_k"
+# and one installed as CONFIG_MODULE_COMPRESS_XZ's modules_install leaves it (scripts/Makefile.modinst)
+HSMSIGN_TEST_KERNEL_MODULES_XZ ?= "hsmsign_test_kxz"
 do_compile_kernelmodules() {
-	for m in ${HSMSIGN_TEST_KERNEL_MODULES}; do
+	for m in ${HSMSIGN_TEST_KERNEL_MODULES} ${HSMSIGN_TEST_KERNEL_MODULES_XZ}; do
 		cat > $m.c <<EOC
 #define MODINFO(id, text) static const char id[] __attribute__((section(".modinfo"), used, aligned(1))) = text
 MODINFO(license, "license=GPL");
@@ -107,6 +109,11 @@ do_install() {
 	: > $moddir/modules.order
 	for m in ${HSMSIGN_TEST_KERNEL_MODULES}; do
 		install -m 0644 ${B}/$m.ko $moddir/kernel/drivers/misc/
+		echo kernel/drivers/misc/$m.ko >> $moddir/modules.order
+	done
+	for m in ${HSMSIGN_TEST_KERNEL_MODULES_XZ}; do
+		xz --check=crc32 --lzma2=dict=1MiB -c ${B}/$m.ko > $moddir/kernel/drivers/misc/$m.ko.xz
+		chmod 0644 $moddir/kernel/drivers/misc/$m.ko.xz
 		echo kernel/drivers/misc/$m.ko >> $moddir/modules.order
 	done
 	: > $moddir/modules.builtin
