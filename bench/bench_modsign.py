@@ -13,7 +13,13 @@ Optionally (--engine) also one `openssl cms -sign` per module through libp11's p
 engine: a per-module signer that keeps the key in the token (the PKCS#7 only).
 
 Target (issue 15): hsmsign / sign-file wall time <= 0.3, with one token login.
-Usage: bench/bench_modsign.py [--count 3000] [--engine]
+
+--compress xz|gzip|zstd: the modules are compressed as CONFIG_MODULE_COMPRESS_* installs them,
+and the kernel's way becomes, per module, decompress + sign-file + compress with the kernel's
+settings (scripts/Makefile.modinst), one module per CPU at a time as `make -j` would run it;
+hsmsign signs the compressed modules in place. The decompressed results must be byte-identical.
+
+Usage: bench/bench_modsign.py [--count 3000] [--engine] [--compress xz]
 """
 
 from __future__ import annotations
@@ -35,6 +41,13 @@ static const char modinfo[] __attribute__((section(".modinfo"), used, aligned(1)
     "license=GPL\0name=bench\0vermagic=6.1.0 SMP mod_unload \0";
 int bench_value = 1;
 """
+# the kernel's compress command (scripts/Makefile.modinst), its decompress command, the package
+COMPRESS = {
+    "xz": (["xz", "--check=crc32", "--lzma2=dict=1MiB", "-f"], ["xz", "-d", "-f"], "xz-utils"),
+    "gzip": (["gzip", "-n", "-f"], ["gzip", "-d", "-f"], "gzip"),
+    "zstd": (["zstd", "-T0", "--rm", "-f", "-q"], ["zstd", "-d", "--rm", "-f", "-q"], "zstd"),
+}
+SUFFIX = {"xz": ".xz", "gzip": ".gz", "zstd": ".zst"}
 PIN = "bench-pin-1234"
 PIN_ATTR = "pin-value"  # libp11 wants the run-time PIN of a throw-away bench token in its URI
 
@@ -58,6 +71,14 @@ def make_modules(work: Path, count: int) -> Path:
     return out
 
 
+def _plain(path: Path, compress: str | None) -> bytes:
+    """A module as the kernel checks it: decompressed."""
+    if not compress:
+        return path.read_bytes()
+    argv = {"xz": ["xz", "-dc"], "gzip": ["gzip", "-dc"], "zstd": ["zstd", "-dc", "-q"]}[compress]
+    return subprocess.run([*argv, str(path)], capture_output=True, check=True).stdout
+
+
 def copy_tree(src: Path, dest: Path) -> list[Path]:
     shutil.copytree(src, dest)
     return sorted(dest.iterdir())
@@ -67,7 +88,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=3000)
     ap.add_argument("--engine", action="store_true", help="also openssl cms -sign via the pkcs11 engine")
+    ap.add_argument(
+        "--compress", choices=tuple(COMPRESS), help="compressed modules (CONFIG_MODULE_COMPRESS_*)"
+    )
     args = ap.parse_args()
+    if args.compress and args.engine:
+        raise SystemExit("--engine signs uncompressed modules only; drop one of them")
+    if args.compress and shutil.which(COMPRESS[args.compress][0][0]) is None:
+        raise SystemExit(
+            f"{COMPRESS[args.compress][0][0]} missing: apt-get install {COMPRESS[args.compress][2]}"
+        )
     if not SIGN_FILE.exists():
         raise SystemExit("sign-file missing: apt-get install linux-kbuild-6.1")
     for tool, package in (("gcc", "gcc"), ("softhsm2-util", "softhsm2"), ("openssl", "openssl")):
@@ -116,6 +146,13 @@ def main() -> int:
         print(f"making {args.count} modules ...", file=sys.stderr)
         pristine = make_modules(work, args.count)
         total = sum(p.stat().st_size for p in pristine.iterdir())
+        if args.compress:
+            # compressed with the kernel's own command, one module per CPU (setup, not timed)
+            compress_argv = COMPRESS[args.compress][0]
+            subprocess.run(
+                ["xargs", "-0", "-n", "64", "-P", str(os.cpu_count() or 1), *compress_argv],
+                input=b"\0".join(bytes(p) for p in sorted(pristine.iterdir())), check=True,
+            )  # fmt: skip
         ours = copy_tree(pristine, work / "hsmsign")
         theirs = copy_tree(pristine, work / "sign-file")
         results: dict[str, float] = {}
@@ -124,8 +161,20 @@ def main() -> int:
         # (3000 new files) are written back before the next starts, not during it
         os.sync()
         start = time.perf_counter()
-        for path in theirs:
-            subprocess.run([str(SIGN_FILE), "sha256", str(key), str(cert), str(path)], check=True)
+        if args.compress:
+            unpack, pack = " ".join(COMPRESS[args.compress][1]), " ".join(COMPRESS[args.compress][0])
+            suffix = SUFFIX[args.compress]
+            script = (
+                f'for f; do {unpack} "$f" && {SIGN_FILE} sha256 {key} {cert} "${{f%{suffix}}}" '
+                f'&& {pack} "${{f%{suffix}}}" || exit 255; done'
+            )
+            subprocess.run(
+                ["xargs", "-0", "-n", "16", "-P", str(os.cpu_count() or 1), "sh", "-c", script, "sh"],
+                input=b"\0".join(bytes(p) for p in theirs), check=True,
+            )  # fmt: skip
+        else:
+            for path in theirs:
+                subprocess.run([str(SIGN_FILE), "sha256", str(key), str(cert), str(path)], check=True)
         results["sign-file, one process per module"] = time.perf_counter() - start
 
         def hsmsign(modules: list[Path], *extra: str) -> float:
@@ -165,8 +214,10 @@ def main() -> int:
             results["openssl cms -engine pkcs11, per module (extrapolated)"] = per * len(theirs)
 
         same = all(
-            a.read_bytes() == b.read_bytes() == c.read_bytes() for a, b, c in zip(ours, theirs, with_ledger)
+            _plain(a, args.compress) == _plain(b, args.compress) == _plain(c, args.compress)
+            for a, b, c in zip(ours, theirs, with_ledger)
         )
+        packed_same = not args.compress or all(a.read_bytes() == b.read_bytes() for a, b in zip(ours, theirs))
     finally:
         key_path = work / "scratch.key"
         if key_path.exists():
@@ -174,12 +225,19 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     base = results["sign-file, one process per module"]
-    print(f"\nsigning {args.count} modules ({total / (1 << 20):.0f} MiB), RSA-2048 SHA-256")
+    what = f", compressed with {args.compress}" if args.compress else ""
+    cpus = os.cpu_count()
+    mib = total / (1 << 20)
+    print(f"\nsigning {args.count} modules ({mib:.0f} MiB{what}), RSA-2048 SHA-256, {cpus} CPUs")
+    if args.compress:
+        print(f"(the kernel's way: decompress, sign-file, {args.compress} again, per module, {cpus} at once)")
     for name, secs in results.items():
         print(f"{name:<56} {secs:8.2f} s  {secs / args.count * 1000:6.2f} ms/module  {secs / base:6.3f}x")
     ratio = results["hsmsign modsign"] / base
     print(f"\nhsmsign / sign-file = {ratio:.3f}  (target <= 0.3), {logins} token login(s)")
     print(f"signed modules {'byte-identical' if same else 'DIFFER'} between hsmsign and sign-file")
+    if args.compress:
+        print(f"compressed files {'byte-identical' if packed_same else 'differ (same content)'}")
     return 0 if same else 1
 
 

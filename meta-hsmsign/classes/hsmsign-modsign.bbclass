@@ -97,38 +97,60 @@ hsmsign_sign_modules[vardeps] += "hsmsign_modsign_tree"
 # modules) into modules-${MODULE_TARBALL_NAME}.tgz. Sign a copy of that tree and tar it again as
 # kernel_do_deploy does, over the tarball, before sstate hands DEPLOYDIR to DEPLOY_DIR_IMAGE.
 # ${D} rather than PKGD: do_package may come from sstate, and then PKGD does not exist.
-hsmsign_modules_tarball[doc] = "Postfunc of the kernel's do_deploy: the modules-*.tgz tarball made again with every module signed by HSM_PKCS11_URI_MODULES; on failure no tarball is left."
+# Then every other tar archive in DEPLOYDIR (a BSP's do_deploy:append packing modules under its
+# own name) must hold signed modules only, or the task fails and removes it.
+hsmsign_modules_tarball[doc] = "Postfunc of the kernel's do_deploy: the modules-*.tgz tarball made again with every module signed by HSM_PKCS11_URI_MODULES, and no other archive in DEPLOYDIR with unsigned modules; on failure no such tarball is left."
 python hsmsign_modules_tarball() {
     import shutil
     deploydir = d.getVar("DEPLOYDIR")
     if d.getVar("KERNEL_DEPLOYSUBDIR"):
         deploydir = os.path.join(deploydir, d.getVar("KERNEL_DEPLOYSUBDIR"))
     tarball = os.path.join(deploydir, "modules-%s.tgz" % d.getVar("MODULE_TARBALL_NAME"))
-    if not os.path.isfile(tarball):
-        bb.debug(1, "meta-hsmsign: no %s (CONFIG_MODULES is off): nothing to sign" % tarball)
-        return
     link = d.getVar("MODULE_TARBALL_LINK_NAME")
     link = os.path.join(deploydir, "modules-%s.tgz" % link) if link else ""
-    # kernel_do_deploy: tar -C ${D}${root_prefix} lib
-    tree = os.path.join(d.getVar("D") + d.getVar("root_prefix"), "lib")
-    scratch = os.path.join(d.getVar("WORKDIR"), "hsmsign-modules-tarball")
-    try:
+    if os.path.isfile(tarball):
+        # kernel_do_deploy: tar -C ${D}${root_prefix} lib
+        tree = os.path.join(d.getVar("D") + d.getVar("root_prefix"), "lib")
+        scratch = os.path.join(d.getVar("WORKDIR"), "hsmsign-modules-tarball")
         try:
+            try:
+                bb.utils.remove(scratch, recurse=True)
+                shutil.copytree(tree, os.path.join(scratch, "lib"), symlinks=True)
+                if hsmsign_modsign_tree(d, scratch, "for " + os.path.basename(tarball)):
+                    hsmsign.bitbake.copy_times(tree, os.path.join(scratch, "lib"))
+                    hsmsign.bitbake.write_modules_tarball(scratch, tarball, d.getVar("SOURCE_DATE_EPOCH") or "")
+            except (hsmsign.bitbake.TaskError, OSError) as exc:
+                bb.fatal("meta-hsmsign: %s not signed: %s" % (os.path.basename(tarball), exc))
+        except BaseException:
+            # fail closed: no unsigned modules tarball (nor a link to it) left for sstate to deploy
+            for path in (tarball, link):
+                if path and os.path.lexists(path):
+                    os.remove(path)
+            raise
+        finally:
             bb.utils.remove(scratch, recurse=True)
-            shutil.copytree(tree, os.path.join(scratch, "lib"), symlinks=True)
-            if hsmsign_modsign_tree(d, scratch, "for " + os.path.basename(tarball)):
-                hsmsign.bitbake.copy_times(tree, os.path.join(scratch, "lib"))
-                hsmsign.bitbake.write_modules_tarball(scratch, tarball, d.getVar("SOURCE_DATE_EPOCH") or "")
-        except (hsmsign.bitbake.TaskError, OSError) as exc:
-            bb.fatal("meta-hsmsign: %s not signed: %s" % (os.path.basename(tarball), exc))
-    except BaseException:
-        # fail closed: no unsigned modules tarball (nor a link to it) left for sstate to deploy
-        for path in (tarball, link):
-            if path and os.path.lexists(path):
-                os.remove(path)
-        raise
-    finally:
-        bb.utils.remove(scratch, recurse=True)
+    else:
+        bb.debug(1, "meta-hsmsign: no %s (CONFIG_MODULES is off): nothing to sign" % tarball)
+    # the other archives: signed by nobody here, so they must hold no unsigned module
+    top = d.getVar("DEPLOYDIR")
+    try:
+        unsigned = hsmsign.bitbake.unsigned_modules_in_archives(top, skip=[tarball])
+    except hsmsign.bitbake.TaskError as exc:
+        bb.fatal("meta-hsmsign: %s" % exc)
+    if unsigned:
+        archives = sorted({archive for archive, _member in unsigned})
+        for archive in archives:
+            os.remove(archive)
+        for root, _dirs, files in os.walk(top):  # and the links that named them
+            for name in files:
+                path = os.path.join(root, name)
+                if os.path.islink(path) and os.path.realpath(path) in archives:
+                    os.remove(path)
+        bb.fatal("meta-hsmsign: %d kernel module(s) without a signature in %s in DEPLOYDIR (e.g. %s), packed by "
+                 "a do_deploy step the layer does not sign; removed. Pack modules from PKGD after do_package "
+                 "(signed there), sign them first (hsmsign_modsign_tree in hsmsign-modsign.bbclass), or leave "
+                 "them to kernel_do_deploy's modules tarball, which the layer signs"
+                 % (len(unsigned), ", ".join(os.path.relpath(a, top) for a in archives), unsigned[0][1]))
 }
 hsmsign_modules_tarball[vardeps] += "hsmsign_modsign_tree"
 

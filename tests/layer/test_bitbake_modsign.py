@@ -425,6 +425,31 @@ def test_deploy_with_a_wrong_key_fails_and_deploys_no_modules_tarball(packaged: 
         packaged.conf()
 
 
+def test_deploy_refuses_another_tarball_of_unsigned_modules(packaged: ModsignBuild) -> None:
+    """A BSP's do_deploy:append that packs the ${D} modules under its own name: the layer cannot
+    know that tarball, so its postfunc checks every archive in DEPLOYDIR; unsigned modules fail
+    the task, and neither the archive nor its link is left for sstate to deploy."""
+    packaged.conf(HSMSIGN_TEST_EXTRA_TARBALL="vendor-modules.tgz")
+    try:
+        done = packaged.bitbake("-f", "-c", "deploy", KERNEL)
+        out = done.stdout + done.stderr
+        assert done.returncode != 0, out[-3000:]
+        assert "kernel module(s) without a signature in vendor-modules.tgz in DEPLOYDIR" in out, out[-3000:]
+        assert "hsmsign_test_k.ko" in out and "removed" in out
+        assert packaged.pin not in out
+        deploydir = glob.glob(os.path.join(packaged.workdir(KERNEL), "deploy-*"))
+        assert deploydir
+        for folder in [packaged.deploy_dir(), *deploydir]:
+            names = os.listdir(folder)
+            assert not [n for n in names if n.startswith("vendor-modules")], names
+    finally:
+        packaged.conf()
+    # without it, do_deploy passes the check again (the layer's own tarball is signed)
+    done = packaged.bitbake("-f", "-c", "deploy", KERNEL)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert len(modules_tarballs(packaged.deploy_dir())) == 1
+
+
 def test_shared_workdir_refuses_a_kernel_build_holding_a_signing_key(packaged: ModsignBuild) -> None:
     """A kernel build that made certs/signing_key.pem: do_shared_workdir fails before oe-core
     copies it into the shared kernel build artifacts."""

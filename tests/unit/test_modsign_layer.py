@@ -245,3 +245,76 @@ def test_modules_tarball_failure_leaves_the_old_file_and_no_temporary(tmp_path: 
         "--group=0",
     ]
     assert hb.modules_tar_args("") == ["--owner=0", "--group=0"]
+
+
+def _tar(path: Path, members: dict[str, bytes], mode: str = "w:gz") -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_unsigned_modules_in_archives(tmp_path: Path) -> None:
+    """What the kernel's do_deploy postfunc refuses to let sstate deploy: archives in DEPLOYDIR
+    (other than the modules tarball it signed) with kernel modules that carry no signature."""
+    import lzma
+    import shutil
+    import subprocess
+
+    from hsmsign.formats import modsig
+
+    elf = b"\x7fELF" + b"\0" * 60
+    signed = elf + b"pkcs7" + modsig.MAGIC
+    xz = lzma.compress(elf, check=lzma.CHECK_CRC32)
+    deploy = tmp_path / "deploy"
+    (deploy / "sub").mkdir(parents=True)
+    ours = _tar(deploy / "modules-6.6.tgz", {"lib/modules/6.6/kernel/a.ko": elf})  # signed by the layer
+    _tar(
+        deploy / "all-signed.tar.gz",
+        {
+            "lib/modules/6.6/kernel/a.ko": signed,
+            "lib/modules/6.6/kernel/b.ko.xz": lzma.compress(signed, check=lzma.CHECK_CRC32),
+            "lib/modules/6.6/kernel/.debug/a.ko": elf,  # the debug split's copy: no module to load
+            "lib/modules/6.6/modules.order": b"kernel/a.ko\n",
+            "usr/share/doc/x.ko": elf,  # not below lib/modules
+            "lib/modules/6.6/kernel/notelf.ko": b"text",
+        },
+    )
+    custom = _tar(
+        deploy / "sub" / "vendor-modules.tar.xz",
+        {"./lib/modules/6.6/extra/v.ko": elf, "./lib/modules/6.6/extra/w.ko.xz": xz},
+        "w:xz",
+    )
+    os.symlink(custom.name, deploy / "sub" / "vendor-modules-latest.tar.xz")
+    (deploy / "bzImage").write_bytes(b"kernel")
+    found = hb.unsigned_modules_in_archives(str(deploy), skip=[str(ours)])
+    assert found == [
+        (str(custom), "./lib/modules/6.6/extra/v.ko"),
+        (str(custom), "./lib/modules/6.6/extra/w.ko.xz"),
+    ]
+    assert hb.unsigned_modules_in_archives(str(deploy), skip=[str(ours), str(custom)]) == []
+    assert hb.unsigned_modules_in_archives(str(deploy / "sub"), skip=[str(custom)]) == []
+    # the layer's own tarball is checked like any other when it is not skipped
+    assert (str(ours), "lib/modules/6.6/kernel/a.ko") in hb.unsigned_modules_in_archives(str(deploy))
+    if shutil.which("zstd"):
+        plain = _tar(tmp_path / "plain.tar", {"lib/modules/6.6/z.ko": elf}, "w")
+        zst = deploy / "z.tar.zst"
+        subprocess.run(["zstd", "-q", "-f", str(plain), "-o", str(zst)], check=True)
+        assert (str(zst), "lib/modules/6.6/z.ko") in hb.unsigned_modules_in_archives(
+            str(deploy), skip=[str(ours), str(custom)]
+        )
+        zst.unlink()
+    # what cannot be read fails closed, naming the archive
+    broken = deploy / "broken.tgz"
+    broken.write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
+    with pytest.raises(hb.TaskError, match=r"cannot read .*broken\.tgz to check its kernel modules"):
+        hb.unsigned_modules_in_archives(str(deploy), skip=[str(ours), str(custom)])
+    broken.unlink()
+    _tar(deploy / "badxz.tgz", {"lib/modules/6.6/c.ko.xz": b"\xfd7zXZ\x00cut"})
+    with pytest.raises(hb.TaskError, match=r"badxz\.tgz.*corrupt xz data"):
+        hb.unsigned_modules_in_archives(str(deploy), skip=[str(ours), str(custom)])

@@ -77,6 +77,7 @@ from .runtime import (
     run,
     spsdk_check,
     spsdk_command,
+    unsigned_modules_in_archives,
     verity_root_hash,
     write_modules_tarball,
 )
@@ -141,5 +142,6 @@ __all__ = [
     "token_label",
     "uri_identity",
     "verity_root_hash",
+    "unsigned_modules_in_archives",
     "write_modules_tarball",
 ]

@@ -458,6 +458,66 @@ def write_modules_tarball(top: str, tarball: str, source_date_epoch: str) -> Non
         raise TaskError(f"cannot write {tarball}: {exc.strerror or exc}") from exc
 
 
+# what a tarball of kernel modules is named like (tarfile opens these; .tar.zst through zstd)
+MODULE_ARCHIVE_SUFFIXES = (".tgz", ".tar", ".tar.gz", ".tar.xz", ".tar.bz2", ".tbz2", ".txz", ".tar.zst")
+
+
+def unsigned_modules_in_archives(folder: str, skip: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(archive, member) for every kernel module without a signature in the tar archives below
+    ``folder`` (``MODULE_ARCHIVE_SUFFIXES``; symlinks and ``skip`` left out). A module is what
+    :func:`kernel_modules` takes for one (``*.ko`` below ``lib/modules/``, an ELF file, or a
+    compressed ``.ko.gz``/``.ko.xz``/``.ko.zst``), read as the kernel gets it (decompressed).
+    Raises TaskError for an archive that cannot be read: a deploy step that fails closed must
+    not wave through what it could not look into."""
+    import tarfile
+
+    from ..formats import modcompress, modsig
+
+    skipped = {os.path.realpath(p) for p in skip}
+    found: list[tuple[str, str]] = []
+    for top, _dirs, files in os.walk(folder):
+        for name in sorted(files):
+            path = os.path.join(top, name)
+            if not name.endswith(MODULE_ARCHIVE_SUFFIXES) or os.path.islink(path):
+                continue
+            if os.path.realpath(path) in skipped:
+                continue
+            zstd = None
+            try:
+                if name.endswith(".tar.zst"):
+                    zstd = subprocess.Popen(["zstd", "-d", "-c", "-q", path], stdout=subprocess.PIPE)
+                    tar = tarfile.open(fileobj=zstd.stdout, mode="r|")
+                else:
+                    tar = tarfile.open(path, mode="r|*")
+                with tar:
+                    for member in tar:
+                        parts = member.name.split("/")
+                        if not member.isfile() or "/lib/modules/" not in "/" + member.name:
+                            continue
+                        if any(part in DEBUG_DIRS for part in parts):
+                            continue
+                        kind = modcompress.compression(member.name)
+                        if not kind and not member.name.endswith(MODULE_SUFFIX):
+                            continue
+                        data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                        if kind:
+                            data = modcompress.decompress(data, kind, f"{path}!{member.name}")
+                        elif not data.startswith(b"\x7fELF"):
+                            continue
+                        if not data.endswith(modsig.MAGIC):
+                            found.append((path, member.name))
+            except (tarfile.TarError, OSError, EOFError, HsmsignError) as exc:
+                reason = exc.message if isinstance(exc, HsmsignError) else str(exc) or type(exc).__name__
+                raise TaskError(f"cannot read {path} to check its kernel modules: {reason}") from exc
+            finally:
+                if zstd is not None:
+                    if zstd.stdout is not None:
+                        zstd.stdout.close()
+                    zstd.kill()
+                    zstd.wait()
+    return found
+
+
 # --- NXP i.MX boot images (hsmsign-imx.bbclass) ----------------------------------------------
 
 # meta-freescale's SoC overrides (MACHINEOVERRIDES) -> the boot ROM's format and SPSDK's AHAB

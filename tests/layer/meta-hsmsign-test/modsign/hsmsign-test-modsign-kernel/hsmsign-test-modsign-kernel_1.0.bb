@@ -125,6 +125,16 @@ do_install() {
 }
 do_install[dirs] = "${B}"
 
+# a BSP's own tarball of the modules under another name, with a link to it (the layer's
+# do_deploy postfunc refuses it: its modules are unsigned)
+HSMSIGN_TEST_EXTRA_TARBALL ?= ""
+do_deploy:append() {
+	if [ -n "${HSMSIGN_TEST_EXTRA_TARBALL}" ]; then
+		tar -czf ${DEPLOYDIR}/${HSMSIGN_TEST_EXTRA_TARBALL} -C ${D}${root_prefix} lib
+		ln -sf ${HSMSIGN_TEST_EXTRA_TARBALL} ${DEPLOYDIR}/vendor-modules-latest.tgz
+	fi
+}
+
 # The test's local.conf has the host's pseudo run the fakeroot tasks (no pseudo-native
 # offline), so virtual/fakeroot-native is assumed: BitBake cannot resolve a setscene task's
 # dependency on an assumed target.
