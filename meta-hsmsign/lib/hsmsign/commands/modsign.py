@@ -122,6 +122,25 @@ def _read(path: str) -> bytes:
     return modcompress.decompress(data, kind, path) if kind else data
 
 
+def _read_ahead(paths: list[str], pool: Any) -> Any:
+    """Each module's bytes (``_read``), in order. Compressed ones are read and decompressed in
+    ``pool``, a few ahead (zlib, lzma and the zstd program's wait release the GIL)."""
+    import collections
+
+    from ..formats import modcompress
+
+    window = 4 * (os.cpu_count() or 1)
+    ahead: collections.deque[Any] = collections.deque()
+    queued = 0
+    for i in range(len(paths)):
+        while queued < len(paths) and queued < i + window:
+            path = paths[queued]
+            ahead.append(pool.submit(_read, path) if modcompress.compression(path) else path)
+            queued += 1
+        item = ahead.popleft()
+        yield _read(item) if isinstance(item, str) else item.result()
+
+
 def _inputs(paths: list[str]) -> list[str]:
     """The modules, each once (a path given twice is signed once)."""
     seen: set[str] = set()
@@ -158,11 +177,8 @@ KEEP_BYTES = 256 << 20
 
 def run_sign(args: Any) -> int:
     import concurrent.futures
-    import hashlib
-    import os
 
-    from .. import atomic, ledger, signing
-    from ..errors import ConfigError, SigningError
+    from ..errors import ConfigError
     from ..formats import cms, modcompress, modsig
 
     paths = _inputs(args.modules)
@@ -175,12 +191,25 @@ def run_sign(args: Any) -> int:
         )
     modsig.check_hash(args.hash)
     cert = cms.read_certificate_file(args.cert)
+    # compressed modules are decompressed and compressed again on every CPU
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return _sign_modules(args, paths, cert, pool)
+
+
+def _sign_modules(args: Any, paths: list[str], cert: Any, compressors: Any) -> int:
+    import concurrent.futures
+    import hashlib
+
+    from .. import atomic, ledger, signing
+    from ..errors import SigningError
+    from ..formats import cms, modcompress, modsig
+
     # every input is checked before the token signs anything: a bad file in a batch signs nothing
     checked: list[Any] = []
     resigned: list[str] = []
     kept = 0
-    for path in paths:
-        mod = modsig.split(_read(path), path)
+    for path, data in zip(paths, _read_ahead(paths, compressors)):
+        mod = modsig.split(data, path)
         if mod.signed:
             resigned.append(path)
         keep = kept + len(mod.body) <= KEEP_BYTES
@@ -231,9 +260,7 @@ def run_sign(args: Any) -> int:
             job[0].result()  # a failed commit raises here, before the next chunk is handed over
             done.extend(job[1])
 
-        # zlib and lzma release the GIL: compressed modules are compressed on every CPU
-        compressors = concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
-        with compressors, concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
             try:
                 for first in range(0, len(paths), CHUNK):
                     chunk: list[tuple[str, Any, Any, str]] = []
