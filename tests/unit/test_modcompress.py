@@ -1,0 +1,75 @@
+"""Compressed kernel modules (hsmsign.formats.modcompress): the kernel's compression settings,
+and one clear error for every way a compressed module can be unreadable."""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import os
+import shutil
+import subprocess
+
+import pytest
+from hsmsign.errors import ConfigError
+from hsmsign.formats import modcompress
+
+MODULE = b"\x7fELF" + os.urandom(3000) + b"\0" * 5000
+
+
+def test_suffixes_name_the_format() -> None:
+    assert modcompress.compression("a/b.ko") is None
+    assert modcompress.compression("a/b.ko.gz") == "gzip"
+    assert modcompress.compression("a/b.ko.xz") == "xz"
+    assert modcompress.compression("a/b.ko.zst") == "zstd"
+    assert modcompress.compression("a/b.xz") is None  # not a module's name
+    assert modcompress.compression("a/b.ko.bz2") is None  # no kernel compresses modules with bzip2
+
+
+@pytest.mark.parametrize("kind", ["gzip", "xz", "zstd"])
+def test_round_trip_with_the_kernels_settings(kind: str) -> None:
+    if kind == "zstd" and shutil.which("zstd") is None:
+        pytest.skip("apt-get install zstd")
+    packed = modcompress.compress(MODULE, kind, "m.ko")
+    assert packed.startswith(modcompress.MAGIC[kind])
+    assert modcompress.decompress(packed, kind, "m.ko") == MODULE
+    if kind == "gzip":
+        assert gzip.decompress(packed) == MODULE
+        assert packed[3] == 0 and packed[4:8] == b"\0\0\0\0"  # gzip -n: no name, no time stamp
+    if kind == "xz":
+        assert lzma.decompress(packed) == MODULE
+        # the stream flags name CRC32 (check ID 1): the one check the kernel's XZ decoder knows
+        assert packed[6:8] == b"\x00\x01"
+        if shutil.which("xz"):
+            listed = subprocess.run(["xz", "--robot", "-lvv", "-"], input=packed, capture_output=True)
+            if listed.returncode == 0:  # older xz cannot list a pipe
+                assert b"--lzma2=dict=1MiB" in listed.stdout
+
+
+def test_unreadable_modules_are_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    xz = lzma.compress(MODULE, check=lzma.CHECK_CRC32)
+    gz = gzip.compress(MODULE)
+    cases = [
+        (gz, "xz", "m.ko.xz is named as xz data but is not xz data"),
+        (xz[: len(xz) // 2], "xz", "m.ko.xz: corrupt xz data (the stream is cut short)"),
+        (xz + b"tail", "xz", "m.ko.xz: corrupt xz data (4 bytes follow the compressed stream)"),
+        (gz + gz, "gzip", "m.ko.xz: corrupt gzip data"),  # a second member: not what the kernel writes
+        (gz[:10] + b"\xff" * 40, "gzip", "m.ko.xz: corrupt gzip data"),
+        (b"", "zstd", "m.ko.xz is named as zstd data but is not zstd data"),
+    ]
+    for data, kind, message in cases:
+        with pytest.raises(ConfigError) as caught:
+            modcompress.decompress(data, kind, "m.ko.xz")
+        assert caught.value.message.startswith(message), caught.value.message
+        assert "\n" not in caught.value.message
+    # a bomb stops at the limit
+    monkeypatch.setattr(modcompress, "MAX_MODULE", 4096)
+    with pytest.raises(ConfigError, match="decompresses to more than"):
+        modcompress.decompress(xz, "xz", "big.ko.xz")
+
+
+def test_zstd_without_the_program_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(modcompress.shutil, "which", lambda _name: None)
+    with pytest.raises(ConfigError) as caught:
+        modcompress.compress(MODULE, "zstd", "m.ko.zst")
+    assert "modules need the zstd program, which is not on PATH" in caught.value.message
+    assert "apt-get install zstd" in (caught.value.hint or "")
