@@ -259,14 +259,14 @@ def _tar(path: Path, members: dict[str, bytes], mode: str = "w:gz") -> Path:
     return path
 
 
-def test_unsigned_modules_in_archives(tmp_path: Path) -> None:
+def test_unsigned_modules_in_archives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What the kernel's do_deploy postfunc refuses to let sstate deploy: archives in DEPLOYDIR
     (other than the modules tarball it signed) with kernel modules that carry no signature."""
     import lzma
     import shutil
     import subprocess
 
-    from hsmsign.formats import modsig
+    from hsmsign.formats import modcompress, modsig
 
     elf = b"\x7fELF" + b"\0" * 60
     signed = elf + b"pkcs7" + modsig.MAGIC
@@ -317,4 +317,9 @@ def test_unsigned_modules_in_archives(tmp_path: Path) -> None:
     broken.unlink()
     _tar(deploy / "badxz.tgz", {"lib/modules/6.6/c.ko.xz": b"\xfd7zXZ\x00cut"})
     with pytest.raises(hb.TaskError, match=r"badxz\.tgz.*corrupt xz data"):
+        hb.unsigned_modules_in_archives(str(deploy), skip=[str(ours), str(custom)])
+    (deploy / "badxz.tgz").unlink()
+    _tar(deploy / "big.tgz", {"lib/modules/6.6/huge.ko": elf + bytes(200)})
+    monkeypatch.setattr(modcompress, "MAX_MODULE", 100)
+    with pytest.raises(hb.TaskError, match=r"big\.tgz: lib/modules/6\.6/huge\.ko has 264 bytes, more than"):
         hb.unsigned_modules_in_archives(str(deploy), skip=[str(ours), str(custom)])

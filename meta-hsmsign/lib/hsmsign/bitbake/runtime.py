@@ -499,6 +499,11 @@ def unsigned_modules_in_archives(folder: str, skip: Sequence[str] = ()) -> list[
                         kind = modcompress.compression(member.name)
                         if not kind and not member.name.endswith(MODULE_SUFFIX):
                             continue
+                        if member.size > modcompress.MAX_MODULE:
+                            raise TaskError(
+                                f"{path}: {member.name} has {member.size} bytes, more than a kernel "
+                                f"module may ({modcompress.MAX_MODULE >> 20} MiB)"
+                            )
                         data = tar.extractfile(member).read()  # type: ignore[union-attr]
                         if kind:
                             data = modcompress.decompress(data, kind, f"{path}!{member.name}")
