@@ -323,3 +323,23 @@ def test_unsigned_modules_in_archives(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(modcompress, "MAX_MODULE", 100)
     with pytest.raises(hb.TaskError, match=r"big\.tgz: lib/modules/6\.6/huge\.ko has 264 bytes, more than"):
         hb.unsigned_modules_in_archives(str(deploy), skip=[str(ours), str(custom)])
+
+
+def test_a_corrupt_zstd_modules_archive_fails_closed(tmp_path: Path) -> None:
+    """A .tar.zst cut short may still end on a tar member boundary: zstd's exit status counts."""
+    import shutil
+    import subprocess
+
+    if shutil.which("zstd") is None:
+        pytest.skip("apt-get install zstd")
+    elf = b"\x7fELF" + b"\0" * 60
+    plain = _tar(tmp_path / "m.tar", {"lib/modules/6.6/a.ko": elf + os.urandom(20000)}, "w")
+    packed = subprocess.run(["zstd", "-q", "-c", str(plain)], capture_output=True, check=True).stdout
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    (deploy / "cut.tar.zst").write_bytes(packed[: len(packed) - 8])
+    with pytest.raises(hb.TaskError, match=r"cannot read .*cut\.tar\.zst to check its kernel modules"):
+        hb.unsigned_modules_in_archives(str(deploy))
+    (deploy / "cut.tar.zst").write_bytes(packed[:4] + b"\0" * 64)
+    with pytest.raises(hb.TaskError, match=r"cannot read .*cut\.tar\.zst"):
+        hb.unsigned_modules_in_archives(str(deploy))

@@ -140,8 +140,8 @@ __all__ = [
     "spsdk_command",
     "swupdate_sign_tool",
     "token_label",
+    "unsigned_modules_in_archives",
     "uri_identity",
     "verity_root_hash",
-    "unsigned_modules_in_archives",
     "write_modules_tarball",
 ]

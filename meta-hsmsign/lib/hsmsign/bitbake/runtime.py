@@ -511,7 +511,14 @@ def unsigned_modules_in_archives(folder: str, skip: Sequence[str] = ()) -> list[
                             continue
                         if not data.endswith(modsig.MAGIC):
                             found.append((path, member.name))
-            except (tarfile.TarError, OSError, EOFError, HsmsignError) as exc:
+                # a zstd stream cut or corrupt may still end on a tar member boundary
+                if zstd is not None and zstd.wait() != 0:
+                    raise TaskError(f"zstd exit {zstd.returncode}")
+            except TaskError as exc:
+                if str(exc).startswith(path):
+                    raise
+                raise TaskError(f"cannot read {path} to check its kernel modules: {exc}") from exc
+            except Exception as exc:  # noqa: BLE001 - tarfile, zlib, lzma, bz2: whatever cannot be read fails
                 reason = exc.message if isinstance(exc, HsmsignError) else str(exc) or type(exc).__name__
                 raise TaskError(f"cannot read {path} to check its kernel modules: {reason}") from exc
             finally:
