@@ -27,8 +27,10 @@
 #     function do_package uses (hsmsign_modsign_tree), and tars it again as kernel_do_deploy
 #     does (same TAR_ARGS, gzip -9n, the originals' times), renamed over the tarball. ${D},
 #     not PKGD: do_package may come from sstate, and then PKGD does not exist. A failure
-#     removes the tarball and its link: no unsigned tarball is deployed. The same in
-#     scarthgap, wrynose and master.
+#     removes the tarball and its link: no unsigned tarball is deployed. Then, whatever
+#     MODULE_TARBALL_DEPLOY is, every other tar archive in DEPLOYDIR with an unsigned module
+#     (a BSP's own tarball) fails the task and is removed. The same in scarthgap, wrynose
+#     and master.
 #   * The certificate: the recipe hsmsign-modules-cert deploys it as hsmsign-modules.pem
 #     and .der (HSMSIGN_MODULES_CERT, or a self-signed one in development mode).
 #
@@ -220,9 +222,11 @@ python () {
         d.appendVarFlag("do_configure", "depends", " hsmsign-modules-cert:do_deploy")
         d.appendVarFlag("do_configure", "vardeps", " hsmsign_modsign_kconfig")
         d.appendVarFlag("do_shared_workdir", "prefuncs", " hsmsign_modsign_nokey")
-    if is_kernel and d.getVar("MODULE_TARBALL_DEPLOY") == "1":
+    if is_kernel:
         # before sstate_task_postfunc (when sstate.bbclass's anonymous function ran first), which
-        # copies DEPLOYDIR into DEPLOY_DIR_IMAGE: only the signed tarball is deployed
+        # copies DEPLOYDIR into DEPLOY_DIR_IMAGE: only the signed tarball is deployed. Also with
+        # MODULE_TARBALL_DEPLOY = "0" (master's default): then it signs nothing, but still
+        # refuses a BSP's own tarball of unsigned modules
         postfuncs = (d.getVarFlag("do_deploy", "postfuncs") or "").split()
         at = postfuncs.index("sstate_task_postfunc") if "sstate_task_postfunc" in postfuncs else len(postfuncs)
         postfuncs.insert(at, "hsmsign_modules_tarball")

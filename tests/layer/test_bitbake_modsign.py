@@ -429,21 +429,26 @@ def test_deploy_refuses_another_tarball_of_unsigned_modules(packaged: ModsignBui
     """A BSP's do_deploy:append that packs the ${D} modules under its own name: the layer cannot
     know that tarball, so its postfunc checks every archive in DEPLOYDIR; unsigned modules fail
     the task, and neither the archive nor its link is left for sstate to deploy."""
-    packaged.conf(HSMSIGN_TEST_EXTRA_TARBALL="vendor-modules.tgz")
-    try:
-        done = packaged.bitbake("-f", "-c", "deploy", KERNEL)
-        out = done.stdout + done.stderr
-        assert done.returncode != 0, out[-3000:]
-        assert "kernel module(s) without a signature in vendor-modules.tgz in DEPLOYDIR" in out, out[-3000:]
-        assert "hsmsign_test_k.ko" in out and "removed" in out
-        assert packaged.pin not in out
-        deploydir = glob.glob(os.path.join(packaged.workdir(KERNEL), "deploy-*"))
-        assert deploydir
-        for folder in [packaged.deploy_dir(), *deploydir]:
-            names = os.listdir(folder)
-            assert not [n for n in names if n.startswith("vendor-modules")], names
-    finally:
-        packaged.conf()
+    # also with MODULE_TARBALL_DEPLOY = "0" (master's default), when the layer signs no tarball
+    for tarball_deploy in ("1", "0"):
+        packaged.conf(HSMSIGN_TEST_EXTRA_TARBALL="vendor-modules.tgz", MODULE_TARBALL_DEPLOY=tarball_deploy)
+        try:
+            done = packaged.bitbake("-f", "-c", "deploy", KERNEL)
+            out = done.stdout + done.stderr
+            assert done.returncode != 0, out[-3000:]
+            refused = "kernel module(s) without a signature in vendor-modules.tgz in DEPLOYDIR"
+            assert refused in out, out[-3000:]
+            assert "hsmsign_test_k.ko" in out and "removed" in out
+            assert packaged.pin not in out
+            deploydir = glob.glob(os.path.join(packaged.workdir(KERNEL), "deploy-*"))
+            assert deploydir
+            for folder in [packaged.deploy_dir(), *deploydir]:
+                names = os.listdir(folder)
+                assert not [n for n in names if n.startswith("vendor-modules")], names
+                if tarball_deploy == "0":
+                    assert not [n for n in names if n.startswith("modules-")], names
+        finally:
+            packaged.conf()
     # without it, do_deploy passes the check again (the layer's own tarball is signed)
     done = packaged.bitbake("-f", "-c", "deploy", KERNEL)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
