@@ -31,6 +31,10 @@
 #     MODULE_TARBALL_DEPLOY is, every other tar archive in DEPLOYDIR with an unsigned module
 #     (a BSP's own tarball) fails the task and is removed. The same in scarthgap, wrynose
 #     and master.
+#   * Images (image.bbclass): a ROOTFS_POSTPROCESS_COMMAND checks every module in the
+#     root filesystem against the certificate (HSMSIGN_MODULES_IMAGE_CHECK), whatever package
+#     brought it: a prebuilt .ko from a recipe that inherits neither module nor kernel stops
+#     do_rootfs (a warning with HSMSIGN_MODULES_SIG_FORCE = "0").
 #   * The certificate: the recipe hsmsign-modules-cert deploys it as hsmsign-modules.pem
 #     and .der (HSMSIGN_MODULES_CERT, or a self-signed one in development mode).
 #
@@ -54,6 +58,9 @@ HSMSIGN_MODULES_HASH[doc] = "Hash of the module signatures (sha256, sha384, sha5
 
 HSMSIGN_MODULES_SIG_FORCE ??= "1"
 HSMSIGN_MODULES_SIG_FORCE[doc] = "1: CONFIG_MODULE_SIG_FORCE=y, the kernel refuses unsigned modules and modules signed by another key. 0: it loads them and taints itself."
+
+HSMSIGN_MODULES_IMAGE_CHECK ??= "1"
+HSMSIGN_MODULES_IMAGE_CHECK[doc] = "1: every kernel module in an image's root filesystem must verify against the module certificate (a ROOTFS_POSTPROCESS_COMMAND); with HSMSIGN_MODULES_SIG_FORCE = 1 one that does not stops do_rootfs, else it is a warning. 0: no check."
 
 HSMSIGN_MODULES_CERT_FILE ?= "${DEPLOY_DIR_IMAGE}/hsmsign-modules.pem"
 HSMSIGN_MODULES_CERT_FILE[doc] = "The module certificate the kernel and the signing tasks use: what hsmsign-modules-cert deployed."
@@ -156,6 +163,41 @@ python hsmsign_modules_tarball() {
 }
 hsmsign_modules_tarball[vardeps] += "hsmsign_modsign_tree"
 
+# image ROOTFS_POSTPROCESS_COMMAND: every module the image holds, whatever package brought it
+# (a vendor's prebuilt .ko in a recipe that inherits neither module nor kernel is signed by
+# nobody), is checked as the kernel will check it: against the module certificate
+hsmsign_image_modules_check[doc] = "ROOTFS_POSTPROCESS_COMMAND of images: every kernel module in IMAGE_ROOTFS verifies against the module certificate (hsmsign modsign verify)."
+python hsmsign_image_modules_check() {
+    root = d.getVar("IMAGE_ROOTFS")
+    modules = hsmsign.bitbake.kernel_modules(root)
+    if not modules:
+        return
+    cert = d.getVar("HSMSIGN_MODULES_CERT_FILE")
+    if not os.path.isfile(cert):
+        bb.fatal("meta-hsmsign: no module certificate %s to check the image's kernel modules against "
+                 "(hsmsign-modules-cert:do_deploy writes it)" % cert)
+    failures = []
+    for batch in hsmsign.bitbake.batches(modules, int(d.getVar("HSMSIGN_MODULES_BATCH") or "500")):
+        try:
+            hsmsign.bitbake.run(d, ["modsign", "verify", "--cert", cert] + batch, "MODULES",
+                                d.getVar("BB_ORIGENV", False),
+                                shown="hsmsign modsign verify --cert %s <%d modules>" % (cert, len(batch)))
+        except hsmsign.bitbake.TaskError as exc:
+            failures.append(str(exc).split(":\n", 1)[-1].replace(root, "${IMAGE_ROOTFS}"))
+    if not failures:
+        bb.note("meta-hsmsign: the image's %d kernel modules verify against %s" % (len(modules), cert))
+        return
+    message = ("meta-hsmsign: kernel modules in the image do not verify against the module certificate, so the "
+               "kernel would refuse them: %s. Which package brought one: oe-pkgdata-util find-path PATH. Modules "
+               "of recipes that inherit neither module nor kernel are not signed by the layer: inherit module, "
+               "or leave them out" % "; ".join(failures))
+    if d.getVar("HSMSIGN_MODULES_SIG_FORCE") == "1":
+        bb.fatal(message)
+    bb.warn(message + " (HSMSIGN_MODULES_SIG_FORCE = 0: the kernel loads them and taints itself)")
+}
+hsmsign_image_modules_check[vardeps] += "HSMSIGN_MODULES_CERT_ID HSMSIGN_MODULES_SIG_FORCE HSMSIGN_CMD"
+hsmsign_image_modules_check[vardepsexclude] += "BB_ORIGENV HSMSIGN_MODULES_BATCH"
+
 # kernel do_configure postfunc: the certificate-only module signing configuration
 hsmsign_modsign_kconfig[doc] = "Postfunc of the kernel's do_configure: CONFIG_MODULE_SIG with the token's certificate only (no signing key), checked after olddefconfig."
 python hsmsign_modsign_kconfig() {
@@ -213,6 +255,13 @@ HSMSIGN_MODULES_CERT_ID[vardepvalue] = "${HSMSIGN_MODULES_CERT_ID}"
 # nooelint: oelint.task.noanonpython - the hooks depend on the inherited classes, known only after parsing
 python () {
     if not hsmsign.bitbake.enabled(d) or d.getVar("HSMSIGN_MODSIGN") != "1":
+        return
+    if bb.data.inherits_class("image", d):
+        if d.getVar("HSMSIGN_MODULES_IMAGE_CHECK") == "1":
+            d.appendVar("ROOTFS_POSTPROCESS_COMMAND", " hsmsign_image_modules_check")
+            d.appendVarFlag("do_rootfs", "depends", " hsmsign-modules-cert:do_deploy")
+            if d.getVar("HSMSIGN_CMD") == "hsmsign":
+                d.appendVar("DEPENDS", " hsmsign-native")
         return
     is_kernel = bb.data.inherits_class("kernel", d)
     if not (is_kernel or bb.data.inherits_class("module", d)) or bb.data.inherits_class("nopackages", d):

@@ -455,6 +455,49 @@ def test_deploy_refuses_another_tarball_of_unsigned_modules(packaged: ModsignBui
     assert len(modules_tarballs(packaged.deploy_dir())) == 1
 
 
+IMAGE = "hsmsign-test-modules-image"
+
+
+def test_image_check_of_kernel_modules(packaged: ModsignBuild) -> None:
+    """Images get the layer's ROOTFS_POSTPROCESS_COMMAND, which checks every module in the root
+    filesystem against the module certificate, whatever package brought it. Run (by the stand-in
+    image's test task) on the kernel's deployed modules: they pass; a vendor's prebuilt module,
+    which nobody signed, stops the task naming it, or is a warning with
+    HSMSIGN_MODULES_SIG_FORCE = "0"."""
+    for args, want in (
+        (("ROOTFS_POSTPROCESS_COMMAND",), "hsmsign_image_modules_check"),
+        (("-f", "depends", "do_rootfs"), "hsmsign-modules-cert:do_deploy"),
+    ):
+        got = packaged.build.run("-r", IMAGE, "--value", "-q", *args, tool="bitbake-getvar")
+        assert got.returncode == 0, (got.stdout + got.stderr)[-3000:]
+        assert want in got.stdout.split(), (args, got.stdout)
+
+    done = packaged.bitbake("-c", "hsmsign_test_rootfs", IMAGE)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    logs = glob.glob(os.path.join(packaged.workdir(IMAGE), "temp", "log.do_hsmsign_test_rootfs.*"))
+    with open(max(logs, key=os.path.getmtime), encoding="utf-8") as fh:
+        log = fh.read()
+    count = len(KERNEL_MODULES) + len(KERNEL_MODULES_XZ)
+    assert f"the image's {count} kernel modules verify against" in log, log[-3000:]
+
+    packaged.conf(HSMSIGN_TEST_VENDOR_MODULE="1")
+    try:
+        done = packaged.bitbake("-c", "hsmsign_test_rootfs", IMAGE)
+        out = done.stdout + done.stderr
+        assert done.returncode != 0, out[-3000:]
+        assert "kernel modules in the image do not verify against the module certificate" in out, out[-3000:]
+        assert "${IMAGE_ROOTFS}/lib/modules/" in out and "/extra/vendor.ko is not signed" in out, out[-3000:]
+        assert packaged.pin not in out
+        packaged.conf(HSMSIGN_TEST_VENDOR_MODULE="1", **{f"HSMSIGN_MODULES_SIG_FORCE:pn-{IMAGE}": "0"})
+        done = packaged.bitbake("-c", "hsmsign_test_rootfs", IMAGE)
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out[-3000:]
+        assert "WARNING" in out and "vendor.ko is not signed" in out and "taints itself" in out, out[-3000:]
+    finally:
+        packaged.conf()
+
+
 def test_shared_workdir_refuses_a_kernel_build_holding_a_signing_key(packaged: ModsignBuild) -> None:
     """A kernel build that made certs/signing_key.pem: do_shared_workdir fails before oe-core
     copies it into the shared kernel build artifacts."""

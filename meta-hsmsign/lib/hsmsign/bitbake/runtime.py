@@ -138,8 +138,12 @@ def run(
     base_env: Mapping[str, str] | None = None,
     cwd: str | None = None,
     spsdk_python: str | None = None,
+    shown: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``HSMSIGN_CMD ARGS`` with the child environment; raise TaskError on failure.
+
+    ``shown``: how errors name the command (default: the whole command line; a long list of
+    files is better summed up).
 
     With ``spsdk_python`` (HSMSIGN_SPSDK_PYTHON, the i.MX class) the command is the layer's
     hsmsign run by that Python instead (:func:`spsdk_command`). Every way the command can
@@ -163,7 +167,7 @@ def run(
     argv = base + list(args)
     if not argv:
         raise TaskError('HSMSIGN_CMD is empty: leave it unset (hsmsign from hsmsign-native) or set a command')
-    shown = redact(shlex.join(argv))
+    shown = redact(shlex.join(argv) if shown is None else shown)
     try:
         done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
     except FileNotFoundError as exc:
