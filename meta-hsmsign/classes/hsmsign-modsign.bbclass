@@ -169,7 +169,7 @@ hsmsign_modules_tarball[vardeps] += "hsmsign_modsign_tree"
 hsmsign_image_modules_check[doc] = "ROOTFS_POSTPROCESS_COMMAND of images: every kernel module in IMAGE_ROOTFS verifies against the module certificate (hsmsign modsign verify)."
 python hsmsign_image_modules_check() {
     root = d.getVar("IMAGE_ROOTFS")
-    modules = hsmsign.bitbake.kernel_modules(root)
+    modules = hsmsign.bitbake.image_kernel_modules(root)
     if not modules:
         return
     cert = d.getVar("HSMSIGN_MODULES_CERT_FILE")

@@ -346,3 +346,28 @@ def test_a_corrupt_zstd_modules_archive_fails_closed(tmp_path: Path) -> None:
     (deploy / "cut.tar.zst").write_bytes(packed[:4] + b"\0" * 64)
     with pytest.raises(hb.TaskError, match=r"cannot read .*cut\.tar\.zst"):
         hb.unsigned_modules_in_archives(str(deploy))
+
+
+def test_image_kernel_modules_walk_only_the_module_folders(tmp_path: Path) -> None:
+    """The image check looks in lib/modules and usr/lib/modules only, each module once with
+    usrmerge (lib -> usr/lib), and never through a link out of the image."""
+    elf = b"\x7fELF" + b"\0" * 60
+    merged = tmp_path / "merged"
+    mods = merged / "usr" / "lib" / "modules" / "6.6" / "kernel"
+    mods.mkdir(parents=True)
+    (mods / "a.ko").write_bytes(elf)
+    (mods / "b.ko.xz").write_bytes(b"\xfd7zXZ\x00")
+    os.symlink("usr/lib", merged / "lib")
+    (merged / "usr" / "share").mkdir()
+    (merged / "usr" / "share" / "c.ko").write_bytes(elf)  # not below lib/modules
+    assert hb.image_kernel_modules(str(merged)) == [str(mods / "a.ko"), str(mods / "b.ko.xz")]
+    split = tmp_path / "split"
+    (split / "lib" / "modules" / "6.6").mkdir(parents=True)
+    (split / "lib" / "modules" / "6.6" / "d.ko").write_bytes(elf)
+    host = tmp_path / "host"
+    (host / "lib" / "modules").mkdir(parents=True)
+    (host / "lib" / "modules" / "e.ko").write_bytes(elf)
+    (split / "usr").mkdir()
+    os.symlink(str(host / "lib"), split / "usr" / "lib")  # an absolute link out of the image
+    assert hb.image_kernel_modules(str(split)) == [str(split / "lib" / "modules" / "6.6" / "d.ko")]
+    assert hb.image_kernel_modules(str(tmp_path / "empty")) == []

@@ -345,6 +345,20 @@ def kernel_modules(root: str) -> list[str]:
     return sorted(modules)
 
 
+def image_kernel_modules(root: str) -> list[str]:
+    """:func:`kernel_modules` of an image's root filesystem, walking only ``lib/modules`` and
+    ``usr/lib/modules`` (not the whole image). A path whose directories include a symlink is
+    skipped: with usrmerge ``lib`` links to ``usr/lib`` (walked once, as ``usr/lib/modules``),
+    and an absolute link would lead out of the image into the build host."""
+    found: list[str] = []
+    for rel in ("lib/modules", "usr/lib/modules"):
+        parts = rel.split("/")
+        paths = [os.path.join(root, *parts[: i + 1]) for i in range(len(parts))]
+        if all(os.path.isdir(p) and not os.path.islink(p) for p in paths):
+            found += kernel_modules(paths[-1])
+    return sorted(found)
+
+
 def batches(items: Sequence[str], size: int = 500) -> list[list[str]]:
     """``items`` in runs of ``size`` (one hsmsign process and token login per run, argv kept short)."""
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
