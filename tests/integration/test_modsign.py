@@ -396,6 +396,42 @@ def test_compressed_modules_are_signed_inside_and_compressed_as_the_kernel_does(
     assert done.returncode == 6 and "does not verify" in done.stderr, done.stderr
 
 
+def test_zstd_modules_are_signed_in_one_batch_as_the_kernel_compresses_them(
+    softhsm: SoftHsm, rsa_key: tuple[str, Path], modules_dir: Path, tmp_path: Path
+) -> None:
+    """Many .ko.zst modules go through a few zstd processes, not one per module, and each comes
+    out as the kernel's own zstd command makes it from the signed module, byte for byte."""
+    names = [f"m{i}.ko" for i in range(10)]
+    plain = _copy(modules_dir, tmp_path / "plain", names)
+    assert _sign(softhsm, rsa_key, *map(str, plain)).returncode == 0
+    reference = {p.name: p.read_bytes() for p in plain}  # hsmsign (= sign-file) on the plain modules
+    expected = {}
+    for p in plain:  # what modules_install makes of each signed module
+        expected[p.name] = _kernel_compress(p, ".ko.zst").read_bytes()
+    packed = [_kernel_compress(m, ".ko.zst") for m in _copy(modules_dir, tmp_path / "zst", names)]
+    done = _sign(softhsm, rsa_key, *map(str, packed))
+    assert done.returncode == 0, done.stderr
+    assert "signed 10 modules" in done.stdout
+    for path in packed:
+        name = path.name[: -len(".zst")]
+        assert _decompressed(path, ".ko.zst") == reference[name]
+        assert path.read_bytes() == expected[name], name
+    verified = softhsm.run_cli("modsign", "verify", "--cert", str(rsa_key[1]), *map(str, packed))
+    assert verified.returncode == 0 and "OK: 10 modules signed" in verified.stdout, verified.stderr
+    # a module cut short among them: its own error, and no module changes
+    fresh = [_kernel_compress(m, ".ko.zst") for m in _copy(modules_dir, tmp_path / "bad", names)]
+    fresh[6].write_bytes(fresh[6].read_bytes()[:-20])
+    before = [p.read_bytes() for p in fresh]
+    done = _sign(softhsm, rsa_key, *map(str, fresh))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"hsmsign: error: {fresh[6]}: corrupt zstd data"), done.stderr
+    assert [p.read_bytes() for p in fresh] == before
+    verify_bad = softhsm.run_cli(
+        "modsign", "verify", "--cert", str(rsa_key[1]), *map(str, packed), str(fresh[6])
+    )
+    assert verify_bad.returncode == 2 and f"{fresh[6]}: corrupt zstd data" in verify_bad.stderr
+
+
 def test_bad_compressed_modules_fail_with_one_line_and_sign_nothing(
     softhsm: SoftHsm, rsa_key: tuple[str, Path], modules_dir: Path, tmp_path: Path
 ) -> None:

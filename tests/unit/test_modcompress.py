@@ -73,3 +73,57 @@ def test_zstd_without_the_program_says_what_to_install(monkeypatch: pytest.Monke
         modcompress.compress(MODULE, "zstd", "m.ko.zst")
     assert "modules need the zstd program, which is not on PATH" in caught.value.message
     assert "apt-get install zstd" in (caught.value.hint or "")
+
+
+def _kernel_zstd(module: bytes, tmp: str) -> bytes:
+    """What modules_install makes of a module's file: ``zstd -T0 --rm -f -q m.ko``."""
+    path = os.path.join(tmp, "m.ko")
+    with open(path, "wb") as f:
+        f.write(module)
+    subprocess.run(["zstd", "-T0", "--rm", "-f", "-q", path], check=True)
+    with open(path + ".zst", "rb") as f:
+        return f.read()
+
+
+def test_a_batch_of_zstd_modules_is_the_kernels_zstd_byte_for_byte(tmp_path: os.PathLike[str]) -> None:
+    """Several .ko.zst modules go through one zstd process (from files, as modules_install runs it):
+    each result is what the kernel's own command makes of that module, and mixed kinds keep
+    their order."""
+    if shutil.which("zstd") is None:
+        pytest.skip("apt-get install zstd")
+    modules = [b"\x7fELF" + os.urandom(200 * n) + b"\0" * 4000 for n in range(1, 6)]
+    kinds = ["zstd", "xz", "zstd", "zstd", "gzip"]
+    items = [(m, k, f"m{i}.ko") for i, (m, k) in enumerate(zip(modules, kinds))]
+    packed = modcompress.compress_many(items)
+    for module, kind, data in zip(modules, kinds, packed):
+        assert data.startswith(modcompress.MAGIC[kind])
+        assert modcompress.decompress(data, kind, "m.ko") == module
+        if kind == "zstd":
+            assert data == _kernel_zstd(module, str(tmp_path))
+    # one module alone takes the same path: the same bytes
+    assert modcompress.compress(modules[0], "zstd", "m0.ko") == packed[0]
+    back = modcompress.decompress_many([(data, kind, "m.ko") for data, kind in zip(packed, kinds)])
+    assert back == modules
+
+
+def test_a_bad_zstd_module_in_a_batch_gets_its_own_error_and_the_others_their_bytes() -> None:
+    if shutil.which("zstd") is None:
+        pytest.skip("apt-get install zstd")
+    good = [modcompress.compress(b"\x7fELF" + bytes([n]) * 3000, "zstd", "g.ko") for n in range(3)]
+    cut = good[1][: len(good[1]) // 2]
+    items = [
+        (good[0], "zstd", "a.ko.zst"),
+        (cut, "zstd", "cut.ko.zst"),
+        (b"not zstd", "zstd", "text.ko.zst"),
+        (good[2] + b"junk", "zstd", "tail.ko.zst"),
+        (good[2], "zstd", "c.ko.zst"),
+    ]
+    out = modcompress.decompress_many(items)
+    assert out[0] == b"\x7fELF" + bytes([0]) * 3000 and out[4] == b"\x7fELF" + bytes([2]) * 3000
+    errors = {i: out[i] for i in (1, 2, 3)}
+    for i, err in errors.items():
+        assert isinstance(err, modcompress.CompressedModuleError), (i, err)
+    assert errors[1].message.startswith("cut.ko.zst: corrupt zstd data")
+    assert errors[2].message.startswith("text.ko.zst is named as zstd data but is not zstd data")
+    assert errors[3].message.startswith("tail.ko.zst: corrupt zstd data")
+    assert all("\n" not in e.message for e in errors.values())

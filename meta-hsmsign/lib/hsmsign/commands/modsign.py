@@ -122,9 +122,30 @@ def _read(path: str) -> bytes:
     return modcompress.decompress(data, kind, path) if kind else data
 
 
+def _read_many(paths: list[str]) -> list[bytes | BaseException]:
+    """``_read`` of several modules: each one's bytes, or the error it gets (raised in its turn).
+    The zstd ones are decompressed by one ``zstd`` process."""
+    from ..atomic import read_input
+    from ..errors import HsmsignError
+    from ..formats import modcompress
+
+    read: list[bytes | BaseException] = []
+    for path in paths:
+        try:
+            read.append(read_input(path, "module"))
+        except HsmsignError as exc:
+            read.append(exc)
+    todo = [(i, data) for i, data in enumerate(read) if isinstance(data, bytes)]
+    items = [(data, modcompress.compression(paths[i]) or "", paths[i]) for i, data in todo]
+    for (i, _data), module in zip(todo, modcompress.decompress_many(items)):
+        read[i] = module
+    return read
+
+
 def _read_ahead(paths: list[str], pool: Any) -> Any:
     """Each module's bytes (``_read``), in order. Compressed ones are read and decompressed in
-    ``pool``, a few ahead (zlib, lzma and the zstd program's wait release the GIL)."""
+    ``pool``, a few ahead (zlib, lzma and the zstd program's wait release the GIL); ``.ko.zst``
+    ones in groups of ``ZSTD_GROUP``, one ``zstd`` process each."""
     import collections
 
     from ..formats import modcompress
@@ -135,10 +156,31 @@ def _read_ahead(paths: list[str], pool: Any) -> Any:
     for i in range(len(paths)):
         while queued < len(paths) and queued < i + window:
             path = paths[queued]
-            ahead.append(pool.submit(_read, path) if modcompress.compression(path) else path)
+            kind = modcompress.compression(path)
+            if kind == "zstd":
+                group = [path]
+                while (
+                    len(group) < ZSTD_GROUP
+                    and queued + len(group) < len(paths)
+                    and modcompress.compression(paths[queued + len(group)]) == "zstd"
+                ):
+                    group.append(paths[queued + len(group)])
+                future = pool.submit(_read_many, group)
+                ahead.extend((future, n) for n in range(len(group)))
+                queued += len(group)
+                continue
+            ahead.append(pool.submit(_read, path) if kind else path)
             queued += 1
         item = ahead.popleft()
-        yield _read(item) if isinstance(item, str) else item.result()
+        if isinstance(item, str):
+            yield _read(item)
+        elif isinstance(item, tuple):
+            data = item[0].result()[item[1]]
+            if isinstance(data, BaseException):
+                raise data
+            yield data
+        else:
+            yield item.result()
 
 
 def _inputs(paths: list[str]) -> list[str]:
@@ -173,6 +215,18 @@ def _check_key(key: Any) -> None:
 CHUNK = 64
 # module bytes kept from the check before signing, so most batches read each module once
 KEEP_BYTES = 256 << 20
+# .ko.zst modules decompressed by one zstd process (those of a chunk are compressed by one)
+ZSTD_GROUP = 32
+
+
+def _payload(signed: Any) -> bytes:
+    """A signed module's bytes: as they are, a compression's future, or (future, index) of a
+    chunk's zstd batch."""
+    if isinstance(signed, bytes):
+        return signed
+    if isinstance(signed, tuple):
+        return bytes(signed[0].result()[signed[1]])
+    return bytes(signed.result())
 
 
 def run_sign(args: Any) -> int:
@@ -247,9 +301,7 @@ def _sign_modules(args: Any, paths: list[str], cert: Any, compressors: Any) -> i
                     kind="modsign",
                 )
             # compressed modules: their compression (a future) is done before anything lands
-            payloads = [
-                signed if isinstance(signed, bytes) else signed.result() for _o, signed, _m, _s in chunk
-            ]
+            payloads = [_payload(signed) for _o, signed, _m, _s in chunk]
             with atomic.staged(batch.appended) as staged:
                 for (out, _signed, mode, _sha256), payload in zip(chunk, payloads):
                     staged.write_bytes(out, payload, mode, fsync=False)
@@ -265,6 +317,7 @@ def _sign_modules(args: Any, paths: list[str], cert: Any, compressors: Any) -> i
                 for first in range(0, len(paths), CHUNK):
                     chunk: list[tuple[str, Any, Any, str]] = []
                     records: list[dict[str, Any]] = []
+                    zstd: list[tuple[int, bytes, str]] = []
                     for i in range(first, min(first + CHUNK, len(paths))):
                         path = paths[i]
                         mod = checked[i] or modsig.split(_read(path), path)
@@ -283,13 +336,21 @@ def _sign_modules(args: Any, paths: list[str], cert: Any, compressors: Any) -> i
                         out = args.output or path
                         sha256 = digest if args.hash == "sha256" else hashlib.sha256(mod.body).digest()
                         kind = modcompress.compression(path)
-                        payload: Any = (
-                            compressors.submit(modcompress.compress, signed, kind, path) if kind else signed
-                        )
+                        payload: Any = signed
+                        if kind == "zstd":  # compressed below, the chunk's together
+                            zstd.append((len(chunk), signed, path))
+                        elif kind:
+                            payload = compressors.submit(modcompress.compress, signed, kind, path)
                         chunk.append((out, payload, atomic.file_mode(path), sha256.hex()))
                         records.append(
                             {"module": path, "output": out, "sha256": sha256.hex(), "resigned": mod.signed}
                         )
+                    if zstd:
+                        packed = compressors.submit(
+                            modcompress.compress_many, [(signed, "zstd", path) for _n, signed, path in zstd]
+                        )
+                        for k, (n, _signed, _path) in enumerate(zstd):
+                            chunk[n] = (chunk[n][0], (packed, k), chunk[n][2], chunk[n][3])
                     job = (writer.submit(commit, chunk), records)
                     previous, pending = pending, job
                     if previous is not None:
@@ -311,6 +372,8 @@ def _sign_modules(args: Any, paths: list[str], cert: Any, compressors: Any) -> i
 
 
 def run_verify(args: Any) -> int:
+    import concurrent.futures
+
     from ..errors import ConfigError, HsmsignError, VerificationError
     from ..formats import authenticode, cms, modsig
 
@@ -324,20 +387,21 @@ def run_verify(args: Any) -> int:
     trusted = [cms.read_certificate_file(args.cert)]
     results: list[dict[str, Any]] = []
     failures: list[HsmsignError] = []
-    for path in paths:
-        try:
-            found = modsig.verify(_read(path), trusted, path)
-        except VerificationError as exc:
-            failures.append(exc)
-            continue
-        results.append(
-            {
-                "module": path,
-                "signer": authenticode.describe(found.certificate),
-                "hash": found.hash_alg,
-                "sha256": found.body_sha256,
-            }
-        )
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for path, data in zip(paths, _read_ahead(paths, pool)):
+            try:
+                found = modsig.verify(data, trusted, path)
+            except VerificationError as exc:
+                failures.append(exc)
+                continue
+            results.append(
+                {
+                    "module": path,
+                    "signer": authenticode.describe(found.certificate),
+                    "hash": found.hash_alg,
+                    "sha256": found.body_sha256,
+                }
+            )
     if failures:
         first = failures[0]
         more = f" (and {len(failures) - 1} more of {len(paths)} modules fail)" if len(failures) > 1 else ""

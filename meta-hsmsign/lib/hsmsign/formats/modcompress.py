@@ -14,6 +14,9 @@ ELF module, compress again with the kernel's own settings:
 * zstd: ``zstd -T0 -q`` (level 3), through the ``zstd`` program: the standard
   library has no zstd before Python 3.14, and the program is a BitBake host tool
   on every release (OE-Core's ``kernel-module-split`` reads modules with it too).
+  A batch of modules goes through one ``zstd`` process (:func:`decompress_many`,
+  :func:`compress_many`), from files as ``modules_install`` compresses them, so a
+  kernel's thousands of modules do not cost a process each.
 
 Which one a module uses comes from its name (as OE-Core and the kernel name
 them); the data must start with that format's magic. Every compressed result is
@@ -23,9 +26,12 @@ decompressed again and compared before it is handed back.
 from __future__ import annotations
 
 import lzma
+import os
 import shutil
 import subprocess
+import tempfile
 import zlib
+from collections.abc import Sequence
 
 from ..errors import ConfigError, SigningError, printable
 
@@ -56,7 +62,7 @@ def decompress(data: bytes, kind: str, what: str) -> bytes:
             "give the module its real name (.ko, .ko.gz, .ko.xz or .ko.zst)",
         )
     if kind == "zstd":
-        out = _zstd(["-d", "-c", "-q"], data, what, "decompress")
+        out = _zstd_decompress(data, what)
     else:
         if kind == "gzip":
             gz = zlib.decompressobj(31)
@@ -92,8 +98,11 @@ def compress(module: bytes, kind: str, what: str) -> bytes:
         out = gz.compress(module) + gz.flush()
     elif kind == "xz":
         out = lzma.compress(module, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=_XZ_FILTERS)
-    else:
-        out = _zstd(["-q", "-c", "-T0"], module, what, "compress")
+    else:  # from a file, as modules_install compresses it (the frame then records the size)
+        packed, reason = _zstd_files(["-T0"], [module], "", ".zst", what)
+        if packed is None:
+            raise SigningError(f"{what}: zstd could not compress the signed module ({reason})")
+        out = packed[0]
     if decompress(out, kind, what) != module:
         raise SigningError(
             f"internal: {what}: the {kind} data does not decompress to the signed module",
@@ -102,24 +111,104 @@ def compress(module: bytes, kind: str, what: str) -> bytes:
     return out
 
 
+def decompress_many(items: Sequence[tuple[bytes, str, str]]) -> list[bytes | CompressedModuleError]:
+    """:func:`decompress` of each ``(data, kind, what)``: the module, or the error it gets.
+
+    The zstd ones go through one ``zstd`` process. When it fails on any of them, each goes
+    through :func:`decompress` again, so each gets its own error."""
+    out: list[bytes | CompressedModuleError] = [b""] * len(items)
+    batch = [i for i, (data, kind, _w) in enumerate(items) if kind == "zstd" and data.startswith(MAGIC[kind])]
+    plain = (
+        _zstd_files(["-d"], [items[i][0] for i in batch], ".zst", "", items[batch[0]][2])[0]
+        if len(batch) > 1
+        else None
+    )
+    found = dict(zip(batch, plain or []))
+    for i, (data, kind, what) in enumerate(items):
+        module = found.get(i)
+        if module is not None and len(module) <= MAX_MODULE:
+            out[i] = module
+            continue
+        try:
+            out[i] = decompress(data, kind, what)
+        except CompressedModuleError as exc:
+            out[i] = exc
+    return out
+
+
+def compress_many(items: Sequence[tuple[bytes, str, str]]) -> list[bytes]:
+    """:func:`compress` of each ``(module, kind, what)``, checked the same way; the zstd ones
+    through one ``zstd`` process (and one more for the check)."""
+    batch = [i for i, (_m, kind, _w) in enumerate(items) if kind == "zstd"]
+    packed = (
+        _zstd_files(["-T0"], [items[i][0] for i in batch], "", ".zst", items[batch[0]][2])[0]
+        if len(batch) > 1
+        else None
+    )
+    if packed is None:  # one alone, or zstd failed: each alone, with its own error
+        return [compress(module, kind, what) for module, kind, what in items]
+    back = decompress_many([(data, "zstd", items[i][2]) for data, i in zip(packed, batch)])
+    found = dict(zip(batch, zip(packed, back)))
+    out = []
+    for i, (module, kind, what) in enumerate(items):
+        if i not in found:
+            out.append(compress(module, kind, what))
+            continue
+        data, again = found[i]
+        if again != module:
+            raise SigningError(
+                f"internal: {what}: the zstd data does not decompress to the signed module",
+                "nothing was written; report it",
+            )
+        out.append(data)
+    return out
+
+
+def _zstd_files(
+    args: list[str], blobs: list[bytes], suffix: str, new_suffix: str, what: str
+) -> tuple[list[bytes] | None, str]:
+    """``zstd ARGS`` over ``blobs`` written to files of a private folder, in one process (as the
+    kernel's ``modules_install`` runs it on a module's file): each one's result, or None and
+    zstd's last line of error when it fails on any of them."""
+    program = _zstd_program(what)
+    with tempfile.TemporaryDirectory(prefix="hsmsign-zstd-") as tmp:
+        names = [os.path.join(tmp, f"{n}.ko{suffix}") for n in range(len(blobs))]
+        for name, blob in zip(names, blobs):
+            with open(name, "xb") as f:
+                f.write(blob)
+        done = subprocess.run([program, "-q", "-f", *args, "--", *names], capture_output=True, check=False)
+        if done.returncode != 0:
+            lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
+            return None, printable(lines[-1][:200]) if lines else f"zstd exit {done.returncode}"
+        results = []
+        for name in names:
+            target = name[: len(name) - len(suffix)] + new_suffix
+            with open(target, "rb") as f:
+                results.append(f.read(MAX_MODULE + 1))
+        return results, ""
+
+
 def _corrupt(what: str, kind: str, reason: str) -> CompressedModuleError:
     return CompressedModuleError(
         f"{what}: corrupt {kind} data ({reason})", "the file was cut short or changed; install it again"
     )
 
 
-def _zstd(args: list[str], data: bytes, what: str, verb: str) -> bytes:
+def _zstd_program(what: str) -> str:
     program = shutil.which("zstd")
     if program is None:
         raise CompressedModuleError(
             f"{what}: .ko.zst modules need the zstd program, which is not on PATH",
             "install zstd (Debian: apt-get install zstd; BitBake has it as a host tool)",
         )
-    done = subprocess.run([program, *args], input=data, capture_output=True, check=False)
+    return program
+
+
+def _zstd_decompress(data: bytes, what: str) -> bytes:
+    done = subprocess.run(
+        [_zstd_program(what), "-d", "-c", "-q"], input=data, capture_output=True, check=False
+    )
     if done.returncode != 0:
         lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        reason = printable(lines[-1][:200]) if lines else f"zstd exit {done.returncode}"
-        if verb == "decompress":
-            raise _corrupt(what, "zstd", reason)
-        raise SigningError(f"{what}: zstd could not compress the signed module ({reason})")
+        raise _corrupt(what, "zstd", printable(lines[-1][:200]) if lines else f"zstd exit {done.returncode}")
     return done.stdout
