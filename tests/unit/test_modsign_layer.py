@@ -312,6 +312,18 @@ def test_unsigned_modules_in_archives(tmp_path: Path, monkeypatch: pytest.Monkey
             str(deploy), skip=[str(ours), str(custom)]
         )
         zst.unlink()
+        # .ko.zst members are decompressed by one zstd process per 32: every one is still looked at
+        packed = {n: modcompress.compress(elf if n in (3, 35) else signed, "zstd", "m.ko") for n in range(40)}
+        many = _tar(deploy / "zst-modules.tgz", {f"lib/modules/6.6/m{n}.ko.zst": packed[n] for n in packed})
+        assert hb.unsigned_modules_in_archives(str(deploy), skip=[str(ours), str(custom)]) == [
+            (str(many), "lib/modules/6.6/m3.ko.zst"),
+            (str(many), "lib/modules/6.6/m35.ko.zst"),
+        ]
+        packed[20] = packed[20][:-8]
+        _tar(many, {f"lib/modules/6.6/m{n}.ko.zst": packed[n] for n in packed})
+        with pytest.raises(hb.TaskError, match=r"zst-modules\.tgz.*m20\.ko\.zst: corrupt zstd data"):
+            hb.unsigned_modules_in_archives(str(deploy), skip=[str(ours), str(custom)])
+        many.unlink()
     # what cannot be read fails closed, naming the archive
     broken = deploy / "broken.tgz"
     broken.write_bytes(b"\x1f\x8b\x08\x00 not really gzip")

@@ -493,6 +493,17 @@ def unsigned_modules_in_archives(folder: str, skip: Sequence[str] = ()) -> list[
 
     skipped = {os.path.realpath(p) for p in skip}
     found: list[tuple[str, str]] = []
+    packed: list[tuple[bytes, str, str]] = []  # compressed modules read, not yet checked
+
+    def check(items: list[tuple[bytes, str, str]]) -> None:
+        for (_data, _kind, what), module in zip(items, modcompress.decompress_many(items)):
+            if isinstance(module, BaseException):
+                raise module
+            if not module.endswith(modsig.MAGIC):
+                archive, _, member = what.partition("!")
+                found.append((archive, member))
+        items.clear()
+
     for top, _dirs, files in os.walk(folder):
         for name in sorted(files):
             path = os.path.join(top, name)
@@ -501,6 +512,7 @@ def unsigned_modules_in_archives(folder: str, skip: Sequence[str] = ()) -> list[
             if os.path.realpath(path) in skipped:
                 continue
             zstd = None
+            packed.clear()
             try:
                 if name.endswith(".tar.zst"):
                     zstd = subprocess.Popen(["zstd", "-d", "-c", "-q", path], stdout=subprocess.PIPE)
@@ -524,11 +536,13 @@ def unsigned_modules_in_archives(folder: str, skip: Sequence[str] = ()) -> list[
                             )
                         data = tar.extractfile(member).read()  # type: ignore[union-attr]
                         if kind:
-                            data = modcompress.decompress(data, kind, f"{path}!{member.name}")
-                        elif not data.startswith(b"\x7fELF"):
+                            packed.append((data, kind, f"{path}!{member.name}"))
+                            if len(packed) >= 32:  # .ko.zst: one zstd process for 32
+                                check(packed)
                             continue
-                        if not data.endswith(modsig.MAGIC):
+                        if data.startswith(b"\x7fELF") and not data.endswith(modsig.MAGIC):
                             found.append((path, member.name))
+                check(packed)
                 # a zstd stream cut or corrupt may still end on a tar member boundary
                 if zstd is not None and zstd.wait() != 0:
                     raise TaskError(f"zstd exit {zstd.returncode}")
