@@ -127,3 +127,28 @@ def test_a_bad_zstd_module_in_a_batch_gets_its_own_error_and_the_others_their_by
     assert errors[2].message.startswith("text.ko.zst is named as zstd data but is not zstd data")
     assert errors[3].message.startswith("tail.ko.zst: corrupt zstd data")
     assert all("\n" not in e.message for e in errors.values())
+
+
+def test_zstd_frames_are_cut_apart_by_their_recorded_sizes_or_not_at_all() -> None:
+    """One zstd process decompresses a group of modules read one after the other; the sizes the
+    frames record cut the output apart. A frame without one (compressed from a pipe), or a file
+    of two frames, takes the one-module path and still gives its exact bytes."""
+    if shutil.which("zstd") is None:
+        pytest.skip("apt-get install zstd")
+    modules = [b"\x7fELF" + bytes([n]) * (100 + 300 * n) for n in range(4)]
+    from_file = [modcompress.compress(m, "zstd", "m.ko") for m in modules]
+    assert [modcompress.zstd_content_size(p) for p in from_file] == [len(m) for m in modules]
+    piped = subprocess.run(["zstd", "-q", "-c"], input=modules[1], capture_output=True, check=True).stdout
+    assert modcompress.zstd_content_size(piped) is None
+    assert modcompress.zstd_content_size(b"\x28\xb5\x2f\xfd") is None  # cut inside the header
+    two_frames = from_file[2] + modcompress.compress(b"tail", "zstd", "t.ko")
+    items = [
+        (from_file[0], "zstd", "a"),
+        (piped, "zstd", "b"),
+        (two_frames, "zstd", "c"),
+        (from_file[3], "zstd", "d"),
+    ]
+    assert modcompress.decompress_many(items) == [modules[0], modules[1], modules[2] + b"tail", modules[3]]
+    # every frame records a size, but one file holds a second frame: the total differs, each alone
+    items = [(from_file[0], "zstd", "a"), (two_frames, "zstd", "c"), (from_file[3], "zstd", "d")]
+    assert modcompress.decompress_many(items) == [modules[0], modules[2] + b"tail", modules[3]]

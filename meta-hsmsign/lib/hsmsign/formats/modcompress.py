@@ -99,7 +99,7 @@ def compress(module: bytes, kind: str, what: str) -> bytes:
     elif kind == "xz":
         out = lzma.compress(module, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=_XZ_FILTERS)
     else:  # from a file, as modules_install compresses it (the frame then records the size)
-        packed, reason = _zstd_files(["-T0"], [module], "", ".zst", what)
+        packed, reason = _zstd_compress_files([module], what)
         if packed is None:
             raise SigningError(f"{what}: zstd could not compress the signed module ({reason})")
         out = packed[0]
@@ -118,11 +118,7 @@ def decompress_many(items: Sequence[tuple[bytes, str, str]]) -> list[bytes | Com
     through :func:`decompress` again, so each gets its own error."""
     out: list[bytes | CompressedModuleError] = [b""] * len(items)
     batch = [i for i, (data, kind, _w) in enumerate(items) if kind == "zstd" and data.startswith(MAGIC[kind])]
-    plain = (
-        _zstd_files(["-d"], [items[i][0] for i in batch], ".zst", "", items[batch[0]][2])[0]
-        if len(batch) > 1
-        else None
-    )
+    plain = _zstd_decompress_all([items[i][0] for i in batch], items[batch[0]][2]) if len(batch) > 1 else None
     found = dict(zip(batch, plain or []))
     for i, (data, kind, what) in enumerate(items):
         module = found.get(i)
@@ -141,9 +137,7 @@ def compress_many(items: Sequence[tuple[bytes, str, str]]) -> list[bytes]:
     through one ``zstd`` process (and one more for the check)."""
     batch = [i for i, (_m, kind, _w) in enumerate(items) if kind == "zstd"]
     packed = (
-        _zstd_files(["-T0"], [items[i][0] for i in batch], "", ".zst", items[batch[0]][2])[0]
-        if len(batch) > 1
-        else None
+        _zstd_compress_files([items[i][0] for i in batch], items[batch[0]][2])[0] if len(batch) > 1 else None
     )
     if packed is None:  # one alone, or zstd failed: each alone, with its own error
         return [compress(module, kind, what) for module, kind, what in items]
@@ -164,34 +158,68 @@ def compress_many(items: Sequence[tuple[bytes, str, str]]) -> list[bytes]:
     return out
 
 
-def _zstd_files(
-    args: list[str], blobs: list[bytes], suffix: str, new_suffix: str, what: str
-) -> tuple[list[bytes] | None, str]:
-    """``zstd ARGS`` over ``blobs`` written to files of a private folder, in one process (as the
-    kernel's ``modules_install`` runs it on a module's file): each one's result, or None and
-    zstd's last line of error when it fails on any of them."""
+def _zstd_compress_files(modules: list[bytes], what: str) -> tuple[list[bytes] | None, str]:
+    """``modules`` compressed by one ``zstd -T0``, each from a file of a private folder, as the
+    kernel's ``modules_install`` compresses a module's file (so the frame records the size):
+    each one's result, or None and zstd's last line of error."""
     program = _zstd_program(what)
     with tempfile.TemporaryDirectory(prefix="hsmsign-zstd-") as tmp:
-        names = [os.path.join(tmp, f"{n}.ko{suffix}") for n in range(len(blobs))]
-        for name, blob in zip(names, blobs):
+        names = [os.path.join(tmp, f"{n}.ko") for n in range(len(modules))]
+        for name, module in zip(names, modules):
             with open(name, "xb") as f:
-                f.write(blob)
-        done = subprocess.run([program, "-q", "-f", *args, "--", *names], capture_output=True, check=False)
+                f.write(module)
+        done = subprocess.run([program, "-q", "-f", "-T0", "--", *names], capture_output=True, check=False)
         if done.returncode != 0:
             lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
             return None, printable(lines[-1][:200]) if lines else f"zstd exit {done.returncode}"
-        results = []
+        packed = []
         for name in names:
-            target = name[: len(name) - len(suffix)] + new_suffix
-            with open(target, "rb") as f:
-                results.append(f.read(MAX_MODULE + 1))
-        return results, ""
+            with open(name + ".zst", "rb") as f:
+                packed.append(f.read())
+        return packed, ""
 
 
 def _corrupt(what: str, kind: str, reason: str) -> CompressedModuleError:
     return CompressedModuleError(
         f"{what}: corrupt {kind} data ({reason})", "the file was cut short or changed; install it again"
     )
+
+
+def zstd_content_size(data: bytes) -> int | None:
+    """The size a zstd frame says it holds (its Frame_Content_Size, RFC 8878 3.1.1.1), or None
+    when it does not say (zstd writes it when it compresses a file)."""
+    if len(data) < 6 or not data.startswith(MAGIC["zstd"]) or data[4] & 0x08:  # reserved bit
+        return None
+    descriptor = data[4]
+    single_segment = descriptor >> 5 & 1
+    start = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3]
+    size = (single_segment, 2, 4, 8)[descriptor >> 6]
+    if size == 0 or len(data) < start + size:
+        return None
+    value = int.from_bytes(data[start : start + size], "little")
+    return value + 256 if size == 2 else value
+
+
+def _zstd_decompress_all(blobs: list[bytes], what: str) -> list[bytes] | None:
+    """Each of ``blobs`` decompressed, by one ``zstd`` reading them one after the other: a
+    concatenation of frames decompresses to the concatenation of their contents, which each
+    frame's recorded size cuts apart again (libzstd checks each frame's size). None when a
+    frame records no size, or zstd fails or gives another total."""
+    sizes = [zstd_content_size(blob) for blob in blobs]
+    if any(size is None or size > MAX_MODULE for size in sizes):
+        return None
+    done = subprocess.run(
+        [_zstd_program(what), "-d", "-c", "-q"], input=b"".join(blobs), capture_output=True, check=False
+    )
+    total = sum(size or 0 for size in sizes)
+    if done.returncode != 0 or len(done.stdout) != total:
+        return None
+    view = memoryview(done.stdout)
+    out, at = [], 0
+    for size in sizes:
+        out.append(bytes(view[at : at + (size or 0)]))
+        at += size or 0
+    return out
 
 
 def _zstd_program(what: str) -> str:
