@@ -211,6 +211,18 @@ def test_live_temporaries_are_registered_until_renamed(tmp_path: Path) -> None:
     assert atomic.live_temporaries() == [] and _temporaries(tmp_path) == []
 
 
+def test_scratch_folders_go_when_the_block_ends_or_a_signal_stops_the_process() -> None:
+    with atomic.scratch_directory("hsmsign-test-") as folder:
+        assert os.path.isdir(folder) and stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+        Path(folder, "m.ko").write_bytes(b"module")
+    assert not os.path.exists(folder)
+    with atomic.scratch_directory("hsmsign-test-") as folder:
+        Path(folder, "m.ko").write_bytes(b"module")
+        atomic.remove_live_temporaries()  # what SIGINT / SIGTERM do, from any thread's work
+        assert not os.path.exists(folder)
+    assert not os.path.exists(folder)
+
+
 # --------------------------------------------------------------------------- inputs
 
 

@@ -76,6 +76,7 @@ CHUNK = 4 << 20  # the one read buffer of stream_input
 
 _REGISTRY_LOCK = threading.Lock()
 _LIVE: dict[int, AtomicFile] = {}  # id -> temporary file not yet renamed or removed
+_SCRATCH: set[str] = set()  # private work folders (scratch_directory) not yet removed
 _critical = 0  # > 0 while outputs are renamed into place: signals wait
 _pending: list[int] = []
 
@@ -292,13 +293,37 @@ def live_temporaries() -> list[str]:
 
 
 def remove_live_temporaries() -> None:
-    """Remove every live temporary file (a signal is stopping the process)."""
+    """Remove every live temporary file and scratch folder (a signal is stopping the process)."""
+    import shutil
+
     with _REGISTRY_LOCK:
         files = list(_LIVE.values())
         _LIVE.clear()
+        folders = list(_SCRATCH)
+        _SCRATCH.clear()
     for f in files:
         with contextlib.suppress(OSError):
             os.unlink(f.tmp_name, dir_fd=f.dir_fd)
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_directory(prefix: str) -> Iterator[str]:
+    """A private folder for intermediate files (``tempfile.mkdtemp``), removed when the block
+    ends, and by the signal handlers when SIGINT or SIGTERM stop the process meanwhile."""
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix=prefix)
+    with _REGISTRY_LOCK:
+        _SCRATCH.add(folder)
+    try:
+        yield folder
+    finally:
+        with _REGISTRY_LOCK:
+            _SCRATCH.discard(folder)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _umask() -> int:

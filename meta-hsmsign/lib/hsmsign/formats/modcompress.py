@@ -29,7 +29,6 @@ import lzma
 import os
 import shutil
 import subprocess
-import tempfile
 import zlib
 from collections.abc import Sequence
 
@@ -163,7 +162,9 @@ def _zstd_compress_files(modules: list[bytes], what: str) -> tuple[list[bytes] |
     kernel's ``modules_install`` compresses a module's file (so the frame records the size):
     each one's result, or None and zstd's last line of error."""
     program = _zstd_program(what)
-    with tempfile.TemporaryDirectory(prefix="hsmsign-zstd-") as tmp:
+    from ..atomic import scratch_directory
+
+    with scratch_directory("hsmsign-zstd-") as tmp:
         names = [os.path.join(tmp, f"{n}.ko") for n in range(len(modules))]
         for name, module in zip(names, modules):
             with open(name, "xb") as f:
