@@ -15,7 +15,10 @@ The breakdown runs, interleaved with the others, what a cold ``hsmsign pe sign``
 cannot do without: the interpreter starting (``python -c pass``), and the
 interpreter importing the libraries the command needs (python-pkcs11, which loads
 asn1crypto, and cryptography's RSA and serialization modules), without any
-hsmsign code and without any work.
+hsmsign code and without any work. Two more pairs split each tool's time into
+what every run costs and what the image's size costs: both tools sign the 130 KiB
+systemd stub itself. And since hsmsign's output is on disk when it exits (fsync)
+and sbsign's is not, sbsign also runs followed by ``sync -d`` of its output.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -45,11 +49,15 @@ def timed_pair(
     cmds: dict[str, list[str]], env: dict[str, str], repeat: int
 ) -> dict[str, tuple[float, float]]:
     """Median wall time and median CPU time (user + system, all threads) of each command, the
-    commands interleaved (a busy machine hits all alike)."""
+    commands interleaved (a busy machine hits all alike). Each starts with the disk written back
+    (``sync``, not timed): sbsign exits with its output still dirty, and without it hsmsign,
+    which runs next and waits for its own output to reach the disk, shares the disk with that
+    writeback (0.34 s instead of 0.22 s on a 50 MiB UKI)."""
     times: dict[str, list[float]] = {name: [] for name in cmds}
     cpu: dict[str, list[float]] = {name: [] for name in cmds}
     for _ in range(repeat):
         for name, cmd in cmds.items():
+            os.sync()
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
             done = subprocess.run(cmd, env=env, capture_output=True, check=False)
@@ -129,6 +137,19 @@ def main() -> int:
                     "sbsign", "--engine", "pkcs11", "--key", f"{engine_uri}?{PIN_ATTR}={pin}",
                     "--cert", str(cert), "--output", str(theirs_out), str(uki),
                 ],
+                "sbsign, then sync -d of it": [
+                    "sh", "-c", f'sbsign "$@" && sync -d {shlex.quote(str(theirs_out))}', "sh",
+                    "--engine", "pkcs11", "--key", f"{engine_uri}?{PIN_ATTR}={pin}", "--cert", str(cert),
+                    "--output", str(theirs_out), str(uki),
+                ],
+                "hsmsign, 130 KiB stub": [
+                    *hsmsign, "pe", "sign", "--uri", uri, "--cert", str(cert), "-o", str(work / "s1.efi"),
+                    str(STUB),
+                ],
+                "sbsign, 130 KiB stub": [
+                    "sbsign", "--engine", "pkcs11", "--key", f"{engine_uri}?{PIN_ATTR}={pin}",
+                    "--cert", str(cert), "--output", str(work / "s2.efi"), str(STUB),
+                ],
                 "python -c pass": [sys.executable, "-c", "pass"],
                 "python, imports only": [sys.executable, "-c", LIBRARIES],
             },
@@ -151,7 +172,14 @@ def main() -> int:
     print(f"{'':<28} {'wall':>8}   {'cpu':>8}")
     for name, (wall, cpu) in results.items():
         print(f"{name:<28} {wall:8.3f} s {cpu:8.3f} s")
+    synced = results["sbsign, then sync -d of it"][0]
+    ours_stub, theirs_stub = results["hsmsign, 130 KiB stub"][0], results["sbsign, 130 KiB stub"][0]
     print(f"\nhsmsign / sbsign = {ours / theirs:.3f}  (target <= 1.0)")
+    print(f"hsmsign / (sbsign, then sync -d of its output) = {ours / synced:.3f}  (both outputs on disk)")
+    print(
+        f"per run: hsmsign {ours_stub:.3f} s, sbsign {theirs_stub:.3f} s (the stub); for the image's "
+        f"{args.size_mib} MiB on top: hsmsign {ours - ours_stub:.3f} s, sbsign {theirs - theirs_stub:.3f} s"
+    )
     print(
         f"breakdown: python starts in {start:.3f} s; with the libraries imported (python-pkcs11, "
         f"asn1crypto, cryptography) and nothing done, {imports:.3f} s = {imports / theirs:.2f} x sbsign's "
