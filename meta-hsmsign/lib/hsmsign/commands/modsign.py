@@ -135,9 +135,10 @@ def _read_many(paths: list[str]) -> list[bytes | BaseException]:
             read.append(read_input(path, "module"))
         except HsmsignError as exc:
             read.append(exc)
-    todo = [(i, data) for i, data in enumerate(read) if isinstance(data, bytes)]
-    items = [(data, modcompress.compression(paths[i]) or "", paths[i]) for i, data in todo]
-    for (i, _data), module in zip(todo, modcompress.decompress_many(items)):
+    todo = [(i, data, modcompress.compression(paths[i])) for i, data in enumerate(read)]
+    todo = [(i, data, kind) for i, data, kind in todo if isinstance(data, bytes) and kind]
+    items = [(data, kind, paths[i]) for i, data, kind in todo]
+    for (i, _data, _kind), module in zip(todo, modcompress.decompress_many(items)):
         read[i] = module
     return read
 
