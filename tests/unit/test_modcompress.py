@@ -13,6 +13,8 @@ import pytest
 from hsmsign.errors import ConfigError
 from hsmsign.formats import modcompress
 
+from tests.conftest import tool
+
 MODULE = b"\x7fELF" + os.urandom(3000) + b"\0" * 5000
 
 
@@ -27,8 +29,8 @@ def test_suffixes_name_the_format() -> None:
 
 @pytest.mark.parametrize("kind", ["gzip", "xz", "zstd"])
 def test_round_trip_with_the_kernels_settings(kind: str) -> None:
-    if kind == "zstd" and shutil.which("zstd") is None:
-        pytest.skip("apt-get install zstd")
+    if kind == "zstd":
+        tool("zstd", "zstd")
     packed = modcompress.compress(MODULE, kind, "m.ko")
     assert packed.startswith(modcompress.MAGIC[kind])
     assert modcompress.decompress(packed, kind, "m.ko") == MODULE
@@ -89,8 +91,7 @@ def test_a_batch_of_zstd_modules_is_the_kernels_zstd_byte_for_byte(tmp_path: os.
     """Several .ko.zst modules go through one zstd process (from files, as modules_install runs it):
     each result is what the kernel's own command makes of that module, and mixed kinds keep
     their order."""
-    if shutil.which("zstd") is None:
-        pytest.skip("apt-get install zstd")
+    tool("zstd", "zstd")
     modules = [b"\x7fELF" + os.urandom(200 * n) + b"\0" * 4000 for n in range(1, 6)]
     kinds = ["zstd", "xz", "zstd", "zstd", "gzip"]
     items = [(m, k, f"m{i}.ko") for i, (m, k) in enumerate(zip(modules, kinds))]
@@ -107,8 +108,7 @@ def test_a_batch_of_zstd_modules_is_the_kernels_zstd_byte_for_byte(tmp_path: os.
 
 
 def test_a_bad_zstd_module_in_a_batch_gets_its_own_error_and_the_others_their_bytes() -> None:
-    if shutil.which("zstd") is None:
-        pytest.skip("apt-get install zstd")
+    tool("zstd", "zstd")
     good = [modcompress.compress(b"\x7fELF" + bytes([n]) * 3000, "zstd", "g.ko") for n in range(3)]
     cut = good[1][: len(good[1]) // 2]
     items = [
@@ -133,8 +133,7 @@ def test_zstd_frames_are_cut_apart_by_their_recorded_sizes_or_not_at_all() -> No
     """One zstd process decompresses a group of modules read one after the other; the sizes the
     frames record cut the output apart. A frame without one (compressed from a pipe), or a file
     of two frames, takes the one-module path and still gives its exact bytes."""
-    if shutil.which("zstd") is None:
-        pytest.skip("apt-get install zstd")
+    tool("zstd", "zstd")
     modules = [b"\x7fELF" + bytes([n]) * (100 + 300 * n) for n in range(4)]
     from_file = [modcompress.compress(m, "zstd", "m.ko") for m in modules]
     assert [modcompress.zstd_content_size(p) for p in from_file] == [len(m) for m in modules]
