@@ -34,6 +34,7 @@ import ast
 import glob
 import lzma
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -52,6 +53,7 @@ MODULES = ("hsmsign_test_a", "hsmsign_test_b")
 KERNEL_MODULES = ("hsmsign_test_k",)
 # installed as CONFIG_MODULE_COMPRESS_XZ leaves them: signed inside, compressed again
 KERNEL_MODULES_XZ = ("hsmsign_test_kxz",)
+KERNEL_MODULES_ZST = ("hsmsign_test_kzst1", "hsmsign_test_kzst2", "hsmsign_test_kzst3")
 SUBJECT_CN = "meta-hsmsign layer test modules"
 # the target's binutils and compiler: the host's (x86_64), under the names oe-core calls them by
 # (KERNEL_CC and KERNEL_LD: Kconfig asks the compiler and the linker)
@@ -159,6 +161,22 @@ def unsigned(data: bytes, what: str) -> bytes:
     return data[: len(data) - len(MAGIC) - 12 - sig_len]
 
 
+def unzstd(data: bytes) -> bytes:
+    return subprocess.run(["zstd", "-d", "-c", "-q"], input=data, capture_output=True, check=True).stdout
+
+
+def kernel_zstd(module: bytes, folder: str) -> bytes:
+    """What CONFIG_MODULE_COMPRESS_ZSTD's modules_install makes of a module: zstd -T0 on its file."""
+    path = os.path.join(folder, "module.ko")
+    with open(path, "wb") as fh:
+        fh.write(module)
+    subprocess.run(["zstd", "-T0", "--rm", "-f", "-q", path], check=True)
+    with open(path + ".zst", "rb") as fh:
+        data = fh.read()
+    os.unlink(path + ".zst")
+    return data
+
+
 def test_packaged_modules_are_stripped_then_signed(packaged: ModsignBuild) -> None:
     cert = os.path.join(packaged.deploy_dir(), "hsmsign-modules.pem")
     assert os.path.getsize(cert) > 0
@@ -264,6 +282,39 @@ def test_kernel_compressed_module_signed_inside_in_its_package(packaged: Modsign
             assert fh.read() == data, package
 
 
+def test_kernel_zstd_modules_signed_inside_as_the_kernel_compresses_them(
+    packaged: ModsignBuild, tmp_path: pathlib.Path
+) -> None:
+    """CONFIG_MODULE_COMPRESS_ZSTD: the layer signs the three .ko.zst modules in one go (one zstd
+    process for the group, inside do_package); each comes out as the kernel's
+    own zstd makes it from the signed module, byte for byte, and kernel-module-split (which reads
+    .modinfo through zstd -dc) packages it."""
+    cert = os.path.join(packaged.deploy_dir(), "hsmsign-modules.pem")
+    workdir = packaged.workdir(KERNEL)
+    pkgd_modules = []
+    for name in KERNEL_MODULES_ZST:
+        (pkgd,) = glob.glob(os.path.join(workdir, "package", "**", f"{name}.ko.zst"), recursive=True)
+        (installed,) = glob.glob(os.path.join(workdir, "image", "**", f"{name}.ko.zst"), recursive=True)
+        with open(pkgd, "rb") as fh:
+            data = fh.read()
+        with open(installed, "rb") as fh:
+            original = unzstd(fh.read())
+        signed = unzstd(data)
+        assert unsigned(signed, pkgd) == original and not original.endswith(MAGIC)
+        assert data == kernel_zstd(signed, str(tmp_path)), pkgd
+        got = subprocess.run([str(MODINFO), "-F", "signer", pkgd], capture_output=True, text=True)
+        assert got.stdout.strip() == SUBJECT_CN, (got.stdout, got.stderr)
+        package = f"kernel-module-{name.replace('_', '-')}-{KERNEL_VERSION}"
+        (split,) = glob.glob(
+            os.path.join(workdir, "packages-split", package, "**", f"{name}.ko.zst"), recursive=True
+        )
+        with open(split, "rb") as fh:
+            assert fh.read() == data, package
+        pkgd_modules.append(pkgd)
+    ok = bbenv.hsmsign("modsign", "verify", "--cert", cert, *pkgd_modules)
+    assert ok.returncode == 0 and f"OK: {len(KERNEL_MODULES_ZST)} modules" in ok.stdout, ok.stderr
+
+
 def kernel_config(build: ModsignBuild) -> tuple[str, set[str]]:
     """The stand-in kernel's build directory (B) and the lines of its .config."""
     b = os.path.join(build.workdir(KERNEL), "build")
@@ -367,6 +418,15 @@ def test_deployed_modules_tarball_holds_signed_modules(packaged: ModsignBuild) -
             with open(path, "wb") as fh:
                 fh.write(data)
             modules.append(path)
+        elif mine.name.endswith(".ko.zst"):
+            assert data.startswith(b"\x28\xb5\x2f\xfd"), mine.name
+            inside = unzstd(data)
+            assert unsigned(inside, mine.name) == unzstd(orig_data), mine.name
+            assert not unzstd(orig_data).endswith(MAGIC), mine.name
+            path = os.path.join(scratch, os.path.basename(mine.name))
+            with open(path, "wb") as fh:
+                fh.write(data)
+            modules.append(path)
         elif mine.name.endswith(".ko"):
             assert unsigned(data, mine.name) == orig_data and not orig_data.endswith(MAGIC), mine.name
             path = os.path.join(scratch, os.path.basename(mine.name))
@@ -376,7 +436,9 @@ def test_deployed_modules_tarball_holds_signed_modules(packaged: ModsignBuild) -
         else:
             assert data == orig_data, mine.name
     assert sorted(os.path.basename(p) for p in modules) == sorted(
-        [f"{m}.ko" for m in KERNEL_MODULES] + [f"{m}.ko.xz" for m in KERNEL_MODULES_XZ]
+        [f"{m}.ko" for m in KERNEL_MODULES]
+        + [f"{m}.ko.xz" for m in KERNEL_MODULES_XZ]
+        + [f"{m}.ko.zst" for m in KERNEL_MODULES_ZST]
     )
     assert any(m.name.endswith("/modules.order") for m, _ in ours)
     ok = bbenv.hsmsign("modsign", "verify", "--cert", cert, *modules)
@@ -478,7 +540,7 @@ def test_image_check_of_kernel_modules(packaged: ModsignBuild) -> None:
     logs = glob.glob(os.path.join(packaged.workdir(IMAGE), "temp", "log.do_hsmsign_test_rootfs.*"))
     with open(max(logs, key=os.path.getmtime), encoding="utf-8") as fh:
         log = fh.read()
-    count = len(KERNEL_MODULES) + len(KERNEL_MODULES_XZ)
+    count = len(KERNEL_MODULES) + len(KERNEL_MODULES_XZ) + len(KERNEL_MODULES_ZST)
     assert f"the image's {count} kernel modules verify against" in log, log[-3000:]
 
     packaged.conf(HSMSIGN_TEST_VENDOR_MODULE="1")

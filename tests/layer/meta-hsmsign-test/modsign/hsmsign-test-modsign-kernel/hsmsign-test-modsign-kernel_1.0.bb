@@ -84,8 +84,10 @@ do_compile[dirs] = "${B}"
 HSMSIGN_TEST_KERNEL_MODULES ?= "hsmsign_test_k"
 # and one installed as CONFIG_MODULE_COMPRESS_XZ's modules_install leaves it (scripts/Makefile.modinst)
 HSMSIGN_TEST_KERNEL_MODULES_XZ ?= "hsmsign_test_kxz"
+# and three as CONFIG_MODULE_COMPRESS_ZSTD's leaves them (zstd reads each module's file)
+HSMSIGN_TEST_KERNEL_MODULES_ZST ?= "hsmsign_test_kzst1 hsmsign_test_kzst2 hsmsign_test_kzst3"
 do_compile_kernelmodules() {
-	for m in ${HSMSIGN_TEST_KERNEL_MODULES} ${HSMSIGN_TEST_KERNEL_MODULES_XZ}; do
+	for m in ${HSMSIGN_TEST_KERNEL_MODULES} ${HSMSIGN_TEST_KERNEL_MODULES_XZ} ${HSMSIGN_TEST_KERNEL_MODULES_ZST}; do
 		cat > $m.c <<EOC
 #define MODINFO(id, text) static const char id[] __attribute__((section(".modinfo"), used, aligned(1))) = text
 MODINFO(license, "license=GPL");
@@ -114,6 +116,11 @@ do_install() {
 	for m in ${HSMSIGN_TEST_KERNEL_MODULES_XZ}; do
 		xz --check=crc32 --lzma2=dict=1MiB -c ${B}/$m.ko > $moddir/kernel/drivers/misc/$m.ko.xz
 		chmod 0644 $moddir/kernel/drivers/misc/$m.ko.xz
+		echo kernel/drivers/misc/$m.ko >> $moddir/modules.order
+	done
+	for m in ${HSMSIGN_TEST_KERNEL_MODULES_ZST}; do
+		install -m 0644 ${B}/$m.ko $moddir/kernel/drivers/misc/
+		zstd -T0 --rm -f -q $moddir/kernel/drivers/misc/$m.ko
 		echo kernel/drivers/misc/$m.ko >> $moddir/modules.order
 	done
 	: > $moddir/modules.builtin
