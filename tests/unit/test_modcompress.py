@@ -151,3 +151,22 @@ def test_zstd_frames_are_cut_apart_by_their_recorded_sizes_or_not_at_all() -> No
     # every frame records a size, but one file holds a second frame: the total differs, each alone
     items = [(from_file[0], "zstd", "a"), (two_frames, "zstd", "c"), (from_file[3], "zstd", "d")]
     assert modcompress.decompress_many(items) == [modules[0], modules[2] + b"tail", modules[3]]
+
+
+def test_a_zstd_bomb_stops_at_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame that says it holds more than a module may is refused before zstd runs; one that
+    says nothing is read up to the limit only; a group that would hold more than one module may
+    goes one module at a time."""
+    tool("zstd", "zstd")
+    module = b"\x7fELF" + bytes(8000)
+    from_file = modcompress.compress(module, "zstd", "m.ko")
+    piped = subprocess.run(["zstd", "-q", "-c"], input=module, capture_output=True, check=True).stdout
+    small = [modcompress.compress(b"\x7fELF" + bytes([n]) * 3000, "zstd", "s.ko") for n in range(3)]
+    monkeypatch.setattr(modcompress, "MAX_MODULE", 4096)
+    for data in (from_file, piped):
+        with pytest.raises(ConfigError, match=r"big\.ko\.zst decompresses to more than 0 MiB"):
+            modcompress.decompress(data, "zstd", "big.ko.zst")
+    out = modcompress.decompress_many([(d, "zstd", f"s{n}.ko.zst") for n, d in enumerate(small)])
+    assert out == [b"\x7fELF" + bytes([n]) * 3000 for n in range(3)]
+    out = modcompress.decompress_many([(small[0], "zstd", "a"), (piped, "zstd", "big.ko.zst")])
+    assert out[0] == b"\x7fELF" + bytes(3000) and isinstance(out[1], modcompress.CompressedModuleError)

@@ -25,6 +25,7 @@ decompressed again and compared before it is handed back.
 
 from __future__ import annotations
 
+import contextlib
 import lzma
 import os
 import shutil
@@ -82,10 +83,7 @@ def decompress(data: bytes, kind: str, what: str) -> bytes:
         if rest:
             raise _corrupt(what, kind, f"{len(rest)} bytes follow the compressed stream")
     if len(out) > MAX_MODULE:
-        raise CompressedModuleError(
-            f"{what} decompresses to more than {MAX_MODULE >> 20} MiB",
-            "is it a kernel module? (the largest are a few tens of MiB)",
-        )
+        raise _too_big(what)
     return out
 
 
@@ -205,17 +203,18 @@ def _zstd_decompress_all(blobs: list[bytes], what: str) -> list[bytes] | None:
     """Each of ``blobs`` decompressed, by one ``zstd`` reading them one after the other: a
     concatenation of frames decompresses to the concatenation of their contents, which each
     frame's recorded size cuts apart again (libzstd checks each frame's size). None when a
-    frame records no size, or zstd fails or gives another total."""
+    frame records no size, the group would hold more than one module may, or zstd fails or
+    gives another total."""
     sizes = [zstd_content_size(blob) for blob in blobs]
     if any(size is None or size > MAX_MODULE for size in sizes):
         return None
-    done = subprocess.run(
-        [_zstd_program(what), "-d", "-c", "-q"], input=b"".join(blobs), capture_output=True, check=False
-    )
     total = sum(size or 0 for size in sizes)
-    if done.returncode != 0 or len(done.stdout) != total:
+    if total > MAX_MODULE:  # a group holds what one module may, or each goes alone
         return None
-    view = memoryview(done.stdout)
+    out_all, failure = _zstd_bounded(b"".join(blobs), total, what)
+    if failure is not None or len(out_all) != total:
+        return None
+    view = memoryview(out_all)
     out, at = [], 0
     for size in sizes:
         out.append(bytes(view[at : at + (size or 0)]))
@@ -234,10 +233,70 @@ def _zstd_program(what: str) -> str:
 
 
 def _zstd_decompress(data: bytes, what: str) -> bytes:
-    done = subprocess.run(
-        [_zstd_program(what), "-d", "-c", "-q"], input=data, capture_output=True, check=False
+    size = zstd_content_size(data)
+    if size is not None and size > MAX_MODULE:
+        raise _too_big(what)
+    out, failure = _zstd_bounded(data, MAX_MODULE, what)
+    if failure is not None:
+        raise _corrupt(what, "zstd", failure)
+    if len(out) > MAX_MODULE:
+        raise _too_big(what)
+    return out
+
+
+def _zstd_bounded(data: bytes, limit: int, what: str) -> tuple[bytes, str | None]:
+    """``zstd -d`` of ``data``, read up to ``limit`` + 1 bytes (a frame that says nothing of its
+    size cannot fill the memory): the output, and None or zstd's reason for failing."""
+    import threading
+
+    proc = subprocess.Popen(
+        [_zstd_program(what), "-d", "-c", "-q"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
-    if done.returncode != 0:
-        lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise _corrupt(what, "zstd", printable(lines[-1][:200]) if lines else f"zstd exit {done.returncode}")
-    return done.stdout
+    stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
+    if stdin is None or stdout is None or stderr is None:  # pragma: no cover - PIPE gives all three
+        raise SigningError("internal: zstd started without its pipes")
+    errors: list[bytes] = []
+
+    def feed() -> None:
+        try:
+            stdin.write(data)
+        except OSError:  # zstd stopped reading (it failed, or was stopped at the limit)
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                stdin.close()
+
+    def drain() -> None:
+        errors.append(stderr.read(1 << 16))
+
+    threads = [threading.Thread(target=feed, daemon=True), threading.Thread(target=drain, daemon=True)]
+    for thread in threads:
+        thread.start()
+    chunks, got = [], 0
+    while got <= limit:
+        chunk = stdout.read(min(1 << 20, limit + 1 - got))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    if got > limit:
+        proc.kill()
+    stdout.close()
+    code = proc.wait()
+    for thread in threads:
+        thread.join()
+    out = b"".join(chunks)
+    if got > limit or code == 0:
+        return out, None
+    lines = b"".join(errors).decode("utf-8", "replace").strip().splitlines()
+    return out, printable(lines[-1][:200]) if lines else f"zstd exit {code}"
+
+
+def _too_big(what: str) -> CompressedModuleError:
+    return CompressedModuleError(
+        f"{what} decompresses to more than {MAX_MODULE >> 20} MiB",
+        "is it a kernel module? (the largest are a few tens of MiB)",
+    )
