@@ -269,8 +269,9 @@ def _zstd_bounded(data: bytes, limit: int, what: str) -> tuple[bytes, str | None
             with contextlib.suppress(OSError):
                 stdin.close()
 
-    def drain() -> None:
-        errors.append(stderr.read(1 << 16))
+    def drain() -> None:  # all of it (zstd must never block on a full pipe), the end kept
+        while chunk := stderr.read(1 << 16):
+            errors[:] = [(b"".join(errors) + chunk)[-(1 << 16) :]]
 
     threads = [threading.Thread(target=feed, daemon=True), threading.Thread(target=drain, daemon=True)]
     for thread in threads:
