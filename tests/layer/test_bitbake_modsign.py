@@ -253,6 +253,27 @@ def test_kernel_recipe_hooks(packaged: ModsignBuild) -> None:
     assert not os.path.exists(os.path.join(shared, "certs"))
 
 
+def compressed_module(workdir: str, name: str, suffix: str) -> tuple[str, bytes, bytes]:
+    """The kernel's compressed module NAME+SUFFIX: its path in PKGD, its bytes there, and the bytes
+    ${D} installed. Checked on the way: modinfo reads the signer from it, and its
+    kernel-module-* package holds the PKGD bytes as they are."""
+    (pkgd,) = glob.glob(os.path.join(workdir, "package", "**", f"{name}{suffix}"), recursive=True)
+    (installed,) = glob.glob(os.path.join(workdir, "image", "**", f"{name}{suffix}"), recursive=True)
+    with open(pkgd, "rb") as fh:
+        data = fh.read()
+    with open(installed, "rb") as fh:
+        original = fh.read()
+    got = subprocess.run([str(MODINFO), "-F", "signer", pkgd], capture_output=True, text=True)
+    assert got.stdout.strip() == SUBJECT_CN, (got.stdout, got.stderr)
+    package = f"kernel-module-{name.replace('_', '-')}-{KERNEL_VERSION}"
+    (split,) = glob.glob(
+        os.path.join(workdir, "packages-split", package, "**", f"{name}{suffix}"), recursive=True
+    )
+    with open(split, "rb") as fh:
+        assert fh.read() == data, package
+    return pkgd, data, original
+
+
 def test_kernel_compressed_module_signed_inside_in_its_package(packaged: ModsignBuild) -> None:
     """CONFIG_MODULE_COMPRESS_XZ: oe-core's do_package leaves a .ko.xz as it is (no strip); the
     layer signs the module inside and compresses it again with the kernel's xz settings, and
@@ -260,56 +281,32 @@ def test_kernel_compressed_module_signed_inside_in_its_package(packaged: Modsign
     cert = os.path.join(packaged.deploy_dir(), "hsmsign-modules.pem")
     workdir = packaged.workdir(KERNEL)
     for name in KERNEL_MODULES_XZ:
-        (pkgd,) = glob.glob(os.path.join(workdir, "package", "**", f"{name}.ko.xz"), recursive=True)
-        (installed,) = glob.glob(os.path.join(workdir, "image", "**", f"{name}.ko.xz"), recursive=True)
-        with open(pkgd, "rb") as fh:
-            data = fh.read()
-        with open(installed, "rb") as fh:
-            original = lzma.decompress(fh.read())
+        pkgd, data, installed = compressed_module(workdir, name, ".ko.xz")
+        original = lzma.decompress(installed)
         assert data.startswith(b"\xfd7zXZ\x00")
         listed = subprocess.run(["xz", "--robot", "-lvv", pkgd], capture_output=True, text=True).stdout
         assert "\tCRC32\t" in listed and "--lzma2=dict=1MiB" in listed, listed
         assert unsigned(lzma.decompress(data), pkgd) == original and not original.endswith(MAGIC)
         ok = bbenv.hsmsign("modsign", "verify", "--cert", cert, pkgd)
         assert ok.returncode == 0, ok.stderr
-        got = subprocess.run([str(MODINFO), "-F", "signer", pkgd], capture_output=True, text=True)
-        assert got.stdout.strip() == SUBJECT_CN, (got.stdout, got.stderr)
-        package = f"kernel-module-{name.replace('_', '-')}-{KERNEL_VERSION}"
-        (split,) = glob.glob(
-            os.path.join(workdir, "packages-split", package, "**", f"{name}.ko.xz"), recursive=True
-        )
-        with open(split, "rb") as fh:
-            assert fh.read() == data, package
 
 
 def test_kernel_zstd_modules_signed_inside_as_the_kernel_compresses_them(
     packaged: ModsignBuild, tmp_path: pathlib.Path
 ) -> None:
     """CONFIG_MODULE_COMPRESS_ZSTD: the layer signs the three .ko.zst modules in one go (one zstd
-    process for the group, inside do_package); each comes out as the kernel's
-    own zstd makes it from the signed module, byte for byte, and kernel-module-split (which reads
-    .modinfo through zstd -dc) packages it."""
+    process for the group, inside do_package); each comes out as the kernel's own zstd makes it
+    from the signed module, byte for byte, and kernel-module-split (which reads .modinfo through
+    zstd -dc) packages it."""
     cert = os.path.join(packaged.deploy_dir(), "hsmsign-modules.pem")
     workdir = packaged.workdir(KERNEL)
     pkgd_modules = []
     for name in KERNEL_MODULES_ZST:
-        (pkgd,) = glob.glob(os.path.join(workdir, "package", "**", f"{name}.ko.zst"), recursive=True)
-        (installed,) = glob.glob(os.path.join(workdir, "image", "**", f"{name}.ko.zst"), recursive=True)
-        with open(pkgd, "rb") as fh:
-            data = fh.read()
-        with open(installed, "rb") as fh:
-            original = unzstd(fh.read())
+        pkgd, data, installed = compressed_module(workdir, name, ".ko.zst")
+        original = unzstd(installed)
         signed = unzstd(data)
         assert unsigned(signed, pkgd) == original and not original.endswith(MAGIC)
         assert data == kernel_zstd(signed, str(tmp_path)), pkgd
-        got = subprocess.run([str(MODINFO), "-F", "signer", pkgd], capture_output=True, text=True)
-        assert got.stdout.strip() == SUBJECT_CN, (got.stdout, got.stderr)
-        package = f"kernel-module-{name.replace('_', '-')}-{KERNEL_VERSION}"
-        (split,) = glob.glob(
-            os.path.join(workdir, "packages-split", package, "**", f"{name}.ko.zst"), recursive=True
-        )
-        with open(split, "rb") as fh:
-            assert fh.read() == data, package
         pkgd_modules.append(pkgd)
     ok = bbenv.hsmsign("modsign", "verify", "--cert", cert, *pkgd_modules)
     assert ok.returncode == 0 and f"OK: {len(KERNEL_MODULES_ZST)} modules" in ok.stdout, ok.stderr
