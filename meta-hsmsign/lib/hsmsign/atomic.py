@@ -309,13 +309,14 @@ def remove_live_temporaries() -> None:
 
 
 @contextlib.contextmanager
-def scratch_directory(prefix: str) -> Iterator[str]:
-    """A private folder for intermediate files (``tempfile.mkdtemp``), removed when the block
-    ends, and by the signal handlers when SIGINT or SIGTERM stop the process meanwhile."""
+def scratch_directory(prefix: str, directory: str | None = None) -> Iterator[str]:
+    """A private folder for intermediate files (``tempfile.mkdtemp``, in ``directory`` when
+    given: an output made there can be renamed into place), removed when the block ends, and
+    by the signal handlers when SIGINT or SIGTERM stop the process meanwhile."""
     import shutil
     import tempfile
 
-    folder = tempfile.mkdtemp(prefix=prefix)
+    folder = tempfile.mkdtemp(prefix=prefix, dir=directory)
     with _REGISTRY_LOCK:
         _SCRATCH.add(folder)
     try:

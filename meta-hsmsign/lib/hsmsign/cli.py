@@ -30,6 +30,7 @@ COMMAND_VERBS: dict[str, tuple[str, ...]] = {
     "hsmsign.commands.cert": ("cert", "csr"),
     "hsmsign.commands.verity": ("verity",),
     "hsmsign.commands.pe": ("pe",),
+    "hsmsign.commands.rauc": ("rauc",),
     "hsmsign.commands.modsign": ("modsign",),
     "hsmsign.commands.manifest": ("manifest",),
     "hsmsign.commands.encrypt": ("encrypt",),

@@ -76,6 +76,7 @@ ROLE_TABLE: tuple[Role, ...] = (
     ),
     Role("ROOTFS", DEFAULT, "dev-rootfs", "rsa:2048", "dm-verity root hash, image signatures, manifest"),
     Role("SWUPDATE", DEFAULT, "dev-swupdate", "rsa:2048", "sw-description of swupdate bundles"),
+    Role("RAUC", DEFAULT, "dev-rauc", "rsa:2048", "RAUC bundles (rauc signs them through the token)"),
     Role("UEFI", DEFAULT, "dev-uefi", "rsa:2048", "UEFI Secure Boot: UKIs, systemd-boot, GRUB"),
     Role(
         "IMX",

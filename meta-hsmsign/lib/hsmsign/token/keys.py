@@ -70,6 +70,19 @@ class TokenKey:
     def public_key(self) -> Any:
         return self._public_key
 
+    @property
+    def module(self) -> str:
+        """The PKCS#11 library the key was opened through."""
+        return self._opened.module
+
+    def login_pin(self) -> str | None:
+        """The PIN this process logged in with (None: no PIN, or a PIN pad).
+
+        Only for a tool that must log in itself and takes the PIN from its environment
+        (``hsmsign rauc``: RAUC's ``RAUC_PKCS11_PIN``); never printed, never in argv.
+        """
+        return self._opened._pin
+
     def _refresh(self) -> None:
         """After a reconnect, object handles are stale: look the key up again."""
         self._key = _find_one(

@@ -1,0 +1,352 @@
+"""``hsmsign rauc``: RAUC bundles signed by rauc itself through the token, then checked.
+
+RAUC signs its own bundles (the CMS over the payload or the manifest) and takes a
+PKCS#11 URI as ``--key`` through OpenSSL's pkcs11 engine (libp11), with the module in
+``RAUC_PKCS11_MODULE`` and the PIN in ``RAUC_PKCS11_PIN``. hsmsign does what rauc does
+not: it opens the key first under the mode's policy (development keys, published keys,
+pinned fingerprints), checks that the certificate belongs to it, hands rauc the module
+and the PIN in rauc's environment only, and checks the bundle after signing (the
+signature and, for verity and crypt bundles, every payload block against the signed
+root hash, which ``rauc info`` does not), then ``rauc info --keyring``. Only then does
+the bundle get its name, with its ledger entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+from typing import Any
+
+from .common import emit, open_key_from_args, warn
+
+EXAMPLE = """\
+examples:
+  # the certificate of the token key (rauc's default check needs emailProtection or no EKU)
+  hsmsign cert --uri "$HSM_PKCS11_URI_RAUC" --subject "CN=Acme RAUC" --days 3650 --output rauc.pem
+  # build and sign a bundle: rauc signs through the token, hsmsign checks it
+  hsmsign rauc bundle --uri "$HSM_PKCS11_URI_RAUC" --cert rauc.pem bundle-dir/ update.raucb
+  # check a bundle as the device does (signature, then every payload block)
+  hsmsign rauc verify --cert rauc.pem update.raucb
+  # before a build that lets meta-rauc's do_bundle sign: key, policy, certificate
+  hsmsign rauc preflight --uri "$HSM_PKCS11_URI_RAUC" --cert rauc.pem
+"""
+RAUC_MODULE_ENV = "RAUC_PKCS11_MODULE"
+RAUC_PIN_ENV = "RAUC_PKCS11_PIN"
+TIMEOUT_S = 6 * 3600
+SMIME_EKU = "1.3.6.1.5.5.7.3.4"  # emailProtection
+
+
+def register(sub: Any, parents: Any) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    top = sub.add_parser(
+        "rauc",
+        formatter_class=raw,
+        epilog=EXAMPLE,
+        help="RAUC bundles: rauc signs through the token, hsmsign checks key and bundle",
+    )
+    verbs = top.add_subparsers(dest="rauc_verb", metavar="ACTION")
+    p = verbs.add_parser(
+        "bundle",
+        parents=[parents.token, parents.output],
+        formatter_class=raw,
+        epilog=EXAMPLE,
+        help="build and sign a bundle with 'rauc bundle' and the token key (role RAUC), then check it",
+    )
+    p.add_argument("input", metavar="INPUTDIR", help="the bundle directory (manifest.raucm and the images)")
+    p.add_argument("output", metavar="OUT.raucb", help="the bundle to write (replaced if it exists)")
+    _cert_arguments(p)
+    p.add_argument(
+        "--intermediate",
+        action="append",
+        default=[],
+        metavar="CA.pem",
+        help="intermediate CA certificate to put into the signature (repeatable)",
+    )
+    p.add_argument(
+        "--rauc-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an argument for 'rauc bundle', e.g. --rauc-arg=--mksquashfs-args=-comp\\ zstd (repeatable)",
+    )
+    p.add_argument("--rauc", default="rauc", metavar="PATH", help="the rauc program (default: rauc in PATH)")
+    p.set_defaults(func=run_bundle)
+
+    p = verbs.add_parser(
+        "verify",
+        parents=[parents.token, parents.output],
+        formatter_class=raw,
+        epilog=EXAMPLE,
+        help="check a bundle's signature and payload against trusted certificates",
+    )
+    p.add_argument("bundle", metavar="BUNDLE.raucb")
+    p.add_argument(
+        "--cert",
+        required=True,
+        action="append",
+        metavar="CERT.pem",
+        help="trusted certificate or keyring file (repeatable; a signer issued by one of them passes)",
+    )
+    p.add_argument(
+        "--no-payload",
+        action="store_true",
+        help="check the signature only (verity/crypt: skip reading the payload), as 'rauc info' does",
+    )
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="after the check, add a ledger entry for the bundle signed with --uri's key "
+        "(what the layer does after meta-rauc's do_bundle)",
+    )
+    p.set_defaults(func=run_verify)
+
+    p = verbs.add_parser(
+        "preflight",
+        parents=[parents.token, parents.output],
+        formatter_class=raw,
+        epilog=EXAMPLE,
+        help="check the key (policy, pins) and that the certificate belongs to it, before rauc signs",
+    )
+    _cert_arguments(p, keyring=False)
+    p.set_defaults(func=run_preflight)
+    top.set_defaults(func=lambda args: (top.print_help(), 2)[1])
+
+
+def _cert_arguments(p: Any, keyring: bool = True) -> None:
+    p.add_argument("--cert", required=True, metavar="CERT.pem", help="certificate of the token key (PEM)")
+    if keyring:
+        p.add_argument(
+            "--keyring",
+            metavar="KEYRING.pem",
+            help="the device's keyring, to check the bundle against (default: --cert itself)",
+        )
+
+
+def _certificate(path: str) -> Any:
+    from ..formats import cms
+
+    return cms.read_certificate_file(path)
+
+
+def _trusted(paths: list[str]) -> list[Any]:
+    from .. import atomic
+    from ..formats import cms
+
+    found: list[Any] = []
+    for path in paths:
+        found.extend(cms.load_certificates(atomic.read_input(path, "certificate file", 16 << 20), path))
+    return found
+
+
+def _check_key(args: Any, key: Any, cert: Any) -> None:
+    """The certificate carries the key's public half; warn where rauc's default check would refuse it."""
+    from cryptography import x509
+
+    from ..formats import cms
+
+    cms.check_cert_matches(cert, key)
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if not any(usage.dotted_string == SMIME_EKU for usage in eku):
+        warn(
+            f"{args.cert} has an extended key usage without emailProtection: rauc's default keyring "
+            "check (OpenSSL's S/MIME purpose) refuses it; the device needs [keyring] check-purpose=codesign "
+            "in system.conf, or make the certificate with 'hsmsign cert' (both usages)"
+        )
+
+
+def run_preflight(args: Any) -> int:
+    args.role = args.role or "RAUC"
+    cert = _certificate(args.cert)
+    with open_key_from_args(args) as key:
+        _check_key(args, key, cert)
+        label, fingerprint, identity = key.label, key.fingerprint, key.uri.identity()
+    emit(
+        args,
+        f"OK: key {label} (sha256:{fingerprint}) passes the {args.mode} policy and {args.cert} belongs to it; "
+        f"rauc signs with --key='{identity}'",
+        {"key": label, "key_fingerprint": fingerprint, "uri": identity, "mode": args.mode},
+    )
+    return 0
+
+
+def _rauc_command(path: str) -> str:
+    from ..errors import ConfigError
+
+    found = shutil.which(path)
+    if not found:
+        raise ConfigError(
+            f"rauc not found ({path})", "apt-get install rauc (1.5 or later), or pass --rauc /path/to/rauc"
+        )
+    return found
+
+
+def _run_rauc(argv: list[str], env: dict[str, str], what: str) -> subprocess.CompletedProcess[str]:
+    from .. import secrets
+    from ..errors import ConfigError, SigningError
+
+    try:
+        done = subprocess.run(
+            argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot run {argv[0]}: {exc.strerror}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise SigningError(f"{what} took more than {TIMEOUT_S // 3600} hours; nothing was written") from exc
+    if done.returncode != 0:
+        lines = [ln for ln in secrets.redact(done.stderr + done.stdout).splitlines() if ln.strip()]
+        detail = "\n  ".join(lines[-6:]) or f"exit {done.returncode}"
+        hint = "nothing was written"
+        text = "\n".join(lines)
+        if "failed to load PKCS11 engine" in text or "ENGINE_by_id" in text:
+            hint = "rauc found no pkcs11 engine: apt-get install libengine-pkcs11-openssl (libp11); " + hint
+        elif "unsuitable certificate purpose" in text:
+            hint = "make the certificate with 'hsmsign cert' (emailProtection and codeSigning); " + hint
+        raise SigningError(f"{what} failed:\n  {detail}", hint)
+    return done
+
+
+def run_bundle(args: Any) -> int:
+    from .. import atomic, ledger, token
+    from .. import pin as pinmod
+    from ..errors import ConfigError, VerificationError
+    from ..formats import rauc
+
+    args.role = args.role or "RAUC"
+    if not os.path.isfile(os.path.join(args.input, "manifest.raucm")):
+        raise ConfigError(
+            f"{args.input} has no manifest.raucm", "give the bundle directory: manifest.raucm and the images"
+        )
+    program = _rauc_command(args.rauc)
+    cert = _certificate(args.cert)
+    trusted = _trusted([args.keyring or args.cert])
+    output = os.path.abspath(args.output)
+    batch = ledger.Batch(getattr(args, "ledger", None))
+    with open_key_from_args(args) as key:
+        _check_key(args, key, cert)
+        module, pin, identity = key.module, key.login_pin(), key.uri.identity()
+        label, fingerprint = key.label, key.fingerprint
+    token.close_all()  # rauc logs in on its own session
+    env = pinmod.child_env()
+    env[RAUC_MODULE_ENV] = module
+    env.pop(RAUC_PIN_ENV, None)
+    if pin is not None:
+        env[RAUC_PIN_ENV] = pin
+    with atomic.scratch_directory(".hsmsign-rauc-", os.path.dirname(output)) as scratch:
+        built = os.path.join(scratch, "bundle.raucb")
+        argv = [program, "bundle", f"--cert={args.cert}", f"--key={identity}"]
+        argv += [f"--intermediate={path}" for path in args.intermediate]
+        argv += [*args.rauc_arg, args.input, built]
+        _run_rauc(argv, env, "rauc bundle")
+        check = rauc.verify_bundle(built, trusted)
+        signer = _fingerprint(check.signer)
+        if signer != fingerprint:
+            raise VerificationError(
+                f"rauc signed {args.output} with sha256:{signer}, not with the token key sha256:{fingerprint}",
+                "nothing was written; is the URI ambiguous (two keys of that label)?",
+            )
+        # the device's own check: rauc info against the keyring
+        keyring = ["--keyring", args.keyring or args.cert]
+        _run_rauc([program, "info", *keyring, built], pinmod.child_env(), f"rauc info {' '.join(keyring)}")
+        digest = _sha256(built)
+        batch.add(
+            artifact=output,
+            sha256_hex=digest,
+            key_fingerprint=fingerprint,
+            uri_redacted=identity,
+            mechanism=f"rauc-cms-{check.hash_alg}",
+            kind="rauc",
+        )
+        with atomic.critical(), batch.appended():
+            os.replace(built, output)
+            _fsync_dir(os.path.dirname(output))
+    emit(
+        args,
+        f"signed {args.output} ({check.describe()}; key {label}, sha256 {digest})",
+        {
+            "output": args.output,
+            "format": check.format,
+            "sha256": digest,
+            "key": label,
+            "key_fingerprint": fingerprint,
+            "verity_root": check.verity_root or None,
+        },
+    )
+    return 0
+
+
+def run_verify(args: Any) -> int:
+    from .. import ledger
+    from ..formats import rauc
+    from ..policy import Pinned
+    from .common import require_uri, role_fingerprints
+
+    args.role = args.role or "RAUC"
+    check = rauc.verify_bundle(args.bundle, _trusted(args.cert), check_payload=not args.no_payload)
+    fingerprint = _fingerprint(check.signer)
+    subject = check.signer.subject.rfc4514_string()
+    data: dict[str, Any] = {
+        "bundle": args.bundle,
+        "ok": True,
+        "format": check.format,
+        "signer": subject,
+        "key_fingerprint": fingerprint,
+        "payload_checked": check.format == "plain" or not args.no_payload,
+    }
+    if args.record:
+        from ..uri import Pkcs11Uri
+
+        identity = Pkcs11Uri.parse(require_uri(args)).identity()
+        Pinned(role_fingerprints(args)).check(_SignerKey(fingerprint, subject, identity))
+        digest = _sha256(args.bundle)
+        entry = ledger.record(
+            artifact=os.path.abspath(args.bundle),
+            sha256_hex=digest,
+            key_fingerprint=fingerprint,
+            uri_redacted=identity,
+            mechanism=f"rauc-cms-{check.hash_alg}",
+            kind="rauc",
+            ledger=getattr(args, "ledger", None),
+        )
+        data["ledger_seq"] = entry.get("seq") if entry else None
+    emit(args, f"OK: {args.bundle} is signed by {subject} ({check.describe()})", data)
+    return 0
+
+
+class _SignerKey:
+    """The signer of a checked bundle, as the pin check sees a key."""
+
+    def __init__(self, fingerprint: str, label: str, identity: str) -> None:
+        from ..uri import Pkcs11Uri
+
+        self.fingerprint = fingerprint
+        self.label = label
+        self.uri = Pkcs11Uri.parse(identity)
+
+
+def _fingerprint(cert: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).hexdigest()
+
+
+def _sha256(path: str) -> str:
+    from ..signing import hash_file
+
+    return hash_file(path, "sha256").hex()
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
