@@ -1,5 +1,5 @@
 # hsmsign.bbclass: sign U-Boot, SPL, the kernel fitImage, the rootfs,
-# swupdate bundles and UEFI binaries with keys that never leave a PKCS#11 token.
+# swupdate and RAUC bundles and UEFI binaries with keys that never leave a PKCS#11 token.
 #
 # Switch it on for the whole build in local.conf (or a kas file):
 #
@@ -28,6 +28,7 @@
 #   HSM_PKCS11_URI_MODULES  ??= "${HSM_PKCS11_URI_FITIMAGE}"  Linux kernel modules (appended PKCS#7)
 #   HSM_PKCS11_URI_ROOTFS   ??= "${HSM_PKCS11_URI}"        dm-verity root hash, image signatures, manifest
 #   HSM_PKCS11_URI_SWUPDATE ??= "${HSM_PKCS11_URI}"        sw-description
+#   HSM_PKCS11_URI_RAUC     ??= "${HSM_PKCS11_URI}"        RAUC bundles (rauc signs through the token)
 #   HSM_PKCS11_URI_UEFI     ??= "${HSM_PKCS11_URI}"        UEFI Secure Boot: UKIs, systemd-boot, GRUB
 #   HSM_PKCS11_URI_IMX      ??= ""                         NXP i.MX boot image (signed only when set)
 #   HSM_PKCS11_URI_ENCRYPT  ??= ""                         AES key (encryption only when set)
@@ -77,6 +78,9 @@ HSM_PKCS11_URI_ROOTFS[doc] = "Key that signs the dm-verity root hash, the detach
 
 HSM_PKCS11_URI_SWUPDATE ??= "${HSM_PKCS11_URI}"
 HSM_PKCS11_URI_SWUPDATE[doc] = "Key that signs sw-description of swupdate bundles."
+
+HSM_PKCS11_URI_RAUC ??= "${HSM_PKCS11_URI}"
+HSM_PKCS11_URI_RAUC[doc] = "Key that signs RAUC bundles: meta-rauc's do_bundle runs rauc with it as RAUC_KEY_FILE, through OpenSSL's pkcs11 engine; its certificate is RAUC_CERT_FILE."
 
 HSM_PKCS11_URI_UEFI ??= "${HSM_PKCS11_URI}"
 HSM_PKCS11_URI_UEFI[doc] = "RSA key that Authenticode-signs UEFI binaries (UKIs, systemd-boot, GRUB) for Secure Boot; its certificate is the db entry (HSMSIGN_UEFI_CERT)."
@@ -139,6 +143,8 @@ HSMSIGN_KEY_ID_ROOTFS = "${@hsmsign.bitbake.key_identity(d, 'ROOTFS')}"
 HSMSIGN_KEY_ID_ROOTFS[vardepvalue] = "${HSMSIGN_KEY_ID_ROOTFS}"
 HSMSIGN_KEY_ID_SWUPDATE = "${@hsmsign.bitbake.key_identity(d, 'SWUPDATE')}"
 HSMSIGN_KEY_ID_SWUPDATE[vardepvalue] = "${HSMSIGN_KEY_ID_SWUPDATE}"
+HSMSIGN_KEY_ID_RAUC = "${@hsmsign.bitbake.key_identity(d, 'RAUC')}"
+HSMSIGN_KEY_ID_RAUC[vardepvalue] = "${HSMSIGN_KEY_ID_RAUC}"
 HSMSIGN_KEY_ID_UEFI = "${@hsmsign.bitbake.key_identity(d, 'UEFI')}"
 HSMSIGN_KEY_ID_UEFI[vardepvalue] = "${HSMSIGN_KEY_ID_UEFI}"
 HSMSIGN_KEY_ID_IMX = "${@hsmsign.bitbake.key_identity(d, 'IMX')}"
@@ -248,4 +254,4 @@ python () {
 }
 
 # One class per artifact; each hooks only the recipes that build its artifact.
-inherit hsmsign-uboot hsmsign-fitimage hsmsign-image hsmsign-swupdate hsmsign-uefi hsmsign-modsign hsmsign-imx
+inherit hsmsign-uboot hsmsign-fitimage hsmsign-image hsmsign-swupdate hsmsign-rauc hsmsign-uefi hsmsign-modsign hsmsign-imx

@@ -303,6 +303,8 @@ class StandinBuild:
     KEEP: ClassVar[str] = ""
     MACHINE: ClassVar[str] = "qemux86-64"
     NATIVE: ClassVar[str] = "quilt-native patch-replacement-native virtual/fakeroot-native"
+    # other layers whose classes the stand-ins use ({collection: path}); their recipes are masked
+    LAYERS: ClassVar[dict[str, str]] = {}
 
     def write_conf(self, settings: dict[str, str], lines: Sequence[str] = ()) -> None:
         """conf/local.conf and conf/bblayers.conf: the stand-in build with ``settings`` on top of
@@ -321,9 +323,11 @@ class StandinBuild:
             os.path.join(LAYER, "recipes-") + (f"(?!{self.KEEP}/)" if self.KEEP else ""),
             os.path.join(TEST_LAYER, "recipes-test", ""),
             os.path.join(TEST_LAYER, "dynamic-layers", ""),
+            *(os.path.join(path, "recipes-") for path in self.LAYERS.values()),
         ]
         # a layer whose recipes are all masked: no warning that its pattern matched nothing
-        empty = ("core", "meta-python", "openembedded-layer") + (() if self.KEEP else ("hsmsign",))
+        empty = ("core", "meta-python", "openembedded-layer", *self.LAYERS)
+        empty += () if self.KEEP else ("hsmsign",)
         local = [
             'INHERIT += "hsmsign"',
             *(f'{name} = "{value}"' for name, value in {**common, **settings}.items()),
@@ -336,7 +340,9 @@ class StandinBuild:
         if self.KEEP:
             # offline: no cross binutils for the layer recipe's (empty) sysroot
             local.append(f'POPULATESYSROOTDEPS:class-target:pn-{os.path.basename(self.KEEP)} = ""')
-        write_conf(self.build.topdir, "\n".join(local) + "\n", layer_paths(TEST_LAYER, swupdate=False))
+        layers = layer_paths(TEST_LAYER, swupdate=False)
+        layers[3:3] = self.LAYERS.values()  # after oe-core and meta-openembedded, before meta-hsmsign
+        write_conf(self.build.topdir, "\n".join(local) + "\n", layers)
 
     def bitbake(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.build.run(*args)

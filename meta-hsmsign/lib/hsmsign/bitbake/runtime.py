@@ -125,6 +125,60 @@ def child_env(d: Datastore, origenv: Any, role: str = "") -> dict[str, str]:
     return env
 
 
+RAUC_MODULE_ENV = "RAUC_PKCS11_MODULE"
+RAUC_PIN_ENV = "RAUC_PKCS11_PIN"
+
+
+def rauc_env(d: Datastore, origenv: Any, engines_dir: str = "") -> dict[str, str]:
+    """What meta-rauc's ``rauc bundle`` (and ``rauc convert``) need to sign through the token.
+
+    rauc loads OpenSSL's pkcs11 engine (libp11) for a ``pkcs11:`` key and configures it from
+    its environment only: the module from ``RAUC_PKCS11_MODULE``, the PIN from
+    ``RAUC_PKCS11_PIN``. Both come from the ``RAUC`` role's URI as hsmsign resolves them
+    (module-path/module-name, ``HSM_PKCS11_MODULE``, else p11-kit-proxy; the PIN from its
+    pin-source or from ``HSMSIGN_PIN_ENV`` in ``BB_ORIGENV``), read here at task run time and
+    put into the task process's environment by the prefunc: never a variable, an argument
+    or a line of a run script. ``engines_dir``: libp11-native's engine directory
+    (``OPENSSL_ENGINES``, as meta-oe's signing.bbclass sets it), when it holds pkcs11.so.
+    """
+    from .. import pin as pinmod
+    from ..token.modules import resolve_module
+    from ..uri import Pkcs11Uri
+
+    text = role_uri(d, "RAUC")
+    if not text:
+        raise TaskError(
+            "HSM_PKCS11_URI_RAUC (or HSM_PKCS11_URI) is empty: set the key that signs RAUC bundles"
+        )
+    base = child_env(d, origenv, "RAUC")
+    env: dict[str, str] = {
+        name: base[name] for name in ("SOFTHSM2_CONF", "P11_KIT_SERVER_ADDRESS") if name in base
+    }
+    try:
+        uri = Pkcs11Uri.parse(text)
+        env[RAUC_MODULE_ENV] = resolve_module(uri, _get(d, "HSM_PKCS11_MODULE") or None)
+        source = pinmod.pin_source_for(uri, _get(d, "HSMSIGN_PIN_ENV") or None, mode(d))
+        if source.kind == "env":
+            pin = base.get(source.where)
+        else:
+            pin = pinmod.read_pin(source, uri)
+    except HsmsignError as exc:
+        raise TaskError(exc.message + (f"; {exc.hint}" if exc.hint else "")) from exc
+    if pin is not None:
+        env[RAUC_PIN_ENV] = pin
+    if engines_dir and os.path.isfile(os.path.join(engines_dir, "pkcs11.so")):
+        env["OPENSSL_ENGINES"] = engines_dir
+    return env
+
+
+def rauc_bundles(b: str) -> list[str]:
+    """The bundles meta-rauc's do_bundle left in ``${B}``: every one that carries a signature
+    (bundle.raucb, casync-bundle.raucb); encrypted-bundle.raucb is the signed bundle encrypted
+    for its recipients, which only a recipient can check."""
+    names = ("bundle.raucb", "casync-bundle.raucb")
+    return [os.path.join(b, n) for n in names if os.path.isfile(os.path.join(b, n))]
+
+
 def redact(text: str) -> str:
     """Command lines and output as a task shows them: ``hsmsign.secrets.redact``."""
     return secrets.redact(text)

@@ -168,8 +168,8 @@ def run_preflight(args: Any) -> int:
         label, fingerprint, identity = key.label, key.fingerprint, key.uri.identity()
     emit(
         args,
-        f"OK: key {label} (sha256:{fingerprint}) passes the {args.mode} policy and {args.cert} belongs to it; "
-        f"rauc signs with --key='{identity}'",
+        f"OK: key {label} (sha256:{fingerprint}) passes the {args.mode} policy and {args.cert} belongs "
+        f"to it; rauc signs with --key='{identity}'",
         {"key": label, "key_fingerprint": fingerprint, "uri": identity, "mode": args.mode},
     )
     return 0
@@ -192,7 +192,13 @@ def _run_rauc(argv: list[str], env: dict[str, str], what: str) -> subprocess.Com
 
     try:
         done = subprocess.run(
-            argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            check=False,
         )
     except OSError as exc:
         raise ConfigError(f"cannot run {argv[0]}: {exc.strerror}") from exc
@@ -247,7 +253,8 @@ def run_bundle(args: Any) -> int:
         signer = _fingerprint(check.signer)
         if signer != fingerprint:
             raise VerificationError(
-                f"rauc signed {args.output} with sha256:{signer}, not with the token key sha256:{fingerprint}",
+                f"rauc signed {args.output} with sha256:{signer}, not with the token key "
+                f"sha256:{fingerprint}",
                 "nothing was written; is the URI ambiguous (two keys of that label)?",
             )
         # the device's own check: rauc info against the keyring

@@ -79,7 +79,9 @@ def read_layout(path: str) -> Layout:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise ConfigError(f"cannot read bundle {path}: {exc.strerror}", "give the .raucb file rauc wrote") from exc
+        raise ConfigError(
+            f"cannot read bundle {path}: {exc.strerror}", "give the .raucb file rauc wrote"
+        ) from exc
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -129,7 +131,9 @@ def parse_manifest(data: bytes, what: str = "manifest") -> dict[str, dict[str, s
             continue
         key, sep, value = line.partition("=")
         if not sep or current is None:
-            raise VerificationError(f"the {what} has a line that is not key=value in a section (line {number})")
+            raise VerificationError(
+                f"the {what} has a line that is not key=value in a section (line {number})"
+            )
         current[key.strip()] = value.strip()
     return sections
 
@@ -147,7 +151,8 @@ def _signed_data(der: bytes, path: str) -> Any:
         ) from exc
     if kind == OID_ENVELOPED_DATA:
         raise VerificationError(
-            f"{path} is encrypted for its recipients (rauc encrypt): only a recipient's key opens its signature",
+            f"{path} is encrypted for its recipients (rauc encrypt): only a recipient's key opens "
+            "its signature",
             "check the bundle before 'rauc encrypt' (the layer checks it in do_bundle)",
         )
     from . import cms
@@ -178,7 +183,9 @@ def verify_bundle(
         raise VerificationError(f"{path}: the signed content is {encap['content_type'].native}, not data")
     content = encap["content"].native if encap["content"].native is not None else None
     if content is None:
-        digest_alg = sd["signer_infos"][0]["digest_algorithm"]["algorithm"].native if len(sd["signer_infos"]) else ""
+        digest_alg = (
+            sd["signer_infos"][0]["digest_algorithm"]["algorithm"].native if len(sd["signer_infos"]) else ""
+        )
         if digest_alg not in cms.HASH_OIDS:
             raise VerificationError(f"{path}: the signature's digest algorithm {digest_alg} is not accepted")
         digest = hash_range(path, layout.payload_size, digest_alg)
@@ -225,7 +232,9 @@ def verity_params(manifest: dict[str, dict[str, str]], path: str) -> tuple[str, 
             "build the bundle with rauc 1.5 or later",
         )
     if not size.isdigit() or int(size) == 0 or int(size) % VERITY_BLOCK:
-        raise VerificationError(f"{path}: the signed manifest's verity-size '{printable(size, 40)}' is not valid")
+        raise VerificationError(
+            f"{path}: the signed manifest's verity-size '{printable(size, 40)}' is not valid"
+        )
     return root, salt, int(size)
 
 
@@ -274,7 +283,9 @@ def hash_range(path: str, length: int, hash_alg: str, chunk: int = 1 << 20) -> b
             while left:
                 n = fh.readinto(view[: min(chunk, left)])
                 if not n:
-                    raise VerificationError(f"{path} changed while it was read", "check it once it is complete")
+                    raise VerificationError(
+                        f"{path} changed while it was read", "check it once it is complete"
+                    )
                 h.update(view[:n])
                 left -= n
     except OSError as exc:

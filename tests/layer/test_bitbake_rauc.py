@@ -1,0 +1,190 @@
+"""RAUC bundles in real BitBake: meta-rauc's own do_bundle signs through the token, then the
+bundle is checked by hsmsign and by rauc.
+
+meta-rauc's bundle class (from the release's snapshot) builds the test layer's
+``hsmsign-test-bundle`` (one slot, a file a stand-in recipe deploys) with a stand-in
+``rauc-native`` that runs Debian's rauc, and the host's ``mksquashfs``. hsmsign-rauc.bbclass
+sets RAUC_KEY_FILE to the token key's URI, puts the module and the PIN into rauc's
+environment for do_bundle only (OpenSSL's pkcs11 engine from Debian's libengine-pkcs11-openssl,
+since libp11-native cannot be built offline), and checks every bundle after signing.
+Environment: bbenv.py.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.layer import bbenv
+from tests.layer.bbenv import SOFTHSM, Build, StandinBuild
+
+# meta-rauc next to the release's openembedded-core (the ../shared/yocto snapshots have it)
+META_RAUC = os.path.join(os.path.dirname(bbenv.OECORE), "meta-rauc") if bbenv.OECORE else ""
+TARGET = "hsmsign-test-bundle:do_deploy"
+WRONG = "0" * 64
+
+pytestmark = [
+    *bbenv.NEEDS_BITBAKE,
+    bbenv.NEEDS_PYTHON,
+    bbenv.NEEDS_PSEUDO,
+    pytest.mark.skipif(not os.path.isdir(META_RAUC), reason="no meta-rauc next to openembedded-core"),
+    pytest.mark.skipif(shutil.which("rauc") is None, reason="apt-get install rauc"),
+    pytest.mark.skipif(shutil.which("mksquashfs") is None, reason="apt-get install squashfs-tools"),
+]
+
+
+class RaucBuild(StandinBuild):
+    FOLDER = "rauc"
+    MACHINE = "qemux86-64"
+    NATIVE = StandinBuild.NATIVE + " squashfs-tools-native libp11-native"
+    LAYERS = {"rauc": META_RAUC}
+    cert = ""
+    other_cert = ""
+
+    def uri(self, key: str = "test-rauc") -> str:
+        return f"pkcs11:token=hsmsign-dev;object={key}?module-path={SOFTHSM}&pin-source=file:{self.pin_file}"
+
+    def conf(self, **changes: str) -> None:
+        settings = {
+            "HSM_PKCS11_URI_RAUC": self.uri(),
+            "RAUC_CERT_FILE": self.cert,
+            "HSMSIGN_LEDGER": os.path.join(self.build.topdir, "ledger.jsonl"),
+            **bbenv.HOST_PSEUDO,
+            **changes,
+        }
+        self.write_conf(settings, ['HOSTTOOLS += "mksquashfs unsquashfs"'])
+
+    def bundle(self) -> str:
+        found = sorted(glob.glob(os.path.join(self.deploy_dir(), "hsmsign-test-bundle-*.raucb")))
+        links = [p for p in found if os.path.islink(p)]
+        assert links, found
+        return os.path.realpath(links[0])
+
+
+def make_cert(rb: RaucBuild, key: str, name: str) -> str:
+    path = os.path.join(rb.build.topdir, name)
+    env = {"SOFTHSM2_CONF": os.path.join(rb.devhome, "softhsm2.conf")}
+    done = bbenv.hsmsign(
+        "cert",
+        "--uri",
+        rb.uri(key),
+        "--mode",
+        "development",
+        "--subject",
+        f"CN={key}",
+        "--output",
+        path,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    return path
+
+
+@pytest.fixture(scope="module")
+def rauc_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RaucBuild]:
+    topdir = bbenv.standin_topdir("rauc", tmp_path_factory)
+    devhome, pin, pin_file = bbenv.standin_token(topdir, ("test-rauc", "test-rauc-other"))
+    rb = RaucBuild(Build(topdir), pin, devhome, pin_file)
+    rb.cert = make_cert(rb, "test-rauc", "rauc.pem")
+    rb.other_cert = make_cert(rb, "test-rauc-other", "rauc-other.pem")
+    rb.conf()
+    yield rb
+
+
+def rauc_info(keyring: str, bundle: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["rauc", "info", "--output-format=json", f"--keyring={keyring}", bundle],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_bundle_signed_by_rauc_through_the_token_and_checked(rauc_build: RaucBuild) -> None:
+    """meta-rauc's do_bundle signs with the token key (RAUC_KEY_FILE is its URI, no key file);
+    the deployed bundle passes rauc's own check against the certificate and hsmsign's (the
+    signature and every payload block), the ledger holds it, and neither the PIN nor a private
+    key is anywhere in TMPDIR."""
+    rb = rauc_build
+    done = rb.bitbake(TARGET)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-6000:]
+    assert rb.pin not in out
+    bundle = rb.bundle()
+    info = rauc_info(rb.cert, bundle)
+    assert info.returncode == 0, info.stderr
+    manifest = json.loads(info.stdout)
+    assert manifest["compatible"] == "hsmsign-test"
+    assert "Verified inline signature by 'CN = test-rauc'" in info.stderr
+    ours = bbenv.hsmsign("rauc", "verify", "--json", "--cert", rb.cert, bundle)
+    assert ours.returncode == 0, ours.stderr
+    found = json.loads(ours.stdout)
+    assert found["format"] == "verity" and found["payload_checked"], found
+    # signed by the token key: the fingerprint hsmsign reads from the token
+    key = bbenv.hsmsign(
+        "info", "--json", "--uri", rb.uri(), "--mode", "development",
+        env={"SOFTHSM2_CONF": os.path.join(rb.devhome, "softhsm2.conf")},
+    )  # fmt: skip
+    assert key.returncode == 0, key.stderr
+    assert json.loads(key.stdout)["fingerprint"] == found["key_fingerprint"]
+    # another key's certificate is not trusted for it
+    assert rauc_info(rb.other_cert, bundle).returncode != 0
+    # the do_bundle log shows both checks ran (when it ran, not when it came from sstate)
+    if "hsmsign-test-bundle:do_bundle" in bbenv.started_tasks(out):
+        logs = glob.glob(os.path.join(rb.workdir("hsmsign-test-bundle"), "temp", "log.do_bundle"))
+        with open(logs[0], encoding="utf-8") as fh:
+            log = fh.read()
+        assert "rauc signs with pkcs11:token=hsmsign-dev;object=test-rauc" in log
+        assert "checked by hsmsign and by rauc info" in log
+        with open(os.path.join(rb.build.topdir, "ledger.jsonl"), encoding="utf-8") as fh:
+            entries = [json.loads(line) for line in fh]
+        assert any(e["kind"] == "rauc" and e["key_fingerprint"] == found["key_fingerprint"] for e in entries)
+    ledger = bbenv.hsmsign("ledger", "verify", "--ledger", os.path.join(rb.build.topdir, "ledger.jsonl"))
+    assert ledger.returncode == 0, ledger.stderr
+    bbenv.assert_no_secrets(rb.build, rb.pin)
+
+
+def test_recipe_environment_names_the_key_not_a_file(rauc_build: RaucBuild) -> None:
+    """RAUC_KEY_FILE is the key's URI without PIN source or module, do_bundle has the hooks and
+    the lock, and libp11-native (OpenSSL's pkcs11 engine for rauc-native) is a dependency."""
+    done = rauc_build.bitbake("-e", "hsmsign-test-bundle")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    env = done.stdout
+    assert re.search(r'^RAUC_KEY_FILE="pkcs11:token=hsmsign-dev;object=test-rauc"$', env, re.M)
+    assert rauc_build.pin_file not in re.search(r'^RAUC_KEY_FILE=".*"$', env, re.M).group(0)  # type: ignore[union-attr]
+    flags = re.search(r'^do_bundle\[prefuncs\]="(.*)"$', env, re.M)
+    assert flags and "hsmsign_prepare_env" in flags.group(1) and "hsmsign_rauc_prepare" in flags.group(1)
+    post = re.search(r'^do_bundle\[postfuncs\]="(.*)"$', env, re.M)
+    assert post and "hsmsign_rauc_check" in post.group(1)
+    assert re.search(r'^do_bundle\[lockfiles\]=".*hsmsign-dev.*"$', env, re.M)
+    depends = re.search(r'^DEPENDS="(.*)"$', env, re.M)
+    assert depends and "libp11-native" in depends.group(1).split()
+
+
+def test_wrong_certificate_or_pin_stops_do_bundle_before_rauc_signs(rauc_build: RaucBuild) -> None:
+    """A certificate of another key, or a pinned fingerprint the key does not have: do_bundle
+    fails in the prefunc with what to do, and no bundle is left in ${B} or deployed."""
+    rb = rauc_build
+    try:
+        for changes, message in (
+            ({"RAUC_CERT_FILE": rb.other_cert}, "does not belong to the token key"),
+            ({"HSMSIGN_PUBKEY_SHA256_RAUC": WRONG}, f"HSMSIGN_PUBKEY_SHA256_RAUC pins sha256:{WRONG}"),
+        ):
+            rb.conf(**changes)
+            rb.bitbake("-c", "cleansstate", "hsmsign-test-bundle")
+            done = rb.bitbake(TARGET)
+            out = done.stdout + done.stderr
+            assert done.returncode != 0, out[-3000:]
+            assert message in out, out[-3000:]
+            assert rb.pin not in out
+            assert not glob.glob(os.path.join(rb.workdir("hsmsign-test-bundle"), "build", "*.raucb"))
+            assert not glob.glob(os.path.join(rb.deploy_dir(), "hsmsign-test-bundle-*.raucb"))
+    finally:
+        rb.conf()
