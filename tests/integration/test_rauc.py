@@ -1,0 +1,300 @@
+"""RAUC bundles: ``hsmsign rauc`` with Debian's rauc signing through the SoftHSM token.
+
+rauc signs (OpenSSL's pkcs11 engine, libp11); hsmsign checks the key before and the bundle
+after. The checks that decide are rauc's own (``rauc info`` for the signature, ``rauc extract``
+for the payload, as a device reads it), ``openssl cms -verify`` for a plain bundle's detached
+signature and ``veritysetup`` for a verity bundle's payload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SoftHsm, openssl_cms_verify, tool
+
+DEV = ("--mode", "development")
+
+
+@pytest.fixture(scope="module")
+def rauc() -> str:
+    tool("mksquashfs", "squashfs-tools")
+    tool("veritysetup", "cryptsetup-bin")
+    return tool("rauc", "rauc")
+
+
+def _cert(softhsm: SoftHsm, uri: str, path: Path, subject: str, *extra: str) -> Path:
+    done = softhsm.run_cli("cert", *DEV, "--uri", uri, "--subject", subject, "--output", str(path), *extra)
+    assert done.returncode == 0, done.stderr
+    return path
+
+
+@pytest.fixture(scope="module")
+def rauc_key(softhsm: SoftHsm, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    uri = softhsm.keygen("rauc-signing", "rsa:2048")
+    return uri, _cert(softhsm, uri, tmp_path_factory.mktemp("rauc") / "rauc.pem", "CN=hsmsign rauc test")
+
+
+@pytest.fixture(scope="module")
+def other_cert(softhsm: SoftHsm, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    uri = softhsm.keygen("rauc-other", "rsa:2048")
+    return _cert(softhsm, uri, tmp_path_factory.mktemp("rauc-other") / "other.pem", "CN=another key")
+
+
+def bundle_dir(base: Path, fmt: str, size: int = 300_000) -> Path:
+    """A bundle directory: a manifest for ``fmt`` and one image of fixed bytes."""
+    src = base / f"in-{fmt}"
+    src.mkdir()
+    block = b"".join(hashlib.sha256(b"%d" % i).digest() for i in range(128))
+    (src / "rootfs.img").write_bytes((block * (size // len(block) + 1))[:size])
+    section = "" if fmt == "plain" else f"[bundle]\nformat={fmt}\n\n"
+    (src / "manifest.raucm").write_text(
+        f"[update]\ncompatible=hsmsign-test\nversion=1.0\n\n{section}[image.rootfs]\nfilename=rootfs.img\n"
+    )
+    return src
+
+
+def make_bundle(
+    softhsm: SoftHsm, key: tuple[str, Path], src: Path, out: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return softhsm.run_cli(
+        "rauc", "bundle", *DEV, "--uri", key[0], "--cert", str(key[1]), *extra, str(src), str(out)
+    )
+
+
+def rauc_run(rauc: str, softhsm: SoftHsm, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([rauc, *argv], capture_output=True, text=True, env=softhsm.env, check=False)
+
+
+def parts(path: Path) -> tuple[bytes, bytes]:
+    """(payload, CMS) of a bundle."""
+    data = path.read_bytes()
+    (size,) = struct.unpack(">Q", data[-8:])
+    return data[: -8 - size], data[-8 - size : -8]
+
+
+def flipped(path: Path, offset: int, name: str) -> Path:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    out = path.with_name(name)
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_verity_bundle_signed_by_rauc_through_the_token(
+    rauc: str, softhsm: SoftHsm, rauc_key: tuple[str, Path], tmp_path: Path
+) -> None:
+    """rauc signs the manifest with the token key; rauc's own checks (signature, then every
+    payload block as it extracts) and hsmsign's accept the bundle, and the PIN is in no output."""
+    out = tmp_path / "update.raucb"
+    done = make_bundle(softhsm, rauc_key, bundle_dir(tmp_path, "verity"), out, "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["format"] == "verity" and len(report["verity_root"]) == 64
+    assert report["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    pin = softhsm.pin_file.read_text().strip()
+    assert pin not in done.stdout + done.stderr
+    info = rauc_run(rauc, softhsm, "info", "--output-format=json", f"--keyring={rauc_key[1]}", str(out))
+    assert info.returncode == 0, info.stderr
+    assert "Verified inline signature by 'CN = hsmsign rauc test'" in info.stderr
+    assert json.loads(info.stdout)["compatible"] == "hsmsign-test"
+    extracted = rauc_run(rauc, softhsm, "extract", f"--keyring={rauc_key[1]}", str(out), str(tmp_path / "x"))
+    assert extracted.returncode == 0, extracted.stderr
+    assert (tmp_path / "x" / "rootfs.img").read_bytes() == (
+        tmp_path / "in-verity" / "rootfs.img"
+    ).read_bytes()
+    ok = softhsm.run_cli("rauc", "verify", "--json", "--cert", str(rauc_key[1]), str(out))
+    assert ok.returncode == 0, ok.stderr
+    found = json.loads(ok.stdout)
+    assert (
+        found["format"] == "verity" and found["payload_checked"] and found["signer"] == "CN=hsmsign rauc test"
+    )
+    # no scratch folder is left next to the output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in-verity", "update.raucb", "x"]
+
+
+def test_plain_bundle_detached_signature_verifies_with_openssl(
+    rauc: str, softhsm: SoftHsm, rauc_key: tuple[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "plain.raucb"
+    done = make_bundle(softhsm, rauc_key, bundle_dir(tmp_path, "plain"), out)
+    assert done.returncode == 0, done.stderr
+    assert "format plain" in done.stdout
+    payload, cms = parts(out)
+    (tmp_path / "payload").write_bytes(payload)
+    (tmp_path / "sig.der").write_bytes(cms)
+    ok = openssl_cms_verify(tmp_path / "sig.der", tmp_path / "payload", rauc_key[1])
+    assert ok.returncode == 0, ok.stderr
+    assert rauc_run(rauc, softhsm, "info", f"--keyring={rauc_key[1]}", str(out)).returncode == 0
+    mine = softhsm.run_cli("rauc", "verify", "--cert", str(rauc_key[1]), str(out))
+    assert mine.returncode == 0, mine.stderr
+
+
+def test_ec_key(rauc: str, softhsm: SoftHsm, tmp_path: Path) -> None:
+    uri = softhsm.keygen("rauc-ec", "ec:secp256r1")
+    key = (uri, _cert(softhsm, uri, tmp_path / "ec.pem", "CN=hsmsign rauc ec"))
+    out = tmp_path / "ec.raucb"
+    done = make_bundle(softhsm, key, bundle_dir(tmp_path, "verity"), out)
+    assert done.returncode == 0, done.stderr
+    assert rauc_run(rauc, softhsm, "info", f"--keyring={key[1]}", str(out)).returncode == 0
+
+
+def test_changed_bundles_are_refused(
+    rauc: str, softhsm: SoftHsm, rauc_key: tuple[str, Path], tmp_path: Path
+) -> None:
+    """One byte changed in a verity bundle's payload: hsmsign's check and rauc's extraction refuse
+    it (``--no-payload`` checks the signature only, as ``rauc info`` does); one byte changed in
+    a plain bundle's payload or in the signed manifest: every check refuses it."""
+    verity = tmp_path / "v.raucb"
+    assert make_bundle(softhsm, rauc_key, bundle_dir(tmp_path, "verity"), verity).returncode == 0
+    payload, cms = parts(verity)
+    bad = flipped(verity, 5000, "v-payload.raucb")
+    refused = softhsm.run_cli("rauc", "verify", "--cert", str(rauc_key[1]), str(bad))
+    assert refused.returncode == 6, refused.stderr
+    assert "does not match the signed verity root hash" in refused.stderr
+    assert rauc_run(
+        rauc, softhsm, "extract", f"--keyring={rauc_key[1]}", str(bad), str(tmp_path / "x")
+    ).returncode
+    sig_only = softhsm.run_cli("rauc", "verify", "--no-payload", "--cert", str(rauc_key[1]), str(bad))
+    assert sig_only.returncode == 0, sig_only.stderr
+    manifest_at = len(payload) + cms.index(b"compatible=hsmsign-test") + len("compatible=")
+    bad_manifest = flipped(verity, manifest_at, "v-manifest.raucb")
+    assert softhsm.run_cli("rauc", "verify", "--cert", str(rauc_key[1]), str(bad_manifest)).returncode == 6
+    assert rauc_run(rauc, softhsm, "info", f"--keyring={rauc_key[1]}", str(bad_manifest)).returncode != 0
+    plain = tmp_path / "p.raucb"
+    assert make_bundle(softhsm, rauc_key, bundle_dir(tmp_path, "plain"), plain).returncode == 0
+    bad_plain = flipped(plain, 5000, "p-payload.raucb")
+    refused = softhsm.run_cli("rauc", "verify", "--cert", str(rauc_key[1]), str(bad_plain))
+    assert refused.returncode == 6 and "messageDigest differs" in refused.stderr, refused.stderr
+    assert rauc_run(rauc, softhsm, "info", f"--keyring={rauc_key[1]}", str(bad_plain)).returncode != 0
+
+
+def test_untrusted_signer_refused(
+    rauc: str, softhsm: SoftHsm, rauc_key: tuple[str, Path], other_cert: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "u.raucb"
+    assert make_bundle(softhsm, rauc_key, bundle_dir(tmp_path, "verity"), out).returncode == 0
+    refused = softhsm.run_cli("rauc", "verify", "--cert", str(other_cert), str(out))
+    assert refused.returncode == 6 and "not trusted" in refused.stderr, refused.stderr
+    assert rauc_run(rauc, softhsm, "info", f"--keyring={other_cert}", str(out)).returncode != 0
+
+
+def test_refusals_before_rauc_signs_leave_nothing(
+    rauc: str, softhsm: SoftHsm, rauc_key: tuple[str, Path], other_cert: Path, tmp_path: Path
+) -> None:
+    """A certificate of another key, the production policy (a software token), a wrong pin and a
+    directory without manifest: each stops before rauc runs, with its exit code, and no output
+    or scratch folder remains; an existing output is left as it was."""
+    src = bundle_dir(tmp_path, "verity")
+    out = tmp_path / "out.raucb"
+    out.write_bytes(b"previous bundle")
+    wrong_cert = softhsm.run_cli(
+        "rauc", "bundle", *DEV, "--uri", rauc_key[0], "--cert", str(other_cert), str(src), str(out)
+    )
+    assert wrong_cert.returncode == 2 and "does not belong to the token key" in wrong_cert.stderr
+    production = softhsm.run_cli(
+        "rauc",
+        "bundle",
+        "--mode",
+        "production",
+        "--uri",
+        rauc_key[0],
+        "--cert",
+        str(rauc_key[1]),
+        str(src),
+        str(out),
+    )
+    assert production.returncode == 4, production.stderr
+    replaced = make_bundle(softhsm, rauc_key, src, out)  # a good run replaces it
+    assert replaced.returncode == 0 and out.read_bytes()[:4] == b"hsqs", replaced.stderr
+    out.write_bytes(b"previous bundle")
+    wrong_pin = softhsm.run_cli(
+        "rauc", "bundle", *DEV, "--uri", rauc_key[0], "--cert", str(rauc_key[1]), str(src), str(out),
+        env={"HSMSIGN_PUBKEY_SHA256_RAUC": "0" * 64},
+    )  # fmt: skip
+    assert wrong_pin.returncode == 4 and "HSMSIGN_PUBKEY_SHA256_RAUC" in wrong_pin.stderr, wrong_pin.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_manifest = make_bundle(softhsm, rauc_key, empty, out)
+    assert no_manifest.returncode == 2 and "has no manifest.raucm" in no_manifest.stderr
+    assert out.read_bytes() == b"previous bundle"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "in-verity", "out.raucb"]
+
+
+def test_rauc_failure_is_one_clear_error(
+    rauc: str, softhsm: SoftHsm, rauc_key: tuple[str, Path], tmp_path: Path
+) -> None:
+    """rauc refuses the input (a manifest without compatible): its own message, exit 5, no output,
+    no scratch folder, and not the PIN."""
+    src = bundle_dir(tmp_path, "verity")
+    (src / "manifest.raucm").write_text("[update]\nversion=1\n\n[image.rootfs]\nfilename=rootfs.img\n")
+    out = tmp_path / "bad.raucb"
+    done = make_bundle(softhsm, rauc_key, src, out)
+    assert done.returncode == 5, done.stderr
+    assert "rauc bundle failed" in done.stderr and "compatible" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert softhsm.pin_file.read_text().strip() not in done.stdout + done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in-verity"]
+
+
+def test_ledger_entries_and_recorded_check(
+    rauc: str, softhsm: SoftHsm, rauc_key: tuple[str, Path], tmp_path: Path
+) -> None:
+    """``rauc bundle`` and ``rauc verify --record`` (what the layer runs after meta-rauc's
+    do_bundle) append entries that name the bundle and the key, and the chain verifies;
+    ``--record`` applies the role's pin."""
+    ledger = tmp_path / "ledger.jsonl"
+    out = tmp_path / "l.raucb"
+    assert (
+        make_bundle(
+            softhsm, rauc_key, bundle_dir(tmp_path, "verity"), out, "--ledger", str(ledger)
+        ).returncode
+        == 0
+    )
+    rec = softhsm.run_cli(
+        "rauc",
+        "verify",
+        "--record",
+        "--uri",
+        rauc_key[0],
+        "--ledger",
+        str(ledger),
+        "--cert",
+        str(rauc_key[1]),
+        str(out),
+    )
+    assert rec.returncode == 0, rec.stderr
+    entries = [json.loads(line) for line in ledger.read_text().splitlines()]
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    assert [e["kind"] for e in entries] == ["rauc", "rauc"]
+    assert all(e["sha256"] == digest and e["artifact"] == str(out) for e in entries)
+    assert entries[0]["key_fingerprint"] == entries[1]["key_fingerprint"]
+    assert "pin-source" not in entries[0]["uri"]
+    assert softhsm.run_cli("ledger", "verify", "--ledger", str(ledger)).returncode == 0
+    record = ("rauc", "verify", "--record", "--uri", rauc_key[0], "--ledger", str(ledger))
+    wrong = softhsm.run_cli(
+        *record, "--cert", str(rauc_key[1]), str(out), env={"HSMSIGN_PUBKEY_SHA256_RAUC": "0" * 64}
+    )
+    assert wrong.returncode == 4, wrong.stderr
+    assert len(ledger.read_text().splitlines()) == 2
+
+
+def test_not_a_bundle(softhsm: SoftHsm, rauc_key: tuple[str, Path], tmp_path: Path) -> None:
+    for name, data in (
+        ("empty.raucb", b""),
+        ("text.raucb", b"not a bundle at all, just some text\n"),
+        ("huge-size.raucb", b"hsqs" + b"\0" * 100 + struct.pack(">Q", 1 << 40)),
+        ("garbage-cms.raucb", b"hsqs" + b"\0" * 100 + b"\x30\x03abc" + struct.pack(">Q", 5)),
+    ):
+        path = tmp_path / name
+        path.write_bytes(data)
+        done = softhsm.run_cli("rauc", "verify", "--cert", str(rauc_key[1]), str(path))
+        assert done.returncode == 6, (name, done.stderr)
+        assert "Traceback" not in done.stderr
+    missing = softhsm.run_cli("rauc", "verify", "--cert", str(rauc_key[1]), str(tmp_path / "missing.raucb"))
+    assert missing.returncode == 2, missing.stderr
