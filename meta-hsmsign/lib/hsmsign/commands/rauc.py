@@ -14,6 +14,7 @@ the bundle get its name, with its ledger entry.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
 import os
 import shutil
@@ -186,35 +187,59 @@ def _rauc_command(path: str) -> str:
     return found
 
 
-def _run_rauc(argv: list[str], env: dict[str, str], what: str) -> subprocess.CompletedProcess[str]:
-    from .. import secrets
-    from ..errors import ConfigError, SigningError
+def _start_rauc(argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    from ..errors import ConfigError
 
     try:
-        done = subprocess.run(
+        return subprocess.Popen(
             argv,
             env=env,
             stdin=subprocess.DEVNULL,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=TIMEOUT_S,
-            check=False,
         )
     except OSError as exc:
         raise ConfigError(f"cannot run {argv[0]}: {exc.strerror}") from exc
+
+
+def _finish_rauc(proc: subprocess.Popen[str], what: str) -> None:
+    """Wait for rauc; its failure is one error with rauc's last lines (redacted) and what to do."""
+    from .. import secrets
+    from ..errors import SigningError
+
+    try:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        proc.communicate()
         raise SigningError(f"{what} took more than {TIMEOUT_S // 3600} hours; nothing was written") from exc
-    if done.returncode != 0:
-        lines = [ln for ln in secrets.redact(done.stderr + done.stdout).splitlines() if ln.strip()]
-        detail = "\n  ".join(lines[-6:]) or f"exit {done.returncode}"
-        hint = "nothing was written"
-        text = "\n".join(lines)
-        if "failed to load PKCS11 engine" in text or "ENGINE_by_id" in text:
-            hint = "rauc found no pkcs11 engine: apt-get install libengine-pkcs11-openssl (libp11); " + hint
-        elif "unsuitable certificate purpose" in text:
-            hint = "make the certificate with 'hsmsign cert' (emailProtection and codeSigning); " + hint
-        raise SigningError(f"{what} failed:\n  {detail}", hint)
-    return done
+    if proc.returncode == 0:
+        return
+    lines = [ln for ln in secrets.redact(stderr + stdout).splitlines() if ln.strip()]
+    detail = "\n  ".join(lines[-6:]) or f"exit {proc.returncode}"
+    hint = "nothing was written"
+    text = "\n".join(lines)
+    if "failed to load PKCS11 engine" in text or "ENGINE_by_id" in text:
+        hint = "rauc found no pkcs11 engine: apt-get install libengine-pkcs11-openssl (libp11); " + hint
+    elif "unsuitable certificate purpose" in text:
+        hint = "make the certificate with 'hsmsign cert' (emailProtection and codeSigning); " + hint
+    raise SigningError(f"{what} failed:\n  {detail}", hint)
+
+
+def _run_rauc(argv: list[str], env: dict[str, str], what: str) -> None:
+    _finish_rauc(_start_rauc(argv, env), what)
+
+
+def _settle(path: str) -> str:
+    """The bundle's sha256, then the bundle on disk (fsync), as every hsmsign output before its rename."""
+    digest = _sha256(path)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return digest
 
 
 def run_bundle(args: Any) -> int:
@@ -249,7 +274,21 @@ def run_bundle(args: Any) -> int:
         argv += [f"--intermediate={path}" for path in args.intermediate]
         argv += [*args.rauc_arg, args.input, built]
         _run_rauc(argv, env, "rauc bundle")
-        check = rauc.verify_bundle(built, trusted)
+        # three checks at once (each reads the bundle; two cores make them nearly free): hsmsign's
+        # (the signature, every payload block), the device's own (rauc info against the keyring),
+        # and the bundle's sha256 for the ledger, then fsync
+        keyring = ["--keyring", args.keyring or args.cert]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            settled = pool.submit(_settle, built)
+            info = _start_rauc([program, "info", *keyring, built], pinmod.child_env())
+            try:
+                check = rauc.verify_bundle(built, trusted)
+            except BaseException:
+                info.kill()
+                info.communicate()
+                raise
+            _finish_rauc(info, f"rauc info {' '.join(keyring)}")
+            digest = settled.result()
         signer = _fingerprint(check.signer)
         if signer != fingerprint:
             raise VerificationError(
@@ -257,10 +296,6 @@ def run_bundle(args: Any) -> int:
                 f"sha256:{fingerprint}",
                 "nothing was written; is the URI ambiguous (two keys of that label)?",
             )
-        # the device's own check: rauc info against the keyring
-        keyring = ["--keyring", args.keyring or args.cert]
-        _run_rauc([program, "info", *keyring, built], pinmod.child_env(), f"rauc info {' '.join(keyring)}")
-        digest = _sha256(built)
         batch.add(
             artifact=output,
             sha256_hex=digest,
