@@ -36,8 +36,8 @@
 HSMSIGN_RAUC_KEYRING ??= ""
 HSMSIGN_RAUC_KEYRING[doc] = "The keyring the devices hold (PEM, public): every bundle is checked against it after signing. Empty: RAUC_CERT_FILE itself (a self-signed certificate)."
 
-HSMSIGN_RAUC_ENGINE ??= "libp11-native"
-HSMSIGN_RAUC_ENGINE[doc] = "Recipe that puts OpenSSL's pkcs11 engine into the native sysroot for rauc-native (meta-oe's libp11-native; OPENSSL_ENGINES points at it). Empty: OpenSSL's own engine directory."
+HSMSIGN_RAUC_DEPENDS ??= "libp11-native cryptsetup-native"
+HSMSIGN_RAUC_DEPENDS[doc] = "Native recipes do_bundle needs besides meta-rauc's: libp11-native (OpenSSL's pkcs11 engine for rauc-native; OPENSSL_ENGINES points at it) and cryptsetup-native (veritysetup, which checks every payload block), both from meta-oe. Empty: the host's."
 
 hsmsign_rauc_prepare[doc] = "Prefunc of meta-rauc's do_bundle: check the key and RAUC_CERT_FILE, then put the token's module and PIN into rauc's environment."
 python hsmsign_rauc_prepare() {
@@ -97,13 +97,20 @@ python () {
     if d.getVar("do_bundle", False) is None:
         bb.fatal("meta-hsmsign: %s inherits bundle but has no do_bundle: this meta-rauc is not supported "
                  "(see docs/rauc.md)" % d.getVar("PN"))
-    d.setVar("RAUC_KEY_FILE", hsmsign.bitbake.uri_identity(hsmsign.bitbake.role_uri(d, "RAUC")))
+    key = hsmsign.bitbake.uri_identity(hsmsign.bitbake.role_uri(d, "RAUC"))
+    theirs = d.getVar("RAUC_KEY_FILE") or ""
+    if theirs.startswith("pkcs11:") and hsmsign.bitbake.uri_identity(theirs) != key:
+        bb.warn("meta-hsmsign: %s: RAUC_KEY_FILE names %s, but bundles are signed with HSM_PKCS11_URI_RAUC's key "
+                "%s; set HSM_PKCS11_URI_RAUC to the key you mean and leave RAUC_KEY_FILE unset"
+                % (d.getVar("PN"), hsmsign.bitbake.uri_identity(theirs), key))
+    d.setVar("RAUC_KEY_FILE", key)
     d.setVarFlag("RAUC_KEY_FILE", "vardepvalue", "${HSMSIGN_KEY_ID_RAUC}")
     hsmsign_hook_task(d, "do_bundle", "RAUC")
     d.appendVarFlag("do_bundle", "prefuncs", " hsmsign_rauc_prepare")
     d.appendVarFlag("do_bundle", "postfuncs", " hsmsign_rauc_check")
     d.appendVarFlag("do_bundle", "vardeps", " HSMSIGN_RAUC_KEYRING")
-    engine = d.getVar("HSMSIGN_RAUC_ENGINE")
-    if engine:
-        d.appendVar("DEPENDS", " " + engine)
+    d.appendVar("DEPENDS", " " + (d.getVar("HSMSIGN_RAUC_DEPENDS") or ""))
+    keyring = d.getVar("HSMSIGN_RAUC_KEYRING")
+    if keyring:
+        d.appendVarFlag("do_bundle", "file-checksums", " %s:False" % keyring)
 }

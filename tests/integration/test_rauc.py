@@ -144,6 +144,31 @@ def test_ec_key(rauc: str, softhsm: SoftHsm, tmp_path: Path) -> None:
     assert rauc_run(rauc, softhsm, "info", f"--keyring={key[1]}", str(out)).returncode == 0
 
 
+def test_crypt_bundle_checked_before_encryption(
+    rauc: str, softhsm: SoftHsm, rauc_key: tuple[str, Path], tmp_path: Path
+) -> None:
+    """A crypt bundle (rauc 1.8+): the payload is encrypted and the verity tree covers the
+    encrypted payload, so hsmsign checks it like a verity bundle; once ``rauc encrypt`` wraps it
+    for its recipients, only a recipient's key opens it, and hsmsign says so."""
+    out = tmp_path / "crypt.raucb"
+    done = make_bundle(softhsm, rauc_key, bundle_dir(tmp_path, "crypt"), out, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["format"] == "crypt"
+    assert rauc_run(rauc, softhsm, "info", f"--keyring={rauc_key[1]}", str(out)).returncode == 0
+    payload, _ = parts(out)
+    assert not payload.startswith(b"hsqs")  # encrypted
+    bad = flipped(out, 5000, "crypt-payload.raucb")
+    refused = softhsm.run_cli("rauc", "verify", "--cert", str(rauc_key[1]), str(bad))
+    assert refused.returncode == 6 and "verity root hash" in refused.stderr, refused.stderr
+    enc = tmp_path / "crypt-enc.raucb"
+    wrapped = rauc_run(
+        rauc, softhsm, "encrypt", f"--to={rauc_key[1]}", f"--keyring={rauc_key[1]}", str(out), str(enc)
+    )
+    assert wrapped.returncode == 0, wrapped.stderr
+    sealed = softhsm.run_cli("rauc", "verify", "--cert", str(rauc_key[1]), str(enc))
+    assert sealed.returncode == 6 and "only a recipient's key" in sealed.stderr, sealed.stderr
+
+
 def test_changed_bundles_are_refused(
     rauc: str, softhsm: SoftHsm, rauc_key: tuple[str, Path], tmp_path: Path
 ) -> None:

@@ -43,13 +43,14 @@ pytestmark = [
 class RaucBuild(StandinBuild):
     FOLDER = "rauc"
     MACHINE = "qemux86-64"
-    NATIVE = StandinBuild.NATIVE + " squashfs-tools-native libp11-native"
+    NATIVE = StandinBuild.NATIVE + " squashfs-tools-native libp11-native cryptsetup-native"
     LAYERS = {"rauc": META_RAUC}
     cert = ""
     other_cert = ""
 
-    def uri(self, key: str = "test-rauc") -> str:
-        return f"pkcs11:token=hsmsign-dev;object={key}?module-path={SOFTHSM}&pin-source=file:{self.pin_file}"
+    def uri(self, key: str = "test-rauc", pin_file: bool = True) -> str:
+        uri = f"pkcs11:token=hsmsign-dev;object={key}?module-path={SOFTHSM}"
+        return uri + f"&pin-source=file:{self.pin_file}" if pin_file else uri
 
     def conf(self, **changes: str) -> None:
         settings = {
@@ -159,13 +160,14 @@ def flag(rb: RaucBuild, name: str, var: str = "do_bundle") -> str:
 
 def test_recipe_names_the_key_not_a_file(rauc_build: RaucBuild) -> None:
     """RAUC_KEY_FILE is the key's URI without PIN source or module, do_bundle has the hooks and
-    the token's lock, and libp11-native (OpenSSL's pkcs11 engine for rauc-native) is a dependency."""
+    the token's lock, and libp11-native (OpenSSL's pkcs11 engine for rauc-native) and
+    cryptsetup-native (veritysetup) are dependencies."""
     done = rauc_build.bitbake("-e", "hsmsign-test-bundle")
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     env = done.stdout
     assert re.search(r'^RAUC_KEY_FILE="pkcs11:token=hsmsign-dev;object=test-rauc"$', env, re.M)
     depends = re.search(r'^DEPENDS="(.*)"$', env, re.M)
-    assert depends and "libp11-native" in depends.group(1).split()
+    assert depends and {"libp11-native", "cryptsetup-native"} <= set(depends.group(1).split())
     assert {"hsmsign_prepare_env", "hsmsign_rauc_prepare"} <= set(flag(rauc_build, "prefuncs").split())
     assert "hsmsign_rauc_check" in flag(rauc_build, "postfuncs").split()
     assert "hsmsign-dev" in flag(rauc_build, "lockfiles")
@@ -189,5 +191,27 @@ def test_wrong_certificate_or_pin_stops_do_bundle_before_rauc_signs(rauc_build: 
             assert rb.pin not in out
             assert not glob.glob(os.path.join(rb.workdir("hsmsign-test-bundle"), "build", "*.raucb"))
             assert not glob.glob(os.path.join(rb.deploy_dir(), "hsmsign-test-bundle-*.raucb"))
+    finally:
+        rb.conf()
+
+
+def test_pin_from_the_environment_bitbake_was_started_from(rauc_build: RaucBuild) -> None:
+    """HSMSIGN_PIN_ENV: the PIN rauc logs in with comes from the shell that started BitBake
+    (BB_ORIGENV), read in the prefunc; it is in no file under TMPDIR. Without it, do_bundle
+    stops in the prefunc and says what to export."""
+    rb = rauc_build
+    try:
+        rb.conf(HSM_PKCS11_URI_RAUC=rb.uri(pin_file=False), HSMSIGN_PIN_ENV="HSM_TEST_PIN")
+        rb.bitbake("-c", "cleansstate", "hsmsign-test-bundle")
+        missing = rb.bitbake(TARGET)
+        out = missing.stdout + missing.stderr
+        assert missing.returncode != 0 and "HSM_TEST_PIN is not set in the environment" in out, out[-3000:]
+        done = rb.build.run(TARGET, env={"HSM_TEST_PIN": rb.pin})
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out[-6000:]
+        assert rb.pin not in out
+        info = rauc_info(rb.cert, rb.bundle())
+        assert info.returncode == 0, info.stderr
+        bbenv.assert_no_secrets(rb.build, rb.pin)
     finally:
         rb.conf()

@@ -49,10 +49,14 @@ def test_layout_and_what_is_not_a_bundle(tmp_path: Path) -> None:
         (b"", b"", 0),  # too short
         (b"hsqs" + b"\0" * 60, b"\x30\x00", 0),  # no signature
         (b"hsqs" + b"\0" * 60, b"\x30\x00", 1 << 40),  # a size beyond the file
-        (b"sqsh" + b"\0" * 60, b"\x30\x00", None),  # not SquashFS (a big-endian image is not RAUC's)
     ):
         with pytest.raises(VerificationError):
             rauc.read_layout(_bundle(tmp_path, payload, cms, size))
+    # a payload that is not SquashFS: a crypt bundle's (encrypted), or no bundle at all
+    other = _bundle(tmp_path, b"sqsh" + b"\0" * 60, b"\x04\x00")
+    assert not rauc.read_layout(other).squashfs
+    with pytest.raises(VerificationError, match="not a RAUC bundle"):
+        rauc.verify_bundle(other, [])
     with pytest.raises(ConfigError):
         rauc.read_layout(str(tmp_path / "missing.raucb"))
     with pytest.raises(ConfigError, match="not a regular file"):

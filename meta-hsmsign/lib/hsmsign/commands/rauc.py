@@ -245,7 +245,7 @@ def _settle(path: str) -> str:
 def run_bundle(args: Any) -> int:
     from .. import atomic, ledger, token
     from .. import pin as pinmod
-    from ..errors import ConfigError, VerificationError
+    from ..errors import ConfigError, HsmsignError, VerificationError
     from ..formats import rauc
 
     args.role = args.role or "RAUC"
@@ -283,6 +283,10 @@ def run_bundle(args: Any) -> int:
             info = _start_rauc([program, "info", *keyring, built], pinmod.child_env())
             try:
                 check = rauc.verify_bundle(built, trusted)
+            except HsmsignError as exc:  # named as the user named it, not by its scratch path
+                info.kill()
+                info.communicate()
+                raise type(exc)(exc.message.replace(built, args.output), exc.hint) from exc
             except BaseException:
                 info.kill()
                 info.communicate()

@@ -49,6 +49,7 @@ class Layout:
     size: int
     payload_size: int
     cms: bytes
+    squashfs: bool  # the payload starts as a SquashFS image (plain, verity; not crypt: encrypted)
 
 
 @dataclass
@@ -87,12 +88,8 @@ def read_layout(path: str) -> Layout:
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(f"{path} is not a regular file", "give the .raucb file rauc wrote")
         size = st.st_size
-        not_bundle = VerificationError(
-            f"{path} is not a RAUC bundle",
-            "a bundle is a SquashFS payload, a CMS signature and its size (rauc bundle writes them)",
-        )
         if size < SIZE_FIELD + len(SQUASHFS_MAGIC):
-            raise not_bundle
+            raise not_a_bundle(path)
         (cms_size,) = struct.unpack(">Q", os.pread(fd, SIZE_FIELD, size - SIZE_FIELD))
         if cms_size == 0 or cms_size > MAX_CMS or cms_size > size - SIZE_FIELD - len(SQUASHFS_MAGIC):
             raise VerificationError(
@@ -100,16 +97,21 @@ def read_layout(path: str) -> Layout:
                 "the bundle is cut short or is not a RAUC bundle; build it again",
             )
         payload_size = size - SIZE_FIELD - cms_size
-        if os.pread(fd, len(SQUASHFS_MAGIC), 0) != SQUASHFS_MAGIC:
-            raise not_bundle
         cms = os.pread(fd, cms_size, payload_size)
         if len(cms) != cms_size:
             raise VerificationError(f"{path} changed while it was read", "check it once it is complete")
-        return Layout(size, payload_size, cms)
+        return Layout(size, payload_size, cms, os.pread(fd, len(SQUASHFS_MAGIC), 0) == SQUASHFS_MAGIC)
     except OSError as exc:
         raise ConfigError(f"cannot read bundle {path}: {exc.strerror}") from exc
     finally:
         os.close(fd)
+
+
+def not_a_bundle(path: str) -> VerificationError:
+    return VerificationError(
+        f"{path} is not a RAUC bundle",
+        "a bundle is a SquashFS payload, a CMS signature and its size (rauc bundle writes them)",
+    )
 
 
 def parse_manifest(data: bytes, what: str = "manifest") -> dict[str, dict[str, str]]:
@@ -177,12 +179,16 @@ def verify_bundle(
     from . import cms
 
     layout = read_layout(path)
+    if not layout.squashfs and not layout.cms.startswith(b"\x30"):
+        raise not_a_bundle(path)
     sd = _signed_data(layout.cms, path)
     encap = sd["encap_content_info"]
     if encap["content_type"].native != "data":
         raise VerificationError(f"{path}: the signed content is {encap['content_type'].native}, not data")
     content = encap["content"].native if encap["content"].native is not None else None
     if content is None:
+        if not layout.squashfs:
+            raise not_a_bundle(path)
         digest_alg = (
             sd["signer_infos"][0]["digest_algorithm"]["algorithm"].native if len(sd["signer_infos"]) else ""
         )
@@ -204,6 +210,11 @@ def verify_bundle(
         raise VerificationError(
             f"{path}: the signature holds the manifest, but the manifest says format '{printable(fmt, 40)}'",
             "RAUC writes an inline signature only for verity and crypt bundles; build it again",
+        )
+    if fmt == "verity" and not layout.squashfs:
+        raise VerificationError(
+            f"{path}: the signed manifest says format verity, but the payload is not a SquashFS image",
+            "the bundle was changed after signing; build it again",
         )
     check = BundleCheck(fmt, found.certificate, found.hash_alg, layout.payload_size, manifest)
     root, salt, tree = verity_params(manifest, path)
