@@ -215,3 +215,24 @@ def test_pin_from_the_environment_bitbake_was_started_from(rauc_build: RaucBuild
         bbenv.assert_no_secrets(rb.build, rb.pin)
     finally:
         rb.conf()
+
+
+def test_rauc_key_file_refused_in_production_and_replaced_in_development(rauc_build: RaucBuild) -> None:
+    """meta-rauc's RAUC_KEY_FILE naming a key file stops the parse in production; a PKCS#11 URI
+    there that is not HSM_PKCS11_URI_RAUC's key gets a warning, and the role's key signs."""
+    rb = rauc_build
+    try:
+        rb.conf(HSMSIGN_MODE="production", RAUC_KEY_FILE="/etc/rauc/development-1.key.pem")
+        done = rb.bitbake("-e", "hsmsign-test-bundle")
+        out = done.stdout + done.stderr
+        assert done.returncode != 0, out[-3000:]
+        assert "RAUC_KEY_FILE: names a key or secret file" in out, out[-3000:]
+        assert "the key is a PKCS#11 URI (HSM_PKCS11_URI_RAUC)" in out
+        rb.conf(RAUC_KEY_FILE="pkcs11:token=hsmsign-dev;object=test-rauc-other")
+        done = rb.bitbake("-e", "hsmsign-test-bundle")
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out[-3000:]
+        assert "RAUC_KEY_FILE names pkcs11:token=hsmsign-dev;object=test-rauc-other, but bundles" in out
+        assert re.search(r'^RAUC_KEY_FILE="pkcs11:token=hsmsign-dev;object=test-rauc"$', done.stdout, re.M)
+    finally:
+        rb.conf()

@@ -560,6 +560,17 @@ def check_recipe_files(d: Datastore, prod: bool) -> list[Problem]:
     return problems
 
 
+# the variable that names the token key instead of each key-file variable
+_KEYFILE_ROLE = {
+    "SWUPDATE_PRIVATE_KEY": "HSM_PKCS11_URI_SWUPDATE",
+    "SWUPDATE_CMS_KEY": "HSM_PKCS11_URI_SWUPDATE",
+    "SWUPDATE_PASSWORD_FILE": "HSM_PKCS11_URI_SWUPDATE",
+    "SWUPDATE_AES_FILE": "HSM_PKCS11_URI_ENCRYPT",
+    "UBOOT_SIGN_KEYFILE": "HSM_PKCS11_URI_UBOOT",
+    "RAUC_KEY_FILE": "HSM_PKCS11_URI_RAUC",
+}
+
+
 def check_key_files(d: Datastore) -> list[Problem]:
     """Key-file variables: fatal in production, warnings in development."""
     prod = mode(d) == "production"
@@ -580,12 +591,12 @@ def check_key_files(d: Datastore) -> list[Problem]:
     for name in KEYFILE_VARIABLES:
         value = _get(d, name)
         if value and not value.startswith("pkcs11:"):
+            instead = _KEYFILE_ROLE.get(name, "HSM_PKCS11_URI")
             problems.append(
                 Problem(
                     name,
                     f"names a key or secret file ({value[:120]})",
-                    f"remove {name}: with meta-hsmsign the key is a PKCS#11 URI "
-                    "(HSM_PKCS11_URI_SWUPDATE, HSM_PKCS11_URI_ENCRYPT) and never a file",
+                    f"remove {name}: with meta-hsmsign the key is a PKCS#11 URI ({instead}) and never a file",
                     fatal=prod,
                 )
             )
