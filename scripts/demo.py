@@ -38,6 +38,7 @@ class Demo:
         for name in ("HSM_PKCS11_URI", "HSMSIGN_PUBKEY_SHA256", "HSMSIGN_ALLOW_SOFTWARE_TOKEN"):
             self.env.pop(name, None)
         self.rows: list[tuple[str, str, str, bool]] = []
+        self.steps = 0
         self.deploy = work / "deploy"
         self.deploy.mkdir(parents=True)
 
@@ -71,7 +72,8 @@ class Demo:
         return done
 
     def step(self, title: str) -> None:
-        print(f"\n== {title}")
+        self.steps += 1
+        print(f"\n== {self.steps}. {title}")
 
     def result(self, artifact: str, verifier: str, accepted: bool, expect_accept: bool = True) -> None:
         verdict = "accepted" if accepted else "refused"
@@ -81,7 +83,7 @@ class Demo:
 
     # ---------------------------------------------------------------- steps
     def dev_token(self) -> None:
-        self.step("1. A development token (SoftHSM), one development key per role")
+        self.step("A development token (SoftHSM), one development key per role")
         done = self.hsmsign("dev-init", "--json")
         dev = json.loads(done.stdout)
         self.env["SOFTHSM2_CONF"] = dev["conf"]
@@ -93,7 +95,7 @@ class Demo:
         print("     (keys are generated inside the token: sensitive, never extractable)")
 
     def rootfs(self) -> None:
-        self.step("2. Root filesystem: detached signature, dm-verity root hash signature")
+        self.step("Root filesystem: detached signature, dm-verity root hash signature")
         image = self.deploy / "core-image-demo.ext4"
         src = self.work / "rootfs"
         (src / "etc").mkdir(parents=True)
@@ -170,7 +172,7 @@ class Demo:
         self.image = image
 
     def swupdate(self) -> None:
-        self.step("3. swupdate bundle: CMS signature over sw-description")
+        self.step("swupdate bundle: CMS signature over sw-description")
         cert = self.deploy / "swupdate-signer.pem"
         self.hsmsign(
             "cert",
@@ -226,8 +228,35 @@ class Demo:
         self.swu = swu
         self.swu_cert = cert
 
+    def rauc(self) -> None:
+        self.step("RAUC bundle: rauc signs through the token, hsmsign checks key and bundle")
+        cert = self.deploy / "rauc-signer.pem"
+        self.hsmsign(
+            "cert", "--uri", self.uris["rauc"], "--subject", "CN=meta-hsmsign demo RAUC (DEVELOPMENT)",
+            "--output", str(cert),
+        )  # fmt: skip
+        src = self.work / "rauc-bundle"
+        src.mkdir()
+        shutil.copyfile(self.image, src / "rootfs.ext4")
+        (src / "manifest.raucm").write_text(
+            "[update]\ncompatible=demo-board\nversion=1.0.0\n\n[bundle]\nformat=verity\n\n"
+            "[image.rootfs]\nfilename=rootfs.ext4\n"
+        )
+        bundle = self.deploy / "demo-update.raucb"
+        self.hsmsign("rauc", "bundle", "--uri", self.uris["rauc"], "--cert", str(cert), str(src), str(bundle))
+        done = self.run(["rauc", "info", f"--keyring={cert}", str(bundle)], ok_codes=(0, 1))
+        self.result("RAUC bundle (.raucb)", "rauc info --keyring", done.returncode == 0)
+        done = self.hsmsign("rauc", "verify", "--cert", str(cert), str(bundle), ok_codes=(0, 6))
+        self.result("RAUC bundle, every payload block", "hsmsign rauc verify", done.returncode == 0)
+        changed = self.work / "changed.raucb"
+        data = bytearray(bundle.read_bytes())
+        data[4096] ^= 1  # one payload byte, after signing
+        changed.write_bytes(bytes(data))
+        done = self.hsmsign("rauc", "verify", "--cert", str(cert), str(changed), ok_codes=(0, 6))
+        self.result("the same, one payload byte changed", "hsmsign rauc verify", done.returncode == 0, False)
+
     def encryption(self) -> None:
-        self.step("4. Encrypted image: AES-256-CBC with a key that stays in the token")
+        self.step("Encrypted image: AES-256-CBC with a key that stays in the token")
         enc = self.deploy / "core-image-demo.ext4.enc"
         iv_file = self.work / "image.iv"
         self.hsmsign(
@@ -286,7 +315,7 @@ class Demo:
 
     def fit(self) -> None:
         tools = _uboot_tools()
-        self.step("5. U-Boot verified boot: U-Boot FIT checked by SPL, kernel FIT checked by U-Boot")
+        self.step("U-Boot verified boot: U-Boot FIT checked by SPL, kernel FIT checked by U-Boot")
         if tools is None:
             print("  (U-Boot's fit_check_sign is not built: run ./scripts/install-deps; skipping)")
             self.rows.append(("U-Boot and kernel FIT", "fit_check_sign not built", "skipped", False))
@@ -373,7 +402,7 @@ class Demo:
         self.result(label, "U-Boot fit_check_sign", done.returncode == 0)
 
     def manifest(self) -> None:
-        self.step("6. The deploy directory: a signed manifest of every artifact")
+        self.step("The deploy directory: a signed manifest of every artifact")
         files = sorted(p for p in self.deploy.iterdir() if p.is_file() and not p.name.startswith("hsmsign-"))
         cert = self.deploy / "rootfs-verity-signer.pem"
         manifest = self.deploy / "MANIFEST.json"
@@ -391,7 +420,7 @@ class Demo:
         self.result(f"manifest of {len(files)} files", "hsmsign manifest verify", done.returncode == 0)
 
     def fail_closed(self) -> None:
-        self.step("7. Fail closed: production policy refuses the development token")
+        self.step("Fail closed: production policy refuses the development token")
         out = self.work / "should-not-exist.sig"
         done = self.hsmsign(
             "sign",
@@ -413,7 +442,7 @@ class Demo:
         )
 
     def audit(self) -> None:
-        self.step("8. Leak audit: a setup script like the one in the 2022 head-unit incident")
+        self.step("Leak audit: a setup script like the one in the 2022 head-unit incident")
         layer = self.work / "meta-vendor"
         (layer / "conf").mkdir(parents=True)
         (layer / "conf" / "setup-build.sh").write_text(
@@ -434,7 +463,7 @@ class Demo:
         )
 
     def ledger(self) -> None:
-        self.step("9. The signing ledger: one hash-chained line per signature")
+        self.step("The signing ledger: one hash-chained line per signature")
         path = Path(self.env.get("HSMSIGN_LEDGER", "/nonexistent"))
         if not path.exists():
             print("  (no ledger written)")
@@ -554,6 +583,7 @@ def main() -> int:
             demo.dev_token,
             demo.rootfs,
             demo.swupdate,
+            demo.rauc,
             demo.encryption,
             demo.fit,
             demo.manifest,

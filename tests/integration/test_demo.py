@@ -25,6 +25,8 @@ def test_readme_demo_command_runs_clean() -> None:
         "veritysetup verify",
         "openssl cms -verify",
         "swupdate -c -k",
+        "rauc info --keyring",
+        "hsmsign rauc verify",
         "U-Boot fit_check_sign",
         "hsmsign audit",
         "hsmsign ledger verify",
