@@ -173,14 +173,21 @@ def test_recipe_names_the_key_not_a_file(rauc_build: RaucBuild) -> None:
     assert "hsmsign-dev" in flag(rauc_build, "lockfiles")
 
 
-def test_wrong_certificate_or_pin_stops_do_bundle_before_rauc_signs(rauc_build: RaucBuild) -> None:
-    """A certificate of another key, or a pinned fingerprint the key does not have: do_bundle
-    fails in the prefunc with what to do, and no bundle is left in ${B} or deployed."""
+def test_wrong_certificate_pin_or_keyring_fails_closed(rauc_build: RaucBuild) -> None:
+    """A certificate of another key or a pinned fingerprint the key does not have: do_bundle
+    fails in the prefunc, before rauc signs, with what to do. A keyring that does not trust the
+    signer: the postfunc's check fails and deletes the bundle. No bundle is left in ${B} or
+    deployed either way."""
     rb = rauc_build
     try:
         for changes, message in (
             ({"RAUC_CERT_FILE": rb.other_cert}, "does not belong to the token key"),
             ({"HSMSIGN_PUBKEY_SHA256_RAUC": WRONG}, f"HSMSIGN_PUBKEY_SHA256_RAUC pins sha256:{WRONG}"),
+            # the devices' keyring does not trust the signer: rauc signs, the postfunc refuses
+            (
+                {"HSMSIGN_RAUC_KEYRING": rb.other_cert},
+                "failed its check after signing; the bundles were deleted",
+            ),
         ):
             rb.conf(**changes)
             rb.bitbake("-c", "cleansstate", "hsmsign-test-bundle")
