@@ -306,6 +306,8 @@ def test_ledger_entries_and_recorded_check(
         *record, "--cert", str(rauc_key[1]), str(out), env={"HSMSIGN_PUBKEY_SHA256_RAUC": "0" * 64}
     )
     assert wrong.returncode == 4, wrong.stderr
+    unchecked = softhsm.run_cli(*record, "--no-payload", "--cert", str(rauc_key[1]), str(out))
+    assert unchecked.returncode == 2 and "--no-payload" in unchecked.stderr, unchecked.stderr
     assert len(ledger.read_text().splitlines()) == 2
 
 

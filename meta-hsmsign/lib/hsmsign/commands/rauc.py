@@ -328,14 +328,20 @@ def run_bundle(args: Any) -> int:
 
 def run_verify(args: Any) -> int:
     from .. import ledger
+    from ..errors import ConfigError, printable
     from ..formats import rauc
     from ..policy import Pinned
     from .common import require_uri, role_fingerprints
 
     args.role = args.role or "RAUC"
+    if args.record and args.no_payload:
+        raise ConfigError(
+            "--record with --no-payload would record a bundle whose payload was not checked",
+            "drop --no-payload",
+        )
     check = rauc.verify_bundle(args.bundle, _trusted(args.cert), check_payload=not args.no_payload)
     fingerprint = _fingerprint(check.signer)
-    subject = check.signer.subject.rfc4514_string()
+    subject = printable(check.signer.subject.rfc4514_string())
     data: dict[str, Any] = {
         "bundle": args.bundle,
         "ok": True,
