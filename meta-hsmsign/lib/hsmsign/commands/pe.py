@@ -249,10 +249,12 @@ class _Input:
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    from ..atomic import WRITE_CHUNK  # one write(2) of the whole body is ten times slower
+
     view = memoryview(data)
     done = 0
     while done < len(view):
-        done += os.pwrite(fd, view[done:], offset + done)
+        done += os.pwrite(fd, view[done : done + WRITE_CHUNK], offset + done)
 
 
 def start_sign(args: Any) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Union
 
+from ..atomic import write_all
 from ..errors import ConfigError, VerificationError, printable
 from ..settings import source_date_epoch
 
@@ -138,8 +139,7 @@ def _size(src: Source) -> int:
 
 def _copy(out: BinaryIO, src: Source) -> int:
     if isinstance(src, bytes):
-        out.write(src)
-        return len(src)
+        return write_all(out, src)
     n = 0
     with open(src, "rb") as fh:
         while True:

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from ...atomic import write_all
 from ...errors import ConfigError, VerificationError, printable
 from ..fdt import Fdt, FdtError, Node
 from .keynode import (
@@ -400,7 +401,7 @@ def device_check(tool: str | None, result: Any, public_key_for: Any, what: str) 
         fit_path = os.path.join(tmp, "signed.itb")
         dtb_path = os.path.join(tmp, "keys.dtb")
         with open(fit_path, "wb") as fh:
-            fh.write(result.data)
+            write_all(fh, result.data)
         with open(dtb_path, "wb") as fh:
             fh.write(dtb)
         for conf in names:
