@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "meta-hsmsign" / "lib"
 ASSETS = ROOT / "tests" / "assets" / "fit"
+KEY = "fit-dev"  # the key-name-hint declared.its names
 PIN = "bench-pin-1234"  # noqa: S105 - PIN of a throw-away SoftHSM token in a temp dir
 
 
@@ -83,7 +84,7 @@ def main() -> int:
         from hsmsign import keys, token
 
         module = token.default_softhsm_module()
-        uri = f"pkcs11:token=bench;object=dev?module-path={module}&pin-source=file:{pin_file}"
+        uri = f"pkcs11:token=bench;object={KEY}?module-path={module}&pin-source=file:{pin_file}"
         from hsmsign.uri import Pkcs11Uri
 
         keys.generate(Pkcs11Uri.parse(uri), keys.parse_key_type("rsa:2048"), mode="development")
@@ -109,15 +110,15 @@ def main() -> int:
         py = sys.executable
         commands = {
             "mkimage -N pkcs11": (
-                [opts.mkimage, "-F", "-k", "token=bench;object=dev", "-N", "pkcs11", "-r", str(target)],
+                [opts.mkimage, "-F", "-k", f"token=bench;object={KEY}", "-N", "pkcs11", "-r", str(target)],
                 mk_env,
             ),
             "hsmsign fit sign": (
-                [py, "-m", "hsmsign", "fit", "sign", "--uri", uri, "--key-name", "dev", str(target)],
+                [py, "-m", "hsmsign", "fit", "sign", "--uri", uri, "--key-name", KEY, str(target)],
                 env,
             ),
             "hsmsign mkimage": (
-                [py, "-m", "hsmsign", "mkimage", "-F", "-k", "token=bench;object=dev", "-r", str(target)],
+                [py, "-m", "hsmsign", "mkimage", "-F", "-k", f"token=bench;object={KEY}", "-r", str(target)],
                 drop_env,
             ),
         }
