@@ -116,8 +116,10 @@ def build_tree(base: Path, text_mb: int, binary_mb: int, seed: int = 7) -> dict[
             n = min(chunk, remaining)
             fh.write(rng.randbytes(n // 2) + bytes(n - n // 2))
             remaining -= n
-            if remaining < chunk <= remaining + n:
+            if remaining < chunk <= remaining + n:  # before the last 4 MiB
                 fh.write(ec_pem)
+        if binary_mb * 1024 * 1024 < chunk:  # an image smaller than one chunk: the key at its end
+            fh.write(ec_pem)
     planted["tmp/deploy/images/acme-board/core-image.ext4"] = "EC private key inside an ext4 image"
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
@@ -224,6 +226,7 @@ def plant_formats(base: Path, rng: random.Random) -> dict[str, str]:
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, nosec
     )
     put("ci/deploy-key.json", json.dumps({"deploy_key": ed.decode()}), "OpenSSH key in a JSON string")
+    return planted
 
 
 def _tar(members: dict[str, bytes], mode: str = "w") -> bytes:
