@@ -28,7 +28,7 @@ Standard library only.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
@@ -255,13 +255,7 @@ class Fdt:
         return node
 
     # -- writing ----------------------------------------------------------
-    def struct_bytes(self) -> bytes:
-        parts: list[bytes] = []
-        self._emit(self.root, parts, 0)
-        parts.append(_U32.pack(FDT_END))
-        return b"".join(parts)
-
-    def _emit(self, node: Node, parts: list[bytes], depth: int) -> None:
+    def _emit(self, node: Node, parts: list[bytes], depth: int, hollow: Collection[str]) -> None:
         if depth >= MAX_DEPTH:
             raise FdtError(f"tree deeper than {MAX_DEPTH} levels")
         name = node.name.encode("latin-1") + b"\0"
@@ -269,25 +263,37 @@ class Fdt:
         for p in node.props:
             if p.nameoff is None:
                 p.nameoff = self.string_offset(p.name)
-            parts.append(struct.pack(">III", FDT_PROP, len(p.value), p.nameoff))
-            parts.append(p.value)
-            pad = _align4(len(p.value)) - len(p.value)
+            value = b"" if p.name in hollow else p.value
+            parts.append(struct.pack(">III", FDT_PROP, len(value), p.nameoff))
+            parts.append(value)
+            pad = _align4(len(value)) - len(value)
             if pad:
                 parts.append(b"\0" * pad)
         for c in node.children:
-            self._emit(c, parts, depth + 1)
+            self._emit(c, parts, depth + 1, hollow)
         parts.append(_U32.pack(FDT_END_NODE))
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, hollow: Collection[str] = ()) -> bytes:
         """Header, reservations, structure, strings, then any free space the input had.
 
-        The blocks are written back to back, as dtc and ``fdt_pack`` lay them out.
+        The blocks are written back to back, as dtc and ``fdt_pack`` lay them out. ``hollow``
+        names properties written empty: a blob for hashing regions that leave them out (a FIT
+        configuration signature leaves out ``data``), without copying a 32 MiB kernel to do so.
         """
-        body = self.struct_bytes()  # first: it may append names to the strings block
+        return b"".join(self.to_parts(hollow))
+
+    def to_parts(self, hollow: Collection[str] = ()) -> list[bytes]:
+        """The pieces ``to_bytes`` joins, in order: a caller that appends more (a FIT's external
+        data) joins them once, so that a large property value is copied once (a 32 MiB kernel
+        was copied twice per blob when the structure block was joined first)."""
+        body: list[bytes] = []
+        self._emit(self.root, body, 0, hollow)  # first: it may append names to the strings block
+        body.append(_U32.pack(FDT_END))
+        size_struct = sum(map(len, body))
         rsv = b"".join(struct.pack(">QQ", a, s) for a, s in self.reserve) + b"\0" * 16
         off_rsv = HEADER_SIZE
         off_struct = off_rsv + len(rsv)
-        off_strings = off_struct + len(body)
+        off_strings = off_struct + size_struct
         total = off_strings + len(self.strings) + len(self.free_space)
         header = _HEADER.pack(
             FDT_MAGIC,
@@ -299,9 +305,9 @@ class Fdt:
             self.last_comp_version,
             self.boot_cpuid_phys,
             len(self.strings),
-            len(body),
+            size_struct,
         )
-        return b"".join((header, rsv, body, self.strings, self.free_space))
+        return [header, rsv, *body, bytes(self.strings), self.free_space]
 
 
 Header = tuple[int, int, int, int, int, int, int, int, int]

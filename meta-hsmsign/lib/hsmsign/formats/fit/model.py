@@ -114,6 +114,10 @@ class Fit:
     _images_index: SubnodeIndex | None = field(default=None, repr=False, compare=False)
     _regions: RegionIndex | None = field(default=None, repr=False, compare=False)
     _tags: list[Tag] | None = field(default=None, repr=False, compare=False)
+    # (image, algo) -> (the data hashed, its digest): hash nodes and image signatures share one pass
+    _digests: dict[tuple[str, str], tuple[bytes, bytes]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def image(self, name: str) -> Node | None:
         """The /images subnode a configuration's string names, as U-Boot resolves it (see SubnodeIndex)."""
@@ -186,22 +190,35 @@ class Fit:
             )
         return self.raw[start : start + size]
 
+    def data_digest(self, image: Node, algo: str) -> bytes:
+        """``hashlib.new(algo, image data)``, hashed once for the same data (the very same bytes
+        object): the hash node and the image signature of a 32 MiB kernel need one pass, not two."""
+        data = self.image_data(image)
+        hit = self._digests.get((image.name, algo))
+        if hit is not None and hit[0] is data:
+            return hit[1]
+        value = hashlib.new(algo, data).digest()
+        self._digests[(image.name, algo)] = (data, value)
+        return value
+
     def to_bytes(self) -> bytes:
         """The FIT with its (possibly grown) FDT; external data kept where U-Boot will look for it."""
-        blob = self.fdt.to_bytes()
+        parts: list[bytes | memoryview] = list(self.fdt.to_parts())
+        size = sum(map(len, parts))
         positions = [p for _, n in self.images.walk() for p in [n.get_u32("data-position")] if p is not None]
         tail_start = _align4(self.totalsize)
+        # joined once: the external data is copied once, straight from the input
         if positions:
             first = min(positions)
-            if len(blob) > first:
+            if size > first:
                 raise ConfigError(
                     f"{self.what}: the signed device tree would overlap the external data at {first}",
                     "build the FIT with 'mkimage -E' (relative data-offset) instead of '-p', or a larger -p",
                 )
-            return blob + b"\0" * (first - len(blob)) + self.raw[first:]
+            return b"".join([*parts, bytes(first - size), memoryview(self.raw)[first:]])
         if len(self.raw) > tail_start:
-            return blob + b"\0" * (_align4(len(blob)) - len(blob)) + self.raw[tail_start:]
-        return blob
+            return b"".join([*parts, bytes(_align4(size) - size), memoryview(self.raw)[tail_start:]])
+        return b"".join(parts)
 
 
 def config_image_refs(fit: Fit, conf: Node, strict: bool = False) -> list[tuple[str, Node]]:
@@ -342,9 +359,13 @@ def update_image_hashes(fit: Fit) -> None:
                 raise ConfigError(
                     f"{fit.what}: {IMAGES_PATH}/{image.name}/{sub.name} has no algo", 'add algo = "sha256"'
                 )
-            if data is None:
-                data = fit.image_data(image)
-            fit.fdt.setprop(sub, "value", compute_hash_value(algo, data, f"{fit.what}: image '{image.name}'"))
+            if algo in SIGN_HASHES:  # an image signature may need the same digest
+                value = fit.data_digest(image, algo)
+            else:
+                if data is None:
+                    data = fit.image_data(image)
+                value = compute_hash_value(algo, data, f"{fit.what}: image '{image.name}'")
+            fit.fdt.setprop(sub, "value", value)
 
 
 def sig_nodes(node: Node) -> list[Node]:

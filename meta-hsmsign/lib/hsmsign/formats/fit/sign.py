@@ -26,6 +26,7 @@ from .model import (
     CONFS_PATH,
     CRYPTO,
     DEFAULT_SIG_NAME,
+    EXCLUDED_PROPS,
     IMAGES_PATH,
     PADDINGS,
     SIGN_HASHES,
@@ -81,6 +82,7 @@ class SignResult:
     signed: list[SignedNode]
     warnings: list[str]
     device_checked: list[str] = field(default_factory=list)  # configurations fit_check_sign accepted
+    sha256: str = ""  # of data, hashed while the self-check read it back (the ledger records it)
 
 
 SignerFor = Callable[[Optional[str]], Any]
@@ -154,13 +156,15 @@ def sign_fit(
     for kind, owner, node, (hint, signer, hash_alg, crypto, scheme, padding) in jobs:
         paths: list[str] = []
         if kind == "image":
-            digest = hashlib.new(hash_alg, fit.image_data(owner)).digest()
+            digest = fit.data_digest(owner, hash_alg)  # computed once with the hash node's
             value = _sign(signer, digest, hash_alg, crypto, scheme)
             _write_sig(fit, node, value, stamp, opts, None, None)
             base = IMAGES_PATH
         else:
             paths = config_hashed_nodes(fit, owner, strict=True)
-            blob = fit.fdt.to_bytes()
+            # the hash leaves out every "data" (EXCLUDED_PROPS): a blob without their values hashes
+            # the same, and costs no copy of the kernel (the self-check hashes the real output)
+            blob = fit.fdt.to_bytes(hollow=EXCLUDED_PROPS)
             strings_size = int.from_bytes(blob[32:36], "big")
             digest = hash_regions(blob, config_regions(blob, paths, None), hash_alg)
             value = _sign(signer, digest, hash_alg, crypto, scheme)
@@ -179,8 +183,25 @@ def sign_fit(
             )
         )
     out = fit.to_bytes()
+    sha256 = _sha256_meanwhile(out)
     _self_check(out, signed, signer_for, what)
-    return SignResult(out, signed, warnings)
+    return SignResult(out, signed, warnings, sha256=sha256())
+
+
+def _sha256_meanwhile(data: bytes) -> Callable[[], str]:
+    """SHA-256 of ``data`` in a thread (hashlib lets go of the GIL): the ledger's digest of a
+    signed FIT is made while the self-check parses it and hashes its images."""
+    import threading
+
+    box: list[str] = []
+    worker = threading.Thread(target=lambda: box.append(hashlib.sha256(data).hexdigest()), daemon=True)
+    worker.start()
+
+    def result() -> str:
+        worker.join()
+        return box[0] if box else hashlib.sha256(data).hexdigest()
+
+    return result
 
 
 def _wanted(opts: SignOptions) -> Callable[[Node], bool]:
@@ -395,7 +416,7 @@ def sign_file(
                 required_mode=key_dtb.required_mode,
                 what=key_dtb.path,
             )
-    digest = hashlib.sha256(result.data).hexdigest()
+    digest = result.sha256 or hashlib.sha256(result.data).hexdigest()
     with staged(batch.appended) as outputs:
         outputs.write_bytes(output, result.data)
         if key_dtb is not None and dtb is not None:
