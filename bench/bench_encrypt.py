@@ -13,7 +13,6 @@ bounded (not grow with the file). Usage: bench/bench_encrypt.py [--size-mib 1024
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchtoken import dev_token
 
 
 def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, int]:
@@ -44,19 +43,11 @@ def main() -> int:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="hsmsign-bench-enc-"))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / "meta-hsmsign" / "lib")
-    env["HSMSIGN_DEV_HOME"] = str(work / "dev")
-    hsmsign = [sys.executable, "-m", "hsmsign"]
     rows: list[tuple[str, float, int]] = []
     try:
-        init = subprocess.run(
-            [*hsmsign, "dev-init", "--json"], env=env, capture_output=True, text=True, check=True
-        )
-        dev = json.loads(init.stdout)
-        env["SOFTHSM2_CONF"] = dev["conf"]
-        env["HSMSIGN_MODE"] = "development"
-        uri = dev["keys"]["encrypt"]["uri"]
+        token = dev_token(work)
+        env, hsmsign, dev = token.env, token.hsmsign, token.dev
+        uri = token.uri("encrypt")
         data = work / "image.bin"
         print(f"writing a {args.size_mib} MiB test file ...", file=sys.stderr)
         with open(data, "wb") as fh:
@@ -110,7 +101,7 @@ def main() -> int:
         )
         tool = shutil.which("pkcs11-tool")
         if tool:
-            pin = Path(dev["pin_file"]).read_text().strip()
+            pin = token.pin()
             best(
                 "pkcs11-tool --encrypt AES-CBC-PAD",
                 [

@@ -24,7 +24,6 @@ and sbsign's is not, sbsign also runs followed by ``sync -d`` of its output.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shlex
@@ -36,7 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchtoken import dev_token
+
 STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 PIN_ATTR = "pin-value"  # libp11 wants the run-time PIN of a throw-away bench token in its URI
 LIBRARIES = (
@@ -102,22 +102,12 @@ def main() -> int:
         raise SystemExit("systemd-boot stub missing: apt-get install systemd-boot-efi")
 
     work = Path(tempfile.mkdtemp(prefix="hsmsign-bench-pe-"))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / "meta-hsmsign" / "lib")
-    env["HSMSIGN_DEV_HOME"] = str(work / "dev")
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
-    hsmsign = [sys.executable, "-m", "hsmsign"]
     try:
-        init = subprocess.run(
-            [*hsmsign, "dev-init", "--json"], env=env, capture_output=True, text=True, check=True
-        )
-        dev = json.loads(init.stdout)
-        env["SOFTHSM2_CONF"] = dev["conf"]
-        env["HSMSIGN_MODE"] = "development"
+        token = dev_token(work)
+        env, hsmsign, dev = token.env, token.hsmsign, token.dev
         env["PKCS11_MODULE_PATH"] = dev["module"]
-        uri = dev["keys"]["uefi"]["uri"]
-        pin = Path(dev["pin_file"]).read_text().strip()
+        uri = token.uri("uefi")
+        pin = token.pin()
         cert = work / "db.pem"
         subprocess.run(
             [*hsmsign, "cert", "--uri", uri, "--subject", "CN=bench db", "--output", str(cert)],

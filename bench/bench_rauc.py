@@ -16,7 +16,6 @@ Usage: bench/bench_rauc.py [--size-mib 64] [--repeat 5]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -27,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchtoken import dev_token
 
 
 def main() -> int:
@@ -44,20 +43,10 @@ def main() -> int:
             raise SystemExit(f"{tool} missing: apt-get install {package}")
 
     work = Path(tempfile.mkdtemp(prefix="hsmsign-bench-rauc-"))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / "meta-hsmsign" / "lib")
-    env["HSMSIGN_DEV_HOME"] = str(work / "dev")
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
-    hsmsign = [sys.executable, "-m", "hsmsign"]
     try:
-        init = subprocess.run(
-            [*hsmsign, "dev-init", "--json"], env=env, capture_output=True, text=True, check=True
-        )
-        dev = json.loads(init.stdout)
-        env["SOFTHSM2_CONF"] = dev["conf"]
-        env["HSMSIGN_MODE"] = "development"
-        uri = dev["keys"]["rauc"]["uri"]
+        token = dev_token(work)
+        env, hsmsign, dev = token.env, token.hsmsign, token.dev
+        uri = token.uri("rauc")
         cert = work / "rauc.pem"
         subprocess.run(
             [*hsmsign, "cert", "--uri", uri, "--subject", "CN=bench rauc", "--output", str(cert)],
@@ -73,7 +62,7 @@ def main() -> int:
         # rauc alone: the PIN and the module in its environment, as the layer hands them
         rauc_env = dict(env)
         rauc_env["RAUC_PKCS11_MODULE"] = dev["module"]
-        rauc_env["RAUC_PKCS11_PIN"] = Path(dev["pin_file"]).read_text().strip()
+        rauc_env["RAUC_PKCS11_PIN"] = token.pin()
         key = f"pkcs11:token={dev['token']};object={dev['keys']['rauc']['label']}"
         out = work / "out.raucb"
         cmds: dict[str, tuple[list[str], dict[str, str]]] = {

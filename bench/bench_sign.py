@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchtoken import dev_token
+
 PIN_ATTR = "pin-value"  # the engine wants the run-time PIN of a throw-away bench token in its URI
 
 
@@ -48,24 +49,11 @@ def main() -> int:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="hsmsign-bench-"))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / "meta-hsmsign" / "lib")
-    env["HSMSIGN_DEV_HOME"] = str(work / "dev")
-    # measure the command as installed: with byte-code caches (a pip or hsmsign-native install has them)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
-    hsmsign = [sys.executable, "-m", "hsmsign"]
     try:
-        init = subprocess.run(
-            [*hsmsign, "dev-init", "--json"], env=env, capture_output=True, text=True, check=True
-        )
-        import json
-
-        dev = json.loads(init.stdout)
-        env["SOFTHSM2_CONF"] = dev["conf"]
-        env["HSMSIGN_MODE"] = "development"
-        uri = dev["keys"]["rootfs"]["uri"]
-        pin = Path(dev["pin_file"]).read_text().strip()
+        token = dev_token(work)  # hsmsign as installed: with byte-code caches
+        env, hsmsign, dev = token.env, token.hsmsign, token.dev
+        uri = token.uri("rootfs")
+        pin = token.pin()
         data = work / "image.bin"
         print(f"writing a {args.size_mib} MiB test file ...", file=sys.stderr)
         with open(data, "wb") as fh:

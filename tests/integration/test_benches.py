@@ -38,7 +38,7 @@ BENCHES: list[tuple[str, list[str], str]] = [
     (
         "bench_remote.py",
         ["--keys", "rsa:2048", "--signers", "1", "--seconds", "0.5"],
-        r"p11kit/local at 1 signers = [\d.]+ .*, 0 signing errors, 0 open errors",
+        r"p11kit/local at 1 signers = [\d.]+ .*, 0 signing errors, 0 open errors -> (OK|MISSED)",
     ),
     ("bench_sign.py", ["--size-mib", "4", "--repeat", "1"], r"cold start: hsmsign --version \d+ ms"),
 ]
@@ -69,6 +69,8 @@ def test_bench_runs_to_its_report(script: str, args: list[str], report: str) -> 
     missing = re.search(r"(\S+) missing: (apt-get install \S+|pip install .+)", done.stdout + done.stderr)
     if done.returncode != 0 and missing:
         require(False, missing.group(1), missing.group(2), env="HSMSIGN_REQUIRE_TOOLS")
-    assert done.returncode == 0, f"{script} failed:\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}"
+    # bench_remote exits 1 when a run misses its ratio target: at half a second that is noise
+    codes = (0, 1) if script == "bench_remote.py" else (0,)
+    assert done.returncode in codes, f"{script} failed:\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}"
     assert re.search(report, done.stdout), f"{script} printed no '{report}':\n{done.stdout[-1500:]}"
     assert "Traceback" not in done.stderr
