@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import struct
 import subprocess
 from pathlib import Path
@@ -46,12 +47,17 @@ def other_cert(softhsm: SoftHsm, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return _cert(softhsm, uri, tmp_path_factory.mktemp("rauc-other") / "other.pem", "CN=another key")
 
 
-def bundle_dir(base: Path, fmt: str, size: int = 300_000) -> Path:
-    """A bundle directory: a manifest for ``fmt`` and one image of fixed bytes."""
+def bundle_dir(base: Path, fmt: str, size: int = 300_000, unique: bool = False) -> Path:
+    """A bundle directory: a manifest for ``fmt`` and one image of fixed bytes (a 4 KiB block
+    repeated, or with ``unique`` bytes that never repeat, which casync cannot fold together)."""
     src = base / f"in-{fmt}"
     src.mkdir()
-    block = b"".join(hashlib.sha256(b"%d" % i).digest() for i in range(128))
-    (src / "rootfs.img").write_bytes((block * (size // len(block) + 1))[:size])
+    if unique:
+        image = random.Random(size).randbytes(size)
+    else:
+        block = b"".join(hashlib.sha256(b"%d" % i).digest() for i in range(128))
+        image = (block * (size // len(block) + 1))[:size]
+    (src / "rootfs.img").write_bytes(image)
     section = "" if fmt == "plain" else f"[bundle]\nformat={fmt}\n\n"
     (src / "manifest.raucm").write_text(
         f"[update]\ncompatible=hsmsign-test\nversion=1.0\n\n{section}[image.rootfs]\nfilename=rootfs.img\n"
@@ -325,3 +331,46 @@ def test_not_a_bundle(softhsm: SoftHsm, rauc_key: tuple[str, Path], tmp_path: Pa
         assert "Traceback" not in done.stderr
     missing = softhsm.run_cli("rauc", "verify", "--cert", str(rauc_key[1]), str(tmp_path / "missing.raucb"))
     assert missing.returncode == 2, missing.stderr
+
+
+def test_casync_bundle_converted_through_the_token(
+    rauc: str, softhsm: SoftHsm, rauc_key: tuple[str, Path], other_cert: Path, tmp_path: Path
+) -> None:
+    """``rauc convert``, what meta-rauc's do_bundle runs for RAUC_CASYNC_BUNDLE, signs the casync
+    form of a bundle with the token key when given the module and the PIN the way hsmsign's
+    class gives them to rauc (its environment). hsmsign's check and rauc's accept the result;
+    one changed byte, or a keyring of another key, is refused."""
+    tool("casync", "casync")
+    src = bundle_dir(tmp_path, "verity", size=16 << 20, unique=True)  # a smaller index: rauc refuses
+    bundle = tmp_path / "update.raucb"
+    assert make_bundle(softhsm, rauc_key, src, bundle).returncode == 0
+    env = dict(
+        softhsm.env,
+        RAUC_PKCS11_MODULE=softhsm.module,
+        RAUC_PKCS11_PIN=softhsm.pin_file.read_text().strip(),
+    )
+    converted = tmp_path / "casync-update.raucb"
+    done = subprocess.run(
+        [
+            rauc, "convert", "--trust-environment", f"--cert={rauc_key[1]}",
+            f"--key={softhsm.uri('rauc-signing', with_query=False)}", f"--keyring={rauc_key[1]}",
+            str(bundle), str(converted),
+        ],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "casync-update.castr").is_dir()
+    info = rauc_run(rauc, softhsm, "info", "--output-format=json", f"--keyring={rauc_key[1]}", str(converted))
+    assert info.returncode == 0, info.stderr
+    names = [img["filename"] for entry in json.loads(info.stdout)["images"] for img in entry.values()]
+    assert names == ["rootfs.img.caibx"], names
+    ok = softhsm.run_cli("rauc", "verify", "--json", "--cert", str(rauc_key[1]), str(converted))
+    assert ok.returncode == 0, ok.stderr
+    found = json.loads(ok.stdout)
+    assert found["format"] == "verity" and found["payload_checked"], found
+    assert found["signer"] == "CN=hsmsign rauc test"
+    bad = flipped(converted, 100, "casync-bad.raucb")
+    refused = softhsm.run_cli("rauc", "verify", "--cert", str(rauc_key[1]), str(bad))
+    assert refused.returncode == 6 and "verity root hash" in refused.stderr, refused.stderr
+    untrusted = softhsm.run_cli("rauc", "verify", "--cert", str(other_cert), str(converted))
+    assert untrusted.returncode == 6 and "not trusted" in untrusted.stderr, untrusted.stderr

@@ -243,3 +243,50 @@ def test_rauc_key_file_refused_in_production_and_replaced_in_development(rauc_bu
         assert re.search(r'^RAUC_KEY_FILE="pkcs11:token=hsmsign-dev;object=test-rauc"$', done.stdout, re.M)
     finally:
         rb.conf()
+
+
+@pytest.mark.skipif(shutil.which("casync") is None, reason="apt-get install casync")
+def test_casync_bundle_converted_through_the_token(rauc_build: RaucBuild) -> None:
+    """RAUC_CASYNC_BUNDLE: meta-rauc's own `rauc convert` signs the casync bundle with the token
+    key, in the environment the prefunc set; the postfunc checks it as it checks the plain one
+    (hsmsign: the signature and every payload block; rauc info against the keyring), and records
+    both. Both bundles and the chunk store are deployed; the PIN is in no file under TMPDIR."""
+    rb = rauc_build
+    try:
+        rb.conf(RAUC_CASYNC_BUNDLE="1", RAUC_KEYRING_FILE=rb.cert, HSMSIGN_TEST_RAUC_ROOTFS_MIB="16")
+        for recipe in ("hsmsign-test-bundle", "hsmsign-test-rauc-rootfs"):
+            rb.bitbake("-c", "cleansstate", recipe)
+        done = rb.bitbake(TARGET)
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out[-6000:]
+        assert rb.pin not in out
+        links = [
+            p
+            for p in glob.glob(os.path.join(rb.deploy_dir(), "casync-hsmsign-test-bundle-*.raucb"))
+            if os.path.islink(p)
+        ]
+        assert links, os.listdir(rb.deploy_dir())
+        casync_bundle = os.path.realpath(links[0])
+        store = casync_bundle[: -len(".raucb")] + ".castr"
+        assert os.path.isdir(store) and os.listdir(store), store
+        info = rauc_info(rb.cert, casync_bundle)
+        assert info.returncode == 0, info.stderr
+        assert "Verified inline signature by 'CN = test-rauc'" in info.stderr
+        names = [img["filename"] for entry in json.loads(info.stdout)["images"] for img in entry.values()]
+        assert names and all(n.endswith(".caibx") for n in names), names  # casync indexes, not images
+        ours = bbenv.hsmsign("rauc", "verify", "--json", "--cert", rb.cert, casync_bundle)
+        assert ours.returncode == 0, ours.stderr
+        found = json.loads(ours.stdout)
+        assert found["format"] == "verity" and found["payload_checked"], found
+        assert rauc_info(rb.other_cert, casync_bundle).returncode != 0
+        log_path = os.path.join(rb.workdir("hsmsign-test-bundle"), "temp", "log.do_bundle")
+        with open(log_path, encoding="utf-8") as fh:
+            log = fh.read()
+        for name in ("bundle.raucb", "casync-bundle.raucb"):
+            assert f"{name} checked by hsmsign and by rauc info" in log, log[-3000:]
+        with open(os.path.join(rb.build.topdir, "ledger.jsonl"), encoding="utf-8") as fh:
+            recorded = {os.path.basename(e["artifact"]) for e in map(json.loads, fh) if e["kind"] == "rauc"}
+        assert {"bundle.raucb", "casync-bundle.raucb"} <= recorded, recorded
+        bbenv.assert_no_secrets(rb.build, rb.pin)
+    finally:
+        rb.conf()

@@ -1,4 +1,4 @@
-SUMMARY = "A slot image for the RAUC bundle test: 1 MiB of fixed bytes, deployed"
+SUMMARY = "A slot image for the RAUC bundle test: HSMSIGN_TEST_RAUC_ROOTFS_MIB of fixed bytes, deployed"
 DESCRIPTION = "Only tests/layer/test_bitbake_rauc.py parses this. It deploys what an image \
                recipe would: the file a bundle's slot takes from DEPLOY_DIR_IMAGE."
 LICENSE = "MIT"
@@ -14,11 +14,15 @@ do_configure[noexec] = "1"
 do_compile[noexec] = "1"
 do_install[noexec] = "1"
 
+# 1 MiB by default; the casync test takes 16 (rauc convert refuses a verity bundle whose
+# casync index fits in 4 KiB), and no block repeats, so that casync's chunks do not collapse
+HSMSIGN_TEST_RAUC_ROOTFS_MIB ?= "1"
+
 python do_deploy() {
     import hashlib
-    block = b"".join(hashlib.sha256(b"hsmsign-test-rauc %d" % i).digest() for i in range(128))
+    mib = int(d.getVar("HSMSIGN_TEST_RAUC_ROOTFS_MIB"))
     with open(os.path.join(d.getVar("DEPLOYDIR"), "hsmsign-test-rootfs.img"), "wb") as fh:
-        for _ in range(256):
-            fh.write(block)
+        for i in range(mib * 256):
+            fh.write(b"".join(hashlib.sha256(b"hsmsign-test-rauc %d %d" % (i, j)).digest() for j in range(128)))
 }
 addtask deploy before do_build after do_compile
