@@ -218,3 +218,44 @@ def test_algo_parsing():
             fit.parse_algo(bad, "x")
     with pytest.raises(ConfigError, match="cannot sign FIT"):
         fit.crypto_for_key("rsa", 1024)
+
+
+def test_configuration_digest_over_a_hollow_tree_is_the_full_trees() -> None:
+    """Signing hashes a configuration over a tree written without its "data" values (no copy of a
+    32 MiB kernel per signature): the regions leave every EXCLUDED_PROPS property out, so the
+    digest is the same as over the tree as written, and changes with what the regions cover."""
+    from hsmsign.formats.fit.model import EXCLUDED_PROPS, config_regions, hash_regions
+
+    f = fit.Fit.parse(make_fit(tail_kernel=secrets.token_bytes(5000)))
+    conf = f.configs.children[0]
+    paths = fit.config_hashed_nodes(f, conf)
+
+    def digest(blob: bytes) -> bytes:
+        return hash_regions(blob, config_regions(blob, paths, None), "sha256")
+
+    full, hollow = f.fdt.to_bytes(), f.fdt.to_bytes(hollow=EXCLUDED_PROPS)
+    assert len(hollow) < len(full) - 5000
+    assert digest(hollow) == digest(full)
+    kernel = f.images.child("kernel-1")
+    assert kernel is not None
+    hash_node = kernel.child("hash-1")
+    assert hash_node is not None
+    f.fdt.setprop(hash_node, "value", bytes(32))  # covered: both digests change, alike
+    assert digest(f.fdt.to_bytes(hollow=EXCLUDED_PROPS)) == digest(f.fdt.to_bytes()) != digest(full)
+
+
+def test_image_digest_is_computed_once_per_data() -> None:
+    """The hash node's digest and the image signature's are one pass over the same bytes; data
+    that is not the very same object is hashed again."""
+    kernel_bytes = secrets.token_bytes(3000)
+    f = fit.Fit.parse(make_fit(tail_kernel=kernel_bytes))
+    kernel = f.images.child("kernel-1")
+    assert kernel is not None
+    fit.update_image_hashes(f)
+    hash_node = kernel.child("hash-1")
+    assert hash_node is not None and hash_node.get("value") == hashlib.sha256(kernel_bytes).digest()
+    assert f.data_digest(kernel, "sha256") == hashlib.sha256(kernel_bytes).digest()
+    assert f.data_digest(kernel, "sha384") == hashlib.sha384(kernel_bytes).digest()
+    other = secrets.token_bytes(3000)
+    f.fdt.setprop(kernel, "data", other)
+    assert f.data_digest(kernel, "sha256") == hashlib.sha256(other).digest()
