@@ -30,7 +30,7 @@ def test_temporary_is_created_exclusive_and_nofollow(tmp_path: Path, monkeypatch
     victim.write_bytes(b"secret")
     victim.chmod(0o600)
     names = iter(["aaaa", "bbbb"])
-    monkeypatch.setattr(atomic.secrets, "token_hex", lambda n: next(names))
+    monkeypatch.setattr(atomic, "_random_name", lambda: next(names))
     os.symlink(victim, tmp_path / f"{TMP}aaaa")
     atomic.write_bytes_atomic(tmp_path / "out", b"signed")
     assert (tmp_path / "out").read_bytes() == b"signed"

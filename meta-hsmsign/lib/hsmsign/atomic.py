@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
 import stat
 import sys
@@ -207,6 +206,12 @@ def stream_input(path: str, what: str = "input", chunk: int = CHUNK) -> Iterator
 
 
 # --------------------------------------------------------------------------- output
+
+
+def _random_name() -> str:
+    """16 random hex digits for a temporary name (``secrets.token_hex(8)``: the same bytes, without
+    importing secrets and random at every start)."""
+    return os.urandom(8).hex()
 
 
 def write_all(fh: BinaryIO, data: bytes | memoryview) -> int:
@@ -419,7 +424,7 @@ def create_temporary(
     dir_fd = open_output_dir(directory)
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(100):
-        tmp = TMP_PREFIX + secrets.token_hex(8) + suffix
+        tmp = TMP_PREFIX + _random_name() + suffix
         try:
             fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
             break

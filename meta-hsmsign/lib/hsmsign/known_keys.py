@@ -15,7 +15,6 @@ Standard library only: the layer's classes call this at BitBake parse time.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -78,6 +77,8 @@ class KnownKey:
 def _load(path: str = DATA_FILE) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     try:
         with open(path, encoding="utf-8") as fh:
+            import json
+
             doc = json.load(fh)
     except FileNotFoundError:
         return {}, {}

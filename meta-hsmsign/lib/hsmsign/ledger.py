@@ -35,7 +35,6 @@ import fcntl
 import hashlib
 import json
 import os
-import socket
 import stat
 import threading
 from collections.abc import Iterator
@@ -218,7 +217,7 @@ class Batch:
             "uri": uri_redacted,
             "mechanism": mechanism,
             "kind": kind,
-            "build_host": socket.gethostname(),
+            "build_host": os.uname().nodename,  # gethostname(2), as socket.gethostname()
             "pid": os.getpid(),
         }
         self.entries.append(entry)

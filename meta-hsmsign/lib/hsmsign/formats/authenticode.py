@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, HsmsignError, SigningError, VerificationError, printable
 from . import cms
+
+if TYPE_CHECKING:
+    import uuid
 
 SPC_INDIRECT_DATA = "1.3.6.1.4.1.311.2.1.4"
 SPC_PE_IMAGE_DATA = "1.3.6.1.4.1.311.2.1.15"
@@ -54,8 +56,8 @@ _PE_IMAGE_DATA = (
 HASHES = ("sha256",)
 MIN_RSA_BITS = 2048
 
-# EFI_CERT_X509_GUID (UEFI spec, "EFI_SIGNATURE_DATA")
-EFI_CERT_X509_GUID = uuid.UUID("a5c059a1-94e4-4aa7-87b5-ab155c2bf072")
+# EFI_CERT_X509_GUID (UEFI spec, "EFI_SIGNATURE_DATA"), as uuid.UUID(...).bytes_le
+EFI_CERT_X509_GUID = bytes.fromhex("a159c0a5e494a74a87b5ab155c2bf072")
 
 
 _tlv = cms._tlv
@@ -325,7 +327,7 @@ def signature_list(certs: Sequence[Any], owner: uuid.UUID) -> bytes:
     for cert in certs:
         der = cert.public_bytes(serialization.Encoding.DER)
         sig_size = 16 + len(der)
-        out += EFI_CERT_X509_GUID.bytes_le + struct.pack("<III", 28 + sig_size, 0, sig_size)
+        out += EFI_CERT_X509_GUID + struct.pack("<III", 28 + sig_size, 0, sig_size)
         out += owner.bytes_le + der
     return out
 

@@ -9,7 +9,6 @@ itself (its import, its error names across releases, its cleanup noise).
 from __future__ import annotations
 
 import os
-import platform
 from typing import Any
 
 from ..errors import ConfigError, TokenError
@@ -18,7 +17,7 @@ from ..uri import Pkcs11Uri
 
 
 def _multiarch_dirs() -> list[str]:
-    machine = platform.machine()
+    machine = os.uname().machine  # platform.machine(), without importing platform
     triplets = {
         "x86_64": "x86_64-linux-gnu",
         "aarch64": "aarch64-linux-gnu",
