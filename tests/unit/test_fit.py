@@ -259,3 +259,29 @@ def test_image_digest_is_computed_once_per_data() -> None:
     other = secrets.token_bytes(3000)
     f.fdt.setprop(kernel, "data", other)
     assert f.data_digest(kernel, "sha256") == hashlib.sha256(other).digest()
+
+
+def test_external_image_digest_is_computed_once_per_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """External data (mkimage -E) is a view of the file, hashed once for its hash node and its
+    image signature; it is the bytes at data-offset."""
+    import hsmsign.formats.fit.model as model
+
+    kernel_bytes = secrets.token_bytes(2000)
+    f = fit.Fit.parse(make_fit(external=True, tail_kernel=kernel_bytes))
+    kernel = f.images.child("kernel-1")
+    assert kernel is not None
+    data = f.image_data(kernel)
+    assert isinstance(data, memoryview) and data == kernel_bytes
+    calls: list[str] = []
+    real_new = hashlib.new
+
+    def counted(name: str, *args: object) -> object:
+        calls.append(name)
+        return real_new(name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(model.hashlib, "new", counted)
+    first = f.data_digest(kernel, "sha256")
+    again = f.data_digest(kernel, "sha256")
+    monkeypatch.undo()
+    assert first == again == hashlib.sha256(kernel_bytes).digest()
+    assert calls == ["sha256"]

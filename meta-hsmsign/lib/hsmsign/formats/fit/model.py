@@ -114,8 +114,8 @@ class Fit:
     _images_index: SubnodeIndex | None = field(default=None, repr=False, compare=False)
     _regions: RegionIndex | None = field(default=None, repr=False, compare=False)
     _tags: list[Tag] | None = field(default=None, repr=False, compare=False)
-    # (image, algo) -> (the data hashed, its digest): hash nodes and image signatures share one pass
-    _digests: dict[tuple[str, str], tuple[bytes, bytes]] = field(
+    # (image, algo) -> (where its data is, its digest): hash nodes and image signatures share one pass
+    _digests: dict[tuple[str, str], tuple[object, bytes]] = field(
         default_factory=dict, repr=False, compare=False
     )
 
@@ -169,11 +169,16 @@ class Fit:
             raise ConfigError(f"{self.what} has no /configurations node")
         return node
 
-    def image_data(self, image: Node) -> bytes:
-        """The data of an image, embedded (``data``) or external (``data-offset``/``data-position``)."""
+    def image_data(self, image: Node) -> bytes | memoryview:
+        """The data of an image, embedded (``data``) or external (``data-offset``/``data-position``:
+        a view of the file's bytes, not a copy of them)."""
+        return self._data_of(image)[1]
+
+    def _data_of(self, image: Node) -> tuple[object, bytes | memoryview]:
+        """(where the data is: the embedded value itself or the external (start, size); the data)."""
         data = image.get("data")
         if data is not None:
-            return data
+            return data, data
         size = image.get_u32("data-size")
         offset = image.get_u32("data-offset")
         position = image.get_u32("data-position")
@@ -188,17 +193,18 @@ class Fit:
                 f"{self.what}: external data of image '{image.name}' lies beyond the end of the file",
                 "the FIT is truncated",
             )
-        return self.raw[start : start + size]
+        return (start, size), memoryview(self.raw)[start : start + size]
 
     def data_digest(self, image: Node, algo: str) -> bytes:
         """``hashlib.new(algo, image data)``, hashed once for the same data (the very same bytes
-        object): the hash node and the image signature of a 32 MiB kernel need one pass, not two."""
-        data = self.image_data(image)
+        object, or the same range of the file): the hash node and the image signature of a
+        32 MiB kernel need one pass, not two."""
+        source, data = self._data_of(image)
         hit = self._digests.get((image.name, algo))
-        if hit is not None and hit[0] is data:
+        if hit is not None and (hit[0] is source or (isinstance(source, tuple) and hit[0] == source)):
             return hit[1]
         value = hashlib.new(algo, data).digest()
-        self._digests[(image.name, algo)] = (data, value)
+        self._digests[(image.name, algo)] = (source, value)
         return value
 
     def to_bytes(self) -> bytes:
@@ -334,7 +340,7 @@ def source_date(timestamp: int | None = None) -> int:
     return int(time.time())
 
 
-def compute_hash_value(algo: str, data: bytes, what: str) -> bytes:
+def compute_hash_value(algo: str, data: bytes | memoryview, what: str) -> bytes:
     if algo == "crc32":
         return (zlib.crc32(data) & 0xFFFFFFFF).to_bytes(4, "big")
     if algo in ("md5", "sha1", "sha256", "sha384", "sha512"):
@@ -350,7 +356,7 @@ def update_image_hashes(fit: Fit) -> None:
     for image in fit.images.children:
         if image.subnode(CIPHER_NODE) is not None:
             continue  # hashes of encrypted images are made by the encryption step
-        data: bytes | None = None
+        data: bytes | memoryview | None = None
         for sub in image.children:
             if not sub.name.startswith(HASH_NODE):
                 continue
