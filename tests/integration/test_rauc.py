@@ -374,3 +374,55 @@ def test_casync_bundle_converted_through_the_token(
     assert refused.returncode == 6 and "verity root hash" in refused.stderr, refused.stderr
     untrusted = softhsm.run_cli("rauc", "verify", "--cert", str(other_cert), str(converted))
     assert untrusted.returncode == 6 and "not trusted" in untrusted.stderr, untrusted.stderr
+
+
+def test_hsmsign_rauc_convert(
+    rauc: str, softhsm: SoftHsm, rauc_key: tuple[str, Path], other_cert: Path, tmp_path: Path
+) -> None:
+    """``hsmsign rauc convert``: rauc makes the casync form with the token key; the bundle and its
+    chunk store (NAME.castr, where RAUC looks) land together with a ledger entry, after hsmsign's
+    and rauc's checks. Converting again replaces both. An untrusted input, a name RAUC would not
+    find the store by, or no input: one error, and nothing is written."""
+    tool("casync", "casync")
+    bundle = tmp_path / "update.raucb"
+    src = bundle_dir(tmp_path, "verity", size=16 << 20, unique=True)
+    assert make_bundle(softhsm, rauc_key, src, bundle).returncode == 0
+    out, store = tmp_path / "out" / "casync-update.raucb", tmp_path / "out" / "casync-update.castr"
+    out.parent.mkdir()
+    ledger_file = tmp_path / "ledger.jsonl"
+    args = ("rauc", "convert", *DEV, "--uri", rauc_key[0], "--cert", str(rauc_key[1]))
+    done = softhsm.run_cli(*args, "--json", "--ledger", str(ledger_file), str(bundle), str(out))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["format"] == "verity" and report["store"] == str(store)
+    assert report["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert store.is_dir() and any(store.rglob("*.cacnk")), list(store.iterdir())[:5]
+    assert softhsm.pin_file.read_text().strip() not in done.stdout + done.stderr
+    info = rauc_run(rauc, softhsm, "info", "--output-format=json", f"--keyring={rauc_key[1]}", str(out))
+    assert info.returncode == 0, info.stderr
+    assert [i["filename"] for e in json.loads(info.stdout)["images"] for i in e.values()] == [
+        "rootfs.img.caibx"
+    ]
+    entries = [json.loads(line) for line in ledger_file.read_text().splitlines()]
+    assert [(e["kind"], e["artifact"], e["sha256"]) for e in entries] == [
+        ("rauc", str(out), report["sha256"])
+    ]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["casync-update.castr", "casync-update.raucb"]
+    again = softhsm.run_cli(*args, str(bundle), str(out))  # replaces the bundle and its store
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in out.parent.iterdir()) == ["casync-update.castr", "casync-update.raucb"]
+    assert rauc_run(rauc, softhsm, "info", f"--keyring={rauc_key[1]}", str(out)).returncode == 0
+    before = sorted(p.name for p in out.parent.iterdir())
+    for argv, code, message in (
+        (
+            (*args, "--keyring", str(other_cert), str(bundle), str(tmp_path / "out" / "u.raucb")),
+            5,
+            "rauc convert failed",
+        ),
+        ((*args, str(bundle), str(tmp_path / "out" / "casync.img")), 2, "name ends in .raucb"),
+        ((*args, str(tmp_path / "missing.raucb"), str(tmp_path / "out" / "m.raucb")), 2, "is not a file"),
+    ):
+        refused = softhsm.run_cli(*argv)
+        assert refused.returncode == code and message in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr and "\\n" not in refused.stderr
+        assert sorted(p.name for p in out.parent.iterdir()) == before

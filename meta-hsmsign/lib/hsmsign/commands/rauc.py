@@ -17,8 +17,10 @@ import argparse
 import concurrent.futures
 import hashlib
 import os
+import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
 from .common import emit, open_key_from_args, warn
@@ -29,6 +31,8 @@ examples:
   hsmsign cert --uri "$HSM_PKCS11_URI_RAUC" --subject "CN=Acme RAUC" --days 3650 --output rauc.pem
   # build and sign a bundle: rauc signs through the token, hsmsign checks it
   hsmsign rauc bundle --uri "$HSM_PKCS11_URI_RAUC" --cert rauc.pem bundle-dir/ update.raucb
+  # its casync form (rauc convert: OUT.raucb and the chunk store OUT.castr next to it), signed the same way
+  hsmsign rauc convert --uri "$HSM_PKCS11_URI_RAUC" --cert rauc.pem update.raucb casync-update.raucb
   # check a bundle as the device does (signature, then every payload block)
   hsmsign rauc verify --cert rauc.pem update.raucb
   # before a build that lets meta-rauc's do_bundle sign: key, policy, certificate
@@ -38,6 +42,7 @@ RAUC_MODULE_ENV = "RAUC_PKCS11_MODULE"
 RAUC_PIN_ENV = "RAUC_PKCS11_PIN"
 TIMEOUT_S = 6 * 3600
 SMIME_EKU = "1.3.6.1.5.5.7.3.4"  # emailProtection
+_RAUC_LOG_PREFIX = re.compile(r"^rauc-(Message|Warning|Critical|Debug|Info): [\d:.]+: ")  # its log lines
 
 
 def register(sub: Any, parents: Any) -> None:
@@ -75,6 +80,41 @@ def register(sub: Any, parents: Any) -> None:
     )
     p.add_argument("--rauc", default="rauc", metavar="PATH", help="the rauc program (default: rauc in PATH)")
     p.set_defaults(func=run_bundle)
+
+    p = verbs.add_parser(
+        "convert",
+        parents=[parents.token, parents.output],
+        formatter_class=raw,
+        epilog=EXAMPLE,
+        help="make a bundle's casync form with 'rauc convert', signed with the token key (role RAUC), "
+        "then check it",
+    )
+    p.add_argument(
+        "input", metavar="IN.raucb", help="the signed bundle to convert (rauc checks it against the keyring)"
+    )
+    p.add_argument(
+        "output",
+        metavar="OUT.raucb",
+        help="the casync bundle to write; its chunk store goes next to it as OUT.castr, where RAUC "
+        "looks for it (both replaced if they exist)",
+    )
+    _cert_arguments(p)
+    p.add_argument(
+        "--intermediate",
+        action="append",
+        default=[],
+        metavar="CA.pem",
+        help="intermediate CA certificate to put into the signature (repeatable)",
+    )
+    p.add_argument(
+        "--rauc-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an argument for 'rauc convert', e.g. --rauc-arg=--trust-environment (repeatable)",
+    )
+    p.add_argument("--rauc", default="rauc", metavar="PATH", help="the rauc program (default: rauc in PATH)")
+    p.set_defaults(func=run_convert)
 
     p = verbs.add_parser(
         "verify",
@@ -217,14 +257,16 @@ def _finish_rauc(proc: subprocess.Popen[str], what: str) -> None:
     if proc.returncode == 0:
         return
     lines = [ln for ln in secrets.redact(stderr + stdout).splitlines() if ln.strip()]
-    detail = "\n  ".join(lines[-6:]) or f"exit {proc.returncode}"
+    # one line (the CLI prints errors on one line each): rauc's last lines, without its log prefix
+    detail = " | ".join(_RAUC_LOG_PREFIX.sub("", ln).strip() for ln in lines[-4:])
+    detail = detail or f"exit {proc.returncode}"
     hint = "nothing was written"
     text = "\n".join(lines)
     if "failed to load PKCS11 engine" in text or "ENGINE_by_id" in text:
         hint = "rauc found no pkcs11 engine: apt-get install libengine-pkcs11-openssl (libp11); " + hint
     elif "unsuitable certificate purpose" in text:
         hint = "make the certificate with 'hsmsign cert' (emailProtection and codeSigning); " + hint
-    raise SigningError(f"{what} failed:\n  {detail}", hint)
+    raise SigningError(f"{what} failed: {detail}", hint)
 
 
 def _run_rauc(argv: list[str], env: dict[str, str], what: str) -> None:
@@ -243,16 +285,53 @@ def _settle(path: str) -> str:
 
 
 def run_bundle(args: Any) -> int:
-    from .. import atomic, ledger, token
-    from .. import pin as pinmod
-    from ..errors import ConfigError, HsmsignError, VerificationError
-    from ..formats import rauc
+    from ..errors import ConfigError
 
-    args.role = args.role or "RAUC"
     if not os.path.isfile(os.path.join(args.input, "manifest.raucm")):
         raise ConfigError(
             f"{args.input} has no manifest.raucm", "give the bundle directory: manifest.raucm and the images"
         )
+
+    def argv(program: str, identity: str, built: str) -> list[str]:
+        head = [program, "bundle", f"--cert={args.cert}", f"--key={identity}"]
+        head += [f"--intermediate={path}" for path in args.intermediate]
+        return [*head, *args.rauc_arg, args.input, built]
+
+    return _rauc_signs(args, "rauc bundle", argv)
+
+
+def run_convert(args: Any) -> int:
+    from ..errors import ConfigError
+
+    if not args.output.endswith(".raucb"):
+        raise ConfigError(
+            f"{args.output}: a casync bundle's name ends in .raucb",
+            "RAUC looks for the chunk store next to the bundle, NAME.castr for NAME.raucb: name it so",
+        )
+    if not os.path.isfile(args.input):
+        raise ConfigError(f"{args.input} is not a file", "give the signed bundle to convert (.raucb)")
+    keyring = args.keyring or args.cert
+
+    def argv(program: str, identity: str, built: str) -> list[str]:
+        head = [program, "convert", f"--cert={args.cert}", f"--key={identity}", f"--keyring={keyring}"]
+        head += [f"--intermediate={path}" for path in args.intermediate]
+        return [*head, *args.rauc_arg, args.input, built]
+
+    return _rauc_signs(args, "rauc convert", argv, store=args.output[: -len(".raucb")] + ".castr")
+
+
+def _rauc_signs(
+    args: Any, what: str, rauc_argv: Callable[[str, str, str], list[str]], store: str | None = None
+) -> int:
+    """rauc signs with the token key (``rauc_argv(program, key URI, scratch output)``), then the
+    bundle is checked three ways at once; it gets its name (and ``store``, rauc's casync chunk
+    store, its place) with its ledger entry, or nothing is written."""
+    from .. import atomic, ledger, token
+    from .. import pin as pinmod
+    from ..errors import HsmsignError, VerificationError
+    from ..formats import rauc
+
+    args.role = args.role or "RAUC"
     program = _rauc_command(args.rauc)
     cert = _certificate(args.cert)
     trusted = _trusted([args.keyring or args.cert])
@@ -270,10 +349,10 @@ def run_bundle(args: Any) -> int:
         env[RAUC_PIN_ENV] = pin
     with atomic.scratch_directory(".hsmsign-rauc-", os.path.dirname(output)) as scratch:
         built = os.path.join(scratch, "bundle.raucb")
-        argv = [program, "bundle", f"--cert={args.cert}", f"--key={identity}"]
-        argv += [f"--intermediate={path}" for path in args.intermediate]
-        argv += [*args.rauc_arg, args.input, built]
-        _run_rauc(argv, env, "rauc bundle")
+        _run_rauc(rauc_argv(program, identity, built), env, what)
+        built_store = os.path.join(scratch, "bundle.castr")
+        if store is not None and not os.path.isdir(built_store):
+            raise VerificationError(f"{what} wrote no chunk store", "nothing was written")
         # three checks at once (each reads the bundle; two cores make them nearly free): hsmsign's
         # (the signature, every payload block), the device's own (rauc info against the keyring),
         # and the bundle's sha256 for the ledger, then fsync
@@ -309,21 +388,45 @@ def run_bundle(args: Any) -> int:
             kind="rauc",
         )
         with atomic.critical(), batch.appended():
-            os.replace(built, output)
+            if store is None:
+                os.replace(built, output)
+            else:
+                _place_with_store(built, output, built_store, os.path.abspath(store), scratch)
             _fsync_dir(os.path.dirname(output))
-    emit(
-        args,
-        f"signed {args.output} ({check.describe()}; key {label}, sha256 {digest})",
-        {
-            "output": args.output,
-            "format": check.format,
-            "sha256": digest,
-            "key": label,
-            "key_fingerprint": fingerprint,
-            "verity_root": check.verity_root or None,
-        },
-    )
+    data = {
+        "output": args.output,
+        "format": check.format,
+        "sha256": digest,
+        "key": label,
+        "key_fingerprint": fingerprint,
+        "verity_root": check.verity_root or None,
+    }
+    if store is not None:
+        data["store"] = store
+    extra = f", chunk store {store}" if store is not None else ""
+    emit(args, f"signed {args.output} ({check.describe()}; key {label}, sha256 {digest}{extra})", data)
     return 0
+
+
+def _place_with_store(built: str, output: str, built_store: str, store: str, scratch: str) -> None:
+    """The chunk store, then the bundle that needs it, into place. A store there before is moved
+    into ``scratch`` (removed with it) and put back if the bundle cannot be placed: the old
+    bundle keeps its chunks."""
+    old = os.path.join(scratch, "replaced.castr")
+    had_old = os.path.lexists(store)
+    if had_old:
+        os.replace(store, old)
+    try:
+        os.replace(built_store, store)
+        try:
+            os.replace(built, output)
+        except BaseException:
+            os.replace(store, built_store)
+            raise
+    except BaseException:
+        if had_old:
+            os.replace(old, store)
+        raise
 
 
 def run_verify(args: Any) -> int:
