@@ -18,6 +18,9 @@
 #     (RAUC_PKCS11_MODULE), the PIN (RAUC_PKCS11_PIN) and libp11-native's engine
 #     directory (OPENSSL_ENGINES) go into the task process's environment, where
 #     rauc reads them: never into a variable, a run script or a log.
+#   * do_bundle itself stays meta-rauc's, but for two details: RAUC_KEY_FILE quoted in its
+#     'rauc convert' call (a URI's ';' would end the command there) and taken out of its
+#     file-checksums (it names no file; its identity is in the task hash).
 #   * postfunc hsmsign_rauc_check: every bundle do_bundle wrote (bundle.raucb,
 #     casync-bundle.raucb) is checked by 'hsmsign rauc verify' (the signature
 #     against HSMSIGN_RAUC_KEYRING and, for verity and crypt bundles, every
@@ -105,6 +108,16 @@ python () {
                 % (d.getVar("PN"), hsmsign.bitbake.uri_identity(theirs), key))
     d.setVar("RAUC_KEY_FILE", key)
     d.setVarFlag("RAUC_KEY_FILE", "vardepvalue", "${HSMSIGN_KEY_ID_RAUC}")
+    # meta-rauc's 'rauc convert' call (casync bundles) has --key=${RAUC_KEY_FILE} unquoted: the ';' of
+    # the key's URI would end the shell command there. Quote it, as its 'rauc bundle' call does.
+    body = d.getVar("do_bundle", False) or ""
+    if "--key=${RAUC_KEY_FILE}" in body:
+        d.setVar("do_bundle", body.replace("--key=${RAUC_KEY_FILE}", '--key="${RAUC_KEY_FILE}"'))
+    # RAUC_KEY_FILE names no file now: out of do_bundle's file checksums (BitBake would warn that it
+    # cannot checksum 'pkcs11'); the key's identity is in the task hash through its vardepvalue
+    checksums = d.getVarFlag("do_bundle", "file-checksums", False) or ""
+    if "${RAUC_KEY_FILE}:False" in checksums:
+        d.setVarFlag("do_bundle", "file-checksums", checksums.replace("${RAUC_KEY_FILE}:False", ""))
     hsmsign_hook_task(d, "do_bundle", "RAUC")
     d.appendVarFlag("do_bundle", "prefuncs", " hsmsign_rauc_prepare")
     d.appendVarFlag("do_bundle", "postfuncs", " hsmsign_rauc_check")

@@ -166,6 +166,11 @@ def test_recipe_names_the_key_not_a_file(rauc_build: RaucBuild) -> None:
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     env = done.stdout
     assert re.search(r'^RAUC_KEY_FILE="pkcs11:token=hsmsign-dev;object=test-rauc"$', env, re.M)
+    # every rauc call quotes the key (meta-rauc's 'rauc convert' does not: the class does), and the
+    # URI is not in do_bundle's file checksums (BitBake would warn it cannot checksum 'pkcs11')
+    assert '--key="pkcs11:token=hsmsign-dev;object=test-rauc"' in env
+    assert "--key=pkcs11:" not in env
+    assert "pkcs11:" not in flag(rauc_build, "file-checksums")
     depends = re.search(r'^DEPENDS="(.*)"$', env, re.M)
     assert depends and {"libp11-native", "cryptsetup-native"} <= set(depends.group(1).split())
     assert {"hsmsign_prepare_env", "hsmsign_rauc_prepare"} <= set(flag(rauc_build, "prefuncs").split())
@@ -260,6 +265,7 @@ def test_casync_bundle_converted_through_the_token(rauc_build: RaucBuild) -> Non
         out = done.stdout + done.stderr
         assert done.returncode == 0, out[-6000:]
         assert rb.pin not in out
+        assert "Unable to get checksum" not in out, out[-3000:]
         links = [
             p
             for p in glob.glob(os.path.join(rb.deploy_dir(), "casync-hsmsign-test-bundle-*.raucb"))
