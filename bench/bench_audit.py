@@ -10,7 +10,7 @@ planted secrets each one found.
     python3 bench/bench_audit.py [--text-mb 20] [--binary-mb 200] [--repeat 3]
 
 Needs: cryptography; detect-secrets (pip install detect-secrets) for the comparison.
-Not run by the test suite.
+The test suite runs it on a tiny input (tests/integration/test_benches.py), to keep it working.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ writing. Prints the median of N runs and the ratios against mkimage.
     python3 bench/bench_fit.py [--runs 5] [--kernel-mib 32]
 
 Needs SoftHSM, libengine-pkcs11-openssl and U-Boot's mkimage (scripts/deps/fit.apt).
-Not run by the test suite.
+The test suite runs it on a tiny input (tests/integration/test_benches.py), to keep it working.
 """
 
 from __future__ import annotations
