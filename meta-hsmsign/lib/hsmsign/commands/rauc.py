@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 from .common import emit, open_key_from_args, warn
@@ -63,22 +63,7 @@ def register(sub: Any, parents: Any) -> None:
     )
     p.add_argument("input", metavar="INPUTDIR", help="the bundle directory (manifest.raucm and the images)")
     p.add_argument("output", metavar="OUT.raucb", help="the bundle to write (replaced if it exists)")
-    _cert_arguments(p)
-    p.add_argument(
-        "--intermediate",
-        action="append",
-        default=[],
-        metavar="CA.pem",
-        help="intermediate CA certificate to put into the signature (repeatable)",
-    )
-    p.add_argument(
-        "--rauc-arg",
-        action="append",
-        default=[],
-        metavar="ARG",
-        help="an argument for 'rauc bundle', e.g. --rauc-arg=--mksquashfs-args=-comp\\ zstd (repeatable)",
-    )
-    p.add_argument("--rauc", default="rauc", metavar="PATH", help="the rauc program (default: rauc in PATH)")
+    _signing_arguments(p, "bundle", "--rauc-arg=--mksquashfs-args=-comp\\ zstd")
     p.set_defaults(func=run_bundle)
 
     p = verbs.add_parser(
@@ -98,22 +83,7 @@ def register(sub: Any, parents: Any) -> None:
         help="the casync bundle to write; its chunk store goes next to it as OUT.castr, where RAUC "
         "looks for it (both replaced if they exist)",
     )
-    _cert_arguments(p)
-    p.add_argument(
-        "--intermediate",
-        action="append",
-        default=[],
-        metavar="CA.pem",
-        help="intermediate CA certificate to put into the signature (repeatable)",
-    )
-    p.add_argument(
-        "--rauc-arg",
-        action="append",
-        default=[],
-        metavar="ARG",
-        help="an argument for 'rauc convert', e.g. --rauc-arg=--trust-environment (repeatable)",
-    )
-    p.add_argument("--rauc", default="rauc", metavar="PATH", help="the rauc program (default: rauc in PATH)")
+    _signing_arguments(p, "convert", "--rauc-arg=--trust-environment")
     p.set_defaults(func=run_convert)
 
     p = verbs.add_parser(
@@ -154,6 +124,26 @@ def register(sub: Any, parents: Any) -> None:
     _cert_arguments(p, keyring=False)
     p.set_defaults(func=run_preflight)
     top.set_defaults(func=lambda args: (top.print_help(), 2)[1])
+
+
+def _signing_arguments(p: Any, verb: str, example: str) -> None:
+    """The options of the verbs where rauc signs (``bundle``, ``convert``)."""
+    _cert_arguments(p)
+    p.add_argument(
+        "--intermediate",
+        action="append",
+        default=[],
+        metavar="CA.pem",
+        help="intermediate CA certificate to put into the signature (repeatable)",
+    )
+    p.add_argument(
+        "--rauc-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help=f"an argument for 'rauc {verb}', e.g. {example} (repeatable)",
+    )
+    p.add_argument("--rauc", default="rauc", metavar="PATH", help="the rauc program (default: rauc in PATH)")
 
 
 def _cert_arguments(p: Any, keyring: bool = True) -> None:
@@ -291,13 +281,7 @@ def run_bundle(args: Any) -> int:
         raise ConfigError(
             f"{args.input} has no manifest.raucm", "give the bundle directory: manifest.raucm and the images"
         )
-
-    def argv(program: str, identity: str, built: str) -> list[str]:
-        head = [program, "bundle", f"--cert={args.cert}", f"--key={identity}"]
-        head += [f"--intermediate={path}" for path in args.intermediate]
-        return [*head, *args.rauc_arg, args.input, built]
-
-    return _rauc_signs(args, "rauc bundle", argv)
+    return _rauc_signs(args, "bundle")
 
 
 def run_convert(args: Any) -> int:
@@ -310,22 +294,14 @@ def run_convert(args: Any) -> int:
         )
     if not os.path.isfile(args.input):
         raise ConfigError(f"{args.input} is not a file", "give the signed bundle to convert (.raucb)")
-    keyring = args.keyring or args.cert
-
-    def argv(program: str, identity: str, built: str) -> list[str]:
-        head = [program, "convert", f"--cert={args.cert}", f"--key={identity}", f"--keyring={keyring}"]
-        head += [f"--intermediate={path}" for path in args.intermediate]
-        return [*head, *args.rauc_arg, args.input, built]
-
-    return _rauc_signs(args, "rauc convert", argv, store=args.output[: -len(".raucb")] + ".castr")
+    store = args.output[: -len(".raucb")] + ".castr"
+    return _rauc_signs(args, "convert", [f"--keyring={args.keyring or args.cert}"], store)
 
 
-def _rauc_signs(
-    args: Any, what: str, rauc_argv: Callable[[str, str, str], list[str]], store: str | None = None
-) -> int:
-    """rauc signs with the token key (``rauc_argv(program, key URI, scratch output)``), then the
-    bundle is checked three ways at once; it gets its name (and ``store``, rauc's casync chunk
-    store, its place) with its ledger entry, or nothing is written."""
+def _rauc_signs(args: Any, verb: str, extra: Sequence[str] = (), store: str | None = None) -> int:
+    """``rauc VERB`` signs ``args.input`` with the token key (``extra``: more of its options),
+    then the bundle is checked three ways at once; it gets its name (and ``store``, rauc's
+    casync chunk store, its place) with its ledger entry, or nothing is written."""
     from .. import atomic, ledger, token
     from .. import pin as pinmod
     from ..errors import HsmsignError, VerificationError
@@ -349,10 +325,16 @@ def _rauc_signs(
         env[RAUC_PIN_ENV] = pin
     with atomic.scratch_directory(".hsmsign-rauc-", os.path.dirname(output)) as scratch:
         built = os.path.join(scratch, "bundle.raucb")
-        _run_rauc(rauc_argv(program, identity, built), env, what)
+        what = f"rauc {verb}"
+        argv = [program, verb, f"--cert={args.cert}", f"--key={identity}", *extra]
+        argv += [f"--intermediate={path}" for path in args.intermediate]
+        _run_rauc([*argv, *args.rauc_arg, args.input, built], env, what)
         built_store = os.path.join(scratch, "bundle.castr")
         if store is not None and not os.path.isdir(built_store):
-            raise VerificationError(f"{what} wrote no chunk store", "nothing was written")
+            raise VerificationError(
+                f"{what} wrote no chunk store",
+                "nothing was written; is casync installed (apt-get install casync)?",
+            )
         # three checks at once (each reads the bundle; two cores make them nearly free): hsmsign's
         # (the signature, every payload block), the device's own (rauc info against the keyring),
         # and the bundle's sha256 for the ledger, then fsync
