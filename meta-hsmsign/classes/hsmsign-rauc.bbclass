@@ -13,8 +13,9 @@
 # that key, a public file ('hsmsign cert --uri ... --output rauc.pem' makes one).
 # For do_bundle only:
 #   * prefunc hsmsign_rauc_prepare: 'hsmsign rauc preflight' opens the key under
-#     the mode's policy (development keys, published keys, pinned fingerprints)
-#     and checks that RAUC_CERT_FILE belongs to it; then the module
+#     the mode's policy (development keys, published keys, pinned fingerprints),
+#     checks that RAUC_CERT_FILE belongs to it and that libp11-native can list the
+#     token's keys (before 0.4.18 it cannot if one is Ed25519); then the module
 #     (RAUC_PKCS11_MODULE), the PIN (RAUC_PKCS11_PIN) and libp11-native's engine
 #     directory (OPENSSL_ENGINES) go into the task process's environment, where
 #     rauc reads them: never into a variable, a run script or a log.
@@ -49,7 +50,10 @@ python hsmsign_rauc_prepare() {
         bb.fatal("meta-hsmsign: RAUC_CERT_FILE %s: rauc needs the certificate of the signing key. What to do: "
                  "hsmsign cert --uri \"$HSM_PKCS11_URI_RAUC\" --subject \"CN=...\" --output rauc.pem, and set "
                  "RAUC_CERT_FILE to that file" % ("is not set" if not cert else "names no file (%s)" % cert))
-    hsmsign_run(d, ["rauc", "preflight", "--uri", hsmsign.bitbake.role_uri(d, "RAUC"), "--cert", cert], "RAUC")
+    preflight = ["rauc", "preflight", "--uri", hsmsign.bitbake.role_uri(d, "RAUC"), "--cert", cert]
+    # libp11-native's version: a token with a key it cannot list (before 0.4.18, Ed25519) fails here, clearly
+    libp11 = hsmsign.bitbake.libp11_version(d.getVar("STAGING_LIBDIR_NATIVE"))
+    hsmsign_run(d, preflight + (["--libp11-version", libp11] if libp11 else []), "RAUC")
     try:
         env = hsmsign.bitbake.rauc_env(d, d.getVar("BB_ORIGENV", False), d.expand("${STAGING_LIBDIR_NATIVE}/engines-3"))
     except hsmsign.bitbake.TaskError as exc:

@@ -426,3 +426,45 @@ def test_hsmsign_rauc_convert(
         assert refused.returncode == code and message in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr and "\\n" not in refused.stderr
         assert sorted(p.name for p in out.parent.iterdir()) == before
+
+
+def test_a_token_libp11_cannot_list_is_named_before_rauc_fails_on_it(
+    rauc: str, softhsm: SoftHsm, tmp_path: Path
+) -> None:
+    """An Ed25519 key on the RAUC key's token: Debian's libp11 (0.4.12) then finds no key at all
+    and rauc fails. The preflight refuses that token for such a libp11 and passes it for 0.4.18;
+    without a version it warns; rauc bundle warns, and its failure says why."""
+    own = softhsm.own_token("hsmsign-test-ed")
+    uri = own.keygen("rauc-beside-ed", "rsa:2048")
+    try:
+        own.keygen("ed25519", "ed25519")
+    except Exception as exc:  # noqa: BLE001 - SoftHSM built without EdDSA
+        pytest.skip(f"this SoftHSM cannot make Ed25519 keys: {exc}")
+    cert = _cert(softhsm, uri, tmp_path / "rauc.pem", "CN=beside an Ed25519 key")
+    preflight = ("rauc", "preflight", *DEV, "--uri", uri, "--cert", str(cert))
+
+    old = softhsm.run_cli(*preflight, "--libp11-version", "0.4.12")
+    assert old.returncode != 0
+    assert old.stderr.startswith("hsmsign: error: token 'hsmsign-test-ed' also holds 'ed25519' (Ed25519/")
+    assert "libp11 0.4.12 cannot list" in old.stderr and "another token" in old.stderr
+    assert "Traceback" not in old.stderr
+
+    new = softhsm.run_cli(*preflight, "--libp11-version", "0.4.18")
+    assert new.returncode == 0, new.stderr
+    assert "libp11" not in new.stderr and "; libp11 0.4.18 can list every key on the token;" in new.stdout
+
+    unknown = softhsm.run_cli(*preflight)
+    assert unknown.returncode == 0, unknown.stderr
+    assert "warning: token 'hsmsign-test-ed' also holds 'ed25519'" in unknown.stderr
+
+    junk = softhsm.run_cli(*preflight, "--libp11-version", "new")
+    assert junk.returncode == 2 and "not a libp11 version: 'new'" in junk.stderr
+
+    # what the warning says is what happens: rauc with Debian's libp11 finds no key
+    out = tmp_path / "update.raucb"
+    done = make_bundle(softhsm, (uri, cert), bundle_dir(tmp_path, "verity"), out)
+    if done.returncode == 0:
+        pytest.fail("this rauc's libp11 lists a token with an Ed25519 key: say so in docs/rauc.md")
+    assert "warning: token 'hsmsign-test-ed' also holds 'ed25519'" in done.stderr
+    assert "libp11 could not list the token's keys: a key of a type it does not know" in done.stderr
+    assert not out.exists()

@@ -6,7 +6,8 @@ meta-rauc's bundle class (from the release's snapshot) builds the test layer's
 ``rauc-native`` that runs Debian's rauc, and the host's ``mksquashfs``. hsmsign-rauc.bbclass
 sets RAUC_KEY_FILE to the token key's URI, puts the module and the PIN into rauc's
 environment for do_bundle only (OpenSSL's pkcs11 engine from Debian's libengine-pkcs11-openssl,
-since libp11-native cannot be built offline), and checks every bundle after signing.
+since libp11-native cannot be built offline: a stand-in gives its version), and checks every
+bundle after signing.
 Environment: bbenv.py.
 """
 
@@ -43,7 +44,7 @@ pytestmark = [
 class RaucBuild(StandinBuild):
     FOLDER = "rauc"
     MACHINE = "qemux86-64"
-    NATIVE = StandinBuild.NATIVE + " squashfs-tools-native libp11-native cryptsetup-native"
+    NATIVE = StandinBuild.NATIVE + " squashfs-tools-native cryptsetup-native"
     LAYERS = {"rauc": META_RAUC}
     cert = ""
     other_cert = ""
@@ -143,6 +144,8 @@ def test_bundle_signed_by_rauc_through_the_token_and_checked(rauc_build: RaucBui
         with open(logs[0], encoding="utf-8") as fh:
             log = fh.read()
         assert "rauc signs with pkcs11:token=hsmsign-dev;object=test-rauc" in log
+        # the preflight had libp11-native's version (the stand-in's libp11.pc)
+        assert "libp11 0.4.12 can list every key on the token" in log, log[-3000:]
         assert "checked by hsmsign and by rauc info" in log
         with open(os.path.join(rb.build.topdir, "ledger.jsonl"), encoding="utf-8") as fh:
             entries = [json.loads(line) for line in fh]
@@ -296,3 +299,33 @@ def test_casync_bundle_converted_through_the_token(rauc_build: RaucBuild) -> Non
         bbenv.assert_no_secrets(rb.build, rb.pin)
     finally:
         rb.conf()
+
+
+def test_a_token_libp11_native_cannot_list_stops_the_task_before_rauc(rauc_build: RaucBuild) -> None:
+    """An Ed25519 key next to the RAUC key: libp11-native 0.4.12 would find no key on that token
+    and rauc would fail opaquely. The prefunc's preflight, given libp11-native's version, stops
+    do_bundle first and names the key in the way; nothing is deployed. (Last in this file: the
+    key is removed afterwards.)"""
+    rb = rauc_build
+    env = {"SOFTHSM2_CONF": os.path.join(rb.devhome, "softhsm2.conf")}
+    made = bbenv.hsmsign(
+        "keygen", "--uri", rb.uri("test-ed25519"), "--mode", "development", "--type", "ed25519", env=env
+    )
+    assert made.returncode == 0, made.stderr
+    try:
+        rb.bitbake("-c", "cleansstate", "hsmsign-test-bundle")
+        done = rb.bitbake(TARGET)
+        out = done.stdout + done.stderr
+        assert done.returncode != 0, out[-3000:]
+        refusal = "also holds 'test-ed25519' (Ed25519/Ed448), a key type libp11 0.4.12 cannot list"
+        assert refusal in out, out[-3000:]
+        assert "keep such keys on another token" in out
+        assert rb.pin not in out
+        assert not glob.glob(os.path.join(rb.deploy_dir(), "hsmsign-test-bundle-*.raucb"))
+    finally:
+        for kind in ("privkey", "pubkey"):
+            subprocess.run(
+                ["pkcs11-tool", "--module", SOFTHSM, "--token-label", "hsmsign-dev", "--login",
+                 "--pin", rb.pin, "--delete-object", "--type", kind, "--label", "test-ed25519"],
+                env={**os.environ, **env}, capture_output=True, check=False,
+            )  # fmt: skip

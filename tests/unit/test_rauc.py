@@ -139,3 +139,28 @@ def test_rauc_bundles_are_the_signed_ones(tmp_path: Path) -> None:
         str(tmp_path / "bundle.raucb"),
         str(tmp_path / "casync-bundle.raucb"),
     ]
+
+
+def test_libp11_versions_and_the_key_types_they_list(tmp_path: Path) -> None:
+    from hsmsign.token import listing
+
+    assert listing.parse_libp11_version("0.4.12") == (0, 4, 12)
+    assert listing.parse_libp11_version(" 0.4.20+git \n") == (0, 4, 20)
+    for bad in ("", "new", "0.4.x", "v0.4.12"):
+        with pytest.raises(ValueError, match="not a libp11 version"):
+            listing.parse_libp11_version(bad)
+    assert listing.libp11_known_types((0, 4, 12)) == ("RSA", "EC")
+    assert listing.libp11_known_types((0, 4, 17, 9)) == ("RSA", "EC")
+    assert "EC_EDWARDS" in listing.libp11_known_types((0, 4, 18))
+    assert "EC_MONTGOMERY" not in listing.libp11_known_types((0, 4, 18))
+    assert "EC_MONTGOMERY" in listing.libp11_known_types((0, 5))
+
+    # libp11-native's version, from the pkg-config file it installs into the native sysroot
+    lib = tmp_path / "usr" / "lib"
+    assert hb.libp11_version(str(lib)) == ""
+    (lib / "pkgconfig").mkdir(parents=True)
+    (lib / "pkgconfig" / "libp11.pc").write_text(
+        "prefix=/usr\nlibdir=${prefix}/lib\n\nName: libp11\nDescription: libp11\nVersion: 0.4.12\n"
+        "Libs: -L${libdir} -lp11\n"
+    )
+    assert hb.libp11_version(str(lib)) == "0.4.12"

@@ -171,6 +171,19 @@ def rauc_env(d: Datastore, origenv: Any, engines_dir: str = "") -> dict[str, str
     return env
 
 
+def libp11_version(libdir: str) -> str:
+    """The version of the libp11 whose pkg-config file is in ``libdir``/pkgconfig (libp11-native's,
+    in the recipe's native sysroot), or "" when it is not there (the host's engine)."""
+    try:
+        with open(os.path.join(libdir, "pkgconfig", "libp11.pc"), encoding="utf-8") as pc:
+            for line in pc:
+                if line.startswith("Version:"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def rauc_bundles(b: str) -> list[str]:
     """The bundles meta-rauc's do_bundle left in ``${B}``: every one that carries a signature
     (bundle.raucb, casync-bundle.raucb); encrypted-bundle.raucb is the signed bundle encrypted

@@ -122,6 +122,13 @@ def register(sub: Any, parents: Any) -> None:
         help="check the key (policy, pins) and that the certificate belongs to it, before rauc signs",
     )
     _cert_arguments(p, keyring=False)
+    p.add_argument(
+        "--libp11-version",
+        type=_libp11_version,
+        metavar="VERSION",
+        help="the libp11 rauc signs through (the layer passes libp11-native's): refuse a token with a key "
+        "it cannot list (before 0.4.18: Ed25519), where it would find no key at all; without it, warn",
+    )
     p.set_defaults(func=run_preflight)
     top.set_defaults(func=lambda args: (top.print_help(), 2)[1])
 
@@ -191,16 +198,58 @@ def _check_key(args: Any, key: Any, cert: Any) -> None:
         )
 
 
+def _libp11_version(text: str) -> tuple[int, ...]:
+    from ..token.listing import parse_libp11_version
+
+    try:
+        return parse_libp11_version(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _check_libp11(key: Any, version: tuple[int, ...] | None) -> str:
+    """rauc finds its key through libp11, which gives up on a token that holds a key of a type it
+    does not know: refuse such a token for a known libp11 ``version``; warn without one. What
+    passed, for the report."""
+    from ..errors import ConfigError
+    from ..token.listing import keys_libp11_cannot_list
+
+    blockers, unnamed = keys_libp11_cannot_list(key, version or (0, 4, 12))
+    if unnamed:
+        warn(
+            f"token '{key.token_info.label}' holds a key of a type hsmsign cannot name; if libp11 does not "
+            "know it either, rauc will fail with 'Unable to enumerate private keys': then keep that key "
+            "on another token"
+        )
+    if not blockers:
+        return f"; libp11 {'.'.join(map(str, version))} can list every key on the token" if version else ""
+    where = f"token '{key.token_info.label}' also holds {', '.join(blockers)}"
+    todo = "keep such keys on another token than the one rauc signs with"
+    if version is not None:
+        text = ".".join(map(str, version))
+        raise ConfigError(
+            f"{where}, a key type libp11 {text} cannot list: it then finds no key on that token and "
+            "rauc fails ('Unable to enumerate private keys')",
+            f"{todo}, or sign with a newer libp11 (0.4.18 knows Ed25519 keys)",
+        )
+    warn(
+        f"{where}: libp11 before 0.4.18 (Debian bookworm's, scarthgap's libp11-native) cannot list a "
+        f"token with such a key, and rauc would fail with 'Unable to enumerate private keys'; {todo}"
+    )
+    return ""
+
+
 def run_preflight(args: Any) -> int:
     args.role = args.role or "RAUC"
     cert = _certificate(args.cert)
     with open_key_from_args(args) as key:
         _check_key(args, key, cert)
+        listed = _check_libp11(key, args.libp11_version)
         label, fingerprint, identity = key.label, key.fingerprint, key.uri.identity()
     emit(
         args,
         f"OK: key {label} (sha256:{fingerprint}) passes the {args.mode} policy and {args.cert} belongs "
-        f"to it; rauc signs with --key='{identity}'",
+        f"to it{listed}; rauc signs with --key='{identity}'",
         {"key": label, "key_fingerprint": fingerprint, "uri": identity, "mode": args.mode},
     )
     return 0
@@ -254,6 +303,11 @@ def _finish_rauc(proc: subprocess.Popen[str], what: str) -> None:
     text = "\n".join(lines)
     if "failed to load PKCS11 engine" in text or "ENGINE_by_id" in text:
         hint = "rauc found no pkcs11 engine: apt-get install libengine-pkcs11-openssl (libp11); " + hint
+    elif "enumerate private keys" in text:
+        hint = (
+            "libp11 could not list the token's keys: a key of a type it does not know stops it (before "
+            "0.4.18, an Ed25519 key); keep such keys on another token; " + hint
+        )
     elif "unsuitable certificate purpose" in text:
         hint = "make the certificate with 'hsmsign cert' (emailProtection and codeSigning); " + hint
     raise SigningError(f"{what} failed: {detail}", hint)
@@ -315,6 +369,7 @@ def _rauc_signs(args: Any, verb: str, extra: Sequence[str] = (), store: str | No
     batch = ledger.Batch(getattr(args, "ledger", None))
     with open_key_from_args(args) as key:
         _check_key(args, key, cert)
+        _check_libp11(key, None)
         module, pin, identity = key.module, key.login_pin(), key.uri.identity()
         label, fingerprint = key.label, key.fingerprint
     token.close_all()  # rauc logs in on its own session

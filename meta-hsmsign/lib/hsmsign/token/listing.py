@@ -56,3 +56,57 @@ def list_keys(
                 }
             )
     return sorted(out, key=lambda k: (k["label"], k["id"]))
+
+
+# The key types libp11 (OpenSSL's pkcs11 engine, which rauc, sbsign, mkimage -N pkcs11 and
+# openssl load) knows, by release. libp11 lists a token's keys to find the one a URI names, and
+# up to 0.4.20 at least it stops at the first key object of a type it does not know: then it
+# finds no key at all ("Unable to enumerate private keys"), whichever key the URI names.
+_LIBP11_TYPES: tuple[tuple[tuple[int, ...], tuple[str, ...]], ...] = (
+    ((0, 4, 19), ("RSA", "EC", "EC_EDWARDS", "EC_MONTGOMERY")),
+    ((0, 4, 18), ("RSA", "EC", "EC_EDWARDS")),
+    ((0,), ("RSA", "EC")),
+)
+
+
+def parse_libp11_version(text: str) -> tuple[int, ...]:
+    """``0.4.12`` (a pkg-config ``Version:``, a recipe's PV) to (0, 4, 12); ValueError if it is none."""
+    parts = text.strip().split("+")[0].split("-")[0].split(".")
+    if not text.strip() or not all(p.isdigit() for p in parts):
+        raise ValueError(f"not a libp11 version: {text!r} (expected e.g. 0.4.12)")
+    return tuple(int(p) for p in parts)
+
+
+def libp11_known_types(version: tuple[int, ...]) -> tuple[str, ...]:
+    """The PKCS#11 key types (``KeyType`` names) that libp11 ``version`` can list."""
+    return next(types for since, types in _LIBP11_TYPES if version >= since)
+
+
+def keys_libp11_cannot_list(key: Any, version: tuple[int, ...]) -> tuple[list[str], bool]:
+    """The key objects on ``key``'s token (a logged-in :class:`TokenKey`) that stop libp11
+    ``version`` listing the token's keys (``"'label' (Ed25519/Ed448)"`` each), and whether the
+    token also holds a key of a type python-pkcs11 cannot name (which libp11 may or may not know)."""
+    from pkcs11 import Attribute, ObjectClass
+
+    known = libp11_known_types(version)
+    opened = key._opened
+    found: set[str] = set()
+    unnamed = False
+    for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+
+        def named(c: Any = cls) -> list[tuple[str, str]]:
+            return [
+                (str(obj[Attribute.LABEL]), obj.key_type.name)
+                for obj in opened.session.get_objects({Attribute.CLASS: c})
+            ]
+
+        try:
+            objs = opened.call("listing keys", named, key.uri)
+        except ValueError:  # python-pkcs11 refuses a key type it has no name for
+            unnamed = True
+            continue
+        found.update(f"'{label}' ({_TYPE_NAMES.get(t, t)})" for label, t in objs if t not in known)
+    return sorted(found), unnamed
+
+
+_TYPE_NAMES = {"EC_EDWARDS": "Ed25519/Ed448", "EC_MONTGOMERY": "X25519/X448"}
