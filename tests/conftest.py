@@ -29,8 +29,10 @@ if str(LIB) not in sys.path:
     sys.path.insert(0, str(LIB))
 
 TOKEN_LABEL = "hsmsign-test"
-# tokens of their own, for keys libp11 0.4.12 cannot list (SoftHsm.keygen says why)
-OWN_TOKENS = ("hsmsign-test-ed",)
+# tokens of their own, for keys libp11 0.4.12 cannot list (SoftHsm.keygen says why); none may
+# begin with TOKEN_LABEL: pkcs11-tool's --token-label takes the first token whose label it begins
+OWN_TOKENS = ("edwards-keys",)
+assert not any(label.startswith(TOKEN_LABEL) for label in OWN_TOKENS)
 
 
 def _softhsm_module() -> str | None:

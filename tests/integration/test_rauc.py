@@ -434,7 +434,7 @@ def test_a_token_libp11_cannot_list_is_named_before_rauc_fails_on_it(
     """An Ed25519 key on the RAUC key's token: Debian's libp11 (0.4.12) then finds no key at all
     and rauc fails. The preflight refuses that token for such a libp11 and passes it for 0.4.18;
     without a version it warns; rauc bundle warns, and its failure says why."""
-    own = softhsm.own_token("hsmsign-test-ed")
+    own = softhsm.own_token("edwards-keys")
     uri = own.keygen("rauc-beside-ed", "rsa:2048")
     try:
         own.keygen("ed25519", "ed25519")
@@ -445,7 +445,7 @@ def test_a_token_libp11_cannot_list_is_named_before_rauc_fails_on_it(
 
     old = softhsm.run_cli(*preflight, "--libp11-version", "0.4.12")
     assert old.returncode != 0
-    assert old.stderr.startswith("hsmsign: error: token 'hsmsign-test-ed' also holds 'ed25519' (Ed25519/")
+    assert old.stderr.startswith("hsmsign: error: token 'edwards-keys' also holds 'ed25519' (Ed25519/")
     assert "libp11 0.4.12 cannot list" in old.stderr and "another token" in old.stderr
     assert "Traceback" not in old.stderr
 
@@ -455,7 +455,7 @@ def test_a_token_libp11_cannot_list_is_named_before_rauc_fails_on_it(
 
     unknown = softhsm.run_cli(*preflight)
     assert unknown.returncode == 0, unknown.stderr
-    assert "warning: token 'hsmsign-test-ed' also holds 'ed25519'" in unknown.stderr
+    assert "warning: token 'edwards-keys' also holds 'ed25519'" in unknown.stderr
 
     junk = softhsm.run_cli(*preflight, "--libp11-version", "new")
     assert junk.returncode == 2 and "not a libp11 version: 'new'" in junk.stderr
@@ -465,6 +465,6 @@ def test_a_token_libp11_cannot_list_is_named_before_rauc_fails_on_it(
     done = make_bundle(softhsm, (uri, cert), bundle_dir(tmp_path, "verity"), out)
     if done.returncode == 0:
         pytest.fail("this rauc's libp11 lists a token with an Ed25519 key: say so in docs/rauc.md")
-    assert "warning: token 'hsmsign-test-ed' also holds 'ed25519'" in done.stderr
+    assert "warning: token 'edwards-keys' also holds 'ed25519'" in done.stderr
     assert "libp11 could not list the token's keys: a key of a type it does not know" in done.stderr
     assert not out.exists()

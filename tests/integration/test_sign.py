@@ -127,7 +127,7 @@ def test_ecdsa_der_and_raw(
 
 
 def test_ed25519_where_the_token_offers_it(softhsm: SoftHsm, tmp_path: Path) -> None:
-    own = softhsm.own_token("hsmsign-test-ed")  # libp11 0.4.12 cannot list a token with one in it
+    own = softhsm.own_token("edwards-keys")  # libp11 0.4.12 cannot list a token with one in it
     try:
         uri = own.keygen("ed25519", "ed25519")
     except Exception as exc:  # noqa: BLE001 - SoftHSM built without EdDSA
