@@ -469,6 +469,7 @@ def test_doctor_reports_each_step(softhsm: SoftHsm, rsa2048: str) -> None:
         "key": True,
         "policy": True,
         "sign": True,
+        "libp11": True,
     }
     bad = softhsm.run_cli("doctor", "--uri", softhsm.uri("nope"), "--mode", "development")
     assert bad.returncode == 3
@@ -476,6 +477,25 @@ def test_doctor_reports_each_step(softhsm: SoftHsm, rsa2048: str) -> None:
     prod = softhsm.run_cli("doctor", "--uri", rsa2048, "--mode", "production")
     assert prod.returncode == 4
     assert "[FAIL] policy" in prod.stdout and "software token" in prod.stdout
+
+
+def test_doctor_signs_with_an_ed25519_key_and_names_what_libp11_cannot_list(
+    softhsm: SoftHsm, rsa2048: str
+) -> None:
+    """An Ed25519 key gets a real test signature (pure EdDSA), and its token the note that tools
+    going through libp11 before 0.4.18 find no key on it; the shared token (RSA and EC only) not."""
+    own = softhsm.own_token("edwards-keys")
+    try:
+        uri = own.keygen("ed25519", "ed25519")
+    except Exception as exc:  # noqa: BLE001 - SoftHSM built without EdDSA
+        pytest.skip(f"this SoftHSM cannot make Ed25519 keys: {exc}")
+    done = softhsm.run_cli("doctor", "--uri", uri, "--mode", "development", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    checks = {c["check"]: c for c in json.loads(done.stdout)["checks"]}
+    assert checks["key"]["detail"].startswith("ed25519: ed25519 256") and checks["sign"]["ok"]
+    assert "the token holds 'ed25519' (Ed25519/Ed448)" in checks["libp11"]["detail"]
+    plain = softhsm.run_cli("doctor", "--uri", rsa2048, "--mode", "development")
+    assert "[ok  ] libp11         every key on the token is one libp11 lists" in plain.stdout, plain.stdout
 
 
 def test_dev_init_is_idempotent_and_marked(softhsm: SoftHsm, tmp_path: Path, artifact: Path) -> None:

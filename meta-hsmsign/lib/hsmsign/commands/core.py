@@ -82,7 +82,8 @@ def register(sub: Any, parents: Any) -> None:
         "doctor",
         parents=[parents.token, parents.output],
         formatter_class=raw,
-        help="check module, token, login, key and policy step by step",
+        help="check module, token, login, key, policy and a test signature step by step, and whether "
+        "libp11 (rauc, sbsign) can list the token's keys",
         epilog='examples:\n  hsmsign doctor --uri "$HSM_PKCS11_URI" --mode production',
     )
     p.set_defaults(func=run_doctor)
@@ -410,13 +411,37 @@ def run_doctor(args: Any) -> int:
                 )
             import hashlib
 
-            digest = hashlib.sha256(b"hsmsign doctor").digest()
-            if key.key_type != "ed25519":
-                key.sign_digest(digest, "sha256")
+            if key.key_type == "ed25519":  # pure EdDSA signs the message; checked here as 'sign' does
+                from cryptography.exceptions import InvalidSignature
+
+                sig = key.sign_message(b"hsmsign doctor")
+                try:
+                    key.public_key().verify(sig, b"hsmsign doctor")
+                except InvalidSignature:
+                    step("sign", False, "the token's Ed25519 signature does not verify", "check the module")
+                    return finish()
+            else:
+                key.sign_digest(hashlib.sha256(b"hsmsign doctor").digest(), "sha256")
             step("sign", True, "test signature made and verified")
+            step("libp11", True, _libp11_note(key))
     except HsmsignError as exc:
         step("key", False, exc.message, exc.hint or "")
     return finish()
+
+
+def _libp11_note(key: Any) -> str:
+    """What the tools that find their key through libp11 (rauc, sbsign, mkimage -N pkcs11, NXP's CST)
+    make of this token: libp11 gives up on a token at the first key of a type it does not know."""
+    from ..token.listing import keys_libp11_cannot_list
+
+    blockers, unnamed = keys_libp11_cannot_list(key, (0, 4, 12))
+    if not blockers and not unnamed:
+        return "every key on the token is one libp11 lists (rauc, sbsign, mkimage -N pkcs11 find theirs)"
+    held = ", ".join(blockers + (["a key of a type hsmsign cannot name"] if unnamed else []))
+    return (
+        f"note: the token holds {held}; hsmsign is not affected, but libp11 before 0.4.18 (rauc, sbsign, "
+        "mkimage -N pkcs11, NXP's CST) finds no key at all on it: keep such keys on another token"
+    )
 
 
 # --------------------------------------------------------------------------- keygen
