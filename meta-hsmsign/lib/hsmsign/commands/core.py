@@ -418,7 +418,13 @@ def run_doctor(args: Any) -> int:
                 try:
                     key.public_key().verify(sig, b"hsmsign doctor")
                 except InvalidSignature:
-                    step("sign", False, "the token's Ed25519 signature does not verify", "check the module")
+                    step(
+                        "sign",
+                        False,
+                        "the token's Ed25519 signature does not verify with the key's public half",
+                        "the module's EdDSA is broken or the public key object is not this key's: "
+                        "check the module's version, and the key pair with 'hsmsign info'",
+                    )
                     return finish()
             else:
                 key.sign_digest(hashlib.sha256(b"hsmsign doctor").digest(), "sha256")
@@ -432,9 +438,13 @@ def run_doctor(args: Any) -> int:
 def _libp11_note(key: Any) -> str:
     """What the tools that find their key through libp11 (rauc, sbsign, mkimage -N pkcs11, NXP's CST)
     make of this token: libp11 gives up on a token at the first key of a type it does not know."""
+    from ..errors import HsmsignError
     from ..token.listing import keys_libp11_cannot_list
 
-    blockers, unnamed = keys_libp11_cannot_list(key, (0, 4, 12))
+    try:
+        blockers, unnamed = keys_libp11_cannot_list(key, (0, 4, 12))
+    except HsmsignError as exc:
+        return f"note: could not list the token's keys ({exc.message})"
     if not blockers and not unnamed:
         return "every key on the token is one libp11 lists (rauc, sbsign, mkimage -N pkcs11 find theirs)"
     held = ", ".join(blockers + (["a key of a type hsmsign cannot name"] if unnamed else []))

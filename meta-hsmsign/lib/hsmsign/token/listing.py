@@ -83,30 +83,27 @@ def libp11_known_types(version: tuple[int, ...]) -> tuple[str, ...]:
 
 
 def keys_libp11_cannot_list(key: Any, version: tuple[int, ...]) -> tuple[list[str], bool]:
-    """The key objects on ``key``'s token (a logged-in :class:`TokenKey`) that stop libp11
-    ``version`` listing the token's keys (``"'label' (Ed25519/Ed448)"`` each), and whether the
-    token also holds a key of a type python-pkcs11 cannot name (which libp11 may or may not know)."""
+    """The private keys on ``key``'s token (a logged-in :class:`TokenKey`) that stop libp11
+    ``version`` finding a private key there (``"'label' (Ed25519/Ed448)"`` each: it lists the
+    private keys only, for a signing key), and whether the token also holds a private key of a
+    type python-pkcs11 cannot name (which libp11 may or may not know). One search, and one
+    attribute read per key: a signing token holds a few keys, not thousands."""
     from pkcs11 import Attribute, ObjectClass
 
     known = libp11_known_types(version)
     opened = key._opened
-    found: set[str] = set()
-    unnamed = False
-    for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
 
-        def named(c: Any = cls) -> list[tuple[str, str]]:
-            return [
-                (str(obj[Attribute.LABEL]), obj.key_type.name)
-                for obj in opened.session.get_objects({Attribute.CLASS: c})
-            ]
+    def named() -> list[tuple[str, str]]:
+        return [
+            (str(obj[Attribute.LABEL]), obj.key_type.name)
+            for obj in opened.session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})
+        ]
 
-        try:
-            objs = opened.call("listing keys", named, key.uri)
-        except ValueError:  # python-pkcs11 refuses a key type it has no name for
-            unnamed = True
-            continue
-        found.update(f"'{label}' ({_TYPE_NAMES.get(t, t)})" for label, t in objs if t not in known)
-    return sorted(found), unnamed
+    try:
+        objs = opened.call("listing keys", named, key.uri)
+    except ValueError:  # python-pkcs11 refuses a key type it has no name for
+        return [], True
+    return sorted({f"'{label}' ({_TYPE_NAMES.get(t, t)})" for label, t in objs if t not in known}), False
 
 
 _TYPE_NAMES = {"EC_EDWARDS": "Ed25519/Ed448", "EC_MONTGOMERY": "X25519/X448"}
