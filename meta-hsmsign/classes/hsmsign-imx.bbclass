@@ -81,6 +81,8 @@ python do_hsmsign_imx() {
         done = hsmsign.bitbake.imx_sign_images(d, d.getVar("BB_ORIGENV", False), images, d.getVar("HSMSIGN_IMX_WORKDIR"))
     except hsmsign.bitbake.TaskError as exc:
         bb.fatal("meta-hsmsign: %s" % exc)
+    for warning in done["warnings"]:
+        bb.warn("meta-hsmsign: " + warning)
     for item in done["signed"]:
         bb.note("signed %s AHAB container(s) of %s (%s)" % (item["containers"], item["image"], item["mem_type"]))
     bb.note("SRK hash %s; fuse words %s" % (done["srk_hash"], " ".join(done["fuse_words"] or [])))

@@ -235,7 +235,8 @@ python hsmsign_prepare_env() {
 hsmsign_prepare_env[vardepsexclude] = "BB_ORIGENV BB_CURRENTTASK"
 
 # Run hsmsign from a Python task of this layer: HSMSIGN_CMD ARGS with the child
-# environment (PIN from BB_ORIGENV, outside argv); fails the task on error.
+# environment (PIN from BB_ORIGENV, outside argv); fails the task on error. Its
+# warnings become BitBake warnings (shown at the end of the build, not only in the log).
 def hsmsign_run(d, args, role, cwd=None):
     try:
         done = hsmsign.bitbake.run(d, args, role, d.getVar("BB_ORIGENV", False), cwd=cwd)
@@ -243,6 +244,8 @@ def hsmsign_run(d, args, role, cwd=None):
         bb.fatal(str(exc))
     if done.stdout.strip():
         bb.note(done.stdout.strip())
+    for warning in hsmsign.bitbake.warnings_of(done.stderr):
+        bb.warn("meta-hsmsign: " + warning)
     return done
 hsmsign_run[vardepsexclude] = "BB_ORIGENV"
 

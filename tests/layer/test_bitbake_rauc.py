@@ -119,6 +119,7 @@ def test_bundle_signed_by_rauc_through_the_token_and_checked(rauc_build: RaucBui
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-6000:]
     assert rb.pin not in out
+    assert not re.search(r"^WARNING: .*meta-hsmsign: ", out, re.M), out[-3000:]  # a clean build: no warning
     bundle = rb.bundle()
     info = rauc_info(rb.cert, bundle)
     assert info.returncode == 0, info.stderr
@@ -322,7 +323,18 @@ def test_a_token_libp11_native_cannot_list_stops_the_task_before_rauc(rauc_build
         assert "keep such keys on another token" in out
         assert rb.pin not in out
         assert not glob.glob(os.path.join(rb.deploy_dir(), "hsmsign-test-bundle-*.raucb"))
+        # the host's engine (HSMSIGN_RAUC_DEPENDS empty): its version is unknown, so the preflight
+        # warns, and the warning is a BitBake warning, not a line in the log; rauc then fails
+        rb.conf(HSMSIGN_RAUC_DEPENDS="")
+        done = rb.bitbake(TARGET)
+        out = done.stdout + done.stderr
+        assert done.returncode != 0, out[-3000:]
+        shown = r"^WARNING: .*do_bundle: meta-hsmsign: token 'hsmsign-dev' also holds 'test-ed25519'"
+        assert re.search(shown, out, re.M), out[-3000:]
+        assert "failed to load PKCS11 private key" in out, out[-3000:]  # rauc, in meta-rauc's do_bundle
+        assert not glob.glob(os.path.join(rb.deploy_dir(), "hsmsign-test-bundle-*.raucb"))
     finally:
+        rb.conf()
         for kind in ("privkey", "pubkey"):
             subprocess.run(
                 ["pkcs11-tool", "--module", SOFTHSM, "--token-label", "hsmsign-dev", "--login",

@@ -347,6 +347,7 @@ def test_sign_task_runs_and_verifies(main_build: tuple[Build, str], tmp_path: ob
     done = build.run("-c", "hsmsign_test", "hsmsign-test-sign", env={"HSM_TEST_PIN": pin})
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
+    assert not re.search(r"^WARNING: .*meta-hsmsign: ", out, re.M), out[-3000:]  # hsmsign warned of nothing
     outdir = os.path.join(build.topdir, "hsmsign-test-out")
     payload = os.path.join(outdir, "payload.bin")
     verify = subprocess.run(

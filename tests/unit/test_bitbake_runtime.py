@@ -94,3 +94,26 @@ def test_swupdate_token_aes_helpers() -> None:
     # scarthgap (no swupdate_get_IV in meta-swupdate): every file gets the bundle IV, which the user may fix
     fixed = hb.SwupdateTokenAes(marker, "ab" * 16, False, lambda *a: None, fail)
     assert fixed.get_iv(_Flags(), None, "rootfs.ext4") == "ab" * 16
+
+
+def test_warnings_of_finds_hsmsign_warnings_only_and_redacts_them() -> None:
+    """What a class shows with bb.warn after a command that succeeded: hsmsign's warning lines
+    (both spellings the CLI prints), without their prefix; progress and other lines stay in the
+    log; a secret in a warning is redacted like every task output."""
+    stderr = "\n".join(
+        [
+            "hsmsign: warning: token 'acme' also holds 'fw-ed' (Ed25519/Ed448): keep it elsewhere",
+            "hashing rootfs.ext4: 50%",
+            "hsmsign: WARNING: production signing with a SOFTWARE token (acme) because X=1",
+            "hsmsign: warning: URI pkcs11:token=a;object=b?pin-value=hunter2hunter2 was given",
+            "hsmsign: warning:   ",
+            "  hint: not a warning",
+        ]
+    )
+    found = hb.warnings_of(stderr)
+    assert found[:2] == [
+        "token 'acme' also holds 'fw-ed' (Ed25519/Ed448): keep it elsewhere",
+        "production signing with a SOFTWARE token (acme) because X=1",
+    ]
+    assert len(found) == 3 and "hunter2hunter2" not in found[2] and "pin-value" in found[2]
+    assert hb.warnings_of("") == []

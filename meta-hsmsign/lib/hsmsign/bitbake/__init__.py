@@ -83,6 +83,7 @@ from .runtime import (
     spsdk_command,
     unsigned_modules_in_archives,
     verity_root_hash,
+    warnings_of,
     write_modules_tarball,
 )
 
@@ -151,5 +152,6 @@ __all__ = [
     "unsigned_modules_in_archives",
     "uri_identity",
     "verity_root_hash",
+    "warnings_of",
     "write_modules_tarball",
 ]

@@ -171,6 +171,20 @@ def rauc_env(d: Datastore, origenv: Any, engines_dir: str = "") -> dict[str, str
     return env
 
 
+WARNING_PREFIXES = ("hsmsign: warning: ", "hsmsign: WARNING: ")
+
+
+def warnings_of(stderr: str) -> list[str]:
+    """hsmsign's warnings in what a command wrote to stderr (``hsmsign: warning: ...``), redacted:
+    the classes show them with bb.warn, so a task that succeeds does not bury them in its log."""
+    found = []
+    for line in redact(stderr).splitlines():
+        for prefix in WARNING_PREFIXES:
+            if line.startswith(prefix) and line[len(prefix) :].strip():
+                found.append(line[len(prefix) :].strip())
+    return found
+
+
 def libp11_version(libdir: str) -> str:
     """The version of the libp11 whose pkg-config file is in ``libdir``/pkgconfig (libp11-native's,
     in the recipe's native sysroot), or "" when it is not there (the host's engine)."""
@@ -815,8 +829,11 @@ def imx_sign_images(
             "('nxpimage ahab get-families' lists them, e.g. mimx9352)"
         )
 
+    warned: list[str] = []
+
     def hsmsign(*args: str) -> dict[str, Any]:
         done = run(d, [*args, "--json"], "IMX", origenv, spsdk_python=python)
+        warned.extend(w for w in warnings_of(done.stderr) if w not in warned)
         try:
             answer = json.loads(done.stdout)
         except ValueError as exc:
@@ -852,4 +869,9 @@ def imx_sign_images(
                 "table: list the same keys in both, in the same order"
             )
         signed.append({"image": path, "containers": result.get("containers"), "mem_type": mem})
-    return {"srk_hash": srk.get("srk_hash"), "fuse_words": srk.get("fuse_words"), "signed": signed}
+    return {
+        "srk_hash": srk.get("srk_hash"),
+        "fuse_words": srk.get("fuse_words"),
+        "signed": signed,
+        "warnings": warned,
+    }
