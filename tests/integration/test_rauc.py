@@ -468,3 +468,41 @@ def test_a_token_libp11_cannot_list_is_named_before_rauc_fails_on_it(
     assert "warning: token 'edwards-keys' also holds 'ed25519'" in done.stderr
     assert "libp11 could not list the token's keys: a key of a type it does not know" in done.stderr
     assert not out.exists()
+
+
+def test_an_expired_certificate_is_named_before_the_device_check_refuses_it(
+    rauc: str, softhsm: SoftHsm, rauc_key: tuple[str, Path], tmp_path: Path
+) -> None:
+    """A certificate of the token key that expired yesterday: the preflight warns (it passes: a
+    device may be built not to check time), rauc bundle warns before rauc signs, and rauc's own
+    check after signing (`rauc info --keyring`, which checks time as the device does) refuses the
+    bundle, so nothing is written. A certificate that expires in 10 days: a warning, and a bundle."""
+    import datetime
+
+    from cryptography.hazmat.primitives import serialization
+    from hsmsign import token
+    from hsmsign.formats import x509
+
+    now = datetime.datetime.now(tz=datetime.timezone.utc)
+    expired = tmp_path / "expired.pem"
+    with token.open_key(rauc_key[0], mode="development") as key:
+        cert = x509.self_signed(key, "CN=expired", days=1, not_before=now - datetime.timedelta(days=2))
+    expired.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    expiry = cert.not_valid_after_utc.strftime("%Y-%m-%d")
+
+    pre = softhsm.run_cli("rauc", "preflight", *DEV, "--uri", rauc_key[0], "--cert", str(expired))
+    assert pre.returncode == 0, pre.stderr
+    assert f"warning: {expired} expired on {expiry}: a device that checks certificate time" in pre.stderr
+
+    out = tmp_path / "update.raucb"
+    done = make_bundle(softhsm, (rauc_key[0], expired), bundle_dir(tmp_path, "verity"), out)
+    assert done.returncode != 0
+    assert f"warning: {expired} expired on {expiry}" in done.stderr
+    assert "rauc info" in done.stderr and "certificate has expired" in done.stderr, done.stderr
+    assert "hint: the signer certificate is outside its validity period" in done.stderr
+    assert not out.exists()
+
+    soon = _cert(softhsm, rauc_key[0], tmp_path / "soon.pem", "CN=soon", "--days", "10")
+    done = make_bundle(softhsm, (rauc_key[0], soon), bundle_dir(tmp_path, "plain"), out)
+    assert done.returncode == 0, done.stderr
+    assert f"warning: {soon} expires on " in done.stderr and "in 9 day(s)" in done.stderr

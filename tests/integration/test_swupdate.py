@@ -434,3 +434,40 @@ def test_bundle_from_existing_signature(
     )
     assert done.returncode == 2 and "does not name stray.bin" in done.stderr
     assert not bad.exists()
+
+
+def test_a_signer_certificate_out_of_its_validity_period_is_named(
+    softhsm: SoftHsm, rsa2048: str, tmp_path: Path, images: list[Path]
+) -> None:
+    """Expired yesterday: `hsmsign swupdate bundle` warns (a device may be built not to check
+    time), and swupdate itself, which checks time by default, refuses the bundle, as the warning
+    says. Expiring in 10 days: a warning, and a bundle swupdate accepts."""
+    import datetime
+
+    from cryptography.hazmat.primitives import serialization
+    from hsmsign import token
+    from hsmsign.formats import x509
+
+    now = datetime.datetime.now(tz=datetime.timezone.utc)
+    expired = tmp_path / "expired.pem"
+    with token.open_key(rsa2048, mode="development") as key:
+        cert = x509.self_signed(key, "CN=expired", days=1, not_before=now - datetime.timedelta(days=2))
+    expired.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    desc = write_description(tmp_path, images)
+    swu = tmp_path / "update.swu"
+    done = build_bundle(softhsm, rsa2048, expired, desc, images, swu)
+    assert f"warning: {expired} expired on {cert.not_valid_after_utc:%Y-%m-%d}" in done.stderr, done.stderr
+    assert done.returncode == 0, done.stderr  # hsmsign's own check does not look at time...
+    check = swupdate_check(swu, expired)  # ... the device's does
+    assert check.returncode != 0, check.stdout + check.stderr
+    assert "Authentication of all signatures failed" in check.stdout + check.stderr
+
+    soon = tmp_path / "soon.pem"
+    made = softhsm.run_cli(
+        "cert", *DEV, "--uri", rsa2048, "--subject", "CN=soon", "--days", "10", "--output", str(soon)
+    )
+    assert made.returncode == 0, made.stderr
+    done = build_bundle(softhsm, rsa2048, soon, desc, images, swu)
+    assert done.returncode == 0, done.stderr
+    assert f"warning: {soon} expires on " in done.stderr and "in 9 day(s)" in done.stderr
+    assert swupdate_check(swu, soon).returncode == 0

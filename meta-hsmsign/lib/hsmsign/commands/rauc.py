@@ -184,8 +184,11 @@ def _check_key(args: Any, key: Any, cert: Any) -> None:
     from cryptography import x509
 
     from ..formats import cms
+    from ..formats.x509 import validity_warnings
 
     cms.check_cert_matches(cert, key)
+    for warning in validity_warnings(cert, args.cert):
+        warn(warning)
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
@@ -307,6 +310,11 @@ def _finish_rauc(proc: subprocess.Popen[str], what: str) -> None:
         hint = (
             "libp11 could not list the token's keys: a key of a type it does not know stops it (before "
             "0.4.18, an Ed25519 key); keep such keys on another token; " + hint
+        )
+    elif "certificate has expired" in text or "certificate is not yet valid" in text:
+        hint = (
+            "the signer certificate is outside its validity period, and rauc checks time as the devices "
+            "do: renew it ('hsmsign cert', or 'hsmsign csr' for your CA); " + hint
         )
     elif "unsuitable certificate purpose" in text:
         hint = "make the certificate with 'hsmsign cert' (emailProtection and codeSigning); " + hint

@@ -130,11 +130,17 @@ def _sig_mode(args: Any) -> str:
 
 
 def _load_cert(path: str | None) -> Any:
+    """The signer certificate (sign and bundle), with a warning when devices would refuse it for its
+    validity period."""
     if path is None:
         return None
     from ..formats import cms
+    from ..formats.x509 import validity_warnings
 
-    return cms.read_certificate_file(path)
+    cert = cms.read_certificate_file(path)
+    for warning in validity_warnings(cert, path):
+        warn(warning)
+    return cert
 
 
 def _check_description(data: bytes, images: list[str] | None) -> list[str]:

@@ -78,6 +78,50 @@ def _hash_for(signer: Any) -> Any:
     return hashes.SHA256()
 
 
+# How long before a signer certificate expires `hsmsign` starts to say so: an update is
+# installed weeks after it is signed, and a device that checks certificate time refuses it
+# from the expiry date on.
+EXPIRY_WARNING_DAYS = 60
+
+
+def validity_warnings(cert: Any, what: str, now: datetime.datetime | None = None) -> list[str]:
+    """What to tell the signer about the validity period of ``cert`` (``what`` names it): not yet
+    valid, expired, or expiring within ``EXPIRY_WARNING_DAYS``. Warnings, not refusals: RAUC and
+    SWUpdate check certificate time through OpenSSL unless built or configured not to
+    (``CONFIG_CMS_IGNORE_EXPIRED_CERTIFICATE``, ``use-bundle-signing-time``), and firmware and
+    the kernel never do; the device's own check after signing (``rauc info``) decides."""
+    now = now or _now()
+    start, end = _validity(cert)
+    checks = "a device that checks certificate time (RAUC's and SWUpdate's default)"
+    if now < start:
+        return [
+            f"{what} is not valid before {start:%Y-%m-%d %H:%M} UTC: {checks} refuses what it signs until "
+            "then; is this machine's clock right?"
+        ]
+    if now >= end:
+        return [
+            f"{what} expired on {end:%Y-%m-%d}: {checks} refuses what it signs; renew it ('hsmsign cert', "
+            "or 'hsmsign csr' for your CA) and give the devices the new certificate or its CA"
+        ]
+    left = (end - now).days
+    if left < EXPIRY_WARNING_DAYS:
+        return [
+            f"{what} expires on {end:%Y-%m-%d}, in {left} day(s): from then on {checks} refuses what it "
+            "signs, updates already shipped included; renew it and give the devices its successor in time"
+        ]
+    return []
+
+
+def _validity(cert: Any) -> tuple[datetime.datetime, datetime.datetime]:
+    """(notBefore, notAfter) in UTC of a cryptography certificate (``*_utc`` since cryptography 42)."""
+    start = getattr(cert, "not_valid_before_utc", None)
+    end = getattr(cert, "not_valid_after_utc", None)
+    if start is None or end is None:  # older cryptography: naive datetimes in UTC
+        start = cert.not_valid_before.replace(tzinfo=datetime.timezone.utc)
+        end = cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+    return start, end
+
+
 def _now() -> datetime.datetime:
     # Not SOURCE_DATE_EPOCH: Yocto sets it to an old commit date, and a certificate whose validity
     # starts there would already have expired on the devices that check it.
