@@ -11,8 +11,11 @@
 # where <dir> is ${S} on scarthgap and ${WORKDIR} from wrynose on (where each
 # release's do_swuimage looks for the signature). The signature type is
 # HSMSIGN_SWUPDATE_MODE: cms (default, the signer certificate
-# HSMSIGN_SWUPDATE_CERT is embedded) or rsa / rsa-pss. Before signing, hsmsign
-# checks that every image in sw-description carries a sha256.
+# HSMSIGN_SWUPDATE_CERT is embedded) or rsa / rsa-pss. Before do_swuimage runs, a
+# prefunc ('hsmsign swupdate preflight') checks the key under the mode's policy, the
+# signature type and the certificate (which must belong to the key; one near its
+# expiry is a BitBake warning); before signing, hsmsign checks that every image in
+# sw-description carries a sha256.
 #
 # In your swupdate image recipe keep SWUPDATE_SIGNING unset or set it to
 # anything: this class sets CUSTOM. Do not set SWUPDATE_PRIVATE_KEY or
@@ -87,6 +90,16 @@ def hsmsign_swupdate_encryption(d):
     if lock and lock != hsmsign.bitbake.lockfile(d, "SWUPDATE"):
         d.appendVarFlag("do_swuimage", "lockfiles", " " + lock)
 
+hsmsign_swupdate_preflight[doc] = "Prefunc of do_swuimage: check the key (policy, pins), the signature type and the signer certificate before meta-swupdate builds and signs; warnings (a certificate near its expiry) become BitBake warnings."
+python hsmsign_swupdate_preflight() {
+    mode = d.getVar("HSMSIGN_SWUPDATE_MODE")
+    args = ["swupdate", "preflight", "--uri", hsmsign.bitbake.role_uri(d, "SWUPDATE"), "--signing-mode", mode]
+    cert = d.getVar("HSMSIGN_SWUPDATE_CERT")
+    if cert and mode == "cms":
+        args += ["--cert", cert]
+    hsmsign_run(d, args, "SWUPDATE")
+}
+
 # nooelint: oelint.task.noanonpython - the hooks depend on what the recipe inherits (inherits_class), known only after parsing
 python () {
     if not hsmsign.bitbake.enabled(d) or not bb.data.inherits_class("swupdate-common", d):
@@ -95,5 +108,6 @@ python () {
     d.setVar("SWUPDATE_SIGN_TOOL", hsmsign.bitbake.swupdate_sign_tool(d))
     if d.getVar("do_swuimage", False) is not None:
         hsmsign_hook_task(d, "do_swuimage", "SWUPDATE")
+        d.appendVarFlag("do_swuimage", "prefuncs", " hsmsign_swupdate_preflight")
         hsmsign_swupdate_encryption(d)
 }

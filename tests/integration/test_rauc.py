@@ -505,4 +505,4 @@ def test_an_expired_certificate_is_named_before_the_device_check_refuses_it(
     soon = _cert(softhsm, rauc_key[0], tmp_path / "soon.pem", "CN=soon", "--days", "10")
     done = make_bundle(softhsm, (rauc_key[0], soon), bundle_dir(tmp_path, "plain"), out)
     assert done.returncode == 0, done.stderr
-    assert f"warning: {soon} expires on " in done.stderr and "in 9 day(s)" in done.stderr
+    assert f"warning: {soon} expires on " in done.stderr and "in 10 day(s)" in done.stderr

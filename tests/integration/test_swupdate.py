@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -469,5 +470,30 @@ def test_a_signer_certificate_out_of_its_validity_period_is_named(
     assert made.returncode == 0, made.stderr
     done = build_bundle(softhsm, rsa2048, soon, desc, images, swu)
     assert done.returncode == 0, done.stderr
-    assert f"warning: {soon} expires on " in done.stderr and "in 9 day(s)" in done.stderr
+    assert f"warning: {soon} expires on " in done.stderr and "in 10 day(s)" in done.stderr
     assert swupdate_check(swu, soon).returncode == 0
+
+
+def test_preflight_checks_key_type_and_certificate_without_signing(
+    softhsm: SoftHsm, rsa2048: str, ec256: str, tmp_path: Path
+) -> None:
+    """What the layer runs before do_swuimage: the certificate must belong to the key (cms), the
+    key must be RSA for the raw modes, cms needs a certificate; nothing is signed or recorded."""
+    cert = make_cert(softhsm, rsa2048, tmp_path / "signer.pem")
+    other = make_cert(softhsm, ec256, tmp_path / "other.pem")
+    ledger = tmp_path / "ledger.jsonl"
+    pre = ("swupdate", "preflight", *DEV, "--ledger", str(ledger), "--uri")
+    ok = softhsm.run_cli(*pre, rsa2048, "--cert", str(cert), "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["signing_mode"] == "cms" and "warning" not in ok.stderr
+    assert softhsm.run_cli(*pre, rsa2048, "--signing-mode", "rsa-pss").returncode == 0
+    for argv, code, needle in (
+        ((rsa2048, "--cert", str(other)), 2, "does not belong to the token key"),
+        ((rsa2048,), 2, "CMS mode needs the signer certificate"),
+        ((ec256, "--signing-mode", "rsa"), 2, "needs an RSA key, not ec"),
+        ((softhsm.uri("nope"), "--cert", str(cert)), 3, "no private key matches"),
+    ):
+        done = softhsm.run_cli(*pre, *argv)
+        assert done.returncode == code, done.stderr
+        assert needle in done.stderr and "Traceback" not in done.stderr
+    assert not ledger.exists()

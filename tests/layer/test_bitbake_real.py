@@ -382,6 +382,14 @@ def test_swupdate_bundle_signed_and_encrypted_by_the_token(main_build: tuple[Bui
     done = build.run("-c", "swuimage", "hsmsign-test-swu", env={"HSM_TEST_PIN": pin})
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
+    assert not re.search(r"^WARNING: .*meta-hsmsign: ", out, re.M), out[-3000:]
+    # the prefunc's preflight: key, policy, signature type and certificate, before meta-swupdate works
+    logs = glob.glob(os.path.join(build.topdir, "tmp*", "work", "*", "hsmsign-test-swu", "*", "temp",
+                                  "log.do_swuimage"))  # fmt: skip
+    assert logs, "no log.do_swuimage"
+    with open(max(logs, key=os.path.getmtime), encoding="utf-8") as fh:
+        log = fh.read()
+    assert "OK: key dev-swupdate" in log and "signs swupdate's cms signature with" in log, log[-3000:]
     bundles = [
         os.path.join(base, name)
         for tmp in os.listdir(build.topdir)

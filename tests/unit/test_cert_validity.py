@@ -42,7 +42,7 @@ def test_each_period_and_its_edges() -> None:
     edge = END - datetime.timedelta(days=EXPIRY_WARNING_DAYS)
     assert validity_warnings(cert, "rauc.pem", edge) == []
     soon = validity_warnings(cert, "rauc.pem", edge + datetime.timedelta(seconds=1))
-    expected = f"rauc.pem expires on 2027-01-01, in {EXPIRY_WARNING_DAYS - 1} day(s)"
+    expected = f"rauc.pem expires on 2027-01-01, in {EXPIRY_WARNING_DAYS} day(s)"
     assert len(soon) == 1 and soon[0].startswith(expected)
     assert "updates already shipped included" in soon[0]
     gone = validity_warnings(cert, "rauc.pem", END)

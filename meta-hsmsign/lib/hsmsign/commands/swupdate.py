@@ -27,6 +27,8 @@ examples:
       --sw-description sw-description --output update.swu rootfs.ext4.gz u-boot.img
   # the device's check, without a device: swupdate -H board:1.0 -c -i update.swu -k swupdate-signer.pem
   hsmsign swupdate verify --cert swupdate-signer.pem update.swu
+  # before a build that signs: key, policy, signature type, certificate (and its validity period)
+  hsmsign swupdate preflight --uri "$HSM_PKCS11_URI_SWUPDATE" --cert swupdate-signer.pem
 """
 
 
@@ -101,6 +103,20 @@ def register(sub: Any, parents: Any) -> None:
         "--signing-mode", "--sig-mode", dest="sig_mode", choices=("cms", "rsa", "rsa-pss"), default="cms"
     )
     p.set_defaults(func=run_verify)
+
+    p = verbs.add_parser(
+        "preflight",
+        parents=[parents.token, parents.output],
+        formatter_class=raw,
+        epilog=EXAMPLE,
+        help="check the key (policy, pins), its signature type and certificate, before a build signs",
+        description="Open the key under the mode's policy, check that the signature type suits it and, "
+        "for cms, that the certificate belongs to it, and warn when the certificate is outside or near "
+        "the end of its validity period; nothing is signed. The layer runs it before meta-swupdate's "
+        "do_swuimage.",
+    )
+    _signature_options(p)
+    p.set_defaults(func=run_preflight, mode_aliases=SIG_MODE_ALIASES)
 
     top.set_defaults(func=lambda args: _no_action(top))
 
@@ -190,6 +206,35 @@ def run_sign(args: Any) -> int:
             "images": names,
             "sha256": digest,
         },
+    )
+    return 0
+
+
+def run_preflight(args: Any) -> int:
+    from ..errors import ConfigError
+    from ..formats import cms
+
+    args.role = args.role or "SWUPDATE"
+    mode = _sig_mode(args)
+    cert = _load_cert(args.cert)
+    if mode == "cms" and cert is None:
+        raise ConfigError(
+            "CMS mode needs the signer certificate",
+            "pass --cert CERT.pem (make one with 'hsmsign cert --uri URI --subject CN=...')",
+        )
+    with open_key_from_args(args) as key:
+        if mode == "cms":
+            cms.check_cert_matches(cert, key)
+        elif key.key_type != "rsa":
+            raise ConfigError(
+                f"swupdate's {mode} mode needs an RSA key, not {key.key_type}", "use --signing-mode cms"
+            )
+        label, fingerprint = key.label, key.fingerprint
+    emit(
+        args,
+        f"OK: key {label} (sha256:{fingerprint}) passes the {args.mode} policy and signs swupdate's {mode} "
+        "signature" + (f" with {args.cert}, which belongs to it" if mode == "cms" else ""),
+        {"key": label, "key_fingerprint": fingerprint, "signing_mode": mode, "mode": args.mode},
     )
     return 0
 

@@ -103,10 +103,11 @@ def validity_warnings(cert: Any, what: str, now: datetime.datetime | None = None
             f"{what} expired on {end:%Y-%m-%d}: {checks} refuses what it signs; renew it ('hsmsign cert', "
             "or 'hsmsign csr' for your CA) and give the devices the new certificate or its CA"
         ]
-    left = (end - now).days
-    if left < EXPIRY_WARNING_DAYS:
+    left = end - now
+    if left < datetime.timedelta(days=EXPIRY_WARNING_DAYS):
+        days = -(-left // datetime.timedelta(days=1))  # started days: 9 days and 23 hours is 10
         return [
-            f"{what} expires on {end:%Y-%m-%d}, in {left} day(s): from then on {checks} refuses what it "
+            f"{what} expires on {end:%Y-%m-%d}, in {days} day(s): from then on {checks} refuses what it "
             "signs, updates already shipped included; renew it and give the devices its successor in time"
         ]
     return []
