@@ -498,6 +498,27 @@ def test_doctor_signs_with_an_ed25519_key_and_names_what_libp11_cannot_list(
     assert "[ok  ] libp11         every key on the token is one libp11 lists" in plain.stdout, plain.stdout
 
 
+def test_doctor_checks_the_certificates_of_the_key(
+    softhsm: SoftHsm, rsa2048: str, ec256: str, tmp_path: Path
+) -> None:
+    """--cert: each certificate must carry the key's public half (exit 2 otherwise); its expiry is
+    told, with the signing commands' warning when it is near."""
+    mine, soon, other = tmp_path / "mine.pem", tmp_path / "soon.pem", tmp_path / "other.pem"
+    for uri, path, days in ((rsa2048, mine, "365"), (rsa2048, soon, "10"), (ec256, other, "365")):
+        common = ("--mode", "development", "--uri", uri, "--subject", "CN=t")
+        made = softhsm.run_cli("cert", *common, "--days", days, "--output", str(path))
+        assert made.returncode == 0, made.stderr
+    doctor = ("doctor", "--uri", rsa2048, "--mode", "development")
+    ok = softhsm.run_cli(*doctor, "--cert", str(mine), "--cert", str(soon))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    lines = [line for line in ok.stdout.splitlines() if line.startswith("[ok  ] cert")]
+    assert len(lines) == 2 and f"{mine} belongs to the key, valid until " in lines[0], ok.stdout
+    assert "note:" not in lines[0] and f"(note: {soon} expires on " in lines[1], ok.stdout
+    bad = softhsm.run_cli(*doctor, "--cert", str(other))
+    assert bad.returncode == 2, bad.stdout + bad.stderr
+    assert f"[FAIL] cert           {other}: the certificate does not belong to the token key" in bad.stdout
+
+
 def test_dev_init_is_idempotent_and_marked(softhsm: SoftHsm, tmp_path: Path, artifact: Path) -> None:
     env = {"HSMSIGN_DEV_HOME": str(tmp_path / "dev"), "SOFTHSM2_CONF": ""}
     first = softhsm.run_cli("dev-init", "--json", env=env)

@@ -84,7 +84,16 @@ def register(sub: Any, parents: Any) -> None:
         formatter_class=raw,
         help="check module, token, login, key, policy and a test signature step by step, and whether "
         "libp11 (rauc, sbsign) can list the token's keys",
-        epilog='examples:\n  hsmsign doctor --uri "$HSM_PKCS11_URI" --mode production',
+        epilog='examples:\n  hsmsign doctor --uri "$HSM_PKCS11_URI" --mode production\n'
+        '  hsmsign doctor --uri "$HSM_PKCS11_URI_RAUC" --cert rauc.pem   # and the certificate of the key',
+    )
+    p.add_argument(
+        "--cert",
+        action="append",
+        default=[],
+        metavar="CERT.pem",
+        help="also check that this certificate belongs to the key and is within its validity period "
+        "(repeatable)",
     )
     p.set_defaults(func=run_doctor)
 
@@ -321,9 +330,9 @@ def run_doctor(args: Any) -> int:
         if not failed:
             return 0
         # the exit code of the first failing step's error family (a policy refusal of the PIN 4, a
-        # bad URI 2); by step when it has none: uri 2, policy 4, the rest token 3
+        # bad URI 2); by step when it has none: uri 2, policy 4, cert 2, the rest token 3
         first = failed[0]
-        return codes.get(id(first)) or {"uri": 2, "policy": 4}.get(first["check"], 3)
+        return codes.get(id(first)) or {"uri": 2, "policy": 4, "cert": 2}.get(first["check"], 3)
 
     codes: dict[int, int] = {}
 
@@ -430,9 +439,29 @@ def run_doctor(args: Any) -> int:
                 key.sign_digest(hashlib.sha256(b"hsmsign doctor").digest(), "sha256")
             step("sign", True, "test signature made and verified")
             step("libp11", True, _libp11_note(key))
+            for path in args.cert:
+                _cert_step(step, key, path)
     except HsmsignError as exc:
         step("key", False, exc.message, exc.hint or "")
     return finish()
+
+
+def _cert_step(step: Any, key: Any, path: str) -> None:
+    """A certificate of the key (``--cert``): it must carry the key's public half; its validity
+    period is told, with the warning a signing command would give."""
+    from ..errors import HsmsignError
+    from ..formats import cms
+    from ..formats.x509 import validity_period, validity_warnings
+
+    try:
+        cert = cms.read_certificate_file(path)
+        cms.check_cert_matches(cert, key)
+    except HsmsignError as exc:
+        step("cert", False, f"{path}: {exc.message}", exc.hint or "")
+        return
+    problems = validity_warnings(cert, path)
+    detail = f"{path} belongs to the key, valid until {validity_period(cert)[1]:%Y-%m-%d}"
+    step("cert", True, detail + (f" (note: {problems[0]})" if problems else ""))
 
 
 def _libp11_note(key: Any) -> str:

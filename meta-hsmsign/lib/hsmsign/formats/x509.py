@@ -91,7 +91,7 @@ def validity_warnings(cert: Any, what: str, now: datetime.datetime | None = None
     (``CONFIG_CMS_IGNORE_EXPIRED_CERTIFICATE``, ``use-bundle-signing-time``), and firmware and
     the kernel never do; the device's own check after signing (``rauc info``) decides."""
     now = now or _now()
-    start, end = _validity(cert)
+    start, end = validity_period(cert)
     checks = "a device that checks certificate time (RAUC's and SWUpdate's default)"
     if now < start:
         return [
@@ -113,7 +113,7 @@ def validity_warnings(cert: Any, what: str, now: datetime.datetime | None = None
     return []
 
 
-def _validity(cert: Any) -> tuple[datetime.datetime, datetime.datetime]:
+def validity_period(cert: Any) -> tuple[datetime.datetime, datetime.datetime]:
     """(notBefore, notAfter) in UTC of a cryptography certificate (``*_utc`` since cryptography 42)."""
     start = getattr(cert, "not_valid_before_utc", None)
     end = getattr(cert, "not_valid_after_utc", None)
