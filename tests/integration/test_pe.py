@@ -11,6 +11,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -264,10 +265,10 @@ def test_a_bad_write_is_caught_and_nothing_is_written(
     """The write of the signature goes wrong (one byte short, one byte changed on its way): the
     read-back refuses with one line and exit 5; no output, no temporary file."""
     from hsmsign.cli import main
-    from hsmsign.commands import pe as pe_command
+    from hsmsign.commands import pe_input
     from hsmsign.formats import pe
 
-    real = pe_command._pwrite_all
+    real = pe_input.pwrite_all
     table_at = pe.parse(efi.read_bytes()).content_end
 
     def faulty(fd: int, data: bytes | memoryview, offset: int) -> None:
@@ -276,7 +277,7 @@ def test_a_bad_write_is_caught_and_nothing_is_written(
             data = data[:-1] if fault == "short" else data[:-20] + bytes([data[-20] ^ 1]) + data[-19:]
         real(fd, data, offset)
 
-    monkeypatch.setattr(pe_command, "_pwrite_all", faulty)
+    monkeypatch.setattr(pe_input, "pwrite_all", faulty)
     out = tmp_path / "signed.efi"
     argv = ["pe", "sign", *DEV, "--uri", uefi_key[0], "--cert", str(uefi_key[1]), "-o", str(out), str(efi)]
     assert main(argv) == 5
@@ -284,7 +285,7 @@ def test_a_bad_write_is_caught_and_nothing_is_written(
     assert err.startswith("hsmsign: error: internal: ") and "Traceback" not in err, err
     assert len(err.splitlines()) == 2, err  # the line and its hint
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".hsmsign-tmp-")]
-    monkeypatch.setattr(pe_command, "_pwrite_all", real)
+    monkeypatch.setattr(pe_input, "pwrite_all", real)
     assert main(argv) == 0 and _sbverify(uefi_key[1], out).returncode == 0
 
 
@@ -393,3 +394,71 @@ def test_ovmf_secure_boot(
         seen[name] = f"{result.verdict} in {result.seconds:.1f} s"
         assert result.verdict == want, f"{name}: {result.verdict}\n{result.console[-2000:]}"
     print("OVMF:", seen)
+
+
+def test_the_image_read_ahead_is_the_one_signed(
+    softhsm: SoftHsm,
+    efi: Path,
+    uefi_key: tuple[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`hsmsign pe sign` begins reading its image before the CLI is imported (hsmsign.launch): the
+    command signs that image and does not read it again; an image read ahead under another path
+    than the parser's is dropped, and the right one is read and signed."""
+    from hsmsign.cli import main
+    from hsmsign.commands import pe_input
+
+    opened: list[str] = []
+    real_init = pe_input.ImageInput.__init__
+
+    def counted(self: pe_input.ImageInput, path: str) -> None:
+        opened.append(path)
+        real_init(self, path)
+
+    monkeypatch.setattr(pe_input.ImageInput, "__init__", counted)
+    out = tmp_path / "signed.efi"
+    argv = ["pe", "sign", *DEV, "--uri", uefi_key[0], "--cert", str(uefi_key[1]), "-o", str(out), str(efi)]
+    pe_input.prefetch(argv)
+    assert main(argv) == 0
+    assert opened == [str(efi)]
+    assert _sbverify(uefi_key[1], out).returncode == 0
+    signed_digest = softhsm.run_cli("pe", "digest", str(out)).stdout.strip()
+
+    decoy = tmp_path / "decoy.efi"  # another image, the guess the parser does not confirm
+    decoy.write_bytes(SYSTEMD_STUB.read_bytes() if SYSTEMD_STUB.exists() else b"MZ")
+    opened.clear()
+    out.unlink()
+    pe_input.prefetch([*argv[:-1], str(decoy)])
+    assert main(argv) == 0
+    assert opened == [str(decoy), str(efi)]
+    assert _sbverify(uefi_key[1], out).returncode == 0
+    assert softhsm.run_cli("pe", "digest", str(out)).stdout.strip() == signed_digest  # efi's, not decoy's
+
+
+def test_pkcs11_modules_are_finalized_before_the_quick_exit(softhsm: SoftHsm) -> None:
+    """hsmsign.launch ends the process without Python's teardown only after C_Finalize of every
+    module loaded; a python-pkcs11 without lib.finalize (0.7.0, scarthgap's) keeps Python's exit."""
+    code = (
+        "import sys, pkcs11\n"
+        "from hsmsign.token import modules\n"
+        f"lib = modules.load_module({softhsm.module!r})\n"
+        "lib.get_slots()\n"
+        "done = modules.finalize_all()\n"
+        "assert done == hasattr(lib, 'finalize'), done\n"
+        "if done:\n"
+        "    assert not modules.is_loaded(" + repr(softhsm.module) + ")\n"
+        "    try:\n"
+        "        lib.get_slots()\n"
+        "    except pkcs11.PKCS11Error as exc:\n"
+        "        print('finalized:', type(exc).__name__)\n"
+        "    else:\n"
+        "        sys.exit('still initialized after finalize_all')\n"
+        "else:\n"
+        "    print('kept for Python exit')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=softhsm.env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(("finalized: ", "kept for Python exit")), done.stdout

@@ -1,5 +1,5 @@
 """``python -m hsmsign`` runs the command-line interface."""
 
-from .cli import console_main
+from .launch import console_main
 
 console_main()

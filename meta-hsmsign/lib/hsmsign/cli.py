@@ -270,7 +270,10 @@ def _report(exc: HsmsignError, verbose: int) -> None:
 
 
 def console_main() -> None:
-    sys.exit(main())
+    """The console script (``hsmsign.launch.console_main``, which pip's entry point names)."""
+    from .launch import console_main as launch
+
+    launch()
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ do_install() {
     install -d ${D}${bindir}
     # nativepython3 (python3-native) sees the native site-packages with
     # python-pkcs11 and cryptography; the host python3 does not
-    printf '%s\n' '#!/usr/bin/env nativepython3' 'import sys' 'from hsmsign.cli import main' \
-        'sys.exit(main())' > ${D}${bindir}/hsmsign
+    printf '%s\n' '#!/usr/bin/env nativepython3' 'from hsmsign.launch import console_main' \
+        'console_main()' > ${D}${bindir}/hsmsign
     chmod 0755 ${D}${bindir}/hsmsign
 }

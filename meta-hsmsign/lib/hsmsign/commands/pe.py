@@ -159,146 +159,56 @@ def verify_image(data: bytes, trusted: list[Any], what: str) -> list[Any]:
     return good
 
 
-class _Input:
-    """The image to sign: read, parsed, hashed and its body written, in a thread started first.
-
-    ``read(2)``, hashlib, ``pwrite(2)`` and ``fdatasync(2)`` release the GIL, so this work
-    on a large image overlaps the imports, the certificate, the ledger checks and the token
-    login on the main thread. Once hashed, the thread writes the body (the bytes the signed
-    image takes from the input as they are: ``pe.body_range``) from the very bytes it hashed
-    into the output's temporary file, at their offsets, and flushes them to disk; the main
-    thread writes the headers and the certificate table around it once it has the signature.
-    """
-
-    def __init__(self, path: str) -> None:
-        import threading
-
-        self.path = path
-        self.data = b""
-        self.layout: Any = None
-        self.digest = b""
-        self.error: BaseException | None = None
-        self.write_error: OSError | None = None
-        self._out_fd: int | None = None
-        self._stopped = False
-        self._parsed = threading.Event()
-        self._hashed = threading.Event()
-        self._output = threading.Event()  # set with _out_fd (a duplicate the thread closes), or to stop
-        self._thread = threading.Thread(target=self._work, name="hsmsign-pe-input", daemon=True)
-        self._thread.start()
-
-    def _work(self) -> None:
-        from ..formats import pe
-
-        try:
-            self.data = _read(self.path)
-            self.layout = pe.parse(self.data, self.path)
-            self._parsed.set()
-            # the digest of the image as it will be: with the padding before the table
-            self.digest = pe.digest(self.data, "sha256", self.layout, pad=True)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
-            self.error = exc
-        finally:
-            self._parsed.set()
-            self._hashed.set()
-        self._output.wait()
-        fd = self._out_fd
-        if fd is None:
-            return
-        try:
-            if self.error is None and not self._stopped:
-                start, end = pe.body_range(self.layout)
-                _pwrite_all(fd, memoryview(self.data)[start:end], start)
-                getattr(os, "fdatasync", os.fsync)(fd)  # macOS has no fdatasync
-        except OSError as exc:
-            self.write_error = exc
-        finally:
-            os.close(fd)
-
-    def parsed(self) -> tuple[bytes, Any]:
-        """The bytes and the layout, or the input's error (missing, not a PE image...)."""
-        self._parsed.wait()
-        if self.error is not None:
-            raise self.error
-        return self.data, self.layout
-
-    def image_digest(self) -> bytes:
-        self._hashed.wait()
-        if self.error is not None:
-            raise self.error
-        return self.digest
-
-    def write_body(self, fd: int) -> None:
-        """Write the body into the open output ``fd`` once hashed (``body_written`` waits for it)."""
-        self._out_fd = os.dup(fd)
-        self._output.set()
-
-    def body_written(self, what: str) -> None:
-        from ..errors import ConfigError
-
-        self._thread.join()
-        if self.write_error is not None:
-            raise ConfigError(
-                f"cannot write {what}: {self.write_error.strerror}", "check permissions and free space"
-            ) from self.write_error
-
-    def stop(self) -> None:
-        """The command ends: a thread not yet writing the body does not start to."""
-        self._stopped = True
-        self._output.set()
-
-
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    from ..atomic import WRITE_CHUNK  # one write(2) of the whole body is ten times slower
-
-    view = memoryview(data)
-    done = 0
-    while done < len(view):
-        done += os.pwrite(fd, view[done : done + WRITE_CHUNK], offset + done)
-
-
 def start_sign(args: Any) -> None:
-    """Called by the CLI as soon as the options are parsed: the image is read and hashed meanwhile."""
-    args.pe_input = _Input(args.input)
+    """Called by the CLI as soon as the options are parsed: the image is read and hashed meanwhile
+    (or has been since the command started: ``pe_input.prefetch``)."""
+    from . import pe_input
+
+    args.pe_input = pe_input.adopt(args.input) or pe_input.ImageInput(args.input)
 
 
 def run_sign(args: Any) -> int:
     # reading, hashing and writing the body overlap everything up to the signature
-    job = getattr(args, "pe_input", None) or _Input(args.input)
+    from .pe_input import ImageInput
+
+    job = getattr(args, "pe_input", None) or ImageInput(args.input)
     try:
         return _sign(args, job)
     finally:
         job.stop()
 
 
-def _sign(args: Any, job: _Input) -> int:
+def _sign(args: Any, job: Any) -> int:
     from .. import atomic
     from ..errors import ConfigError
     from ..formats import authenticode, cms, pe
+    from . import pe_input
 
-    cert = cms.read_certificate_file(args.cert, lazy=True)  # without cryptography's X.509 module
-    data, layout = job.parsed()
-    if args.append and layout.signed and layout.cert_table_offset % 8:
-        raise ConfigError(
-            f"{args.input}: its certificate table is not 8-byte aligned; a signature appended to it "
-            "would break the ones there",
-            "sign without --append (replaces them)",
-        )
-    if layout.signed and not args.append:
-        count = len(pe.certificates(data, layout))
-        warn(f"{args.input} was signed: its {count} signature(s) are replaced")
     args.role = args.role or "UEFI"
     with signed_outputs(args) as outputs:
+        # the output first: its body is written while the image is hashed and the rest is done
+        # (a temporary file, removed if anything below fails)
         out = outputs.open(args.output, mode=atomic.file_mode(args.input))
         fd = out.fh.fileno()  # written with pwrite only (the file object buffers nothing)
         job.write_body(fd)
+        cert = cms.read_certificate_file(args.cert, lazy=True)  # without cryptography's X.509 module
+        data, layout = job.parsed()
+        if args.append and layout.signed and layout.cert_table_offset % 8:
+            raise ConfigError(
+                f"{args.input}: its certificate table is not 8-byte aligned; a signature appended to "
+                "it would break the ones there",
+                "sign without --append (replaces them)",
+            )
+        if layout.signed and not args.append:
+            count = len(pe.certificates(data, layout))
+            warn(f"{args.input} was signed: its {count} signature(s) are replaced")
         with open_key_from_args(args) as key:
             authenticode.check_signer(key)
             image_digest = job.image_digest()
             blob = authenticode.sign(key, cert=cert, image_digest=image_digest)
             head, tail = pe.signed_parts(data, layout, [pe.win_certificate(blob)], args.append)
-            _pwrite_all(fd, head, 0)
-            _pwrite_all(fd, tail, layout.content_end)
+            pe_input.pwrite_all(fd, head, 0)
+            pe_input.pwrite_all(fd, tail, layout.content_end)
             job.body_written(args.output)
             size = layout.content_end + len(tail)
             entries = check_written(fd, data, layout, size, blob, args.append, args.output)

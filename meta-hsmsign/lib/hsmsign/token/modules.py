@@ -221,6 +221,22 @@ def load_module(path: str) -> Any:
     return lib
 
 
+def finalize_all() -> bool:
+    """``C_Finalize`` every module this process loaded, before it ends without Python's teardown
+    (``hsmsign.launch``); False when one cannot be finalized that way (python-pkcs11 before
+    0.9 has no ``lib.finalize``: its modules are finalized by Python's own exit)."""
+    if not all(hasattr(lib, "finalize") for lib in _MODULES.values()):
+        return False
+    import contextlib
+
+    for lib in _MODULES.values():
+        # a module that is gone, or was never initialized (its C_Initialize failed): nothing to end
+        with contextlib.suppress(Exception):
+            lib.finalize()
+    _MODULES.clear()
+    return True
+
+
 def is_loaded(path: str) -> bool:
     """Whether this process has loaded the module at ``path`` (its configuration is then fixed)."""
     return path in _MODULES
