@@ -100,8 +100,8 @@ def sign(
     """DER ContentInfo(SignedData) over an Authenticode digest, one token operation."""
     from asn1crypto import algos, core, x509
     from asn1crypto import cms as acms
-    from cryptography.hazmat.primitives import serialization
 
+    from .. import keyformats
     from ..signing import verify_digest
 
     check_signer(signer)
@@ -109,7 +109,7 @@ def sign(
     value = indirect_data_value(image_digest)
     content_digest = hashlib.sha256(value).digest()
 
-    a_cert = x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
+    a_cert = x509.Certificate.load(cert.public_bytes(keyformats.Encoding.DER))
     digest_algo = algos.DigestAlgorithm({"algorithm": "sha256", "parameters": core.Null()})
     sid = acms.SignerIdentifier(
         {
@@ -142,9 +142,7 @@ def sign(
             "signature": signature,
         }
     )
-    certs = [a_cert] + [
-        x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in extra_certs
-    ]
+    certs = [a_cert] + [x509.Certificate.load(c.public_bytes(keyformats.Encoding.DER)) for c in extra_certs]
     # SignedData by hand around asn1crypto's parts: the encapsulated content is the SPC
     # structure (not id-data), [0] EXPLICIT around the SEQUENCE.
     content_info = _tlv(0x30, _oid_der(SPC_INDIRECT_DATA) + _tlv(0xA0, _tlv(0x30, value)))
@@ -321,11 +319,11 @@ def signature_list(certs: Sequence[Any], owner: uuid.UUID) -> bytes:
     """
     import struct
 
-    from cryptography.hazmat.primitives import serialization
+    from .. import keyformats
 
     out = b""
     for cert in certs:
-        der = cert.public_bytes(serialization.Encoding.DER)
+        der = cert.public_bytes(keyformats.Encoding.DER)
         sig_size = 16 + len(der)
         out += EFI_CERT_X509_GUID + struct.pack("<III", 28 + sig_size, 0, sig_size)
         out += owner.bytes_le + der

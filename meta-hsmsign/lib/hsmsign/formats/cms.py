@@ -143,7 +143,8 @@ class LazyCertificate:
 
     def __init__(self, der: bytes) -> None:
         from asn1crypto import x509 as ax509
-        from cryptography.hazmat.primitives import serialization
+
+        from .. import keyformats
 
         try:
             parsed = ax509.Certificate.load(der, strict=True)
@@ -156,16 +157,16 @@ class LazyCertificate:
         from cryptography.exceptions import UnsupportedAlgorithm
 
         try:
-            self._public_key = serialization.load_der_public_key(spki)
+            self._public_key = keyformats.load_der_public_key(spki)
         except UnsupportedAlgorithm as exc:
             raise ValueError(f"a public key of a type cryptography does not know ({exc})") from exc
         self._der = bytes(der)
         self._full: Any = None
 
     def public_bytes(self, encoding: Any) -> bytes:
-        from cryptography.hazmat.primitives import serialization
+        from .. import keyformats
 
-        if encoding == serialization.Encoding.DER:
+        if encoding == keyformats.Encoding.DER:
             return self._der
         return bytes(self.x509().public_bytes(encoding))
 
@@ -189,9 +190,9 @@ class LazyCertificate:
         public_bytes = getattr(other, "public_bytes", None)
         if public_bytes is None:
             return NotImplemented
-        from cryptography.hazmat.primitives import serialization
+        from .. import keyformats
 
-        return bool(public_bytes(serialization.Encoding.DER) == self._der)
+        return bool(public_bytes(keyformats.Encoding.DER) == self._der)
 
     def __hash__(self) -> int:
         return hash(self._der)
@@ -203,11 +204,9 @@ def full_certificate(cert: Any) -> Any:
 
 
 def _spki(public_key: Any) -> bytes:
-    from cryptography.hazmat.primitives import serialization
+    from .. import keyformats
 
-    return public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return public_key.public_bytes(keyformats.Encoding.DER, keyformats.PublicFormat.SubjectPublicKeyInfo)
 
 
 def check_cert_matches(cert: Any, signer: Any) -> None:
@@ -290,9 +289,9 @@ def sign_detached(
         raise ConfigError(f"a {hash_alg} digest has {DIGEST_SIZE[hash_alg]} bytes, not {len(content_digest)}")
     check_cert_matches(cert, signer)
 
-    from cryptography.hazmat.primitives import serialization
+    from .. import keyformats
 
-    a_cert = x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
+    a_cert = x509.Certificate.load(cert.public_bytes(keyformats.Encoding.DER))
     # SHA-2 identifiers without parameters (RFC 5754 2), as OpenSSL writes them
     digest_algo = algos.DigestAlgorithm({"algorithm": hash_alg, "parameters": None})
     sid = cms.SignerIdentifier(
@@ -332,7 +331,7 @@ def sign_detached(
     certs: list[Any] = []
     if include_certs:
         certs = [a_cert] + [
-            x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in extra_certs
+            x509.Certificate.load(c.public_bytes(keyformats.Encoding.DER)) for c in extra_certs
         ]
     sd: dict[str, Any] = {
         "version": "v1",
@@ -515,13 +514,13 @@ def _verify_detached(
 
 
 def _check_trust(cert: Any, trusted: Sequence[Any]) -> None:
-    from cryptography.hazmat.primitives import serialization
+    from .. import keyformats
 
     if not trusted:
         raise ConfigError("no trusted certificate given", "pass the certificate you trust (--cert CERT.pem)")
-    der = cert.public_bytes(serialization.Encoding.DER)
+    der = cert.public_bytes(keyformats.Encoding.DER)
     for anchor in trusted:
-        if anchor.public_bytes(serialization.Encoding.DER) == der:
+        if anchor.public_bytes(keyformats.Encoding.DER) == der:
             return
     for anchor in trusted:
         try:
@@ -538,10 +537,10 @@ def _check_trust(cert: Any, trusted: Sequence[Any]) -> None:
 def find_signer(sid: Any, candidates: Any) -> Any:
     """The certificate among ``candidates`` that a SignerInfo's ``sid`` names (issuer and
     serial, or subject key identifier); VerificationError when none does."""
-    from cryptography.hazmat.primitives import serialization
+    from .. import keyformats
 
     for c in candidates:
-        ac = _asn1_certificate(c.public_bytes(serialization.Encoding.DER))
+        ac = _asn1_certificate(c.public_bytes(keyformats.Encoding.DER))
         if sid.name == "issuer_and_serial_number":
             ias = sid.chosen
             # serial first and the issuer's bytes before asn1crypto's (costly) normalised comparison
@@ -577,14 +576,15 @@ class DetachedSigner:
 
     def __init__(self, signer: Any, cert: Any, hash_alg: str = "sha256") -> None:
         from asn1crypto import algos, cms
-        from cryptography.hazmat.primitives import serialization
+
+        from .. import keyformats
 
         hash_alg = hash_alg.lower()
         if hash_alg not in HASH_OIDS:
             raise ConfigError(f"hash '{hash_alg}' is not supported for CMS", "use sha256, sha384 or sha512")
         check_cert_matches(cert, signer)
         self.signer, self.cert, self.hash_alg = signer, cert, hash_alg
-        a_cert = _asn1_certificate(cert.public_bytes(serialization.Encoding.DER))
+        a_cert = _asn1_certificate(cert.public_bytes(keyformats.Encoding.DER))
         ias = cms.IssuerAndSerialNumber({"issuer": a_cert.issuer, "serial_number": a_cert.serial_number})
         self._digest_algo = algos.DigestAlgorithm({"algorithm": hash_alg, "parameters": None}).dump()
         self._signer_head = (

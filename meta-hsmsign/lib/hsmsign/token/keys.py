@@ -50,11 +50,9 @@ class TokenKey:
             raise TokenError(
                 f"key {uri.describe_key()} has type {key_type.name}, which hsmsign cannot sign with"
             )
-        from cryptography.hazmat.primitives import serialization
+        from .. import keyformats
 
-        spki = public.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        spki = public.public_bytes(keyformats.Encoding.DER, keyformats.PublicFormat.SubjectPublicKeyInfo)
         self.fingerprint = hashlib.sha256(spki).hexdigest()
 
     @property
