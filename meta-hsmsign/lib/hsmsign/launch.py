@@ -12,7 +12,7 @@
   loaded finalized (``C_Finalize``, as the module expects), and no thread left that Python
   would wait for. Otherwise it exits the usual way.
 
-Standard library only, and only what the interpreter has already loaded.
+This module imports only ``os`` and ``sys``, which the interpreter has already loaded.
 """
 
 from __future__ import annotations

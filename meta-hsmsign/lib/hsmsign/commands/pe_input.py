@@ -1,19 +1,26 @@
-"""The image ``hsmsign pe sign`` signs: read, hashed and written in a thread, from the first moment.
+"""The image ``hsmsign pe sign`` signs: read, hashed and written in threads, from the first moment.
 
-Only the standard library is imported here: :func:`prefetch` runs before the command-line
-interface is (``hsmsign.launch``), so that on a large image the read and the hash overlap
-the imports, the parser and the token login instead of following them.
+:func:`prefetch` runs before the command-line interface is imported (``hsmsign.launch``),
+so that on a large image the read and the hash overlap the imports, the parser and the token
+login instead of following them.
+
+Everything the threads run is imported here, on the thread that imports this module, before
+any of them starts: the threads import nothing. Two threads importing at once can see each
+other's modules half-initialized (``dataclasses`` reads ``typing`` from ``sys.modules`` without
+the import lock: "partially initialized module 'typing' has no attribute 'ClassVar'", once in
+about 500 runs before this rule).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
+from typing import Any
 
-TYPE_CHECKING = False  # typing itself is not imported: it costs as much as the rest of this
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-    from typing import Any
+from .. import atomic
+from ..errors import ConfigError
+from ..formats import pe
 
 # What `hsmsign pe sign` takes after the verb, as its parser defines it (a value or none), for
 # the guess of its input before the parser exists; tests/unit/test_pe_input.py keeps this true.
@@ -114,13 +121,8 @@ class ImageInput:
 
     def _work(self) -> None:
         try:
-            from ..atomic import MAX_IMAGE, read_input
-
-            # read first, then import the parser: the read releases the lock the imports hold.
-            # Read, not mapped: a file truncated meanwhile cannot kill us with SIGBUS.
-            self.data = read_input(self.path, "PE image", MAX_IMAGE)
-            from ..formats import pe
-
+            # read, not mapped: a file truncated meanwhile cannot kill us with SIGBUS
+            self.data = atomic.read_input(self.path, "PE image", atomic.MAX_IMAGE)
             self.layout = pe.parse(self.data, self.path)
             self._parsed.set()
             # the digest of the image as it will be: with the padding before the table
@@ -132,8 +134,6 @@ class ImageInput:
             self._hashed.set()
 
     def _write(self, fd: int) -> None:
-        from ..formats import pe
-
         try:
             self._parsed.wait()
             if self.error is None and not self._stopped:
@@ -166,8 +166,6 @@ class ImageInput:
         self._writer.start()
 
     def body_written(self, what: str) -> None:
-        from ..errors import ConfigError
-
         if self._writer is not None:
             self._writer.join()
         if self.write_error is not None:
@@ -181,9 +179,10 @@ class ImageInput:
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    from ..atomic import WRITE_CHUNK  # one write(2) of the whole body is ten times slower
-
+    """All of ``data`` at ``offset``, ``atomic.WRITE_CHUNK`` per call (one write(2) of a whole
+    50 MiB body was ten times slower)."""
+    chunk = atomic.WRITE_CHUNK
     view = memoryview(data)
     done = 0
     while done < len(view):
-        done += os.pwrite(fd, view[done : done + WRITE_CHUNK], offset + done)
+        done += os.pwrite(fd, view[done : done + chunk], offset + done)
