@@ -26,6 +26,7 @@ def console_main() -> None:
     from .commands import pe_input
 
     pe_input.prefetch(argv)
+    pe_input.load()
     from .cli import main
 
     quick_exit(main(argv))

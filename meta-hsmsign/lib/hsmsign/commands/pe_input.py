@@ -4,23 +4,48 @@
 so that on a large image the read and the hash overlap the imports, the parser and the token
 login instead of following them.
 
-Everything the threads run is imported here, on the thread that imports this module, before
-any of them starts: the threads import nothing. Two threads importing at once can see each
-other's modules half-initialized (``dataclasses`` reads ``typing`` from ``sys.modules`` without
-the import lock: "partially initialized module 'typing' has no attribute 'ClassVar'", once in
-about 500 runs before this rule).
+The threads import nothing. Two threads importing at once can see each other's modules
+half-initialized (``dataclasses`` reads ``typing`` from ``sys.modules`` without the import
+lock: "partially initialized module 'typing' has no attribute 'ClassVar'", twice in 1000 runs
+before this rule). So the first read uses only ``os`` (loaded with the interpreter), and
+the rest waits until :func:`load` has imported what it runs on the thread that imports;
+``ImageInput`` calls it itself, ``hsmsign.launch`` right after the prefetch has started.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
-from typing import Any
 
-from .. import atomic
-from ..errors import ConfigError
-from ..formats import pe
+TYPE_CHECKING = False  # typing is not imported before the prefetch starts
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+# what the threads run, imported by load() (on the importing thread) before they need it
+atomic: Any = None
+pe: Any = None
+ConfigError: Any = None
+_loaded = threading.Event()
+_S_IFMT, _S_IFREG = 0o170000, 0o100000  # stat's, without importing it
+READ_AHEAD_MAX = 4 << 30  # larger files are left to atomic.read_input (limit MAX_IMAGE)
+
+
+def load_once() -> None:
+    """:func:`load`, unless it has run (the command's thread calls it before it waits for a thread)."""
+    if not _loaded.is_set():
+        load()
+
+
+def load() -> None:
+    """Import what the threads run (on the calling thread) and let them run it."""
+    global atomic, pe, ConfigError
+    from .. import atomic
+    from ..errors import ConfigError
+    from ..formats import pe
+
+    _loaded.set()
+
 
 # What `hsmsign pe sign` takes after the verb, as its parser defines it (a value or none), for
 # the guess of its input before the parser exists; tests/unit/test_pe_input.py keeps this true.
@@ -74,11 +99,11 @@ def guess_input(argv: Sequence[str]) -> str | None:
 
 
 def prefetch(argv: Sequence[str]) -> None:
-    """If ``argv`` is a ``pe sign`` command, begin reading and hashing its image now."""
+    """If ``argv`` is a ``pe sign`` command, begin reading its image now (:func:`load` next)."""
     global _prefetched
     path = guess_input(argv)
     if path is not None and _prefetched is None:
-        _prefetched = ImageInput(path)
+        _prefetched = ImageInput(path, before_load=True)
 
 
 def adopt(path: str) -> ImageInput | None:
@@ -105,7 +130,11 @@ class ImageInput:
     writes the headers and the certificate table around it once it has the signature.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, before_load: bool = False) -> None:
+        """Start reading ``path``. ``before_load``: :func:`load` has not run and the caller runs it
+        next (the prefetch); otherwise it is run here first, if it has not."""
+        if not before_load:
+            load_once()
         self.path = path
         self.data = b""
         self.layout: Any = None
@@ -121,8 +150,14 @@ class ImageInput:
 
     def _work(self) -> None:
         try:
-            # read, not mapped: a file truncated meanwhile cannot kill us with SIGBUS
-            self.data = atomic.read_input(self.path, "PE image", atomic.MAX_IMAGE)
+            ahead = _read_ahead(self.path)
+            _loaded.wait()
+            if ahead is None or len(ahead) > atomic.MAX_IMAGE:
+                # anything but a regular file read whole, and every error: the read with its
+                # checks and messages (read, not mapped: a file truncated meanwhile cannot
+                # kill us with SIGBUS)
+                ahead = atomic.read_input(self.path, "PE image", atomic.MAX_IMAGE)
+            self.data = ahead
             self.layout = pe.parse(self.data, self.path)
             self._parsed.set()
             # the digest of the image as it will be: with the padding before the table
@@ -147,12 +182,14 @@ class ImageInput:
 
     def parsed(self) -> tuple[bytes, Any]:
         """The bytes and the layout, or the input's error (missing, not a PE image...)."""
+        load_once()
         self._parsed.wait()
         if self.error is not None:
             raise self.error
         return self.data, self.layout
 
     def image_digest(self) -> bytes:
+        load_once()
         self._hashed.wait()
         if self.error is not None:
             raise self.error
@@ -176,6 +213,28 @@ class ImageInput:
     def stop(self) -> None:
         """The command ends: a body not yet being written is not written."""
         self._stopped = True
+
+
+def _read_ahead(path: str) -> bytes | None:
+    """A regular file's bytes, read as ``atomic.read_input`` reads it (one ``read(2)`` of its size
+    and one more byte, then end of file), with ``os`` alone; None for anything else or any
+    error, which ``read_input`` then meets and reports."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & _S_IFMT != _S_IFREG or st.st_size > READ_AHEAD_MAX:
+            return None
+        data = os.read(fd, st.st_size + 1)
+        if len(data) != st.st_size or os.read(fd, 1):
+            return None  # it changed size while read
+        return data
+    except (OSError, MemoryError):
+        return None
+    finally:
+        os.close(fd)
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
