@@ -491,3 +491,33 @@ def test_the_input_threads_import_nothing(efi: Path, tmp_path: Path) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["ok", str(efi.stat().st_size)]
+
+
+def test_an_image_from_a_fifo_is_read_once_and_signed(
+    softhsm: SoftHsm, efi: Path, uefi_key: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The read ahead leaves a FIFO alone (opened and closed, it would break its writer's pipe):
+    the image a program writes into one is read by the command, signed and verified."""
+    import threading
+
+    fifo = tmp_path / "image.fifo"
+    os.mkfifo(fifo)
+    image = efi.read_bytes()
+    failures: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            with open(fifo, "wb") as fh:
+                fh.write(image)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            failures.append(exc)
+
+    feeding = threading.Thread(target=writer, daemon=True)
+    feeding.start()
+    out = tmp_path / "signed.efi"
+    argv = ["pe", "sign", *DEV, "--uri", uefi_key[0], "--cert", str(uefi_key[1]), "-o", str(out), str(fifo)]
+    done = softhsm.run_cli(*argv, timeout=60)
+    feeding.join(10)
+    assert done.returncode == 0, done.stderr
+    assert not failures, failures
+    assert _sbverify(uefi_key[1], out).returncode == 0

@@ -135,3 +135,12 @@ def test_only_the_image_the_parser_names_is_adopted(tmp_path: pytest.TempPathFac
     assert job is not None and job.path == "missing-a.efi"
     with pytest.raises(Exception, match="missing-a.efi"):
         job.parsed()  # the read's own error, raised where the command would raise it
+
+
+def test_the_read_ahead_limits_are_atomics() -> None:
+    import stat
+
+    from hsmsign import atomic
+
+    assert pe_input.READ_AHEAD_MAX == atomic.MAX_IMAGE
+    assert (pe_input._S_IFMT, pe_input._S_IFREG) == (stat.S_IFMT(0o177777), stat.S_IFREG)

@@ -5,9 +5,10 @@
 
 * before the CLI and its libraries are imported (python-pkcs11, asn1crypto and cryptography
   take half of a cold run), a command with work that needs none of them begins it: ``pe
-  sign`` reads and hashes its image in a thread (``hsmsign.commands.pe_input``);
+  sign`` reads its image in a thread, and hashes it once what that needs is imported
+  (``hsmsign.commands.pe_input``);
 * once the command has returned, the process ends without Python's teardown of every
-  module (about 10 ms of each cold run, measured by ``bench/bench_pe.py``), but only when
+  module (12 - 14 ms of each cold run on the project's machine), but only when
   that is safe: standard output and error flushed, every PKCS#11 module this process
   loaded finalized (``C_Finalize``, as the module expects), and no thread left that Python
   would wait for. Otherwise it exits the usual way.
@@ -25,8 +26,8 @@ def console_main() -> None:
     argv = sys.argv[1:]
     from .commands import pe_input
 
-    pe_input.prefetch(argv)
-    pe_input.load()
+    if pe_input.prefetch(argv):
+        pe_input.load()  # what its threads run, imported here while the first read is under way
     from .cli import main
 
     quick_exit(main(argv))

@@ -28,7 +28,7 @@ pe: Any = None
 ConfigError: Any = None
 _loaded = threading.Event()
 _S_IFMT, _S_IFREG = 0o170000, 0o100000  # stat's, without importing it
-READ_AHEAD_MAX = 4 << 30  # larger files are left to atomic.read_input (limit MAX_IMAGE)
+READ_AHEAD_MAX = 1 << 30  # atomic.MAX_IMAGE (a test keeps them equal): larger files are refused there
 
 
 def load_once() -> None:
@@ -98,12 +98,15 @@ def guess_input(argv: Sequence[str]) -> str | None:
     return positional[0] if len(positional) == 1 else None
 
 
-def prefetch(argv: Sequence[str]) -> None:
-    """If ``argv`` is a ``pe sign`` command, begin reading its image now (:func:`load` next)."""
+def prefetch(argv: Sequence[str]) -> bool:
+    """If ``argv`` is a ``pe sign`` command, begin reading its image now; whether it began (the
+    caller then runs :func:`load`)."""
     global _prefetched
     path = guess_input(argv)
-    if path is not None and _prefetched is None:
-        _prefetched = ImageInput(path, before_load=True)
+    if path is None or _prefetched is not None:
+        return False
+    _prefetched = ImageInput(path, before_load=True)
+    return True
 
 
 def adopt(path: str) -> ImageInput | None:
@@ -218,9 +221,16 @@ class ImageInput:
 def _read_ahead(path: str) -> bytes | None:
     """A regular file's bytes, read as ``atomic.read_input`` reads it (one ``read(2)`` of its size
     and one more byte, then end of file), with ``os`` alone; None for anything else or any
-    error, which ``read_input`` then meets and reports."""
+    error, which ``read_input`` then meets and reports.
+
+    Anything but a regular file is not even opened: a FIFO opened and closed here would take
+    its writer's first bytes, or break its pipe, before ``read_input`` reads it.
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        if os.stat(path).st_mode & _S_IFMT != _S_IFREG:
+            return None
+        # O_NONBLOCK: if a FIFO took the file's place since, the open does not wait for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return None
     try:
