@@ -14,7 +14,7 @@ bench/bench_pe.py [--size-mib 50] [--repeat 5]
 The breakdown runs, interleaved with the others, what a cold ``hsmsign pe sign``
 cannot do without: the interpreter starting (``python -c pass``), and the
 interpreter importing the libraries the command needs (python-pkcs11, which loads
-asn1crypto, and cryptography's RSA and serialization modules), without any
+asn1crypto, and cryptography's RSA and padding modules), without any
 hsmsign code and without any work. Two more pairs split each tool's time into
 what every run costs and what the image's size costs: both tools sign the 130 KiB
 systemd stub itself. And since hsmsign's output is on disk when it exits (fsync)
@@ -39,8 +39,8 @@ from benchtoken import dev_token
 
 STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 PIN_ATTR = "pin-value"  # libp11 wants the run-time PIN of a throw-away bench token in its URI
-LIBRARIES = (
-    "import pkcs11, asn1crypto.cms, cryptography.hazmat.primitives.serialization, "
+LIBRARIES = (  # what `hsmsign pe sign` imports of them (no serialization package: hsmsign.keyformats)
+    "import pkcs11, asn1crypto.cms, cryptography.hazmat.primitives.asymmetric.rsa, "
     "cryptography.hazmat.primitives.asymmetric.padding"
 )
 
