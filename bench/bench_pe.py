@@ -11,6 +11,12 @@ Authenticode digests of both outputs are compared too.
 Target (issue 16): hsmsign / sbsign wall time <= 1.0. Usage:
 bench/bench_pe.py [--size-mib 50] [--repeat 5]
 
+hsmsign runs with the interpreter that runs the bench, and the report names it and the
+libraries' versions. To see what a Yocto build sees, run it with the venv
+``scripts/test-yocto-pythons`` made for a release (its Python and python-pkcs11,
+cryptography and asn1crypto pinned to the release's recipes), for example
+``~/.cache/hsmsign/venvs/wrynose-*/bin/python bench/bench_pe.py``.
+
 The breakdown runs, interleaved with the others, what a cold ``hsmsign pe sign``
 cannot do without: the interpreter starting (``python -c pass``), and the
 interpreter importing the libraries the command needs (python-pkcs11, which loads
@@ -68,6 +74,20 @@ def timed_pair(
             times[name].append(elapsed)
             cpu[name].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     return {name: (statistics.median(times[name]), statistics.median(cpu[name])) for name in cmds}
+
+
+def versions() -> str:
+    """The interpreter and the libraries hsmsign ran with (this one: the bench runs hsmsign with
+    ``sys.executable``); the ratio depends on them (docs/uefi.md, "Speed")."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for package in ("python-pkcs11", "cryptography", "asn1crypto", "cached-property"):
+        try:
+            found.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            continue
+    return f"Python {sys.version.split()[0]}, " + ", ".join(found)
 
 
 def make_uki(work: Path, size_mib: int) -> Path:
@@ -159,6 +179,7 @@ def main() -> int:
     start, imports = results["python -c pass"][0], results["python, imports only"][0]
     print(f"\nsigning a {args.size_mib} MiB UKI, median of {args.repeat} cold runs each, interleaved")
     print(f"(RSA-2048 on SoftHSM; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+    print(f"(hsmsign on {versions()})")
     print(f"{'':<28} {'wall':>8}   {'cpu':>8}")
     for name, (wall, cpu) in results.items():
         print(f"{name:<28} {wall:8.3f} s {cpu:8.3f} s")
