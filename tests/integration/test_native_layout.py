@@ -13,6 +13,7 @@ its modules cannot be built offline, so the interpreter stands in for them.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import re
 import shutil
@@ -46,11 +47,19 @@ def install(dest: Path) -> Path:
     (src / "hsmsign").parent.mkdir(parents=True)
     os.symlink(ROOT / "meta-hsmsign" / "lib" / "hsmsign", src / "hsmsign")
     image = dest / "image"
-    values = {"D": str(image), "S": str(src), "PYTHON_SITEPACKAGES_DIR": SITE, "bindir": "/usr/bin"}
+    values = {
+        "D": str(image),
+        "S": str(src),
+        "PYTHON_SITEPACKAGES_DIR": SITE,
+        "bindir": "/usr/bin",
+        "PYTHON": sys.executable,  # python3native's ${PYTHON}: the release's python3-native
+    }
     script = re.sub(r"\$\{([A-Za-z_]+)\}", lambda m: values[m.group(1)], do_install_script())
     # cp -R of a symlinked directory: follow it (-L), as the fetcher's copy in ${S} is real
     script = script.replace("cp -R ", "cp -RL ")
-    subprocess.run(["sh", "-e", "-c", script], check=True, capture_output=True)
+    env = dict(os.environ)
+    env.pop("PYTHONPYCACHEPREFIX", None)  # not in a BitBake task's environment
+    subprocess.run(["sh", "-e", "-c", script], check=True, capture_output=True, env=env)
     return image / "usr" / "bin"
 
 
@@ -58,7 +67,8 @@ def test_installed_layout_signs_with_nativepython3(softhsm: SoftHsm, rsa2048: st
     bindir = install(tmp_path)
     hsmsign = bindir / "hsmsign"
     assert hsmsign.read_text().startswith("#!/usr/bin/env nativepython3\n")
-    assert not list((tmp_path / "image").rglob("__pycache__"))
+    package = tmp_path / "image" / SITE.lstrip("/") / "hsmsign"
+    assert_byte_compiled(package)
     shim = tmp_path / "shim"
     shim.mkdir()
     # a wrapper, not a symlink: a venv's interpreter knows its venv by its own path
@@ -75,6 +85,22 @@ def test_installed_layout_signs_with_nativepython3(softhsm: SoftHsm, rsa2048: st
 
     version = run("--version")
     assert version.returncode == 0 and re.search(r"\d+\.\d+", version.stdout), version.stdout + version.stderr
+    # as in a task under pseudo (PYTHONDONTWRITEBYTECODE=1): hsmsign's code comes from the
+    # installed .pyc files, none is compiled from source, none is written
+    before = sorted(package.rglob("*"))
+    verbose = subprocess.run(
+        [str(hsmsign), "doctor", "--help"],
+        env={**env, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONVERBOSE": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verbose.returncode == 0, verbose.stderr[-2000:]
+    loaded = re.findall(r"^# code object from '?(\S+?)'?$", verbose.stderr, re.M)
+    ours = [path for path in loaded if f"{os.sep}hsmsign{os.sep}" in path]
+    assert len(ours) >= 5, verbose.stderr[-2000:]
+    assert all(path.endswith(".pyc") for path in ours), [p for p in ours if not p.endswith(".pyc")]
+    assert sorted(package.rglob("*")) == before
     payload = tmp_path / "payload.bin"
     payload.write_bytes(b"hsmsign-native layout\n" * 100)
     signed = run("sign", "--uri", rsa2048, "--output", str(tmp_path / "payload.sig"), str(payload))
@@ -101,6 +127,21 @@ def test_installed_layout_signs_with_nativepython3(softhsm: SoftHsm, rsa2048: st
     fit_signed = run("fit", "sign", "--uri", rsa2048, "--key-name", "rsa2048", "--json", str(fit))
     assert fit_signed.returncode == 0, fit_signed.stderr
     assert "/configurations/conf-1/" in fit_signed.stdout, fit_signed.stdout
+
+
+def assert_byte_compiled(package: Path) -> None:
+    """Every module has a .pyc for this interpreter, checked-hash, of the source beside it."""
+    sources = sorted(package.rglob("*.py"))
+    assert sources
+    for source in sources:
+        pyc = Path(importlib.util.cache_from_source(str(source)))
+        assert pyc.is_file(), f"{source.relative_to(package)} was not byte-compiled"
+        header = pyc.read_bytes()[:16]
+        assert header[:4] == importlib.util.MAGIC_NUMBER, f"{pyc.name}: not this interpreter's"
+        flags = int.from_bytes(header[4:8], "little")
+        assert flags == 0b11, f"{pyc.name}: flags {flags:#b}, not checked-hash"
+        assert header[8:16] == importlib.util.source_hash(source.read_bytes()), f"{pyc.name}: another source"
+    assert not [p for p in package.rglob("*.pyc") if Path(p).parent.name != "__pycache__"]
 
 
 ITS = """/dts-v1/;

@@ -32,6 +32,11 @@ do_install() {
     install -d ${D}${PYTHON_SITEPACKAGES_DIR}
     cp -R --no-preserve=ownership ${S}/hsmsign ${D}${PYTHON_SITEPACKAGES_DIR}/
     find ${D}${PYTHON_SITEPACKAGES_DIR}/hsmsign -name __pycache__ -prune -exec rm -rf {} +
+    # Byte-compiled by the release's Python. The tasks that run under pseudo (do_install,
+    # do_rootfs, do_image_*) have PYTHONDONTWRITEBYTECODE=1, and without this every hsmsign
+    # call there compiled its modules again (0.02 - 0.03 s a call). checked-hash: a .pyc is
+    # used only while its source is the one it was compiled from.
+    ${PYTHON} -m compileall -q --invalidation-mode checked-hash ${D}${PYTHON_SITEPACKAGES_DIR}/hsmsign
     install -d ${D}${bindir}
     # nativepython3 (python3-native) sees the native site-packages with
     # python-pkcs11 and cryptography; the host python3 does not
