@@ -58,6 +58,22 @@ def test_a_thread_python_waits_for_is_waited_for(tmp_path: Path) -> None:
     assert (tmp_path / "written-late").read_text() == "done"
 
 
+def test_an_atexit_handler_still_runs(tmp_path: Path) -> None:
+    done = _python(
+        """
+        import atexit
+        from pathlib import Path
+        from hsmsign.launch import quick_exit
+
+        atexit.register(lambda: Path("at-exit").write_text("ran"))
+        quick_exit(5)
+        """,
+        tmp_path,
+    )
+    assert done.returncode == 5, done.stderr
+    assert (tmp_path / "at-exit").read_text() == "ran"
+
+
 def test_the_command_line_keeps_its_exit_codes_and_messages(tmp_path: Path) -> None:
     def hsmsign(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -10,8 +10,9 @@
 * once the command has returned, the process ends without Python's teardown of every
   module (12 - 14 ms of each cold run on the project's machine), but only when
   that is safe: standard output and error flushed, every PKCS#11 module this process
-  loaded finalized (``C_Finalize``, as the module expects), and no thread left that Python
-  would wait for. Otherwise it exits the usual way.
+  loaded finalized (``C_Finalize``, as the module expects), no thread left that Python
+  would wait for, and no ``atexit`` handler registered (``logging`` and SPSDK's progress
+  bar register one). Otherwise it exits the usual way.
 
 This module imports only ``os`` and ``sys``, which the interpreter has already loaded.
 """
@@ -40,6 +41,8 @@ def quick_exit(code: int) -> None:
     main_thread = threading.main_thread()
     if any(t is not main_thread and not t.daemon and t.is_alive() for t in threading.enumerate()):
         sys.exit(code)
+    if _atexit_handlers() != 0:
+        sys.exit(code)  # a library's teardown work (flushing a log file...) runs as it expects
     try:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -49,3 +52,12 @@ def quick_exit(code: int) -> None:
     if modules is not None and not modules.finalize_all():
         sys.exit(code)
     os._exit(code)
+
+
+def _atexit_handlers() -> int | None:
+    """How many ``atexit`` handlers are registered; None where the interpreter cannot say
+    (``atexit._ncallbacks`` is CPython's), which counts as some."""
+    import atexit
+
+    count = getattr(atexit, "_ncallbacks", None)
+    return count() if callable(count) else None
