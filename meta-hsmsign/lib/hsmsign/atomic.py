@@ -516,7 +516,7 @@ def file_mode(path: str) -> int | None:
 
 # --------------------------------------------------------------------------- signals
 
-SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+SIGNAL_EXIT: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 @contextlib.contextmanager

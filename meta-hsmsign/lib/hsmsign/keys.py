@@ -145,6 +145,8 @@ def generate(
                 **pair,
             )
         if spec.kind == "ec":
+            if spec.curve is None:  # parse_key_type gives every EC spec its curve
+                raise ConfigError("an EC key type needs a curve", "use ec:secp256r1 or ec:secp384r1")
             params = session.create_domain_parameters(
                 KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(spec.curve)}, local=True
             )
@@ -236,9 +238,9 @@ def as_cryptography_key(signer: Any) -> Any:
 
     from . import signing
 
-    def _prehash(data: bytes, algorithm: Any) -> tuple[bytes, str]:
+    def _prehash(data: bytes | bytearray | memoryview, algorithm: Any) -> tuple[bytes, str]:
         if isinstance(algorithm, utils.Prehashed):
-            return data, algorithm._algorithm.name
+            return bytes(data), algorithm._algorithm.name
         h = hashes.Hash(algorithm)
         h.update(data)
         return h.finalize(), algorithm.name
@@ -268,7 +270,7 @@ def as_cryptography_key(signer: Any) -> Any:
     if signer.key_type == "rsa":
 
         class _TokenRSA(_StaysInToken, rsa.RSAPrivateKey):
-            def sign(self, data: bytes, pad: Any, algorithm: Any) -> bytes:
+            def sign(self, data: bytes | bytearray | memoryview, pad: Any, algorithm: Any) -> bytes:
                 digest, name = _prehash(data, algorithm)
                 scheme = "pss" if isinstance(pad, padding.PSS) else "pkcs1v15"
                 return signer.sign_digest(digest, name, scheme)
@@ -281,7 +283,7 @@ def as_cryptography_key(signer: Any) -> Any:
     if signer.key_type == "ec":
 
         class _TokenEC(_StaysInToken, ec.EllipticCurvePrivateKey):
-            def sign(self, data: bytes, signature_algorithm: Any) -> bytes:
+            def sign(self, data: bytes | bytearray | memoryview, signature_algorithm: Any) -> bytes:
                 digest, name = _prehash(data, signature_algorithm.algorithm)
                 return signing.ecdsa_raw_to_der(signer.sign_digest(digest, name))
 

@@ -31,6 +31,7 @@ import dataclasses
 import re
 import shlex
 import unicodedata
+from typing import Any
 from urllib.parse import quote, unquote, unquote_to_bytes
 
 from .errors import ConfigError, printable
@@ -584,7 +585,7 @@ class Pkcs11Uri:
             self, pin_source=None, pin_value=None, module_name=None, module_path=None
         ).format()
 
-    def with_(self, **changes: object) -> Pkcs11Uri:
+    def with_(self, **changes: Any) -> Pkcs11Uri:
         """A copy with some attributes changed (``with_(object="uboot")``)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 

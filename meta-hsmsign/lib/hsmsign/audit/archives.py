@@ -28,7 +28,7 @@ import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import BinaryIO, Protocol
+from typing import IO, BinaryIO, Protocol
 
 from ..errors import VerificationError
 from ..formats import cpio
@@ -152,12 +152,13 @@ class Stream:
     def seekable_file(self) -> BinaryIO | None:
         """The underlying file rewound to its start, when it can seek and nothing was consumed."""
         raw = self._raw
-        plain_file = isinstance(raw, io.BufferedReader) and isinstance(raw.raw, io.FileIO)
-        if self._pos == 0 and (plain_file or isinstance(raw, io.BytesIO)):
-            raw.seek(0)  # type: ignore[union-attr]
-            self._buf = b""
-            return raw  # type: ignore[return-value]
-        return None
+        if self._pos != 0 or not isinstance(raw, (io.BufferedReader, io.BytesIO)):
+            return None
+        if isinstance(raw, io.BufferedReader) and not isinstance(raw.raw, io.FileIO):
+            return None  # a buffered pipe or socket: it cannot seek
+        raw.seek(0)
+        self._buf = b""
+        return raw
 
     def unread(self, data: bytes) -> None:
         """Put back bytes read past the end of a member (a deflate stream ends where it ends)."""
@@ -504,7 +505,7 @@ def _zip_members(st: Stream, base: str, budget: Budget) -> MemberIter:
         budget.in_memory -= held
 
 
-def _counted(fh: BinaryIO, source: str, budget: Budget, compressed: int) -> Iterator[bytes]:
+def _counted(fh: IO[bytes], source: str, budget: Budget, compressed: int) -> Iterator[bytes]:
     """A zip member's bytes, counted against the budget (a deflated member is decompressed output)."""
     produced = 0
     try:

@@ -29,7 +29,7 @@ import re
 import shlex
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -172,6 +172,8 @@ def published_symmetric_key(text: str) -> known_keys.KnownKey | None:
 
 class Datastore(Protocol):
     def getVar(self, name: str, expand: bool = True) -> Any: ...  # noqa: N802 - BitBake's API
+
+    def keys(self) -> Iterable[str]: ...
 
 
 @dataclass(frozen=True)
@@ -544,8 +546,7 @@ def recipe_files(d: Datastore) -> list[str]:
         path = entry[0] if isinstance(entry, (tuple, list)) else str(entry)
         if not path.endswith((".bbclass", ".conf")):
             files.append(path)
-    seen: set[str] = set()
-    return [f for f in files if f and not (f in seen or seen.add(f))]
+    return list(dict.fromkeys(f for f in files if f))  # each once, in order
 
 
 def check_recipe_files(d: Datastore, prod: bool) -> list[Problem]:

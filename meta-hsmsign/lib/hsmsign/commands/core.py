@@ -392,9 +392,9 @@ def run_doctor(args: Any) -> int:
             step("key", True, f"{key.label}: {key.key_type} {key.key_size}, sha256:{key.fingerprint}")
             # the same rules, fingerprint and mode decisions as every signing path (policy.check_signer)
             results = policy.evaluate(key, args.mode, role_fingerprints(args))
-            refused = [v for v in results if v.refusal is not None]
-            refusals = [f"{v.rule}: {v.refusal.message}" for v in refused if v.action == "refuse"]
-            others = [f"{v.rule}: {v.refusal.message}" for v in refused if v.action != "refuse"]
+            refused = [(v, v.refusal) for v in results if v.refusal is not None]
+            refusals = [f"{v.rule}: {r.message}" for v, r in refused if v.action == "refuse"]
+            others = [f"{v.rule}: {r.message}" for v, r in refused if v.action != "refuse"]
             names = ", ".join(p.variable for p in role_fingerprints(args))
             pinned = f" (pinned by {names})" if names else ""
             if refusals:

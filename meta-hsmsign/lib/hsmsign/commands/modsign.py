@@ -135,8 +135,11 @@ def _read_many(paths: list[str]) -> list[bytes | BaseException]:
             read.append(read_input(path, "module"))
         except HsmsignError as exc:
             read.append(exc)
-    todo = [(i, data, modcompress.compression(paths[i])) for i, data in enumerate(read)]
-    todo = [(i, data, kind) for i, data, kind in todo if isinstance(data, bytes) and kind]
+    todo: list[tuple[int, bytes, str]] = []  # (index, compressed bytes, compression)
+    for i, data in enumerate(read):
+        kind = modcompress.compression(paths[i])
+        if isinstance(data, bytes) and kind:
+            todo.append((i, data, kind))
     items = [(data, kind, paths[i]) for i, data, kind in todo]
     for (i, _data, _kind), module in zip(todo, modcompress.decompress_many(items)):
         read[i] = module

@@ -343,7 +343,7 @@ _NOT_DTB_HINT = "give a DTB or FIT (compiled with dtc or mkimage)"
 
 
 def _read_reserve(data: bytes, off: int, limit: int, what: str) -> list[tuple[int, int]]:
-    out = []
+    out: list[tuple[int, int]] = []
     while True:
         if off + 16 > min(limit, len(data)):
             raise FdtError(f"{what}: unterminated memory reservation block", "the file is corrupt")

@@ -16,7 +16,16 @@ from ..errors import ConfigError, SigningError, TokenError
 from ..settings import effective_mode
 from ..uri import Pkcs11Uri
 from .modules import PKCS11_FAILURES, _pkcs11
-from .session import _LOCK, TokenInfo, _find_one, _OpenToken, _refuse_unknown, open_token, token_error
+from .session import (
+    _LOCK,
+    TokenInfo,
+    _find_one,
+    _OpenToken,
+    _refuse_unknown,
+    objects,
+    open_token,
+    token_error,
+)
 
 DEV_KEY_PREFIX = "dev-"
 
@@ -179,9 +188,7 @@ def _public_for(opened: _OpenToken, uri: Pkcs11Uri, key: Any) -> Any:
     ):
         if key_id in (None, b"") and Attribute.ID in template:
             continue
-        candidates = opened.call(
-            "finding the public key", lambda t=template: list(opened.session.get_objects(t)), uri
-        )
+        candidates = opened.call("finding the public key", objects(opened, template), uri)
         if len(candidates) == 1:
             break
     key_type = key.key_type

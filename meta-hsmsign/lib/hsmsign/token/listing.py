@@ -7,7 +7,7 @@ from typing import Any
 from ..settings import effective_mode
 from ..uri import Pkcs11Uri
 from .modules import PKCS11_FAILURES, _pkcs11, load_module
-from .session import _LOCK, TokenInfo, open_token, token_error
+from .session import _LOCK, TokenInfo, objects, open_token, token_error
 
 
 def list_tokens(module: str) -> list[TokenInfo]:
@@ -43,9 +43,7 @@ def list_keys(
     opened = open_token(uri, module, pin_env, effective_mode(mode))
     out = []
     for cls, kind in ((ObjectClass.PRIVATE_KEY, "private"), (ObjectClass.SECRET_KEY, "secret-key")):
-        objs = opened.call(
-            "listing keys", lambda c=cls: list(opened.session.get_objects({Attribute.CLASS: c})), uri
-        )
+        objs = opened.call("listing keys", objects(opened, {Attribute.CLASS: cls}), uri)
         for obj in objs:
             out.append(
                 {

@@ -418,6 +418,11 @@ def _tries_left(token: Any) -> str:
     return ""
 
 
+def objects(opened: _OpenToken, template: dict[Any, Any]) -> Callable[[], list[Any]]:
+    """The objects on the token that match ``template``, as a call for ``_OpenToken.call``."""
+    return lambda: list(opened.session.get_objects(template))
+
+
 def _find_one(opened: _OpenToken, uri: Pkcs11Uri, classes: Iterable[Any], what: str) -> Any:
     pkcs11 = _pkcs11()
     from pkcs11 import Attribute
@@ -430,9 +435,7 @@ def _find_one(opened: _OpenToken, uri: Pkcs11Uri, classes: Iterable[Any], what: 
             template[Attribute.LABEL] = uri.object
         if uri.id is not None:
             template[Attribute.ID] = uri.id
-        found += opened.call(
-            f"searching the token for {what}", lambda t=template: list(opened.session.get_objects(t)), uri
-        )
+        found += opened.call(f"searching the token for {what}", objects(opened, template), uri)
     if not found:
         labels = _labels(opened, classes)
         raise TokenError(
