@@ -587,7 +587,7 @@ class Pkcs11Uri:
 
     def with_(self, **changes: Any) -> Pkcs11Uri:
         """A copy with some attributes changed (``with_(object="uboot")``)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        return dataclasses.replace(self, **changes)
 
     @property
     def has_secret(self) -> bool:
