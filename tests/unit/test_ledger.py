@@ -243,6 +243,28 @@ def test_cli_verify_and_show(five: tuple[Path, list[bytes]], capsys: pytest.Capt
     assert main(["ledger", "verify", "--ledger", str(path.parent / "none.jsonl")]) == 2
 
 
+def test_cli_ledger_as_argument(
+    five: tuple[Path, list[bytes]], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger named as the argument, as users type it; it wins over HSMSIGN_LEDGER, and a
+    different --ledger beside it is refused rather than one of them silently ignored."""
+    path, _ = five
+    other = path.parent / "other.jsonl"
+    monkeypatch.setenv("HSMSIGN_LEDGER", str(other))
+    assert main(["ledger", "verify", str(path)]) == 0
+    assert "5 entries, chain intact" in capsys.readouterr().out
+    assert main(["ledger", "show", str(path), "--json"]) == 0
+    assert [e["seq"] for e in json.loads(capsys.readouterr().out)] == [1, 2, 3, 4, 5]
+    assert main(["ledger", "verify", "--ledger", str(path), str(path)]) == 0
+    capsys.readouterr()
+    assert main(["ledger", "verify", "--ledger", str(other), str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "two ledgers given" in err and "hsmsign ledger verify FILE" in err
+    monkeypatch.delenv("HSMSIGN_LEDGER")
+    assert main(["ledger", "show"]) == 2
+    assert "name it (hsmsign ledger show FILE) or set HSMSIGN_LEDGER" in capsys.readouterr().err
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.lists(

@@ -10,7 +10,7 @@ from ..settings import Settings
 
 EXAMPLE = """\
 examples:
-  hsmsign ledger verify --ledger tmp/deploy/images/qemuarm64/hsmsign-ledger.jsonl
+  hsmsign ledger verify tmp/deploy/images/qemuarm64/hsmsign-ledger.jsonl
   HSMSIGN_LEDGER=ledger.jsonl hsmsign ledger verify --expect-head 3b1f...   # also catches a cut-off end
   hsmsign ledger show --json
 
@@ -26,9 +26,9 @@ def register(sub: Any, parents: Any) -> None:
     common.add_argument(
         "--ledger",
         metavar="FILE",
-        default=Settings.from_env(check=False).ledger or None,
         help="ledger file (default: $HSMSIGN_LEDGER)",
     )
+    common.add_argument("path", nargs="?", metavar="LEDGER", help="ledger file (the same as --ledger)")
     p = verbs.add_parser(
         "verify",
         parents=[common, parents.output],
@@ -45,7 +45,7 @@ def register(sub: Any, parents: Any) -> None:
         "show",
         parents=[common, parents.output],
         formatter_class=raw,
-        epilog="examples:\n  hsmsign ledger show --ledger hsmsign-ledger.jsonl\n  hsmsign ledger show --json",
+        epilog="examples:\n  hsmsign ledger show hsmsign-ledger.jsonl\n  hsmsign ledger show --json",
         help="list the entries (seq, time, kind, key fingerprint, artifact)",
     )
     s.set_defaults(func=run_show)
@@ -60,9 +60,15 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def _path(args: Any) -> str:
     from ..errors import ConfigError
 
-    if not args.ledger:
-        raise ConfigError("no ledger given", "pass --ledger FILE or set HSMSIGN_LEDGER")
-    return str(args.ledger)
+    verb = f"hsmsign ledger {args.ledger_verb}"
+    if args.path and args.ledger and args.path != args.ledger:
+        raise ConfigError(
+            f"two ledgers given: --ledger {args.ledger} and {args.path}", f"name one: {verb} FILE"
+        )
+    path = args.path or args.ledger or Settings.from_env(check=False).ledger
+    if not path:
+        raise ConfigError("no ledger given", f"name it ({verb} FILE) or set HSMSIGN_LEDGER")
+    return str(path)
 
 
 def run_verify(args: Any) -> int:
