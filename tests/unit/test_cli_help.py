@@ -137,6 +137,30 @@ def test_no_verb_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> 
     assert "usage: hsmsign" in err and "exit codes:" in err
 
 
+def groups(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every verb or kind that has actions of its own (``pe``, ``imx ahab``...)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                if child._subparsers is not None:
+                    yield (*path, name), child
+                yield from groups(child, (*path, name))
+
+
+def test_a_group_without_its_action_prints_its_own_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """``hsmsign imx`` showed the top level's help, which does not list imx's kinds."""
+    found = list(groups(build_parser()))
+    assert {("pe",), ("imx",), ("imx", "ahab"), ("imx", "hab"), ("ledger",)} <= {p for p, _ in found}
+    for path, group in found:
+        assert main(list(path)) == 2, path
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: hsmsign {' '.join(path)} "), (path, out[:80])
+        actions = next(a for a in group._actions if isinstance(a, argparse._SubParsersAction))
+        assert all(name in out for name in actions.choices), path
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import sys
 from collections.abc import Sequence
@@ -163,7 +164,25 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     wanted = [m for m, verbs in COMMAND_VERBS.items() if verb in verbs] if verb else []
     for name in wanted or COMMAND_MODULES:
         importlib.import_module(name).register(sub, parents)
+    _groups_print_their_help(parser)
     return parser
+
+
+def _groups_print_their_help(parser: argparse.ArgumentParser) -> None:
+    """A verb or kind named without its action (``hsmsign pe``, ``hsmsign imx ahab``) prints its own
+    help and exits 2; the top level's would not show the actions it lacks."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for child in action.choices.values():
+            if child._subparsers is not None and child.get_default("func") is None:
+                child.set_defaults(func=functools.partial(_group_help, child))
+            _groups_print_their_help(child)
+
+
+def _group_help(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    parser.print_help()
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

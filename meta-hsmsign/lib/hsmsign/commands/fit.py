@@ -129,13 +129,6 @@ def register(sub: Any, parents: Any) -> None:
     v.add_argument("--config", action="append", metavar="NAME", help="check only this configuration")
     v.set_defaults(func=run_verify)
 
-    p.set_defaults(func=lambda args: _help(p))
-
-
-def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
-
 
 def run_sign(args: Any) -> int:
     from .. import ledger

@@ -49,12 +49,6 @@ def register(sub: Any, parents: Any) -> None:
         help="list the entries (seq, time, kind, key fingerprint, artifact)",
     )
     s.set_defaults(func=run_show)
-    top.set_defaults(func=lambda args: _usage(top))
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 def _path(args: Any) -> str:

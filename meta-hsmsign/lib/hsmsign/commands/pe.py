@@ -108,7 +108,6 @@ def register(sub: Any, parents: Any) -> None:
     )
     p.add_argument("--output", "-o", required=True, metavar="db.esl")
     p.set_defaults(func=run_esl)
-    top.set_defaults(func=lambda args: (top.print_help(), 2)[1])
 
 
 def _read(path: str) -> bytes:

@@ -130,7 +130,6 @@ def register(sub: Any, parents: Any) -> None:
         "it cannot list (before 0.4.18: Ed25519), where it would find no key at all; without it, warn",
     )
     p.set_defaults(func=run_preflight)
-    top.set_defaults(func=lambda args: (top.print_help(), 2)[1])
 
 
 def _signing_arguments(p: Any, verb: str, example: str) -> None:

@@ -118,8 +118,6 @@ def register(sub: Any, parents: Any) -> None:
     _signature_options(p)
     p.set_defaults(func=run_preflight, mode_aliases=SIG_MODE_ALIASES)
 
-    top.set_defaults(func=lambda args: _no_action(top))
-
 
 def _signature_options(p: argparse.ArgumentParser) -> None:
     """The signature type and the CMS signer certificate (sign and bundle)."""
@@ -132,11 +130,6 @@ def _signature_options(p: argparse.ArgumentParser) -> None:
         help="signature type (default cms); '--mode cms|rsa|rsa-pss' is accepted too",
     )
     p.add_argument("--cert", metavar="CERT.pem", help="signer certificate (cms mode)")
-
-
-def _no_action(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 def _sig_mode(args: Any) -> str:

@@ -55,7 +55,6 @@ def register(sub: Any, parents: Any) -> None:
         help="extra argument for veritysetup format (repeatable), e.g. --veritysetup-arg=--hash=sha512",
     )
     p.set_defaults(func=run_sign)
-    top.set_defaults(func=lambda args: (top.print_help(), 2)[1])
 
 
 def run_sign(args: Any) -> int:
