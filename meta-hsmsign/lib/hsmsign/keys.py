@@ -242,7 +242,7 @@ def as_cryptography_key(signer: Any) -> Any:
         if isinstance(algorithm, utils.Prehashed):
             return bytes(data), algorithm._algorithm.name
         h = hashes.Hash(algorithm)
-        h.update(data)
+        h.update(bytes(data))  # cryptography 42 (scarthgap) types it as bytes only
         return h.finalize(), algorithm.name
 
     class _StaysInToken:
