@@ -161,6 +161,29 @@ def test_a_group_without_its_action_prints_its_own_help(capsys: pytest.CaptureFi
         assert all(name in out for name in actions.choices), path
 
 
+@pytest.mark.parametrize(
+    ("argv", "said_by", "unknown"),
+    [
+        (["pe", "sign", "--cert", "c.pem", "-o", "o.efi", "i.efi", "--bogus"], "hsmsign pe sign", "--bogus"),
+        (["ledger", "verify", "a.jsonl", "b.jsonl"], "hsmsign ledger verify", "b.jsonl"),
+        (["manifest", "verify", "--cert", "c.pem", "MANIFEST", "--zz"], "hsmsign manifest", "--zz"),
+        (["pe", "--bogus"], "hsmsign pe", "--bogus"),
+        (["--bogus", "pe"], "hsmsign", "--bogus"),  # before the verb: the top level's
+    ],
+)
+def test_an_unknown_argument_is_reported_by_its_verb(
+    argv: list[str], said_by: str, unknown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse reports arguments no parser took with the top level's usage, which shows none of
+    the verb's options; hsmsign has the verb's parser report them."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"\n{said_by}: error: unrecognized arguments: {unknown}\n" in err
+    assert err.startswith(f"usage: {said_by} "), err[:80]
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True

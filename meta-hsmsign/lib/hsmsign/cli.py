@@ -170,13 +170,15 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
 
 def _groups_print_their_help(parser: argparse.ArgumentParser) -> None:
     """A verb or kind named without its action (``hsmsign pe``, ``hsmsign imx ahab``) prints its own
-    help and exits 2; the top level's would not show the actions it lacks."""
+    help and exits 2; the top level's would not show the actions it lacks. Each verb's parser is
+    also its namespace's ``_parser``, which reports an unknown argument with the verb's usage."""
     for action in parser._actions:
         if not isinstance(action, argparse._SubParsersAction):
             continue
         for child in action.choices.values():
             if child._subparsers is not None and child.get_default("func") is None:
                 child.set_defaults(func=functools.partial(_group_help, child))
+            child.set_defaults(_parser=child)
             _groups_print_their_help(child)
 
 
@@ -187,8 +189,15 @@ def _group_help(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(_first_verb(args_list))
-    args = parser.parse_args(args_list)
+    verb = _first_verb(args_list)
+    parser = build_parser(verb)
+    args, unknown = parser.parse_known_args(args_list)
+    if unknown:
+        # said by the verb's parser, with its usage (argparse's own says the top level's), unless
+        # it came before the verb
+        before = args_list[: args_list.index(verb)] if verb in args_list else args_list
+        says = parser if any(word in before for word in unknown) else getattr(args, "_parser", parser)
+        says.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
