@@ -164,14 +164,15 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     wanted = [m for m, verbs in COMMAND_VERBS.items() if verb in verbs] if verb else []
     for name in wanted or COMMAND_MODULES:
         importlib.import_module(name).register(sub, parents)
-    _groups_print_their_help(parser)
+    _set_verb_defaults(parser)
     return parser
 
 
-def _groups_print_their_help(parser: argparse.ArgumentParser) -> None:
-    """A verb or kind named without its action (``hsmsign pe``, ``hsmsign imx ahab``) prints its own
-    help and exits 2; the top level's would not show the actions it lacks. Each verb's parser is
-    also its namespace's ``_parser``, which reports an unknown argument with the verb's usage."""
+def _set_verb_defaults(parser: argparse.ArgumentParser) -> None:
+    """What every verb's and kind's parser sets in its namespace: ``_parser``, itself (``main``
+    reports an unknown argument with the verb's usage), and for one named without its action
+    (``hsmsign pe``, ``hsmsign imx ahab``) a ``func`` that prints its own help and exits 2 (the
+    top level's would not show the actions it lacks)."""
     for action in parser._actions:
         if not isinstance(action, argparse._SubParsersAction):
             continue
@@ -179,7 +180,7 @@ def _groups_print_their_help(parser: argparse.ArgumentParser) -> None:
             if child._subparsers is not None and child.get_default("func") is None:
                 child.set_defaults(func=functools.partial(_group_help, child))
             child.set_defaults(_parser=child)
-            _groups_print_their_help(child)
+            _set_verb_defaults(child)
 
 
 def _group_help(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
