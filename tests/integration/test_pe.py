@@ -16,6 +16,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import SoftHsm, require, tool
 from tests.integration import ovmf
@@ -328,6 +330,56 @@ def test_errors_are_one_line_and_write_nothing(
     assert done.returncode == 2 and "needs an RSA key" in done.stderr
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hsmsign-tmp-")]
+
+
+FUZZ = settings(
+    max_examples=int(os.environ.get("HSMSIGN_FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def test_a_damaged_signed_image_is_refused_and_never_crashes(
+    softhsm: SoftHsm, efi: Path, uefi_key: tuple[str, Path], tmp_path: Path
+) -> None:
+    """``pe digest`` and ``pe verify`` read untrusted images: bytes changed in the headers or in
+    the certificate table, or the file cut short, give an HsmsignError of one line, never another
+    exception (a traceback, exit 1). And an image that still verifies has the Authenticode digest
+    that was signed: only bytes the digest leaves out (the checksum, ...) were changed."""
+    from hsmsign.commands.pe import verify_image
+    from hsmsign.errors import HsmsignError
+    from hsmsign.formats import cms, pe
+
+    signed = tmp_path / "signed.efi"
+    _sign(softhsm, uefi_key, efi, signed)
+    base = signed.read_bytes()
+    layout = pe.parse(base)
+    signed_digest = pe.digest(base, "sha256", layout)
+    trusted = [cms.read_certificate_file(str(uefi_key[1]))]
+    assert verify_image(base, trusted, "signed.efi")  # the base passes: every stage is reached
+    header = min(layout.size_of_headers, 0x400)
+    table = (layout.cert_table_offset, len(base))
+
+    edit = st.tuples(st.booleans(), st.integers(0, 1 << 16), st.integers(0, 255))
+
+    @FUZZ
+    @given(st.lists(edit, min_size=1, max_size=6), st.none() | st.integers(0, len(base)))
+    def damaged(edits: list[tuple[bool, int, int]], cut: int | None) -> None:
+        data = bytearray(base)
+        for in_table, where, value in edits:
+            start, end = table if in_table else (0, header)
+            data[start + where % (end - start)] = value
+        image = bytes(data if cut is None else data[:cut])
+        try:
+            found = pe.parse(image, "damaged.efi")
+            pe.digest(image, "sha256", found)
+            good = verify_image(image, trusted, "damaged.efi")
+        except HsmsignError as exc:
+            assert exc.message and "\n" not in exc.message
+            return
+        assert good and good[0].image_digest == signed_digest
+
+    damaged()
 
 
 def test_pin_and_role(softhsm: SoftHsm, efi: Path, uefi_key: tuple[str, Path], tmp_path: Path) -> None:
