@@ -573,3 +573,29 @@ def test_an_image_from_a_fifo_is_read_once_and_signed(
     assert done.returncode == 0, done.stderr
     assert not failures, failures
     assert _sbverify(uefi_key[1], out).returncode == 0
+
+
+def test_pe_sign_imports_nothing_of_cryptography(
+    softhsm: SoftHsm, uefi_key: tuple[str, Path], efi: Path, tmp_path: Path
+) -> None:
+    """``hsmsign pe sign`` checks its RSA signature and the certificate's key by their numbers
+    (``keyformats.RsaPublicKey``): pyca/cryptography, a tenth of its cold start, is not imported.
+    The command runs as the console script runs it; an import of cryptography ends it with 97."""
+    out = tmp_path / "signed.efi"
+    code = (
+        "import os, sys\n"
+        "def hook(event, args):\n"
+        "    if event == 'import' and args[0].split('.')[0] == 'cryptography':\n"
+        "        sys.stderr.write('imported ' + args[0] + '\\n'); sys.stderr.flush(); os._exit(97)\n"
+        "sys.addaudithook(hook)\n"
+        "sys.argv = ['hsmsign'] + sys.argv[1:]\n"
+        "from hsmsign.launch import console_main\n"
+        "console_main()\n"
+    )
+    argv = ["pe", "sign", *DEV, "--uri", uefi_key[0], "--cert", str(uefi_key[1]), "-o", str(out), str(efi)]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv], env=softhsm.env, capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert _sbverify(uefi_key[1], out).returncode == 0

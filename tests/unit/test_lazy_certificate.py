@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from hsmsign.errors import ConfigError, VerificationError
 from hsmsign.formats import cms
@@ -83,3 +83,33 @@ def test_what_is_no_certificate_is_one_config_error(content: bytes, tmp_path: Pa
     path.write_bytes(content)
     with pytest.raises(ConfigError, match="is not a PEM or DER X.509 certificate"):
         cms.read_certificate_file(str(path), lazy=True)
+
+
+def test_an_rsa_certificate_holds_its_numbers() -> None:
+    """An RSA key (what Secure Boot signs with) is read without cryptography: its numbers, the
+    same key cryptography gives on first use, and a token key matches it by those numbers."""
+    key = rsa.generate_private_key(65537, 2048)
+    other = rsa.generate_private_key(65537, 2048)
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test db")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(7)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    lazy = cms.LazyCertificate(cert.public_bytes(serialization.Encoding.DER))
+    numbers = key.public_key().public_numbers()
+    assert lazy.rsa_public is not None and (lazy.rsa_public.n, lazy.rsa_public.e) == (numbers.n, numbers.e)
+    assert lazy.public_key() == key.public_key()
+    cms.check_cert_matches(lazy, key)
+    cms.check_cert_matches(cert, key)
+    for certificate in (lazy, cert):
+        with pytest.raises(ConfigError, match="does not belong to the token key"):
+            cms.check_cert_matches(certificate, other)
+    with pytest.raises(ConfigError, match="does not belong to the token key"):
+        cms.check_cert_matches(lazy, ec.generate_private_key(ec.SECP256R1()))

@@ -91,7 +91,10 @@ class StrongEnough:
                 raise PolicyError(
                     f"RSA key '{key.label}' has {key.key_size} bits; at least {MIN_RSA_BITS} needed"
                 )
-            exponent = key.public_key().public_numbers().e
+            from .keyformats import rsa_public_of
+
+            rsa = rsa_public_of(key)
+            exponent = rsa.e if rsa is not None else key.public_key().public_numbers().e
             if exponent < MIN_RSA_EXPONENT:
                 raise PolicyError(f"RSA key '{key.label}' has public exponent {exponent}; use 65537")
 

@@ -7,9 +7,10 @@ key's business (``hsmsign.token.keys.TokenKey.sign_digest``); this module keeps 
 hashes, the DigestInfo prefixes, local verification and the signature encodings
 (ECDSA raw r||s <-> DER; Ed25519 signs the whole message).
 
-Every signature is verified against the key's public half with pyca/cryptography
-before anyone sees it: a token that returns garbage (or a key that is not the one
-we think) stops here with a SigningError.
+Every signature is verified against the key's public half before anyone sees it
+(pyca/cryptography; RSA PKCS#1 v1.5 by ``hsmsign.keyformats.RsaPublicKey``, encoded
+and compared whole as RFC 8017 says): a token that returns garbage (or a key that is
+not the one we think) stops here with a SigningError.
 """
 
 from __future__ import annotations
@@ -111,7 +112,20 @@ def verify_digest(
     scheme: str | None = None,
     raw_ecdsa: bool = False,
 ) -> None:
-    """Check a signature over a digest with cryptography; raise SigningError if it fails."""
+    """Check a signature over a digest; raise SigningError if it fails.
+
+    ``public_key`` is cryptography's, or a :class:`hsmsign.keyformats.RsaPublicKey`, which
+    checks PKCS#1 v1.5 itself (RFC 8017 8.2.2) and hands PSS to cryptography.
+    """
+    from .keyformats import RsaPublicKey
+
+    if isinstance(public_key, RsaPublicKey):
+        if (scheme or "pkcs1v15") != "pkcs1v15":
+            public_key = public_key.to_cryptography()
+        elif public_key.verify_pkcs1v15(signature, DIGEST_INFO_PREFIX[hash_alg] + digest):
+            return
+        else:
+            raise _does_not_verify()
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
@@ -131,11 +145,15 @@ def verify_digest(
         else:
             raise SigningError(f"cannot verify digest signatures for {type(public_key).__name__}")
     except InvalidSignature as exc:
-        raise SigningError(
-            "the token's signature does not verify against the key's public half",
-            "the public key object may not belong to the private key (check ids on the token), or the "
-            "module is faulty; nothing was written",
-        ) from exc
+        raise _does_not_verify() from exc
+
+
+def _does_not_verify() -> SigningError:
+    return SigningError(
+        "the token's signature does not verify against the key's public half",
+        "the public key object may not belong to the private key (check ids on the token), or the "
+        "module is faulty; nothing was written",
+    )
 
 
 def sign_file(

@@ -109,7 +109,7 @@ def sign(
     value = indirect_data_value(image_digest)
     content_digest = hashlib.sha256(value).digest()
 
-    a_cert = x509.Certificate.load(cert.public_bytes(keyformats.Encoding.DER))
+    a_cert = x509.Certificate.load(cms.certificate_der(cert))
     digest_algo = algos.DigestAlgorithm({"algorithm": "sha256", "parameters": core.Null()})
     sid = acms.SignerIdentifier(
         {
@@ -128,7 +128,7 @@ def sign(
     attr_der = _tlv(0x31, body)
     to_sign = hashlib.sha256(attr_der).digest()
     signature = signer.sign_digest(to_sign, "sha256", None)
-    verify_digest(signer.public_key(), signature, to_sign, "sha256", None)
+    verify_digest(keyformats.rsa_public_of(signer) or signer.public_key(), signature, to_sign, "sha256", None)
 
     info = acms.SignerInfo(
         {
@@ -142,7 +142,7 @@ def sign(
             "signature": signature,
         }
     )
-    certs = [a_cert] + [x509.Certificate.load(c.public_bytes(keyformats.Encoding.DER)) for c in extra_certs]
+    certs = [a_cert] + [x509.Certificate.load(cms.certificate_der(c)) for c in extra_certs]
     # SignedData by hand around asn1crypto's parts: the encapsulated content is the SPC
     # structure (not id-data), [0] EXPLICIT around the SEQUENCE.
     content_info = _tlv(0x30, _oid_der(SPC_INDIRECT_DATA) + _tlv(0xA0, _tlv(0x30, value)))
@@ -260,8 +260,7 @@ def verify(der: bytes, *, image_digest: bytes, trusted: Sequence[Any]) -> Authen
 
 
 def _verify(der: bytes, image_digest: bytes, trusted: Sequence[Any]) -> AuthenticodeSignature:
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
+    from .. import keyformats
     from ..signing import verify_digest
 
     sd, claimed, value = _parse(der)
@@ -300,8 +299,8 @@ def _verify(der: bytes, image_digest: bytes, trusted: Sequence[Any]) -> Authenti
     algo = si["signature_algorithm"]["algorithm"].native
     if algo not in ("rsassa_pkcs1v15", "sha256_rsa"):
         raise VerificationError(f"signature algorithm {algo} is not RSA PKCS#1 v1.5 (what firmware checks)")
-    pub = signer_cert.public_key()
-    if not isinstance(pub, rsa.RSAPublicKey):
+    pub = keyformats.rsa_public_of(signer_cert)
+    if pub is None:
         raise VerificationError("the signer certificate does not hold an RSA key")
     try:
         verify_digest(pub, si["signature"].native, hashlib.sha256(attr_der).digest(), "sha256", "pkcs1v15")
@@ -319,11 +318,9 @@ def signature_list(certs: Sequence[Any], owner: uuid.UUID) -> bytes:
     """
     import struct
 
-    from .. import keyformats
-
     out = b""
     for cert in certs:
-        der = cert.public_bytes(keyformats.Encoding.DER)
+        der = cms.certificate_der(cert)
         sig_size = 16 + len(der)
         out += EFI_CERT_X509_GUID + struct.pack("<III", 28 + sig_size, 0, sig_size)
         out += owner.bytes_le + der

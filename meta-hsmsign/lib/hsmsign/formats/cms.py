@@ -154,23 +154,30 @@ class LazyCertificate:
             spki = tbs["subject_public_key_info"].dump()
         except (TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
             raise ValueError(f"not an X.509 certificate ({type(exc).__name__})") from exc
-        from cryptography.exceptions import UnsupportedAlgorithm
+        # an RSA key in the form cryptography writes: its numbers (keyformats.RsaPublicKey), and
+        # cryptography's key made on first use; any other key is loaded by cryptography now
+        self.rsa_public = keyformats.rsa_public_from_spki(spki)
+        self._public_key: Any = None
+        if self.rsa_public is None:
+            from cryptography.exceptions import UnsupportedAlgorithm
 
-        try:
-            self._public_key = keyformats.load_der_public_key(spki)
-        except UnsupportedAlgorithm as exc:
-            raise ValueError(f"a public key of a type cryptography does not know ({exc})") from exc
-        self._der = bytes(der)
+            try:
+                self._public_key = keyformats.load_der_public_key(spki)
+            except UnsupportedAlgorithm as exc:
+                raise ValueError(f"a public key of a type cryptography does not know ({exc})") from exc
+        self.der = bytes(der)
         self._full: Any = None
 
     def public_bytes(self, encoding: Any) -> bytes:
         from .. import keyformats
 
         if encoding == keyformats.Encoding.DER:
-            return self._der
+            return self.der
         return bytes(self.x509().public_bytes(encoding))
 
     def public_key(self) -> Any:
+        if self._public_key is None and self.rsa_public is not None:
+            self._public_key = self.rsa_public.to_cryptography()
         return self._public_key
 
     def x509(self) -> Any:
@@ -178,7 +185,7 @@ class LazyCertificate:
         if self._full is None:
             from cryptography import x509
 
-            self._full = x509.load_der_x509_certificate(self._der)
+            self._full = x509.load_der_x509_certificate(self.der)
         return self._full
 
     def __getattr__(self, name: str) -> Any:
@@ -187,20 +194,26 @@ class LazyCertificate:
         return getattr(self.x509(), name)
 
     def __eq__(self, other: object) -> bool:
-        public_bytes = getattr(other, "public_bytes", None)
-        if public_bytes is None:
+        if getattr(other, "public_bytes", None) is None:
             return NotImplemented
-        from .. import keyformats
-
-        return bool(public_bytes(keyformats.Encoding.DER) == self._der)
+        return certificate_der(other) == self.der
 
     def __hash__(self) -> int:
-        return hash(self._der)
+        return hash(self.der)
 
 
 def full_certificate(cert: Any) -> Any:
     """The ``cryptography.x509.Certificate`` of ``cert`` (a :class:`LazyCertificate` or one already)."""
     return cert.x509() if isinstance(cert, LazyCertificate) else cert
+
+
+def certificate_der(cert: Any) -> bytes:
+    """The DER of a certificate, a :class:`LazyCertificate` or cryptography's."""
+    if isinstance(cert, LazyCertificate):
+        return cert.der
+    from .. import keyformats
+
+    return bytes(cert.public_bytes(keyformats.Encoding.DER))
 
 
 def _spki(public_key: Any) -> bytes:
@@ -211,7 +224,14 @@ def _spki(public_key: Any) -> bytes:
 
 def check_cert_matches(cert: Any, signer: Any) -> None:
     """The certificate must carry the token key's public half."""
-    if _spki(cert.public_key()) != _spki(signer.public_key()):
+    from .. import keyformats
+
+    theirs, ours = keyformats.rsa_public_of(cert), keyformats.rsa_public_of(signer)
+    if theirs is not None or ours is not None:
+        same = theirs == ours  # RSA: the same numbers
+    else:
+        same = _spki(cert.public_key()) == _spki(signer.public_key())
+    if not same:
         raise ConfigError(
             "the certificate does not belong to the token key (public keys differ)",
             "use the certificate made for this key ('hsmsign cert --uri ...'), or the key it names",
@@ -289,9 +309,8 @@ def sign_detached(
         raise ConfigError(f"a {hash_alg} digest has {DIGEST_SIZE[hash_alg]} bytes, not {len(content_digest)}")
     check_cert_matches(cert, signer)
 
-    from .. import keyformats
 
-    a_cert = x509.Certificate.load(cert.public_bytes(keyformats.Encoding.DER))
+    a_cert = x509.Certificate.load(certificate_der(cert))
     # SHA-2 identifiers without parameters (RFC 5754 2), as OpenSSL writes them
     digest_algo = algos.DigestAlgorithm({"algorithm": hash_alg, "parameters": None})
     sid = cms.SignerIdentifier(
@@ -331,7 +350,7 @@ def sign_detached(
     certs: list[Any] = []
     if include_certs:
         certs = [a_cert] + [
-            x509.Certificate.load(c.public_bytes(keyformats.Encoding.DER)) for c in extra_certs
+            x509.Certificate.load(certificate_der(c)) for c in extra_certs
         ]
     sd: dict[str, Any] = {
         "version": "v1",
@@ -514,13 +533,12 @@ def _verify_detached(
 
 
 def _check_trust(cert: Any, trusted: Sequence[Any]) -> None:
-    from .. import keyformats
 
     if not trusted:
         raise ConfigError("no trusted certificate given", "pass the certificate you trust (--cert CERT.pem)")
-    der = cert.public_bytes(keyformats.Encoding.DER)
+    der = certificate_der(cert)
     for anchor in trusted:
-        if anchor.public_bytes(keyformats.Encoding.DER) == der:
+        if certificate_der(anchor) == der:
             return
     for anchor in trusted:
         try:
@@ -537,10 +555,9 @@ def _check_trust(cert: Any, trusted: Sequence[Any]) -> None:
 def find_signer(sid: Any, candidates: Any) -> Any:
     """The certificate among ``candidates`` that a SignerInfo's ``sid`` names (issuer and
     serial, or subject key identifier); VerificationError when none does."""
-    from .. import keyformats
 
     for c in candidates:
-        ac = _asn1_certificate(c.public_bytes(keyformats.Encoding.DER))
+        ac = _asn1_certificate(certificate_der(c))
         if sid.name == "issuer_and_serial_number":
             ias = sid.chosen
             # serial first and the issuer's bytes before asn1crypto's (costly) normalised comparison
@@ -577,14 +594,13 @@ class DetachedSigner:
     def __init__(self, signer: Any, cert: Any, hash_alg: str = "sha256") -> None:
         from asn1crypto import algos, cms
 
-        from .. import keyformats
 
         hash_alg = hash_alg.lower()
         if hash_alg not in HASH_OIDS:
             raise ConfigError(f"hash '{hash_alg}' is not supported for CMS", "use sha256, sha384 or sha512")
         check_cert_matches(cert, signer)
         self.signer, self.cert, self.hash_alg = signer, cert, hash_alg
-        a_cert = _asn1_certificate(cert.public_bytes(keyformats.Encoding.DER))
+        a_cert = _asn1_certificate(certificate_der(cert))
         ias = cms.IssuerAndSerialNumber({"issuer": a_cert.issuer, "serial_number": a_cert.serial_number})
         self._digest_algo = algos.DigestAlgorithm({"algorithm": hash_alg, "parameters": None}).dump()
         self._signer_head = (

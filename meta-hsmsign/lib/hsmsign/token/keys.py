@@ -36,16 +36,25 @@ class TokenKey:
     def __init__(self, opened: _OpenToken, uri: Pkcs11Uri, key: Any, public: Any) -> None:
         from pkcs11 import Attribute, KeyType
 
+        from .. import keyformats
+
         self._opened = opened
         self.uri = uri
         self._key = key
         self._public_key = public
+        # an RSA key's numbers: its fingerprint and the check of each signature need nothing of
+        # cryptography (keyformats.RsaPublicKey); public_key() makes cryptography's on first use
+        self.rsa_public: keyformats.RsaPublicKey | None = None
         self.label: str = str(key[Attribute.LABEL])
         self.key_id: bytes = bytes(key[Attribute.ID] or b"")
         key_type = key.key_type
         if key_type == KeyType.RSA:
+            self.rsa_public = keyformats.rsa_public_of(public)
+            if self.rsa_public is None:
+                raise TokenError(f"key {uri.describe_key()} is RSA, but its public half is not")
+            self._public_key = None
             self.key_type = "rsa"
-            self.key_size = public.key_size
+            self.key_size = self.rsa_public.key_size
             self.curve: str | None = None
         elif key_type == KeyType.EC:
             self.key_type = "ec"
@@ -59,9 +68,11 @@ class TokenKey:
             raise TokenError(
                 f"key {uri.describe_key()} has type {key_type.name}, which hsmsign cannot sign with"
             )
-        from .. import keyformats
-
-        spki = public.public_bytes(keyformats.Encoding.DER, keyformats.PublicFormat.SubjectPublicKeyInfo)
+        if self.rsa_public is not None:
+            spki = self.rsa_public.spki()
+        else:
+            spki = public.public_bytes(keyformats.Encoding.DER, keyformats.PublicFormat.SubjectPublicKeyInfo)
+        self.spki: bytes = spki  # DER SubjectPublicKeyInfo, as cryptography writes it
         self.fingerprint = hashlib.sha256(spki).hexdigest()
 
     @property
@@ -75,6 +86,9 @@ class TokenKey:
         return self.token_info.is_development or label.startswith(DEV_KEY_PREFIX) or "development" in label
 
     def public_key(self) -> Any:
+        """pyca/cryptography's public key."""
+        if self._public_key is None and self.rsa_public is not None:
+            self._public_key = self.rsa_public.to_cryptography()
         return self._public_key
 
     @property
@@ -158,7 +172,7 @@ class TokenKey:
                 f"{self.key_type} keys sign whole messages, not digests",
                 "Ed25519 is supported by 'hsmsign sign' for small files only",
             )
-        verify_digest(self.public_key(), sig, digest, hash_alg, scheme, raw_ecdsa=True)
+        verify_digest(self.rsa_public or self.public_key(), sig, digest, hash_alg, scheme, raw_ecdsa=True)
         return sig
 
     def sign_message(self, data: bytes) -> bytes:
@@ -174,9 +188,11 @@ class TokenKey:
 
 
 def _public_for(opened: _OpenToken, uri: Pkcs11Uri, key: Any) -> Any:
-    """The cryptography public key for a private key: public object, certificate, or RSA attributes."""
-    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+    """The public key for a private key, from its public object, its RSA attributes or its
+    certificate: a ``keyformats.RsaPublicKey`` for RSA numbers, cryptography's key otherwise."""
     from pkcs11 import Attribute, KeyType, ObjectClass
+
+    from ..keyformats import RsaPublicKey
 
     key_id = key[Attribute.ID]
     label = key[Attribute.LABEL]
@@ -195,21 +211,22 @@ def _public_for(opened: _OpenToken, uri: Pkcs11Uri, key: Any) -> Any:
     if len(candidates) == 1:
         pub = candidates[0]
         if key_type == KeyType.RSA:
-            n = int.from_bytes(pub[Attribute.MODULUS], "big")
-            e = int.from_bytes(pub[Attribute.PUBLIC_EXPONENT], "big")
-            return rsa.RSAPublicNumbers(e, n).public_key()
+            return _rsa_numbers(pub, uri)
         if key_type == KeyType.EC:
             return _ec_public_key(bytes(pub[Attribute.EC_PARAMS]), bytes(pub[Attribute.EC_POINT]))
         if key_type == KeyType.EC_EDWARDS:
+            from cryptography.hazmat.primitives.asymmetric import ed25519
+
             point = bytes(pub[Attribute.EC_POINT])
             if len(point) == 34 and point[0] == 0x04:
                 point = point[2:]
             return ed25519.Ed25519PublicKey.from_public_bytes(point[-32:])
     if key_type == KeyType.RSA:
         with contextlib.suppress(Exception):
-            n = int.from_bytes(key[Attribute.MODULUS], "big")
-            e = int.from_bytes(key[Attribute.PUBLIC_EXPONENT], "big")
-            return rsa.RSAPublicNumbers(e, n).public_key()
+            return RsaPublicKey(
+                int.from_bytes(key[Attribute.MODULUS], "big"),
+                int.from_bytes(key[Attribute.PUBLIC_EXPONENT], "big"),
+            )
     certs = opened.call(
         "finding the certificate",
         lambda: list(
@@ -225,6 +242,23 @@ def _public_for(opened: _OpenToken, uri: Pkcs11Uri, key: Any) -> Any:
         f"found the private key {uri.describe_key()} but no public key or certificate with the same id",
         "import the public key into the token with the same id and label (pkcs11-tool --write-object ...)",
     )
+
+
+def _rsa_numbers(pub: Any, uri: Pkcs11Uri) -> Any:
+    """The RSA public key of a token's public-key object."""
+    from pkcs11 import Attribute
+
+    from ..keyformats import RsaPublicKey
+
+    n = int.from_bytes(pub[Attribute.MODULUS], "big")
+    e = int.from_bytes(pub[Attribute.PUBLIC_EXPONENT], "big")
+    try:
+        return RsaPublicKey(n, e)
+    except ValueError as exc:
+        raise TokenError(
+            f"the public key object of {uri.describe_key()} holds no valid RSA key ({exc})",
+            "the token or its module is faulty; check the key with 'hsmsign info --uri ...'",
+        ) from exc
 
 
 _EC_CURVES = {
