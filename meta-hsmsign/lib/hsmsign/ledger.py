@@ -33,7 +33,6 @@ import contextlib
 import datetime
 import fcntl
 import hashlib
-import json
 import os
 import stat
 import threading
@@ -119,6 +118,8 @@ def _tail(fd: int, size: int, path: str) -> tuple[int, str]:
     endings (the next entry would hash the line with its CR and break the chain), or a
     last line that is not a ledger entry in canonical form.
     """
+    import json
+
     if size == 0:
         return 0, GENESIS
     if os.pread(fd, 1, size - 1) != b"\n":
@@ -148,6 +149,8 @@ def _tail(fd: int, size: int, path: str) -> tuple[int, str]:
 
 def canonical(entry: dict[str, Any]) -> bytes:
     """An entry's line (without newline): keys sorted, no spaces, ASCII."""
+    import json
+
     return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
@@ -362,6 +365,8 @@ def verify(path: str, *, expect_head: str | None = None, expect_count: int | Non
 
     Raises :class:`ConfigError` when the file cannot be read.
     """
+    import json
+
     report = LedgerReport(path=path)
     prev = GENESIS
     expected_seq = 1
@@ -430,4 +435,6 @@ def verify(path: str, *, expect_head: str | None = None, expect_count: int | Non
 
 def entries(path: str) -> list[dict[str, Any]]:
     """All entries (no checking: use :func:`verify` first)."""
+    import json
+
     return [json.loads(line) for _, line in _lines(path) if line.strip()]

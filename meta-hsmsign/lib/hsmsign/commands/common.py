@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import time
@@ -130,6 +129,8 @@ def warn(message: str) -> None:
 def emit(args: Any, text: str, data: dict[str, Any] | list[Any]) -> None:
     """Human text by default, JSON with --json."""
     if getattr(args, "json", False):
+        import json
+
         json.dump(data, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     elif text:

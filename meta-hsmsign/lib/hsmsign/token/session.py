@@ -354,8 +354,6 @@ _CONNECT_TRANSIENT = ("TokenNotRecognised", "GeneralError", "DeviceError", "Toke
 
 
 def _connect_with_retry(opened: _OpenToken) -> None:
-    import random
-
     for attempt in range(RECONNECT_ATTEMPTS + 1):
         try:
             opened.connect()
@@ -366,6 +364,8 @@ def _connect_with_retry(opened: _OpenToken) -> None:
             transient = transient or getattr(exc, "no_token_present", False)
             if not transient or attempt == RECONNECT_ATTEMPTS:
                 raise
+        import random  # only here: nearly every first connection works, and needs none
+
         time.sleep(RECONNECT_BACKOFF_S * (attempt + 1) * random.uniform(0.5, 1.5))  # noqa: S311
         with contextlib.suppress(Exception):
             if opened.lib is not None:
