@@ -14,7 +14,7 @@ import functools
 import importlib
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import __version__, roles
 from .errors import EXIT_CODES, ConfigError, HsmsignError, InternalError, Interrupted, printable
@@ -87,8 +87,7 @@ class ModeAction(argparse.Action):
             parser.error(f"argument --mode: invalid choice: {value!r} (choose from {accepted})")
 
 
-@dataclass
-class CommonParents:
+class CommonParents(NamedTuple):
     """Parent parsers verbs share: token options and output options."""
 
     token: argparse.ArgumentParser

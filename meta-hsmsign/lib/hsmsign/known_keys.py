@@ -17,16 +17,14 @@ from __future__ import annotations
 import functools
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 DATA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "known_keys.json")
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-@dataclass(frozen=True)
-class KnownKey:
+class KnownKey(NamedTuple):
     """One published key, or a patterned symmetric key.
 
     ``kind`` is ``"public-key"`` (a public key whose private half is published),
@@ -40,7 +38,7 @@ class KnownKey:
     bits: int
     description: str
     curve: str | None = None
-    sources: tuple[dict[str, str], ...] = field(default_factory=tuple)
+    sources: tuple[dict[str, str], ...] = ()
     source_count: int = 0
 
     def where(self) -> str:

@@ -37,7 +37,6 @@ import os
 import stat
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError, VerificationError
@@ -307,14 +306,15 @@ def record(
     return entry
 
 
-@dataclass
 class LedgerReport:
-    """What :func:`verify` found."""
+    """What :func:`verify` found. (A plain class: every signing command loads this module, and a
+    dataclass costs a cold start 0.2 - 0.3 ms to make; docs/dev/internals.md, "Cold start".)"""
 
-    path: str
-    count: int = 0
-    head: str = GENESIS
-    problems: list[str] = field(default_factory=list)
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.count = 0
+        self.head = GENESIS
+        self.problems: list[str] = []
 
     @property
     def ok(self) -> bool:

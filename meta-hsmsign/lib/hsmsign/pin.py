@@ -33,7 +33,7 @@ import re
 import stat
 import sys
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import ConfigError, PolicyError, printable
 from .uri import Pkcs11Uri, pin_program_argv
@@ -92,8 +92,7 @@ def child_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return {k: v for k, v in environ.items() if k not in drop}
 
 
-@dataclass(frozen=True)
-class PinSource:
+class PinSource(NamedTuple):
     """How to obtain the PIN; ``describe()`` is safe to print (never the PIN)."""
 
     kind: str  # "value" | "file" | "command" | "env" | "none"

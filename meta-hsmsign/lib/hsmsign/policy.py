@@ -20,8 +20,7 @@ Standard library only at module level (the layer reads the names at parse time).
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import ConfigError, PolicyError
 from .settings import ALLOW_SOFTWARE_ENV, DENYLIST_ENV, Settings, strip_fingerprint
@@ -31,20 +30,24 @@ MIN_RSA_BITS = 2048
 MIN_RSA_EXPONENT = 65537
 
 
-@dataclass
+# plain classes and a NamedTuple, not dataclasses: every signing command loads this module,
+# and a dataclass costs a cold start 0.2 - 0.3 ms to make (docs/dev/internals.md, "Cold start")
 class AllOf:
-    rules: list[Any]
-    name: str = "all of"
+    name = "all of"
+
+    def __init__(self, rules: list[Any]) -> None:
+        self.rules = rules
 
     def check(self, key: Any) -> None:
         for rule in self.rules:
             rule.check(key)
 
 
-@dataclass
 class HardwareToken:
-    allow_software: bool = False
-    name: str = "hardware token"
+    name = "hardware token"
+
+    def __init__(self, allow_software: bool = False) -> None:
+        self.allow_software = allow_software
 
     def check(self, key: Any) -> None:
         info = key.token_info
@@ -56,9 +59,8 @@ class HardwareToken:
             )
 
 
-@dataclass
 class NotDevelopmentKey:
-    name: str = "not a development key"
+    name = "not a development key"
 
     def check(self, key: Any) -> None:
         if key.is_development:
@@ -68,9 +70,8 @@ class NotDevelopmentKey:
             )
 
 
-@dataclass
 class NotKnownPublic:
-    name: str = "not a published key"
+    name = "not a published key"
 
     def check(self, key: Any) -> None:
         hit = lookup_known_key(key.fingerprint)
@@ -81,9 +82,8 @@ class NotKnownPublic:
             )
 
 
-@dataclass
 class StrongEnough:
-    name: str = "strong enough"
+    name = "strong enough"
 
     def check(self, key: Any) -> None:
         if key.key_type == "rsa":
@@ -99,12 +99,13 @@ class StrongEnough:
                 raise PolicyError(f"RSA key '{key.label}' has public exponent {exponent}; use 65537")
 
 
-@dataclass
 class Pinned:
     """The key is the one each applicable pin variable names (``hsmsign.settings.PinnedFingerprints``)."""
 
-    pinned: list[Any] = field(default_factory=list)
-    name: str = "pinned key"
+    name = "pinned key"
+
+    def __init__(self, pinned: list[Any] | None = None) -> None:
+        self.pinned: list[Any] = pinned if pinned is not None else []
 
     def check(self, key: Any) -> None:
         have = key.fingerprint.lower()
@@ -210,8 +211,7 @@ _DEV_WARN = (NotKnownPublic, StrongEnough)
 _DEV_SKIP = (HardwareToken, NotDevelopmentKey)
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     """One rule's result: ``refusal`` None (passes), else what ``mode`` does: refuse, warn or skip."""
 
     rule: str

@@ -19,15 +19,14 @@ Standard library only: BitBake reads this at parse time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 URI_VARIABLE = "HSM_PKCS11_URI"
 FINGERPRINT_VARIABLE = "HSMSIGN_PUBKEY_SHA256"  # the pinned public-key fingerprint (not a PIN)
 DEFAULT = "DEFAULT"
 
 
-@dataclass(frozen=True)
-class Role:
+class Role(NamedTuple):
     """One key role.
 
     ``fallback``: the role whose URI (and pin) this one defaults to; ``None``:

@@ -36,6 +36,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import InitVar, dataclass, field
+from typing import NamedTuple
 
 from . import roles
 from .errors import ConfigError, PolicyError
@@ -104,8 +105,7 @@ def effective_mode(mode: str | None) -> str:
     return check_mode(mode or Settings.from_env(check=False).mode)
 
 
-@dataclass(frozen=True)
-class RequiredProblem:
+class RequiredProblem(NamedTuple):
     """A bad ``required``/``required-mode`` value: which setting, what is wrong, what to do."""
 
     setting: str  # "required" or "required-mode"
@@ -143,8 +143,7 @@ def required_problems(required: str, required_mode: str) -> list[RequiredProblem
     return out
 
 
-@dataclass(frozen=True)
-class PinnedFingerprints:
+class PinnedFingerprints(NamedTuple):
     """One pinned-fingerprint variable and the fingerprints it allows."""
 
     variable: str

@@ -31,7 +31,7 @@ import dataclasses
 import re
 import shlex
 import unicodedata
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, unquote, unquote_to_bytes
 
 from .errors import ConfigError, printable
@@ -142,8 +142,7 @@ def _program_shown(source: str) -> str:
     return f"{printable(argv[0], 120)} {ARGUMENTS_REDACTED}"
 
 
-@dataclasses.dataclass(frozen=True)
-class PinProblem:
+class PinProblem(NamedTuple):
     """A PIN in a URI, or a way to get one that policy refuses. ``message`` never holds the secret.
 
     ``kind``:

@@ -25,8 +25,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import ConfigError, HsmsignError, SigningError, VerificationError, printable
 from . import cms
@@ -164,8 +163,7 @@ def _attribute(type_der: bytes, value_der: bytes) -> bytes:
     return _tlv(0x30, type_der + _tlv(0x31, value_der))
 
 
-@dataclass
-class AuthenticodeSignature:
+class AuthenticodeSignature(NamedTuple):
     """What ``verify`` found in one SignedData."""
 
     certificate: Any

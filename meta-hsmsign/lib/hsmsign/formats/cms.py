@@ -33,8 +33,7 @@ import functools
 import hashlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import ConfigError, VerificationError, printable
 from ..settings import source_date_epoch
@@ -367,8 +366,7 @@ def sign_detached(
     return der
 
 
-@dataclass
-class CmsSignerResult:
+class CmsSignerResult(NamedTuple):
     """What ``verify_detached`` found: the signer certificate and the signing time (if signed)."""
 
     certificate: Any

@@ -20,8 +20,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NamedTuple, TypeVar
 
 from .. import pin as pinmod
 from ..errors import ConfigError, HsmsignError, TokenError
@@ -90,8 +89,7 @@ def token_error(exc: BaseException, what: str, uri: Pkcs11Uri | None) -> Hsmsign
     return TokenError(f"{what}{where} failed: {name}{detail}", hint)
 
 
-@dataclass(frozen=True)
-class TokenInfo:
+class TokenInfo(NamedTuple):
     label: str
     manufacturer: str
     model: str
