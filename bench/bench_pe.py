@@ -53,15 +53,23 @@ LIBRARIES = "import pkcs11, asn1crypto.cms, asn1crypto.pem"
 def timed_pair(
     cmds: dict[str, list[str]], env: dict[str, str], repeat: int
 ) -> dict[str, tuple[float, float]]:
-    """Median wall time and median CPU time (user + system, all threads) of each command, the
-    commands interleaved (a busy machine hits all alike). Each starts with the disk written back
-    (``sync``, not timed): sbsign exits with its output still dirty, and without it hsmsign,
-    which runs next and waits for its own output to reach the disk, shares the disk with that
-    writeback (0.34 s instead of 0.22 s on a 50 MiB UKI)."""
+    """Median wall time and median CPU time (user + system, all threads) of each command.
+
+    The commands are interleaved (a busy machine hits all alike), and each round starts one
+    command later in the list, so that no command always runs after the same one: what ran
+    just before moves a command's time by a few per cent (the memory it freed, the caches).
+    Each starts with the disk written back (``sync``, not timed): sbsign exits with its output
+    still dirty, and the command after it would share the disk with that writeback (hsmsign,
+    which waits for its own output to reach the disk, took 0.34 s instead of 0.22 s on a 50 MiB
+    UKI before this).
+    """
     times: dict[str, list[float]] = {name: [] for name in cmds}
     cpu: dict[str, list[float]] = {name: [] for name in cmds}
-    for _ in range(repeat):
-        for name, cmd in cmds.items():
+    names = list(cmds)
+    for round_ in range(repeat):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            cmd = cmds[name]
             os.sync()
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
