@@ -51,7 +51,11 @@ class TokenKey:
         if key_type == KeyType.RSA:
             self.rsa_public = keyformats.rsa_public_of(public)
             if self.rsa_public is None:
-                raise TokenError(f"key {uri.describe_key()} is RSA, but its public half is not")
+                raise TokenError(
+                    f"key {uri.describe_key()} is RSA, but the public key found for it is not",
+                    "the token's public key or certificate with this key's id belongs to another key: "
+                    "'hsmsign info --uri ...' lists the objects",
+                )
             self._public_key = None
             self.key_type = "rsa"
             self.key_size = self.rsa_public.key_size
