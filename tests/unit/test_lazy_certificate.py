@@ -15,8 +15,8 @@ from hsmsign.errors import ConfigError, VerificationError
 from hsmsign.formats import cms
 
 
-def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, signer: ec.EllipticCurvePrivateKey,
-          ca: bool) -> x509.Certificate:  # fmt: skip
+def _cert(subject: str, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, issuer: str,
+          signer: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, ca: bool) -> x509.Certificate:  # fmt: skip
     now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
     return (
         x509.CertificateBuilder()
@@ -90,18 +90,7 @@ def test_an_rsa_certificate_holds_its_numbers() -> None:
     same key cryptography gives on first use, and a token key matches it by those numbers."""
     key = rsa.generate_private_key(65537, 2048)
     other = rsa.generate_private_key(65537, 2048)
-    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test db")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(7)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    cert = _cert("test db", key, "test db", key, ca=False)
     lazy = cms.LazyCertificate(cert.public_bytes(serialization.Encoding.DER))
     numbers = key.public_key().public_numbers()
     assert lazy.rsa_public is not None and (lazy.rsa_public.n, lazy.rsa_public.e) == (numbers.n, numbers.e)
