@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SoftHsm
+from tests.conftest import SoftHsm, tool
 from tests.integration.test_fit import build_fit, control_dtb, dropin_env, tools  # noqa: F401 - fixture
 
 MODES = {
@@ -134,3 +135,25 @@ def test_aes_key_pinned_by_its_check_value(softhsm: SoftHsm, rsa2048: str, tmp_p
     assert not out.exists()
     right = encrypt(HSMSIGN_PUBKEY_SHA256_ENCRYPT=fp)
     assert right.returncode == 0, right.stderr
+
+
+@pytest.mark.parametrize("key", ["rsa2048", "ec256"])
+def test_the_fingerprint_is_openssls_sha256_of_the_public_key(
+    softhsm: SoftHsm, key: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """What pins are made of: SHA-256 of the DER SubjectPublicKeyInfo, as OpenSSL encodes the key
+    (an RSA key's is made from its numbers without cryptography, hsmsign.keyformats.RsaPublicKey)."""
+    uri = request.getfixturevalue(key)
+    cert = tmp_path / "key.pem"
+    done = softhsm.run_cli(
+        "cert", "--mode", "development", "--uri", uri, "--subject", "CN=fingerprint", "--output", str(cert)
+    )
+    assert done.returncode == 0, done.stderr
+    openssl = tool("openssl", "openssl")
+    pem = subprocess.run(
+        [openssl, "x509", "-in", str(cert), "-pubkey", "-noout"], capture_output=True, check=True
+    ).stdout
+    der = subprocess.run(
+        [openssl, "pkey", "-pubin", "-outform", "DER"], input=pem, capture_output=True, check=True
+    ).stdout
+    assert fingerprint(softhsm, uri) == hashlib.sha256(der).hexdigest()
