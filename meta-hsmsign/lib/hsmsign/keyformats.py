@@ -120,8 +120,6 @@ def rsa_public_of(holder: Any) -> RsaPublicKey | None:
     public = holder
     if not isinstance(holder, rsa.RSAPublicKey) and callable(getattr(holder, "public_key", None)):
         public = holder.public_key()
-        if isinstance(public, RsaPublicKey):
-            return public
     if isinstance(public, rsa.RSAPublicKey):
         numbers = public.public_numbers()
         return RsaPublicKey(numbers.n, numbers.e)
