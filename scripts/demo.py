@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "meta-hsmsign" / "lib"
 WIDTH = 100
+SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")  # Debian's systemd-boot-efi
+MODULE_MAGIC = b"~Module signature appended~\n"
 
 
 class Demo:
@@ -401,6 +403,115 @@ class Demo:
         )
         self.result(label, "U-Boot fit_check_sign", done.returncode == 0)
 
+    def uefi(self) -> None:
+        self.step("UEFI Secure Boot: systemd-boot signed (Authenticode), booted by OVMF")
+        if not SYSTEMD_BOOT.exists():
+            print(
+                "  (no systemd-boot: apt-get install systemd-boot-efi, or ./scripts/install-deps; skipping)"
+            )
+            self.rows.append(("systemd-boot (UEFI)", "systemd-boot-efi not installed", "skipped", False))
+            return
+        cert = self.deploy / "uefi-db.pem"
+        subject = "CN=meta-hsmsign demo Secure Boot db (DEVELOPMENT)"
+        self.hsmsign(
+            "cert",
+            "--uri",
+            self.uris["uefi"],
+            "--subject",
+            subject,
+            "--eku",
+            "codeSigning",
+            "--output",
+            str(cert),
+        )
+        self.hsmsign("pe", "esl", "--cert", str(cert), "--output", str(self.deploy / "uefi-db.esl"))
+        signed = self.deploy / "systemd-bootx64.efi"
+        self.hsmsign("pe", "sign", "--uri", self.uris["uefi"], "--cert", str(cert), "--output", str(signed),
+                     str(SYSTEMD_BOOT))  # fmt: skip
+        done = self.run(["sbverify", "--cert", str(cert), str(signed)], ok_codes=(0, 1))
+        self.result("systemd-boot (UEFI)", "sbverify --cert", done.returncode == 0)
+        done = self.run(
+            ["osslsigncode", "verify", "-CAfile", str(cert), "-in", str(signed)], ok_codes=(0, 1, 255)
+        )
+        self.result("systemd-boot (UEFI)", "osslsigncode verify", done.returncode == 0)
+        tampered = self.work / "systemd-bootx64.tampered.efi"
+        data = bytearray(signed.read_bytes())
+        data[len(data) // 3] ^= 0x01  # inside the code section, covered by the Authenticode digest
+        tampered.write_bytes(bytes(data))
+
+        # the firmware's own check: OVMF with Secure Boot on and the token's certificate as
+        # PK, KEK and db boots the signed binary and refuses the changed one
+        sys.path.insert(0, str(ROOT))
+        from tests.integration import ovmf  # the boot helper the tests use
+
+        why = ovmf.missing()
+        if why is not None:
+            print(f"  (OVMF boot not possible: {why}; skipping)")
+            self.rows.append(("systemd-boot (UEFI)", why, "skipped", False))
+            return
+        variables = ovmf.enrolled_vars(cert, self.work / "OVMF_VARS.secure-boot.fd")
+        print("  $ virt-fw-vars --set-pk/--add-kek/--add-db uefi-db.pem --sb  (OVMF's variable store)")
+        for image, label, want in ((signed, "", True), (tampered, ", one byte changed", False)):
+            print(f"  $ qemu-system-x86_64 ... OVMF Secure Boot, EFI/BOOT/BOOTX64.EFI = {image.name}")
+            booted = ovmf.boot(image, variables, timeout=60)
+            if booted.verdict not in ("accepted", "refused"):
+                print(f"    no verdict on the serial console ({booted.verdict} after {booted.seconds:.0f} s)")
+                self.rows.append(
+                    (f"systemd-boot (UEFI){label}", "OVMF with Secure Boot", booted.verdict, False)
+                )
+                continue
+            accepted = booted.verdict == "accepted"
+            self.result(f"systemd-boot (UEFI){label}", "OVMF with Secure Boot (QEMU)", accepted, want)
+
+    def modules(self) -> None:
+        self.step("Kernel modules: the kernel's appended PKCS#7, as scripts/sign-file writes it")
+        if shutil.which("gcc") is None:
+            print("  (no gcc to build the demo module: apt-get install gcc; skipping)")
+            self.rows.append(("kernel module", "gcc not installed", "skipped", False))
+            return
+        cert = self.deploy / "modules-signer.pem"
+        subject = "CN=meta-hsmsign demo kernel modules (DEVELOPMENT)"
+        self.hsmsign(
+            "cert",
+            "--uri",
+            self.uris["modules"],
+            "--subject",
+            subject,
+            "--eku",
+            "codeSigning",
+            "--output",
+            str(cert),
+        )
+        # an ELF object with a .modinfo section, as a module has; the kernel's own check
+        # (CONFIG_MODULE_SIG_FORCE, booted in QEMU) is in tests/integration/test_modsign.py
+        src = self.work / "hello.c"
+        src.write_text(
+            'static const char modinfo[] __attribute__((section(".modinfo"), used)) =\n'
+            '    "license=GPL\\0name=hello\\0description=meta-hsmsign demo module";\n'
+            "int hello_init(void) { return 0; }\n"
+        )
+        module = self.deploy / "hello.ko"
+        self.run(["gcc", "-c", "-O1", str(src), "-o", str(module)])
+        self.hsmsign("modsign", "--uri", self.uris["modules"], "--cert", str(cert), str(module))
+        # kmod reads the signature block as the kernel lays it out (it checks nothing)
+        for field in ("signer", "sig_hashalgo"):
+            value = self.run(["modinfo", "-F", field, str(module)], show=False).stdout.strip()
+            print(f"  $ modinfo -F {field} deploy/hello.ko   -> {value}")
+        body, pkcs7 = _module_split(module.read_bytes())
+        for content, label, want in ((body, "", True), (_flip_middle(body), ", one byte changed", False)):
+            (self.work / "hello.body").write_bytes(content)
+            (self.work / "hello.p7s").write_bytes(pkcs7)
+            p7s, part = str(self.work / "hello.p7s"), str(self.work / "hello.body")
+            done = self.run(
+                ["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", p7s, "-content", part,
+                 "-certfile", str(cert), "-CAfile", str(cert), "-purpose", "any", "-out", os.devnull],
+                ok_codes=(0, 4),
+                show=not label,
+            )  # fmt: skip
+            if label:
+                print("  $ openssl cms -verify ... -content hello.body   (one byte of the module changed)")
+            self.result(f"kernel module (.ko){label}", "openssl cms -verify", done.returncode == 0, want)
+
     def manifest(self) -> None:
         self.step("The deploy directory: a signed manifest of every artifact")
         files = sorted(p for p in self.deploy.iterdir() if p.is_file() and not p.name.startswith("hsmsign-"))
@@ -551,6 +662,25 @@ class DemoFailed(Exception):
     pass
 
 
+def _module_split(module: bytes) -> tuple[bytes, bytes]:
+    """A signed module's body and PKCS#7, cut as the kernel's mod_verify_sig cuts them: the
+    magic string at the end, before it struct module_signature (12 bytes, the signature's
+    length in the last 4), before that the signature."""
+    end = len(module) - len(MODULE_MAGIC) - 12
+    if not module.endswith(MODULE_MAGIC) or end < 0:
+        raise DemoFailed("the module carries no appended signature")
+    size = int.from_bytes(module[end + 8 : end + 12], "big")
+    if size > end:
+        raise DemoFailed("the module's signature length is larger than the module")
+    return module[: end - size], module[end - size : end]
+
+
+def _flip_middle(data: bytes) -> bytes:
+    changed = bytearray(data)
+    changed[len(changed) // 2] ^= 0x01
+    return bytes(changed)
+
+
 def _short(arg: str, work: Path) -> str:
     arg = arg.replace(str(work) + "/", "")
     if arg.startswith("pkcs11:"):
@@ -586,6 +716,8 @@ def main() -> int:
             demo.rauc,
             demo.encryption,
             demo.fit,
+            demo.uefi,
+            demo.modules,
             demo.manifest,
             demo.fail_closed,
             demo.audit,

@@ -28,11 +28,24 @@ def test_readme_demo_command_runs_clean() -> None:
         "rauc info --keyring",
         "hsmsign rauc verify",
         "U-Boot fit_check_sign",
+        "sbverify --cert",
+        "osslsigncode verify",
+        "OVMF with Secure Boot (QEMU)",
         "hsmsign audit",
         "hsmsign ledger verify",
     ):
         assert verifier in out, verifier
-    assert "skipped" not in out.split("=" * 100)[-1]
+    table = out.split("=" * 100)[-1]
+    assert "skipped" not in table
+    # every family the README's table lists that runs without extra downloads, each checked
+    # where it must be accepted and where one changed byte must be refused
+    for row in (
+        "systemd-boot (UEFI), one byte changed  OVMF with Secure Boot (QEMU)               refused        yes",
+        "systemd-boot (UEFI)                    OVMF with Secure Boot (QEMU)               accepted       yes",
+        "kernel module (.ko)                    openssl cms -verify",
+        "kernel module (.ko), one byte changed  openssl cms -verify                        refused        yes",
+    ):
+        assert row in table, row
     # the demo reads well at 100 columns and never prints the development PIN
     assert max(len(line) for line in out.splitlines()) <= 100
     assert "pin-value" not in out

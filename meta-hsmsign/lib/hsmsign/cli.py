@@ -42,8 +42,8 @@ COMMAND_VERBS: dict[str, tuple[str, ...]] = {
 COMMAND_MODULES: tuple[str, ...] = tuple(COMMAND_VERBS)
 
 DESCRIPTION = """\
-Sign U-Boot, kernel FIT, rootfs and swupdate artifacts with keys that never leave a
-PKCS#11 token. Keys are named by PKCS#11 URIs (RFC 7512); the PIN comes from a file
+Sign U-Boot and kernel FITs, root filesystems, swupdate and RAUC bundles, UEFI binaries,
+kernel modules and i.MX boot images with keys that never leave a PKCS#11 token. Keys are named by PKCS#11 URIs (RFC 7512); the PIN comes from a file
 (?pin-source=file:PATH), a program (?pin-source=|PROGRAM) or an environment variable
 named with --pin-env, never from the command line.
 """
