@@ -111,6 +111,30 @@ def test_files_outside_base_refused(
     assert not out.exists() and not Path(f"{out}.p7s").exists()
 
 
+
+def test_what_is_not_a_regular_file_is_named_as_it_is(
+    softhsm: SoftHsm, rsa2048: str, cert: Path, deploy: Path
+) -> None:
+    """Each input the manifest cannot list is said as what it is, and nothing is written."""
+    fifo = deploy / "pipe"
+    os.mkfifo(fifo)
+    out = deploy / "MANIFEST"
+    cases = {
+        str(deploy / "missing.bin"): "missing.bin: no such file",
+        "/dev/null": "/dev/null is a character device, not a file",
+        str(fifo): "pipe is not a regular file (a pipe, socket or device)",
+        str(deploy / "sub"): "sub is a directory",
+    }
+    for path, said in cases.items():
+        done = softhsm.run_cli(
+            "manifest", *DEV, "--uri", rsa2048, "--cert", str(cert), "--output", str(out),
+            str(deploy / "fitImage"), path,
+        )  # fmt: skip
+        assert done.returncode == 2, (path, done.stderr)
+        assert said in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert not out.exists() and not Path(f"{out}.p7s").exists()
+
+
 _entry = st.fixed_dictionaries(
     {
         "path": st.one_of(

@@ -215,6 +215,51 @@ def test_every_signing_verb_checks_the_ledger_before_the_token(
     assert not marker.exists(), "the token was logged in to before the ledger was checked"
 
 
+def test_an_output_that_is_an_input_is_refused_before_the_token(
+    softhsm: SoftHsm, workspace: Workspace, pin_marker: tuple[str, Path]
+) -> None:
+    """`--output` naming the file to sign (by name, through a link, as a hard link), the
+    certificate, the image of a hash tree, or another output: one line, exit 2, before the PIN
+    is read, and every file as it was."""
+    uri, marker = pin_marker
+    workspace.reset()
+    d, c = workspace.d, str(workspace.cert)
+    a, rootfs, sig = f"{d}/a.bin", f"{d}/rootfs.ext4", f"{d}/x.p7s"
+    desc, image = str(workspace.description), str(workspace.images[0])
+    os.symlink("a.bin", d / "a.link")
+    os.link(d / "a.bin", d / "a.hard")
+    (d / "MANIFEST").write_text("an earlier run's manifest\n")
+    token = [*DEV, "--uri", uri]
+    calls = {
+        "sign onto its input": ["sign", *token, "-o", a, a],
+        "sign onto a link to its input": ["sign", *token, "-o", f"{d}/a.link", a],
+        "sign onto a hard link of its input": ["sign", *token, "-o", f"{d}/a.hard", a],
+        "manifest listing its own output": ["manifest", *token, "--cert", c, "--output", f"{d}/MANIFEST", a,
+                                            f"{d}/MANIFEST"],
+        "verity tree onto the image": ["verity", "sign", *token, "--cert", c, "--image", rootfs,
+                                       "--hash-tree", rootfs, "-o", sig],
+        "verity root hash onto the signature": ["verity", "sign", *token, "--cert", c, "--root-hash",
+                                                ROOT_HASH, "--root-hash-output", sig, "-o", sig],
+        "pe sign onto the certificate": ["pe", "sign", *token, "--cert", c, "--output", c, str(EFI)],
+        "pe esl onto the certificate": ["pe", "esl", "--cert", c, "--output", c],
+        "swupdate sign onto sw-description": ["swupdate", "sign", *token, "--cert", c, "-o", desc, desc],
+        "swupdate bundle onto an image": ["swupdate", "bundle", *token, "--cert", c, "--sw-description", desc,
+                                          "--output", image, *map(str, workspace.images)],
+        "encrypt with the IV onto the plaintext": ["encrypt", *token, "--in", a, "--out", f"{d}/a.enc",
+                                                   "--iv-output", a],
+    }  # fmt: skip
+    before = {p: p.read_bytes() for p in d.iterdir() if p.is_file()}
+    results = _drive(softhsm, list(calls.values()), d)
+    for name, got in zip(calls, results):
+        assert got["rc"] == 2, (name, got)
+        line = _one_error_line(got["err"])
+        assert "would replace it" in line or "name one file" in line, (name, line)
+    assert {p: p.read_bytes() for p in d.iterdir() if p.is_file()} == before
+    assert not marker.exists(), "the token was logged in to before the outputs were checked"
+    for name in ("a.link", "a.hard", "MANIFEST"):
+        (d / name).unlink()
+
+
 @pytest.fixture
 def prefilled_ledger(tmp_path: Path) -> Path:
     """A ledger of 800 entries (about 300 KB: larger than any output of the verbs here)."""

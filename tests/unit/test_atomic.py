@@ -421,3 +421,24 @@ def test_unchanged_file_hashes_as_hashlib_does(tmp_path: Path) -> None:
         assert signing.hash_file(str(path), alg) == hashlib.new(alg, data).digest()
     (tmp_path / "empty").write_bytes(b"")
     assert signing.hash_file(str(tmp_path / "empty")) == hashlib.sha256(b"").digest()
+
+
+def test_refuse_overwriting_compares_files_not_spellings(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "in.bin").write_bytes(b"x")
+    (tmp_path / "sub" / "link").symlink_to(tmp_path / "in.bin")
+    os.link(tmp_path / "in.bin", tmp_path / "hard")
+    inputs = [("the input", str(tmp_path / "in.bin")), ("--cert", None)]
+    for same in (tmp_path / "sub" / ".." / "in.bin", tmp_path / "sub" / "link", tmp_path / "hard"):
+        with pytest.raises(ConfigError, match="is also the input"):
+            atomic.refuse_overwriting([("--output", str(same))], inputs)
+    # two outputs yet to be made, spelled differently
+    with pytest.raises(ConfigError, match="--output and --tree name one file"):
+        atomic.refuse_overwriting(
+            [("--output", str(tmp_path / "new")), ("--tree", str(tmp_path / "sub" / ".." / "new"))], inputs
+        )
+    # distinct files, and outputs not given, pass; an output may be named like nothing else
+    atomic.refuse_overwriting(
+        [("--output", str(tmp_path / "out")), ("--tree", None), ("--sig", str(tmp_path / "out.sig"))], inputs
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hard", "in.bin", "sub"]

@@ -59,7 +59,7 @@ import signal
 import stat
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, BinaryIO
 
@@ -97,6 +97,44 @@ def check_readable(path: str, what: str = "") -> None:
         raise ConfigError(f"{name} is a character device, not a file", "name the file itself")
     if not os.access(path, os.R_OK):
         raise ConfigError(f"{name} is not readable", "check its permissions")
+
+
+def _same_file_key(path: str) -> tuple[str, object]:
+    """What identifies the file ``path`` names, as the writes see it: an existing file by device
+    and inode (symbolic links followed, hard links alike), a file yet to be made by its real path."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ("path", os.path.realpath(path))
+    return ("inode", (st.st_dev, st.st_ino))
+
+
+def refuse_overwriting(
+    outputs: Sequence[tuple[str, str | None]],
+    inputs: Sequence[tuple[str, str | None]] = (),
+    hint: str = "name another file for the output",
+) -> None:
+    """A ConfigError (exit 2), before any work, when an output would replace one of the
+    command's inputs or another of its outputs. Each pair is (what it is, its path), the path
+    None when it was not given: ``refuse_overwriting([("--output", out)], [("the file to sign", f)])``.
+    """
+    seen: dict[tuple[str, object], tuple[str, str]] = {}
+    for what, path in inputs:
+        if path is not None:
+            seen.setdefault(_same_file_key(path), (what, path))
+    kinds = {key: "input" for key in seen}
+    for what, path in outputs:
+        if path is None:
+            continue
+        key = _same_file_key(path)
+        if key in seen:
+            other, other_path = seen[key]
+            named = "" if other_path == path else f" ({other_path})"
+            if kinds[key] == "input":
+                raise ConfigError(f"{what} {path} is also {other}{named}: writing it would replace it", hint)
+            raise ConfigError(f"{other} and {what} name one file ({path})", "give each output its own file")
+        seen[key] = (what, path)
+        kinds[key] = "output"
 
 
 def _open_input(path: str, what: str) -> tuple[int, os.stat_result]:

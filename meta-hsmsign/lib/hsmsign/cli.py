@@ -43,9 +43,10 @@ COMMAND_MODULES: tuple[str, ...] = tuple(COMMAND_VERBS)
 
 DESCRIPTION = """\
 Sign U-Boot and kernel FITs, root filesystems, swupdate and RAUC bundles, UEFI binaries,
-kernel modules and i.MX boot images with keys that never leave a PKCS#11 token. Keys are named by PKCS#11 URIs (RFC 7512); the PIN comes from a file
-(?pin-source=file:PATH), a program (?pin-source=|PROGRAM) or an environment variable
-named with --pin-env, never from the command line.
+kernel modules and i.MX boot images with keys that never leave a PKCS#11 token. Keys are
+named by PKCS#11 URIs (RFC 7512); the PIN comes from a file (?pin-source=file:PATH), a
+program (?pin-source=|PROGRAM) or an environment variable named with --pin-env, never
+from the command line.
 """
 
 

@@ -7,7 +7,7 @@ import contextlib
 import os
 from typing import Any
 
-from ..atomic import check_readable
+from ..atomic import check_readable, refuse_overwriting
 from ..settings import Settings, effective_mode
 from .common import (
     emit,
@@ -162,6 +162,7 @@ def run_sign(args: Any) -> int:
     from .. import signing
 
     check_readable(args.file)
+    refuse_overwriting([("--output", args.output)], [("the file to sign", args.file)])
     with signed_outputs(args) as outputs, open_key_from_args(args) as key:
         progress = file_progress(f"hashing {os.path.basename(args.file)}", args.file)
         sig, digest = signing.sign_file(key, args.file, args.hash, args.scheme, args.format, progress)

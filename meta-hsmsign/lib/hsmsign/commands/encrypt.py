@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..atomic import check_readable
+from ..atomic import check_readable, refuse_overwriting
 from .common import emit, file_progress, open_secret_key_from_args, warn
 
 EXAMPLE = """\
@@ -50,8 +50,7 @@ def run_encrypt(args: Any) -> int:
             f"--in {args.input} is not a regular file (a device, pipe or FIFO has no size to check)",
             "write the data to a file first, then encrypt the file",
         )
-    if os.path.abspath(args.input) == os.path.abspath(args.output):
-        raise ConfigError("--in and --out are the same file", "write the ciphertext to another file")
+    refuse_overwriting([("--out", args.output), ("--iv-output", args.iv_output)], [("--in", args.input)])
     iv = enc.parse_iv(args.iv)
     why = enc.weak_iv(iv)
     if why is not None:

@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from ..atomic import check_readable, read_input
+from ..atomic import check_readable, read_input, refuse_overwriting
 from .common import emit, open_key_from_args, signed_outputs
 
 EXAMPLE = """\
@@ -82,6 +82,11 @@ def run_sign(args: Any) -> int:
     cert = cms.read_certificate_file(args.cert)
     base = args.base or os.path.dirname(os.path.abspath(args.output))
     sig_path = args.signature or args.output + ".p7s"
+    refuse_overwriting(
+        [("--output", args.output), ("the manifest's signature", sig_path)],
+        [("--cert", args.cert), *[("a file to list", f) for f in args.files]],
+        "leave the manifest and its .p7s out of the list (a glob such as deploy/* takes earlier ones too)",
+    )
     with signed_outputs(args) as outputs:
         data, entries = manifest.build(args.files, base)
         digest = signing.hash_bytes(data)

@@ -236,6 +236,7 @@ def _payload(signed: Any) -> bytes:
 def run_sign(args: Any) -> int:
     import concurrent.futures
 
+    from ..atomic import refuse_overwriting
     from ..errors import ConfigError
     from ..formats import cms, modcompress, modsig
 
@@ -248,6 +249,8 @@ def run_sign(args: Any) -> int:
             "the signed module is compressed as its input is: keep the suffix (.ko, .ko.gz, .ko.xz, .ko.zst)",
         )
     modsig.check_hash(args.hash)
+    # a module is signed in place or to --output; the certificate is never written over
+    refuse_overwriting([("--output", args.output)], [("--cert", args.cert)])
     cert = cms.read_certificate_file(args.cert)
     # compressed modules are decompressed and compressed again on every CPU
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:

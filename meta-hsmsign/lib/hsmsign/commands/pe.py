@@ -184,6 +184,8 @@ def _sign(args: Any, job: Any) -> int:
     from . import pe_input
 
     args.role = args.role or "UEFI"
+    # the image itself may be the output (signed in place), the certificate may not
+    atomic.refuse_overwriting([("--output", args.output)], [("--cert", args.cert)])
     with signed_outputs(args) as outputs:
         # the output first: its body is written while the image is hashed and the rest is done
         # (a temporary file, removed if anything below fails)
@@ -329,6 +331,7 @@ def run_esl(args: Any) -> int:
     from ..errors import ConfigError
     from ..formats import authenticode
 
+    atomic.refuse_overwriting([("--output", args.output)], [("--cert", path) for path in args.cert])
     certs = _trusted(args.cert)
     if args.owner:
         try:

@@ -369,6 +369,11 @@ def _rauc_signs(args: Any, verb: str, extra: Sequence[str] = (), store: str | No
     from ..formats import rauc
 
     args.role = args.role or "RAUC"
+    atomic.refuse_overwriting(
+        [("the bundle to write", args.output), ("its chunk store", store)],
+        [("the bundle to convert" if verb == "convert" else "the bundle directory", args.input),
+         ("--cert", args.cert), ("--keyring", getattr(args, "keyring", None))],
+    )  # fmt: skip
     program = _rauc_command(args.rauc)
     cert = _certificate(args.cert)
     trusted = _trusted([args.keyring or args.cert])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..atomic import check_readable
+from ..atomic import check_readable, refuse_overwriting
 from ..errors import printable
 from .common import emit, open_key_from_args, signed_outputs, warn
 
@@ -172,6 +172,11 @@ def run_sign(args: Any) -> int:
     from ..formats import swupdate as swu
 
     check_readable(args.description, "sw-description")
+    refuse_overwriting(
+        [("--output", args.output)],
+        [("sw-description", args.description), ("--cert", args.cert)]
+        + [("the image", path) for path in args.images or ()],
+    )
     data = swu.read_limited(args.description)
     names = [] if args.no_check else _check_description(data, args.images)
     mode = _sig_mode(args)
@@ -241,6 +246,11 @@ def run_bundle(args: Any) -> int:
     from ..formats import swupdate as swu
 
     check_readable(args.sw_description, "sw-description")
+    refuse_overwriting(
+        [("--output", args.output)],
+        [("sw-description", args.sw_description), ("--cert", args.cert), ("--signature", args.signature)]
+        + [("the image", path) for path in args.images],
+    )
     data = swu.read_limited(args.sw_description)
     names = _check_description(data, args.images)
     given = {os.path.basename(p): p for p in args.images}

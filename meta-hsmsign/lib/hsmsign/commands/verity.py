@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..atomic import check_readable
+from ..atomic import check_readable, refuse_overwriting
 from .common import emit, open_key_from_args, signed_outputs
 
 EXAMPLE = """\
@@ -63,6 +63,11 @@ def run_sign(args: Any) -> int:
     from ..errors import ConfigError
     from ..formats import cms, verity
 
+    refuse_overwriting(
+        [("--output", args.output), ("--hash-tree", args.hash_tree)]
+        + [("--root-hash-output", args.root_hash_output)],
+        [("--image", args.image), ("--cert", args.cert)],
+    )
     cert = cms.read_certificate_file(args.cert)
     params = None
     if args.image:

@@ -44,8 +44,18 @@ def _relative(path: str, base: str) -> str:
     return rel.replace(os.sep, "/")
 
 
+class _Counted:
+    """A progress callback for ``signing.hash_file`` that keeps how many bytes were hashed."""
+
+    done = 0
+
+    def __call__(self, done: int) -> None:
+        self.done = done
+
+
 def build(files: Sequence[str], base: str) -> tuple[bytes, list[FileEntry]]:
     """The manifest bytes (canonical JSON, sorted by path) for ``files``."""
+    from ..atomic import check_readable
     from ..signing import hash_file
 
     if not files:
@@ -54,13 +64,18 @@ def build(files: Sequence[str], base: str) -> tuple[bytes, list[FileEntry]]:
     for f in files:
         if os.path.isdir(f):
             raise ConfigError(f"{f} is a directory", "list files (a shell glob such as deploy/* works)")
+        check_readable(f)  # missing, a character device, unreadable: each said as it is
         if not os.path.isfile(f):
-            raise ConfigError(f"{f}: no such file")
+            raise ConfigError(
+                f"{f} is not a regular file (a pipe, socket or device)",
+                "list the files a verifier will find in the directory: regular files only",
+            )
         rel = _relative(f, base)
         if rel in entries:
             raise ConfigError(f"{f} is listed twice")
-        size = os.path.getsize(f)
-        entries[rel] = FileEntry(rel, size, hash_file(f, "sha256").hex())
+        size = _Counted()  # the size of the very bytes hashed (the read refuses a file that changes)
+        digest = hash_file(f, "sha256", progress=size)
+        entries[rel] = FileEntry(rel, size.done, digest.hex())
     ordered = [entries[k] for k in sorted(entries)]
     doc = {
         "format": FORMAT,
