@@ -247,15 +247,25 @@ def test_an_output_that_is_an_input_is_refused_before_the_token(
                                           "--output", image, *map(str, workspace.images)],
         "encrypt with the IV onto the plaintext": ["encrypt", *token, "--in", a, "--out", f"{d}/a.enc",
                                                    "--iv-output", a],
+        # standard output is no file to rename into place (and '-' made a file named '-')
+        "sign to -": ["sign", *token, "-o", "-", a],
+        "sign to /dev/stdout": ["sign", *token, "-o", "/dev/stdout", a],
+        "verity signature to /dev/fd/1": ["verity", "sign", *token, "--cert", c, "--root-hash", ROOT_HASH,
+                                          "-o", "/dev/fd/1"],
     }  # fmt: skip
     before = {p: p.read_bytes() for p in d.iterdir() if p.is_file()}
     results = _drive(softhsm, list(calls.values()), d)
     for name, got in zip(calls, results):
         assert got["rc"] == 2, (name, got)
         line = _one_error_line(got["err"])
-        assert "would replace it" in line or "name one file" in line, (name, line)
+        said = ("would replace it", "name one file", "is standard output or a descriptor, not a file")
+        assert any(words in line for words in said), (name, line)
     assert {p: p.read_bytes() for p in d.iterdir() if p.is_file()} == before
+    assert not (Path.cwd() / "-").exists() and not (d / "-").exists()
     assert not marker.exists(), "the token was logged in to before the outputs were checked"
+    # the public key alone is printed to standard output: with no --output, or with '-'
+    pem = softhsm.run_cli("pubkey", *token, "--output", "-")
+    assert pem.returncode == 0 and pem.stdout.startswith("-----BEGIN PUBLIC KEY-----"), pem.stderr
     for name in ("a.link", "a.hard", "MANIFEST"):
         (d / name).unlink()
 

@@ -99,6 +99,21 @@ def check_readable(path: str, what: str = "") -> None:
         raise ConfigError(f"{name} is not readable", "check its permissions")
 
 
+_STREAMS = ("/dev/stdout", "/dev/stderr", "/dev/stdin")
+_DESCRIPTOR_DIRS = ("/dev/fd/", "/proc/self/fd/", "/proc/thread-self/fd/")
+
+
+def refuse_stream(path: str) -> None:
+    """A ConfigError when an output names standard output (``-``) or one of the process's
+    descriptors (``/dev/stdout``, ``/dev/fd/N``): an output is a file renamed into place."""
+    full = os.path.abspath(path)
+    if path == "-" or full in _STREAMS or full.startswith(_DESCRIPTOR_DIRS):
+        raise ConfigError(
+            f"output {path} is standard output or a descriptor, not a file",
+            "name a file: each output is written to a temporary file, checked, then renamed into place",
+        )
+
+
 def _same_file_key(path: str) -> tuple[str, object]:
     """What identifies the file ``path`` names, as the writes see it: an existing file by device
     and inode (symbolic links followed, hard links alike), a file yet to be made by its real path."""
@@ -126,6 +141,7 @@ def refuse_overwriting(
     for what, path in outputs:
         if path is None:
             continue
+        refuse_stream(path)
         key = _same_file_key(path)
         if key in seen:
             other, other_path = seen[key]
@@ -393,6 +409,7 @@ def resolve_output(path: str) -> tuple[str, str, int | None]:
     Refuses a link to nothing, and a link in a world-writable sticky directory owned by
     another user (the case ``fs.protected_symlinks`` guards against).
     """
+    refuse_stream(path)
     final = os.path.abspath(path)
     try:
         lst = os.lstat(final)

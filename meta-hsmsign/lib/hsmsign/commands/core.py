@@ -65,7 +65,7 @@ def register(sub: Any, parents: Any) -> None:
         '  hsmsign pubkey --uri "$HSM_PKCS11_URI" --format der | sha256sum',
     )
     p.add_argument("--format", choices=("pem", "der"), default="pem")
-    p.add_argument("--output", "-o", metavar="FILE", help="write here (default: stdout)")
+    p.add_argument("--output", "-o", metavar="FILE", help="write here (default, or '-': stdout)")
     p.set_defaults(func=run_pubkey)
 
     p = sub.add_parser(
@@ -200,7 +200,7 @@ def run_pubkey(args: Any) -> int:
 
     with open_key_from_args(args, check_policy=False) as key:
         data = keys.public_bytes(key.public_key(), args.format)
-    if args.output:
+    if args.output and args.output != "-":
         atomic.write_bytes_atomic(args.output, data)
     else:
         sys.stdout.buffer.write(data)
