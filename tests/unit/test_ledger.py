@@ -350,3 +350,31 @@ def test_entries_taken_back_when_the_outputs_do_not_land(tmp_path: Path) -> None
             assert path.stat().st_size > len(before)  # appended and fsync'ed under the lock...
             raise OSError(18, "rename failed")  # ...then renaming an output failed
     assert path.read_bytes() == before
+
+
+def test_the_wrong_file_is_named_so_and_its_problems_are_capped(
+    five: tuple[Path, list[bytes]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A binary file (with a CR before some newline, as random data has) is not a damaged ledger:
+    the report says so first, says nothing of converted line endings, and the text lists 20 of
+    its problems; --json lists them all."""
+    path = tmp_path / "rootfs.ext4"
+    data = bytearray(os.urandom(1 << 16))
+    data[1000:1002] = b"\r\n"
+    path.write_bytes(bytes(data) + b"\n")
+    report = ledger.verify(str(path))
+    assert not report.ok and report.count == 0
+    assert report.problems[0].startswith("no line is a ledger entry")
+    assert not any("dos2unix" in problem for problem in report.problems)
+    assert len(report.problems) > 30
+    assert main(["ledger", "verify", "--ledger", str(path)]) == 6
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 + 20 + 1 and out[-1].startswith(f"  ... and {len(report.problems) - 20} more")
+    assert main(["ledger", "verify", "--ledger", str(path), "--json"]) == 6
+    assert json.loads(capsys.readouterr().out)["problems"] == report.problems
+    # a ledger with one line turned to garbage is a damaged ledger, told as before
+    ledger_path, lines = five
+    _write_lines(ledger_path, [*lines[:2], b"\x00garbage\r", *lines[3:]])
+    damaged = ledger.verify(str(ledger_path))
+    assert damaged.count == 4 and damaged.problems[0].startswith("line endings changed to CRLF on 1 line")
+    assert "line 3: not a JSON object" in damaged.problems

@@ -370,7 +370,7 @@ def verify(path: str, *, expect_head: str | None = None, expect_count: int | Non
     report = LedgerReport(path=path)
     prev = GENESIS
     expected_seq = 1
-    crlf = 0
+    crlf = not_json = 0
     for n, raw in _lines(path):
         if len(raw) > MAX_LINE:
             report.problems.append(f"line {n}: longer than {MAX_LINE} bytes: not a ledger (stopped reading)")
@@ -388,6 +388,7 @@ def verify(path: str, *, expect_head: str | None = None, expect_count: int | Non
                 raise ValueError("not an object")
         except ValueError:
             report.problems.append(f"line {n}: not a JSON object")
+            not_json += 1
             prev = line_hash(line)
             expected_seq += 1
             continue
@@ -415,7 +416,13 @@ def verify(path: str, *, expect_head: str | None = None, expect_count: int | Non
             report.problems.append(f"line {n}: not in canonical form (edited by hand?)")
         prev = line_hash(line)
         report.count += 1
-    if crlf:
+    if not_json and not report.count:
+        # nothing in the file is an entry: the wrong file, not a damaged ledger (and its CRs are no
+        # converted line endings)
+        report.problems.insert(
+            0, f"no line is a ledger entry (one JSON object per line): is {path} the signing ledger?"
+        )
+    elif crlf:
         report.problems.insert(
             0,
             f"line endings changed to CRLF on {crlf} line(s) (the file was converted, e.g. opened on "

@@ -65,6 +65,9 @@ def _path(args: Any) -> str:
     return str(path)
 
 
+SHOWN = 20  # problems printed; --json has them all
+
+
 def run_verify(args: Any) -> int:
     from .. import ledger
     from .common import emit
@@ -73,8 +76,11 @@ def run_verify(args: Any) -> int:
     if report.ok:
         text = f"ledger {report.path}: {report.count} entries, chain intact\nhead {report.head}"
     else:
+        shown = [printable(p, None) for p in report.problems[:SHOWN]]
+        if len(report.problems) > SHOWN:
+            shown.append(f"... and {len(report.problems) - SHOWN} more (--json lists them all)")
         text = f"ledger {report.path}: NOT intact ({len(report.problems)} problem(s))\n" + "\n".join(
-            "  " + printable(p, None) for p in report.problems
+            "  " + line for line in shown
         )
     emit(args, text, report.as_dict())
     return 0 if report.ok else 6
