@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from ..atomic import check_readable, read_input, refuse_overwriting
-from .common import emit, open_key_from_args, signed_outputs
+from .common import Progress, emit, open_key_from_args, signed_outputs
 
 EXAMPLE = """\
 examples:
@@ -88,7 +88,10 @@ def run_sign(args: Any) -> int:
         "leave the manifest and its .p7s out of the list (a glob such as deploy/* takes earlier ones too)",
     )
     with signed_outputs(args) as outputs:
-        data, entries = manifest.build(args.files, base)
+        count = len(args.files)
+        progress = Progress(f"hashing {count} file{'s' if count > 1 else ''}", _total_size(args.files))
+        data, entries = manifest.build(args.files, base, progress)
+        progress.done()
         digest = signing.hash_bytes(data)
         with open_key_from_args(args) as key:
             sig = cms.sign_detached(key, cert=cert, content_digest=digest)
@@ -104,6 +107,17 @@ def run_sign(args: Any) -> int:
         {"manifest": args.output, "signature": sig_path, "files": [e.path for e in entries], "key": label},
     )
     return 0
+
+
+def _total_size(paths: list[str]) -> int:
+    """What the files to list weigh together, for the progress meter (errors are build()'s to tell)."""
+    total = 0
+    for path in paths:
+        try:
+            total += os.path.getsize(path)
+        except OSError:
+            pass
+    return total
 
 
 def run_verify(args: Any) -> int:
@@ -126,7 +140,18 @@ def run_verify(args: Any) -> int:
     data = read_input(path, "manifest", manifest.MAX_MANIFEST + 1)
     sig = read_input(sig_path, "signature", 1 << 20)
     base = args.base or os.path.dirname(os.path.abspath(path))
-    result = manifest.verify(data, sig, trusted, base)
+    meters: list[Progress] = []
+
+    def meter(entries: Any) -> Progress:
+        label = f"checking {len(entries)} file{'s' if len(entries) > 1 else ''}"
+        meters.append(Progress(label, sum(e.size for e in entries)))
+        return meters[-1]
+
+    try:
+        result = manifest.verify(data, sig, trusted, base, meter)
+    finally:
+        for m in meters:
+            m.done()
     emit(
         args,
         f"{path}: signature OK, {len(result.ok)} files match",

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..atomic import check_readable, refuse_overwriting
 from ..errors import printable
-from .common import emit, open_key_from_args, signed_outputs, warn
+from .common import Progress, emit, open_key_from_args, signed_outputs, warn
 
 SIG_MODES = ("cms", "rsa", "rsa-pss")
 # '--mode cms|rsa|rsa-pss' (the first spelling of --signing-mode) still names the signature type:
@@ -158,13 +158,17 @@ def _check_description(data: bytes, images: list[str] | None) -> list[str]:
     from ..formats import swupdate as swu
 
     desc = swu.parse_description(data)
-    files = None
-    if images is not None:
-        files = {}
-        for path in images:
-            check_readable(path)
-            files[os.path.basename(path)] = path
-    return swu.check_artifacts(swu.artifacts(desc), files)
+    if images is None:
+        return swu.check_artifacts(swu.artifacts(desc))
+    files = {}
+    for path in images:
+        check_readable(path)
+        files[os.path.basename(path)] = path
+    total = sum(os.path.getsize(path) for path in files.values())
+    progress = Progress(f"checking the sha256 of {len(files)} image{'s' if len(files) > 1 else ''}", total)
+    names = swu.check_artifacts(swu.artifacts(desc), files, progress)
+    progress.done()
+    return names
 
 
 def run_sign(args: Any) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,22 +45,32 @@ def _relative(path: str, base: str) -> str:
 
 
 class _Counted:
-    """A progress callback for ``signing.hash_file`` that keeps how many bytes were hashed."""
+    """A progress callback for ``signing.hash_file`` on one of several files: keeps how many of its
+    bytes were hashed, and hands on the count of all files so far (``before`` + those)."""
 
-    done = 0
+    def __init__(self, before: int = 0, progress: Callable[[int], None] | None = None) -> None:
+        self.done = 0
+        self.before = before
+        self.progress = progress
 
     def __call__(self, done: int) -> None:
         self.done = done
+        if self.progress is not None:
+            self.progress(self.before + done)
 
 
-def build(files: Sequence[str], base: str) -> tuple[bytes, list[FileEntry]]:
-    """The manifest bytes (canonical JSON, sorted by path) for ``files``."""
+def build(
+    files: Sequence[str], base: str, progress: Callable[[int], None] | None = None
+) -> tuple[bytes, list[FileEntry]]:
+    """The manifest bytes (canonical JSON, sorted by path) for ``files``; ``progress(bytes)`` is
+    told how many bytes of them all were hashed so far."""
     from ..atomic import check_readable
     from ..signing import hash_file
 
     if not files:
         raise ConfigError("no files to list", "name the files: hsmsign manifest --output MANIFEST FILE...")
     entries: dict[str, FileEntry] = {}
+    hashed = 0
     for f in files:
         if os.path.isdir(f):
             raise ConfigError(f"{f} is a directory", "list files (a shell glob such as deploy/* works)")
@@ -73,9 +83,11 @@ def build(files: Sequence[str], base: str) -> tuple[bytes, list[FileEntry]]:
         rel = _relative(f, base)
         if rel in entries:
             raise ConfigError(f"{f} is listed twice")
-        size = _Counted()  # the size of the very bytes hashed (the read refuses a file that changes)
+        # the size of the very bytes hashed (the read refuses a file that changes meanwhile)
+        size = _Counted(hashed, progress)
         digest = hash_file(f, "sha256", progress=size)
         entries[rel] = FileEntry(rel, size.done, digest.hex())
+        hashed += size.done
     ordered = [entries[k] for k in sorted(entries)]
     doc = {
         "format": FORMAT,
@@ -125,28 +137,46 @@ class CheckResult:
     changed: list[str]
 
 
-def check_files(entries: Sequence[FileEntry], base: str) -> CheckResult:
+def check_files(
+    entries: Sequence[FileEntry], base: str, progress: Callable[[int], None] | None = None
+) -> CheckResult:
+    """Each entry's file against its size and SHA-256; ``progress(bytes)`` as for :func:`build`."""
     from ..signing import hash_file
 
     result = CheckResult([], [], [])
+    hashed = 0
     for e in entries:
         full = os.path.join(base, *e.path.split("/"))
         if not os.path.isfile(full):
             result.missing.append(e.path)
             continue
-        if os.path.getsize(full) != e.size or hash_file(full, "sha256").hex() != e.sha256:
+        if os.path.getsize(full) != e.size:
+            result.changed.append(e.path)
+            continue
+        size = _Counted(hashed, progress)
+        digest = hash_file(full, "sha256", progress=size).hex()
+        hashed += size.done
+        if digest != e.sha256:
             result.changed.append(e.path)
             continue
         result.ok.append(e.path)
     return result
 
 
-def verify(manifest: bytes, signature: bytes, trusted: Sequence[Any], base: str) -> CheckResult:
-    """Signature first (nothing in an unsigned manifest is trusted), then each file."""
+def verify(
+    manifest: bytes,
+    signature: bytes,
+    trusted: Sequence[Any],
+    base: str,
+    progress: Callable[[Sequence[FileEntry]], Callable[[int], None] | None] | None = None,
+) -> CheckResult:
+    """Signature first (nothing in an unsigned manifest is trusted), then each file.
+    ``progress(entries)``, given the signed entries, makes the callback :func:`check_files` uses."""
     from . import cms
 
     cms.verify_detached(signature, content=manifest, trusted=trusted)
-    result = check_files(parse(manifest), base)
+    entries = parse(manifest)
+    result = check_files(entries, base, progress(entries) if progress is not None else None)
     if result.missing or result.changed:
         parts = []
         if result.changed:

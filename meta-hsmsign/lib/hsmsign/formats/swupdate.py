@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,8 +130,13 @@ def artifacts(desc: Any, where: str = "") -> list[Artifact]:
     return out
 
 
-def check_artifacts(found: Sequence[Artifact], files: dict[str, str] | None = None) -> list[str]:
-    """Refuse unprotected or malformed entries; compare hashes with ``files`` {name: path} if given.
+def check_artifacts(
+    found: Sequence[Artifact],
+    files: dict[str, str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Refuse unprotected or malformed entries; compare hashes with ``files`` {name: path} if given
+    (``progress(bytes)`` is told how many bytes of them were hashed so far).
 
     Returns the distinct file names sw-description references.
     """
@@ -139,6 +144,8 @@ def check_artifacts(found: Sequence[Artifact], files: dict[str, str] | None = No
 
     names: list[str] = []
     hashes: dict[str, str] = {}
+    hashed = 0
+    checked: set[str] = set()
     for a in found:
         name = printable(a.filename)
         if a.sha256 is None:
@@ -162,7 +169,16 @@ def check_artifacts(found: Sequence[Artifact], files: dict[str, str] | None = No
             path = files.get(a.filename)
             if path is None:
                 raise ConfigError(f"sw-description names '{name}', which is not among the images given")
-            actual = hash_file(path).hex()
+            if a.filename in checked:  # named twice with one sha256 (checked above): hashed once
+                continue
+            checked.add(a.filename)
+
+            def told(done: int, before: int = hashed) -> None:
+                if progress is not None:
+                    progress(before + done)
+
+            actual = hash_file(path, progress=told).hex()
+            hashed += os.path.getsize(path)
             if actual != a.sha256.lower():
                 raise ConfigError(
                     f"sha256 of {path} is {actual}, sw-description says {a.sha256}",
