@@ -222,4 +222,4 @@ def test_signing_key_is_not_an_encryption_key(softhsm: SoftHsm, rsa2048: str, tm
     assert "secret key" in done.stderr
     assert not out.exists()
     same = softhsm.run_cli("encrypt", *DEV, "--uri", rsa2048, "--in", str(plain), "--out", str(plain))
-    assert same.returncode == 2 and "same file" in same.stderr
+    assert same.returncode == 2 and "is also --in: writing it would replace it" in same.stderr
