@@ -82,3 +82,60 @@ def test_unmutated_inputs_reach_the_signature_check():
         assert fit.config_hashed_nodes(f, f.configs.children[0])
         with pytest.raises(VerificationError, match="not signed"):
             fit.verify_fit(base, KEY_DTB)
+
+
+def test_names_with_control_characters_stay_escaped_in_messages():
+    """Node names are the DTB author's: a newline in one must not start a second line of a
+    message (the fuzzer found a key node named '/signature/\\ney-k' printed raw)."""
+    import pytest
+    from hsmsign.errors import VerificationError
+
+    key_node = b"key-k\x00"
+    assert KEY_DTB.count(key_node) == 1
+    tree = Fdt.parse(KEY_DTB.replace(key_node, b"k\ny-k\x00"))
+    node = tree.root.child("signature").child("k\ny-k")
+    tree.setprop_u32(node, "rsa,num-bits", 1024)  # wrong for its modulus
+    with pytest.raises(VerificationError) as caught:
+        fit.verify_fit(BASE_FIT, tree.to_bytes())
+    assert "k\\ny-k: rsa,num-bits 1024 does not match rsa,modulus" in caught.value.message
+    # and on the FIT's side: each message that names an image, a hash node or a configuration
+    import copy
+
+    def variant(edit):
+        tree = Fdt.parse(BASE_FIT)
+        edit(tree, tree.node("/images/kernel-1"), tree.node("/configurations/conf-1"))
+        return tree.to_bytes()
+
+    def no_hash(tree, kernel, conf):
+        kernel.name = "kern\x1bl-1"
+        kernel.children = [c for c in kernel.children if not c.name.startswith("hash")]
+        tree.setprop_str(conf, "kernel", kernel.name)
+
+    def no_data(tree, kernel, conf):
+        kernel.name = "kern\nel"
+        tree.delprop(kernel, "data")
+        tree.setprop_str(conf, "kernel", kernel.name)
+
+    def no_algo(tree, kernel, conf):
+        hash_node = copy.deepcopy(kernel.children[0])
+        hash_node.name = "hash-\r2"
+        hash_node.props = []
+        kernel.children.append(hash_node)
+
+    def no_image(tree, kernel, conf):
+        conf.name = "con\x85f-1"
+        for prop in ("kernel", "fdt", "loadables"):
+            tree.delprop(conf, prop)
+
+    for edit, said in ((no_hash, "image 'kern\\x1bl-1' has no hash node"),
+                       (no_data, "image 'kern\\nel' has no data"),
+                       (no_algo, "/images/kernel-1/hash-\\r2 has no algo"),
+                       (no_image, "configuration 'con\\x85f-1' references no image")):  # fmt: skip
+        data = variant(edit)
+        with pytest.raises(HsmsignError) as caught:
+            f = fit.Fit.parse(data)
+            for conf in f.configs.children:
+                fit.config_hashed_nodes(f, conf, strict=True)
+            fit.update_image_hashes(f)
+        assert said in caught.value.message, (said, caught.value.message)
+        exercise(data)

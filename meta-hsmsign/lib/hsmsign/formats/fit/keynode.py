@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ...errors import ConfigError, VerificationError
+from ...errors import ConfigError, VerificationError, printable
 from ..fdt import Fdt, Node
 from .model import (
     CONFS_PATH,
@@ -125,12 +125,12 @@ def key_from_node(node: Node, what: str = "DTB") -> Any:
     """The public key a control-DTB key node describes, checked like U-Boot reads it."""
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    where = f"{what}: /{SIG_NODE}/{node.name}"
+    where = f"{what}: /{SIG_NODE}/{printable(node.name)}"  # a name in the DTB may hold anything
     if node.get("ecdsa,curve") is not None:
         curve_name = node.get_str("ecdsa,curve")
         curve: Any = {"prime256v1": ec.SECP256R1(), "secp384r1": ec.SECP384R1()}.get(curve_name or "")
         if curve is None:
-            raise VerificationError(f"{where}: unknown ecdsa,curve '{curve_name}'")
+            raise VerificationError(f"{where}: unknown ecdsa,curve '{printable(curve_name or '')}'")
         x, y = node.get("ecdsa,x-point"), node.get("ecdsa,y-point")
         size = curve.key_size // 8
         if x is None or y is None or len(x) != size or len(y) != size:

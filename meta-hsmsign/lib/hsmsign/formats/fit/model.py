@@ -184,13 +184,14 @@ class Fit:
         position = image.get_u32("data-position")
         if size is None or (offset is None and position is None):
             raise ConfigError(
-                f"{self.what}: image '{image.name}' has no data",
+                f"{self.what}: image '{printable(image.name)}' has no data",
                 "an image needs 'data', or 'data-size' with 'data-offset' or 'data-position'",
             )
         start = _align4(self.totalsize) + offset if offset is not None else int(position or 0)
         if start + size > len(self.raw):
             raise ConfigError(
-                f"{self.what}: external data of image '{image.name}' lies beyond the end of the file",
+                f"{self.what}: external data of image '{printable(image.name)}' lies beyond the end "
+                "of the file",
                 "the FIT is truncated",
             )
         return (start, size), memoryview(self.raw)[start : start + size]
@@ -251,7 +252,8 @@ def config_image_refs(fit: Fit, conf: Node, strict: bool = False) -> list[tuple[
             if image is None:
                 if strict and prop.name in WELL_KNOWN_IMAGE_PROPS:
                     raise ConfigError(
-                        f"{fit.what}: configuration '{conf.name}' names image '{name}' ({prop.name}), "
+                        f"{fit.what}: configuration '{printable(conf.name)}' names image '{printable(name)}' "
+                        f"({printable(prop.name)}), "
                         "which is not in /images",
                         "fix the .its: every image a configuration names must exist",
                     )
@@ -266,7 +268,7 @@ def config_hashed_nodes(fit: Fit, conf: Node, strict: bool = False) -> list[str]
     refs = config_image_refs(fit, conf, strict)
     if not refs:
         raise ConfigError(
-            f"{fit.what}: configuration '{conf.name}' references no image",
+            f"{fit.what}: configuration '{printable(conf.name)}' references no image",
             "a configuration needs at least a kernel or firmware image",
         )
     for _prop, image in refs:
@@ -275,7 +277,7 @@ def config_hashed_nodes(fit: Fit, conf: Node, strict: bool = False) -> list[str]
         hashes = [c for c in image.children if c.name.startswith(HASH_NODE)]
         if not hashes:
             raise ConfigError(
-                f"{fit.what}: image '{image.name}' has no hash node",
+                f"{fit.what}: image '{printable(image.name)}' has no hash node",
                 "add 'hash-1 { algo = \"sha256\"; };' to the image in the .its: a configuration "
                 "signature protects images through their hashes",
             )
@@ -363,14 +365,15 @@ def update_image_hashes(fit: Fit) -> None:
             algo = sub.get_str("algo")
             if not algo:
                 raise ConfigError(
-                    f"{fit.what}: {IMAGES_PATH}/{image.name}/{sub.name} has no algo", 'add algo = "sha256"'
+                    f"{fit.what}: {IMAGES_PATH}/{printable(image.name)}/{printable(sub.name)} has no algo",
+                    'add algo = "sha256"',
                 )
             if algo in SIGN_HASHES:  # an image signature may need the same digest
                 value = fit.data_digest(image, algo)
             else:
                 if data is None:
                     data = fit.image_data(image)
-                value = compute_hash_value(algo, data, f"{fit.what}: image '{image.name}'")
+                value = compute_hash_value(algo, data, f"{fit.what}: image '{printable(image.name)}'")
             fit.fdt.setprop(sub, "value", value)
 
 
