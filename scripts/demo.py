@@ -73,6 +73,12 @@ class Demo:
         done = self.run([sys.executable, "-m", "hsmsign", *argv], ok_codes=ok_codes, show=False)
         return done
 
+    def certificate(self, role: str, what: str, path: Path, eku: str | None = None) -> None:
+        """A self-signed development certificate of ``role``'s token key (what a device would trust)."""
+        subject = f"CN=meta-hsmsign demo {what} (DEVELOPMENT)"
+        usage = ["--eku", eku] if eku else []
+        self.hsmsign("cert", "--uri", self.uris[role], "--subject", subject, *usage, "--output", str(path))
+
     def step(self, title: str) -> None:
         self.steps += 1
         print(f"\n== {self.steps}. {title}")
@@ -116,17 +122,7 @@ class Demo:
         self.result("rootfs image (detached)", "openssl dgst -verify", done.returncode == 0)
 
         cert = self.deploy / "rootfs-verity-signer.pem"
-        self.hsmsign(
-            "cert",
-            "--uri",
-            self.uris["rootfs"],
-            "--subject",
-            "CN=meta-hsmsign demo rootfs (DEVELOPMENT)",
-            "--eku",
-            "codeSigning",
-            "--output",
-            str(cert),
-        )
+        self.certificate("rootfs", "rootfs", cert, "codeSigning")
         tree = self.deploy / "core-image-demo.ext4.verity"
         roothash = self.deploy / "core-image-demo.ext4.roothash"
         p7s = self.deploy / "core-image-demo.ext4.roothash.p7s"
@@ -176,17 +172,7 @@ class Demo:
     def swupdate(self) -> None:
         self.step("swupdate bundle: CMS signature over sw-description")
         cert = self.deploy / "swupdate-signer.pem"
-        self.hsmsign(
-            "cert",
-            "--uri",
-            self.uris["swupdate"],
-            "--subject",
-            "CN=meta-hsmsign demo swupdate (DEVELOPMENT)",
-            "--eku",
-            "emailProtection",
-            "--output",
-            str(cert),
-        )
+        self.certificate("swupdate", "swupdate", cert, "emailProtection")
         payload = self.work / "rootfs.ext4.gz"
         shutil.copyfile(self.image, payload)
         import hashlib
@@ -233,10 +219,7 @@ class Demo:
     def rauc(self) -> None:
         self.step("RAUC bundle: rauc signs through the token, hsmsign checks key and bundle")
         cert = self.deploy / "rauc-signer.pem"
-        self.hsmsign(
-            "cert", "--uri", self.uris["rauc"], "--subject", "CN=meta-hsmsign demo RAUC (DEVELOPMENT)",
-            "--output", str(cert),
-        )  # fmt: skip
+        self.certificate("rauc", "RAUC", cert)
         src = self.work / "rauc-bundle"
         src.mkdir()
         shutil.copyfile(self.image, src / "rootfs.ext4")
@@ -412,18 +395,7 @@ class Demo:
             self.rows.append(("systemd-boot (UEFI)", "systemd-boot-efi not installed", "skipped", False))
             return
         cert = self.deploy / "uefi-db.pem"
-        subject = "CN=meta-hsmsign demo Secure Boot db (DEVELOPMENT)"
-        self.hsmsign(
-            "cert",
-            "--uri",
-            self.uris["uefi"],
-            "--subject",
-            subject,
-            "--eku",
-            "codeSigning",
-            "--output",
-            str(cert),
-        )
+        self.certificate("uefi", "Secure Boot db", cert, "codeSigning")
         self.hsmsign("pe", "esl", "--cert", str(cert), "--output", str(self.deploy / "uefi-db.esl"))
         signed = self.deploy / "systemd-bootx64.efi"
         self.hsmsign("pe", "sign", "--uri", self.uris["uefi"], "--cert", str(cert), "--output", str(signed),
@@ -470,18 +442,7 @@ class Demo:
             self.rows.append(("kernel module", "gcc not installed", "skipped", False))
             return
         cert = self.deploy / "modules-signer.pem"
-        subject = "CN=meta-hsmsign demo kernel modules (DEVELOPMENT)"
-        self.hsmsign(
-            "cert",
-            "--uri",
-            self.uris["modules"],
-            "--subject",
-            subject,
-            "--eku",
-            "codeSigning",
-            "--output",
-            str(cert),
-        )
+        self.certificate("modules", "kernel modules", cert, "codeSigning")
         # an ELF object with a .modinfo section, as a module has; the kernel's own check
         # (CONFIG_MODULE_SIG_FORCE, booted in QEMU) is in tests/integration/test_modsign.py
         src = self.work / "hello.c"
