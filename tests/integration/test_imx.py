@@ -194,6 +194,23 @@ def test_ahab_one_changed_byte_is_refused(ahab: dict[str, Any], ahab_signed: dic
         assert rc != 0, f"a changed byte at 0x{offset:x} was accepted"
 
 
+
+def test_outputs_never_replace_the_configuration_or_each_other(ahab: dict[str, Any]) -> None:
+    """Before SPSDK or the token: --output onto the SPSDK configuration, two SRK outputs onto one file."""
+    work, config = ahab["work"], ahab["config"]
+    before = config.read_bytes()
+    for argv, said in (
+        (["imx", "ahab", "sign", "--uri", ahab["uris"][0], "--config", str(config), "-o", str(config),
+          str(ahab["unsigned"])], "is also --config"),
+        (["imx", "hab", "sign", "--uri", ahab["uris"][0], "--config", str(config), "-o", str(config)],
+         "is also --config"),
+        (["imx", "srk", "--kind", "ahab", "--table", str(work / "t.bin"), "--fuses", str(work / "t.bin"),
+          *ahab["uris"]], "--table and --fuses name one file"),
+    ):  # fmt: skip
+        rc, _, err = hsmsign(*argv, *DEV)
+        assert rc == 2 and said in err and "Traceback" not in err, err
+    assert config.read_bytes() == before and not (work / "t.bin").exists()
+
 def test_ahab_another_srk_table_is_refused(ahab: dict[str, Any], ahab_signed: dict[str, Any]) -> None:
     work = ahab["work"]
     rc, stdout, err = hsmsign(

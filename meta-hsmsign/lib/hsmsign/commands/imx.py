@@ -10,7 +10,7 @@ import argparse
 import os
 from typing import Any
 
-from ..atomic import check_readable
+from ..atomic import check_readable, refuse_overwriting
 from .common import emit, open_key_from_args, require_uri, warn
 
 AHAB_EXAMPLE = """\
@@ -143,6 +143,8 @@ def run_ahab_sign(args: Any) -> int:
     uri = require_uri(args)
     check_readable(args.image)
     _check_config(args)
+    # the image may be signed in place; its SPSDK configuration is never written over
+    refuse_overwriting([("--output", args.output)], [("--config", args.config)])
     args.artifact = os.path.abspath(args.output)
     result = images.ahab_sign(args, args.config, args.image, uri, args.mem_type)
     images.atomic_outputs([(args.output, result.data)])
@@ -169,6 +171,7 @@ def run_hab_sign(args: Any) -> int:
     args = _imx_args(args)
     uri = require_uri(args)
     _check_config(args)
+    refuse_overwriting([("--output", args.output)], [("--config", args.config)])
     args.artifact = os.path.abspath(args.output)
     result = images.hab_export(args, args.config, uri)
     images.atomic_outputs([(args.output, result.data)])
@@ -188,6 +191,7 @@ def run_srk(args: Any) -> int:
 
     args = _imx_args(args)
     uris = list(args.keys) or [require_uri(args)]
+    refuse_overwriting([("--table", args.table), ("--fuses", args.fuses), ("--fuses-bin", args.fuses_bin)])
     require_spsdk()
     publics = []
     fingerprints = []
