@@ -200,6 +200,11 @@ def test_one_changed_byte_is_rejected(
         v = softhsm.run_cli("swupdate", "verify", "--cert", str(cert), str(bad))
         assert v.returncode == 6, (bad, v.stderr)
         assert "Traceback" not in v.stderr
+    # a file that is no cpio archive at all: the message names it
+    not_swu = tmp_path / "rootfs.ext4"
+    not_swu.write_bytes(b"\x00" * 4096)
+    v = softhsm.run_cli("swupdate", "verify", "--cert", str(cert), str(not_swu))
+    assert v.returncode == 6 and f"{not_swu}: no cpio newc magic at offset 0" in v.stderr, v.stderr
 
 
 def test_sign_matches_openssl_cms_verify(

@@ -313,7 +313,10 @@ def read_bundle(path: str) -> Bundle:
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
     with fh:
-        entries = list(cpio.iter_entries(fh))
+        try:
+            entries = list(cpio.iter_entries(fh))
+        except VerificationError as exc:  # the archive's own words, with the file they are about
+            raise VerificationError(f"{path}: {exc.message}", exc.hint) from exc
         end = fh.tell()
         for e in entries:
             problem = member_name_problem(e.name)
