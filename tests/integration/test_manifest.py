@@ -111,7 +111,6 @@ def test_files_outside_base_refused(
     assert not out.exists() and not Path(f"{out}.p7s").exists()
 
 
-
 def test_what_is_not_a_regular_file_is_named_as_it_is(
     softhsm: SoftHsm, rsa2048: str, cert: Path, deploy: Path
 ) -> None:
