@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import pty
 import re
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,7 +38,12 @@ def _on_a_terminal(softhsm: SoftHsm, *argv: str) -> tuple[int, str, str]:
         os.close(slave)
         slave = -1
         seen = b""
-        while True:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if not select.select([master], [], [], 1.0)[0]:
+                if proc.poll() is not None:
+                    break
+                continue
             try:
                 chunk = os.read(master, 65536)
             except OSError:  # EIO: the other end is closed
@@ -44,7 +51,7 @@ def _on_a_terminal(softhsm: SoftHsm, *argv: str) -> tuple[int, str, str]:
             if not chunk:
                 break
             seen += chunk
-        out, _ = proc.communicate(timeout=120)
+        out, _ = proc.communicate(timeout=30)
     finally:
         os.close(master)
         if slave >= 0:
