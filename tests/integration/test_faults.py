@@ -33,7 +33,8 @@ TMP_PREFIX = ".hsmsign-tmp-"
 
 # A fault-injecting PKCS#11 module, compiled at test time: it forwards every call to the
 # real module (FAULT_REAL_MODULE) and makes C_Login / C_Sign return the CK_RV given in
-# FAULT_LOGIN / FAULT_SIGN, logging each call to FAULT_LOG. SoftHSM itself never locks a
+# FAULT_LOGIN / FAULT_SIGN (FAULT_LOGIN_TIMES: only the first N logins), logging each call
+# to FAULT_LOG. SoftHSM itself never locks a
 # PIN and never disappears mid-call, so this is how those paths meet a real token.
 SHIM_C = r"""
 /* A fault-injecting PKCS#11 module: forwards to FAULT_REAL_MODULE, fails chosen calls. */
@@ -54,9 +55,13 @@ static CK_RV fault(const char *name) {
     const char *e = getenv(name);
     return e ? (CK_RV)strtoul(e, NULL, 0) : CKR_OK;
 }
+/* FAULT_LOGIN_TIMES=N: only the first N logins of the process fail (a transient fault). */
+static unsigned long logins;
 static CK_RV shim_Login(CK_SESSION_HANDLE h, CK_USER_TYPE u, CK_UTF8CHAR_PTR pin, CK_ULONG len) {
     note("C_Login");
     CK_RV rv = fault("FAULT_LOGIN");
+    const char *times = getenv("FAULT_LOGIN_TIMES");
+    if (times && logins++ >= strtoul(times, NULL, 0)) rv = CKR_OK;
     return rv ? rv : real->C_Login(h, u, pin, len);
 }
 static CK_RV shim_Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR d, CK_ULONG dl, CK_BYTE_PTR s, CK_ULONG_PTR sl) {
@@ -119,6 +124,7 @@ CKR_PIN_INCORRECT = 0xA0
 CKR_PIN_LOCKED = 0xA4
 CKR_DEVICE_ERROR = 0x30
 CKR_DEVICE_REMOVED = 0x32
+CKR_USER_PIN_NOT_INITIALIZED = 0x102
 
 
 class PrivateToken:
@@ -481,6 +487,32 @@ def test_locked_or_wrong_pin_is_reported_once_never_retried(
     _assert_clean_failure(done, 3, out)
     assert needle in done.stderr
     assert calls == ["C_Login"]  # one try: a retry would burn the token's remaining PIN tries
+    assert "C_Sign" not in calls and not led.exists()
+
+
+def test_a_store_read_half_written_is_read_again(
+    softhsm: SoftHsm, fault_module: str, tmp_path: Path
+) -> None:
+    """SoftHSM rewrites its token file on every C_Login: a process that reads it half-written
+    (parallel signers, in CI too) sees a token with no user PIN. hsmsign opens it again, and
+    that costs no PIN try: the token answers before it looks at the PIN."""
+    done, calls, out, led = _sign_through_fault_module(
+        softhsm, fault_module, tmp_path, FAULT_LOGIN=CKR_USER_PIN_NOT_INITIALIZED, FAULT_LOGIN_TIMES=1
+    )
+    assert done.returncode == 0, done.stderr
+    assert calls[:2] == ["C_Login", "C_Login"] and calls.count("C_Login") == 2 and "C_Sign" in calls
+    assert out.stat().st_size == 256 and ledger.verify(str(led)).count == 1
+
+
+def test_a_token_with_no_user_pin_says_how_to_set_one(
+    softhsm: SoftHsm, fault_module: str, tmp_path: Path
+) -> None:
+    done, calls, out, led = _sign_through_fault_module(
+        softhsm, fault_module, tmp_path, FAULT_LOGIN=CKR_USER_PIN_NOT_INITIALIZED
+    )
+    _assert_clean_failure(done, 3, out)
+    assert "UserPinNotInitialized" in done.stderr and "--init-token" in done.stderr
+    assert 2 <= calls.count("C_Login") <= 4  # bounded: a few short tries, then the error
     assert "C_Sign" not in calls and not led.exists()
 
 

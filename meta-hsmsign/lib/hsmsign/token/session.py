@@ -76,6 +76,9 @@ def token_error(exc: BaseException, what: str, uri: Pkcs11Uri | None) -> Hsmsign
         "KeyTypeInconsistent": "the key type does not match the requested algorithm",
         "KeyFunctionNotPermitted": "the key is not allowed to sign (CKA_SIGN is false)",
         "UserNotLoggedIn": "the token needs a login; give a PIN source",
+        "UserPinNotInitialized": "the token has no user PIN yet: its security officer sets one "
+        "(softhsm2-util --init-token sets both PINs; a development token comes from "
+        "'hsmsign dev-init')",
         "FunctionNotSupported": "the module does not implement this function",
         "TokenWriteProtected": "the token is write-protected",
         "CryptokiNotInitialized": "the PKCS#11 module lost its state (token removed, p11-kit server or "
@@ -346,9 +349,12 @@ def open_token(
 # Transient while a token is being opened: SoftHSM's file store is rewritten by every C_Login
 # (token flags), and another process reading it then gets CKR_TOKEN_NOT_RECOGNIZED or
 # CKR_GENERAL_ERROR, or p11-kit server's filter hides the slot ("tokens present: none"); a
-# p11-kit server that is restarting refuses C_Initialize (CKR_DEVICE_ERROR). Never a PIN error.
+# p11-kit server that is restarting refuses C_Initialize (CKR_DEVICE_ERROR). A store read
+# half-written has no user PIN yet: C_Login answers CKR_USER_PIN_NOT_INITIALIZED before it
+# looks at the PIN, so trying again costs no PIN try. Never a wrong or locked PIN.
 _CONNECT_TRANSIENT = ("TokenNotRecognised", "GeneralError", "DeviceError", "TokenNotPresent",
-                      "SessionHandleInvalid", "DeviceRemoved", "CryptokiNotInitialized")
+                      "SessionHandleInvalid", "DeviceRemoved", "CryptokiNotInitialized",
+                      "UserPinNotInitialized")
 
 
 def _connect_with_retry(opened: _OpenToken) -> None:
