@@ -261,6 +261,8 @@ def test_parallel_signers_share_one_server(
     """Parallel BitBake tasks: eight hsmsign processes at once, each with its own connection."""
     env = client_env(softhsm, server.address)
     uri = remote_uri(softhsm, remote_keys["ec"])
+    # read before the signers start: the eight are what races here, not the checker's key
+    pub = local_pubkey(softhsm, remote_keys["ec"], tmp_path / "pub.pem")
     procs = []
     for i in range(8):
         data = tmp_path / f"part{i}.img"
@@ -269,7 +271,6 @@ def test_parallel_signers_share_one_server(
             [sys.executable, "-m", "hsmsign", "sign", "--mode", "development", "--uri", uri,
              "--output", f"{data}.sig", str(data)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)))
-    pub = local_pubkey(softhsm, remote_keys["ec"], tmp_path / "pub.pem")
     for data, proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
