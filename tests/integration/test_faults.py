@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from hsmsign import ledger
 
-from tests.conftest import LIB, SoftHsm, require
+from tests.conftest import LIB, SoftHsm, require, tool
 
 TMP_PREFIX = ".hsmsign-tmp-"
 
@@ -511,9 +511,49 @@ def test_a_token_with_no_user_pin_says_how_to_set_one(
         softhsm, fault_module, tmp_path, FAULT_LOGIN=CKR_USER_PIN_NOT_INITIALIZED
     )
     _assert_clean_failure(done, 3, out)
-    assert "UserPinNotInitialized" in done.stderr and "--init-token" in done.stderr
+    assert "UserPinNotInitialized" in done.stderr and "--init-pin" in done.stderr
     assert 2 <= calls.count("C_Login") <= 4  # bounded: a few short tries, then the error
     assert "C_Sign" not in calls and not led.exists()
+
+
+def test_a_real_token_with_no_user_pin_then_the_hints_command(softhsm: SoftHsm, tmp_path: Path) -> None:
+    """A SoftHSM token initialised by its security officer alone (no user PIN): the error
+    names the command that sets one, and that command, run as the hint gives it, is enough."""
+    p11tool = tool("pkcs11-tool", "opensc")
+    (tmp_path / "tokens").mkdir()
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\nobjectstore.backend = file\n"
+                    "log.level = ERROR\n")
+    env = {**os.environ, "SOFTHSM2_CONF": str(conf), "PYTHONPATH": str(LIB)}
+    env.pop("HSM_PKCS11_URI", None)
+    env.pop("HSMSIGN_LEDGER", None)
+    base = [p11tool, "--module", softhsm.module]
+    subprocess.run([*base, "--init-token", "--label", "no-user-pin", "--so-pin", "so-1357-2468"],
+                   env=env, check=True, capture_output=True)
+    pin = tmp_path / "pin"
+    pin.write_text("user-2468\n")
+    os.chmod(pin, 0o600)
+    uri = f"pkcs11:token=no-user-pin;object=fw?module-path={softhsm.module}&pin-source=file:{pin}"
+    data = tmp_path / "fw.bin"
+    data.write_bytes(os.urandom(4096))
+    out = tmp_path / "fw.sig"
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hsmsign", argv[0], "--mode", "development", *argv[1:]],
+                              env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    done = cli("sign", "--uri", uri, "-o", str(out), str(data))
+    _assert_clean_failure(done, 3, out)
+    assert "UserPinNotInitialized" in done.stderr
+    hint = done.stderr.split("(pkcs11-tool ", 1)[1].split(")", 1)[0].split()
+    assert hint[:4] == ["--module", "MODULE", "--token-label", "LABEL"], done.stderr
+    fixed = [p11tool, "--module", softhsm.module, "--token-label", "no-user-pin", *hint[4:],
+             "--so-pin", "so-1357-2468", "--new-pin", "user-2468"]
+    subprocess.run(fixed, env=env, check=True, capture_output=True)
+    assert cli("keygen", "--uri", uri, "--type", "ec:secp256r1").returncode == 0
+    done = cli("sign", "--uri", uri, "-o", str(out), str(data))
+    assert done.returncode == 0, done.stderr
+    assert out.stat().st_size > 0
 
 
 @pytest.mark.parametrize(

@@ -77,8 +77,8 @@ def token_error(exc: BaseException, what: str, uri: Pkcs11Uri | None) -> Hsmsign
         "KeyFunctionNotPermitted": "the key is not allowed to sign (CKA_SIGN is false)",
         "UserNotLoggedIn": "the token needs a login; give a PIN source",
         "UserPinNotInitialized": "the token has no user PIN yet: its security officer sets one "
-        "(softhsm2-util --init-token sets both PINs; a development token comes from "
-        "'hsmsign dev-init')",
+        "(pkcs11-tool --module MODULE --token-label LABEL --login --login-type so --init-pin); "
+        "a development token comes from 'hsmsign dev-init'",
         "FunctionNotSupported": "the module does not implement this function",
         "TokenWriteProtected": "the token is write-protected",
         "CryptokiNotInitialized": "the PKCS#11 module lost its state (token removed, p11-kit server or "
