@@ -10,9 +10,11 @@ elsewhere; --keep leaves the directory for a look around.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -56,7 +58,7 @@ class Demo:
         shown = " ".join(_short(a, self.work) for a in argv)
         if show:
             print(textwrap.shorten("  $ " + shown, WIDTH, placeholder=" ..."))
-        done = subprocess.run(list(argv), capture_output=True, text=True, env=self.env, cwd=cwd, check=False)
+        done = _run(list(argv), env=self.env, cwd=cwd)
         if self.verbose or done.returncode not in ok_codes:
             for line in (done.stdout + done.stderr).strip().splitlines()[:25]:
                 print("    " + textwrap.shorten(line, WIDTH - 4, placeholder=" ..."))
@@ -621,6 +623,30 @@ _ITS_KERNEL = """\
 
 class DemoFailed(Exception):
     pass
+
+
+def _run(
+    argv: list[str], *, env: dict[str, str], cwd: Path | None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run a command until *it* exits (at most ``timeout`` seconds), then end what is left of
+    its process group. swupdate -c now and then leaves a forked helper blocked for ever on
+    its notify socket and holding stdout: waiting for the output's end would hang the demo."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True, env=env,
+                                cwd=cwd, start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if code is None:
+            raise DemoFailed(f"{argv[0]} did not finish in {timeout:.0f} s")
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(argv, code, out.read(), err.read())
 
 
 def _module_split(module: bytes) -> tuple[bytes, bytes]:

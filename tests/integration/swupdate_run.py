@@ -15,6 +15,7 @@ import fcntl
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -62,16 +63,29 @@ def _exclusive() -> Iterator[None]:
 
 
 def run_swupdate(args: list[str], workdir: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run swupdate and return when *it* exits, with its exit code and output.
+
+    swupdate forks helpers that share its notify socket. Now and then one outlives an
+    ``-c`` run, blocked for ever on that socket (nobody reads it any more) and holding
+    stdout and stderr: waiting for their end, as ``subprocess.run`` does, hung the test
+    until its timeout. So the output goes to files, the wait is for swupdate's own exit,
+    and what is left of its process group is killed then.
+    """
     private = Path(tempfile.mkdtemp(prefix="swu-", dir=workdir))
     env = dict(os.environ)
     env["TMPDIR"] = str(private)
-    with _exclusive():
-        return subprocess.run(
-            [*_netns_prefix(), swupdate_path(), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            env=env,
-            cwd=workdir,
+    argv = [*_netns_prefix(), swupdate_path(), *args]  # unshare execs swupdate: one pid, one group
+    with _exclusive(), tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True, env=env, cwd=workdir,
+            start_new_session=True,
         )
+        try:
+            code = proc.wait(timeout=timeout)
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(argv, code, out.read(), err.read())

@@ -404,18 +404,29 @@ def verify_detached(
     content_path: str | None = None,
     hash_alg: str | None = None,
     trusted: Sequence[Any] = (),
+    like_openssl: bool = False,
 ) -> CmsSignerResult:
     """Check a detached SignedData against content and trusted certificates.
 
     Trust: the signer certificate (from the message, or from ``trusted`` when the
     message carries none) must be one of ``trusted`` (same DER) or be directly
-    issued by one of them. This is hsmsign's own check; tests also run
-    ``openssl cms -verify``. Malformed input raises ``VerificationError`` only.
+    issued by one of them. Every digest algorithm the SignedData lists must be one hsmsign
+    accepts, the signer's among them.
+
+    ``like_openssl``: also what OpenSSL's ``CMS_verify`` requires, which rauc, swupdate and
+    ``openssl cms -verify`` run: the signer certificate is among the message's own, and
+    a self-signed signer is one of ``trusted`` byte for byte (OpenSSL trusts a
+    self-signed certificate only by its identity). The kernel finds the signer in its
+    keyring and checks a certificate's signature, so module and dm-verity signatures
+    leave the certificate out and are checked without it. This is hsmsign's own check;
+    tests also run ``openssl cms -verify``. Malformed input raises ``VerificationError`` only.
     """
     from ..errors import HsmsignError
 
     try:
-        return _verify_detached(der, content, content_digest, content_path, hash_alg, trusted)
+        return _verify_detached(
+            der, content, content_digest, content_path, hash_alg, trusted, like_openssl
+        )
     except HsmsignError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
@@ -433,6 +444,7 @@ def _verify_detached(
     content_path: str | None,
     hash_alg: str | None,
     trusted: Sequence[Any],
+    like_openssl: bool = False,
 ) -> CmsSignerResult:
     from cryptography import x509
 
@@ -446,6 +458,14 @@ def _verify_detached(
     h = si["digest_algorithm"]["algorithm"].native
     if h not in HASH_OIDS:
         raise VerificationError(f"the CMS digest algorithm {h} is not accepted", "sign with sha256/384/512")
+    listed = [a["algorithm"].native for a in sd["digest_algorithms"]]
+    if h not in listed or any(a not in HASH_OIDS for a in listed):
+        # OpenSSL hashes the content with each listed algorithm and fails on one it does not know
+        raise VerificationError(
+            f"the CMS signature lists digest algorithms {', '.join(printable(str(a), 40) for a in listed)}; "
+            f"they must be ones hsmsign accepts and include the signer's ({h})",
+            "the signature is damaged; sign again",
+        )
     if hash_alg is not None and h != hash_alg:
         raise VerificationError(f"the CMS signature uses {h}, expected {hash_alg}")
     if content_digest is None:
@@ -463,9 +483,18 @@ def _verify_detached(
                 candidates.append(x509.load_der_x509_certificate(choice.chosen.dump()))
             except (ValueError, x509.InvalidVersion) as exc:
                 raise VerificationError(f"the CMS signature carries a malformed certificate: {exc}") from exc
-    candidates.extend(trusted)
     sid = si["sid"]
-    signer_cert = find_signer(sid, candidates)
+    if like_openssl:
+        try:
+            signer_cert = find_signer(sid, candidates)
+        except VerificationError as exc:
+            raise VerificationError(
+                "the signer's certificate is not among the signature's own certificates",
+                "OpenSSL's CMS_verify, which the device runs (rauc, swupdate), looks for the signer "
+                "only there ('signer certificate not found'); sign it again with its certificate",
+            ) from exc
+    else:
+        signer_cert = find_signer(sid, [*candidates, *trusted])
 
     when = None
     sattrs = si["signed_attrs"]
@@ -526,11 +555,11 @@ def _verify_detached(
             "the CMS signature does not verify with the signer certificate's key"
         ) from exc
 
-    _check_trust(signer_cert, trusted)
+    _check_trust(signer_cert, trusted, identity_if_self_signed=like_openssl)
     return CmsSignerResult(signer_cert, when, h)
 
 
-def _check_trust(cert: Any, trusted: Sequence[Any]) -> None:
+def _check_trust(cert: Any, trusted: Sequence[Any], *, identity_if_self_signed: bool = False) -> None:
 
     if not trusted:
         raise ConfigError("no trusted certificate given", "pass the certificate you trust (--cert CERT.pem)")
@@ -541,9 +570,16 @@ def _check_trust(cert: Any, trusted: Sequence[Any]) -> None:
     for anchor in trusted:
         try:
             full_certificate(cert).verify_directly_issued_by(full_certificate(anchor))
-            return
         except Exception:  # noqa: BLE001, S112 - ValueError/TypeError/InvalidSignature: try the next anchor
             continue
+        if identity_if_self_signed and cert.issuer == cert.subject:
+            raise VerificationError(
+                f"the signer certificate ({printable(cert.subject.rfc4514_string())}) is self-signed and "
+                "differs from the trusted certificate of that name and key",
+                "OpenSSL on the device trusts a self-signed certificate only byte for byte "
+                "('self-signed certificate'): the certificate in the signature was changed; sign again",
+            )
+        return
     raise VerificationError(
         f"the signer certificate ({printable(cert.subject.rfc4514_string())}) is not trusted",
         "it is neither one of the trusted certificates nor issued by one of them",

@@ -174,7 +174,7 @@ def verify(
     ``progress(entries)``, given the signed entries, makes the callback :func:`check_files` uses."""
     from . import cms
 
-    cms.verify_detached(signature, content=manifest, trusted=trusted)
+    cms.verify_detached(signature, content=manifest, trusted=trusted, like_openssl=True)
     entries = parse(manifest)
     result = check_files(entries, base, progress(entries) if progress is not None else None)
     if result.missing or result.changed:

@@ -196,12 +196,16 @@ def verify_bundle(
             raise VerificationError(f"{path}: the signature's digest algorithm {digest_alg} is not accepted")
         digest = hash_range(path, layout.payload_size, digest_alg)
         try:
-            found = cms.verify_detached(layout.cms, content_digest=digest, trusted=trusted)
+            found = cms.verify_detached(
+                layout.cms, content_digest=digest, trusted=trusted, like_openssl=True
+            )
         except VerificationError as exc:
             raise VerificationError(f"{path} (plain bundle): {exc.message}", exc.hint) from exc
         return BundleCheck("plain", found.certificate, found.hash_alg, layout.payload_size)
     try:
-        found = cms.verify_detached(layout.cms, content=bytes(content), trusted=trusted)
+        found = cms.verify_detached(
+            layout.cms, content=bytes(content), trusted=trusted, like_openssl=True
+        )
     except VerificationError as exc:
         raise VerificationError(f"{path} (manifest signature): {exc.message}", exc.hint) from exc
     manifest = parse_manifest(bytes(content), f"signed manifest of {path}")

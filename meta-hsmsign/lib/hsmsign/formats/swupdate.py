@@ -440,7 +440,7 @@ def verify_description_signature(
     if mode == "cms":
         from . import cms
 
-        cms.verify_detached(signature, content=description, trusted=trusted)
+        cms.verify_detached(signature, content=description, trusted=trusted, like_openssl=True)
         return
     if public_key is None:
         raise ConfigError(f"checking a {mode} signature needs the public key")
