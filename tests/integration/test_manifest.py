@@ -60,6 +60,26 @@ def test_manifest_sign_and_verify(softhsm: SoftHsm, rsa2048: str, cert: Path, de
     assert json.loads(v.stdout)["files"] == ["fitImage", "rootfs.ext4", "sub/u-boot.bin"]
 
 
+def test_a_signer_certificate_openssl_cannot_find_is_refused(
+    softhsm: SoftHsm, rsa2048: str, cert: Path, deploy: Path
+) -> None:
+    """The certificate in MANIFEST.p7s no longer names the signer (one bit of its serial):
+    ``openssl cms -verify`` finds no signer, so ``manifest verify`` must not find one in
+    ``--cert`` either."""
+    from asn1crypto import cms as acms
+
+    m = _sign(softhsm, rsa2048, cert, deploy)
+    sig = Path(f"{m}.p7s")
+    der = bytearray(sig.read_bytes())
+    tbs = acms.ContentInfo.load(bytes(der))["content"]["certificates"][0].chosen["tbs_certificate"]
+    serial = tbs["serial_number"].dump()
+    der[bytes(der).find(tbs.dump()) + tbs.dump().find(serial) + len(serial) - 1] ^= 0x01
+    sig.write_bytes(bytes(der))
+    assert openssl_cms_verify(sig, m, cert).returncode != 0
+    v = softhsm.run_cli("manifest", "verify", "--cert", str(cert), str(m))
+    assert v.returncode == 6 and "not among the signature's own certificates" in v.stderr, v.stderr
+
+
 def test_manifest_detects_changes(
     softhsm: SoftHsm, rsa2048: str, ec256: str, cert: Path, deploy: Path, tmp_path: Path
 ) -> None:

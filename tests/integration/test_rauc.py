@@ -237,7 +237,9 @@ def _cms_offset(der: bytes, field: str) -> int:
     [
         ("embedded-certificate-serial", "not among the signature's own certificates"),
         ("digest-algorithm-set", "lists digest algorithms"),
-        ("embedded-certificate-unused-bits", "self-signed and differs from the trusted certificate"),
+        # a signature whose last bit is 1 no longer parses with 1 unused bit: refused as malformed
+        ("embedded-certificate-unused-bits", "self-signed and differs from the trusted certificate|"
+                                             "carries a malformed certificate"),
     ],
 )
 def test_what_openssl_on_the_device_refuses_hsmsign_refuses(
@@ -254,7 +256,7 @@ def test_what_openssl_on_the_device_refuses_hsmsign_refuses(
     device = rauc_run(rauc, softhsm, "info", f"--keyring={rauc_key[1]}", str(changed))
     assert device.returncode != 0, device.stdout
     refused = softhsm.run_cli("rauc", "verify", "--cert", str(rauc_key[1]), str(changed))
-    assert refused.returncode == 6 and needle in refused.stderr, refused.stderr
+    assert refused.returncode == 6 and any(n in refused.stderr for n in needle.split("|")), refused.stderr
     assert "Traceback" not in refused.stderr
 
 

@@ -137,7 +137,12 @@ def test_swupdate_ca_path(softhsm: SoftHsm, rsa2048: str, tmp_path: Path, images
 
 
 def _rebundle(
-    src: Path, out: Path, *, description: bytes | None = None, image_patch: str | None = None
+    src: Path,
+    out: Path,
+    *,
+    description: bytes | None = None,
+    image_patch: str | None = None,
+    signature: bytes | None = None,
 ) -> None:
     """Rebuild a bundle with valid cpio checksums but changed content (the signature is kept)."""
     from hsmsign.formats import cpio
@@ -158,7 +163,83 @@ def _rebundle(
         (tmpdir / name).write_bytes(data)
         paths.append((name, str(tmpdir / name)))
     with open(out, "wb") as fh:
-        swu.write_bundle(fh, description if description is not None else b.description, b.signature, paths)
+        swu.write_bundle(
+            fh,
+            description if description is not None else b.description,
+            signature if signature is not None else b.signature,
+            paths,
+        )
+
+
+def _cms_offset(der: bytes, field: str) -> int:
+    """The offset in sw-description.sig of the byte to change for ``field``."""
+    from asn1crypto import cms as acms
+
+    sd = acms.ContentInfo.load(der)["content"]
+    cert = sd["certificates"][0].chosen
+    if field == "content-type":  # eContentType id-data (1.2.840.113549.1.7.1) becomes ...7.0
+        return der.find(bytes.fromhex("06092a864886f70d010701")) + 10
+    if field == "embedded-certificate-serial":
+        tbs = cert["tbs_certificate"].dump()
+        serial = cert["tbs_certificate"]["serial_number"].dump()
+        return der.find(tbs) + tbs.find(serial) + len(serial) - 1
+    if field == "digest-algorithm-set":
+        return der.find(sd["digest_algorithms"].dump()) + len(sd["digest_algorithms"].dump()) - 1
+    assert field == "embedded-certificate-unused-bits"
+    return der.find(cert["signature_value"].dump()) + 4
+
+
+def _changed_signature(
+    softhsm: SoftHsm, rsa2048: str, tmp_path: Path, images: list[Path], field: str
+) -> tuple[Path, Path]:
+    """A bundle whose sw-description.sig has one bit of ``field`` changed, and its certificate."""
+    from hsmsign.formats import swupdate as swumod
+
+    cert = make_cert(softhsm, rsa2048, tmp_path / "signer.pem", "emailProtection")
+    swu = tmp_path / "update.swu"
+    desc = write_description(tmp_path, images)
+    assert build_bundle(softhsm, rsa2048, cert, desc, images, swu).returncode == 0
+    sig = bytearray(swumod.read_bundle(str(swu)).signature)
+    sig[_cms_offset(bytes(sig), field)] ^= 0x01
+    changed = tmp_path / "changed.swu"
+    _rebundle(swu, changed, signature=bytes(sig))
+    return changed, cert
+
+
+@pytest.mark.parametrize(
+    ("field", "needles"),
+    [
+        ("embedded-certificate-serial", ("not among the signature's own certificates",)),
+        ("digest-algorithm-set", ("lists digest algorithms",)),
+        # a signature whose last bit is 1 no longer parses with 1 unused bit: refused as malformed
+        ("embedded-certificate-unused-bits", ("self-signed and differs from the trusted certificate",
+                                              "carries a malformed certificate")),
+    ],
+)
+def test_what_swupdate_refuses_in_the_signature_hsmsign_refuses(
+    softhsm: SoftHsm, rsa2048: str, tmp_path: Path, images: list[Path], field: str, needles: tuple[str, ...]
+) -> None:
+    """One bit of sw-description.sig that its signature does not cover, each found by
+    comparing hsmsign's check with rauc's on every bit: swupdate (OpenSSL's CMS_verify)
+    refuses the bundle, so hsmsign must too; it accepted all three before."""
+    changed, cert = _changed_signature(softhsm, rsa2048, tmp_path, images, field)
+    device = swupdate_check(changed, cert)
+    assert device.returncode == 1, device.stdout + device.stderr
+    refused = softhsm.run_cli("swupdate", "verify", "--cert", str(cert), str(changed))
+    assert refused.returncode == 6 and any(n in refused.stderr for n in needles), refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_a_content_type_other_than_data_is_refused_though_swupdate_takes_it(
+    softhsm: SoftHsm, rsa2048: str, tmp_path: Path, images: list[Path]
+) -> None:
+    """hsmsign is stricter here, as docs/swupdate.md says: RFC 5652 wants the eContentType
+    of the signed attributes (id-data), and the kernel refuses any other; swupdate 2022.12
+    does not look."""
+    changed, cert = _changed_signature(softhsm, rsa2048, tmp_path, images, "content-type")
+    assert swupdate_check(changed, cert).returncode == 0
+    refused = softhsm.run_cli("swupdate", "verify", "--cert", str(cert), str(changed))
+    assert refused.returncode == 6 and "not id-data" in refused.stderr, refused.stderr
 
 
 def test_one_changed_byte_is_rejected(

@@ -458,6 +458,13 @@ def _verify_detached(
     h = si["digest_algorithm"]["algorithm"].native
     if h not in HASH_OIDS:
         raise VerificationError(f"the CMS digest algorithm {h} is not accepted", "sign with sha256/384/512")
+    kind = sd["encap_content_info"]["content_type"].native
+    if kind != "data":
+        # OpenSSL (swupdate) and the kernel accept only id-data here, whatever the attributes say
+        raise VerificationError(
+            f"the CMS signature's content type is {printable(str(kind), 60)}, not id-data",
+            "the signature is damaged; sign again",
+        )
     listed = [a["algorithm"].native for a in sd["digest_algorithms"]]
     if h not in listed or any(a not in HASH_OIDS for a in listed):
         # OpenSSL hashes the content with each listed algorithm and fails on one it does not know
