@@ -80,6 +80,34 @@ def test_a_signer_certificate_openssl_cannot_find_is_refused(
     assert v.returncode == 6 and "not among the signature's own certificates" in v.stderr, v.stderr
 
 
+def test_a_library_warning_is_one_line_of_hsmsign(
+    softhsm: SoftHsm, rsa2048: str, cert: Path, deploy: Path, tmp_path: Path
+) -> None:
+    """cryptography warns when it loads a certificate whose serial number is not positive;
+    the user sees one ``hsmsign: warning:`` line, not a library's file and source line."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    m = _sign(softhsm, rsa2048, cert, deploy)
+    from asn1crypto import x509 as ax509
+
+    loaded = x509.load_pem_x509_certificate(cert.read_bytes())
+    der = bytearray(loaded.public_bytes(serialization.Encoding.DER))
+
+    tbs = ax509.Certificate.load(bytes(der))["tbs_certificate"]
+    serial = tbs["serial_number"].dump()
+    der[bytes(der).find(tbs.dump()) + tbs.dump().find(serial) + 2] |= 0x80  # the serial turns negative
+    negative = tmp_path / "negative-serial.der"
+    negative.write_bytes(bytes(der))
+    v = softhsm.run_cli("manifest", "verify", "--cert", str(negative), str(m))
+    assert v.returncode == 6, v.stderr
+    warnings = [ln for ln in v.stderr.splitlines() if ln.startswith("hsmsign: warning: ")]
+    assert len(warnings) == 1 and "serial number" in warnings[0], v.stderr
+    assert ".py" not in v.stderr and "Warning" not in v.stderr, v.stderr
+    loud = softhsm.run_cli("-v", "manifest", "verify", "--cert", str(negative), str(m))
+    assert "CryptographyDeprecationWarning" in loud.stderr, loud.stderr  # -v keeps Python's form
+
+
 def test_manifest_detects_changes(
     softhsm: SoftHsm, rsa2048: str, ec256: str, cert: Path, deploy: Path, tmp_path: Path
 ) -> None:

@@ -202,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    if not args.verbose:
+        _warnings_on_one_line()
     start = getattr(args, "start", None)
     if start is not None:
         # a verb's work that may begin before the rest is imported (``hsmsign pe sign`` reads and
@@ -215,6 +217,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     finally:
         restore_signals()
+
+
+def _warnings_on_one_line() -> None:
+    """A library's Python warning (cryptography on a certificate with a serial number that is
+    not positive, in a damaged signature) as one ``hsmsign: warning:`` line, escaped, without
+    the library's file and source line; ``-v`` keeps Python's own form."""
+    import warnings
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: object = None, line: str | None = None) -> None:
+        print(f"hsmsign: warning: {printable(str(message), 400)}", file=sys.stderr)
+
+    warnings.showwarning = show
 
 
 def _run(args: argparse.Namespace) -> int:
