@@ -82,6 +82,15 @@ def _flip(src: Path, out: Path) -> Path:
     return out
 
 
+def _without_certificates(src: Path, out: Path) -> Path:
+    """A copy whose PKCS#7 carries its certificates as CRLs ([0] becomes [1]): the signed bytes
+    are all there, but not the signer's certificate."""
+    data = bytearray(src.read_bytes())
+    data[_pkcs7_offset(bytes(data), "certificates-tag")] ^= 0x01
+    out.write_bytes(bytes(data))
+    return out
+
+
 def _sbverify(cert: Path, image: Path) -> subprocess.CompletedProcess[str]:
     exe = tool("sbverify", "sbsigntool")
     return subprocess.run([exe, "--cert", str(cert), str(image)], capture_output=True, text=True, check=False)
@@ -418,6 +427,58 @@ def db_vars(uefi_key: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory
     return ovmf.enrolled_vars(uefi_key[1], tmp_path_factory.mktemp("ovmf") / "vars.fd")
 
 
+def _pkcs7_offset(image: bytes, field: str) -> int:
+    """The file offset of the byte to change for ``field`` in the image's (first) PKCS#7."""
+    from asn1crypto import cms as acms
+    from hsmsign.formats import pe
+
+    start = pe.parse(image).cert_table_offset + 8  # after WIN_CERTIFICATE's length, revision, type
+    der = image[start:]
+    sd = acms.ContentInfo.load(der)["content"]
+    si = sd["signer_infos"][0]
+    at = {
+        "certificates-tag": der.find(sd["certificates"].dump()),  # [0] becomes [1]: CRLs
+        "digest-list-tag": der.find(sd["digest_algorithms"].dump()),  # SET becomes SEQUENCE
+        "signer-version-tag": der.find(si.dump()) + 4,  # INTEGER becomes BIT STRING
+        "signer-digest-null": der.find(si["digest_algorithm"].dump(), der.find(si.dump()))
+        + len(si["digest_algorithm"].dump()) - 2,  # NULL becomes BOOLEAN
+        "content-length": der.find(sd["encap_content_info"].dump()) + 15,  # [0]'s length + 1
+        "certificate-version": der.find(sd["certificates"][0].chosen["tbs_certificate"].dump()) + 8,
+    }
+    return start + at[field]
+
+
+@pytest.mark.parametrize(
+    ("field", "flip", "needle"),
+    [
+        ("certificates-tag", 0x01, "not among the signature's own certificates"),
+        ("digest-list-tag", 0x01, "list of digest algorithms is malformed"),
+        ("signer-version-tag", 0x01, "malformed"),
+        ("signer-digest-null", 0x04, "malformed"),  # a BOOLEAN of no bytes
+        ("content-length", 0x01, "malformed"),  # [0] runs past its ContentInfo
+        ("certificate-version", 0x01, "a certificate is malformed"),
+    ],
+)
+def test_what_sbverify_refuses_in_the_signature_hsmsign_refuses(
+    softhsm: SoftHsm, efi: Path, uefi_key: tuple[str, Path], tmp_path: Path, field: str, flip: int,
+    needle: str,
+) -> None:
+    """One changed bit in the PKCS#7 that its signature does not cover, each found by comparing
+    ``pe verify`` with sbverify (OpenSSL's PKCS7_verify, as the firmware's) on every bit of the
+    certificate table: sbverify refuses the image, so hsmsign must; it accepted these before,
+    and crashed on the last."""
+    signed = tmp_path / "signed.efi"
+    _sign(softhsm, uefi_key, efi, signed)
+    data = bytearray(signed.read_bytes())
+    data[_pkcs7_offset(bytes(data), field)] ^= flip
+    changed = tmp_path / "changed.efi"
+    changed.write_bytes(bytes(data))
+    assert _sbverify(uefi_key[1], changed).returncode != 0
+    refused = softhsm.run_cli("pe", "verify", "--cert", str(uefi_key[1]), str(changed))
+    assert refused.returncode == 6 and needle in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_ovmf_secure_boot(
     softhsm: SoftHsm,
     efi: Path,
@@ -439,6 +500,7 @@ def test_ovmf_secure_boot(
         "unsigned": (efi, "refused"),
         "another key": (others, "refused"),
         "another key + db key appended": (rotated, "accepted"),
+        "signer's certificate left out": (_without_certificates(signed, tmp_path / "nocert.efi"), "refused"),
     }
     seen = {}
     for name, (image, want) in cases.items():

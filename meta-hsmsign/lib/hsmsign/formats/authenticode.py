@@ -181,6 +181,8 @@ def _tlv_at(buf: bytes, off: int) -> tuple[int, int, int]:
     tag = buf[off]
     first = buf[off + 1]
     if first < 0x80:
+        if off + 2 + first > len(buf):
+            raise ValueError("DER length past the end")
         return tag, off + 2, off + 2 + first
     n = first & 0x7F
     if n == 0 or n > 4:
@@ -198,6 +200,8 @@ def _children(buf: bytes, start: int, end: int) -> list[tuple[int, int, int, int
     off = start
     while off < end:
         tag, c, e = _tlv_at(buf, off)
+        if e > end:
+            raise ValueError("a DER element runs past its parent")
         out.append((tag, off, c, e))
         off = e
     return out
@@ -221,8 +225,8 @@ def _parse(der: bytes) -> tuple[Any, bytes, bytes]:
         if eci[parts[0][1] : parts[0][3]] != _oid_der(SPC_INDIRECT_DATA):
             raise VerificationError("the signed content is not SpcIndirectDataContent")
         tag, vc, ve = _tlv_at(eci, parts[1][2])
-        if tag != 0x30:
-            raise VerificationError("SpcIndirectDataContent is not a SEQUENCE")
+        if tag != 0x30 or ve != parts[1][3]:
+            raise VerificationError("SpcIndirectDataContent is not one SEQUENCE")
         value = eci[vc:ve]
         spc = _children(eci, vc, ve)
         if len(spc) != 2:
@@ -271,17 +275,24 @@ def _verify(der: bytes, image_digest: bytes, trusted: Sequence[Any]) -> Authenti
     if len(infos) != 1:
         raise VerificationError(f"the Authenticode signature has {len(infos)} signers, expected one")
     si = infos[0]
+    if si["version"].native != "v1" or sd["version"].native != "v1":
+        raise VerificationError("the Authenticode signature is not version 1 (PKCS#7 SignedData)")
     if si["digest_algorithm"]["algorithm"].native != "sha256":
         raise VerificationError(
             f"digest algorithm {si['digest_algorithm']['algorithm'].native} is not sha256"
         )
+    cms.check_listed_digests(sd, "sha256", ("sha256",))
+    if si["digest_algorithm"]["parameters"].native is not None or (
+        si["signature_algorithm"]["parameters"].native is not None
+    ):
+        raise VerificationError("the signer's algorithms carry parameters (SHA-256 and RSA PKCS#1 take none)")
     candidates: list[Any] = []
     for choice in sd["certificates"] or []:
         if choice.name == "certificate":
             candidates.append(cms.LazyCertificate(choice.chosen.dump()))
-    candidates.extend(trusted)
-    sid = si["sid"]
-    signer_cert = cms.find_signer(sid, candidates)
+    # firmware (EDK2's Pkcs7Verify), sbverify and osslsigncode run OpenSSL's PKCS7_verify: the
+    # signer's certificate must be in the signature, and a self-signed one must be db's as it is
+    signer_cert = cms.signer_from_message(si["sid"], candidates)
     sattrs = si["signed_attrs"]
     if not len(sattrs):
         raise VerificationError("the Authenticode signature has no signed attributes")
@@ -304,7 +315,7 @@ def _verify(der: bytes, image_digest: bytes, trusted: Sequence[Any]) -> Authenti
         verify_digest(pub, si["signature"].native, hashlib.sha256(attr_der).digest(), "sha256", "pkcs1v15")
     except SigningError as exc:
         raise VerificationError("the Authenticode signature does not verify with the signer's key") from exc
-    cms._check_trust(signer_cert, trusted)
+    cms._check_trust(signer_cert, trusted, identity_if_self_signed=True)
     return AuthenticodeSignature(signer_cert, when, claimed)
 
 

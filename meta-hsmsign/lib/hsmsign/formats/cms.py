@@ -184,7 +184,10 @@ class LazyCertificate:
         if self._full is None:
             from cryptography import x509
 
-            self._full = x509.load_der_x509_certificate(self.der)
+            try:
+                self._full = x509.load_der_x509_certificate(self.der)
+            except (ValueError, x509.InvalidVersion) as exc:
+                raise VerificationError(f"a certificate is malformed: {printable(str(exc), 200)}") from exc
         return self._full
 
     def __getattr__(self, name: str) -> Any:
@@ -465,14 +468,7 @@ def _verify_detached(
             f"the CMS signature's content type is {printable(str(kind), 60)}, not id-data",
             "the signature is damaged; sign again",
         )
-    listed = [a["algorithm"].native for a in sd["digest_algorithms"]]
-    if h not in listed or any(a not in HASH_OIDS for a in listed):
-        # OpenSSL hashes the content with each listed algorithm and fails on one it does not know
-        raise VerificationError(
-            f"the CMS signature lists digest algorithms {', '.join(printable(str(a), 40) for a in listed)}; "
-            f"they must be ones hsmsign accepts and include the signer's ({h})",
-            "the signature is damaged; sign again",
-        )
+    check_listed_digests(sd, h, HASH_OIDS)
     if hash_alg is not None and h != hash_alg:
         raise VerificationError(f"the CMS signature uses {h}, expected {hash_alg}")
     if content_digest is None:
@@ -492,14 +488,7 @@ def _verify_detached(
                 raise VerificationError(f"the CMS signature carries a malformed certificate: {exc}") from exc
     sid = si["sid"]
     if like_openssl:
-        try:
-            signer_cert = find_signer(sid, candidates)
-        except VerificationError as exc:
-            raise VerificationError(
-                "the signer's certificate is not among the signature's own certificates",
-                "OpenSSL's CMS_verify, which the device runs (rauc, swupdate), looks for the signer "
-                "only there ('signer certificate not found'); sign it again with its certificate",
-            ) from exc
+        signer_cert = signer_from_message(sid, candidates)
     else:
         signer_cert = find_signer(sid, [*candidates, *trusted])
 
@@ -527,6 +516,13 @@ def _verify_detached(
 
     algo = si["signature_algorithm"]
     name = algo["algorithm"].native
+    if si["digest_algorithm"]["parameters"].native is not None or (
+        name != "rsassa_pss" and algo["parameters"].native is not None
+    ):
+        raise VerificationError(
+            "the signer's algorithms carry parameters they do not take",
+            "the signature is damaged; sign again",
+        )
     scheme: str | None = None
     sig = si["signature"].native
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -564,6 +560,40 @@ def _verify_detached(
 
     _check_trust(signer_cert, trusted, identity_if_self_signed=like_openssl)
     return CmsSignerResult(signer_cert, when, h)
+
+
+def check_listed_digests(sd: Any, signer_digest: str, accepted: Any) -> None:
+    """SignedData.digestAlgorithms: each one known, the signer's among them. OpenSSL hashes
+    the content with each listed algorithm and fails on one it does not know, or on a
+    list it cannot parse."""
+    try:
+        listed = [a["algorithm"].native for a in sd["digest_algorithms"]]
+        if any(a["parameters"].native is not None for a in sd["digest_algorithms"]):
+            raise ValueError("SHA-2 takes no parameters")  # a NULL or nothing; OpenSSL refuses others
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+        raise VerificationError(
+            f"the signature's list of digest algorithms is malformed ({type(exc).__name__})",
+            "the signature is damaged; sign again",
+        ) from exc
+    if signer_digest not in listed or any(a not in accepted for a in listed):
+        raise VerificationError(
+            f"the signature lists digest algorithms {', '.join(printable(str(a), 40) for a in listed)}; "
+            f"they must be ones hsmsign accepts and include the signer's ({signer_digest})",
+            "the signature is damaged; sign again",
+        )
+
+
+def signer_from_message(sid: Any, certificates: Sequence[Any]) -> Any:
+    """The signer's certificate among the signature's own, where OpenSSL's CMS_verify and
+    PKCS7_verify (rauc, swupdate, sbverify, UEFI firmware) look for it, and nowhere else."""
+    try:
+        return find_signer(sid, certificates)
+    except VerificationError as exc:
+        raise VerificationError(
+            "the signer's certificate is not among the signature's own certificates",
+            "OpenSSL on the device (rauc, swupdate, UEFI firmware) looks for the signer only there "
+            "('signer certificate not found'); sign it again with its certificate",
+        ) from exc
 
 
 def _check_trust(cert: Any, trusted: Sequence[Any], *, identity_if_self_signed: bool = False) -> None:
