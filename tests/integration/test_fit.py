@@ -158,6 +158,45 @@ def test_fit_check_sign_accepts_rsa_and_rejects_tampering(softhsm, tools, tmp_pa
     assert r.returncode != 0, "fit_check_sign accepted a FIT checked against another key"
 
 
+@pytest.mark.parametrize(
+    ("what", "needle", "message"),
+    [
+        # the signature node's own list of what it covers, which the signature does not cover
+        # (U-Boot 2026.01 refuses it; Debian's 2023.01 still hashes the same regions and boots it)
+        ("hashed-nodes", b"/images/kernel-1\x00", "hashed-nodes leaves out /images/kernel-1"),
+        # /configurations/default: what U-Boot boots without '#conf-name' no longer exists
+        ("default", b"conf-1\x00", "the default configuration 'cong-1' does not exist"),
+        # the RSA key node without algo ("algo" becomes "alho" in the DTB's strings)
+        ("key algo", b"algo\x00", "the key node has no algo"),
+    ],
+)
+def test_what_fit_check_sign_refuses_hsmsign_refuses(softhsm, tools, tmp_path, what, needle, message):
+    """Found by changing each bit of a signed FIT and of its control DTB and comparing
+    ``hsmsign fit verify`` with fit_check_sign (U-Boot's own code): U-Boot refuses these, so
+    hsmsign must; it accepted all three before. The changed hashed-nodes is checked with
+    U-Boot 2026.01's fit_check_sign (HSMSIGN_TEST_UBOOT_TOOLS, as the layer tests use it)."""
+    uri = softhsm.keygen("fit-rsa2048", "rsa:2048")
+    image = build_fit(tools, tmp_path, "kernel-fdt.its")
+    dtb = control_dtb(tmp_path)
+    ok(cli(softhsm, "fit", "sign", "--uri", uri, "--key-name", "fit-rsa2048", str(image)))
+    ok(cli(softhsm, "fit", "add-key", "--uri", uri, "--key-name", "fit-rsa2048", "--dtb", str(dtb)))
+    assert check_sign(tools, image, dtb).returncode == 0
+    if what == "key algo":
+        dtb = flip_byte(dtb, needle, tmp_path / "changed.dtb")
+    else:
+        image = flip_byte(image, needle, tmp_path / "changed.fit")
+    refused = cli(softhsm, "fit", "verify", "--dtb", str(dtb), str(image))
+    assert refused.returncode == 6 and message in refused.stderr, refused.stderr
+    device = tools
+    if what == "hashed-nodes":
+        newer = os.environ.get("HSMSIGN_TEST_UBOOT_TOOLS")
+        if not newer:
+            pytest.skip("U-Boot 2026.01's fit_check_sign (HSMSIGN_TEST_UBOOT_TOOLS) decides this one")
+        device = Path(newer)
+    r = check_sign(device, image, dtb)
+    assert r.returncode != 0, r.stdout + r.stderr
+
+
 def test_cve_2026_46728_all_referenced_images_signed(softhsm, tools, tmp_path):
     """sign-images leaves the ramdisk out of conf-2: U-Boot covers it anyway, so the signer must."""
     uri = softhsm.keygen("fit-rsa2048", "rsa:2048")

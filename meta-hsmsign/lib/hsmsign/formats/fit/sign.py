@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from ... import __version__
-from ...errors import ConfigError, SigningError, VerificationError
+from ...errors import ConfigError, SigningError, VerificationError, printable
 from ..fdt import Node
 from .keynode import add_key
 from .model import (
@@ -42,6 +42,7 @@ from .model import (
     update_image_hashes,
 )
 from .verify import (
+    MAX_HASHED_NODES,
     Checker,
     TooMuchWork,
     check_config_signature,
@@ -139,8 +140,16 @@ def sign_fit(
     for conf in configs:
         for node in sig_nodes(conf):
             if wanted(node):
+                count = len(config_hashed_nodes(fit, conf, strict=True))
+                if count > MAX_HASHED_NODES:
+                    raise ConfigError(
+                        f"{what}: configuration '{printable(conf.name)}' would sign {count} nodes, and "
+                        f"U-Boot checks a signature over at most {MAX_HASHED_NODES} "
+                        "('Number of hashed nodes exceeds maximum'): it would never boot",
+                        "give the configuration fewer images (each image counts with its hash nodes), "
+                        "for example one configuration per board",
+                    )
                 setup = _setup(fit, node, signer_for, opts, conf.name)
-                config_hashed_nodes(fit, conf, strict=True)
                 _warn_sign_images(fit, conf, node, warnings)
                 jobs.append(("conf", conf, node, setup))
     if not jobs:

@@ -73,7 +73,8 @@ def _verify_value(
 def _sig_params(
     fit: Fit, node: Node, where: str, key_algo: str | None = None
 ) -> tuple[str, str, bytes, str | None]:
-    """A signature node's hash, crypto, value and padding; an RSA key's algo must be the node's."""
+    """A signature node's hash, crypto, value and padding; an RSA key's algo must be the node's.
+    ``key_algo``: the key node's algo, "" when it has none; None when no key node is involved."""
     algo = node.get_str("algo")
     value = node.get("value")
     if not algo:
@@ -84,6 +85,12 @@ def _sig_params(
         hash_alg, crypto = parse_algo(algo, where)
     except ConfigError as exc:
         raise VerificationError(exc.message, exc.hint) from exc
+    if key_algo == "" and CRYPTO[crypto][0] == "rsa":
+        raise VerificationError(
+            f"{where}: the key node has no algo, and U-Boot checks an RSA signature only with a key "
+            "whose algo is the signature's",
+            "write the key again with 'hsmsign fit add-key'",
+        )
     if key_algo is not None and CRYPTO[crypto][0] == "rsa" and key_algo != algo:
         raise VerificationError(
             f"{where}: algo {printable(algo)} differs from the key's {printable(key_algo)}"
@@ -119,8 +126,8 @@ class Checker:
         self.strings_size = int.from_bytes(self.blob[32:36], "big")
         self._refs: dict[int, list[tuple[str, Node]]] = {}
         self._paths: dict[int, list[str]] = {}
-        self._regions: dict[int, list[tuple[int, int]]] = {}
-        self._config_digests: dict[tuple[int, str, int], bytes] = {}
+        self._regions: dict[tuple[str, ...], list[tuple[int, int]]] = {}
+        self._config_digests: dict[tuple[tuple[str, ...], str, int], bytes] = {}
         self._image_digests: dict[tuple[int, str], bytes] = {}
         self.signature_checks = 0
         self.image_refs = 0
@@ -159,19 +166,26 @@ class Checker:
             paths = self._paths[id(conf)] = list(dict.fromkeys(config_hashed_nodes(self.fit, conf)))
         return paths
 
-    def config_digest(self, conf: Node, hash_alg: str, strings_size: int) -> bytes:
-        key = (id(conf), hash_alg, strings_size)
+    def config_digest(self, hashed_nodes: tuple[str, ...], hash_alg: str, strings_size: int) -> bytes:
+        """The digest U-Boot computes over the regions of ``hashed_nodes`` (the signature node's
+        own list) and the first ``strings_size`` bytes of the strings block."""
+        key = (hashed_nodes, hash_alg, strings_size)
         digest = self._config_digests.get(key)
         if digest is None:
-            regions = self._regions.get(id(conf))
+            regions = self._regions.get(hashed_nodes)
             if regions is None:
                 index = self.fit.region_index()
-                regions = index.regions(self.config_paths(conf), EXCLUDED_PROPS, False)
+                regions = index.regions(hashed_nodes, EXCLUDED_PROPS, False)
                 self.region_tags += index.last_selected
                 self.bound(
                     self.region_tags, MAX_REGION_TAGS, "device tree tags under configuration signatures"
                 )
-                self._regions[id(conf)] = regions
+                if len(regions) + 1 >= 20 + len(hashed_nodes) * 7:
+                    raise VerificationError(
+                        f"{self.fit.what}: its hashed nodes make {len(regions)} regions, more than "
+                        "U-Boot allows for them ('Too many hash regions')"
+                    )
+                self._regions[hashed_nodes] = regions
             off_strings = int.from_bytes(self.blob[12:16], "big")
             digest = hash_regions(self.blob, [*regions, (off_strings, strings_size)], hash_alg)
             self._config_digests[key] = digest
@@ -207,13 +221,44 @@ def check_config_signature(
     if size > checker.strings_size:
         raise VerificationError(f"{where}: hashed-strings is out of bounds")
     try:
-        digest = checker.config_digest(conf, hash_alg, size)
+        # U-Boot hashes the nodes the signature node lists; hsmsign also wants every node that
+        # mkimage would list for this configuration among them, so an image cannot be left out
+        needed = checker.config_paths(conf)  # first: it bounds the configuration's image references
+        hashed = _hashed_nodes(node, where)
+        listed = set(hashed)
+        missing = [n for n in needed if n not in listed]
+        if missing:
+            raise VerificationError(
+                f"{where}: hashed-nodes leaves out {printable(missing[0])}"
+                + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""),
+                "the signature does not cover all the configuration uses; sign it again",
+            )
+        digest = checker.config_digest(hashed, hash_alg, size)
     except ConfigError as exc:
         raise VerificationError(f"{where}: {exc.message}", exc.hint) from exc
     try:
         _verify_value(public_key, value, digest, hash_alg, crypto, padding)
     except VerificationError as exc:
         raise VerificationError(f"{where}: {exc.message}") from exc
+
+
+MAX_HASHED_NODES = 100  # U-Boot's IMAGE_MAX_HASHED_NODES
+
+
+def _hashed_nodes(node: Node, where: str) -> tuple[str, ...]:
+    """The signature node's ``hashed-nodes``, as U-Boot's fit_config_check_sig reads them."""
+    raw = node.get("hashed-nodes")
+    if not raw:
+        raise VerificationError(f"{where}: no hashed-nodes", "sign the FIT again")
+    if not raw.endswith(b"\0"):
+        raise VerificationError(f"{where}: hashed-nodes is not NUL-terminated", "sign the FIT again")
+    names = raw[:-1].split(b"\0")
+    if len(names) > MAX_HASHED_NODES:
+        raise VerificationError(
+            f"{where}: {len(names)} hashed nodes, more than U-Boot's {MAX_HASHED_NODES}",
+            "U-Boot refuses such a signature ('Number of hashed nodes exceeds maximum')",
+        )
+    return tuple(n.decode("utf-8", "surrogateescape") for n in names)
 
 
 def check_image_signature(
@@ -292,6 +337,23 @@ def verify_fit(data: bytes, dtb: bytes, configs: list[str] | None = None, what: 
     by_name: dict[str, Node] = {}
     for c in fit.configs.children:
         by_name.setdefault(c.name, c)
+    if not configs:
+        # what U-Boot boots without '#conf-name' (bootm, SPL, fit_check_sign without -c)
+        default = fit.configs.get("default")
+        if default is None:
+            raise VerificationError(
+                f"{what}: /configurations has no 'default': U-Boot boots it only when told a "
+                "configuration by name",
+                "add 'default = \"conf-1\";' to /configurations in the .its, or check the ones your "
+                "boot script names with --config NAME",
+            )
+        name = default.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        if not default.endswith(b"\0") or name not in by_name:
+            raise VerificationError(
+                f"{what}: the default configuration '{printable(name)}' does not exist: U-Boot "
+                "cannot boot it",
+                "set /configurations/default to one of the configurations in the .its",
+            )
     names = configs or list(by_name)
     checker.bound(len(names), MAX_CONFIGS, "configurations")
     checked: list[str] = []
@@ -311,7 +373,7 @@ def verify_fit(data: bytes, dtb: bytes, configs: list[str] | None = None, what: 
             for node in nodes:
                 checker.count_signature_check()
                 try:
-                    check_config_signature(fit, conf, node, key.public_key, key.algo, checker)
+                    check_config_signature(fit, conf, node, key.public_key, key.algo or "", checker)
                     ok = True
                     checked.append(
                         f"{CONFS_PATH}/{shown}/{printable(node.name)} with key {printable(key.name)}"
@@ -355,7 +417,7 @@ def verify_fit(data: bytes, dtb: bytes, configs: list[str] | None = None, what: 
 def _image_ok(fit: Fit, image: Node, node: Node, key: KeyNode, checker: Checker) -> bool:
     checker.count_signature_check()
     try:
-        check_image_signature(fit, image, node, key.public_key, key.algo, checker)
+        check_image_signature(fit, image, node, key.public_key, key.algo or "", checker)
     except TooMuchWork:
         raise
     except VerificationError:
