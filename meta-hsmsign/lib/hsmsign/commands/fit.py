@@ -121,8 +121,10 @@ def register(sub: Any, parents: Any) -> None:
         epilog=FIT_EPILOG,
         help="verify a FIT against the required keys of a control DTB",
         description="Check every configuration (or --config) the way U-Boot does when it boots it: "
-        "required conf keys over the configuration regions, image hashes, required image keys. Unlike "
-        "U-Boot, a DTB without any required key is an error.",
+        "required conf keys over the regions of the signature's hashed-nodes, image hashes, required "
+        "image keys; without --config, the default configuration must exist. Unlike U-Boot, a DTB "
+        "without any required key is an error, and so is a hashed-nodes that leaves out a node the "
+        "configuration uses.",
     )
     v.add_argument("fit", metavar="FIT")
     v.add_argument("--dtb", required=True, metavar="DTB", help="U-Boot control DTB holding the public keys")
