@@ -204,6 +204,34 @@ def ec384(softhsm: SoftHsm) -> str:
     return softhsm.keygen("ec384", "ec:secp384r1")
 
 
+def cms_field_offset(der: bytes, field: str) -> int:
+    """The offset in a DER CMS SignedData of one byte the signature does not cover, for the
+    tests that check hsmsign refuses what the device's OpenSSL refuses:
+
+    - ``content-type``: eContentType id-data (1.2.840.113549.1.7.1), its last byte;
+    - ``embedded-certificate-serial``: the last byte of the first certificate's serial, so
+      the signer the SignerInfo names is no longer among the signature's certificates;
+    - ``digest-algorithm-set``: the last byte of SignedData.digestAlgorithms (SHA-256 becomes
+      an unknown OID);
+    - ``embedded-certificate-unused-bits``: the unused-bits byte of the first certificate's
+      signature BIT STRING.
+    """
+    from asn1crypto import cms as acms
+
+    sd = acms.ContentInfo.load(der)["content"]
+    cert = sd["certificates"][0].chosen
+    if field == "content-type":
+        return der.find(bytes.fromhex("06092a864886f70d010701")) + 10
+    if field == "embedded-certificate-serial":
+        tbs = cert["tbs_certificate"].dump()
+        serial = cert["tbs_certificate"]["serial_number"].dump()
+        return der.find(tbs) + tbs.find(serial) + len(serial) - 1
+    if field == "digest-algorithm-set":
+        return der.find(sd["digest_algorithms"].dump()) + len(sd["digest_algorithms"].dump()) - 1
+    assert field == "embedded-certificate-unused-bits", field
+    return der.find(cert["signature_value"].dump()) + 4
+
+
 def openssl_cms_verify(
     signature: Path | str, content: Path | str, ca: Path | str, certfile: Path | str | None = None
 ) -> subprocess.CompletedProcess[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SoftHsm, openssl_cms_verify, tool
+from tests.conftest import SoftHsm, cms_field_offset, openssl_cms_verify, tool
 
 DEV = ("--mode", "development")
 
@@ -215,22 +215,6 @@ def test_untrusted_signer_refused(
     assert rauc_run(rauc, softhsm, "info", f"--keyring={other_cert}", str(out)).returncode != 0
 
 
-def _cms_offset(der: bytes, field: str) -> int:
-    """The offset in a bundle's CMS of the byte to change for ``field``."""
-    from asn1crypto import cms as acms
-
-    sd = acms.ContentInfo.load(der)["content"]
-    cert = sd["certificates"][0].chosen
-    if field == "embedded-certificate-serial":  # the signer named by its serial no longer matches it
-        tbs = cert["tbs_certificate"].dump()
-        serial = cert["tbs_certificate"]["serial_number"].dump()
-        return der.find(tbs) + tbs.find(serial) + len(serial) - 1
-    if field == "digest-algorithm-set":  # SignedData.digestAlgorithms: SHA-256 becomes an unknown OID
-        return der.find(sd["digest_algorithms"].dump()) + len(sd["digest_algorithms"].dump()) - 1
-    assert field == "embedded-certificate-unused-bits"  # its signature's BIT STRING: 0 unused bits become 1
-    return der.find(cert["signature_value"].dump()) + 4
-
-
 @pytest.mark.parametrize("fmt", ["plain", "verity"])
 @pytest.mark.parametrize(
     ("field", "needle"),
@@ -252,7 +236,7 @@ def test_what_openssl_on_the_device_refuses_hsmsign_refuses(
     out = tmp_path / "b.raucb"
     assert make_bundle(softhsm, rauc_key, bundle_dir(tmp_path, fmt), out).returncode == 0
     payload, der = parts(out)
-    changed = flipped(out, len(payload) + _cms_offset(der, field), "changed.raucb")
+    changed = flipped(out, len(payload) + cms_field_offset(der, field), "changed.raucb")
     device = rauc_run(rauc, softhsm, "info", f"--keyring={rauc_key[1]}", str(changed))
     assert device.returncode != 0, device.stdout
     refused = softhsm.run_cli("rauc", "verify", "--cert", str(rauc_key[1]), str(changed))

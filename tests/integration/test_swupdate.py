@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SoftHsm
+from tests.conftest import SoftHsm, cms_field_offset
 from tests.integration.swupdate_run import run_swupdate
 
 DEV = ("--mode", "development")
@@ -171,24 +171,6 @@ def _rebundle(
         )
 
 
-def _cms_offset(der: bytes, field: str) -> int:
-    """The offset in sw-description.sig of the byte to change for ``field``."""
-    from asn1crypto import cms as acms
-
-    sd = acms.ContentInfo.load(der)["content"]
-    cert = sd["certificates"][0].chosen
-    if field == "content-type":  # eContentType id-data (1.2.840.113549.1.7.1) becomes ...7.0
-        return der.find(bytes.fromhex("06092a864886f70d010701")) + 10
-    if field == "embedded-certificate-serial":
-        tbs = cert["tbs_certificate"].dump()
-        serial = cert["tbs_certificate"]["serial_number"].dump()
-        return der.find(tbs) + tbs.find(serial) + len(serial) - 1
-    if field == "digest-algorithm-set":
-        return der.find(sd["digest_algorithms"].dump()) + len(sd["digest_algorithms"].dump()) - 1
-    assert field == "embedded-certificate-unused-bits"
-    return der.find(cert["signature_value"].dump()) + 4
-
-
 def _changed_signature(
     softhsm: SoftHsm, rsa2048: str, tmp_path: Path, images: list[Path], field: str
 ) -> tuple[Path, Path]:
@@ -200,7 +182,7 @@ def _changed_signature(
     desc = write_description(tmp_path, images)
     assert build_bundle(softhsm, rsa2048, cert, desc, images, swu).returncode == 0
     sig = bytearray(swumod.read_bundle(str(swu)).signature)
-    sig[_cms_offset(bytes(sig), field)] ^= 0x01
+    sig[cms_field_offset(bytes(sig), field)] ^= 0x01
     changed = tmp_path / "changed.swu"
     _rebundle(swu, changed, signature=bytes(sig))
     return changed, cert

@@ -276,16 +276,16 @@ def _verify(der: bytes, image_digest: bytes, trusted: Sequence[Any]) -> Authenti
         raise VerificationError(f"the Authenticode signature has {len(infos)} signers, expected one")
     si = infos[0]
     if si["version"].native != "v1" or sd["version"].native != "v1":
-        raise VerificationError("the Authenticode signature is not version 1 (PKCS#7 SignedData)")
+        raise VerificationError(
+            "the Authenticode signature is not version 1 (PKCS#7 SignedData)",
+            "the image's certificate table is damaged; sign the image again",
+        )
     if si["digest_algorithm"]["algorithm"].native != "sha256":
         raise VerificationError(
             f"digest algorithm {si['digest_algorithm']['algorithm'].native} is not sha256"
         )
     cms.check_listed_digests(sd, "sha256", ("sha256",))
-    if si["digest_algorithm"]["parameters"].native is not None or (
-        si["signature_algorithm"]["parameters"].native is not None
-    ):
-        raise VerificationError("the signer's algorithms carry parameters (SHA-256 and RSA PKCS#1 take none)")
+    cms.check_signer_parameters(si)
     candidates: list[Any] = []
     for choice in sd["certificates"] or []:
         if choice.name == "certificate":

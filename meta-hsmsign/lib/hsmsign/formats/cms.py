@@ -516,13 +516,7 @@ def _verify_detached(
 
     algo = si["signature_algorithm"]
     name = algo["algorithm"].native
-    if si["digest_algorithm"]["parameters"].native is not None or (
-        name != "rsassa_pss" and algo["parameters"].native is not None
-    ):
-        raise VerificationError(
-            "the signer's algorithms carry parameters they do not take",
-            "the signature is damaged; sign again",
-        )
+    check_signer_parameters(si, signature_takes_parameters=name == "rsassa_pss")
     scheme: str | None = None
     sig = si["signature"].native
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -579,6 +573,18 @@ def check_listed_digests(sd: Any, signer_digest: str, accepted: Any) -> None:
         raise VerificationError(
             f"the signature lists digest algorithms {', '.join(printable(str(a), 40) for a in listed)}; "
             f"they must be ones hsmsign accepts and include the signer's ({signer_digest})",
+            "the signature is damaged; sign again",
+        )
+
+
+def check_signer_parameters(si: Any, *, signature_takes_parameters: bool = False) -> None:
+    """A SignerInfo's digest algorithm takes no parameters (SHA-2: NULL or none), nor does its
+    signature algorithm unless it is RSA-PSS; OpenSSL refuses a message where they do."""
+    if si["digest_algorithm"]["parameters"].native is not None or (
+        not signature_takes_parameters and si["signature_algorithm"]["parameters"].native is not None
+    ):
+        raise VerificationError(
+            "the signer's algorithms carry parameters they do not take",
             "the signature is damaged; sign again",
         )
 

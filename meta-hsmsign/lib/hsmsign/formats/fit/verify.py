@@ -183,7 +183,9 @@ class Checker:
                 if len(regions) + 1 >= 20 + len(hashed_nodes) * 7:
                     raise VerificationError(
                         f"{self.fit.what}: its hashed nodes make {len(regions)} regions, more than "
-                        "U-Boot allows for them ('Too many hash regions')"
+                        "U-Boot allows for them ('Too many hash regions')",
+                        "the FIT was changed after signing, or was not built by mkimage; build and "
+                        "sign it again",
                     )
                 self._regions[hashed_nodes] = regions
             off_strings = int.from_bytes(self.blob[12:16], "big")
