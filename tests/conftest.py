@@ -206,7 +206,7 @@ def ec384(softhsm: SoftHsm) -> str:
 
 def cms_field_offset(der: bytes, field: str) -> int:
     """The offset in a DER CMS SignedData of one byte the signature does not cover, for the
-    tests that check hsmsign refuses what the device's OpenSSL refuses:
+    tests that check hsmsign refuses what the device's verifier (OpenSSL, the kernel) refuses:
 
     - ``content-type``: eContentType id-data (1.2.840.113549.1.7.1), its last byte;
     - ``embedded-certificate-serial``: the last byte of the first certificate's serial, so
@@ -214,20 +214,36 @@ def cms_field_offset(der: bytes, field: str) -> int:
     - ``digest-algorithm-set``: the last byte of SignedData.digestAlgorithms (SHA-256 becomes
       an unknown OID);
     - ``embedded-certificate-unused-bits``: the unused-bits byte of the first certificate's
-      signature BIT STRING.
+      signature BIT STRING;
+    - ``signed-data-version``, ``signer-info-version``: the value byte of the version;
+    - ``signer-issuer``: the last byte of the issuer name that identifies the signer (the last
+      character of its last attribute, the common name of hsmsign's certificates).
     """
     from asn1crypto import cms as acms
 
     sd = acms.ContentInfo.load(der)["content"]
-    cert = sd["certificates"][0].chosen
+    si = sd["signer_infos"][0]
+
+    def value_byte(part: Any) -> int:  # a one-byte INTEGER: its value after tag and length
+        whole = part.dump()
+        return der.find(whole) + len(whole) - len(part.contents) + 2
+
     if field == "content-type":
         return der.find(bytes.fromhex("06092a864886f70d010701")) + 10
+    if field == "digest-algorithm-set":
+        return der.find(sd["digest_algorithms"].dump()) + len(sd["digest_algorithms"].dump()) - 1
+    if field == "signed-data-version":
+        return value_byte(sd)
+    if field == "signer-info-version":
+        return value_byte(si)
+    if field == "signer-issuer":
+        issuer = si["sid"].chosen["issuer"].dump()
+        return der.find(issuer) + len(issuer) - 1
+    cert = sd["certificates"][0].chosen
     if field == "embedded-certificate-serial":
         tbs = cert["tbs_certificate"].dump()
         serial = cert["tbs_certificate"]["serial_number"].dump()
         return der.find(tbs) + tbs.find(serial) + len(serial) - 1
-    if field == "digest-algorithm-set":
-        return der.find(sd["digest_algorithms"].dump()) + len(sd["digest_algorithms"].dump()) - 1
     assert field == "embedded-certificate-unused-bits", field
     return der.find(cert["signature_value"].dump()) + 4
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SoftHsm, openssl_cms_verify, require, tool
+from tests.conftest import SoftHsm, cms_field_offset, openssl_cms_verify, require, tool
 
 DEV = ("--mode", "development")
 MAGIC = b"~Module signature appended~\n"
@@ -663,3 +663,46 @@ def test_the_kernel_loads_a_compressed_module_hsmsign_signed(
     assert "Loading of unsigned module is rejected" in console
     assert results.get("good") == "loaded", console[-3000:]
     assert "hsmtest: loaded" in console
+
+
+def test_hsmsign_refuses_every_signature_the_kernel_refuses(
+    softhsm: SoftHsm, rsa_key: tuple[str, Path], test_module: bytes, tmp_path: Path
+) -> None:
+    """Bytes of a module signature that the signature itself does not cover, each changed so
+    that the kernel refuses the module (one boot; the good one loads first, so a changed one
+    the kernel accepted would fail with "File exists" instead). `hsmsign modsign verify` must
+    refuse each too, with the reason; it accepted all four before it applied the kernel's rules.
+    Found by flipping every bit of the signature and comparing with this kernel."""
+    good = _signed_copy(softhsm, rsa_key, test_module, tmp_path / "s" / "good.ko")
+    body, pkcs7 = _split(good)
+    at = len(body)
+    info_pad = len(good) - len(MAGIC) - 12 + 5  # module_signature.__pad[0]
+    cases = {  # name: (offset, bits flipped, hsmsign's exit code, what its message says)
+        # SignedData version 1 -> 0: "Unsupported SignedData version" (EINVAL)
+        "sdversion": (at + cms_field_offset(pkcs7, "signed-data-version"), 0x01, 6, "SignedData version (0)"),
+        # SignerInfo version 1 -> 3 under SignedData 1: "SignedData-SignerInfo version mismatch"
+        "siversion": (at + cms_field_offset(pkcs7, "signer-info-version"), 0x02, 6, "versions do not match"),
+        # the issuer's common name ends in "S", not "s": the kernel finds keys by exact bytes (ENOKEY)
+        "issuer": (at + cms_field_offset(pkcs7, "signer-issuer"), 0x20, 6, "is signed by another key"),
+        # a padding byte of the info block: mod_check_sig wants it zero (EBADMSG)
+        "infopad": (info_pad, 0x01, 2, "the module signature's info block is malformed"),
+    }
+    files = {"good.ko": good}
+    for name, (offset, bits, _, _) in cases.items():
+        changed = bytearray(good)
+        changed[offset] ^= bits
+        files[f"{name}.ko"] = bytes(changed)
+    results, console = _boot(rsa_key[1], files, tmp_path)
+    assert results.get("good") == "loaded", console[-3000:]
+    for name in cases:
+        assert results.get(name, "").startswith("refused"), (name, console[-3000:])
+        assert "File exists" not in results[name], (name, results[name])
+    for name, (_, _, code, message) in cases.items():
+        path = tmp_path / "s" / f"{name}.ko"
+        path.write_bytes(files[f"{name}.ko"])
+        done = softhsm.run_cli("modsign", "verify", "--cert", str(rsa_key[1]), str(path))
+        assert done.returncode == code, (name, done.stderr)
+        assert message in done.stderr.splitlines()[0], (name, done.stderr)
+        assert "Traceback" not in done.stderr
+    again = softhsm.run_cli("modsign", "verify", "--cert", str(rsa_key[1]), str(tmp_path / "s" / "good.ko"))
+    assert again.returncode == 0, again.stderr

@@ -408,6 +408,7 @@ def verify_detached(
     hash_alg: str | None = None,
     trusted: Sequence[Any] = (),
     like_openssl: bool = False,
+    like_kernel: bool = False,
 ) -> CmsSignerResult:
     """Check a detached SignedData against content and trusted certificates.
 
@@ -423,12 +424,17 @@ def verify_detached(
     keyring and checks a certificate's signature, so module and dm-verity signatures
     leave the certificate out and are checked without it. This is hsmsign's own check;
     tests also run ``openssl cms -verify``. Malformed input raises ``VerificationError`` only.
+
+    ``like_kernel``: also what the kernel's PKCS#7 parser requires (module signatures,
+    dm-verity root-hash signatures): see ``check_kernel_rules``.
     """
     from ..errors import HsmsignError
 
+    if like_openssl and like_kernel:
+        raise ValueError("a signature is checked like OpenSSL or like the kernel, not both")
     try:
         return _verify_detached(
-            der, content, content_digest, content_path, hash_alg, trusted, like_openssl
+            der, content, content_digest, content_path, hash_alg, trusted, like_openssl, like_kernel
         )
     except HsmsignError:
         raise
@@ -448,6 +454,7 @@ def _verify_detached(
     hash_alg: str | None,
     trusted: Sequence[Any],
     like_openssl: bool = False,
+    like_kernel: bool = False,
 ) -> CmsSignerResult:
     from cryptography import x509
 
@@ -458,6 +465,8 @@ def _verify_detached(
     if len(infos) != 1:
         raise VerificationError(f"the CMS signature has {len(infos)} signers; hsmsign expects exactly one")
     si = infos[0]
+    if like_kernel:
+        check_kernel_rules(sd, si)
     h = si["digest_algorithm"]["algorithm"].native
     if h not in HASH_OIDS:
         raise VerificationError(f"the CMS digest algorithm {h} is not accepted", "sign with sha256/384/512")
@@ -490,7 +499,7 @@ def _verify_detached(
     if like_openssl:
         signer_cert = signer_from_message(sid, candidates)
     else:
-        signer_cert = find_signer(sid, [*candidates, *trusted])
+        signer_cert = find_signer(sid, [*candidates, *trusted], exact=like_kernel)
 
     when = None
     sattrs = si["signed_attrs"]
@@ -577,6 +586,33 @@ def check_listed_digests(sd: Any, signer_digest: str, accepted: Any) -> None:
         )
 
 
+def check_kernel_rules(sd: Any, si: Any) -> None:
+    """The versions the kernel's PKCS#7 parser accepts (``pkcs7_note_signeddata_version`` and
+    ``pkcs7_note_signerinfo_version`` in ``crypto/asymmetric_keys/pkcs7_parser.c``): SignedData
+    version 1 with SignerInfo version 1 (signer named by issuer and serial), or 3 with 3 (by
+    subject key identifier). The kernel refuses anything else (EINVAL or EBADMSG), so a module
+    would not load and a dm-verity device would not open."""
+    sd_version, si_version = sd["version"].contents, si["version"].contents
+    if sd_version not in (b"\x01", b"\x03") or si_version not in (b"\x01", b"\x03"):
+        raise VerificationError(
+            f"the signature's SignedData version ({_int_text(sd_version)}) or SignerInfo version "
+            f"({_int_text(si_version)}) is not 1 or 3, which is all the kernel accepts",
+            "the signature is damaged; sign again",
+        )
+    expected = "issuer_and_serial_number" if si_version == b"\x01" else "subject_key_identifier"
+    if sd_version != si_version or si["sid"].name != expected:
+        raise VerificationError(
+            f"the signature's versions do not match: SignedData {sd_version[0]}, SignerInfo "
+            f"{si_version[0]} naming its signer by {si['sid'].name.replace('_', ' ')}; the kernel "
+            "accepts 1, 1, issuer and serial number, or 3, 3, subject key identifier",
+            "the signature is damaged; sign again",
+        )
+
+
+def _int_text(contents: bytes) -> str:
+    return str(int.from_bytes(contents, "big", signed=True)) if 0 < len(contents) <= 8 else "malformed"
+
+
 def check_signer_parameters(si: Any, *, signature_takes_parameters: bool = False) -> None:
     """A SignerInfo's digest algorithm takes no parameters (SHA-2: NULL or none), nor does its
     signature algorithm unless it is RSA-PSS; OpenSSL refuses a message where they do."""
@@ -629,16 +665,26 @@ def _check_trust(cert: Any, trusted: Sequence[Any], *, identity_if_self_signed: 
     )
 
 
-def find_signer(sid: Any, candidates: Any) -> Any:
+def find_signer(sid: Any, candidates: Any, *, exact: bool = False) -> Any:
     """The certificate among ``candidates`` that a SignerInfo's ``sid`` names (issuer and
-    serial, or subject key identifier); VerificationError when none does."""
+    serial, or subject key identifier); VerificationError when none does.
+
+    OpenSSL compares issuer names as RFC 5280 does (case and spaces folded); ``exact`` compares
+    the issuer's and the serial's encoded bytes, as the kernel looks a key up in its keyring
+    (``asymmetric_key_generate_id`` from the raw issuer and serial)."""
 
     for c in candidates:
         ac = _asn1_certificate(certificate_der(c))
         if sid.name == "issuer_and_serial_number":
             ias = sid.chosen
+            if exact:
+                if (
+                    ias["serial_number"].contents == ac["tbs_certificate"]["serial_number"].contents
+                    and ias["issuer"].dump() == ac.issuer.dump()
+                ):
+                    return c
             # serial first and the issuer's bytes before asn1crypto's (costly) normalised comparison
-            if ias["serial_number"].native == ac.serial_number and (
+            elif ias["serial_number"].native == ac.serial_number and (
                 ias["issuer"].dump() == ac.issuer.dump() or ias["issuer"] == ac.issuer
             ):
                 return c
@@ -670,7 +716,6 @@ class DetachedSigner:
 
     def __init__(self, signer: Any, cert: Any, hash_alg: str = "sha256") -> None:
         from asn1crypto import algos, cms
-
 
         hash_alg = hash_alg.lower()
         if hash_alg not in HASH_OIDS:
@@ -706,7 +751,14 @@ class DetachedSigner:
         )
         der = _tlv(0x30, _ID_SIGNED_DATA + _tlv(0xA0, signed_data))
         if not self._checked:
-            verify_detached(der, content_digest=content_digest, hash_alg=self.hash_alg, trusted=[self.cert])
+            # this shape is the kernel's (module signatures): checked by its rules too
+            verify_detached(
+                der,
+                content_digest=content_digest,
+                hash_alg=self.hash_alg,
+                trusted=[self.cert],
+                like_kernel=True,
+            )
             self._checked = True
         return der
 

@@ -80,13 +80,20 @@ def split(data: bytes, what: str) -> Module:
         algo, hash_id, id_type, signer_len, key_id_len, sig_len = SIG_INFO.unpack_from(
             body, len(body) - TRAILER_LEN
         )
+        pad = body[len(body) - TRAILER_LEN + 5 : len(body) - TRAILER_LEN + 8]
         if id_type != PKEY_ID_PKCS7:
             raise ModuleFormatError(
                 f"{what}: the module signature has id_type {id_type}, not PKCS#7 (2)",
                 "only PKCS#7 module signatures exist since Linux 4.3; re-sign from the unsigned module",
             )
-        if algo or hash_id or signer_len or key_id_len:
-            raise ModuleFormatError(f"{what}: the module signature's info block is malformed")
+        if algo or hash_id or signer_len or key_id_len or any(pad):
+            # the kernel's mod_check_sig: every field but id_type and sig_len is zero, padding too
+            raise ModuleFormatError(
+                f"{what}: the module signature's info block is malformed "
+                f"(algo {algo}, hash {hash_id}, signer_len {signer_len}, key_id_len {key_id_len}, "
+                f"padding {pad.hex()}: the kernel wants all zero)",
+                "the file was changed after signing; re-sign from the unsigned module",
+            )
         start = len(body) - TRAILER_LEN - sig_len
         if sig_len == 0 or start < 0:
             raise ModuleFormatError(
@@ -216,14 +223,14 @@ def verify(data: bytes, trusted: Sequence[Any], what: str) -> ModuleSignature:
     if len(infos) == 1:
         sid = infos[0]["sid"]
         try:
-            cms.find_signer(sid, trusted)
+            cms.find_signer(sid, trusted, exact=True)
         except VerificationError:
             raise VerificationError(
                 f"{what} is signed by another key ({describe_sid(sid)}), not by the given certificate",
                 "verify with the certificate of the key that signed it, or re-sign the module",
             ) from None
     try:
-        found = cms.verify_detached(pkcs7, content=bytes(body), trusted=trusted)
+        found = cms.verify_detached(pkcs7, content=bytes(body), trusted=trusted, like_kernel=True)
     except VerificationError as exc:
         raise VerificationError(f"{what}: {exc.message}", exc.hint) from exc
     return ModuleSignature(found.certificate, found.hash_alg, hashlib.sha256(body).hexdigest())
