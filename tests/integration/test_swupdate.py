@@ -406,6 +406,21 @@ def test_unprotected_or_stale_descriptions_are_not_signed(
     assert done.returncode == 6
     assert "sw-description line" in done.stderr
 
+    # libconfig refuses a name twice in a group: the device could not read this file, whichever
+    # sha256 hsmsign checked (it used to check the last one)
+    twice = tmp_path / "twice"
+    digest = hashlib.sha256(images[1].read_bytes()).hexdigest()
+    twice.write_text(
+        'software = { version = "1"; hardware-compatibility: ["1.0"]; images: (\n'
+        f'{{ filename = "{images[1].name}"; sha256 = "{digest}";\n  sha256 = "{digest}"; }} ); }};\n'
+    )
+    done = softhsm.run_cli(
+        "swupdate", "sign", *DEV, "--uri", rsa2048, "--cert", str(cert), "--output", str(sig), str(twice)
+    )
+    assert done.returncode == 6, done.stderr
+    assert "sw-description line 3: the setting 'sha256' appears twice in one group" in done.stderr
+    assert not sig.exists()
+
 
 def test_cms_mode_needs_matching_cert(
     softhsm: SoftHsm, rsa2048: str, ec256: str, tmp_path: Path, images: list[Path]
