@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from hsmsign.errors import VerificationError
-from hsmsign.formats import libconfig
+from hsmsign.formats import libconfig, swupdate
 
 from tests.conftest import require
 
@@ -159,6 +159,31 @@ def test_a_nul_byte_is_refused(libconfig_c: _Libconfig, tmp_path: Path) -> None:
     assert libconfig_c.read(path) == {"images": [{"filename": "rootfs.img", "sha256": "aa"}]}
     with pytest.raises(VerificationError, match="line 1: a NUL byte"):
         libconfig.parse(text.decode())
+
+
+def test_escapes_libconfig_reads_as_raw_bytes_are_refused(libconfig_c: _Libconfig, tmp_path: Path) -> None:
+    """libconfig puts the byte of "\\xNN" into the string: "\\x00" ends it, "\\xff" is no UTF-8
+    character. A file name with either would be another name on the device than hsmsign reads."""
+    path = tmp_path / "sw-description"
+    # "\\x00": 1.5 drops the byte, 1.7.3 and 1.8.2 end the string there ("a")
+    for escape, device_reads in ((b"\\x00", "ab"), (b"\\xff", "a\udcffb")):
+        text = b'f = "a' + escape + b'b";\n'
+        path.write_bytes(text)
+        assert libconfig_c.read(path) == {"f": device_reads}
+        with pytest.raises(VerificationError, match="which libconfig reads as a raw byte"):
+            libconfig.parse(text.decode())
+
+
+def test_json_strings_swupdate_would_read_otherwise_are_refused() -> None:
+    """A JSON sw-description: "\\u0000" cuts the string short in swupdate (a C string), and an
+    unpaired surrogate is no character (it made `swupdate sign --images` fail with an internal
+    error); hsmsign refuses both, naming them."""
+    for escape, what in (("\\u0000", "a NUL character"), ("\\ud800", "an unpaired surrogate")):
+        text = '{"software": {"images": [{"filename": "a' + escape + 'b", "sha256": "00"}]}}'
+        with pytest.raises(VerificationError, match=what):
+            swupdate.parse_description(text.encode())
+    ok = swupdate.parse_description(b'{"software": {"images": [{"filename": "\\ud83d\\ude00"}]}}')
+    assert ok["software"]["images"][0]["filename"] == "\U0001f600"  # a pair is one character
 
 
 def test_what_libconfig_reads_hsmsign_reads(libconfig_c: _Libconfig, tmp_path: Path) -> None:

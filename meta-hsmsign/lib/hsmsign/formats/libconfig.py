@@ -11,13 +11,14 @@ group; an array (``[...]``) of groups, lists or arrays, or of values of more tha
 (libconfig's types: string, boolean, float, 32-bit and 64-bit integer; a hex number beyond
 32 bits is the one type on 1.7.3 and the other on 1.8.2, so it mixes with neither); an
 integer beyond 64 bits or a hex one of more than 16 digits; a leading 0 before an 8 or 9
-(1.7.3 reads such a number as octal); a sign before a hex number; an
-``L`` after a float; whitespace other than space, tab, CR, LF and form feed; a NUL byte. A
-comma before the closing bracket is accepted, as libconfig 1.7 and later accept it (1.5,
-Debian 12's, refuses it). It is stricter in a few places: escapes other than libconfig's,
-an unterminated comment, libconfig 1.8's binary and octal numbers (``0b``, ``0o``), a float
-without a digit. Numbers are read as Python numbers where libconfig may truncate them;
-hsmsign uses only the strings (file names and hashes).
+(1.7.3 reads such a number as octal); a sign before a hex number; an ``L`` after a float;
+whitespace other than space, tab, CR, LF and form feed; a NUL byte. A comma before the
+closing bracket is accepted, as libconfig 1.7 and later accept it (1.5, Debian 12's,
+refuses it). It is stricter in a few places: escapes other than libconfig's, ``\\x00``
+and ``\\x80`` – ``\\xff`` (libconfig puts the raw byte in), an unterminated comment,
+libconfig 1.8's binary and octal numbers (``0b``, ``0o``), a float without a digit. Numbers
+are read as Python numbers where libconfig may truncate them; hsmsign uses only the strings
+(file names and hashes).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ _INT = re.compile(r"[-+]?[0-9]+(LL?)?")
 _INT32 = range(-(2**31), 2**31)
 _INT64 = range(-(2**63), 2**63)
 _SCALARS = ("int", "int64", "hex33", "float", "bool")  # and "str"
+_REFUSED_TOO = "check the libconfig syntax (swupdate would refuse it too)"
 
 
 class _Lexer:
@@ -47,11 +49,8 @@ class _Lexer:
         self.pos = 0
         self.line = 1
 
-    def _err(self, msg: str) -> VerificationError:
-        return VerificationError(
-            f"sw-description line {self.line}: {msg}",
-            "check the libconfig syntax (swupdate would refuse it too)",
-        )
+    def _err(self, msg: str, hint: str = _REFUSED_TOO) -> VerificationError:
+        return VerificationError(f"sw-description line {self.line}: {msg}", hint)
 
     def tokens(self) -> Iterator[tuple[str, Any, int]]:
         t = self.text
@@ -130,10 +129,22 @@ class _Lexer:
                     out.append(simple[nxt])
                     self.pos += 2
                 elif nxt == "x" and re.fullmatch(r"[0-9a-fA-F]{2}", t[self.pos + 2 : self.pos + 4]):
-                    out.append(chr(int(t[self.pos + 2 : self.pos + 4], 16)))
+                    code = int(t[self.pos + 2 : self.pos + 4], 16)
+                    if code == 0 or code >= 0x80:
+                        # libconfig puts the byte itself in: 0 ends the string (1.5 drops it), and
+                        # a byte from 0x80 is not the character hsmsign would read (nor UTF-8)
+                        raise self._err(
+                            f"the escape \\x{code:02x}, which libconfig reads as a raw byte",
+                            "write the character itself (UTF-8); a NUL cannot be in a string",
+                        )
+                    out.append(chr(code))
                     self.pos += 4
                 else:
-                    raise self._err("bad escape in string")
+                    raise self._err(
+                        "bad escape in string",
+                        'hsmsign takes the escapes \\n \\r \\t \\f \\\\ \\" and \\xNN (libconfig keeps '
+                        "any other backslash as it is): write a backslash as \\\\",
+                    )
                 continue
             if c == "\n":
                 self.line += 1

@@ -89,8 +89,35 @@ def parse_description(data: bytes) -> dict[str, Any]:
             raise VerificationError(f"sw-description looks like JSON but does not parse: {exc}") from exc
         if not isinstance(obj, dict):
             raise VerificationError("sw-description JSON is not an object")
+        _check_json_strings(obj)
         return obj
     return libconfig.parse(text)
+
+
+_NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def _check_json_strings(value: Any) -> None:
+    """No NUL (``\\u0000``: swupdate reads a C string, so only up to it) and no unpaired
+    surrogate (``\\ud800``: not a character; it cannot be named or printed) in any key or
+    string of a JSON sw-description. Iterative: the depth is JSON's own."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and (bad := _NOT_TEXT.search(item)):
+            nul = bad.group() == "\x00"
+            raise VerificationError(
+                f"sw-description JSON holds {'a NUL character' if nul else 'an unpaired surrogate'} "
+                f"(\\u{ord(bad.group()):04x}) in a string",
+                "swupdate reads the string only up to it: remove it"
+                if nul
+                else "it is no character: write the character itself, or both halves of its pair",
+            )
 
 
 @dataclass(frozen=True)
