@@ -186,6 +186,29 @@ def test_json_strings_swupdate_would_read_otherwise_are_refused() -> None:
     assert ok["software"]["images"][0]["filename"] == "\U0001f600"  # a pair is one character
 
 
+def test_json_nested_deeper_than_json_c_reads_is_refused() -> None:
+    """swupdate reads a JSON sw-description with json-c, whose parser stops at 32 levels of
+    nesting (checked here with the json-c on this machine); hsmsign refuses what it refuses."""
+    name = ctypes.util.find_library("json-c")
+    hint = "apt-get install swupdate (it brings libjson-c5)"
+    require(name is not None, "json-c", hint, env="HSMSIGN_REQUIRE_TOOLS")
+    json_c = ctypes.CDLL(name)
+    json_c.json_tokener_parse.argtypes = [ctypes.c_char_p]
+    json_c.json_tokener_parse.restype = ctypes.c_void_p
+    json_c.json_object_put.argtypes = [ctypes.c_void_p]
+    for depth in (31, 32, 33, 40):
+        text = ('{"software": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}").encode()
+        parsed = json_c.json_tokener_parse(text)
+        json_c.json_object_put(parsed)
+        if depth <= 32:
+            assert parsed, depth
+            assert swupdate.parse_description(text)["software"] is not None
+        else:
+            assert not parsed, depth
+            with pytest.raises(VerificationError, match="more than 32 levels"):
+                swupdate.parse_description(text)
+
+
 def test_what_libconfig_reads_hsmsign_reads(libconfig_c: _Libconfig, tmp_path: Path) -> None:
     """Strings joined across comments, every comment style, a form feed as whitespace, the
     float forms libconfig takes, ':' for '=', lists of anything, arrays of one type."""

@@ -89,26 +89,33 @@ def parse_description(data: bytes) -> dict[str, Any]:
             raise VerificationError(f"sw-description looks like JSON but does not parse: {exc}") from exc
         if not isinstance(obj, dict):
             raise VerificationError("sw-description JSON is not an object")
-        _check_json_strings(obj)
+        _check_json_as_swupdate_reads(obj)
         return obj
     return libconfig.parse(text)
 
 
 _NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
+JSON_MAX_DEPTH = 32  # json-c's JSON_TOKENER_DEFAULT_DEPTH: swupdate's parser refuses deeper nesting
 
 
-def _check_json_strings(value: Any) -> None:
-    """No NUL (``\\u0000``: swupdate reads a C string, so only up to it) and no unpaired
-    surrogate (``\\ud800``: not a character; it cannot be named or printed) in any key or
-    string of a JSON sw-description. Iterative: the depth is JSON's own."""
-    stack = [value]
+def _check_json_as_swupdate_reads(value: Any) -> None:
+    """What swupdate's JSON parser (json-c) would read otherwise, or not at all, in a JSON
+    sw-description: containers nested deeper than json-c's 32 levels; a NUL (``\\u0000``:
+    swupdate reads a C string, so only up to it); an unpaired surrogate (``\\ud800``: not a
+    character; it cannot be named or printed), in any key or string. Iterative."""
+    stack = [(value, 1)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)) and depth > JSON_MAX_DEPTH:
+            raise VerificationError(
+                f"sw-description JSON nests more than {JSON_MAX_DEPTH} levels deep",
+                "swupdate's JSON parser (json-c) stops at that depth and would refuse the file",
+            )
         if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            stack.extend((k, depth + 1) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend((v, depth + 1) for v in item)
         elif isinstance(item, str) and (bad := _NOT_TEXT.search(item)):
             nul = bad.group() == "\x00"
             raise VerificationError(
