@@ -164,3 +164,151 @@ def test_libp11_versions_and_the_key_types_they_list(tmp_path: Path) -> None:
         "Libs: -L${libdir} -lp11\n"
     )
     assert hb.libp11_version(str(lib)) == "0.4.12"
+
+
+# ----------------------------------------------------------------------------- the manifest as GLib reads it
+
+
+class _KeyFile:
+    """GLib's key file parser (what rauc reads a manifest with), through ctypes: the groups,
+    and each key as ``g_key_file_get_string`` gives it; None where GLib refuses the file."""
+
+    def __init__(self) -> None:
+        import ctypes
+        import ctypes.util
+
+        from tests.conftest import require
+
+        name = ctypes.util.find_library("glib-2.0")
+        hint = "apt-get install libglib2.0-0 (rauc needs it)"
+        require(name is not None, "GLib", hint, env="HSMSIGN_REQUIRE_TOOLS")
+        g = ctypes.CDLL(name)
+        p, size_p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)
+        g.g_key_file_new.restype = p
+        g.g_key_file_load_from_data.argtypes = [
+            p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int, ctypes.POINTER(p)
+        ]  # fmt: skip
+        g.g_key_file_get_groups.argtypes = [p, size_p]
+        g.g_key_file_get_groups.restype = ctypes.POINTER(ctypes.c_char_p)
+        g.g_key_file_get_keys.argtypes = [p, ctypes.c_char_p, size_p, ctypes.POINTER(p)]
+        g.g_key_file_get_keys.restype = ctypes.POINTER(ctypes.c_char_p)
+        g.g_key_file_get_string.argtypes = [p, ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(p)]
+        g.g_key_file_get_string.restype = p
+        g.g_key_file_free.argtypes = [p]
+        g.g_free.argtypes = [p]
+        self.g, self.ctypes = g, ctypes
+
+    def read(self, data: bytes) -> dict[str, dict[str, str | None]] | None:
+        g, ct = self.g, self.ctypes
+        kf = g.g_key_file_new()
+        try:
+            if not g.g_key_file_load_from_data(kf, data, len(data), 0, None):
+                return None
+            out: dict[str, dict[str, str | None]] = {}
+            n = ct.c_size_t()
+            groups = g.g_key_file_get_groups(kf, ct.byref(n))
+            for i in range(n.value):
+                m = ct.c_size_t()
+                keys = g.g_key_file_get_keys(kf, groups[i], ct.byref(m), None)
+                section = out.setdefault(groups[i].decode(errors="surrogateescape"), {})
+                for j in range(m.value):
+                    value = g.g_key_file_get_string(kf, groups[i], keys[j], None)
+                    text = ct.string_at(value).decode(errors="surrogateescape") if value else None
+                    section[keys[j].decode(errors="surrogateescape")] = text
+                    g.g_free(value)
+            return out  # (the lists GLib returns are left to the process: a test's few bytes)
+        finally:
+            g.g_key_file_free(kf)
+
+
+@pytest.fixture(scope="module")
+def keyfile() -> _KeyFile:
+    return _KeyFile()
+
+
+def _plain_keys(manifest: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """GLib lists a localised key (``key[de]``) under ``key``; rauc reads no localised key."""
+    return {group: {k: v for k, v in keys.items() if "[" not in k} for group, keys in manifest.items()}
+
+
+GLIB_REFUSES = {
+    "an empty key": b"[bundle]\n=verity\n",
+    "an empty group name": b"[]\nformat=verity\n",
+    "a group line with text after it": b"[bundle] x\nformat=verity\n",
+    "a form feed after a group": b"[bundle]\x0c\nformat=verity\n",
+    "a bracket in a key": b"[bundle]\nformat]=verity\n",
+    "text after a locale": b"[bundle]\nformat[de]x=verity\n",
+    "a control character in a group name": b"[bun\x01dle]\nformat=verity\n",
+    "a NUL byte in a key": b"[bundle]\nform\x00at=verity\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(GLIB_REFUSES))
+def test_what_glib_refuses_in_a_manifest_hsmsign_refuses(keyfile: _KeyFile, case: str) -> None:
+    text = GLIB_REFUSES[case]
+    assert keyfile.read(text) is None, f"GLib reads {case!r}: the case tests nothing"
+    with pytest.raises(VerificationError, match=r"^the manifest, line \d+: "):
+        rauc.parse_manifest(text)
+
+
+def test_manifest_values_are_read_as_glib_reads_them(keyfile: _KeyFile) -> None:
+    """Trailing whitespace belongs to the value (rauc sees "verity " and refuses the format;
+    hsmsign used to strip it and accept), escapes are read, whitespace before a key or value
+    includes CR and form feed, one CR ends a line, a later key wins and a group repeated merges."""
+    text = (
+        b"[update]\ncompatible=acme \\s board\\t\n\x0cversion=\x0c1.0\r\n"
+        b"[bundle]\nformat=verity \nformat=verity\t\n"
+        b"[update]\nbuild = 20261202\nnote[de]=ignored\n"
+    )
+    theirs = keyfile.read(text)
+    assert theirs == {
+        "update": {"compatible": "acme   board\t", "version": "1.0", "build": "20261202"},
+        "bundle": {"format": "verity\t"},
+    }
+    ours = rauc.parse_manifest(text)
+    assert _plain_keys(ours) == theirs
+    with pytest.raises(VerificationError, match="a NUL byte"):  # GLib reads "verity": another text
+        rauc.parse_manifest(b"[bundle]\nformat=verity\x00x\n")
+
+
+def test_mutated_manifests_are_read_as_glib_reads_them(keyfile: _KeyFile) -> None:
+    """3,000 seeded mutations of a verity bundle's manifest: whatever GLib refuses, hsmsign
+    refuses; whatever both read, they read alike. It found the trailing whitespace, the CR and
+    form feed before a value, the form feed after a group, empty keys and groups, and NUL."""
+    import random
+
+    seed = (
+        b"[update]\ncompatible=acme-board\nversion=2026.12.1\n\n[bundle]\nformat=verity\n"
+        b"verity-hash=" + b"0123456789abcdef" * 4 + b"\nverity-salt=" + b"fedcba9876543210" * 4 + b"\n"
+        b"verity-size=8192\n\n[image.rootfs]\nsha256=" + b"a" * 64 + b"\nsize=4194304\n"
+        b"filename=rootfs.ext4\n\n[meta.acme]\nnote=a \\s note\\n\n"
+    )
+    pieces = [b"[", b"]", b"=", b"#", b"\\", b"\\s", b"\n", b"\r", b" ", b"\t", b"\x0b", b"\x0c", b"\x00",
+              b"[de]", b"k=v\n", b"[bundle]\n", b"format=plain\n", b";"]  # fmt: skip
+    rng = random.Random(18)
+    compared = refused = 0
+    for _ in range(3000):
+        text = bytearray(seed)
+        for _ in range(rng.randint(1, 3)):
+            at, op = rng.randrange(len(text)), rng.random()
+            if op < 0.3:
+                text[at] ^= 1 << rng.randrange(8)
+            elif op < 0.6:
+                text[at:at] = rng.choice(pieces)
+            elif op < 0.8:
+                del text[at : at + rng.randint(1, 4)]
+            else:
+                src = rng.randrange(len(text))
+                text[at:at] = text[src : src + rng.randint(1, 12)]
+        theirs = keyfile.read(bytes(text))
+        try:
+            ours: dict[str, dict[str, str]] | None = rauc.parse_manifest(bytes(text))
+        except VerificationError:
+            ours = None
+        if theirs is None:
+            assert ours is None, bytes(text)
+            refused += 1
+        elif ours is not None:
+            assert _plain_keys(ours) == theirs, bytes(text)
+            compared += 1
+    assert compared > 1000 and refused > 500, (compared, refused)

@@ -114,8 +114,25 @@ def not_a_bundle(path: str) -> VerificationError:
     )
 
 
+_KEYFILE_SPACE = " \t\n\r\f"  # g_ascii_isspace() without \v
+_KEYFILE_ESCAPES = {"s": " ", "n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+_KEY = re.compile(r"[^\[\]]+(\[[^\[\]]+\])?")  # g_key_file_is_key_name: brackets only for a locale
+
+
 def parse_manifest(data: bytes, what: str = "manifest") -> dict[str, dict[str, str]]:
-    """A RAUC manifest (a GLib key file: ``[section]``, ``key=value``, ``#`` comments)."""
+    """A RAUC manifest, read as rauc reads it: a GLib key file (``GKeyFile``), values as
+    ``g_key_file_get_string`` gives them.
+
+    A line is stripped of one trailing CR and of leading whitespace (space, tab, CR, LF, form
+    feed: GLib's, not vertical tab); then it is empty, a ``#`` comment, ``[group]`` (only
+    spaces and tabs after it), or ``key=value`` in a group (the key without trailing
+    whitespace, the value without leading whitespace; trailing whitespace is the value's).
+    Escapes ``\\s \\n \\t \\r \\\\`` are read; a later key or group of the same name wins
+    or merges, as GLib's do. What GLib refuses, this refuses: a key before any group, an
+    empty or bracketed group name, a group line with text after ``]``, a key that is empty
+    or holds a bracket (but for a locale suffix, ``key[de]``), and a NUL byte (GLib cuts a
+    value there and refuses it in a key). It is stricter on escapes GLib keeps as written
+    (``\\x``), a backslash at the end of a value, and text that is not UTF-8."""
     if len(data) > MAX_MANIFEST:
         raise VerificationError(f"the {what} is larger than {MAX_MANIFEST >> 10} KiB")
     try:
@@ -124,20 +141,60 @@ def parse_manifest(data: bytes, what: str = "manifest") -> dict[str, dict[str, s
         raise VerificationError(f"the {what} is not UTF-8 text") from exc
     sections: dict[str, dict[str, str]] = {}
     current: dict[str, str] | None = None
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
+
+    def bad(number: int, why: str) -> VerificationError:
+        return VerificationError(
+            f"the {what}, line {number}: {why}",
+            "rauc reads it as a GLib key file, and would refuse it or read it otherwise; "
+            "build the bundle again",
+        )
+
+    if "\0" in text:
+        raise bad(text.count("\n", 0, text.index("\0")) + 1, "a NUL byte")
+    for number, raw in enumerate(text.split("\n"), 1):
+        line = (raw[:-1] if raw.endswith("\r") else raw).lstrip(_KEYFILE_SPACE)
         if not line or line.startswith("#"):
             continue
-        if line.startswith("[") and line.endswith("]"):
-            current = sections.setdefault(line[1:-1].strip(), {})
+        if line.startswith("["):
+            name, close, rest = line[1:].partition("]")
+            if not close or rest.strip(" \t") or not name or "[" in name or _has_control(name):
+                raise bad(number, f"'{printable(line, 60)}' is not a valid [group] line")
+            current = sections.setdefault(name, {})
             continue
         key, sep, value = line.partition("=")
+        key = key.rstrip(_KEYFILE_SPACE)
         if not sep or current is None:
-            raise VerificationError(
-                f"the {what} has a line that is not key=value in a section (line {number})"
-            )
-        current[key.strip()] = value.strip()
+            raise bad(number, "a line that is not key=value in a [group]")
+        if not _KEY.fullmatch(key):
+            raise bad(number, f"'{printable(key, 60)}' is not a valid key")
+        try:
+            current[key] = _keyfile_unescape(value.lstrip(_KEYFILE_SPACE))
+        except ValueError as exc:
+            raise bad(number, str(exc)) from None
     return sections
+
+
+def _has_control(name: str) -> bool:
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)
+
+
+def _keyfile_unescape(value: str) -> str:
+    """A key file value as ``g_key_file_get_string`` reads it; ValueError for what it would not."""
+    if "\\" not in value:
+        return value
+    out: list[str] = []
+    chars = iter(value)
+    for c in chars:
+        if c != "\\":
+            out.append(c)
+            continue
+        nxt = next(chars, "")
+        if nxt not in _KEYFILE_ESCAPES:
+            known = "\\s \\n \\t \\r \\\\"
+            escape = printable(nxt, 4)
+            raise ValueError(f"the escape '\\{escape}', which GLib keeps as written (it reads {known})")
+        out.append(_KEYFILE_ESCAPES[nxt])
+    return "".join(out)
 
 
 def _signed_data(der: bytes, path: str) -> Any:
