@@ -94,7 +94,7 @@ def run_sign(args: Any) -> int:
         progress.done()
         digest = signing.hash_bytes(data)
         with open_key_from_args(args) as key:
-            sig = cms.sign_detached(key, cert=cert, content_digest=digest)
+            sig = cms.sign_detached(key, cert=cert, content_digest=digest, like_openssl=True)
             outputs.write(args.output, data)
             outputs.write(sig_path, sig)
             outputs.record(

@@ -287,11 +287,15 @@ def sign_detached(
     include_certs: bool = True,
     extra_certs: Sequence[Any] = (),
     when: datetime.datetime | None = None,
+    like_openssl: bool = False,
+    like_kernel: bool = False,
 ) -> bytes:
     """DER ContentInfo(SignedData), detached, signed with one token operation.
 
     Give either ``content`` or its ``content_digest`` (streamed by the caller for
-    large files). ``cert`` is a cryptography certificate for the token key.
+    large files). ``cert`` is a cryptography certificate for the token key. The result is
+    verified before it is returned, also by the rules of the device's verifier when
+    ``like_openssl`` or ``like_kernel`` says which (see ``verify_detached``).
     """
     from asn1crypto import algos, cms, x509
 
@@ -310,7 +314,6 @@ def sign_detached(
     if len(content_digest) != DIGEST_SIZE[hash_alg]:
         raise ConfigError(f"a {hash_alg} digest has {DIGEST_SIZE[hash_alg]} bytes, not {len(content_digest)}")
     check_cert_matches(cert, signer)
-
 
     a_cert = x509.Certificate.load(certificate_der(cert))
     # SHA-2 identifiers without parameters (RFC 5754 2), as OpenSSL writes them
@@ -365,7 +368,14 @@ def sign_detached(
     ci = cms.ContentInfo({"content_type": "signed_data", "content": cms.SignedData(sd)})
     der = ci.dump()
     # Check what we wrote through an independent parse (and our verifier) before anyone sees it.
-    verify_detached(der, content_digest=content_digest, hash_alg=hash_alg, trusted=[cert])
+    verify_detached(
+        der,
+        content_digest=content_digest,
+        hash_alg=hash_alg,
+        trusted=[cert],
+        like_openssl=like_openssl,
+        like_kernel=like_kernel,
+    )
     return der
 
 

@@ -61,7 +61,9 @@ def sign_description(signer: Any, data: bytes, mode: str, cert: Any = None) -> b
                 "CMS mode needs the signer certificate",
                 "pass --cert CERT.pem (make one with 'hsmsign cert --uri URI --subject CN=...')",
             )
-        return cms.sign_detached(signer, cert=cert, content_digest=digest, hash_alg="sha256")
+        return cms.sign_detached(
+            signer, cert=cert, content_digest=digest, hash_alg="sha256", like_openssl=True
+        )
     if signer.key_type != "rsa":
         raise ConfigError(
             f"swupdate's {mode} mode needs an RSA key, not {signer.key_type}", "use --mode cms for ECDSA keys"

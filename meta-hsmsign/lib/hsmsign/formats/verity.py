@@ -123,4 +123,6 @@ def sign_root_hash(signer: Any, cert: Any, root_hash: str, *, signed_attrs: bool
     from . import cms
 
     content = normalize_root_hash(root_hash).encode("ascii")
-    return cms.sign_detached(signer, cert=cert, content=content, hash_alg="sha256", signed_attrs=signed_attrs)
+    return cms.sign_detached(
+        signer, cert=cert, content=content, hash_alg="sha256", signed_attrs=signed_attrs, like_kernel=True
+    )
