@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -202,6 +202,30 @@ def ec256(softhsm: SoftHsm) -> str:
 @pytest.fixture(scope="session")
 def ec384(softhsm: SoftHsm) -> str:
     return softhsm.keygen("ec384", "ec:secp384r1")
+
+
+def mutations(seed: bytes, pieces: Sequence[bytes], count: int, rng_seed: int) -> Iterator[bytes]:
+    """``count`` mutations of ``seed`` for the tests that compare a parser of hsmsign with the
+    device's (libconfig, GLib's key file): each changes one to three places, by a flipped bit,
+    one of ``pieces`` put in, one to four bytes cut, or up to twelve of its own bytes copied
+    elsewhere. Seeded, so a failure comes back the same."""
+    import random
+
+    rng = random.Random(rng_seed)
+    for _ in range(count):
+        text = bytearray(seed)
+        for _ in range(rng.randint(1, 3)):
+            at, op = rng.randrange(len(text)), rng.random()
+            if op < 0.3:
+                text[at] ^= 1 << rng.randrange(8)
+            elif op < 0.6:
+                text[at:at] = rng.choice(pieces)
+            elif op < 0.8:
+                del text[at : at + rng.randint(1, 4)]
+            else:
+                src = rng.randrange(len(text))
+                text[at:at] = text[src : src + rng.randint(1, 12)]
+        yield bytes(text)
 
 
 def cms_field_offset(der: bytes, field: str) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import random
 import re
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import pytest
 from hsmsign.errors import VerificationError
 from hsmsign.formats import libconfig, swupdate
 
-from tests.conftest import require
+from tests.conftest import mutations, require
 
 # libconfig.h's CONFIG_TYPE_*
 _GROUP, _INT, _INT64, _FLOAT, _STRING, _BOOL, _ARRAY, _LIST = 1, 2, 3, 4, 5, 6, 7, 8
@@ -278,29 +277,16 @@ def test_mutated_sw_descriptions_are_read_as_libconfig_reads_them(
     copied), seeded: whatever libconfig refuses, hsmsign refuses (but a comma before a closing
     bracket, see above); whatever both read, they read alike. Found the name read twice, the
     arrays of mixed types and the unusual whitespace."""
-    rng = random.Random(16)
     path = tmp_path / "sw-description"
     compared = refused = 0
-    for _ in range(1500):
-        text = bytearray(SEED)
-        for _ in range(rng.randint(1, 3)):
-            at, op = rng.randrange(len(text)), rng.random()
-            if op < 0.3:
-                text[at] ^= 1 << rng.randrange(8)
-            elif op < 0.6:
-                text[at:at] = rng.choice(PIECES)
-            elif op < 0.8:
-                del text[at : at + rng.randint(1, 4)]
-            else:
-                src = rng.randrange(len(text))
-                text[at:at] = text[src : src + rng.randint(1, 12)]
+    for text in mutations(SEED, PIECES, 1500, rng_seed=16):
         path.write_bytes(text)
-        theirs, ours = libconfig_c.read(path), _ours(bytes(text))
+        theirs, ours = libconfig_c.read(path), _ours(text)
         if theirs is None:
             if ours is not None:
-                assert _COMMA_BEFORE_CLOSE.search(text), bytes(text).decode(errors="replace")
+                assert _COMMA_BEFORE_CLOSE.search(text), text.decode(errors="replace")
             refused += 1
         elif ours is not None:
-            assert ours == theirs, bytes(text).decode(errors="replace")
+            assert ours == theirs, text.decode(errors="replace")
             compared += 1
     assert compared > 300 and refused > 300, (compared, refused)  # both sides were exercised

@@ -11,6 +11,8 @@ from hsmsign import bitbake as hb
 from hsmsign.errors import ConfigError, VerificationError
 from hsmsign.formats import rauc
 
+from tests.conftest import mutations, require
+
 URI = "pkcs11:token=acme;object=rauc-signing"
 
 
@@ -177,8 +179,6 @@ class _KeyFile:
         import ctypes
         import ctypes.util
 
-        from tests.conftest import require
-
         name = ctypes.util.find_library("glib-2.0")
         hint = "apt-get install libglib2.0-0 (rauc needs it)"
         require(name is not None, "GLib", hint, env="HSMSIGN_REQUIRE_TOOLS")
@@ -275,8 +275,6 @@ def test_mutated_manifests_are_read_as_glib_reads_them(keyfile: _KeyFile) -> Non
     """3,000 seeded mutations of a verity bundle's manifest: whatever GLib refuses, hsmsign
     refuses; whatever both read, they read alike. It found the trailing whitespace, the CR and
     form feed before a value, the form feed after a group, empty keys and groups, and NUL."""
-    import random
-
     seed = (
         b"[update]\ncompatible=acme-board\nversion=2026.12.1\n\n[bundle]\nformat=verity\n"
         b"verity-hash=" + b"0123456789abcdef" * 4 + b"\nverity-salt=" + b"fedcba9876543210" * 4 + b"\n"
@@ -285,30 +283,17 @@ def test_mutated_manifests_are_read_as_glib_reads_them(keyfile: _KeyFile) -> Non
     )
     pieces = [b"[", b"]", b"=", b"#", b"\\", b"\\s", b"\n", b"\r", b" ", b"\t", b"\x0b", b"\x0c", b"\x00",
               b"[de]", b"k=v\n", b"[bundle]\n", b"format=plain\n", b";"]  # fmt: skip
-    rng = random.Random(18)
     compared = refused = 0
-    for _ in range(3000):
-        text = bytearray(seed)
-        for _ in range(rng.randint(1, 3)):
-            at, op = rng.randrange(len(text)), rng.random()
-            if op < 0.3:
-                text[at] ^= 1 << rng.randrange(8)
-            elif op < 0.6:
-                text[at:at] = rng.choice(pieces)
-            elif op < 0.8:
-                del text[at : at + rng.randint(1, 4)]
-            else:
-                src = rng.randrange(len(text))
-                text[at:at] = text[src : src + rng.randint(1, 12)]
-        theirs = keyfile.read(bytes(text))
+    for text in mutations(seed, pieces, 3000, rng_seed=18):
+        theirs = keyfile.read(text)
         try:
-            ours: dict[str, dict[str, str]] | None = rauc.parse_manifest(bytes(text))
+            ours: dict[str, dict[str, str]] | None = rauc.parse_manifest(text)
         except VerificationError:
             ours = None
         if theirs is None:
-            assert ours is None, bytes(text)
+            assert ours is None, text
             refused += 1
         elif ours is not None:
-            assert _plain_keys(ours) == theirs, bytes(text)
+            assert _plain_keys(ours) == theirs, text
             compared += 1
     assert compared > 1000 and refused > 500, (compared, refused)
