@@ -33,9 +33,15 @@ def test_verity_parameters_are_checked() -> None:
     good = {"bundle": {"verity-hash": "ab" * 32, "verity-salt": "cd" * 32, "verity-size": "8192"}}
     assert rauc.verity_params(good, "b") == ("ab" * 32, "cd" * 32, 8192)
     for change in ({"verity-hash": "ab" * 31}, {"verity-hash": "zz" * 32}, {"verity-salt": "abc"},
-                   {"verity-size": "100"}, {"verity-size": "0"}, {"verity-size": "-4096"}):  # fmt: skip
+                   {"verity-size": "100"}, {"verity-size": "0"}, {"verity-size": "-4096"},
+                   # rauc's r_hex_decode(salt, 32) wants 32 bytes; before, any even length passed
+                   {"verity-salt": "cd" * 16}, {"verity-hash": "ab" * 32 + " "},
+                   # str.isdigit() takes these, and int() then read one and failed on the other
+                   {"verity-size": "\u0664\u0660\u0669\u0666"}, {"verity-size": "4096\u00b2"}):  # fmt: skip
         with pytest.raises(VerificationError):
             rauc.verity_params({"bundle": {**good["bundle"], **change}}, "b")
+    upper = {"bundle": {**good["bundle"], "verity-hash": "AB" * 32}}  # r_hex_decode takes either case
+    assert rauc.verity_params(upper, "b")[0] == "ab" * 32
 
 
 def _bundle(tmp_path: Path, payload: bytes, cms: bytes, size: int | None = None) -> str:

@@ -36,7 +36,7 @@ MAX_CMS = 16 << 20  # a signature with its certificate chain is a few KiB
 MAX_MANIFEST = 1 << 20
 VERITY_BLOCK = 4096
 SQUASHFS_MAGIC = b"hsqs"
-HEX = re.compile(r"^[0-9a-f]+$")
+HEX32 = re.compile(r"[0-9a-fA-F]{64}")  # rauc's r_hex_decode(value, 32): 32 bytes, either case
 TIMEOUT_S = 3600
 FORMATS = ("plain", "verity", "crypt")
 OID_ENVELOPED_DATA = "1.2.840.113549.1.7.3"
@@ -293,17 +293,20 @@ def verify_bundle(
 
 
 def verity_params(manifest: dict[str, dict[str, str]], path: str) -> tuple[str, str, int]:
-    """``verity-hash``, ``verity-salt`` and ``verity-size`` of a signed manifest, checked."""
+    """``verity-hash``, ``verity-salt`` and ``verity-size`` of a signed manifest, checked as
+    rauc's ``check_manifest_external`` checks them: hash and salt 32 bytes in hex each, the
+    size a non-zero multiple of 4096 (in ASCII digits: ``str.isdigit`` takes others)."""
     section = manifest.get("bundle", {})
-    root = section.get("verity-hash", "").lower()
-    salt = section.get("verity-salt", "").lower()
+    root = section.get("verity-hash", "")
+    salt = section.get("verity-salt", "")
     size = section.get("verity-size", "")
-    if len(root) != 64 or not HEX.match(root) or not salt or len(salt) % 2 or not HEX.match(salt):
+    if not HEX32.fullmatch(root) or not HEX32.fullmatch(salt):
         raise VerificationError(
-            f"{path}: the signed manifest lacks a sha256 verity-hash and a hex verity-salt",
+            f"{path}: the signed manifest lacks a sha256 verity-hash and a 32-byte verity-salt, in hex",
             "build the bundle with rauc 1.5 or later",
         )
-    if not size.isdigit() or int(size) == 0 or int(size) % VERITY_BLOCK:
+    root, salt = root.lower(), salt.lower()
+    if not re.fullmatch(r"[0-9]+", size) or int(size) == 0 or int(size) % VERITY_BLOCK:
         raise VerificationError(
             f"{path}: the signed manifest's verity-size '{printable(size, 40)}' is not valid"
         )
