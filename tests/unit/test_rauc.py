@@ -154,7 +154,7 @@ def test_libp11_versions_and_the_key_types_they_list(tmp_path: Path) -> None:
 
     assert listing.parse_libp11_version("0.4.12") == (0, 4, 12)
     assert listing.parse_libp11_version(" 0.4.20+git \n") == (0, 4, 20)
-    for bad in ("", "new", "0.4.x", "v0.4.12"):
+    for bad in ("", "new", "0.4.x", "v0.4.12", "0.4.\u00b2", "0.\u0664.12"):
         with pytest.raises(ValueError, match="not a libp11 version"):
             listing.parse_libp11_version(bad)
     assert listing.libp11_known_types((0, 4, 12)) == ("RSA", "EC")

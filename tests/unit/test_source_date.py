@@ -30,7 +30,9 @@ def test_every_user_sees_the_same_time(monkeypatch: pytest.MonkeyPatch) -> None:
     assert int(out.getvalue()[6 + 5 * 8 : 6 + 6 * 8], 16) == 1700000000
 
 
-@pytest.mark.parametrize("bad", ["yesterday", "-5", "1.5", "0x10", "1e9", "99999999999999999999"])
+@pytest.mark.parametrize(
+    "bad", ["yesterday", "-5", "1.5", "0x10", "1e9", "99999999999999999999", "\u0661\u0662", "12\u00b2"]
+)
 def test_a_bad_value_is_one_clear_error_everywhere(monkeypatch: pytest.MonkeyPatch, bad: str) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", bad)
     for reader in (source_date_epoch, source_date, signing_time):

@@ -67,7 +67,11 @@ def test_identity_drops_how_to_reach_the_key_but_keeps_which_key() -> None:
         ("pkcs11:object=%zz", "percent-encoding"),
         ("pkcs11:type=secret", "type=secret"),
         ("pkcs11:slot-id=abc", "slot-id"),
+        ("pkcs11:slot-id=%C2%B2", "slot-id"),  # "²": str.isdigit() takes it, int() does not
+        ("pkcs11:slot-id=%D9%A1", "slot-id"),  # an Arabic-Indic 1, which int() reads
         ("pkcs11:library-version=one", "library-version"),
+        ("pkcs11:library-version=%D9%A1.2", "library-version"),  # \d would take an Arabic-Indic 1
+        ("pkcs11:library-version=1%0A", "library-version"),  # "$" would take a newline after it
         ("pkcs11:pin-source=file:/x", "belongs after '?'"),
         ("pkcs11:token=t?object=k", "belongs before '?'"),
         ("pkcs11:token=t?module-path=relative.so", "absolute"),
@@ -133,3 +137,15 @@ def test_fuzz_parser_only_raises_config_errors(text: str) -> None:
         assert exc.exit_code == 2
     else:
         assert parse(uri.format(keep_secrets=True)) == uri
+
+
+@pytest.mark.parametrize(
+    "text", ["rsa:\u00b2", "rsa:\u0662\u0660\u0664\u0668", "aes:\u00b2", "aes:\u0662\u0665\u0666"]
+)
+def test_key_sizes_in_other_digits_than_ascii_are_refused(text: str) -> None:
+    """``str.isdigit`` takes "²" (which ``int`` then fails on: it was an internal error) and
+    Arabic-Indic digits (which ``int`` reads); a key size is ASCII digits only."""
+    from hsmsign.keys import parse_key_type
+
+    with pytest.raises(ConfigError, match="size"):
+        parse_key_type(text)

@@ -53,7 +53,7 @@ def parse_key_type(text: str) -> KeySpec:
     """``rsa:2048``, ``ec:secp256r1`` (or p256), ``ed25519``, ``aes:256``."""
     kind, _, arg = text.lower().partition(":")
     if kind == "rsa":
-        size = int(arg) if arg.isdigit() else 0
+        size = int(arg) if arg.isascii() and arg.isdigit() else 0
         if size not in (2048, 3072, 4096):
             raise ConfigError(f"RSA size '{arg}' is not 2048, 3072 or 4096", "e.g. --type rsa:3072")
         return KeySpec("rsa", size)
@@ -65,7 +65,7 @@ def parse_key_type(text: str) -> KeySpec:
     if kind == "ed25519":
         return KeySpec("ed25519", 256, "ed25519")
     if kind == "aes":
-        size = int(arg) if arg.isdigit() else 0
+        size = int(arg) if arg.isascii() and arg.isdigit() else 0
         if size not in (128, 192, 256):
             raise ConfigError(f"AES size '{arg}' is not 128, 192 or 256", "e.g. --type aes:256")
         return KeySpec("aes", size)

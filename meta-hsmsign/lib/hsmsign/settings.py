@@ -329,7 +329,7 @@ def source_date_epoch() -> int | None:
     raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
     if not raw:
         return None
-    if not raw.isdigit() or len(raw) > 12:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
         raise ConfigError(
             f"SOURCE_DATE_EPOCH={raw[:40]!r} is not a number of seconds since 1970",
             "unset it or give a non-negative integer (Yocto sets it from the source's date)",

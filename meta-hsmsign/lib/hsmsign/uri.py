@@ -372,7 +372,7 @@ _QUERY_SAFE = "-._~:[]@!$'()*+,/?|"
 
 _ATTR_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 _PCT = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_LIB_VERSION = re.compile(r"^\d+(\.\d+)?$")
+_LIB_VERSION = re.compile(r"[0-9]+(\.[0-9]+)?")  # fullmatch: ASCII digits, no trailing newline
 
 
 
@@ -507,10 +507,10 @@ class Pkcs11Uri:
             )
         if "slot-id" in values:
             raw_slot = str(values["slot-id"])
-            if not raw_slot.isdigit():
+            if not (raw_slot.isascii() and raw_slot.isdigit()):  # int() also reads "١٢"; "²" fails it
                 raise ConfigError(f"PKCS#11 URI: slot-id={_shorten(raw_slot)} is not a decimal number")
             values["slot-id"] = int(raw_slot)
-        if "library-version" in values and not _LIB_VERSION.match(str(values["library-version"])):
+        if "library-version" in values and not _LIB_VERSION.fullmatch(str(values["library-version"])):
             raise ConfigError(
                 f"PKCS#11 URI: library-version={_shorten(str(values['library-version']))} is not M or M.N"
             )

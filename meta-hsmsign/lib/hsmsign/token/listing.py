@@ -70,7 +70,7 @@ _LIBP11_TYPES: tuple[tuple[tuple[int, ...], tuple[str, ...]], ...] = (
 def parse_libp11_version(text: str) -> tuple[int, ...]:
     """``0.4.12`` (a pkg-config ``Version:``, a recipe's PV) to (0, 4, 12); ValueError if it is none."""
     parts = text.strip().split("+")[0].split("-")[0].split(".")
-    if not text.strip() or not all(p.isdigit() for p in parts):
+    if not text.strip() or not all(p.isascii() and p.isdigit() for p in parts):
         raise ValueError(f"not a libp11 version: {text!r} (expected e.g. 0.4.12)")
     return tuple(int(p) for p in parts)
 
