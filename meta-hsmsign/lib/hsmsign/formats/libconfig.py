@@ -69,7 +69,10 @@ class _Lexer:
                 elif t.startswith("/*", self.pos):
                     end = t.find("*/", self.pos + 2)
                     if end < 0:
-                        raise self._err("unterminated /* comment")
+                        raise self._err(
+                            "unterminated /* comment",
+                            "libconfig would take the rest of the file as the comment: close it with */",
+                        )
                     self.line += t.count("\n", self.pos, end)
                     self.pos = end + 2
                 else:
