@@ -637,17 +637,19 @@ def test_an_image_from_a_fifo_is_read_once_and_signed(
     assert _sbverify(uefi_key[1], out).returncode == 0
 
 
-def test_pe_sign_imports_nothing_of_cryptography(
+def test_pe_sign_imports_nothing_of_cryptography_or_asn1crypto(
     softhsm: SoftHsm, uefi_key: tuple[str, Path], efi: Path, tmp_path: Path
 ) -> None:
     """``hsmsign pe sign`` checks its RSA signature and the certificate's key by their numbers
-    (``keyformats.RsaPublicKey``): pyca/cryptography, a tenth of its cold start, is not imported.
-    The command runs as the console script runs it; an import of cryptography ends it with 97."""
+    (``keyformats.RsaPublicKey``), and writes, reads back and checks its SignedData with
+    ``hsmsign.der``: neither pyca/cryptography nor asn1crypto is imported (python-pkcs11's helpers,
+    which import asn1crypto, are deferred by the console script), half of a cold start together.
+    The command runs as the console script runs it; an import of either ends it with 97."""
     out = tmp_path / "signed.efi"
     code = (
         "import os, sys\n"
         "def hook(event, args):\n"
-        "    if event == 'import' and args[0].split('.')[0] == 'cryptography':\n"
+        "    if event == 'import' and args[0].split('.')[0] in ('cryptography', 'asn1crypto'):\n"
         "        sys.stderr.write('imported ' + args[0] + '\\n'); sys.stderr.flush(); os._exit(97)\n"
         "sys.addaudithook(hook)\n"
         "sys.argv = ['hsmsign'] + sys.argv[1:]\n"
@@ -661,3 +663,79 @@ def test_pe_sign_imports_nothing_of_cryptography(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert _sbverify(uefi_key[1], out).returncode == 0
+
+
+def test_deferred_pkcs11_helpers_work_when_used() -> None:
+    """The console script defers python-pkcs11's ``pkcs11.util`` modules: ``import pkcs11`` runs
+    none of them and imports no asn1crypto; the first use of one runs it, with the result an
+    eager import gives."""
+    code = (
+        "import sys\n"
+        "from hsmsign.launch import defer_pkcs11_helpers\n"
+        "defer_pkcs11_helpers(); defer_pkcs11_helpers()\n"
+        "import pkcs11\n"
+        "assert not [m for m in sys.modules if m.startswith('asn1crypto')], 'asn1crypto imported'\n"
+        "from pkcs11.util.ec import encode_named_curve_parameters\n"
+        "print(encode_named_curve_parameters('1.2.840.10045.3.1.7').hex())\n"
+        "assert 'asn1crypto.keys' in sys.modules\n"
+        "assert pkcs11.util.rsa.encode_rsa_public_key\n"
+    )
+    argv = [sys.executable, "-c", code]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "06082a8648ce3d030107"
+
+
+def test_the_signature_is_asn1cryptos_encoding_and_its_check_refuses_every_changed_byte(
+    softhsm: SoftHsm, uefi_key: tuple[str, Path]
+) -> None:
+    """``authenticode.sign`` writes its SignedData with ``hsmsign.der`` alone: the bytes are those
+    asn1crypto writes for the same fields (how hsmsign built it before). ``check_signed``, what
+    ``pe sign`` runs on the signature read back, refuses it with any byte changed, and only with
+    a VerificationError; ``verify`` (what ``pe verify`` runs) accepts the original."""
+    import datetime
+
+    from asn1crypto import algos, core, x509
+    from asn1crypto import cms as acms
+    from hsmsign import token
+    from hsmsign.errors import VerificationError
+    from hsmsign.formats import authenticode, cms
+
+    cert = cms.read_certificate_file(str(uefi_key[1]), lazy=True)
+    digest = bytes(range(32))
+    when = datetime.datetime(2026, 12, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    with token.open_key(uefi_key[0], mode="development") as key:
+        blob = authenticode.sign(key, cert=cert, image_digest=digest, when=when)
+
+    # the same SignedData from asn1crypto's parts, as hsmsign wrote it until it stopped importing it
+    parsed = acms.ContentInfo.load(blob)["content"]
+    ours_info = parsed["signer_infos"][0]
+    a_cert = x509.Certificate.load(cert.der)
+    info = acms.SignerInfo({
+        "version": "v1",
+        "sid": acms.SignerIdentifier({"issuer_and_serial_number": acms.IssuerAndSerialNumber(
+            {"issuer": a_cert.issuer, "serial_number": a_cert.serial_number})}),
+        "digest_algorithm": algos.DigestAlgorithm({"algorithm": "sha256", "parameters": core.Null()}),
+        "signed_attrs": acms.CMSAttributes.load(b"\x31" + ours_info["signed_attrs"].dump()[1:]),
+        "signature_algorithm": algos.SignedDigestAlgorithm(
+            {"algorithm": "rsassa_pkcs1v15", "parameters": core.Null()}),
+        "signature": ours_info["signature"].native,
+    })  # fmt: skip
+    assert ours_info.dump() == info.dump()
+    attrs = {a["type"].dotted: a["values"][0] for a in ours_info["signed_attrs"]}
+    assert attrs["1.2.840.113549.1.9.5"].dump() == acms.Time({"utc_time": when}).dump()
+    assert parsed["certificates"][0].chosen.dump() == a_cert.dump()
+    assert authenticode.verify(blob, image_digest=digest, trusted=[cert]).image_digest == digest
+    authenticode.check_signed(blob, image_digest=digest, cert=cert)
+
+    for offset in range(len(blob)):
+        for bit in (0x01, 0x80):
+            changed = bytearray(blob)
+            changed[offset] ^= bit
+            with pytest.raises(VerificationError):
+                authenticode.check_signed(bytes(changed), image_digest=digest, cert=cert)
+    with pytest.raises(VerificationError, match="image's digest"):
+        authenticode.check_signed(blob, image_digest=bytes(32), cert=cert)
+    for cut in (blob[:-1], blob + b"\x00"):
+        with pytest.raises(VerificationError, match="malformed"):
+            authenticode.check_signed(cut, image_digest=digest, cert=cert)

@@ -102,3 +102,92 @@ def test_an_rsa_certificate_holds_its_numbers() -> None:
             cms.check_cert_matches(certificate, other)
     with pytest.raises(ConfigError, match="does not belong to the token key"):
         cms.check_cert_matches(lazy, ec.generate_private_key(ec.SECP256R1()))
+
+
+def _pem_variants(pem: bytes) -> dict[str, bytes]:
+    body = pem.split(b"\n", 1)[1].rsplit(b"-----END", 1)[0]
+    return {
+        "as written": pem,
+        "CRLF": pem.replace(b"\n", b"\r\n"),
+        "X509 CERTIFICATE": pem.replace(b"CERTIFICATE", b"X509 CERTIFICATE"),
+        "TRUSTED CERTIFICATE": pem.replace(b"CERTIFICATE", b"TRUSTED CERTIFICATE"),
+        "one line": b"-----BEGIN CERTIFICATE-----\n"
+        + body.replace(b"\n", b"")
+        + b"\n-----END CERTIFICATE-----\n",
+        "spaces after BEGIN": pem.replace(b"-----\n", b"-----  \n", 1),
+        "a tab in a line": pem.replace(b"M", b"\tM", 1),
+        "indented": b"\n".join(b"  " + line for line in pem.split(b"\n")),
+        "no final newline": pem.rstrip(),
+        "text before": b"subject=CN = x\n" + pem,
+        "text after": pem + b"garbage",
+        "two certificates": pem + pem,
+        "BEGIN line runs on": pem.replace(b"-----\n", b"-----", 1),
+        "not base64": pem.replace(b"M", b"*", 2),
+        "an empty line": pem.replace(b"\n", b"\n\n", 2),
+        "END of another label": pem.replace(b"END CERTIFICATE", b"END X509 CERTIFICATE"),
+        "padding missing": pem.replace(b"=\n", b"\n"),
+        "lower-case label": pem.replace(b"BEGIN CERTIFICATE", b"BEGIN certificate"),
+        "a header": pem.replace(b"-----\n", b"-----\nProc-Type: 4,ENCRYPTED\n\n", 1),
+    }
+
+
+# forms cryptography reads that the lazy reader refuses (with a clear error): no certificate has them
+STRICTER = {"a header"}
+
+
+def test_pem_is_read_as_cryptography_reads_it(chain: tuple[x509.Certificate, x509.Certificate],
+                                              tmp_path: Path) -> None:  # fmt: skip
+    """Where cryptography reads a certificate from PEM, the lazy reader reads the same DER (or, in
+    the forms in STRICTER, refuses it); where cryptography refuses, so does the lazy reader."""
+    _, leaf = chain
+    pem, der = leaf.public_bytes(serialization.Encoding.PEM), leaf.public_bytes(serialization.Encoding.DER)
+    path = tmp_path / "cert.pem"
+    for name, content in _pem_variants(pem).items():
+        path.write_bytes(content)
+        try:
+            theirs: bytes | None = x509.load_pem_x509_certificate(content).public_bytes(
+                serialization.Encoding.DER
+            )
+        except ValueError:
+            theirs = None
+        try:
+            ours: bytes | None = cms.read_certificate_file(str(path), lazy=True).der
+        except ConfigError as exc:
+            assert "is not a PEM or DER X.509 certificate" in exc.message, name
+            ours = None
+        if name in STRICTER:
+            assert theirs == der and ours is None, name
+        else:
+            assert ours == theirs, name
+        assert theirs in (der, None), name
+
+
+def test_issuer_serial_and_key_are_read_as_asn1crypto_reads_them(
+    chain: tuple[x509.Certificate, x509.Certificate],
+) -> None:
+    from asn1crypto import x509 as ax509
+
+    key = rsa.generate_private_key(65537, 2048)
+    certs = [*chain, _cert("rsa db", key, "rsa db", key, ca=False)]
+    for cert in certs:
+        der = cert.public_bytes(serialization.Encoding.DER)
+        theirs = ax509.Certificate.load(der)["tbs_certificate"]
+        issuer, serial, spki = cms.read_certificate(der)
+        assert issuer == theirs["issuer"].dump()
+        assert serial == theirs["serial_number"].dump()
+        assert spki == theirs["subject_public_key_info"].dump()
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda d: d + b"\x00", "not one DER element"),
+        (lambda d: d[:-1], "past the end"),
+        (lambda d: b"\x31" + d[1:], "not one DER element"),
+    ],
+)
+def test_a_broken_certificate_is_refused(change: object, words: str) -> None:
+    key = rsa.generate_private_key(65537, 2048)
+    der = _cert("rsa db", key, "rsa db", key, ca=False).public_bytes(serialization.Encoding.DER)
+    with pytest.raises(ValueError, match=words):
+        cms.read_certificate(change(der))  # type: ignore[operator]

@@ -148,3 +148,18 @@ def test_run_reports_a_signal_and_an_exit_code_in_one_line(tmp_path: Path) -> No
     first = text.splitlines()[0]
     assert "exit code 4 (policy refusal)" in first
     assert "the key is wrong" in text
+
+
+def test_settings_are_an_immutable_value() -> None:
+    one = Settings(mode="development", fingerprints={"HSMSIGN_PUBKEY_SHA256": FP_A})
+    assert one == Settings(mode="development", fingerprints={"HSMSIGN_PUBKEY_SHA256": FP_A})
+    assert one != Settings(mode="development") and Settings() == Settings(mode="production")
+    assert Settings().fingerprints == {} and Settings().role_uris == {}
+    assert "mode='development'" in repr(one)
+    with pytest.raises(AttributeError, match="immutable"):
+        one.mode = "production"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        hash(one)  # holds dicts, as the dataclass it was
+    with pytest.raises(ConfigError, match="HSMSIGN_MODE='test'"):
+        Settings(mode="test")
+    assert Settings(mode="test", check=False).mode == "test"

@@ -149,3 +149,46 @@ def test_key_sizes_in_other_digits_than_ascii_are_refused(text: str) -> None:
 
     with pytest.raises(ConfigError, match="size"):
         parse_key_type(text)
+
+
+_PERCENT_ALPHABET = st.sampled_from(
+    list("%%%aZ09_.-~/:;&=?#+ \t\x00\x7féÄ€\U0001f600\udc80")
+    + ["%2", "%zz", "%41", "%e2%82", "%ac", "%C3%A9", "%ff"]
+)
+
+
+@given(st.lists(_PERCENT_ALPHABET, max_size=12).map("".join), st.sampled_from(["", "/", ":;=&@", "é/"]))
+@settings(max_examples=3000, deadline=None)
+def test_percent_coding_is_urllibs(text: str, safe: str) -> None:
+    """hsmsign.uri percent-encodes and decodes without importing urllib.parse, with its results."""
+    import urllib.parse
+
+    from hsmsign import uri
+
+    def outcome(call: object, *args: object, **kwargs: object) -> object:
+        try:
+            return call(*args, **kwargs)  # type: ignore[operator]
+        except (UnicodeError, ValueError) as exc:
+            return type(exc)
+
+    for errors in ("replace", "strict"):
+        assert outcome(uri.unquote, text, errors=errors) == outcome(urllib.parse.unquote, text, errors=errors)
+    assert outcome(uri.unquote_to_bytes, text) == outcome(urllib.parse.unquote_to_bytes, text)
+    assert outcome(uri.quote, text, safe=safe) == outcome(urllib.parse.quote, text, safe=safe)
+
+
+def test_a_uri_is_an_immutable_value() -> None:
+    one = parse("pkcs11:token=a;object=k?pin-source=file:/p")
+    same = parse("pkcs11:object=k;token=a?pin-source=file:/p")
+    assert one == same and hash(one) == hash(same) and len({one, same}) == 1
+    assert one != one.with_(object="other") and one.with_(object="k") == one
+    assert one.with_(pin_source=None).pin_source is None and one.pin_source == "file:/p"
+    assert one != "pkcs11:token=a;object=k?pin-source=file:/p"
+    with pytest.raises(AttributeError, match="immutable"):
+        one.token = "b"  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="immutable"):
+        del one.token
+    with pytest.raises(TypeError, match="no attribute colour"):
+        one.with_(colour="red")
+    secret = parse("pkcs11:token=a;object=k?pin-value=1234")
+    assert "1234" not in repr(secret) and "1234" not in str(secret)

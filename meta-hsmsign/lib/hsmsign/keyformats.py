@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives._serialization import Encoding, PublicFormat
 
+# AlgorithmIdentifier { rsaEncryption (1.2.840.113549.1.1.1), NULL }
+_RSA_ALGORITHM = bytes.fromhex("300d06092a864886f70d0101010500")
+
 __all__ = ["Encoding", "PublicFormat", "RsaPublicKey", "load_der_public_key", "rsa_public_of"]
 
 
@@ -63,10 +66,10 @@ class RsaPublicKey:
     def spki(self) -> bytes:
         """The DER SubjectPublicKeyInfo (rsaEncryption, NULL parameters), byte for byte what
         cryptography's ``public_bytes(DER, SubjectPublicKeyInfo)`` gives."""
-        from asn1crypto import keys
+        from . import der
 
-        numbers = keys.RSAPublicKey({"modulus": self.n, "public_exponent": self.e})
-        return bytes(keys.PublicKeyInfo.wrap(numbers, "rsa").dump())
+        numbers = der.tlv(der.SEQUENCE, der.integer(self.n) + der.integer(self.e))
+        return der.tlv(der.SEQUENCE, _RSA_ALGORITHM + der.tlv(der.BIT_STRING, b"\x00" + numbers))
 
     def verify_pkcs1v15(self, signature: bytes, digest_info: bytes) -> bool:
         """Whether ``signature`` is the RSASSA-PKCS1-v1_5 signature of ``digest_info`` (the DER
@@ -140,14 +143,17 @@ def rsa_public_from_spki(spki: bytes) -> RsaPublicKey | None:
     """The RSA key of a DER SubjectPublicKeyInfo in the one form cryptography writes (NULL
     parameters, minimal integers), without cryptography; None for any other key or form, which
     cryptography's loader then accepts or refuses as it does."""
-    from asn1crypto import keys
+    from . import der
 
     try:
-        info = keys.PublicKeyInfo.load(spki, strict=True)
-        if info.algorithm != "rsa":
+        info = der.whole(spki, der.SEQUENCE)
+        algorithm, bits = der.fields(spki, info, der.SEQUENCE, der.BIT_STRING)
+        if der.raw(spki, algorithm) != _RSA_ALGORITHM or spki[bits.start : bits.start + 1] != b"\x00":
             return None
-        numbers = info["public_key"].parsed
-        key = RsaPublicKey(int(numbers["modulus"].native), int(numbers["public_exponent"].native))
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError):
+        numbers = der.element(spki, bits.start + 1, bits.end)
+        n, e = der.fields(spki, numbers, der.INTEGER, der.INTEGER)
+        key = RsaPublicKey(der.read_integer(spki, n), der.read_integer(spki, e))
+    except ValueError:
         return None
+    # the numbers written back must give these very bytes (no other form of the same key)
     return key if key.spki() == spki else None

@@ -7,6 +7,9 @@
   take half of a cold run), a command with work that needs none of them begins it: ``pe
   sign`` reads its image in a thread, and hashes it once what that needs is imported
   (``hsmsign.commands.pe_input``);
+* python-pkcs11's helper modules (``pkcs11.util``), which python-pkcs11 0.8 and later import
+  with ``pkcs11`` and which import asn1crypto, are loaded when first used
+  (:func:`defer_pkcs11_helpers`);
 * once the command has returned, the process ends without Python's teardown of every
   module (12 - 14 ms of each cold run on the project's machine), but only when
   that is safe: standard output and error flushed, every PKCS#11 module this process
@@ -22,9 +25,16 @@ from __future__ import annotations
 import os
 import sys
 
+TYPE_CHECKING = False  # typing's own, without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
+
 
 def console_main() -> None:
     argv = sys.argv[1:]
+    defer_pkcs11_helpers()
     from .commands import pe_input
 
     if pe_input.prefetch(argv):
@@ -32,6 +42,45 @@ def console_main() -> None:
     from .cli import main
 
     quick_exit(main(argv))
+
+
+def defer_pkcs11_helpers() -> None:
+    """In this process, python-pkcs11's ``pkcs11.util`` modules run when first used.
+
+    ``import pkcs11`` (python-pkcs11 0.8 and later) imports ``pkcs11.util.dh``, ``dsa``, ``ec``,
+    ``rsa`` and ``x509``, helpers that convert keys and signatures with asn1crypto. hsmsign
+    needs one of them, to make an EC key; with them and asn1crypto imported, ``pkcs11`` took
+    half of a cold ``hsmsign pe sign``, which uses none of them. A finder first in
+    ``sys.meta_path``, for ``pkcs11.util.*`` only, gives their modules the standard library's
+    ``LazyLoader``: the import binds the module, and its code runs at its first attribute
+    lookup. Only the console script calls this, so a program that imports hsmsign as a
+    library keeps its imports as they are; hsmsign's commands look such a helper up from one
+    thread (``LazyLoader`` serialises the first lookup only from Python 3.12 on).
+    """
+    if "pkcs11" in sys.modules or any(isinstance(f, _LazyPkcs11Helpers) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _LazyPkcs11Helpers())
+
+
+class _LazyPkcs11Helpers:
+    """The ``sys.meta_path`` finder of :func:`defer_pkcs11_helpers`."""
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if not name.startswith("pkcs11.util."):
+            return None
+        import importlib.machinery
+        import importlib.util
+
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        try:
+            spec.loader = importlib.util.LazyLoader(spec.loader)
+        except TypeError:  # a loader without exec_module: loaded now, as usual
+            pass
+        return spec
 
 
 def quick_exit(code: int) -> None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import InitVar, dataclass, field
 from typing import NamedTuple
 
 from . import roles
@@ -150,40 +149,147 @@ class PinnedFingerprints(NamedTuple):
     fingerprints: tuple[str, ...]
 
 
-@dataclass(frozen=True)
 class Settings:
-    mode: str = "production"
-    role: str = ""
-    # pin variable (HSMSIGN_PUBKEY_SHA256[_<ROLE>]) -> its raw value, only the set ones
-    fingerprints: Mapping[str, str] = field(default_factory=dict)
-    # FIT role -> its URI (the drop-in maps a -k URI to its roles with these)
-    role_uris: Mapping[str, str] = field(default_factory=dict)
-    uri: str = ""
-    module: str = ""
-    pin_env: str = ""
-    ledger: str = ""
-    fit_required: str = ""
-    fit_required_mode: str = ""
-    fit_check_sign: str = ""
-    # the user's defaults for options (not handed over by a task: see names())
-    default_uri: str = ""
-    denylist: str = ""
-    allow_software_token: bool = False
-    fit_key_name: str = ""
-    mkimage: str = ""
-    audit_allowlist: str = ""
-    # hsmsign pe esl: the EFI signature list's SignatureOwner GUID
-    uefi_owner: str = ""
-    softhsm_module: str = ""
-    dev_home: str = ""
-    ledger_time: str = ""  # HSMSIGN_LEDGER_TIME: the ledger's clock (tests, reproducible replays)
-    mkimage_pin: bool = False  # MKIMAGE_SIGN_PIN is set (the drop-in takes it like mkimage does)
-    # check=False: the CLI's defaults, checked where each is used (as the options given on the command line)
-    check: InitVar[bool] = True
+    """hsmsign's settings: what the environment (:meth:`from_env`) or a task hands over.
 
-    def __post_init__(self, check: bool = True) -> None:
-        if not check:
-            return
+    Immutable, compared by value. A plain class, not a dataclass: importing ``dataclasses``
+    (which imports ``inspect``) cost every cold start 0.011 s (docs/dev/internals.md, "Cold
+    start").
+    ``check=False``: the CLI's defaults, checked where each is used (as the options given on
+    the command line).
+    """
+
+    __slots__ = (
+        "mode",
+        "role",
+        "fingerprints",
+        "role_uris",
+        "uri",
+        "module",
+        "pin_env",
+        "ledger",
+        "fit_required",
+        "fit_required_mode",
+        "fit_check_sign",
+        "default_uri",
+        "denylist",
+        "allow_software_token",
+        "fit_key_name",
+        "mkimage",
+        "audit_allowlist",
+        "uefi_owner",
+        "softhsm_module",
+        "dev_home",
+        "ledger_time",
+        "mkimage_pin",
+    )
+
+    mode: str
+    role: str
+    # pin variable (HSMSIGN_PUBKEY_SHA256[_<ROLE>]) -> its raw value, only the set ones
+    fingerprints: Mapping[str, str]
+    # FIT role -> its URI (the drop-in maps a -k URI to its roles with these)
+    role_uris: Mapping[str, str]
+    uri: str
+    module: str
+    pin_env: str
+    ledger: str
+    fit_required: str
+    fit_required_mode: str
+    fit_check_sign: str
+    # the user's defaults for options (not handed over by a task: see names())
+    default_uri: str
+    denylist: str
+    allow_software_token: bool
+    fit_key_name: str
+    mkimage: str
+    audit_allowlist: str
+    # hsmsign pe esl: the EFI signature list's SignatureOwner GUID
+    uefi_owner: str
+    softhsm_module: str
+    dev_home: str
+    # HSMSIGN_LEDGER_TIME: the ledger's clock (tests, reproducible replays)
+    ledger_time: str
+    # MKIMAGE_SIGN_PIN is set (the drop-in takes it like mkimage does)
+    mkimage_pin: bool
+
+    def __init__(
+        self,
+        *,
+        mode: str = "production",
+        role: str = "",
+        fingerprints: Mapping[str, str] | None = None,
+        role_uris: Mapping[str, str] | None = None,
+        uri: str = "",
+        module: str = "",
+        pin_env: str = "",
+        ledger: str = "",
+        fit_required: str = "",
+        fit_required_mode: str = "",
+        fit_check_sign: str = "",
+        default_uri: str = "",
+        denylist: str = "",
+        allow_software_token: bool = False,
+        fit_key_name: str = "",
+        mkimage: str = "",
+        audit_allowlist: str = "",
+        uefi_owner: str = "",
+        softhsm_module: str = "",
+        dev_home: str = "",
+        ledger_time: str = "",
+        mkimage_pin: bool = False,
+        check: bool = True,
+    ) -> None:
+        values = (
+            ("mode", mode),
+            ("role", role),
+            ("fingerprints", {} if fingerprints is None else fingerprints),
+            ("role_uris", {} if role_uris is None else role_uris),
+            ("uri", uri),
+            ("module", module),
+            ("pin_env", pin_env),
+            ("ledger", ledger),
+            ("fit_required", fit_required),
+            ("fit_required_mode", fit_required_mode),
+            ("fit_check_sign", fit_check_sign),
+            ("default_uri", default_uri),
+            ("denylist", denylist),
+            ("allow_software_token", allow_software_token),
+            ("fit_key_name", fit_key_name),
+            ("mkimage", mkimage),
+            ("audit_allowlist", audit_allowlist),
+            ("uefi_owner", uefi_owner),
+            ("softhsm_module", softhsm_module),
+            ("dev_home", dev_home),
+            ("ledger_time", ledger_time),
+            ("mkimage_pin", mkimage_pin),
+        )
+        for name, value in values:
+            object.__setattr__(self, name, value)
+        if check:
+            self._check()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Settings are immutable: cannot set {name}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Settings are immutable: cannot delete {name}")
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Settings):
+            return NotImplemented
+        return self._values() == other._values()
+
+    __hash__ = None  # type: ignore[assignment]  # holds dicts, as the dataclass did
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"Settings({shown})"
+
+    def _check(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(
                 f"HSMSIGN_MODE={self.mode!r} is neither 'development' nor 'production'",

@@ -27,14 +27,51 @@ only looks like a PIN (``pin_value=``, ``?pin-valueSECRET``, ``pin=``,
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import shlex
 import unicodedata
 from typing import Any, NamedTuple
-from urllib.parse import quote, unquote, unquote_to_bytes
 
 from .errors import ConfigError, printable
+
+# Percent-encoding as urllib.parse's quote, unquote and unquote_to_bytes do it (a test holds
+# them to urllib's results): urllib.parse, with the ipaddress module it imports, cost every cold
+# start 0.003 s.
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+_ALWAYS_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+_ASCII_RUNS = re.compile("([\x00-\x7f]+)")
+
+
+def unquote_to_bytes(text: str) -> bytes:
+    """``%XX`` decoded; a '%' without two hex digits after it stays as it is."""
+    parts = text.encode("utf-8").split(b"%")
+    out = bytearray(parts[0])
+    for part in parts[1:]:
+        if len(part) >= 2 and part[0] in _HEX_DIGITS and part[1] in _HEX_DIGITS:
+            out.append(int(part[:2], 16))
+            out += part[2:]
+        else:
+            out += b"%" + part
+    return bytes(out)
+
+
+def unquote(text: str, errors: str = "replace") -> str:
+    """Percent-decoded text (UTF-8); characters outside ASCII stay as they are."""
+    if "%" not in text:
+        return text
+    pieces = _ASCII_RUNS.split(text)
+    out = [pieces[0]]
+    for i in range(1, len(pieces), 2):
+        out.append(unquote_to_bytes(pieces[i]).decode("utf-8", errors))
+        out.append(pieces[i + 1])
+    return "".join(out)
+
+
+def quote(text: str, safe: str = "/") -> str:
+    """UTF-8 percent-encoded, but for letters, digits, ``_.-~`` and the characters in ``safe``."""
+    keep = _ALWAYS_SAFE | frozenset(safe.encode("ascii", "ignore"))
+    return "".join(chr(b) if b in keep else f"%{b:02X}" for b in text.encode("utf-8"))
+
 
 SCHEME = "pkcs11:"
 REDACTED = "REDACTED"
@@ -397,30 +434,123 @@ def _text(value: bytes, name: str) -> str:
         ) from exc
 
 
-@dataclasses.dataclass(frozen=True)
-class Pkcs11Uri:
-    """A parsed RFC 7512 URI. Text attributes are ``str``; ``id`` is ``bytes``."""
+_set_attribute = object.__setattr__
 
-    token: str | None = None
-    manufacturer: str | None = None
-    serial: str | None = None
-    model: str | None = None
-    library_manufacturer: str | None = None
-    library_description: str | None = None
-    library_version: str | None = None
-    slot_description: str | None = None
-    slot_manufacturer: str | None = None
-    slot_id: int | None = None
-    object: str | None = None
-    id: bytes | None = None
-    type: str | None = None
-    pin_source: str | None = None
-    pin_value: str | None = dataclasses.field(default=None, repr=False)
-    module_name: str | None = None
-    module_path: str | None = None
+
+class Pkcs11Uri:
+    """A parsed RFC 7512 URI. Text attributes are ``str``; ``id`` is ``bytes``.
+
+    Immutable and compared by value (hashable); ``with_()`` makes a changed copy. A plain
+    class, not a dataclass: importing ``dataclasses`` cost every cold start 0.011 s
+    (docs/dev/internals.md, "Cold start").
+    """
+
+    __slots__ = (
+        "token",
+        "manufacturer",
+        "serial",
+        "model",
+        "library_manufacturer",
+        "library_description",
+        "library_version",
+        "slot_description",
+        "slot_manufacturer",
+        "slot_id",
+        "object",
+        "id",
+        "type",
+        "pin_source",
+        "pin_value",
+        "module_name",
+        "module_path",
+        "unknown",
+        "vendor",
+    )
+
+    token: str | None
+    manufacturer: str | None
+    serial: str | None
+    model: str | None
+    library_manufacturer: str | None
+    library_description: str | None
+    library_version: str | None
+    slot_description: str | None
+    slot_manufacturer: str | None
+    slot_id: int | None
+    object: str | None
+    id: bytes | None
+    type: str | None
+    pin_source: str | None
+    pin_value: str | None
+    module_name: str | None
+    module_path: str | None
     # (component, name, value) with component "path" or "query"
-    unknown: tuple[tuple[str, str, str], ...] = ()
-    vendor: tuple[tuple[str, str, str], ...] = ()
+    unknown: tuple[tuple[str, str, str], ...]
+    vendor: tuple[tuple[str, str, str], ...]
+
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        manufacturer: str | None = None,
+        serial: str | None = None,
+        model: str | None = None,
+        library_manufacturer: str | None = None,
+        library_description: str | None = None,
+        library_version: str | None = None,
+        slot_description: str | None = None,
+        slot_manufacturer: str | None = None,
+        slot_id: int | None = None,
+        object: str | None = None,
+        id: bytes | None = None,
+        type: str | None = None,
+        pin_source: str | None = None,
+        pin_value: str | None = None,
+        module_name: str | None = None,
+        module_path: str | None = None,
+        unknown: tuple[tuple[str, str, str], ...] = (),
+        vendor: tuple[tuple[str, str, str], ...] = (),
+    ) -> None:
+        values = (
+            ("token", token),
+            ("manufacturer", manufacturer),
+            ("serial", serial),
+            ("model", model),
+            ("library_manufacturer", library_manufacturer),
+            ("library_description", library_description),
+            ("library_version", library_version),
+            ("slot_description", slot_description),
+            ("slot_manufacturer", slot_manufacturer),
+            ("slot_id", slot_id),
+            ("object", object),
+            ("id", id),
+            ("type", type),
+            ("pin_source", pin_source),
+            ("pin_value", pin_value),
+            ("module_name", module_name),
+            ("module_path", module_path),
+            ("unknown", unknown),
+            ("vendor", vendor),
+        )
+        for name, value in values:
+            _set_attribute(self, name, value)  # not object.__setattr__: "object" is an attribute here
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"a Pkcs11Uri is immutable: cannot set {name} (use with_())")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"a Pkcs11Uri is immutable: cannot delete {name}")
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: Any) -> bool:  # Any: "object" is an attribute in this class
+        if not isinstance(other, Pkcs11Uri):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
 
     # ------------------------------------------------------------------ parse
     @classmethod
@@ -580,13 +710,16 @@ class Pkcs11Uri:
         Drops the query (PIN source, module) so that moving the PIN file or the
         module does not change the identity, but a different token or key does.
         """
-        return dataclasses.replace(
-            self, pin_source=None, pin_value=None, module_name=None, module_path=None
-        ).format()
+        return self.with_(pin_source=None, pin_value=None, module_name=None, module_path=None).format()
 
     def with_(self, **changes: Any) -> Pkcs11Uri:
         """A copy with some attributes changed (``with_(object="uboot")``)."""
-        return dataclasses.replace(self, **changes)
+        values = {name: getattr(self, name) for name in self.__slots__}
+        unknown = changes.keys() - values.keys()
+        if unknown:
+            raise TypeError(f"Pkcs11Uri has no attribute {sorted(unknown)[0]}")
+        values.update(changes)
+        return Pkcs11Uri(**values)
 
     @property
     def has_secret(self) -> bool:

@@ -213,7 +213,7 @@ def _sign(args: Any, job: Any) -> int:
             job.body_written(args.output)
             size = layout.content_end + len(tail)
             entries = check_written(fd, data, layout, size, blob, args.append, args.output)
-            authenticode.verify(entries[-1].data, image_digest=image_digest, trusted=[cert])
+            authenticode.check_signed(entries[-1].data, image_digest=image_digest, cert=cert)
             count = len(entries)
             outputs.record(
                 artifact=args.output,

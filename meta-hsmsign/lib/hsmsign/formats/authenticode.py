@@ -36,8 +36,14 @@ if TYPE_CHECKING:
 SPC_INDIRECT_DATA = "1.3.6.1.4.1.311.2.1.4"
 SPC_PE_IMAGE_DATA = "1.3.6.1.4.1.311.2.1.15"
 SPC_SP_OPUS_INFO = "1.3.6.1.4.1.311.2.1.12"
+SIGNED_DATA = "1.2.840.113549.1.7.2"
+SIGNING_TIME = "1.2.840.113549.1.9.5"
+MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
 SHA256_OID_DER = bytes.fromhex("0609608648016503040201")
 CONTENT_TYPE_OID_DER = bytes.fromhex("06092a864886f70d010903")  # PKCS#9 contentType, 1.2.840.113549.1.9.3
+# AlgorithmIdentifiers as sbsign and osslsigncode write them: sha256 and rsaEncryption, NULL parameters
+SHA256_ALGORITHM = b"\x30\x0d" + SHA256_OID_DER + b"\x05\x00"
+RSA_ALGORITHM = bytes.fromhex("300d06092a864886f70d0101010500")
 # SpcPeImageData { flags BIT STRING '', file [0] { [2] { [0] BMPString "<<<Obsolete>>>" } } }
 _OBSOLETE = "<<<Obsolete>>>".encode("utf-16-be")
 _PE_IMAGE_DATA = (
@@ -59,22 +65,20 @@ MIN_RSA_BITS = 2048
 EFI_CERT_X509_GUID = bytes.fromhex("a159c0a5e494a74a87b5ab155c2bf072")
 
 
-_tlv = cms._tlv
-
-
 def _oid_der(dotted: str) -> bytes:
-    from asn1crypto import core
+    from .. import der
 
-    return bytes(core.ObjectIdentifier(dotted).dump())
+    return der.oid(dotted)
 
 
 def indirect_data_value(image_digest: bytes) -> bytes:
     """The value octets of SpcIndirectDataContent (what messageDigest hashes)."""
     if len(image_digest) != 32:
         raise ConfigError(f"a sha256 Authenticode digest has 32 bytes, not {len(image_digest)}")
-    attr = _tlv(0x30, _oid_der(SPC_PE_IMAGE_DATA) + _PE_IMAGE_DATA)
-    digest_info = _tlv(0x30, _tlv(0x30, SHA256_OID_DER + b"\x05\x00") + _tlv(0x04, image_digest))
-    return attr + digest_info
+    from ..der import tlv
+
+    attr = tlv(0x30, _oid_der(SPC_PE_IMAGE_DATA) + _PE_IMAGE_DATA)
+    return attr + tlv(0x30, SHA256_ALGORITHM + tlv(0x04, image_digest))
 
 
 def check_signer(signer: Any) -> None:
@@ -96,71 +100,146 @@ def sign(
     extra_certs: Sequence[Any] = (),
     when: datetime.datetime | None = None,
 ) -> bytes:
-    """DER ContentInfo(SignedData) over an Authenticode digest, one token operation."""
-    from asn1crypto import algos, core, x509
-    from asn1crypto import cms as acms
+    """DER ContentInfo(SignedData) over an Authenticode digest, one token operation.
 
-    from .. import keyformats
+    Written with ``hsmsign.der`` alone (no asn1crypto): a test holds it to asn1crypto's
+    encoding of the same fields, and to sbverify, osslsigncode and OVMF."""
+    from .. import der, keyformats
     from ..signing import verify_digest
 
     check_signer(signer)
     cms.check_cert_matches(cert, signer)
     value = indirect_data_value(image_digest)
-    content_digest = hashlib.sha256(value).digest()
-
-    a_cert = x509.Certificate.load(cms.certificate_der(cert))
-    digest_algo = algos.DigestAlgorithm({"algorithm": "sha256", "parameters": core.Null()})
-    sid = acms.SignerIdentifier(
-        {
-            "issuer_and_serial_number": acms.IssuerAndSerialNumber(
-                {"issuer": a_cert.issuer, "serial_number": a_cert.serial_number}
-            )
-        }
-    )
+    cert_der = cms.certificate_der(cert)
+    issuer, serial, _spki = cms.read_certificate(cert_der)
     attrs = [
         _attribute(CONTENT_TYPE_OID_DER, _oid_der(SPC_INDIRECT_DATA)),
-        _attribute(_oid_der("1.2.840.113549.1.9.5"), cms._cms_time(when or cms.signing_time()).dump()),
+        _attribute(_oid_der(SIGNING_TIME), der.time(when or cms.signing_time())),
         _attribute(_oid_der(SPC_SP_OPUS_INFO), b"\x30\x00"),
-        _attribute(_oid_der("1.2.840.113549.1.9.4"), _tlv(0x04, content_digest)),
+        _attribute(_oid_der(MESSAGE_DIGEST), der.tlv(der.OCTET_STRING, hashlib.sha256(value).digest())),
     ]
-    body = b"".join(sorted(attrs))
-    attr_der = _tlv(0x31, body)
-    to_sign = hashlib.sha256(attr_der).digest()
+    attrs_body = b"".join(sorted(attrs))  # DER SET OF: sorted (X.690 11.6)
+    to_sign = hashlib.sha256(der.tlv(der.SET, attrs_body)).digest()
     signature = signer.sign_digest(to_sign, "sha256", None)
     verify_digest(keyformats.rsa_public_of(signer) or signer.public_key(), signature, to_sign, "sha256", None)
 
-    info = acms.SignerInfo(
-        {
-            "version": "v1",
-            "sid": sid,
-            "digest_algorithm": digest_algo,
-            "signed_attrs": acms.CMSAttributes.load(attr_der),
-            "signature_algorithm": algos.SignedDigestAlgorithm(
-                {"algorithm": "rsassa_pkcs1v15", "parameters": core.Null()}
-            ),
-            "signature": signature,
-        }
+    signer_info = der.tlv(
+        der.SEQUENCE,
+        der.integer(1)
+        + der.tlv(der.SEQUENCE, issuer + serial)  # IssuerAndSerialNumber
+        + SHA256_ALGORITHM
+        + der.tlv(0xA0, attrs_body)  # [0] IMPLICIT SET OF Attribute
+        + RSA_ALGORITHM
+        + der.tlv(der.OCTET_STRING, signature),
     )
-    certs = [a_cert] + [x509.Certificate.load(cms.certificate_der(c)) for c in extra_certs]
-    # SignedData by hand around asn1crypto's parts: the encapsulated content is the SPC
-    # structure (not id-data), [0] EXPLICIT around the SEQUENCE.
-    content_info = _tlv(0x30, _oid_der(SPC_INDIRECT_DATA) + _tlv(0xA0, _tlv(0x30, value)))
-    signed_data = _tlv(
-        0x30,
-        _tlv(0x02, b"\x01")
-        + _tlv(0x31, digest_algo.dump())
+    certs = cert_der + b"".join(cms.certificate_der(c) for c in extra_certs)
+    # the encapsulated content is the SPC structure (not id-data), [0] EXPLICIT around the SEQUENCE
+    content_info = der.tlv(
+        der.SEQUENCE, _oid_der(SPC_INDIRECT_DATA) + der.tlv(0xA0, der.tlv(der.SEQUENCE, value))
+    )
+    signed_data = der.tlv(
+        der.SEQUENCE,
+        der.integer(1)
+        + der.tlv(der.SET, SHA256_ALGORITHM)
         + content_info
-        + _tlv(0xA0, b"".join(c.dump() for c in certs))
-        + _tlv(0x31, info.dump()),
+        + der.tlv(0xA0, certs)
+        + der.tlv(der.SET, signer_info),
     )
-    der = _tlv(0x30, _oid_der("1.2.840.113549.1.7.2") + _tlv(0xA0, signed_data))
-    # read back what we wrote, with the verifier, before anyone sees it
-    verify(der, image_digest=image_digest, trusted=[cert])
-    return der
+    out = der.tlv(der.SEQUENCE, _oid_der(SIGNED_DATA) + der.tlv(0xA0, signed_data))
+    # read back what we wrote before anyone sees it
+    check_signed(out, image_digest=image_digest, cert=cert)
+    return out
 
 
 def _attribute(type_der: bytes, value_der: bytes) -> bytes:
-    return _tlv(0x30, type_der + _tlv(0x31, value_der))
+    from ..der import tlv
+
+    return tlv(0x30, type_der + tlv(0x31, value_der))
+
+
+def check_signed(blob: bytes, *, image_digest: bytes, cert: Any) -> None:
+    """Check a signature :func:`sign` wrote (read back from the image) as what it must be.
+
+    Every field of the shape ``sign`` writes, in strict DER (``hsmsign.der``), and each
+    link a verifier follows: the SignedData holds the image's digest, messageDigest is the
+    hash of that SpcIndirectDataContent, contentType names it, the signer is ``cert`` (by
+    issuer and serial, and its certificate is the first in the signature), and the signature
+    over the signed attributes verifies with ``cert``'s key. ``VerificationError`` otherwise.
+
+    What ``hsmsign pe sign`` runs after writing, without asn1crypto; :func:`verify` (what
+    ``pe verify`` runs on any image) reads every form a firmware reads. A test holds this
+    check to never accept what :func:`verify` refuses."""
+    try:
+        _check_signed(blob, image_digest, cert)
+    except ValueError as exc:
+        raise VerificationError(
+            f"the Authenticode signature read back is malformed ({exc})",
+            "the write went wrong or the token returned something unexpected; sign again",
+        ) from exc
+
+
+def _check_signed(blob: bytes, image_digest: bytes, cert: Any) -> None:
+    from .. import der, keyformats
+    from ..signing import verify_digest
+
+    def expect(ok: bool, what: str) -> None:
+        if not ok:
+            raise VerificationError(
+                f"the Authenticode signature read back is wrong: {what}",
+                "the write went wrong or the token returned something unexpected; sign again",
+            )
+
+    top = der.whole(blob, der.SEQUENCE)
+    ctype, explicit = der.fields(blob, top, der.OID, 0xA0)
+    expect(der.raw(blob, ctype) == _oid_der(SIGNED_DATA), "not a SignedData")
+    (sd,) = der.fields(blob, explicit, der.SEQUENCE)
+    version, algos, eci, certs, infos = der.fields(
+        blob, sd, der.INTEGER, der.SET, der.SEQUENCE, 0xA0, der.SET
+    )
+    expect(der.read_integer(blob, version) == 1, "SignedData version is not 1")
+    expect(der.contents(blob, algos) == SHA256_ALGORITHM, "the digest algorithms are not sha256 alone")
+    ctype, explicit = der.fields(blob, eci, der.OID, 0xA0)
+    expect(der.raw(blob, ctype) == _oid_der(SPC_INDIRECT_DATA), "the content is not SpcIndirectDataContent")
+    (spc,) = der.fields(blob, explicit, der.SEQUENCE)
+    value = der.contents(blob, spc)
+    expect(value == indirect_data_value(image_digest), "it does not hold the image's digest")
+    cert_der = cms.certificate_der(cert)
+    expect(blob[certs.start : certs.start + len(cert_der)] == cert_der, "the signer certificate is not first")
+    for c in der.children(blob, certs):
+        expect(c.tag == der.SEQUENCE, "a certificate is not a SEQUENCE")
+    (si,) = der.fields(blob, infos, der.SEQUENCE)
+    version, sid, digest_algo, attrs, sig_algo, sig = der.fields(
+        blob, si, der.INTEGER, der.SEQUENCE, der.SEQUENCE, 0xA0, der.SEQUENCE, der.OCTET_STRING
+    )
+    issuer, serial, _spki = cms.read_certificate(cert_der)
+    expect(der.read_integer(blob, version) == 1, "SignerInfo version is not 1")
+    expect(der.contents(blob, sid) == issuer + serial, "the signer is named by another certificate's issuer")
+    expect(der.raw(blob, digest_algo) == SHA256_ALGORITHM, "the signer's digest algorithm is not sha256")
+    expect(der.raw(blob, sig_algo) == RSA_ALGORITHM, "the signature algorithm is not rsaEncryption")
+    found: dict[bytes, bytes] = {}
+    previous = b""
+    for attr in der.children(blob, attrs):
+        expect(attr.tag == der.SEQUENCE, "a signed attribute is not a SEQUENCE")
+        kind, values = der.fields(blob, attr, der.OID, der.SET)
+        (one,) = der.children(blob, values)
+        expect(der.raw(blob, kind) not in found, "a signed attribute is there twice")
+        expect(der.raw(blob, attr) >= previous, "the signed attributes are not in DER order")
+        previous = der.raw(blob, attr)
+        found[der.raw(blob, kind)] = der.raw(blob, one)
+    spc_oid = _oid_der(SPC_INDIRECT_DATA)
+    expect(found.get(CONTENT_TYPE_OID_DER) == spc_oid, "contentType is not SpcIndirectDataContent")
+    digest = der.tlv(der.OCTET_STRING, hashlib.sha256(value).digest())
+    expect(found.get(_oid_der(MESSAGE_DIGEST)) == digest, "messageDigest is not the content's hash")
+    public = keyformats.rsa_public_of(cert)
+    expect(public is not None, "the certificate holds no RSA key")
+    signed = hashlib.sha256(b"\x31" + blob[attrs.offset + 1 : attrs.end]).digest()  # as the SET OF it is
+    try:
+        verify_digest(public, der.contents(blob, sig), signed, "sha256", "pkcs1v15")
+    except SigningError as exc:
+        raise VerificationError(
+            "the Authenticode signature read back does not verify with the certificate's key",
+            "the token key and the certificate differ, or the token returned a wrong signature",
+        ) from exc
 
 
 class AuthenticodeSignature(NamedTuple):
@@ -176,68 +255,40 @@ def signed_digest(der: bytes) -> bytes:
     return _parse(der)[1]
 
 
-def _tlv_at(buf: bytes, off: int) -> tuple[int, int, int]:
-    """(tag, start of contents, end) of the DER TLV at ``off`` (definite lengths only)."""
-    tag = buf[off]
-    first = buf[off + 1]
-    if first < 0x80:
-        if off + 2 + first > len(buf):
-            raise ValueError("DER length past the end")
-        return tag, off + 2, off + 2 + first
-    n = first & 0x7F
-    if n == 0 or n > 4:
-        raise ValueError("indefinite or oversized DER length")
-    length = int.from_bytes(buf[off + 2 : off + 2 + n], "big")
-    start = off + 2 + n
-    if start + length > len(buf):
-        raise ValueError("DER length past the end")
-    return tag, start, start + length
-
-
-def _children(buf: bytes, start: int, end: int) -> list[tuple[int, int, int, int]]:
-    """(tag, tlv start, contents start, end) of each TLV between ``start`` and ``end``."""
-    out = []
-    off = start
-    while off < end:
-        tag, c, e = _tlv_at(buf, off)
-        if e > end:
-            raise ValueError("a DER element runs past its parent")
-        out.append((tag, off, c, e))
-        off = e
-    return out
-
-
-def _parse(der: bytes) -> tuple[Any, bytes, bytes]:
+def _parse(blob: bytes) -> tuple[Any, bytes, bytes]:
     """(SignedData, claimed image digest, SpcIndirectDataContent value octets)."""
     from asn1crypto import cms as acms
 
+    from .. import der
+
     try:
-        ci = acms.ContentInfo.load(der)
+        ci = acms.ContentInfo.load(blob)
         if ci["content_type"].native != "signed_data":
             raise VerificationError("the Authenticode blob is not a PKCS#7 SignedData")
         sd = ci["content"]
         eci = sd["encap_content_info"].dump()
         # ContentInfo { OID, [0] EXPLICIT SpcIndirectDataContent }, read from the original bytes
-        tag, c, e = _tlv_at(eci, 0)
-        parts = _children(eci, c, e)
-        if tag != 0x30 or len(parts) != 2 or parts[0][0] != 0x06 or parts[1][0] != 0xA0:
+        # (lengths as BER allows them: firmware's OpenSSL reads them so)
+        top = der.element(eci, 0, strict=False)
+        parts = der.children(eci, top, strict=False)
+        if top.tag != 0x30 or len(parts) != 2 or parts[0].tag != 0x06 or parts[1].tag != 0xA0:
             raise VerificationError("the signed content is not a ContentInfo with SpcIndirectDataContent")
-        if eci[parts[0][1] : parts[0][3]] != _oid_der(SPC_INDIRECT_DATA):
+        if der.raw(eci, parts[0]) != _oid_der(SPC_INDIRECT_DATA):
             raise VerificationError("the signed content is not SpcIndirectDataContent")
-        tag, vc, ve = _tlv_at(eci, parts[1][2])
-        if tag != 0x30 or ve != parts[1][3]:
+        seq = der.element(eci, parts[1].start, strict=False)
+        if seq.tag != 0x30 or seq.end != parts[1].end:
             raise VerificationError("SpcIndirectDataContent is not one SEQUENCE")
-        value = eci[vc:ve]
-        spc = _children(eci, vc, ve)
+        value = der.contents(eci, seq)
+        spc = der.children(eci, seq, strict=False)
         if len(spc) != 2:
             raise VerificationError("SpcIndirectDataContent does not have two fields")
-        digest_info = _children(eci, spc[1][2], spc[1][3])
-        algo = _children(eci, digest_info[0][2], digest_info[0][3])
-        if eci[algo[0][1] : algo[0][3]] != SHA256_OID_DER:
+        digest_info = der.children(eci, spc[1], strict=False)
+        algo = der.children(eci, digest_info[0], strict=False)
+        if der.raw(eci, algo[0]) != SHA256_OID_DER:
             raise VerificationError("the Authenticode digest is not sha256", "sign with sha256")
-        if digest_info[1][0] != 0x04:
+        if digest_info[1].tag != 0x04:
             raise VerificationError("the Authenticode DigestInfo holds no OCTET STRING")
-        claimed = eci[digest_info[1][2] : digest_info[1][3]]
+        claimed = der.contents(eci, digest_info[1])
         return sd, claimed, value
     except HsmsignError:
         raise

@@ -118,41 +118,77 @@ def read_certificate_file(path: str, lazy: bool = False) -> Any:
 
 
 def _certificate_der(data: bytes) -> bytes:
-    """The DER of the first certificate in PEM (as cryptography's loader picks it), or ``data``."""
+    """The DER of the first certificate in PEM (as cryptography's loader picks it), or ``data``.
+
+    RFC 7468: the first ``CERTIFICATE`` (or ``X509 CERTIFICATE``) block, its BEGIN and END
+    labels the same, base64 between them in lines (spaces and tabs allowed, no empty line and
+    no RFC 1421 headers, which no certificate has). ``ValueError`` otherwise."""
     if b"-----BEGIN" not in data:
         return data
-    from asn1crypto import pem
+    import binascii
+    import re
 
-    for kind, _headers, der in pem.unarmor(data, multiple=True):
-        if kind in ("CERTIFICATE", "X509 CERTIFICATE"):
-            return bytes(der)
+    for block in re.finditer(rb"-----BEGIN ([A-Z0-9 ]+)-----[ \t\r\n]*(.*?)-----END \1-----", data, re.S):
+        if block.group(1) not in (b"CERTIFICATE", b"X509 CERTIFICATE"):
+            continue
+        body = block.group(2).strip()
+        if re.search(rb"\n[ \t\r]*\n", body):
+            raise ValueError("an empty line or a header in the CERTIFICATE block")
+        body = re.sub(rb"[ \t\r\n]", b"", body)
+        # base64.b64decode(body, validate=True), without importing base64
+        if not re.fullmatch(rb"[A-Za-z0-9+/]*={0,2}", body):
+            raise ValueError("the CERTIFICATE block is not base64")
+        try:
+            return binascii.a2b_base64(body)
+        except binascii.Error as exc:
+            raise ValueError("the CERTIFICATE block is not base64") from exc
     raise ValueError("no CERTIFICATE block")
+
+
+def read_certificate(der_bytes: bytes) -> tuple[bytes, bytes, bytes]:
+    """(issuer, serial number, SubjectPublicKeyInfo) of a DER X.509 certificate, each as its
+    DER element; ``ValueError`` unless it is one Certificate (RFC 5280 4.1) and nothing else.
+
+    Read without asn1crypto (``hsmsign.der``); the issuer must be a Name (RDNs of type and
+    value), the serial number an INTEGER in its fewest bytes."""
+    from .. import der
+
+    cert = der.whole(der_bytes, der.SEQUENCE)
+    tbs, _algorithm, _signature = der.fields(der_bytes, cert, der.SEQUENCE, der.SEQUENCE, der.BIT_STRING)
+    parts = der.children(der_bytes, tbs)
+    if parts and parts[0].tag == 0xA0:  # [0] EXPLICIT version
+        parts = parts[1:]
+    wanted = (der.INTEGER, der.SEQUENCE, der.SEQUENCE, der.SEQUENCE, der.SEQUENCE, der.SEQUENCE)
+    if tuple(p.tag for p in parts[:6]) != wanted:
+        raise ValueError("not an X.509 TBSCertificate")
+    serial, _sig_alg, issuer, _validity, _subject, spki = parts[:6]
+    der.read_integer(der_bytes, serial)
+    for rdn in der.children(der_bytes, issuer):
+        if rdn.tag != der.SET:
+            raise ValueError("an issuer name that is not a sequence of sets")
+        for atv in der.children(der_bytes, rdn):
+            if atv.tag != der.SEQUENCE or len(der.children(der_bytes, atv)) != 2:
+                raise ValueError("an issuer name attribute that is not a type and a value")
+            if der.children(der_bytes, atv)[0].tag != der.OID:
+                raise ValueError("an issuer name attribute without a type")
+    return der.raw(der_bytes, issuer), der.raw(der_bytes, serial), der.raw(der_bytes, spki)
 
 
 class LazyCertificate:
     """An X.509 certificate that loads pyca/cryptography's X.509 module only when needed.
 
     Signing and checking one signature use a certificate's DER bytes, its public key and
-    its issuer and serial number: asn1crypto (which python-pkcs11 loads anyway) and
+    its issuer and serial number: :func:`read_certificate` (without asn1crypto) and
     cryptography's key loader give them, which spares ``hsmsign pe sign`` the import of
-    ``cryptography.x509`` (a tenth of its cold start). The fields read are checked when it
-    is made (``ValueError`` otherwise); anything else (subject, ``verify_directly_issued_by``
+    ``cryptography.x509`` and asn1crypto. The fields read are checked when it is made
+    (``ValueError`` otherwise); anything else (subject, ``verify_directly_issued_by``
     ...) comes from the full ``cryptography.x509.Certificate``, loaded on first use.
     """
 
     def __init__(self, der: bytes) -> None:
-        from asn1crypto import x509 as ax509
-
         from .. import keyformats
 
-        try:
-            parsed = ax509.Certificate.load(der, strict=True)
-            tbs = parsed["tbs_certificate"]
-            tbs["issuer"].native  # noqa: B018 - parses the issuer now: a broken one fails here
-            tbs["serial_number"].native  # noqa: B018 - the same for the serial number
-            spki = tbs["subject_public_key_info"].dump()
-        except (TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
-            raise ValueError(f"not an X.509 certificate ({type(exc).__name__})") from exc
+        self.issuer_der, self.serial_der, spki = read_certificate(der)
         # an RSA key in the form cryptography writes: its numbers (keyformats.RsaPublicKey), and
         # cryptography's key made on first use; any other key is loaded by cryptography now
         self.rsa_public = keyformats.rsa_public_from_spki(spki)
