@@ -41,10 +41,15 @@ def options_of(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without building the full parser, as argparse's version action would: the version when
+    ``--version`` comes before any help option, the help otherwise."""
+    for argv in (["--version"], ["-v", "--version"], ["--version", "--help"]):
+        assert main(argv) == 0
+        assert capsys.readouterr().out.strip() == f"hsmsign {hsmsign.__version__}"
     with pytest.raises(SystemExit) as exc:
-        main(["--version"])
+        main(["--help", "--version"])
     assert exc.value.code == 0
-    assert capsys.readouterr().out.strip() == f"hsmsign {hsmsign.__version__}"
+    assert capsys.readouterr().out.startswith("usage: hsmsign")
 
 
 def test_version_from_a_fresh_process() -> None:

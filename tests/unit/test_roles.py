@@ -163,3 +163,8 @@ def test_settings_are_an_immutable_value() -> None:
     with pytest.raises(ConfigError, match="HSMSIGN_MODE='test'"):
         Settings(mode="test")
     assert Settings(mode="test", check=False).mode == "test"
+    import copy
+    import pickle
+
+    for made in (copy.copy(one), copy.deepcopy(one), pickle.loads(pickle.dumps(one))):  # noqa: S301
+        assert made == one and made.fingerprints == {"HSMSIGN_PUBKEY_SHA256": FP_A}

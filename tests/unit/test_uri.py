@@ -192,3 +192,8 @@ def test_a_uri_is_an_immutable_value() -> None:
         one.with_(colour="red")
     secret = parse("pkcs11:token=a;object=k?pin-value=1234")
     assert "1234" not in repr(secret) and "1234" not in str(secret)
+    import copy
+    import pickle
+
+    for made in (copy.copy(one), copy.deepcopy(one), pickle.loads(pickle.dumps(one))):  # noqa: S301
+        assert made == one and made.pin_source == "file:/p"

@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from . import roles
 from .errors import ConfigError, PolicyError
@@ -147,6 +147,10 @@ class PinnedFingerprints(NamedTuple):
 
     variable: str
     fingerprints: tuple[str, ...]
+
+
+def _make_settings(values: dict[str, Any]) -> Settings:
+    return Settings(**values, check=False)
 
 
 class Settings:
@@ -284,6 +288,10 @@ class Settings:
         return self._values() == other._values()
 
     __hash__ = None  # type: ignore[assignment]  # holds dicts, as the dataclass did
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """copy, deepcopy and pickle make it anew (its ``__setattr__`` refuses every change)."""
+        return (_make_settings, (dict(zip(self.__slots__, self._values())),))
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)

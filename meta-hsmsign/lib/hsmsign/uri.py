@@ -437,6 +437,10 @@ def _text(value: bytes, name: str) -> str:
 _set_attribute = object.__setattr__
 
 
+def _make_uri(values: dict[str, Any]) -> Pkcs11Uri:
+    return Pkcs11Uri(**values)
+
+
 class Pkcs11Uri:
     """A parsed RFC 7512 URI. Text attributes are ``str``; ``id`` is ``bytes``.
 
@@ -551,6 +555,10 @@ class Pkcs11Uri:
 
     def __hash__(self) -> int:
         return hash(self._values())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """copy, deepcopy and pickle make it anew (its ``__setattr__`` refuses every change)."""
+        return (_make_uri, (dict(zip(self.__slots__, self._values())),))
 
     # ------------------------------------------------------------------ parse
     @classmethod
