@@ -168,7 +168,7 @@ def check_signed(blob: bytes, *, image_digest: bytes, cert: Any) -> None:
 
     What ``hsmsign pe sign`` runs after writing, without asn1crypto; :func:`verify` (what
     ``pe verify`` runs on any image) reads every form a firmware reads. A test holds this
-    check to never accept what :func:`verify` refuses."""
+    check to refusing the signature with any one byte changed."""
     try:
         _check_signed(blob, image_digest, cert)
     except ValueError as exc:

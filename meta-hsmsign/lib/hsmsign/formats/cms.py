@@ -188,7 +188,7 @@ class LazyCertificate:
     def __init__(self, der: bytes) -> None:
         from .. import keyformats
 
-        self.issuer_der, self.serial_der, spki = read_certificate(der)
+        _issuer, _serial, spki = read_certificate(der)  # checked here: a broken one fails now
         # an RSA key in the form cryptography writes: its numbers (keyformats.RsaPublicKey), and
         # cryptography's key made on first use; any other key is loaded by cryptography now
         self.rsa_public = keyformats.rsa_public_from_spki(spki)
