@@ -28,6 +28,7 @@ PARSE_TIME = {
     "hsmsign.bitbake.runtime",
     "hsmsign.devtoken",
     "hsmsign.errors",
+    "hsmsign.frozen",
     "hsmsign.known_keys",
     "hsmsign.roles",
     "hsmsign.secrets",

@@ -35,10 +35,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from . import roles
 from .errors import ConfigError, PolicyError
+from .frozen import Frozen
 
 MODES: tuple[str, ...] = ("development", "production")
 MODE_ENV = "HSMSIGN_MODE"
@@ -149,16 +150,11 @@ class PinnedFingerprints(NamedTuple):
     fingerprints: tuple[str, ...]
 
 
-def _make_settings(values: dict[str, Any]) -> Settings:
-    return Settings(**values, check=False)
-
-
-class Settings:
+class Settings(Frozen):
     """hsmsign's settings: what the environment (:meth:`from_env`) or a task hands over.
 
-    Immutable, compared by value. A plain class, not a dataclass: importing ``dataclasses``
-    (which imports ``inspect``) cost every cold start 0.011 s (docs/dev/internals.md, "Cold
-    start").
+    Immutable, compared by value (``hsmsign.frozen.Frozen``, not a dataclass: importing
+    ``dataclasses`` cost every cold start 0.011 s).
     ``check=False``: the CLI's defaults, checked where each is used (as the options given on
     the command line).
     """
@@ -244,54 +240,14 @@ class Settings:
         mkimage_pin: bool = False,
         check: bool = True,
     ) -> None:
-        values = (
-            ("mode", mode),
-            ("role", role),
-            ("fingerprints", {} if fingerprints is None else fingerprints),
-            ("role_uris", {} if role_uris is None else role_uris),
-            ("uri", uri),
-            ("module", module),
-            ("pin_env", pin_env),
-            ("ledger", ledger),
-            ("fit_required", fit_required),
-            ("fit_required_mode", fit_required_mode),
-            ("fit_check_sign", fit_check_sign),
-            ("default_uri", default_uri),
-            ("denylist", denylist),
-            ("allow_software_token", allow_software_token),
-            ("fit_key_name", fit_key_name),
-            ("mkimage", mkimage),
-            ("audit_allowlist", audit_allowlist),
-            ("uefi_owner", uefi_owner),
-            ("softhsm_module", softhsm_module),
-            ("dev_home", dev_home),
-            ("ledger_time", ledger_time),
-            ("mkimage_pin", mkimage_pin),
-        )
-        for name, value in values:
-            object.__setattr__(self, name, value)
+        fingerprints = {} if fingerprints is None else fingerprints
+        role_uris = {} if role_uris is None else role_uris
+        self._fill(locals())
         if check:
             self._check()
 
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"Settings are immutable: cannot set {name}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"Settings are immutable: cannot delete {name}")
-
-    def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Settings):
-            return NotImplemented
-        return self._values() == other._values()
-
     __hash__ = None  # type: ignore[assignment]  # holds dicts, as the dataclass did
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        """copy, deepcopy and pickle make it anew (its ``__setattr__`` refuses every change)."""
-        return (_make_settings, (dict(zip(self.__slots__, self._values())),))
+    _REBUILD: ClassVar[dict[str, Any]] = {"check": False}  # copies and pickles are not checked again
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)

@@ -33,6 +33,7 @@ import unicodedata
 from typing import Any, NamedTuple
 
 from .errors import ConfigError, printable
+from .frozen import Frozen
 
 # Percent-encoding as urllib.parse's quote, unquote and unquote_to_bytes do it (a test holds
 # them to urllib's results): urllib.parse, with the ipaddress module it imports, cost every cold
@@ -434,19 +435,11 @@ def _text(value: bytes, name: str) -> str:
         ) from exc
 
 
-_set_attribute = object.__setattr__
-
-
-def _make_uri(values: dict[str, Any]) -> Pkcs11Uri:
-    return Pkcs11Uri(**values)
-
-
-class Pkcs11Uri:
+class Pkcs11Uri(Frozen):
     """A parsed RFC 7512 URI. Text attributes are ``str``; ``id`` is ``bytes``.
 
-    Immutable and compared by value (hashable); ``with_()`` makes a changed copy. A plain
-    class, not a dataclass: importing ``dataclasses`` cost every cold start 0.011 s
-    (docs/dev/internals.md, "Cold start").
+    Immutable and compared by value, hashable (``hsmsign.frozen.Frozen``, not a dataclass:
+    importing ``dataclasses`` cost every cold start 0.011 s); ``with_()`` makes a changed copy.
     """
 
     __slots__ = (
@@ -515,50 +508,7 @@ class Pkcs11Uri:
         unknown: tuple[tuple[str, str, str], ...] = (),
         vendor: tuple[tuple[str, str, str], ...] = (),
     ) -> None:
-        values = (
-            ("token", token),
-            ("manufacturer", manufacturer),
-            ("serial", serial),
-            ("model", model),
-            ("library_manufacturer", library_manufacturer),
-            ("library_description", library_description),
-            ("library_version", library_version),
-            ("slot_description", slot_description),
-            ("slot_manufacturer", slot_manufacturer),
-            ("slot_id", slot_id),
-            ("object", object),
-            ("id", id),
-            ("type", type),
-            ("pin_source", pin_source),
-            ("pin_value", pin_value),
-            ("module_name", module_name),
-            ("module_path", module_path),
-            ("unknown", unknown),
-            ("vendor", vendor),
-        )
-        for name, value in values:
-            _set_attribute(self, name, value)  # not object.__setattr__: "object" is an attribute here
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"a Pkcs11Uri is immutable: cannot set {name} (use with_())")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"a Pkcs11Uri is immutable: cannot delete {name}")
-
-    def _values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: Any) -> bool:  # Any: "object" is an attribute in this class
-        if not isinstance(other, Pkcs11Uri):
-            return NotImplemented
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        """copy, deepcopy and pickle make it anew (its ``__setattr__`` refuses every change)."""
-        return (_make_uri, (dict(zip(self.__slots__, self._values())),))
+        self._fill(locals())
 
     # ------------------------------------------------------------------ parse
     @classmethod
