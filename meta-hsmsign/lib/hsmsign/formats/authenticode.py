@@ -250,9 +250,9 @@ class AuthenticodeSignature(NamedTuple):
     image_digest: bytes
 
 
-def signed_digest(der: bytes) -> bytes:
+def signed_digest(blob: bytes) -> bytes:
     """The Authenticode digest a SignedData claims (its DigestInfo), without checking anything."""
-    return _parse(der)[1]
+    return _parse(blob)[1]
 
 
 def _parse(blob: bytes) -> tuple[Any, bytes, bytes]:
@@ -299,10 +299,10 @@ def _parse(blob: bytes) -> tuple[Any, bytes, bytes]:
         ) from exc
 
 
-def verify(der: bytes, *, image_digest: bytes, trusted: Sequence[Any]) -> AuthenticodeSignature:
+def verify(blob: bytes, *, image_digest: bytes, trusted: Sequence[Any]) -> AuthenticodeSignature:
     """Check one SignedData against the image's digest and the trusted certificates."""
     try:
-        return _verify(der, image_digest, trusted)
+        return _verify(blob, image_digest, trusted)
     except HsmsignError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
@@ -312,11 +312,11 @@ def verify(der: bytes, *, image_digest: bytes, trusted: Sequence[Any]) -> Authen
         ) from exc
 
 
-def _verify(der: bytes, image_digest: bytes, trusted: Sequence[Any]) -> AuthenticodeSignature:
-    from .. import keyformats
+def _verify(blob: bytes, image_digest: bytes, trusted: Sequence[Any]) -> AuthenticodeSignature:
+    from .. import der, keyformats
     from ..signing import verify_digest
 
-    sd, claimed, value = _parse(der)
+    sd, claimed, value = _parse(blob)
     if claimed != image_digest:
         raise VerificationError(
             "the image does not match its signature (Authenticode digest differs)",
@@ -355,7 +355,7 @@ def _verify(der: bytes, image_digest: bytes, trusted: Sequence[Any]) -> Authenti
     if md is None or md.native != hashlib.sha256(value).digest():
         raise VerificationError("messageDigest does not match the SpcIndirectDataContent")
     when = found["1.2.840.113549.1.9.5"].native if "1.2.840.113549.1.9.5" in found else None
-    attr_der = b"\x31" + cms._der_len(len(sattrs.contents)) + sattrs.contents
+    attr_der = der.tlv(der.SET, sattrs.contents)
     algo = si["signature_algorithm"]["algorithm"].native
     if algo not in ("rsassa_pkcs1v15", "sha256_rsa"):
         raise VerificationError(f"signature algorithm {algo} is not RSA PKCS#1 v1.5 (what firmware checks)")

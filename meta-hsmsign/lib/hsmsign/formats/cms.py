@@ -301,14 +301,7 @@ def _attr_set_der(attrs: list[Any]) -> bytes:
     """DER of ``SET OF Attribute`` with members sorted by their encoding (X.690 11.6)."""
     encoded = sorted(a.dump(force=True) for a in attrs)
     body = b"".join(encoded)
-    return b"\x31" + _der_len(len(body)) + body
-
-
-def _der_len(n: int) -> bytes:
-    if n < 0x80:
-        return bytes([n])
-    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(raw)]) + raw
+    return _tlv(0x31, body)
 
 
 def sign_detached(
@@ -564,7 +557,7 @@ def _verify_detached(
         if found.get("signing_time") is not None:
             when = found["signing_time"].native
         # the signature covers the original bytes re-tagged as SET (RFC 5652 5.4), never a re-encoding
-        attr_der = b"\x31" + _der_len(len(sattrs.contents)) + sattrs.contents
+        attr_der = _tlv(0x31, sattrs.contents)
         signed_digest = hashlib.new(h, attr_der).digest()
     else:
         signed_digest = content_digest
@@ -814,4 +807,6 @@ _ID_SIGNED_DATA = bytes.fromhex("06092a864886f70d010702")  # OID 1.2.840.113549.
 
 
 def _tlv(tag: int, body: bytes) -> bytes:
-    return bytes([tag]) + _der_len(len(body)) + body
+    from ..der import tlv
+
+    return tlv(tag, body)
