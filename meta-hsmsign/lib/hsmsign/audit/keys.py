@@ -17,6 +17,7 @@ import binascii
 import re
 from collections.abc import Iterator
 
+from ..der import tlv
 from ..secrets import _DASHES
 
 _DER_RSA_OID = bytes.fromhex("2a864886f70d010101")
@@ -66,22 +67,14 @@ def _children(buf: bytes, start: int, end: int) -> list[tuple[int, int, int, int
     return out
 
 
-def _der(tag: int, value: bytes) -> bytes:
-    n = len(value)
-    if n < 0x80:
-        return bytes([tag, n]) + value
-    ln = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(ln)]) + ln + value
-
-
 def _rsa_spki(n_tlv: bytes, e_tlv: bytes) -> bytes:
-    alg = _der(0x30, _der(0x06, _DER_RSA_OID) + b"\x05\x00")
-    return _der(0x30, alg + _der(0x03, b"\x00" + _der(0x30, n_tlv + e_tlv)))
+    alg = tlv(0x30, tlv(0x06, _DER_RSA_OID) + b"\x05\x00")
+    return tlv(0x30, alg + tlv(0x03, b"\x00" + tlv(0x30, n_tlv + e_tlv)))
 
 
 def _ec_spki(curve_oid_tlv: bytes, point: bytes) -> bytes:
-    alg = _der(0x30, _der(0x06, _DER_EC_OID) + curve_oid_tlv)
-    return _der(0x30, alg + _der(0x03, b"\x00" + point))
+    alg = tlv(0x30, tlv(0x06, _DER_EC_OID) + curve_oid_tlv)
+    return tlv(0x30, alg + tlv(0x03, b"\x00" + point))
 
 
 def _spki_from_rsa_private(buf: bytes, start: int, end: int) -> bytes | None:
@@ -177,7 +170,7 @@ def spki_from_ssh_public_blob(blob: bytes) -> bytes | None:
         kind, pos = _ssh_string(blob, 0)
         if kind == b"ssh-ed25519":
             pk, _ = _ssh_string(blob, pos)
-            return _der(0x30, _der(0x30, _der(0x06, _DER_ED25519_OID)) + _der(0x03, b"\x00" + pk))
+            return tlv(0x30, tlv(0x30, tlv(0x06, _DER_ED25519_OID)) + tlv(0x03, b"\x00" + pk))
         if kind.startswith(b"ecdsa-sha2-"):
             curve, pos = _ssh_string(blob, pos)
             point, _ = _ssh_string(blob, pos)
@@ -186,7 +179,7 @@ def spki_from_ssh_public_blob(blob: bytes) -> bytes | None:
         if kind == b"ssh-rsa":
             e, pos = _ssh_string(blob, pos)
             n, _ = _ssh_string(blob, pos)
-            return _rsa_spki(_der(0x02, n), _der(0x02, e))
+            return _rsa_spki(tlv(0x02, n), tlv(0x02, e))
     except ValueError:
         return None
     return None

@@ -24,6 +24,7 @@ import stat
 from collections.abc import Iterable, Iterator
 
 from .. import known_keys
+from ..der import tlv
 from ..secrets import (
     _DASHES,
     _KEY_FILE_LINE,
@@ -60,7 +61,6 @@ from .keys import (
     _DER_ED25519_OID,
     _SSH_CURVES,
     _children,
-    _der,
     _ec_spki,
     _rsa_spki,
     _tlv,
@@ -725,7 +725,7 @@ def _jwk_spki(obj: dict[str, object]) -> bytes | None:
     kty = obj.get("kty")
     if kty == "RSA":
         n, e = b64url(obj.get("n")), b64url(obj.get("e"))
-        return _rsa_spki(_der(0x02, _unsigned(n)), _der(0x02, _unsigned(e))) if n and e else None
+        return _rsa_spki(tlv(0x02, _unsigned(n)), tlv(0x02, _unsigned(e))) if n and e else None
     if kty == "EC":
         curve = _JWK_CURVES.get(str(obj.get("crv")))
         x, y = b64url(obj.get("x")), b64url(obj.get("y"))
@@ -733,7 +733,7 @@ def _jwk_spki(obj: dict[str, object]) -> bytes | None:
     if kty == "OKP":
         oid = {"Ed25519": _DER_ED25519_OID, "Ed448": _DER_ED448_OID}.get(str(obj.get("crv")))
         x = b64url(obj.get("x"))
-        return _der(0x30, _der(0x30, _der(0x06, oid)) + _der(0x03, b"\0" + x)) if oid and x else None
+        return tlv(0x30, tlv(0x30, tlv(0x06, oid)) + tlv(0x03, b"\0" + x)) if oid and x else None
     return None
 
 

@@ -60,12 +60,13 @@ def signing_time() -> datetime.datetime:
 
 
 def _cms_time(when: datetime.datetime) -> Any:
-    """RFC 5652 11.3: UTCTime for 1950..2049, GeneralizedTime otherwise."""
+    """asn1crypto's Time of ``hsmsign.der.time`` (RFC 5652 11.3: UTCTime for 1950..2049,
+    GeneralizedTime otherwise), the one place that rule is written."""
     from asn1crypto import cms
 
-    if 1950 <= when.year <= 2049:
-        return cms.Time({"utc_time": when})
-    return cms.Time({"generalized_time": when})
+    from .. import der
+
+    return cms.Time.load(der.time(when))
 
 
 def load_certificate(data: bytes, what: str = "certificate") -> Any:
