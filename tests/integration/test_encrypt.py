@@ -30,6 +30,23 @@ def aes_test_key(softhsm: SoftHsm) -> tuple[str, bytes]:
     return uri, value
 
 
+def _key_failing_the_padding(ciphertext: bytes) -> bytes:
+    """A wrong AES-256 key under which the image's last block does not end in PKCS#7 padding.
+
+    About one random key in 256 decrypts the last block to a valid padding, and swupdate then
+    installs garbage and succeeds: a test expecting the refusal failed in 0.4 % of its runs."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    previous, last = ciphertext[-32:-16], ciphertext[-16:]
+    while True:
+        key = os.urandom(32)
+        decryptor = Cipher(algorithms.AES(key), modes.CBC(previous)).decryptor()
+        block = decryptor.update(last) + decryptor.finalize()
+        pad = block[-1]
+        if not 1 <= pad <= 16 or block[-pad:] != bytes([pad]) * pad:
+            return key
+
+
 def _encrypt(softhsm: SoftHsm, uri: str, src: Path, dst: Path, *extra: str) -> dict:
     done = softhsm.run_cli(
         "encrypt", *DEV, "--uri", uri, "--in", str(src), "--out", str(dst), "--json", *extra
@@ -142,7 +159,7 @@ def test_swupdate_K_installs_decrypted_image(
 
     # another key: swupdate must not install the plaintext
     target.write_bytes(b"")
-    keyfile.write_text(f"{os.urandom(32).hex()} {os.urandom(16).hex()}\n")
+    keyfile.write_text(f"{_key_failing_the_padding(enc.read_bytes()).hex()} {os.urandom(16).hex()}\n")
     inst = run_swupdate(run, tmp_path)
     assert inst.returncode != 0
     assert target.read_bytes() != plain.read_bytes()
