@@ -220,7 +220,9 @@ def _check_written(tmp_path: Path, image: bytes, data: bytes, size: int, blob: b
     path.write_bytes(image)
     fd = os.open(path, os.O_RDONLY)
     try:
-        return list(check_written(fd, data, pe.parse(data), size, blob, False, str(path)))
+        layout = pe.parse(data)
+        head, table = pe.input_parts(data, layout)
+        return list(check_written(fd, head, table, layout, size, blob, False, str(path)))
     finally:
         os.close(fd)
 
@@ -235,7 +237,7 @@ def test_the_read_back_catches_what_did_not_reach_the_file(efi: Path, tmp_path: 
     data = efi.read_bytes()
     layout = pe.parse(data)
     blob = bytes(range(256)) * 4  # stands for the SignedData: the read-back compares bytes
-    head, tail = pe.signed_parts(data, layout, [pe.win_certificate(blob)], False)
+    head, tail = pe.signed_parts(*pe.input_parts(data, layout), layout, [pe.win_certificate(blob)], False)
     start, end = pe.body_range(layout)
     good = head + data[start:end] + tail
     pad = -end % 8
@@ -550,6 +552,246 @@ def test_the_image_read_ahead_is_the_one_signed(
     assert softhsm.run_cli("pe", "digest", str(out)).stdout.strip() == signed_digest  # efi's, not decoy's
 
 
+@pytest.fixture(scope="module")
+def uki(efi: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 21 MiB UKI made as ukify's predecessors made it (objcopy adds .cmdline, .linux and .initrd
+    of random bytes to systemd's stub): sections across several of the pieces the body is copied
+    and hashed in (``pe_input.PIECE``), and 3 KiB of data after the last section."""
+    from hsmsign.commands import pe_input
+
+    objcopy = tool("objcopy", "binutils")
+    require(SYSTEMD_STUB.exists(), "systemd's EFI stub", "apt-get install systemd-boot-efi",
+            env="HSMSIGN_REQUIRE_TOOLS")  # fmt: skip
+    work = tmp_path_factory.mktemp("uki")
+    linux, initrd, cmdline = work / "linux", work / "initrd", work / "cmdline"
+    linux.write_bytes(os.urandom(2 * pe_input.PIECE + 12345))
+    initrd.write_bytes(os.urandom(pe_input.PIECE // 2 + 777))
+    cmdline.write_text("console=ttyS0 root=LABEL=root\n")
+    out = work / "uki.efi"
+    subprocess.run(
+        [
+            objcopy,
+            "--add-section", f".cmdline={cmdline}", "--change-section-vma", ".cmdline=0x30000",
+            "--add-section", f".linux={linux}", "--change-section-vma", ".linux=0x2000000",
+            "--add-section", f".initrd={initrd}", "--change-section-vma", ".initrd=0x8000000",
+            str(SYSTEMD_STUB), str(out),
+        ],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    with out.open("ab") as fh:
+        fh.write(os.urandom(3 * 1024 + 5))  # after the sections: hashed, up to the table
+    return out
+
+
+def test_a_large_image_is_signed_as_sbsign_signs_it(
+    softhsm: SoftHsm, uki: Path, uefi_key: tuple[str, Path], tmp_path: Path
+) -> None:
+    """A UKI larger than three pieces of the copy: the signed image is the input but for the
+    certificate-table entry and the table, sbverify and osslsigncode accept it, and the digest
+    signed is the one ``pe digest`` (the whole file read and hashed) computes."""
+    from hsmsign.formats import authenticode, pe
+
+    out = tmp_path / "uki.signed.efi"
+    _sign(softhsm, uefi_key, uki, out)
+    assert _sbverify(uefi_key[1], out).returncode == 0
+    assert "Signature verification: ok" in _osslsigncode(uefi_key[1], out).stdout
+    data, signed = uki.read_bytes(), out.read_bytes()
+    layout = pe.parse(data)
+    cd = layout.cert_dir_offset
+    assert signed[:cd] == data[:cd] and signed[cd + 8 : layout.size] == data[cd + 8 :]
+    (entry,) = pe.certificates(signed)
+    assert authenticode.signed_digest(entry.data).hex() == _digest(softhsm, out) == _padded_digest(uki)
+
+
+@pytest.mark.parametrize("step", [4096, 1 << 20, None])
+def test_the_digest_of_the_parts_is_the_digest_of_the_whole(
+    uki: Path, monkeypatch: pytest.MonkeyPatch, step: int | None
+) -> None:
+    """``pe.digest_parts`` (the headers from memory, the body where it is being copied, read only
+    once ``ready()`` says it is there) is ``pe.digest`` of the whole file: the body is filled here
+    only as far as ``ready()`` asked, so a byte read before that would be a zero, and another digest."""
+    from hsmsign.formats import pe
+
+    if step is not None:
+        monkeypatch.setattr(pe, "READY_STEP", step)
+    data = uki.read_bytes()
+    layout = pe.parse(data)
+    head, _ = pe.input_parts(data, layout)
+    body = bytearray(len(data))
+    asked: list[int] = []
+
+    def ready(offset: int) -> None:
+        assert layout.size_of_headers < offset <= layout.content_end
+        filled = max(asked, default=layout.size_of_headers)
+        body[filled:offset] = data[filled:offset]
+        asked.append(max(offset, filled))
+
+    got = pe.digest_parts(head, memoryview(body), layout, pad=True, ready=ready)
+    assert got == pe.digest(data, "sha256", layout, pad=True)
+    assert asked[-1] == layout.content_end and asked == sorted(asked)
+    assert len(asked) >= (layout.content_end - layout.size_of_headers) // pe.READY_STEP
+
+
+def _padded_digest(image: Path) -> str:
+    """The digest of an image as it is once signed (with the zeros that align it to 8), read whole."""
+    from hsmsign.formats import pe
+
+    data = image.read_bytes()
+    assert len(data) % 8, "the padding is hashed too"
+    return pe.digest(data, "sha256", pe.parse(data), pad=True).hex()
+
+
+def _sign_in_process(
+    uefi_key: tuple[str, Path], src: Path, out: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str]:
+    from hsmsign.cli import main
+
+    argv = ["pe", "sign", *DEV, "--uri", uefi_key[0], "--cert", str(uefi_key[1]), "-o", str(out), str(src)]
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def _no_output(out: Path) -> bool:
+    return not out.exists() and not [p for p in out.parent.iterdir() if p.name.startswith(".hsmsign-tmp-")]
+
+
+def test_an_image_changed_while_it_is_signed_is_refused(
+    softhsm: SoftHsm,
+    uki: Path,
+    uefi_key: tuple[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Whatever writes the image writes it again while it is copied (here: between two pieces):
+    the command refuses with one line and exit 2, and writes nothing."""
+    from hsmsign.commands import pe_input
+
+    src = tmp_path / "in.efi"
+    src.write_bytes(uki.read_bytes())
+    real = pe_input._copy
+
+    def rewritten_meanwhile(*args: object) -> None:
+        *rest, advance = args
+
+        def advanced(done: int) -> None:
+            advance(done)  # type: ignore[operator]
+            with src.open("r+b") as fh:  # the same size, the same bytes: only the times change
+                fh.seek(done)
+                byte = fh.read(1)
+                fh.seek(done)
+                fh.write(byte)
+
+        real(*rest, advanced)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pe_input, "_copy", rewritten_meanwhile)
+    out = tmp_path / "out.efi"
+    code, err = _sign_in_process(uefi_key, src, out, capsys)
+    assert code == 2, err
+    assert err.startswith(f"hsmsign: error: {src} changed while it was signed"), err
+    assert len(err.splitlines()) == 2 and "Traceback" not in err, err
+    assert _no_output(out)
+    monkeypatch.setattr(pe_input, "_copy", real)
+    assert _sign_in_process(uefi_key, src, out, capsys)[0] == 0
+    assert _sbverify(uefi_key[1], out).returncode == 0
+
+
+@pytest.mark.parametrize("errno_name", ["EINVAL", "ENOSYS"])
+def test_without_sendfile_the_body_is_copied_through_the_process(
+    softhsm: SoftHsm,
+    uki: Path,
+    uefi_key: tuple[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    errno_name: str,
+) -> None:
+    """A file system whose files sendfile(2) refuses: the body is read and written with
+    pread/pwrite, and the image is signed all the same."""
+    import errno
+
+    def refused(*args: object) -> int:
+        raise OSError(getattr(errno, errno_name), os.strerror(getattr(errno, errno_name)))
+
+    monkeypatch.setattr(os, "sendfile", refused)
+    out = tmp_path / "out.efi"
+    code, err = _sign_in_process(uefi_key, uki, out, capsys)
+    assert code == 0, err
+    assert _sbverify(uefi_key[1], out).returncode == 0
+    assert _digest(softhsm, out) == _padded_digest(uki)
+
+
+@pytest.mark.parametrize("where", ["first piece", "later piece", "mapping"])
+def test_a_body_that_cannot_be_written_is_one_line_and_nothing(
+    uki: Path,
+    uefi_key: tuple[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    where: str,
+) -> None:
+    """The disk fills up while the body is copied (the first piece, a later one), or the output
+    cannot be mapped and then not read back: one line naming the output and exit 2; no output,
+    no temporary file."""
+    import errno
+    import mmap
+
+    from hsmsign.commands import pe_input
+
+    real_sendfile, real_preadv = os.sendfile, os.preadv
+    calls: list[int] = []
+
+    def full(*args: object) -> int:
+        calls.append(1)
+        if where == "first piece" or len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_sendfile(*args)  # type: ignore[arg-type]
+
+    def unmappable(*args: object, **kwargs: object) -> object:
+        raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+
+    def unreadable(fd: int, buffers: list[memoryview], offset: int) -> int:
+        if sum(len(b) for b in buffers) > pe_input.PIECE:  # the output read back: its whole body
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_preadv(fd, buffers, offset)
+
+    if where == "mapping":
+        monkeypatch.setattr(mmap, "mmap", unmappable)
+        monkeypatch.setattr(os, "preadv", unreadable)
+    else:
+        monkeypatch.setattr(os, "sendfile", full)
+    out = tmp_path / "out.efi"
+    code, err = _sign_in_process(uefi_key, uki, out, capsys)
+    assert code == 2, err
+    reason = "Input/output error" if where == "mapping" else "No space left on device"
+    assert err.startswith(f"hsmsign: error: cannot write {out}: {reason}"), err
+    assert len(err.splitlines()) == 2 and "Traceback" not in err, err
+    assert _no_output(out)
+
+
+def test_an_unmappable_output_is_hashed_as_read_back(
+    softhsm: SoftHsm,
+    uki: Path,
+    uefi_key: tuple[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A file system that cannot map the output: its body is read back once copied and hashed."""
+    import errno
+    import mmap
+
+    def unmappable(*args: object, **kwargs: object) -> object:
+        raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+
+    monkeypatch.setattr(mmap, "mmap", unmappable)
+    out = tmp_path / "out.efi"
+    code, err = _sign_in_process(uefi_key, uki, out, capsys)
+    assert code == 0, err
+    assert _sbverify(uefi_key[1], out).returncode == 0
+    assert _digest(softhsm, out) == _padded_digest(uki)
+
+
 def test_pkcs11_modules_are_finalized_before_the_quick_exit(softhsm: SoftHsm) -> None:
     """hsmsign.launch ends the process without Python's teardown only after C_Finalize of every
     module loaded; a python-pkcs11 without lib.finalize (0.7.0, scarthgap's) keeps Python's exit."""
@@ -594,8 +836,8 @@ def test_the_input_threads_import_nothing(efi: Path, tmp_path: Path) -> None:
         "loaded = set(sys.modules)\n"
         "job = pe_input.adopt(sys.argv[1])\n"
         "fd = os.open(sys.argv[2], os.O_RDWR | os.O_CREAT, 0o600)\n"
-        "job.write_body(fd)\n"
-        "job.parsed(); job.image_digest(); job.body_written(sys.argv[2])\n"
+        "job.write_body(fd, sys.argv[2])\n"
+        "job.parsed(); job.image_digest(); job.body_written()\n"
         "new = sorted(set(sys.modules) - loaded)\n"
         "assert not new, new\n"
         "print('ok', os.fstat(fd).st_size)\n"

@@ -191,9 +191,9 @@ def _sign(args: Any, job: Any) -> int:
         # (a temporary file, removed if anything below fails)
         out = outputs.open(args.output, mode=atomic.file_mode(args.input))
         fd = out.fh.fileno()  # written with pwrite only (the file object buffers nothing)
-        job.write_body(fd)
+        job.write_body(fd, args.output)
         cert = cms.read_certificate_file(args.cert, lazy=True)  # without cryptography's X.509 module
-        data, layout = job.parsed()
+        layout = job.parsed()
         if args.append and layout.signed and layout.cert_table_offset % 8:
             raise ConfigError(
                 f"{args.input}: its certificate table is not 8-byte aligned; a signature appended to "
@@ -201,18 +201,18 @@ def _sign(args: Any, job: Any) -> int:
                 "sign without --append (replaces them)",
             )
         if layout.signed and not args.append:
-            count = len(pe.certificates(data, layout))
+            count = len(pe.table_entries(job.table, layout.cert_table_offset))
             warn(f"{args.input} was signed: its {count} signature(s) are replaced")
         with open_key_from_args(args) as key:
             authenticode.check_signer(key)
             image_digest = job.image_digest()
             blob = authenticode.sign(key, cert=cert, image_digest=image_digest)
-            head, tail = pe.signed_parts(data, layout, [pe.win_certificate(blob)], args.append)
+            head, tail = pe.signed_parts(job.head, job.table, layout, [pe.win_certificate(blob)], args.append)
             pe_input.pwrite_all(fd, head, 0)
             pe_input.pwrite_all(fd, tail, layout.content_end)
-            job.body_written(args.output)
+            job.body_written()
             size = layout.content_end + len(tail)
-            entries = check_written(fd, data, layout, size, blob, args.append, args.output)
+            entries = check_written(fd, job.head, job.table, layout, size, blob, args.append, args.output)
             authenticode.check_signed(entries[-1].data, image_digest=image_digest, cert=cert)
             count = len(entries)
             outputs.record(
@@ -239,12 +239,21 @@ def _sign(args: Any, job: Any) -> int:
 
 
 def check_written(
-    fd: int, data: bytes, layout: Any, size: int, blob: bytes, keep_existing: bool, what: str
+    fd: int,
+    head: bytes,
+    table: bytes,
+    layout: Any,
+    size: int,
+    blob: bytes,
+    keep_existing: bool,
+    what: str,
 ) -> list[Any]:
     """Read a signed image back as firmware will, where it differs from the input; its entries.
 
-    The body (sections and what follows them) was written from ``data``, the very bytes that
-    were hashed, so it is not read again. What is read back: the size on disk; the headers,
+    ``head`` and ``table`` are the input's headers and certificate table (``pe.input_parts``).
+    The body (sections and what follows them) was hashed as it is in the output (or written
+    from the very bytes that were hashed), so it is not read again. What is read back: the
+    size on disk; the headers,
     equal to the input's but for the certificate-table entry; the layout parsed from them,
     with the same hashed ranges (so the same digest) plus the padding; the padding (zeros),
     the entries kept (``--append``) and, last in the table, ``blob``.
@@ -261,12 +270,12 @@ def check_written(
     if on_disk != size:
         raise broken(f"the signed image has {on_disk} bytes on disk, {size} were written")
     head_len = max(layout.size_of_headers, layout.headers_end)
-    head = os.pread(fd, head_len, 0)
+    written = os.pread(fd, head_len, 0)
     cd = layout.cert_dir_offset
-    if head[:cd] != data[:cd] or head[cd + 8 :] != data[cd + 8 : head_len]:
+    if written[:cd] != head[:cd] or written[cd + 8 :] != head[cd + 8 : head_len]:
         raise broken("the headers read back differ from the input's")
     try:
-        new = pe.parse(head, what, size=on_disk)
+        new = pe.parse(written, what, size=on_disk)
     except pe.PeFormatError as exc:
         raise broken(f"the headers read back do not parse ({exc.message})") from exc
     want, got = pe.hashed_ranges(layout), pe.hashed_ranges(new)
@@ -279,7 +288,7 @@ def check_written(
     ):
         raise broken("the signed image's layout differs from the one hashed")
     tail = os.pread(fd, on_disk - end, end)
-    kept = data[layout.cert_table_offset : layout.size] if keep_existing and layout.signed else b""
+    kept = table if keep_existing and layout.signed else b""
     if tail[:pad] != bytes(pad) or tail[pad : pad + len(kept)] != kept:
         raise broken("the padding or the signatures kept differ from those written")
     try:

@@ -34,15 +34,19 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import ConfigError, VerificationError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 WIN_CERT_REVISION_2_0 = 0x0200
 WIN_CERT_TYPE_PKCS_SIGNED_DATA = 0x0002
 PE32_MAGIC = 0x10B
 PE32PLUS_MAGIC = 0x20B
 CERT_DIR_INDEX = 4
+READY_STEP = 8 << 20  # digest_parts: how much body is hashed between two calls of ready()
 MACHINES = {
     0x014C: "ia32",
     0x8664: "x64",
@@ -217,10 +221,40 @@ def digest(
     align an unsigned image's end to 8 before the table (``signed_parts``).
     """
     layout = layout or parse(data)
-    view = memoryview(data)
+    return digest_parts(data, data, layout, hash_alg, pad)
+
+
+def digest_parts(
+    head: bytes | memoryview,
+    body: bytes | memoryview,
+    layout: PeLayout,
+    hash_alg: str = "sha256",
+    pad: bool = False,
+    ready: Callable[[int], None] | None = None,
+) -> bytes:
+    """:func:`digest` of an image whose bytes before ``SizeOfHeaders`` are ``head`` and whose
+    bytes from there to ``layout.content_end`` are those of ``body`` at the same offsets (as
+    when the body is in the output file and the headers are still in memory).
+
+    ``ready(offset)``, if given, is called before ``body`` is read up to ``offset``, at most
+    ``READY_STEP`` bytes further each time: it returns once they are there (the body is
+    being copied meanwhile).
+    """
+    split = layout.size_of_headers
+    head_view, body_view = memoryview(head), memoryview(body)
+    if len(head_view) < split or (layout.content_end > split and len(body_view) < layout.content_end):
+        raise ValueError("digest_parts: the headers or the body are short of the layout's")
     h = hashlib.new(hash_alg)
     for a, b in hashed_ranges(layout):
-        h.update(view[a:b])
+        if a < split:
+            h.update(head_view[a : min(b, split)])
+        at = max(a, split)
+        while at < b:
+            upto = b if ready is None else min(b, at + READY_STEP)
+            if ready is not None:
+                ready(upto)
+            h.update(body_view[at:upto])
+            at = upto
     if pad:
         h.update(b"\0" * (-layout.content_end % 8))
     return h.digest()
@@ -262,28 +296,42 @@ def win_certificate(pkcs7_der: bytes) -> bytes:
 
 
 def signed_parts(
-    data: bytes | memoryview, layout: PeLayout, entries: list[bytes], keep_existing: bool
+    head: bytes | memoryview,
+    table: bytes | memoryview,
+    layout: PeLayout,
+    entries: list[bytes],
+    keep_existing: bool,
 ) -> tuple[bytes, bytes]:
     """The parts of the signed image that differ from the input: ``(head, tail)``.
 
-    The signed image is ``head`` (the headers, ``layout.size_of_headers`` bytes, with the
-    certificate-table entry set), then the input's bytes from there to ``layout.content_end``
-    as they are (``body_range``), then ``tail``: the zero bytes that align an unsigned
-    image's end to 8, the entries kept (``keep_existing``), then ``entries``. The padding
-    is hashed (it comes before the table), so sign ``digest(..., pad=True)``.
+    ``head`` and ``table`` are the input's: its first bytes (at least ``layout.size_of_headers``
+    of them) and its certificate table. The signed image is the returned ``head`` (the
+    headers, ``layout.size_of_headers`` bytes, with the certificate-table entry set), then the
+    input's bytes from there to ``layout.content_end`` as they are (``body_range``), then
+    ``tail``: the zero bytes that align an unsigned image's end to 8, the entries kept
+    (``keep_existing``: ``table``), then ``entries``. The padding is hashed (it comes before
+    the table), so sign ``digest(..., pad=True)``.
 
     The optional header's CheckSum is left as it was, as sbsign does: UEFI firmware
     (EDK2 ``DxeImageVerificationLib``) and shim neither check nor hash it.
     """
-    view = memoryview(data)
     end = layout.content_end
     pad = -end % 8
-    old = bytes(view[layout.cert_table_offset : layout.size]) if keep_existing and layout.signed else b""
+    old = bytes(table) if keep_existing and layout.signed else b""
     tail = b"\0" * pad + old + b"".join(entries)
     table_size = len(tail) - pad
-    head = bytearray(view[: layout.size_of_headers])
-    struct.pack_into("<II", head, layout.cert_dir_offset, end + pad if table_size else 0, table_size)
-    return bytes(head), tail
+    signed_head = bytearray(memoryview(head)[: layout.size_of_headers])
+    struct.pack_into("<II", signed_head, layout.cert_dir_offset, end + pad if table_size else 0, table_size)
+    return bytes(signed_head), tail
+
+
+def input_parts(data: bytes | memoryview, layout: PeLayout) -> tuple[bytes, bytes]:
+    """A whole image's ``(head, table)`` for :func:`signed_parts`: its headers and section table,
+    and its certificate table."""
+    view = memoryview(data)
+    head = bytes(view[: max(layout.size_of_headers, layout.headers_end)])
+    table = bytes(view[layout.cert_table_offset : layout.size]) if layout.signed else b""
+    return head, table
 
 
 def body_range(layout: PeLayout) -> tuple[int, int]:
