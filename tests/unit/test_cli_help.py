@@ -245,3 +245,41 @@ def test_a_signature_type_is_not_a_policy_elsewhere(capsys: pytest.CaptureFixtur
         build_parser("sign").parse_args(["sign", "--mode", "rsa-pss", "file"])
     assert exc.value.code == 2
     assert "invalid choice: 'rsa-pss' (choose from 'development', 'production')" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("columns", [None, "", "0", "-3", "abc", "45", "100", "250"])
+def test_the_help_is_as_wide_as_argparse_makes_it(
+    columns: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hsmsign's parsers find the help's width without shutil (hsmsign.cli.help_width): the
+    same width argparse finds with shutil.get_terminal_size, and the same help text."""
+    import shutil
+
+    from hsmsign.cli import help_width
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert help_width() == shutil.get_terminal_size().columns - 2
+    verb = build_parser("pe")._subparsers._group_actions[0].choices["pe"]  # type: ignore[union-attr]
+    sign = verb._subparsers._group_actions[0].choices["sign"]
+    stock = argparse.ArgumentParser(prog=sign.prog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    stock._actions, stock._action_groups = sign._actions, sign._action_groups
+    stock.epilog, stock.description = sign.epilog, sign.description
+    assert sign.format_help() == stock.format_help()
+
+
+def test_a_cold_command_imports_no_shutil() -> None:
+    """argparse imports shutil (and with it zlib, bz2 and lzma) to find the help's width, for every
+    argument added; hsmsign's parsers give it the width, so parsing a command imports none of them."""
+    code = (
+        "import sys\n"
+        "from hsmsign.cli import build_parser\n"
+        "build_parser('pe').parse_args(['pe', 'sign', '--cert', 'c.pem', '-o', 'o.efi', 'i.efi'])\n"
+        "print(sorted(m for m in ('shutil', 'zlib', 'bz2', 'lzma') if m in sys.modules))\n"
+    )
+    argv = [sys.executable, "-c", code]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -22,7 +22,9 @@ def register(sub: Any, parents: Any) -> None:
     raw = argparse.RawDescriptionHelpFormatter
     top = sub.add_parser("ledger", formatter_class=raw, epilog=EXAMPLE, help="check the signing ledger")
     verbs = top.add_subparsers(dest="ledger_verb", metavar="ACTION")
-    common = argparse.ArgumentParser(add_help=False)
+    from ..cli import Parser
+
+    common = Parser(add_help=False)
     common.add_argument(
         "--ledger",
         metavar="FILE",

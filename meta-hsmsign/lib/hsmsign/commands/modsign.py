@@ -6,6 +6,7 @@ import argparse
 import os
 from typing import Any
 
+from ..cli import Parser
 from .common import emit, open_key_from_args, warn
 
 USAGE = """\
@@ -39,7 +40,7 @@ the kernel needs the hash built in (CONFIG_MODULE_SIG_SHA256/384/512, default sh
 EC_CURVES = ("secp256r1", "secp384r1")
 
 
-class _IntermixedParser(argparse.ArgumentParser):
+class _IntermixedParser(Parser):
     """Modules may come before and after the options (``modsign verify --cert C a.ko b.ko``):
     argparse's intermixed parsing, also when the parser is reached as a sub-command."""
 
