@@ -792,6 +792,104 @@ def test_an_unmappable_output_is_hashed_as_read_back(
     assert _digest(softhsm, out) == _padded_digest(uki)
 
 
+_CONSOLE_WITH_EVENTS = (
+    "import os, sys\n"
+    "def hook(event, args):\n"
+    "    if event == 'open' and isinstance(args[0], str) and '.hsmsign-tmp-' in args[0]:\n"
+    "        sys.stderr.write('event: temporary\\n')\n"
+    "    elif event == 'import' and args[0] == 'hsmsign.cli':\n"
+    "        sys.stderr.write('event: cli\\n')\n"
+    "sys.addaudithook(hook)\n"
+    "sys.argv = ['hsmsign'] + sys.argv[1:]\n"
+    "from hsmsign.launch import console_main\n"
+    "console_main()\n"
+)
+
+
+def _console(softhsm: SoftHsm, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """``hsmsign ARGV`` as the console script runs it, with the order of two events on stderr:
+    the output's temporary file made, ``hsmsign.cli`` imported."""
+    return subprocess.run(
+        [sys.executable, "-c", _CONSOLE_WITH_EVENTS, *argv], env=softhsm.env, capture_output=True,
+        text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_the_output_is_made_before_the_cli_is_imported(
+    softhsm: SoftHsm, uki: Path, uefi_key: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The console script makes the output's temporary file, and begins copying the body into it,
+    before the command-line interface is imported; the command takes that file and renames it:
+    one temporary file in all."""
+    out = tmp_path / "signed.efi"
+    argv = ["pe", "sign", *DEV, "--uri", uefi_key[0], "--cert", str(uefi_key[1]), "-o", str(out), str(uki)]
+    done = _console(softhsm, argv)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "event: temporary\nevent: cli\n", done.stderr  # one temporary file, made first
+    assert _sbverify(uefi_key[1], out).returncode == 0
+    assert _no_output(tmp_path / "nothing-else.efi")
+
+
+@pytest.mark.parametrize("mistake", ["no --cert", "--cert is the output", "no such key"])
+def test_an_output_made_early_is_removed_when_the_command_fails(
+    softhsm: SoftHsm, uki: Path, uefi_key: tuple[str, Path], tmp_path: Path, mistake: str
+) -> None:
+    """A usage error (the parser refuses the line), an error before the output is taken (the
+    certificate would be overwritten) and one after (no such key in the token): each exits 2
+    with its message, and the temporary file made as the command started is gone."""
+    out = tmp_path / "signed.efi"
+    cert = tmp_path / "db.pem"
+    cert.write_bytes(uefi_key[1].read_bytes())
+    uri = uefi_key[0]
+    if mistake == "no such key":
+        uri = uri.replace("object=uefi-db", "object=no-such-key")
+        assert uri != uefi_key[0]
+    target = cert if mistake == "--cert is the output" else out
+    options = [] if mistake == "no --cert" else ["--cert", str(cert)]
+    argv = ["pe", "sign", *DEV, "--uri", uri, *options, "-o", str(target), str(uki)]
+    done = _console(softhsm, argv)
+    assert done.returncode in (2, 3), done.stderr
+    assert done.stderr.startswith("event: temporary\nevent: cli\n"), done.stderr
+    words = {
+        "no --cert": "the following arguments are required: --cert",
+        "--cert is the output": f"--output {cert} is also --cert",
+        "no such key": "no-such-key",
+    }[mistake]
+    assert words in done.stderr, done.stderr
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hsmsign-tmp-")]
+    assert not out.exists() and cert.read_bytes() == uefi_key[1].read_bytes()
+
+
+def test_sigterm_as_the_output_is_made_removes_it(
+    softhsm: SoftHsm, uki: Path, uefi_key: tuple[str, Path], tmp_path: Path
+) -> None:
+    """SIGTERM right after the console script made the output's temporary file (before the CLI is
+    imported): exit 143 with one line, and the file is removed."""
+    out = tmp_path / "signed.efi"
+    code = (
+        "import os, signal, sys\n"
+        "sys.argv = ['hsmsign'] + sys.argv[1:]\n"
+        "from hsmsign import launch\n"
+        "from hsmsign.commands import pe_input\n"
+        "real = pe_input.open_output\n"
+        "def then_terminated():\n"
+        "    real()\n"
+        "    assert [p for p in os.listdir(sys.argv[-2].rpartition('/')[0]) if '.hsmsign-tmp-' in p]\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "pe_input.open_output = then_terminated\n"
+        "launch.console_main()\n"
+        "sys.exit('not terminated')\n"
+    )
+    argv = ["pe", "sign", *DEV, "--uri", uefi_key[0], "--cert", str(uefi_key[1]), "-o", str(out), str(uki)]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv], env=softhsm.env, capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 143, done.stderr
+    assert done.stderr == "hsmsign: error: terminated by SIGTERM; unfinished outputs removed\n"
+    assert _no_output(out)
+
+
 def test_pkcs11_modules_are_finalized_before_the_quick_exit(softhsm: SoftHsm) -> None:
     """hsmsign.launch ends the process without Python's teardown only after C_Finalize of every
     module loaded; a python-pkcs11 without lib.finalize (0.7.0, scarthgap's) keeps Python's exit."""

@@ -7,6 +7,7 @@ never name another file than the parser does: either the same path, or no guess.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 from hsmsign import cli
@@ -116,14 +117,34 @@ def test_a_guess_is_always_what_the_parser_reads(
     while at < len(words) and at > 0 and words[at - 1] in pe_input.SIGN_OPTIONS and not equals:
         at += 1  # not between an option and its value
     argv = [*SIGN, *words[:at], path, *words[at:]]
-    guess = pe_input.guess_input(argv)
+    guess, out = pe_input.guess_input(argv), pe_input.guess_output(argv)
     if guess is None:
+        assert out is None
         return
     try:
         parsed = cli.build_parser("pe").parse_args(argv)
     except SystemExit:
         return  # the parser refuses the line: the image read ahead is never adopted
     assert parsed.input == guess
+    if out is not None:
+        assert parsed.output == out
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([*SIGN, "--cert", "db.pem", "-o", "out.efi", "in.efi"], "out.efi"),
+        ([*SIGN, "in.efi", "--output", "dir/out.efi", "--cert", "db.pem"], "dir/out.efi"),
+        ([*SIGN, "--output=out.efi", "in.efi"], "out.efi"),
+        ([*SIGN, "--cert", "db.pem", "in.efi"], None),  # none: the parser will say
+        ([*SIGN, "-o", "a.efi", "--output", "b.efi", "in.efi"], None),  # two: the parser takes the last
+        ([*SIGN, "--output=", "in.efi"], None),
+        ([*SIGN, "-o", "--cert", "db.pem", "in.efi"], None),  # an option where the value should be
+        ([*SIGN, "--cer", "db.pem", "-o", "out.efi", "in.efi"], None),  # no input guessed, no output
+    ],
+)
+def test_a_sign_command_names_its_output(argv: list[str], expected: str | None) -> None:
+    assert pe_input.guess_output(argv) == expected
 
 
 def test_only_the_image_the_parser_names_is_adopted(tmp_path: pytest.TempPathFactory) -> None:
@@ -144,3 +165,37 @@ def test_the_read_ahead_limits_are_atomics() -> None:
 
     assert pe_input.READ_AHEAD_MAX == atomic.MAX_IMAGE
     assert (pe_input._S_IFMT, pe_input._S_IFREG) == (stat.S_IFMT(0o177777), stat.S_IFREG)
+
+
+def test_an_output_made_early_is_adopted_only_under_its_own_name(tmp_path: Path) -> None:
+    """The console script makes the output's temporary file before the parser exists
+    (``open_output``): the command takes it when the parser names the same input and output;
+    otherwise it is removed, and so is one no command takes (``abandon``)."""
+    image = tmp_path / "in.efi"
+    image.write_bytes(b"MZ" + bytes(200))  # not a PE image: the body is never copied
+    argv = [*SIGN, "--cert", "db.pem", "-o", str(tmp_path / "out.efi"), str(image)]
+
+    def temporaries() -> list[str]:
+        return sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".hsmsign-tmp-"))
+
+    pe_input.load()
+    for other in (str(tmp_path / "other.efi"), None):
+        assert pe_input.prefetch(argv)
+        pe_input.open_output()
+        assert len(temporaries()) == 1
+        assert pe_input.adopt(str(image), other) is None  # another output: dropped, and removed
+        assert temporaries() == []
+    assert pe_input.prefetch(argv)
+    pe_input.open_output()
+    pe_input.abandon()  # a usage error: the command never asked for it
+    assert temporaries() == []
+    assert pe_input.prefetch(argv)
+    pe_input.open_output()
+    job = pe_input.adopt(str(image), str(tmp_path / "out.efi"))
+    assert job is not None
+    early = job.take_output()
+    assert early is not None and temporaries() == [early.tmp_name] and job.take_output() is None
+    job.stop()  # taken: the command renames or removes it, not the job
+    assert temporaries() == [early.tmp_name]
+    early._discard()
+    assert temporaries() == [] and not (tmp_path / "out.efi").exists()

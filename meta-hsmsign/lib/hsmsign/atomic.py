@@ -509,6 +509,11 @@ class Staged:
         self.files.append(f)
         return f
 
+    def adopt(self, f: AtomicFile) -> AtomicFile:
+        """A temporary file from :func:`create_temporary`, renamed or removed with the others."""
+        self.files.append(f)
+        return f
+
     def write_bytes(
         self, path: str | os.PathLike[str], data: bytes, mode: int | None = None, fsync: bool = True
     ) -> AtomicFile:

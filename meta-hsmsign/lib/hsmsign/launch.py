@@ -5,8 +5,11 @@
 
 * before the CLI and its libraries are imported (python-pkcs11, asn1crypto and cryptography
   take half of a cold run), a command with work that needs none of them begins it: ``pe
-  sign`` reads its image in a thread, and hashes it once what that needs is imported
-  (``hsmsign.commands.pe_input``);
+  sign`` opens its image in a thread and reads its headers, and once what that needs is
+  imported, makes its output's temporary file and begins copying and hashing the body
+  (``hsmsign.commands.pe_input``). SIGINT and SIGTERM remove that file from then on, as they
+  do once the CLI runs, and so does the command's end if the command did not take it (a
+  usage error);
 * python-pkcs11's helper modules (``pkcs11.util``), which python-pkcs11 0.8 and later import
   with ``pkcs11`` and which import asn1crypto, are loaded when first used
   (:func:`defer_pkcs11_helpers`);
@@ -39,9 +42,18 @@ def console_main() -> None:
 
     if pe_input.prefetch(argv):
         pe_input.load()  # what its threads run, imported here while the first read is under way
-    from .cli import main
+        from .atomic import install_signal_handlers
 
-    quick_exit(main(argv))
+        # SIGINT and SIGTERM remove temporary files from now on, as they do once the CLI runs
+        install_signal_handlers()
+        pe_input.open_output()
+    try:
+        from .cli import main
+
+        code = main(argv)
+    finally:
+        pe_input.abandon()  # an output made early that the command did not take is removed
+    quick_exit(code)
 
 
 def defer_pkcs11_helpers() -> None:

@@ -185,6 +185,11 @@ class SignedOutputs:
         """A temporary file (``.fh``, ``.tmp_path``) that becomes ``path`` when the command succeeds."""
         return self.staged.open(path, mode)
 
+    def adopt(self, f: Any) -> Any:
+        """A temporary file made by ``atomic.create_temporary`` before the command began, now one of
+        its outputs (renamed with them, or removed)."""
+        return self.staged.adopt(f)
+
     def write(self, path: str, data: bytes, mode: int | None = None) -> None:
         self.staged.write_bytes(path, data, mode)
 

@@ -163,7 +163,7 @@ def start_sign(args: Any) -> None:
     (or has been since the command started: ``pe_input.prefetch``)."""
     from . import pe_input
 
-    args.pe_input = pe_input.adopt(args.input) or pe_input.ImageInput(args.input)
+    args.pe_input = pe_input.adopt(args.input, args.output) or pe_input.ImageInput(args.input)
 
 
 def run_sign(args: Any) -> int:
@@ -189,9 +189,13 @@ def _sign(args: Any, job: Any) -> int:
     with signed_outputs(args) as outputs:
         # the output first: its body is written while the image is hashed and the rest is done
         # (a temporary file, removed if anything below fails)
-        out = outputs.open(args.output, mode=atomic.file_mode(args.input))
+        out = job.take_output()  # made as the command started (pe_input.open_output), or now
+        if out is not None:
+            outputs.adopt(out)
+        else:
+            out = outputs.open(args.output, mode=atomic.file_mode(args.input))
+            job.write_body(out.fh.fileno(), args.output)
         fd = out.fh.fileno()  # written with pwrite only (the file object buffers nothing)
-        job.write_body(fd, args.output)
         cert = cms.read_certificate_file(args.cert, lazy=True)  # without cryptography's X.509 module
         layout = job.parsed()
         if args.append and layout.signed and layout.cert_table_offset % 8:
