@@ -721,6 +721,37 @@ def test_without_sendfile_the_body_is_copied_through_the_process(
     assert _digest(softhsm, out) == _padded_digest(uki)
 
 
+def test_headers_past_the_first_read_are_read_whole_and_signed(
+    softhsm: SoftHsm,
+    uki: Path,
+    uefi_key: tuple[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An image whose headers and section table do not fit in the first read (``HEAD_READ``,
+    here made smaller than systemd's) is read whole, hashed, and its body written from those
+    bytes: the same signed image."""
+    from hsmsign.commands import pe_input
+
+    monkeypatch.setattr(pe_input, "HEAD_READ", 256)
+    read_whole: list[str] = []
+    pe_input.load_once()
+    real = pe_input.atomic.read_input
+
+    def counted(path: str, *args: object) -> bytes:
+        read_whole.append(path)
+        return real(path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pe_input.atomic, "read_input", counted)
+    out = tmp_path / "out.efi"
+    code, err = _sign_in_process(uefi_key, uki, out, capsys)
+    assert code == 0, err
+    assert read_whole.count(str(uki)) == 1  # (and the certificate, read as ever)
+    assert _sbverify(uefi_key[1], out).returncode == 0
+    assert _digest(softhsm, out) == _padded_digest(uki)
+
+
 @pytest.mark.parametrize("where", ["first piece", "later piece", "mapping"])
 def test_a_body_that_cannot_be_written_is_one_line_and_nothing(
     uki: Path,

@@ -184,19 +184,22 @@ class ImageInput:
     bytes) and asks the kernel to read the rest ahead. As soon as the output's temporary file
     is open (``write_body``), the body (the bytes the signed image takes from the input as they
     are: ``pe.body_range``) goes from the input into it with ``sendfile(2)``, page cache to page
-    cache, and the digest is computed over the headers read and the body *as it is in the
-    output* (mapped, not read again): what is signed is what was written, even if the input
-    changed meanwhile (and that is refused too: :func:`_unchanged`). A third thread flushes the body
-    to disk while it is hashed. The main thread writes the headers and the certificate table
-    around it once it has the signature.
+    cache, ``PIECE`` bytes at a time, by a thread of its own; this one hashes each piece as
+    soon as it is *in the output* (mapped, not read again), the headers from the bytes read
+    first: what is signed is what was written, even if the input changed meanwhile (and that
+    is refused too: :func:`_unchanged`). A third thread flushes the body to disk once it is
+    copied, while it is hashed. The main thread writes the headers and the certificate
+    table around it once it has the signature. A file system without ``sendfile`` for the
+    files gets the body copied with ``pread``/``pwrite``; an output that cannot be mapped is
+    read back once the copy is done.
 
     The image is never held whole in memory: a 1 GiB image costs its page cache, not 1 GiB
     more, and no 50 MiB buffer has to be faulted in (that, the copy into it and the copy out
     of it took a third of the CPU time of signing a 50 MiB UKI).
 
-    Anything else (a FIFO, a file that is not a PE image, a header larger than ``HEAD_READ``,
-    a file system without ``sendfile``) is read whole with ``atomic.read_input``'s checks and
-    messages, hashed, and its body written with ``pwrite``.
+    Anything else (a FIFO, a file that is not a PE image, headers past ``HEAD_READ``) is read
+    whole with ``atomic.read_input``'s checks and messages, hashed, and its body written from
+    those bytes with ``pwrite``.
 
     ``read(2)``, ``sendfile(2)``, hashlib, ``pwrite(2)`` and ``fdatasync(2)`` release the
     GIL, so this work overlaps the imports, the certificate, the ledger checks and the token
