@@ -837,12 +837,15 @@ _CONSOLE_WITH_EVENTS = (
 )
 
 
-def _console(softhsm: SoftHsm, argv: list[str]) -> subprocess.CompletedProcess[str]:
-    """``hsmsign ARGV`` as the console script runs it, with the order of two events on stderr:
-    the output's temporary file made, ``hsmsign.cli`` imported."""
+def _console(
+    softhsm: SoftHsm, argv: list[str], code: str = _CONSOLE_WITH_EVENTS
+) -> subprocess.CompletedProcess[str]:
+    """``hsmsign ARGV`` as the console script runs it, after ``code``'s own set-up (by default:
+    the order of two events on stderr, the output's temporary file made and ``hsmsign.cli``
+    imported)."""
     return subprocess.run(
-        [sys.executable, "-c", _CONSOLE_WITH_EVENTS, *argv], env=softhsm.env, capture_output=True,
-        text=True, timeout=120, check=False,
+        [sys.executable, "-c", code, *argv], env=softhsm.env, capture_output=True, text=True,
+        timeout=120, check=False,
     )  # fmt: skip
 
 
@@ -912,10 +915,7 @@ def test_sigterm_as_the_output_is_made_removes_it(
         "sys.exit('not terminated')\n"
     )
     argv = ["pe", "sign", *DEV, "--uri", uefi_key[0], "--cert", str(uefi_key[1]), "-o", str(out), str(uki)]
-    done = subprocess.run(
-        [sys.executable, "-c", code, *argv], env=softhsm.env, capture_output=True, text=True, timeout=120,
-        check=False,
-    )  # fmt: skip
+    done = _console(softhsm, argv, code)
     assert done.returncode == 143, done.stderr
     assert done.stderr == "hsmsign: error: terminated by SIGTERM; unfinished outputs removed\n"
     assert _no_output(out)
@@ -1028,10 +1028,7 @@ def test_pe_sign_imports_nothing_of_cryptography_or_asn1crypto(
         "console_main()\n"
     )
     argv = ["pe", "sign", *DEV, "--uri", uefi_key[0], "--cert", str(uefi_key[1]), "-o", str(out), str(efi)]
-    done = subprocess.run(
-        [sys.executable, "-c", code, *argv], env=softhsm.env, capture_output=True, text=True, timeout=120,
-        check=False,
-    )  # fmt: skip
+    done = _console(softhsm, argv, code)
     assert done.returncode == 0, done.stderr
     assert _sbverify(uefi_key[1], out).returncode == 0
 
