@@ -187,8 +187,8 @@ def _sign(args: Any, job: Any) -> int:
     # the image itself may be the output (signed in place), the certificate may not
     atomic.refuse_overwriting([("--output", args.output)], [("--cert", args.cert)])
     with signed_outputs(args) as outputs:
-        # the output first: its body is written while the image is hashed and the rest is done
-        # (a temporary file, removed if anything below fails)
+        # the output first: its body is copied and hashed while the rest is done (a temporary
+        # file, removed if anything below fails)
         out = job.take_output()  # made as the command started (pe_input.open_output), or now
         if out is not None:
             outputs.adopt(out)
@@ -257,10 +257,10 @@ def check_written(
     ``head`` and ``table`` are the input's headers and certificate table (``pe.input_parts``).
     The body (sections and what follows them) was hashed as it is in the output (or written
     from the very bytes that were hashed), so it is not read again. What is read back: the
-    size on disk; the headers,
-    equal to the input's but for the certificate-table entry; the layout parsed from them,
-    with the same hashed ranges (so the same digest) plus the padding; the padding (zeros),
-    the entries kept (``--append``) and, last in the table, ``blob``.
+    size on disk; the headers, equal to the input's but for the certificate-table entry; the
+    layout parsed from them, with the same hashed ranges (so the same digest) plus the
+    padding; the padding (zeros), the entries kept (``--append``) and, last in the table,
+    ``blob``.
     """
     from ..errors import SigningError, VerificationError
     from ..formats import pe

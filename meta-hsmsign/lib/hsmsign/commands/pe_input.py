@@ -395,10 +395,6 @@ class ImageInput:
         if self.write_error is not None:
             raise self._cannot_write(self.write_error) from self.write_error
 
-    def has_output(self) -> bool:
-        """Whether the body goes into an output already (``write_body`` ran)."""
-        return self._output.is_set()
-
     def take_output(self) -> Any:
         """The output's temporary file made early (:func:`open_output`), now the caller's to rename
         or remove; None if there is none."""
@@ -433,25 +429,15 @@ def _open_regular(path: str) -> tuple[int, os.stat_result | None]:
     try:
         st = os.fstat(fd)
         if st.st_mode & _S_IFMT == _S_IFREG and st.st_size <= READ_AHEAD_MAX:
-            with _suppress_os_error():
-                # the rest of the file, from disk if it is not cached, while the headers are parsed
+            try:  # the rest of the file, from disk if it is not cached, while the headers are parsed
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except (OSError, AttributeError):  # (macOS has no posix_fadvise)
+                pass
             return fd, st
     except OSError:
         pass
     os.close(fd)
     return -1, None
-
-
-class _suppress_os_error:
-    """``contextlib.suppress(OSError)`` (and AttributeError: no posix_fadvise on macOS), with ``os``
-    alone."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, value: object, tb: object) -> bool:
-        return isinstance(value, (OSError, AttributeError))
 
 
 def _read_head(fd: int, size: int) -> bytes:
