@@ -546,7 +546,8 @@ class _Progress:
 
 def _unchanged(fd: int, before: os.stat_result, what: str) -> None:
     """The input is as it was when it was opened: same size, not written since (its modification
-    and change times, as tar's "file changed as we read it")."""
+    and change times, as tar's "file changed as we read it"; as for tar, a write in the same
+    clock tick as the file's last change keeps both times on a kernel before Linux 6.13)."""
     now = os.fstat(fd)
     for field in ("st_size", "st_mtime_ns", "st_ctime_ns"):
         if getattr(now, field) != getattr(before, field):
