@@ -299,7 +299,6 @@ class ImageInput:
         try:
             os.ftruncate(fd, end)  # the output's size first: a file mapped must hold the whole mapping
         except OSError as exc:
-            self.write_error = exc
             self.error = self._cannot_write(exc)
             return
         progress = _Progress(start)
@@ -334,7 +333,6 @@ class ImageInput:
         try:
             _copy(src, self._out_fd, start, end, self.path, progress.advance)
         except OSError as exc:
-            self.write_error = exc
             self.error = self._cannot_write(exc)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
             self.error = exc
@@ -556,7 +554,7 @@ def _unchanged(fd: int, before: os.stat_result, what: str) -> None:
 
 def _changed(what: str) -> BaseException:
     return ConfigError(
-        f"{what} changed while it was signed (its size or modification time)",
+        f"{what} changed while it was signed (its size, modification or change time)",
         "sign it once whatever writes it has finished; nothing was written",
     )
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
